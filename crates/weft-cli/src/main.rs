@@ -1,1 +1,42 @@
-fn main(){}
+//! The `weft` command.
+
+mod autobahn;
+mod client;
+mod echo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// weft: a WebSocket stack — echo server, interactive client, conformance client.
+#[derive(Parser, Debug)]
+#[command(name = "weft", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Echo every text and binary message back (the server for Autobahn and benchmarks).
+    Echo(echo::EchoArgs),
+    /// Interactive client: stdin lines are sent as text messages, received messages are printed.
+    Client(client::ClientArgs),
+    /// Run the Autobahn fuzzingserver's client cases (getCaseCount, runCase, updateReports).
+    AutobahnClient(autobahn::AutobahnArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Echo(a) => echo::run(a),
+        Command::Client(a) => client::run(a),
+        Command::AutobahnClient(a) => autobahn::run(a),
+    }
+}

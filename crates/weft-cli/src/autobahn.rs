@@ -1,0 +1,77 @@
+//! `weft autobahn-client`: weft's client against the Autobahn fuzzingserver.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use futures_util::FutureExt;
+use weft::{ClientBuilder, Config, DeflateConfig, Message};
+
+#[derive(Args, Debug)]
+pub(crate) struct AutobahnArgs {
+    /// The fuzzingserver, e.g. ws://127.0.0.1:9001
+    url: String,
+    /// Agent name in the report.
+    #[arg(long, default_value = "weft")]
+    agent: String,
+    /// Do not offer permessage-deflate.
+    #[arg(long)]
+    no_deflate: bool,
+}
+
+pub(crate) fn run(args: AutobahnArgs) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    match rt.block_on(dance(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft autobahn-client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(deflate: bool) -> Config {
+    Config::default()
+        .max_message_size(64 << 20)
+        .max_frame_size(64 << 20)
+        .max_fragments(1 << 20)
+        .deflate(deflate.then(DeflateConfig::default))
+}
+
+async fn dance(args: AutobahnArgs) -> anyhow::Result<()> {
+    let base = args.url.trim_end_matches('/');
+    let mut ws = ClientBuilder::new(format!("{base}/getCaseCount")).connect().await?;
+    let count: usize = match ws.recv().await {
+        Some(Ok(Message::Text(t))) => t.trim().parse()?,
+        other => anyhow::bail!("getCaseCount: unexpected {other:?}"),
+    };
+    let _ = ws.close(None).await;
+    eprintln!("{count} cases");
+    for case in 1..=count {
+        let url = format!("{base}/runCase?case={case}&agent={}", args.agent);
+        if let Err(e) = run_case(&url, !args.no_deflate).await {
+            eprintln!("case {case}: {e}");
+        }
+    }
+    let mut ws = ClientBuilder::new(format!("{base}/updateReports?agent={}", args.agent)).connect().await?;
+    let _ = ws.close(None).await;
+    Ok(())
+}
+
+async fn run_case(url: &str, deflate: bool) -> weft::Result<()> {
+    let mut ws = ClientBuilder::new(url).config(config(deflate)).connect().await?;
+    while let Some(msg) = ws.recv().await {
+        let mut next = Some(msg?);
+        while let Some(msg) = next.take() {
+            if msg.is_data() {
+                ws.feed(msg).await?;
+            }
+            next = match ws.recv().now_or_never() {
+                Some(Some(m)) => Some(m?),
+                Some(None) => return Ok(()),
+                None => None,
+            };
+        }
+        ws.flush().await?;
+    }
+    Ok(())
+}

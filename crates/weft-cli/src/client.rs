@@ -1,0 +1,125 @@
+//! `weft client`: an interactive client, like websocat.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use weft::{ClientBuilder, ConnectionError, DeflateConfig, Message};
+
+/// Exit codes (also in `--help`).
+const EXIT_CONNECT: u8 = 1;
+const EXIT_PROTOCOL: u8 = 3;
+const EXIT_ABNORMAL: u8 = 4;
+
+#[derive(Args, Debug)]
+#[command(after_help = "Exit status: 0 clean close (by either side, or end of input); 1 could not connect or \
+the handshake failed; 2 bad arguments; 3 the peer broke the protocol; 4 the connection was reset or timed out.")]
+pub(crate) struct ClientArgs {
+    /// ws:// or wss:// URL.
+    url: String,
+    /// Extra request header, `Name: value` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Offer a subprotocol (repeatable).
+    #[arg(long = "subprotocol")]
+    subprotocols: Vec<String>,
+    /// Offer permessage-deflate.
+    #[arg(long)]
+    deflate: bool,
+    /// Send stdin lines as binary messages instead of text.
+    #[arg(long)]
+    binary: bool,
+    /// Trust this PEM certificate as a root (self-signed servers).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Connect timeout in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    connect_timeout: f64,
+}
+
+pub(crate) fn run(args: ClientArgs) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    ExitCode::from(rt.block_on(client(args)))
+}
+
+async fn client(args: ClientArgs) -> u8 {
+    let mut b = ClientBuilder::new(&args.url).connect_timeout(Duration::from_secs_f64(args.connect_timeout));
+    for h in &args.headers {
+        let Some((k, v)) = h.split_once(':') else {
+            eprintln!("weft client: header {h:?} is not `Name: value`");
+            return 2;
+        };
+        b = b.header(k.trim(), v.trim());
+    }
+    for p in &args.subprotocols {
+        b = b.subprotocol(p);
+    }
+    if args.deflate {
+        b = b.deflate(DeflateConfig::default());
+    }
+    if let Some(path) = &args.ca_file {
+        match std::fs::read(path).map_err(weft::Error::from).and_then(|pem| weft::tls::certs_from_pem(&pem)) {
+            Ok(certs) => {
+                for c in certs {
+                    b = b.add_root_certificate(c.to_vec());
+                }
+            }
+            Err(e) => {
+                eprintln!("weft client: {}: {e}", path.display());
+                return EXIT_CONNECT;
+            }
+        }
+    }
+    let ws = match b.connect().await {
+        Ok(ws) => ws,
+        Err(e) => {
+            eprintln!("weft client: {e}");
+            return EXIT_CONNECT;
+        }
+    };
+    eprintln!("connected to {}{}", args.url, ws.subprotocol().map(|p| format!(" ({p})")).unwrap_or_default());
+    let (mut rx, mut tx) = ws.split();
+    let binary = args.binary;
+    let sender = tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let msg = if binary { Message::binary(line.into_bytes()) } else { Message::text(line) };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.close(None).await;
+    });
+    let mut out = tokio::io::stdout();
+    let code = loop {
+        match rx.recv_event().await {
+            Some(Ok(weft::Event::Message(Message::Text(t)))) => {
+                let _ = out.write_all(t.as_bytes()).await;
+                let _ = out.write_all(b"\n").await;
+                let _ = out.flush().await;
+            }
+            Some(Ok(weft::Event::Message(Message::Binary(b)))) => {
+                let _ = out.write_all(&b).await;
+                let _ = out.write_all(b"\n").await;
+                let _ = out.flush().await;
+            }
+            Some(Ok(weft::Event::Closed(end))) => {
+                eprintln!("{end}");
+                break match end {
+                    e if e.is_clean() => 0,
+                    ConnectionError::ProtocolViolation(_) => EXIT_PROTOCOL,
+                    _ => EXIT_ABNORMAL,
+                };
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                eprintln!("weft client: {e}");
+                break EXIT_ABNORMAL;
+            }
+            None => break 0,
+        }
+    };
+    sender.abort();
+    code
+}

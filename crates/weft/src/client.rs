@@ -1,0 +1,183 @@
+//! Client: `connect("ws://…" | "wss://…")` and its options.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::Uri;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weft_proto::handshake::{self, HandshakeError};
+use weft_proto::{Config, Connection, DeflateConfig, Role};
+
+use crate::error::{Error, Kind, Result};
+use crate::stream::MaybeTlsStream;
+use crate::websocket::WebSocket;
+
+/// A client WebSocket over TCP, with or without TLS.
+pub type ClientStream = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// Connect with default options.
+///
+/// ```no_run
+/// # async fn run() -> weft::Result<()> {
+/// let mut ws = weft::connect("ws://127.0.0.1:9001/").await?;
+/// ws.send("hello").await?;
+/// # Ok(()) }
+/// ```
+pub async fn connect(url: &str) -> Result<ClientStream> {
+    ClientBuilder::new(url).connect().await
+}
+
+/// Options for a client connection.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    config: Config,
+    headers: HeaderMap,
+    header_error: Option<String>,
+    subprotocols: Vec<String>,
+    connect_timeout: Duration,
+    #[cfg(feature = "tls")]
+    roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    #[cfg(feature = "tls")]
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl ClientBuilder {
+    /// Options for `url` (`ws://host[:port]/path?query` or `wss://…`).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            config: Config::default(),
+            headers: HeaderMap::new(),
+            header_error: None,
+            subprotocols: Vec::new(),
+            connect_timeout: Duration::from_secs(30),
+            #[cfg(feature = "tls")]
+            roots: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// Connection settings (limits, timers, deflate).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Offer permessage-deflate with these settings.
+    pub fn deflate(mut self, cfg: DeflateConfig) -> Self {
+        self.config.deflate = Some(cfg);
+        self
+    }
+
+    /// Add a request header (e.g. `Authorization`, `Origin`, `Cookie`).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            (Ok(n), Ok(v)) => {
+                self.headers.append(n, v);
+            }
+            _ => self.header_error = Some(format!("invalid header {name:?}")),
+        }
+        self
+    }
+
+    /// Offer a subprotocol (call several times; most preferred first).
+    pub fn subprotocol(mut self, p: impl Into<String>) -> Self {
+        self.subprotocols.push(p.into());
+        self
+    }
+
+    /// Time limit for TCP connect, TLS and the HTTP upgrade together (default 30 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Trust this DER certificate as a root too (self-signed servers, private CAs).
+    #[cfg(feature = "tls")]
+    pub fn add_root_certificate(mut self, der: impl Into<Vec<u8>>) -> Self {
+        self.roots.push(rustls::pki_types::CertificateDer::from(der.into()));
+        self
+    }
+
+    /// Use this rustls configuration instead of the default (webpki roots + added roots).
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, cfg: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(cfg);
+        self
+    }
+
+    fn uri(&self) -> Result<Uri> {
+        if let Some(e) = &self.header_error {
+            return Err(HandshakeError::InvalidUri(e.clone()).into());
+        }
+        self.url.parse::<Uri>().map_err(|e| HandshakeError::InvalidUri(e.to_string()).into())
+    }
+
+    /// Resolve, connect (TCP, then TLS for `wss://`) and run the handshake.
+    pub async fn connect(self) -> Result<ClientStream> {
+        let limit = self.connect_timeout;
+        tokio::time::timeout(limit, self.connect_inner())
+            .await
+            .map_err(|_| Error::new(Kind::Timeout("connect and handshake")))?
+    }
+
+    async fn connect_inner(self) -> Result<ClientStream> {
+        let uri = self.uri()?;
+        let (host, port) = handshake::host_port(&uri)?;
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        let io = if handshake::is_tls(&uri) {
+            #[cfg(feature = "tls")]
+            {
+                let cfg = match &self.tls {
+                    Some(c) => c.clone(),
+                    None => crate::tls::client_config(&self.roots)?,
+                };
+                MaybeTlsStream::Rustls(Box::new(crate::tls::wrap(tcp, host, cfg).await?))
+            }
+            #[cfg(not(feature = "tls"))]
+            return Err(HandshakeError::InvalidUri("wss:// needs weft's `tls` feature".into()).into());
+        } else {
+            MaybeTlsStream::Plain(tcp)
+        };
+        self.handshake_inner(io, &uri).await
+    }
+
+    /// Run the handshake over a transport you connected yourself.
+    pub async fn connect_on<S: AsyncRead + AsyncWrite + Unpin>(self, io: S) -> Result<WebSocket<S>> {
+        let uri = self.uri()?;
+        let limit = self.connect_timeout;
+        tokio::time::timeout(limit, self.handshake_inner(io, &uri))
+            .await
+            .map_err(|_| Error::new(Kind::Timeout("handshake")))?
+    }
+
+    async fn handshake_inner<S: AsyncRead + AsyncWrite + Unpin>(&self, mut io: S, uri: &Uri) -> Result<WebSocket<S>> {
+        let deflate = self.config.deflate.as_ref();
+        let req = handshake::client_request(uri, &self.subprotocols, deflate, &self.headers)?;
+        io.write_all(&req.bytes).await?;
+        io.flush().await?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let (resp, used) = loop {
+            if io.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed during handshake").into());
+            }
+            if let Some(done) = handshake::parse_response(&buf)? {
+                break done;
+            }
+        };
+        let negotiated = handshake::client_verify(&resp, &req.key, &self.subprotocols, deflate)?;
+        let now = Instant::now();
+        let mut conn = Connection::new(Role::Client, self.config.clone(), now);
+        #[cfg(feature = "deflate")]
+        if let Some(p) = negotiated.deflate {
+            conn.set_deflate(p);
+        }
+        conn.handle_read(&buf[used..], now);
+        Ok(WebSocket::from_connection(io, conn, negotiated.subprotocol))
+    }
+}

@@ -1,0 +1,154 @@
+//! Server: accept a WebSocket on a stream, optionally inspecting (and refusing) the request.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use http::header::HeaderMap;
+use http::{Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use weft_proto::handshake::{self, HandshakeError};
+use weft_proto::{Config, Connection, Role};
+
+use crate::error::{Error, Kind, Result};
+use crate::websocket::WebSocket;
+
+/// Accept a WebSocket with default settings.
+///
+/// ```no_run
+/// # async fn run() -> weft::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+/// let (tcp, _) = listener.accept().await?;
+/// let mut ws = weft::accept(tcp).await?;
+/// while let Some(msg) = ws.recv().await {
+///     let msg = msg?;
+///     if msg.is_data() {
+///         ws.send(msg).await?;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebSocket<S>> {
+    Acceptor::new().accept(stream).await
+}
+
+/// An HTTP answer that refuses the upgrade (from an [`Acceptor::accept_with`] callback).
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Status, e.g. 401 or 403.
+    pub status: StatusCode,
+    /// Extra headers (e.g. `WWW-Authenticate`).
+    pub headers: HeaderMap,
+    /// Plain-text body.
+    pub body: String,
+}
+
+impl Rejection {
+    /// A rejection with `status` and a text body.
+    pub fn new(status: StatusCode, body: impl Into<String>) -> Self {
+        Self { status, headers: HeaderMap::new(), body: body.into() }
+    }
+}
+
+/// Server-side settings, reusable for every connection.
+#[derive(Debug, Clone)]
+pub struct Acceptor {
+    config: Config,
+    subprotocols: Vec<String>,
+    handshake_timeout: Duration,
+}
+
+impl Default for Acceptor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Acceptor {
+    /// Defaults: [`Config::default`], no subprotocols, 10 s to complete the handshake.
+    pub fn new() -> Self {
+        Self { config: Config::default(), subprotocols: Vec::new(), handshake_timeout: Duration::from_secs(10) }
+    }
+
+    /// Connection settings; `config.deflate` enables accepting permessage-deflate.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Subprotocols we support, most preferred first. We select the first of these the client
+    /// offered.
+    pub fn subprotocols<I: IntoIterator<Item = P>, P: Into<String>>(mut self, p: I) -> Self {
+        self.subprotocols = p.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Time limit for reading the request and writing the response (default 10 s).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// Accept any valid upgrade request.
+    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) -> Result<WebSocket<S>> {
+        self.accept_with(stream, |_, _| Ok(())).await
+    }
+
+    /// Accept after `callback` has seen the request (path, query, headers) and may add
+    /// response headers or refuse with an HTTP status: this is where authentication goes.
+    /// Bad upgrade requests are answered with 400/405/426/431 before the callback runs.
+    pub async fn accept_with<S, F>(&self, stream: S, callback: F) -> Result<WebSocket<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        F: FnOnce(&Request<()>, &mut Response<()>) -> std::result::Result<(), Rejection>,
+    {
+        tokio::time::timeout(self.handshake_timeout, self.handshake(stream, callback))
+            .await
+            .map_err(|_| Error::new(Kind::Timeout("server handshake")))?
+    }
+
+    async fn handshake<S, F>(&self, mut io: S, callback: F) -> Result<WebSocket<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        F: FnOnce(&Request<()>, &mut Response<()>) -> std::result::Result<(), Rejection>,
+    {
+        let mut buf = BytesMut::with_capacity(1024);
+        let parsed = loop {
+            if io.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed during handshake").into());
+            }
+            match handshake::parse_request(&buf) {
+                Ok(Some(done)) => break Ok(done),
+                Ok(None) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let accepted = parsed.and_then(|(req, used)| {
+            handshake::server_accept(&req, &self.subprotocols, self.config.deflate.as_ref()).map(|a| (req, used, a))
+        });
+        let (req, used, mut accepted) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = io.write_all(&e.rejection_response()).await;
+                let _ = io.shutdown().await;
+                return Err(e.into());
+            }
+        };
+        if let Err(r) = callback(&req, &mut accepted.response) {
+            let _ = io.write_all(&handshake::rejection(r.status, &r.headers, &r.body)).await;
+            let _ = io.shutdown().await;
+            return Err(HandshakeError::Rejected(r.status).into());
+        }
+        let mut head = Vec::with_capacity(256);
+        handshake::write_response_head(&accepted.response, &mut head);
+        io.write_all(&head).await?;
+        io.flush().await?;
+        let now = Instant::now();
+        let mut conn = Connection::new(Role::Server, self.config.clone(), now);
+        #[cfg(feature = "deflate")]
+        if let Some(p) = accepted.deflate {
+            conn.set_deflate(p);
+        }
+        conn.handle_read(&buf[used..], now);
+        Ok(WebSocket::from_connection(io, conn, accepted.subprotocol))
+    }
+}

@@ -1,0 +1,115 @@
+//! Interop over real loopback sockets: weft against Python `websockets` and tokio-tungstenite,
+//! both directions, with and without permessage-deflate.
+
+mod support;
+
+use std::process::Command;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use weft::{Acceptor, ClientBuilder, Config, ConnectionError, DeflateConfig, Message};
+
+fn payloads() -> Vec<Message> {
+    let mut v = Vec::new();
+    for size in [0usize, 1, 125, 126, 65_535, 65_536, 1 << 20] {
+        v.push(Message::text("ü".repeat(size / 2)));
+        v.push(Message::binary((0..size).map(|i| (i * 31) as u8).collect::<Vec<_>>()));
+    }
+    v
+}
+
+async fn weft_client_roundtrip(url: String, deflate: bool) {
+    let mut b = ClientBuilder::new(url).config(Config::default().max_message_size(1 << 24));
+    if deflate {
+        b = b.deflate(DeflateConfig::default());
+    }
+    let mut ws = b.connect().await.unwrap();
+    assert_eq!(ws.deflate_params().is_some(), deflate, "deflate negotiated as requested");
+    for m in payloads() {
+        ws.send(m.clone()).await.unwrap();
+        assert_eq!(ws.recv().await.unwrap().unwrap(), m);
+    }
+    // Pipelined: many messages fed, one flush.
+    for i in 0..200 {
+        ws.feed(Message::text(format!("pipelined {i}"))).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    for i in 0..200 {
+        assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text(format!("pipelined {i}")));
+    }
+    let end = ws.close(None).await.unwrap();
+    assert!(matches!(end, ConnectionError::LocallyClosed(Some(ref f)) if f.code == weft::CloseCode::NORMAL), "{end:?}");
+}
+
+#[tokio::test]
+async fn weft_client_to_python_websockets_server() {
+    for deflate in [false, true] {
+        let (_server, port) = python_echo_server(deflate);
+        weft_client_roundtrip(format!("ws://127.0.0.1:{port}/"), deflate).await;
+    }
+}
+
+#[tokio::test]
+async fn python_websockets_client_to_weft_server() {
+    for deflate in [false, true] {
+        let acceptor = Acceptor::new()
+            .config(Config::default().deflate(deflate.then(DeflateConfig::default)))
+            .subprotocols(["weft.v1.json", "chat"]);
+        let addr = weft_echo_server(acceptor).await;
+        let py = python();
+        let url = format!("ws://{addr}/");
+        let out = tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(py);
+            cmd.arg(py_script("client.py")).arg(&url).args(["--subprotocol", "chat"]);
+            if deflate {
+                cmd.arg("--deflate");
+            }
+            cmd.output().unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "python client failed (deflate={deflate}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn weft_client_to_tungstenite_server() {
+    let (l, addr) = listener().await;
+    tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        while let Some(Ok(m)) = ws.next().await {
+            if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
+    weft_client_roundtrip(format!("ws://{addr}/"), false).await;
+}
+
+#[tokio::test]
+async fn tungstenite_client_to_weft_server() {
+    use tokio_tungstenite::tungstenite::Message as TMessage;
+    let addr = weft_echo_server(Acceptor::new()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/")).await.unwrap();
+    for size in [0usize, 125, 126, 65_536, 1 << 20] {
+        let text = "é".repeat(size / 2);
+        ws.send(TMessage::text(text.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), TMessage::text(text));
+        let bin = vec![7u8; size];
+        ws.send(TMessage::binary(bin.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), TMessage::binary(bin));
+    }
+    ws.close(None).await.unwrap();
+    // The server answers the close and the stream ends.
+    while let Some(m) = ws.next().await {
+        if m.is_err() {
+            break;
+        }
+    }
+}

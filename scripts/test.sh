@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Run every test weft has, installing what it needs on a fresh machine.
+#
+#   scripts/test.sh            fmt, clippy, Rust tests (unit, integration, interop, doc),
+#                              full Autobahn suite as server and as client (517 cases each)
+#   scripts/test.sh --quick    the same without the slow permessage-deflate cases 12.*/13.*
+#
+# Needs: the Rust toolchain, python3, and the shared Autobahn tooling beside the repository
+# (../shared/tools/autobahn, override with WEFT_SHARED=/path/to/shared). Installs: a Python 2.7
+# virtualenv with the Autobahn TestSuite and a Python 3 venv with `websockets` (both cached in
+# ~/.cache, reused when present).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+QUICK=0
+[[ "${1:-}" == "--quick" ]] && QUICK=1
+SHARED="${WEFT_SHARED:-$ROOT/../shared}"
+AB="$SHARED/tools/autobahn"
+[[ -x "$AB/run-server-suite.sh" || -f "$AB/run-server-suite.sh" ]] || {
+  echo "error: Autobahn tooling not found at $AB (set WEFT_SHARED)" >&2; exit 2; }
+OUT="$ROOT/target/test-reports"
+mkdir -p "$OUT"
+step() { printf '\n==== %s (%s)\n' "$1" "$(date +%T)"; }
+t_start=$(date +%s)
+
+step "install: Autobahn TestSuite (Python 2.7) and websockets (Python 3)"
+bash "$AB/install.sh" wstest peers
+export WEFT_PYTHON="${WEFT_PYTHON:-$HOME/.cache/autobahn-peers/bin/python}"
+"$WEFT_PYTHON" -c 'import websockets; print("websockets", websockets.__version__)'
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, integration, interop, doc)"
+cargo test --workspace --locked
+
+step "build weft (profile ci: release optimisations, quicker to build)"
+cargo build --locked --profile ci -p weft-cli
+WEFT="$ROOT/target/ci/weft"
+
+step "Autobahn: server suite against weft echo and client suite with weft's client (in parallel)"
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+pick_port() { local p; for p in $(seq "$1" $(( $1 + 200 ))); do port_free "$p" && { echo "$p"; return; }; done; return 1; }
+SPORT=$(pick_port 19001); CPORT=$(pick_port $(( SPORT + 1 )))
+export AUTOBAHN_TIMEOUT=2400
+[[ $QUICK == 1 ]] && export AUTOBAHN_NO_DEFLATE=1
+"$WEFT" echo --addr "127.0.0.1:$SPORT" --deflate > "$OUT/echo.log" 2>&1 &
+ECHO_PID=$!
+trap 'kill $ECHO_PID 2>/dev/null || true' EXIT
+AUTOBAHN_OUTDIR="$OUT/autobahn-server" bash "$AB/run-server-suite.sh" "ws://127.0.0.1:$SPORT" > "$OUT/autobahn-server.txt" 2>&1 &
+S_PID=$!
+deflate_flag=(); [[ $QUICK == 1 ]] && deflate_flag=(--no-deflate)
+AUTOBAHN_OUTDIR="$OUT/autobahn-client" AUTOBAHN_AGENT=weft bash "$AB/run-client-suite.sh" "$CPORT" -- \
+  "$WEFT" autobahn-client {url} --agent {agent} "${deflate_flag[@]}" > "$OUT/autobahn-client.txt" 2>&1 &
+C_PID=$!
+s_rc=0; c_rc=0
+wait $S_PID || s_rc=$?
+wait $C_PID || c_rc=$?
+cat "$OUT/autobahn-server.txt" "$OUT/autobahn-client.txt"
+kill $ECHO_PID 2>/dev/null || true
+if [[ $s_rc -ne 0 || $c_rc -ne 0 ]]; then
+  echo "Autobahn FAILED (server rc=$s_rc, client rc=$c_rc); reports in $OUT" >&2
+  exit 1
+fi
+
+step "all tests passed in $(( $(date +%s) - t_start )) s"

@@ -92,8 +92,7 @@ impl CloseFrame {
                 if !code.is_valid_on_wire() {
                     return Err(ProtocolError::InvalidCloseCode(code.0));
                 }
-                let reason = Utf8Bytes::try_from(payload.slice(2..))
-                    .map_err(|_| ProtocolError::InvalidUtf8)?;
+                let reason = Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| ProtocolError::InvalidUtf8)?;
                 Ok(Some(Self { code, reason }))
             }
         }
@@ -131,14 +130,8 @@ mod tests {
     fn parse_close_payloads() {
         assert_eq!(CloseFrame::parse(&Bytes::new()), Ok(None));
         assert_eq!(CloseFrame::parse(&Bytes::from_static(&[3])), Err(ProtocolError::InvalidClosePayload));
-        assert_eq!(
-            CloseFrame::parse(&Bytes::from_static(&[0x03, 0xEC])),
-            Err(ProtocolError::InvalidCloseCode(1004))
-        );
-        assert_eq!(
-            CloseFrame::parse(&Bytes::from_static(b"\x03\xe8\xff")),
-            Err(ProtocolError::InvalidUtf8)
-        );
+        assert_eq!(CloseFrame::parse(&Bytes::from_static(&[0x03, 0xEC])), Err(ProtocolError::InvalidCloseCode(1004)));
+        assert_eq!(CloseFrame::parse(&Bytes::from_static(b"\x03\xe8\xff")), Err(ProtocolError::InvalidUtf8));
         let f = CloseFrame::parse(&Bytes::from_static(b"\x03\xe8bye")).unwrap().unwrap();
         assert_eq!((f.code, &*f.reason), (CloseCode::NORMAL, "bye"));
     }

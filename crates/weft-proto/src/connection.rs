@@ -436,7 +436,8 @@ impl Connection {
             return Ok(Event::Message(Message::Binary(payload)));
         }
         if first {
-            self.assembly = Some(Assembly { kind, compressed: h.rsv1, fragments: 0, wire_size: 0, streamed: 0, buf: Vec::new() });
+            self.assembly =
+                Some(Assembly { kind, compressed: h.rsv1, fragments: 0, wire_size: 0, streamed: 0, buf: Vec::new() });
         }
         let max_fragments = self.config.max_fragments;
         let max_message = self.config.max_message_size;

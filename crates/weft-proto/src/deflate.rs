@@ -459,8 +459,11 @@ mod tests {
         // Unknown parameters and duplicates decline.
         assert!(server_negotiate(&offer("permessage-deflate; foo"), &cfg).is_none());
         assert!(
-            server_negotiate(&offer("permessage-deflate; server_no_context_takeover; server_no_context_takeover"), &cfg)
-                .is_none()
+            server_negotiate(
+                &offer("permessage-deflate; server_no_context_takeover; server_no_context_takeover"),
+                &cfg
+            )
+            .is_none()
         );
         assert!(server_negotiate(&offer("x-webkit-deflate-frame"), &cfg).is_none());
     }
@@ -469,8 +472,9 @@ mod tests {
     fn client_checks_the_response() {
         let cfg = DeflateConfig::default();
         assert_eq!(client_offer(&cfg), "permessage-deflate; client_max_window_bits");
-        let p = client_accept(&offer("permessage-deflate; server_max_window_bits=10; client_max_window_bits=9")[0], &cfg)
-            .unwrap();
+        let p =
+            client_accept(&offer("permessage-deflate; server_max_window_bits=10; client_max_window_bits=9")[0], &cfg)
+                .unwrap();
         assert_eq!((p.server_max_window_bits, p.client_max_window_bits), (10, 9));
         assert!(client_accept(&offer("permessage-deflate; bogus")[0], &cfg).is_err());
         assert!(client_accept(&offer("permessage-deflate; client_max_window_bits")[0], &cfg).is_err());

@@ -147,15 +147,8 @@ impl FrameHeader {
         } else {
             None
         };
-        let header = Self {
-            fin,
-            rsv1: b0 & 0x40 != 0,
-            rsv2: b0 & 0x20 != 0,
-            rsv3: b0 & 0x10 != 0,
-            opcode,
-            mask,
-            payload_len,
-        };
+        let header =
+            Self { fin, rsv1: b0 & 0x40 != 0, rsv2: b0 & 0x20 != 0, rsv3: b0 & 0x10 != 0, opcode, mask, payload_len };
         Ok(Some((header, pos)))
     }
 
@@ -246,10 +239,7 @@ mod tests {
     #[test]
     fn reserved_opcodes_are_rejected() {
         for op in [3u8, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
-            assert_eq!(
-                FrameHeader::decode(&[0x80 | op, 0]),
-                Err(ProtocolError::ReservedOpcode(op))
-            );
+            assert_eq!(FrameHeader::decode(&[0x80 | op, 0]), Err(ProtocolError::ReservedOpcode(op)));
         }
     }
 

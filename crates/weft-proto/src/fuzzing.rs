@@ -9,10 +9,8 @@ use crate::{Config, Connection, DeflateConfig, DeflateParams, Event, Role};
 /// whose sizes come from the input itself; drain every event. Must never panic.
 pub fn frame_decoder(data: &[u8]) {
     let now = Instant::now();
-    let cfg = Config::default()
-        .max_message_size(1 << 20)
-        .max_frame_size(1 << 20)
-        .deflate(Some(DeflateConfig::default()));
+    let cfg =
+        Config::default().max_message_size(1 << 20).max_frame_size(1 << 20).deflate(Some(DeflateConfig::default()));
     for role in [Role::Server, Role::Client] {
         let mut conn = Connection::new(role, cfg.clone(), now);
         #[cfg(feature = "deflate")]
@@ -43,7 +41,8 @@ pub fn handshake(data: &[u8]) {
         let _ = crate::handshake::server_accept(&req, &["chat".into()], Some(&DeflateConfig::default()));
     }
     if let Ok(Some((resp, _))) = crate::handshake::parse_response(data) {
-        let _ = crate::handshake::client_verify(&resp, "dGhlIHNhbXBsZSBub25jZQ==", &[], Some(&DeflateConfig::default()));
+        let _ =
+            crate::handshake::client_verify(&resp, "dGhlIHNhbXBsZSBub25jZQ==", &[], Some(&DeflateConfig::default()));
     }
     for ext in std::str::from_utf8(data).into_iter().flat_map(crate::extension::parse).flatten() {
         let _ = crate::deflate::server_negotiate([&ext], &DeflateConfig::default());

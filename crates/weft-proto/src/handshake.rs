@@ -152,7 +152,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, Handsha
     }
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| HandshakeError::Malformed("bad method".into()))?;
-    let uri: Uri = req.path.unwrap_or("/").parse().map_err(|_| HandshakeError::Malformed("bad request target".into()))?;
+    let uri: Uri =
+        req.path.unwrap_or("/").parse().map_err(|_| HandshakeError::Malformed("bad request target".into()))?;
     let version = if req.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
     let mut out = Request::new(());
     *out.method_mut() = method;
@@ -173,7 +174,8 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, Hands
         Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooLarge),
         Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
     };
-    let status = StatusCode::from_u16(resp.code.unwrap_or(0)).map_err(|_| HandshakeError::Malformed("bad status".into()))?;
+    let status =
+        StatusCode::from_u16(resp.code.unwrap_or(0)).map_err(|_| HandshakeError::Malformed("bad status".into()))?;
     let mut out = Response::new(());
     *out.status_mut() = status;
     *out.version_mut() = if resp.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
@@ -275,11 +277,7 @@ pub fn server_accept(
         }
         _ => None,
     };
-    Ok(Accepted {
-        response: resp,
-        subprotocol,
-        deflate,
-    })
+    Ok(Accepted { response: resp, subprotocol, deflate })
 }
 
 /// Serialise a response head (status line, headers, blank line).
@@ -453,11 +451,7 @@ Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r
 Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
     fn accept(req: &Request<()>, protos: &[String]) -> Result<Accepted, HandshakeError> {
-        server_accept(
-            req,
-            protos,
-            None,
-        )
+        server_accept(req, protos, None)
     }
 
     #[test]
@@ -520,26 +514,13 @@ Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\n\r\n";
         let uri: Uri = "ws://example.com:9001/path?q=1".parse().unwrap();
         let mut extra = HeaderMap::new();
         extra.insert("authorization", HeaderValue::from_static("Bearer x"));
-        let r = client_request(
-            &uri,
-            &["v1".into()],
-            None,
-            &extra,
-        )
-        .unwrap();
+        let r = client_request(&uri, &["v1".into()], None, &extra).unwrap();
         let (req, _) = parse_request(&r.bytes).unwrap().unwrap();
         assert_eq!(req.uri(), "/path?q=1");
         assert_eq!(req.headers()["host"], "example.com:9001");
         assert_eq!(req.headers()["authorization"], "Bearer x");
         let a = accept(&req, &["v1".into()]).unwrap();
-        let verify = |resp: &Response<()>, protos: &[String]| {
-            client_verify(
-                resp,
-                &r.key,
-                protos,
-                None,
-            )
-        };
+        let verify = |resp: &Response<()>, protos: &[String]| client_verify(resp, &r.key, protos, None);
         let n = verify(&a.response, &["v1".into()]).unwrap();
         assert_eq!(n.subprotocol.as_deref(), Some("v1"));
         assert_eq!(verify(&a.response, &[]).unwrap_err(), HandshakeError::UnexpectedSubprotocol("v1".into()));

@@ -71,8 +71,8 @@ pub fn mask_copy(dst: &mut [u8], src: &[u8], key: [u8; 4]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, __m256i, _mm_loadu_si128, _mm_set1_epi32, _mm_storeu_si128, _mm_xor_si128,
-        _mm256_loadu_si256, _mm256_set1_epi32, _mm256_storeu_si256, _mm256_xor_si256,
+        __m128i, __m256i, _mm_loadu_si128, _mm_set1_epi32, _mm_storeu_si128, _mm_xor_si128, _mm256_loadu_si256,
+        _mm256_set1_epi32, _mm256_storeu_si256, _mm256_xor_si256,
     };
 
     /// # Safety

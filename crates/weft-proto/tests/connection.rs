@@ -7,8 +7,8 @@ use bytes::Bytes;
 use weft_proto::deflate::SharedDeflater;
 use weft_proto::frame::{FrameHeader, OpCode};
 use weft_proto::{
-    CloseCode, CloseFrame, Config, Connection, ConnectionError, DataKind, DeflateConfig, DeflateParams,
-    EncodedMessage, Event, Message, ProtocolError, Role, SendError, Timeout,
+    CloseCode, CloseFrame, Config, Connection, ConnectionError, DataKind, DeflateConfig, DeflateParams, EncodedMessage,
+    Event, Message, ProtocolError, Role, SendError, Timeout,
 };
 
 struct Pair {
@@ -24,7 +24,11 @@ impl Pair {
 
     fn with(client: Config, server: Config) -> Self {
         let now = Instant::now();
-        Self { client: Connection::new(Role::Client, client, now), server: Connection::new(Role::Server, server, now), now }
+        Self {
+            client: Connection::new(Role::Client, client, now),
+            server: Connection::new(Role::Server, server, now),
+            now,
+        }
     }
 
     fn deflate(mut self, p: DeflateParams) -> Self {
@@ -156,7 +160,11 @@ fn every_violation_closes_with_its_code() {
         (client_frame(true, 0x1, 2, b"a"), ProtocolError::ReservedBits, 1002),
         (client_frame(true, 0x1, 4, b"a"), ProtocolError::ReservedBits, 1002),
         (client_frame(true, 0x0, 0, b"a"), ProtocolError::UnexpectedContinuation, 1002),
-        ([client_frame(false, 0x1, 0, b"a"), client_frame(true, 0x1, 0, b"b")].concat(), ProtocolError::ExpectedContinuation, 1002),
+        (
+            [client_frame(false, 0x1, 0, b"a"), client_frame(true, 0x1, 0, b"b")].concat(),
+            ProtocolError::ExpectedContinuation,
+            1002,
+        ),
         (vec![0x81, 0x01, b'a'], ProtocolError::UnmaskedFrame, 1002),
         (client_frame(true, 0x1, 0, b"\xff"), ProtocolError::InvalidUtf8, 1007),
         (client_frame(true, 0x8, 0, b"\x03\xe8\xff"), ProtocolError::InvalidUtf8, 1007),
@@ -176,7 +184,10 @@ fn every_violation_closes_with_its_code() {
 fn message_and_fragment_limits() {
     let two = [client_frame(false, 0x2, 0, &[0; 60]), client_frame(true, 0x0, 0, &[0; 60])].concat();
     let (evs, out) = server_gets(Config::default().max_message_size(100), &two);
-    assert_eq!(evs.last(), Some(&Event::Closed(ConnectionError::ProtocolViolation(ProtocolError::MessageTooLarge { max: 100 }))));
+    assert_eq!(
+        evs.last(),
+        Some(&Event::Closed(ConnectionError::ProtocolViolation(ProtocolError::MessageTooLarge { max: 100 })))
+    );
     assert_eq!(close_code_sent(&out), 1009);
 
     let mut many = Vec::new();
@@ -184,7 +195,10 @@ fn message_and_fragment_limits() {
         many.extend(client_frame(false, if many.is_empty() { 0x2 } else { 0x0 }, 0, b"x"));
     }
     let (evs, out) = server_gets(Config::default().max_fragments(4), &many);
-    assert_eq!(evs.last(), Some(&Event::Closed(ConnectionError::ProtocolViolation(ProtocolError::TooManyFragments { max: 4 }))));
+    assert_eq!(
+        evs.last(),
+        Some(&Event::Closed(ConnectionError::ProtocolViolation(ProtocolError::TooManyFragments { max: 4 })))
+    );
     assert_eq!(close_code_sent(&out), 1009);
 }
 
@@ -193,7 +207,10 @@ fn compressed_bomb_is_refused_with_1009() {
     let mut p = Pair::with(Config::default(), Config::default().max_message_size(10_000)).deflate(params(false));
     p.client.send(Message::binary(vec![0u8; 1 << 20])).unwrap();
     let (_, se) = p.drive();
-    assert_eq!(se.last(), Some(&Event::Closed(ConnectionError::ProtocolViolation(ProtocolError::MessageTooLarge { max: 10_000 }))));
+    assert_eq!(
+        se.last(),
+        Some(&Event::Closed(ConnectionError::ProtocolViolation(ProtocolError::MessageTooLarge { max: 10_000 })))
+    );
 }
 
 #[test]
@@ -239,8 +256,13 @@ fn close_handshake_taxonomy() {
     p.client.close(Some(CloseFrame::new(CloseCode::NORMAL, "bye"))).unwrap();
     assert_eq!(p.client.send(Message::text("late")), Err(SendError::Closed));
     let (ce, se) = p.drive();
-    assert_eq!(se.last(), Some(&Event::Closed(ConnectionError::PeerClosed(Some(CloseFrame::new(CloseCode::NORMAL, "bye"))))));
-    assert!(matches!(ce.last(), Some(Event::Closed(ConnectionError::LocallyClosed(Some(f)))) if f.code == CloseCode::NORMAL));
+    assert_eq!(
+        se.last(),
+        Some(&Event::Closed(ConnectionError::PeerClosed(Some(CloseFrame::new(CloseCode::NORMAL, "bye")))))
+    );
+    assert!(
+        matches!(ce.last(), Some(Event::Closed(ConnectionError::LocallyClosed(Some(f)))) if f.code == CloseCode::NORMAL)
+    );
     assert!(p.client.is_finished() && p.server.is_finished());
 
     // Peer sends a close without status: we answer with an empty close.
@@ -346,7 +368,10 @@ fn streaming_fragments_are_handed_out_as_they_come() {
         while let Some(e) = p.server.poll_event() {
             last = Some(e);
         }
-        assert!(matches!(last, Some(Event::Closed(ConnectionError::ProtocolViolation(ProtocolError::MessageTooLarge { .. })))));
+        assert!(matches!(
+            last,
+            Some(Event::Closed(ConnectionError::ProtocolViolation(ProtocolError::MessageTooLarge { .. })))
+        ));
     }
 }
 
@@ -419,7 +444,10 @@ fn window_bits_8_negotiated_sends_uncompressed() {
 fn fuzz_seed_corpus_does_not_panic() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
     let mut n = 0;
-    for (target, f) in [("frame_decoder", weft_proto::fuzzing::frame_decoder as fn(&[u8])), ("handshake", weft_proto::fuzzing::handshake)] {
+    for (target, f) in [
+        ("frame_decoder", weft_proto::fuzzing::frame_decoder as fn(&[u8])),
+        ("handshake", weft_proto::fuzzing::handshake),
+    ] {
         for entry in std::fs::read_dir(dir.join(target)).expect("seed corpus exists") {
             f(&std::fs::read(entry.unwrap().path()).unwrap());
             n += 1;

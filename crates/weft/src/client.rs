@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_proto::handshake::{self, HandshakeError};

@@ -60,9 +60,9 @@ pub use split::{ReadHalf, ReuniteError, WriteHalf};
 pub use stream::MaybeTlsStream;
 pub use websocket::WebSocket;
 
+pub use bytes::Bytes;
+pub use http;
 pub use weft_proto::{
     self as proto, CloseCode, CloseFrame, Config, ConnectionError, DataKind, DeflateConfig, DeflateParams,
     EncodedMessage, Event, Message, ProtocolError, Role, Timeout, Utf8Bytes,
 };
-pub use bytes::Bytes;
-pub use http;

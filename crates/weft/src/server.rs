@@ -34,18 +34,28 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebS
 /// An HTTP answer that refuses the upgrade (from an [`Acceptor::accept_with`] callback).
 #[derive(Debug, Clone)]
 pub struct Rejection {
-    /// Status, e.g. 401 or 403.
-    pub status: StatusCode,
-    /// Extra headers (e.g. `WWW-Authenticate`).
-    pub headers: HeaderMap,
-    /// Plain-text body.
-    pub body: String,
+    status: StatusCode,
+    headers: Box<HeaderMap>,
+    body: String,
 }
 
 impl Rejection {
-    /// A rejection with `status` and a text body.
+    /// A rejection with `status` (e.g. 401, 403) and a plain-text body.
     pub fn new(status: StatusCode, body: impl Into<String>) -> Self {
-        Self { status, headers: HeaderMap::new(), body: body.into() }
+        Self { status, headers: Box::default(), body: body.into() }
+    }
+
+    /// Add a response header (e.g. `WWW-Authenticate`). Invalid names or values are ignored.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(value)) {
+            self.headers.append(n, v);
+        }
+        self
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 }
 

@@ -44,8 +44,5 @@ pub(crate) async fn wrap<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<tokio_rustls::client::TlsStream<S>> {
     let name = ServerName::try_from(host.to_owned())
         .map_err(|e| Error::new(Kind::Tls(format!("invalid server name {host:?}: {e}"))))?;
-    tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, io)
-        .await
-        .map_err(|e| Error::new(Kind::Tls(e.to_string())))
+    tokio_rustls::TlsConnector::from(cfg).connect(name, io).await.map_err(|e| Error::new(Kind::Tls(e.to_string())))
 }

@@ -12,7 +12,9 @@ use http::StatusCode;
 use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use weft::{Acceptor, ClientBuilder, CloseCode, CloseFrame, Config, ConnectionError, Message, Rejection, Role, Timeout};
+use weft::{
+    Acceptor, ClientBuilder, CloseCode, CloseFrame, Config, ConnectionError, Message, Rejection, Role, Timeout,
+};
 
 #[tokio::test]
 async fn accept_callback_sees_the_request_and_can_refuse() {
@@ -39,11 +41,16 @@ async fn accept_callback_sees_the_request_and_can_refuse() {
             }
         }
     });
-    let err = ClientBuilder::new(format!("ws://{addr}/room?x=1")).header("Authorization", "Bearer bad").connect().await.unwrap_err();
+    let err = ClientBuilder::new(format!("ws://{addr}/room?x=1"))
+        .header("Authorization", "Bearer bad")
+        .connect()
+        .await
+        .unwrap_err();
     assert!(err.is_handshake());
     assert_eq!(err.status(), Some(StatusCode::UNAUTHORIZED));
 
-    let mut ws = ClientBuilder::new(format!("ws://{addr}/room")).header("Authorization", "Bearer good").connect().await.unwrap();
+    let mut ws =
+        ClientBuilder::new(format!("ws://{addr}/room")).header("Authorization", "Bearer good").connect().await.unwrap();
     assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("user=alice"));
 }
 
@@ -249,13 +256,20 @@ async fn keepalive_closes_a_silent_peer_with_1011() {
     tokio::spawn(async move {
         // Complete the handshake by hand, then go silent (never answer pings).
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+        tcp.write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
         let mut sink = vec![0u8; 4096];
         while tcp.read(&mut sink).await.unwrap_or(0) > 0 {}
     });
     let (tcp, _) = l.accept().await.unwrap();
-    let cfg = Config::default().ping_interval(Some(Duration::from_millis(50))).ping_timeout(Duration::from_millis(100)).close_timeout(Duration::from_millis(200));
+    let cfg = Config::default()
+        .ping_interval(Some(Duration::from_millis(50)))
+        .ping_timeout(Duration::from_millis(100))
+        .close_timeout(Duration::from_millis(200));
     let mut ws = Acceptor::new().config(cfg).accept(tcp).await.unwrap();
     let end = tokio::time::timeout(Duration::from_secs(5), ws.recv()).await.expect("must time out, not hang");
     let err = end.unwrap().unwrap_err();
@@ -273,8 +287,12 @@ async fn protocol_violation_is_reported_with_its_close_code() {
         ws.recv().await.unwrap().unwrap_err()
     });
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
     // Unmasked text frame from a client: 1002.
     tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
     let err = server.await.unwrap();

@@ -13,11 +13,7 @@ pub fn python() -> PathBuf {
     let p = std::env::var_os("WEFT_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/autobahn-peers/bin/python")
     });
-    let ok = Command::new(&p)
-        .args(["-c", "import websockets"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let ok = Command::new(&p).args(["-c", "import websockets"]).status().map(|s| s.success()).unwrap_or(false);
     assert!(ok, "{} cannot import websockets: run scripts/test.sh (it installs it) or set WEFT_PYTHON", p.display());
     p
 }

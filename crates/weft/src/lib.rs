@@ -66,3 +66,8 @@ pub use weft_proto::{
     self as proto, CloseCode, CloseFrame, Config, ConnectionError, DataKind, DeflateConfig, DeflateParams,
     EncodedMessage, Event, Message, ProtocolError, Role, Timeout, Utf8Bytes,
 };
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use futures_util::FutureExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use weft::{Acceptor, Config, DeflateConfig};
 
 #[derive(Args, Debug, Clone)]
@@ -28,6 +28,9 @@ pub(crate) struct EchoArgs {
     /// Most fragments per message (Autobahn 9.3/9.4 send up to 65,536).
     #[arg(long, default_value_t = 1 << 20)]
     max_fragments: usize,
+    /// Set SO_REUSEPORT so several `weft echo` processes can share the port.
+    #[arg(long)]
+    reuseport: bool,
 }
 
 pub(crate) fn run(args: EchoArgs) -> ExitCode {
@@ -53,7 +56,16 @@ pub(crate) fn run(args: EchoArgs) -> ExitCode {
 }
 
 async fn serve(args: EchoArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.addr).await?;
+    crate::procfs::raise_nofile_limit();
+    let listener = if args.reuseport {
+        let sock = if args.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        sock.set_reuseaddr(true)?;
+        sock.set_reuseport(true)?;
+        sock.bind(args.addr)?;
+        sock.listen(4096)?
+    } else {
+        TcpListener::bind(args.addr).await?
+    };
     let config = Config::default()
         .max_message_size(args.max_message_size)
         .max_frame_size(args.max_frame_size)

@@ -1,8 +1,10 @@
 //! The `weft` command.
 
 mod autobahn;
+mod bench;
 mod client;
 mod echo;
+mod procfs;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,8 @@ enum Command {
     Client(client::ClientArgs),
     /// Run the Autobahn fuzzingserver's client cases (getCaseCount, runCase, updateReports).
     AutobahnClient(autobahn::AutobahnArgs),
+    /// Load generator: echo throughput and latency, connection capacity, fan-out.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,5 +40,6 @@ fn main() -> ExitCode {
         Command::Echo(a) => echo::run(a),
         Command::Client(a) => client::run(a),
         Command::AutobahnClient(a) => autobahn::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

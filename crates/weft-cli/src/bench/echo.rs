@@ -1,0 +1,275 @@
+//! `weft bench echo`: request-response (`--in-flight 1`) or pipelined echo load.
+//!
+//! Each generator thread runs a single-threaded runtime with its share of the connections, a
+//! histogram and a counter of its own, so threads never contend. Every connection keeps
+//! `in_flight` messages outstanding; echoes arrive in order, so the send time of the oldest
+//! outstanding message gives the round-trip time. Replies that arrive together are answered with
+//! one flush.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use hdrhistogram::Histogram;
+use weft::{ClientBuilder, Config, DeflateConfig, Message};
+
+use super::report::{EchoReport, Percentiles};
+use crate::procfs;
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct EchoArgs {
+    /// Server URL.
+    #[arg(long, default_value = "ws://127.0.0.1:9001/")]
+    pub(crate) url: String,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 100)]
+    pub(crate) connections: usize,
+    /// Payload size in bytes.
+    #[arg(long, short = 's', default_value_t = 512)]
+    pub(crate) size: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, short = 'd', default_value_t = 5.0)]
+    pub(crate) duration: f64,
+    /// Stop after this many measured messages instead of after `--duration`.
+    #[arg(long)]
+    pub(crate) count: Option<u64>,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) warmup: f64,
+    /// Messages outstanding per connection (1 = request-response).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) in_flight: usize,
+    /// Total target rate in messages per second, spread over the connections (request-response
+    /// pacing; RTT is measured from the scheduled send time, so queueing delay is counted).
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Send text frames instead of binary.
+    #[arg(long)]
+    pub(crate) text: bool,
+    /// Offer permessage-deflate.
+    #[arg(long)]
+    pub(crate) deflate: bool,
+    /// Generator threads.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) threads: usize,
+    /// Server process to measure (CPU per message, RSS) from /proc.
+    #[arg(long)]
+    pub(crate) server_pid: Option<u32>,
+    /// Print one JSON object and nothing else.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+struct Shared {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    measured: AtomicU64,
+    connected: AtomicUsize,
+    errors: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn error(&self, e: impl std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut g = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(e.to_string());
+        }
+    }
+}
+
+pub(crate) fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
+    anyhow::ensure!(args.connections > 0 && args.in_flight > 0 && args.threads > 0, "counts must be positive");
+    procfs::raise_nofile_limit();
+    let shared = Arc::new(Shared {
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        measured: AtomicU64::new(0),
+        connected: AtomicUsize::new(0),
+        errors: AtomicU64::new(0),
+        first_error: std::sync::Mutex::new(None),
+    });
+    let payload = Bytes::from(vec![b'w'; args.size]);
+    let threads: Vec<_> = (0..args.threads)
+        .map(|t| {
+            let n = args.connections / args.threads + usize::from(t < args.connections % args.threads);
+            let (args, shared, payload) = (args.clone(), shared.clone(), payload.clone());
+            std::thread::spawn(move || worker(args, n, shared, payload))
+        })
+        .collect();
+
+    // Wait for the connections, then warm up, then measure.
+    let start = Instant::now();
+    while shared.connected.load(Ordering::Relaxed) + (shared.errors.load(Ordering::Relaxed) as usize) < args.connections
+        && start.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_secs_f64(args.warmup));
+    let (srv0, gen0) = (procfs::cpu(args.server_pid), procfs::cpu(None));
+    let t0 = Instant::now();
+    shared.measuring.store(true, Ordering::SeqCst);
+    let progress = !args.json && std::io::stderr().is_terminal();
+    let limit = Duration::from_secs_f64(args.duration);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let n = shared.measured.load(Ordering::Relaxed);
+        let el = t0.elapsed();
+        if progress {
+            eprint!(
+                "\r  {:>5.1} s  {:>12} messages  {:>10.0} msg/s ",
+                el.as_secs_f64(),
+                n,
+                n as f64 / el.as_secs_f64()
+            );
+        }
+        let done = match args.count {
+            Some(c) => n >= c || el > Duration::from_secs(600),
+            None => el >= limit,
+        };
+        if done {
+            break;
+        }
+    }
+    shared.measuring.store(false, Ordering::SeqCst);
+    let seconds = t0.elapsed().as_secs_f64();
+    let (srv1, gen1) = (procfs::cpu(args.server_pid), procfs::cpu(None));
+    let server_rss_bytes = args.server_pid.and_then(procfs::rss_bytes);
+    shared.stop.store(true, Ordering::SeqCst);
+    if progress {
+        eprintln!();
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    for t in threads {
+        if let Ok(h) = t.join() {
+            let _ = hist.add(&h);
+        }
+    }
+    let messages = shared.measured.load(Ordering::Relaxed);
+    let per_msg = |d: Option<(f64, f64)>| d.map(|(secs, _)| secs * 1e6 / messages.max(1) as f64);
+    let srv = procfs::cpu_delta(srv0, srv1);
+    let gen_cpu = procfs::cpu_delta(gen0, gen1);
+    Ok(EchoReport {
+        scenario: if args.in_flight > 1 { "echo-pipelined" } else { "echo" },
+        url: args.url.clone(),
+        connections: args.connections,
+        connected: shared.connected.load(Ordering::Relaxed),
+        size: args.size,
+        in_flight: args.in_flight,
+        text: args.text,
+        deflate: args.deflate,
+        threads: args.threads,
+        seconds,
+        messages,
+        msg_per_sec: messages as f64 / seconds,
+        mib_per_sec: messages as f64 * args.size as f64 / seconds / 1048576.0,
+        rtt_us: Percentiles::from_hist(&hist),
+        server_cpu_us_per_msg: per_msg(srv),
+        server_cpu_cores: srv.map(|d| d.1),
+        server_rss_bytes,
+        generator_cpu_us_per_msg: per_msg(gen_cpu),
+        generator_cpu_cores: gen_cpu.map(|d| d.1),
+        generator_bound: gen_cpu.is_some_and(|(_, cores)| cores >= 0.9 * args.threads as f64),
+        errors: shared.errors.load(Ordering::Relaxed),
+        first_error: shared.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+    })
+}
+
+fn worker(args: EchoArgs, n: usize, shared: Arc<Shared>, payload: Bytes) -> Histogram<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let hist = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds")));
+    let local = tokio::task::LocalSet::new();
+    let per_conn_interval = args.rate.map(|r| Duration::from_secs_f64(args.connections as f64 / r.max(1e-9)));
+    local.block_on(&rt, async {
+        let mut tasks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (args, shared, payload, hist) = (args.clone(), shared.clone(), payload.clone(), hist.clone());
+            tasks.push(tokio::task::spawn_local(async move {
+                if let Err(e) = connection(&args, &shared, payload, &hist, per_conn_interval).await {
+                    shared.error(e);
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    Rc::try_unwrap(hist).map(RefCell::into_inner).unwrap_or_else(|h| h.borrow().clone())
+}
+
+async fn connection(
+    args: &EchoArgs,
+    shared: &Shared,
+    payload: Bytes,
+    hist: &RefCell<Histogram<u64>>,
+    pace: Option<Duration>,
+) -> weft::Result<()> {
+    let mut cfg = Config::default().max_message_size(256 << 20).max_frame_size(256 << 20);
+    if args.deflate {
+        cfg = cfg.deflate(Some(DeflateConfig::default()));
+    }
+    let mut ws = ClientBuilder::new(&args.url).config(cfg).connect().await?;
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let make = || {
+        if args.text {
+            Message::Text(payload.clone().try_into().expect("ascii"))
+        } else {
+            Message::Binary(payload.clone())
+        }
+    };
+    let mut sent: VecDeque<Instant> = VecDeque::with_capacity(args.in_flight);
+    let mut next_at = Instant::now();
+    let in_flight = if pace.is_some() { 1 } else { args.in_flight };
+    for _ in 0..in_flight {
+        sent.push_back(Instant::now());
+        ws.feed(make()).await?;
+    }
+    ws.flush().await?;
+    'outer: loop {
+        let mut item = ws.recv().await;
+        loop {
+            match item {
+                Some(Ok(m)) if m.is_data() => {
+                    let now = Instant::now();
+                    let t = sent.pop_front().unwrap_or(now);
+                    if shared.measuring.load(Ordering::Relaxed) {
+                        let _ = hist.borrow_mut().record(now.duration_since(t).as_nanos().max(1) as u64);
+                        shared.measured.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if shared.stop.load(Ordering::Relaxed) {
+                        break 'outer;
+                    }
+                    if let Some(p) = pace {
+                        next_at += p;
+                        if next_at > now {
+                            ws.flush().await?;
+                            tokio::time::sleep_until(next_at.into()).await;
+                        }
+                        // Measured from the scheduled time: queueing delay is not hidden.
+                        sent.push_back(next_at.min(Instant::now()));
+                    } else {
+                        sent.push_back(now);
+                    }
+                    ws.feed(make()).await?;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+            match ws.recv().now_or_never() {
+                Some(next) => item = next,
+                None => break,
+            }
+        }
+        ws.flush().await?;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    Ok(())
+}

@@ -71,7 +71,7 @@ async fn serve(args: EchoArgs) -> anyhow::Result<()> {
         .max_frame_size(args.max_frame_size)
         .max_fragments(args.max_fragments)
         .deflate(args.deflate.then(DeflateConfig::default));
-    let acceptor = Acceptor::new().config(config);
+    let acceptor = std::sync::Arc::new(Acceptor::new().config(config));
     tracing::info!(addr = %listener.local_addr()?, deflate = args.deflate, "weft echo listening");
     loop {
         tokio::select! {

@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -89,6 +90,15 @@ struct Assembly {
     buf: Vec<u8>,
 }
 
+/// permessage-deflate state, allocated only when negotiated.
+#[cfg(feature = "deflate")]
+#[derive(Debug)]
+struct DeflateState {
+    deflater: Deflater,
+    inflater: Inflater,
+    params: DeflateParams,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
@@ -102,7 +112,7 @@ enum State {
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
-    config: Config,
+    config: Arc<Config>,
     state: State,
     now: Instant,
 
@@ -113,7 +123,7 @@ pub struct Connection {
     utf8: Utf8Validator,
     events: VecDeque<Event>,
     #[cfg(feature = "deflate")]
-    inflater: Option<Inflater>,
+    deflate: Option<Box<DeflateState>>,
 
     // Output.
     out: VecDeque<Bytes>,
@@ -121,10 +131,6 @@ pub struct Connection {
     cork: BytesMut,
     buffered: usize,
     vectored: bool,
-    #[cfg(feature = "deflate")]
-    deflater: Option<Deflater>,
-    #[cfg(feature = "deflate")]
-    deflate_params: Option<DeflateParams>,
     sent_close: Option<Option<CloseFrame>>,
 
     // Timers.
@@ -137,8 +143,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection whose handshake has completed, at time `now`.
-    pub fn new(role: Role, config: Config, now: Instant) -> Self {
+    /// A connection whose handshake has completed, at time `now`. Pass an `Arc<Config>` to
+    /// share one configuration between many connections.
+    pub fn new(role: Role, config: impl Into<Arc<Config>>, now: Instant) -> Self {
+        let config = config.into();
         let next_ping = config.ping_interval.map(|d| now + d);
         Self {
             role,
@@ -150,16 +158,12 @@ impl Connection {
             utf8: Utf8Validator::new(),
             events: VecDeque::new(),
             #[cfg(feature = "deflate")]
-            inflater: None,
+            deflate: None,
             out: VecDeque::new(),
             out_head_written: 0,
             cork: BytesMut::new(),
             buffered: 0,
             vectored: true,
-            #[cfg(feature = "deflate")]
-            deflater: None,
-            #[cfg(feature = "deflate")]
-            deflate_params: None,
             sent_close: None,
             last_input: now,
             next_ping,
@@ -189,15 +193,17 @@ impl Connection {
                 params.server_no_context_takeover,
             ),
         };
-        self.deflater = Some(Deflater::new(cfg.level, ours_bits, ours_nct, cfg.threshold));
-        self.inflater = Some(Inflater::new(theirs_bits, theirs_nct));
-        self.deflate_params = Some(params);
+        self.deflate = Some(Box::new(DeflateState {
+            deflater: Deflater::new(cfg.level, ours_bits, ours_nct, cfg.threshold),
+            inflater: Inflater::new(theirs_bits, theirs_nct),
+            params,
+        }));
     }
 
     /// The negotiated permessage-deflate parameters, if any.
     #[cfg(feature = "deflate")]
     pub fn deflate_params(&self) -> Option<DeflateParams> {
-        self.deflate_params
+        self.deflate.as_ref().map(|d| d.params)
     }
 
     /// Tell the connection whether the transport writes several slices at once efficiently.
@@ -323,7 +329,7 @@ impl Connection {
     fn deflate_negotiated(&self) -> bool {
         #[cfg(feature = "deflate")]
         {
-            self.inflater.is_some()
+            self.deflate.is_some()
         }
         #[cfg(not(feature = "deflate"))]
         {
@@ -451,7 +457,7 @@ impl Connection {
         let piece: Bytes = if a.compressed {
             #[cfg(feature = "deflate")]
             {
-                let inflater = self.inflater.as_mut().expect("compressed implies negotiated");
+                let inflater = &mut self.deflate.as_mut().expect("compressed implies negotiated").inflater;
                 let mut out = if stream { Vec::new() } else { std::mem::take(&mut a.buf) };
                 let start = out.len();
                 let limit = max_message - a.streamed;
@@ -559,7 +565,7 @@ impl Connection {
     fn send_data(&mut self, op: OpCode, payload: Bytes) -> Result<(), SendError> {
         self.check_can_send()?;
         #[cfg(feature = "deflate")]
-        if let Some(d) = self.deflater.as_mut().filter(|d| d.wants(payload.len())) {
+        if let Some(d) = self.deflate.as_mut().map(|d| &mut d.deflater).filter(|d| d.wants(payload.len())) {
             let mut z = Vec::with_capacity(payload.len() / 2 + 16);
             d.compress(&payload, &mut z);
             let mut h = FrameHeader::new(op, z.len() as u64);
@@ -671,15 +677,11 @@ impl Connection {
             return self.send_data(m.opcode, m.payload.clone());
         }
         #[cfg(feature = "deflate")]
-        if let (Some(z), Some(d), Some(p)) = (&m.deflated, self.deflater.as_mut(), self.deflate_params) {
-            if p.server_max_window_bits == 15 {
+        if let (Some(z), Some(d)) = (&m.deflated, self.deflate.as_mut()) {
+            if d.params.server_max_window_bits == 15 {
                 // Our own compressor's window no longer matches what the peer has seen.
-                *d = Deflater::new(
-                    self.config.deflate.as_ref().map_or(1, |c| c.level),
-                    15,
-                    p.server_no_context_takeover,
-                    self.config.deflate.as_ref().map_or(0, |c| c.threshold),
-                );
+                let cfg = self.config.deflate.clone().unwrap_or_default();
+                d.deflater = Deflater::new(cfg.level, 15, d.params.server_no_context_takeover, cfg.threshold);
                 return self.push_encoded(z.clone());
             }
         }

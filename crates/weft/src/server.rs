@@ -62,7 +62,7 @@ impl Rejection {
 /// Server-side settings, reusable for every connection.
 #[derive(Debug, Clone)]
 pub struct Acceptor {
-    config: Config,
+    config: std::sync::Arc<Config>,
     subprotocols: Vec<String>,
     handshake_timeout: Duration,
 }
@@ -76,12 +76,12 @@ impl Default for Acceptor {
 impl Acceptor {
     /// Defaults: [`Config::default`], no subprotocols, 10 s to complete the handshake.
     pub fn new() -> Self {
-        Self { config: Config::default(), subprotocols: Vec::new(), handshake_timeout: Duration::from_secs(10) }
+        Self { config: Default::default(), subprotocols: Vec::new(), handshake_timeout: Duration::from_secs(10) }
     }
 
     /// Connection settings; `config.deflate` enables accepting permessage-deflate.
     pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
+        self.config = std::sync::Arc::new(config);
         self
     }
 
@@ -153,7 +153,7 @@ impl Acceptor {
         io.write_all(&head).await?;
         io.flush().await?;
         let now = Instant::now();
-        let mut conn = Connection::new(Role::Server, self.config.clone(), now);
+        let mut conn = Connection::new(Role::Server, std::sync::Arc::clone(&self.config), now);
         #[cfg(feature = "deflate")]
         if let Some(p) = accepted.deflate {
             conn.set_deflate(p);

@@ -36,7 +36,7 @@ pub(crate) struct Inner<S> {
     pub(crate) conn: Connection,
     timer: Option<Pin<Box<Sleep>>>,
     timer_deadline: Option<Instant>,
-    end: Option<ConnectionError>,
+    end: Option<Box<ConnectionError>>,
     end_reported: bool,
     teardown: Teardown,
     linger: Option<Pin<Box<Sleep>>>,
@@ -135,12 +135,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     return Poll::Ready(None);
                 }
                 self.end_reported = true;
-                let end = self.end.clone().expect("teardown starts with an end");
+                let end = self.end.as_deref().cloned().expect("teardown starts with an end");
                 return Poll::Ready(Some(Ok(Event::Closed(end))));
             }
             if let Some(ev) = self.conn.poll_event() {
                 if let Event::Closed(reason) = ev {
-                    self.end = Some(reason);
+                    self.end = Some(Box::new(reason));
                     self.teardown = Teardown::Flushing;
                     continue;
                 }
@@ -188,7 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     }
                     // A client lets the server close the TCP connection first (RFC 6455 §7.1.1)
                     // after a clean close; otherwise we shut down our side now.
-                    let clean = self.end.as_ref().is_some_and(ConnectionError::is_clean);
+                    let clean = self.end.as_deref().is_some_and(ConnectionError::is_clean);
                     if !(clean && self.conn.role() == Role::Client) {
                         let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
                     }
@@ -256,7 +256,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
     }
 
     fn closed_error(&self) -> Error {
-        match &self.end {
+        match self.end.as_deref() {
             Some(e) => e.clone().into(),
             None => weft_proto::SendError::Closed.into(),
         }

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Side-by-side echo benchmark: weft against its peers, interleaved, median of several rounds.
+#
+#   bench/compare.sh            full matrix (~25 min): sizes 512 B, 1 KiB, 16 KiB, 64 KiB;
+#                               100 and 500 connections; request-response and 16 in flight;
+#                               with and without permessage-deflate (where the peer has it); 3 rounds
+#   bench/compare.sh --quick    512 B and 16 KiB, 100 connections, 1 round (~2 min)
+#
+# Placement: every server runs on CPU 0 with one thread, the generator (`weft bench`, one thread)
+# on CPU 1, the same for every peer. Results: bench/out/results.jsonl (one JSON object per run),
+# bench/out/summary.md (tables with ratios), bench/chart.svg.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+QUICK=0; ROUNDS=3; DURATION=2; WARMUP=0.5
+for a in "$@"; do case "$a" in --quick) QUICK=1; ROUNDS=1; DURATION=1;; esac; done
+OUT="$ROOT/bench/out"; mkdir -p "$OUT"; : > "$OUT/results.jsonl"
+PYVENV="${WEFT_BENCH_VENV:-$HOME/.cache/weft-bench-py}"
+
+echo "== build (release)"
+cargo build --release -q -p weft-cli
+(cd bench/peers/rust && cargo build --release -q)
+(cd bench/peers/node && npm install --no-audit --no-fund -s >/dev/null)
+[[ -x "$PYVENV/bin/python" ]] || python3 -m venv "$PYVENV"
+"$PYVENV/bin/pip" install -q -r bench/peers/python/requirements.txt
+WEFT="$ROOT/target/release/weft"; PEERS="$ROOT/bench/peers/rust/target/release/weft-bench-peers"
+ulimit -n "$(ulimit -Hn)"
+
+declare -A CMD DEFL
+CMD[weft]="$WEFT echo --threads 1 --addr 127.0.0.1:PORT"
+CMD[weft+deflate]="$WEFT echo --threads 1 --deflate --addr 127.0.0.1:PORT"; DEFL[weft+deflate]=1
+CMD[tokio-tungstenite]="$PEERS tungstenite --threads 1 --port PORT"
+CMD[fastwebsockets]="$PEERS fastwebsockets --threads 1 --port PORT"
+CMD[tokio-websockets]="$PEERS tokio-websockets --threads 1 --port PORT"
+CMD[node-ws]="node bench/peers/node/echo.js --port PORT"
+CMD[node-ws+deflate]="node bench/peers/node/echo.js --deflate --port PORT"; DEFL[node-ws+deflate]=1
+CMD[py-websockets]="$PYVENV/bin/python bench/peers/python/websockets_echo.py --port PORT"
+CMD[py-websockets+deflate]="$PYVENV/bin/python bench/peers/python/websockets_echo.py --deflate --port PORT"; DEFL[py-websockets+deflate]=1
+CMD[picows]="$PYVENV/bin/python bench/peers/python/picows_echo.py --port PORT"
+PLAIN=(weft tokio-tungstenite fastwebsockets tokio-websockets node-ws py-websockets picows)
+DEFLATED=(weft+deflate node-ws+deflate py-websockets+deflate)
+
+declare -A PID PORT
+port=9300
+cleanup() { for s in "${!PID[@]}"; do kill "${PID[$s]}" 2>/dev/null || true; done; }
+trap cleanup EXIT
+for s in "${PLAIN[@]}" "${DEFLATED[@]}"; do
+  port=$((port + 1)); PORT[$s]=$port
+  # shellcheck disable=SC2086
+  taskset -c 0 ${CMD[$s]//PORT/$port} > "$OUT/server-$s.log" 2>&1 &
+  PID[$s]=$!
+done
+for s in "${!PORT[@]}"; do
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/${PORT[$s]}") 2>/dev/null && break; sleep 0.1; done
+done
+
+if [[ $QUICK == 1 ]]; then SIZES=(512 16384); CONNS=(100); else SIZES=(512 1024 16384 65536); CONNS=(100 500); fi
+MODES=(1 16)
+total=$(( ${#SIZES[@]} * ${#CONNS[@]} * ${#MODES[@]} * (${#PLAIN[@]} + ${#DEFLATED[@]}) * ROUNDS ))
+echo "== $total runs of ${DURATION}s (+${WARMUP}s warm-up); servers on CPU 0, generator on CPU 1"
+n=0
+for round in $(seq "$ROUNDS"); do
+  for size in "${SIZES[@]}"; do for c in "${CONNS[@]}"; do for inflight in "${MODES[@]}"; do
+    for s in "${PLAIN[@]}" "${DEFLATED[@]}"; do
+      n=$((n + 1))
+      extra=(); [[ -n "${DEFL[$s]:-}" ]] && extra=(--deflate)
+      line=$(taskset -c 1 "$WEFT" bench echo --url "ws://127.0.0.1:${PORT[$s]}/" -c "$c" -s "$size" \
+               --in-flight "$inflight" -d "$DURATION" --warmup "$WARMUP" --server-pid "${PID[$s]}" --json "${extra[@]}" 2>/dev/null) \
+        || line='{"error":"run failed"}'
+      printf '{"server":"%s","round":%d,"result":%s}\n' "$s" "$round" "$line" >> "$OUT/results.jsonl"
+      printf '\r  %d/%d  %-22s size=%-6s conns=%-4s in_flight=%-3s' "$n" "$total" "$s" "$size" "$c" "$inflight"
+    done
+  done; done; done
+done
+echo
+python3 bench/summarize.py "$OUT/results.jsonl" "$OUT/summary.md" bench/chart.svg
+cat "$OUT/summary.md"

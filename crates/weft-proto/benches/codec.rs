@@ -12,7 +12,7 @@ use weft_proto::{Config, Connection, Event, Message, Role, mask, utf8};
 
 fn masking(c: &mut Criterion) {
     let mut g = c.benchmark_group("mask");
-    for size in [64usize, 1024, 64 << 10, 1 << 20] {
+    for size in [64usize, 128, 256, 1024, 64 << 10, 1 << 20] {
         let mut buf = vec![0xA5u8; size];
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::new("simd", size), &size, |b, _| {

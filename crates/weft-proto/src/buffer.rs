@@ -12,11 +12,11 @@ use std::cell::RefCell;
 use bytes::BytesMut;
 
 /// Capacity of a fresh buffer.
-pub const INITIAL_CAPACITY: usize = 8 * 1024;
+pub const INITIAL_CAPACITY: usize = 32 * 1024;
 /// Buffers larger than this are freed rather than pooled.
 const MAX_POOLED_CAPACITY: usize = 64 * 1024;
 /// Most buffers kept per thread.
-const MAX_POOLED: usize = 256;
+const MAX_POOLED: usize = 64;
 
 thread_local! {
     static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };

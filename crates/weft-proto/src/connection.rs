@@ -238,7 +238,8 @@ impl Connection {
             Some(f) => (f.header_len + f.header.payload_len as usize).saturating_sub(self.rbuf.len()),
             None => 0,
         };
-        self.rbuf.reserve(want.clamp(buffer::INITIAL_CAPACITY / 2, 64 << 20));
+        // Read in large steps: 8 KiB reads cost ~2x server CPU per 16 KiB message (measured).
+        self.rbuf.reserve(want.clamp(buffer::INITIAL_CAPACITY, 64 << 20));
         &mut self.rbuf
     }
 

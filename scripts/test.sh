@@ -8,7 +8,8 @@
 # Needs: the Rust toolchain, python3, and the shared Autobahn tooling beside the repository
 # (../shared/tools/autobahn, override with WEFT_SHARED=/path/to/shared). Installs: a Python 2.7
 # virtualenv with the Autobahn TestSuite and a Python 3 venv with `websockets` (both cached in
-# ~/.cache, reused when present).
+# ~/.cache, reused when present); qemu-user and the aarch64 cross linker (apt-get) and the
+# aarch64 Rust target (rustup), to run the NEON masking kernel's tests under emulation.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -36,6 +37,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (unit, integration, interop, doc)"
 cargo test --workspace --locked
+
+step "NEON masking kernel: weft-proto's mask tests for aarch64 under qemu-user"
+if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross >/dev/null
+fi
+rustup target list --installed | grep -q aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+  cargo test --locked -p weft-proto --lib --target aarch64-unknown-linux-gnu -- mask utf8
 
 step "build weft (profile ci: release optimisations, quicker to build)"
 cargo build --locked --profile ci -p weft-cli

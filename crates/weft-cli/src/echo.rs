@@ -104,7 +104,9 @@ async fn serve(args: EchoArgs) -> anyhow::Result<()> {
 /// message we take the next one only if it is already available, and flush when none is.
 pub(crate) async fn echo_one(acceptor: &Acceptor, tcp: TcpStream) -> weft::Result<()> {
     tcp.set_nodelay(true)?;
-    let mut ws = acceptor.accept(tcp).await?;
+    // Boxed: the handshake's state (request buffer, parsed headers) is freed after the upgrade
+    // instead of staying part of this long-lived task's future.
+    let mut ws = Box::pin(acceptor.accept(tcp)).await?;
     while let Some(msg) = ws.recv().await {
         let mut next = Some(msg?);
         while let Some(msg) = next.take() {

@@ -114,3 +114,78 @@ fn client_exit_codes_tell_why_it_stopped() {
 fn weft_accept(key: &str) -> String {
     weft::proto::handshake::accept_key(key.as_bytes())
 }
+
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(WEFT).arg("bench").args(args).arg("--json").output().unwrap();
+    assert!(out.status.success(), "weft bench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+#[test]
+fn bench_echo_reports_rates_latency_and_server_cpu() {
+    let (echo, port) = start_echo(&["--threads", "1"]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let pid = echo.0.id().to_string();
+    for inflight in ["1", "8"] {
+        let r = bench_json(&[
+            "echo",
+            "--url",
+            &url,
+            "-c",
+            "4",
+            "-s",
+            "100",
+            "-d",
+            "0.5",
+            "--warmup",
+            "0.1",
+            "--in-flight",
+            inflight,
+            "--server-pid",
+            &pid,
+        ]);
+        assert_eq!(r["connected"], 4);
+        assert_eq!(r["errors"], 0);
+        assert!(r["messages"].as_u64().unwrap() > 100, "{r}");
+        assert!(r["rtt_us"]["p50"].as_f64().unwrap() > 0.0);
+        assert!(r["rtt_us"]["p99"].as_f64().unwrap() >= r["rtt_us"]["p50"].as_f64().unwrap());
+        assert!(r["server_cpu_us_per_msg"].as_f64().is_some(), "{r}");
+        assert!(r["server_rss_bytes"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn bench_connections_holds_them_and_measures_rss_with_several_processes() {
+    let (echo, port) = start_echo(&["--threads", "1"]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let pid = echo.0.id().to_string();
+    for procs in ["1", "2"] {
+        let r = bench_json(&[
+            "connections",
+            "--url",
+            &url,
+            "-c",
+            "200",
+            "--hold",
+            "0.5",
+            "--processes",
+            procs,
+            "--server-pid",
+            &pid,
+        ]);
+        assert_eq!(r["opened"], 200, "{r}");
+        assert_eq!(r["still_open"], 200, "{r}");
+        assert!(r["server_rss_per_conn_bytes"].as_f64().is_some(), "{r}");
+    }
+    // More sockets than one process may hold: refused with the number of processes needed.
+    let out = Command::new(WEFT).args(["bench", "connections", "--url", &url, "-c", "50000"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--processes"));
+}
+
+#[test]
+fn bench_fanout_says_it_needs_the_engine() {
+    let out = Command::new(WEFT).args(["bench", "fanout", "--subscribers", "10"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("weft serve"));
+}

@@ -10,14 +10,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 QUICK=0; [[ "${1:-}" == "--quick" ]] && QUICK=1
 OUT="$ROOT/bench/out"; mkdir -p "$OUT"; : > "$OUT/capacity.jsonl"
-PYVENV="${WEFT_BENCH_VENV:-$HOME/.cache/weft-bench-py}"
-cargo build --release -q -p weft-cli
-(cd bench/peers/rust && cargo build --release -q)
-(cd bench/peers/node && npm install --no-audit --no-fund -s >/dev/null)
-[[ -x "$PYVENV/bin/python" ]] || python3 -m venv "$PYVENV"
-"$PYVENV/bin/pip" install -q -r bench/peers/python/requirements.txt
-WEFT="$ROOT/target/release/weft"; PEERS="$ROOT/bench/peers/rust/target/release/weft-bench-peers"
-ulimit -n "$(ulimit -Hn)"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_setup
 
 declare -A CMD
 CMD[weft]="$WEFT echo --threads 1 --addr 127.0.0.1:PORT"

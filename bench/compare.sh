@@ -15,16 +15,10 @@ cd "$ROOT"
 QUICK=0; ROUNDS=3; DURATION=2; WARMUP=0.5
 for a in "$@"; do case "$a" in --quick) QUICK=1; ROUNDS=1; DURATION=1;; esac; done
 OUT="$ROOT/bench/out"; mkdir -p "$OUT"; : > "$OUT/results.jsonl"
-PYVENV="${WEFT_BENCH_VENV:-$HOME/.cache/weft-bench-py}"
-
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 echo "== build (release)"
-cargo build --release -q -p weft-cli
-(cd bench/peers/rust && cargo build --release -q)
-(cd bench/peers/node && npm install --no-audit --no-fund -s >/dev/null)
-[[ -x "$PYVENV/bin/python" ]] || python3 -m venv "$PYVENV"
-"$PYVENV/bin/pip" install -q -r bench/peers/python/requirements.txt
-WEFT="$ROOT/target/release/weft"; PEERS="$ROOT/bench/peers/rust/target/release/weft-bench-peers"
-ulimit -n "$(ulimit -Hn)"
+bench_setup
 
 declare -A CMD DEFL
 CMD[weft]="$WEFT echo --threads 1 --addr 127.0.0.1:PORT"

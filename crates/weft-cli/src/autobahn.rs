@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use futures_util::FutureExt;
 use weft::{ClientBuilder, Config, DeflateConfig, Message};
 
 #[derive(Args, Debug)]
@@ -59,19 +58,5 @@ async fn dance(args: AutobahnArgs) -> anyhow::Result<()> {
 
 async fn run_case(url: &str, deflate: bool) -> weft::Result<()> {
     let mut ws = ClientBuilder::new(url).config(config(deflate)).connect().await?;
-    while let Some(msg) = ws.recv().await {
-        let mut next = Some(msg?);
-        while let Some(msg) = next.take() {
-            if msg.is_data() {
-                ws.feed(msg).await?;
-            }
-            next = match ws.recv().now_or_never() {
-                Some(Some(m)) => Some(m?),
-                Some(None) => return Ok(()),
-                None => None,
-            };
-        }
-        ws.flush().await?;
-    }
-    Ok(())
+    crate::echo::echo_messages(&mut ws).await
 }

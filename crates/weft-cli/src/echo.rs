@@ -100,13 +100,22 @@ async fn serve(args: EchoArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Echo one connection. Everything one read produced is answered with one write: after each
-/// message we take the next one only if it is already available, and flush when none is.
+/// Echo one connection.
 pub(crate) async fn echo_one(acceptor: &Acceptor, tcp: TcpStream) -> weft::Result<()> {
     tcp.set_nodelay(true)?;
     // Boxed: the handshake's state (request buffer, parsed headers) is freed after the upgrade
     // instead of staying part of this long-lived task's future.
     let mut ws = Box::pin(acceptor.accept(tcp)).await?;
+    echo_messages(&mut ws).await
+}
+
+/// Echo every data message until the connection ends. Everything one read produced is answered
+/// with one write: after each message the next is taken only if it is already available, and
+/// the queue is flushed when none is.
+pub(crate) async fn echo_messages<S>(ws: &mut weft::WebSocket<S>) -> weft::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     while let Some(msg) = ws.recv().await {
         let mut next = Some(msg?);
         while let Some(msg) = next.take() {

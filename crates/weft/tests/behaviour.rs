@@ -54,6 +54,18 @@ async fn accept_callback_sees_the_request_and_can_refuse() {
     assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("user=alice"));
 }
 
+/// A TCP connection that has sent a valid upgrade request by hand (the 101 is not read).
+async fn raw_upgrade(addr: std::net::SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tcp
+}
+
 async fn raw_request(addr: std::net::SocketAddr, req: &str) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(req.as_bytes()).await.unwrap();
@@ -255,13 +267,7 @@ async fn keepalive_closes_a_silent_peer_with_1011() {
     let (l, addr) = listener().await;
     tokio::spawn(async move {
         // Complete the handshake by hand, then go silent (never answer pings).
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(
-            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        let mut tcp = raw_upgrade(addr).await;
         let mut sink = vec![0u8; 4096];
         while tcp.read(&mut sink).await.unwrap_or(0) > 0 {}
     });
@@ -286,13 +292,7 @@ async fn protocol_violation_is_reported_with_its_close_code() {
         let mut ws = weft::accept(tcp).await.unwrap();
         ws.recv().await.unwrap().unwrap_err()
     });
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let mut tcp = raw_upgrade(addr).await;
     // Unmasked text frame from a client: 1002.
     tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
     let err = server.await.unwrap();

@@ -49,6 +49,10 @@ for s in "${!PORT[@]}"; do
 done
 
 if [[ $QUICK == 1 ]]; then SIZES=(512 16384); CONNS=(100); else SIZES=(512 1024 16384 65536); CONNS=(100 500); fi
+# Overrides for partial runs, e.g. BENCH_CONNS="100" BENCH_ROUNDS=1 bench/compare.sh
+[[ -n "${BENCH_SIZES:-}" ]] && read -r -a SIZES <<< "$BENCH_SIZES"
+[[ -n "${BENCH_CONNS:-}" ]] && read -r -a CONNS <<< "$BENCH_CONNS"
+[[ -n "${BENCH_ROUNDS:-}" ]] && ROUNDS=$BENCH_ROUNDS
 MODES=(1 16)
 total=$(( ${#SIZES[@]} * ${#CONNS[@]} * ${#MODES[@]} * (${#PLAIN[@]} + ${#DEFLATED[@]}) * ROUNDS ))
 echo "== $total runs of ${DURATION}s (+${WARMUP}s warm-up); servers on CPU 0, generator on CPU 1"

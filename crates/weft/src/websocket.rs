@@ -144,9 +144,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     self.teardown = Teardown::Flushing;
                     continue;
                 }
-                if self.conn.has_transmit() {
-                    // Automatic pongs and replies go out as soon as possible; a transport
-                    // error will surface as EOF on the read side.
+                // An automatic pong or close reply goes out at once. Anything else queued (the
+                // application's `feed`s) waits until reading is about to block, so a batch of
+                // messages leaves in one write instead of one write per message (measured: 16
+                // sendto per recvfrom before this, with 16 messages in flight).
+                let control = matches!(ev, Event::Message(Message::Ping(_) | Message::Close(_)));
+                if control && self.conn.has_transmit() {
                     if let Poll::Ready(Err(_)) = self.poll_write_out(cx) {
                         self.conn.handle_eof();
                     }

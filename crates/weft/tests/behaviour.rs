@@ -349,3 +349,70 @@ async fn handshake_refused_status_is_surfaced_and_connect_errors_are_io() {
     let err = weft::connect("http//nope").await.unwrap_err();
     assert!(err.is_handshake());
 }
+
+/// Counts the write calls that reach the transport.
+struct CountWrites<S> {
+    inner: S,
+    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountWrites<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountWrites<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write(cx, b)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Regression: `recv` used to write out everything queued each time it returned a message, so
+/// an echo loop made one write per message instead of one per batch (16 sendto per recvfrom).
+#[tokio::test]
+async fn fed_messages_leave_in_one_write_per_batch() {
+    use futures_util::FutureExt;
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut server =
+        weft::WebSocket::from_raw(CountWrites { inner: a, writes: writes.clone() }, Role::Server, Config::default());
+    let mut client = weft::WebSocket::from_raw(b, Role::Client, Config::default());
+    for i in 0..16 {
+        client.feed(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    // Echo everything that is already available, then flush once.
+    let mut echoed = 0;
+    let mut next = server.recv().await;
+    while let Some(Ok(m)) = next {
+        server.feed(m).await.unwrap();
+        echoed += 1;
+        next = server.recv().now_or_never().flatten();
+    }
+    server.flush().await.unwrap();
+    assert_eq!(echoed, 16);
+    let n = writes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(n <= 2, "{n} transport writes for one batch of 16 echoes");
+    for i in 0..16 {
+        assert_eq!(client.recv().await.unwrap().unwrap(), Message::text(format!("m{i}")));
+    }
+}

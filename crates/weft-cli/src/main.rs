@@ -5,12 +5,13 @@ mod bench;
 mod client;
 mod echo;
 mod procfs;
+mod serve;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// weft: a WebSocket stack — echo server, interactive client, conformance client.
+/// weft: a WebSocket stack — real-time engine, echo server, interactive client, load generator.
 #[derive(Parser, Debug)]
 #[command(name = "weft", version, about, propagate_version = true)]
 struct Cli {
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the real-time engine: topics pub/sub over WebSockets, HTTP API, metrics, dashboard.
+    Serve(serve::ServeArgs),
     /// Echo every text and binary message back (the server for Autobahn and benchmarks).
     Echo(echo::EchoArgs),
     /// Interactive client: stdin lines are sent as text messages, received messages are printed.
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(a) => serve::run(a),
         Command::Echo(a) => echo::run(a),
         Command::Client(a) => client::run(a),
         Command::AutobahnClient(a) => autobahn::run(a),

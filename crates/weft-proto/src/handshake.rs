@@ -205,7 +205,7 @@ fn header_tokens(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
 }
 
 /// The subprotocols a client offered, in its order.
-pub fn offered_subprotocols(req: &Request<()>) -> Vec<String> {
+pub fn offered_subprotocols<B>(req: &Request<B>) -> Vec<String> {
     header_tokens(req.headers(), &header::SEC_WEBSOCKET_PROTOCOL)
 }
 
@@ -224,8 +224,8 @@ pub struct Accepted {
 ///
 /// `subprotocols` lists what the server supports, most preferred first; the server selects the
 /// first of these that the client offered (never echoing the client's list).
-pub fn server_accept(
-    req: &Request<()>,
+pub fn server_accept<B>(
+    req: &Request<B>,
     subprotocols: &[String],
     deflate_cfg: Option<&DeflateConfig>,
 ) -> Result<Accepted, HandshakeError> {

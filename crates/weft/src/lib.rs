@@ -55,7 +55,7 @@ mod websocket;
 
 pub use client::{ClientBuilder, ClientStream, connect};
 pub use error::{Error, Result};
-pub use server::{Acceptor, Rejection, accept};
+pub use server::{Acceptor, PendingUpgrade, Rejection, accept};
 pub use split::{ReadHalf, ReuniteError, WriteHalf};
 pub use stream::MaybeTlsStream;
 pub use websocket::WebSocket;

@@ -116,6 +116,39 @@ impl Acceptor {
             .map_err(|_| Error::new(Kind::Timeout("server handshake")))?
     }
 
+    /// Upgrade a request that an HTTP server (hyper, axum, …) has already read.
+    ///
+    /// Checks the request like [`accept_with`](Self::accept_with) does and returns the `101`
+    /// response for the HTTP server to send, plus a [`PendingUpgrade`] that turns the upgraded
+    /// transport into a [`WebSocket`]. On error, [`HandshakeError::status`] is the status to
+    /// answer with.
+    ///
+    /// ```
+    /// let req = http::Request::get("/ws")
+    ///     .header("host", "example.com")
+    ///     .header("upgrade", "websocket")
+    ///     .header("connection", "Upgrade")
+    ///     .header("sec-websocket-version", "13")
+    ///     .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+    ///     .body(())
+    ///     .unwrap();
+    /// let (response, _pending) = weft::Acceptor::new().upgrade(&req).unwrap();
+    /// assert_eq!(response.status(), 101);
+    /// assert_eq!(response.headers()["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    /// // After sending `response`, the HTTP server hands over the transport:
+    /// // let ws = _pending.into_websocket(io, &leftover_bytes);
+    /// ```
+    pub fn upgrade<B>(&self, req: &Request<B>) -> std::result::Result<(Response<()>, PendingUpgrade), HandshakeError> {
+        let accepted = handshake::server_accept(req, &self.subprotocols, self.config.deflate.as_ref())?;
+        let pending = PendingUpgrade {
+            config: std::sync::Arc::clone(&self.config),
+            subprotocol: accepted.subprotocol,
+            #[cfg(feature = "deflate")]
+            deflate: accepted.deflate,
+        };
+        Ok((accepted.response, pending))
+    }
+
     async fn handshake<S, F>(&self, mut io: S, callback: F) -> Result<WebSocket<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -160,5 +193,37 @@ impl Acceptor {
         }
         conn.handle_read(&buf[used..], now);
         Ok(WebSocket::from_connection(io, conn, accepted.subprotocol))
+    }
+}
+
+/// The server side of an upgrade whose `101` response an HTTP server sends (see
+/// [`Acceptor::upgrade`]).
+#[derive(Debug)]
+pub struct PendingUpgrade {
+    config: std::sync::Arc<Config>,
+    subprotocol: Option<String>,
+    #[cfg(feature = "deflate")]
+    deflate: Option<weft_proto::DeflateParams>,
+}
+
+impl PendingUpgrade {
+    /// The subprotocol the response selected.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
+    }
+
+    /// Start the WebSocket on the upgraded transport. `leftover` holds bytes the HTTP server
+    /// read past the request head (the start of the client's first frames), if any.
+    pub fn into_websocket<S: AsyncRead + AsyncWrite + Unpin>(self, io: S, leftover: &[u8]) -> WebSocket<S> {
+        let now = Instant::now();
+        let mut conn = Connection::new(Role::Server, self.config, now);
+        #[cfg(feature = "deflate")]
+        if let Some(p) = self.deflate {
+            conn.set_deflate(p);
+        }
+        if !leftover.is_empty() {
+            conn.handle_read(leftover, now);
+        }
+        WebSocket::from_connection(io, conn, self.subprotocol)
     }
 }

@@ -1,0 +1,327 @@
+//! `weft serve`: the real-time engine.
+//!
+//! Settings come from, in rising precedence: defaults, a TOML file (`--config`), `WEFT_*`
+//! environment variables, command-line flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+use weft_server::topic::Pattern;
+use weft_server::{Engine, EngineConfig, JwtAuth, SlowConsumerPolicy};
+
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case names; `topic_policies` is a table
+    /// of pattern = policy).
+    #[arg(long, env = "WEFT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "WEFT_ADDR")]
+    addr: Option<SocketAddr>,
+    /// Runtime worker threads [default: one per core].
+    #[arg(long, env = "WEFT_THREADS")]
+    threads: Option<usize>,
+    /// HS256 secret for JWTs. Without any JWT key the server runs in anonymous mode.
+    #[arg(long, env = "WEFT_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// RS256 public key (PEM file) for JWTs.
+    #[arg(long, env = "WEFT_JWT_RSA_KEY")]
+    jwt_rsa_key: Option<PathBuf>,
+    /// ES256 public key (PEM file) for JWTs.
+    #[arg(long, env = "WEFT_JWT_EC_KEY")]
+    jwt_ec_key: Option<PathBuf>,
+    /// Required JWT issuer (`iss`).
+    #[arg(long, env = "WEFT_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required JWT audience (`aud`).
+    #[arg(long, env = "WEFT_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Clock leeway for exp/nbf in seconds [default: 0].
+    #[arg(long, env = "WEFT_JWT_LEEWAY")]
+    jwt_leeway: Option<u64>,
+    /// Cookie that may carry the token [default: weft_token].
+    #[arg(long, env = "WEFT_TOKEN_COOKIE")]
+    token_cookie: Option<String>,
+    /// API key for POST /api/publish and /api/broadcast.
+    #[arg(long, env = "WEFT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Most open WebSocket connections [default: 100000].
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Largest client message in bytes; larger closes with 1009 [default: 65536].
+    #[arg(long, env = "WEFT_MAX_MESSAGE_SIZE")]
+    max_message_size: Option<usize>,
+    /// Most subscriptions per connection [default: 128].
+    #[arg(long, env = "WEFT_MAX_SUBSCRIPTIONS")]
+    max_subscriptions: Option<usize>,
+    /// Outbound queue per connection, in messages [default: 1024].
+    #[arg(long, env = "WEFT_QUEUE_SIZE")]
+    queue_size: Option<usize>,
+    /// Events kept per topic for recovery [default: 100].
+    #[arg(long, env = "WEFT_HISTORY_SIZE")]
+    history_size: Option<usize>,
+    /// Seconds events are kept for recovery [default: 300].
+    #[arg(long, env = "WEFT_HISTORY_TTL")]
+    history_ttl: Option<f64>,
+    /// Slow-consumer policy: disconnect, drop-oldest or latest [default: disconnect].
+    #[arg(long, env = "WEFT_SLOW_CONSUMER")]
+    slow_consumer: Option<SlowConsumerPolicy>,
+    /// Per-topic policy, PATTERN=POLICY (repeatable), e.g. `prices.>=latest`.
+    #[arg(long = "topic-policy", value_name = "PATTERN=POLICY")]
+    topic_policy: Vec<String>,
+    /// Inbound messages per second per connection [default: 100].
+    #[arg(long, env = "WEFT_RATE_LIMIT")]
+    rate_limit: Option<f64>,
+    /// Burst of the per-connection rate limit [default: 200].
+    #[arg(long, env = "WEFT_RATE_BURST")]
+    rate_burst: Option<u32>,
+    /// Seconds between server pings [default: 25].
+    #[arg(long, env = "WEFT_HEARTBEAT")]
+    heartbeat: Option<f64>,
+    /// Seconds to wait for a pong before closing with 1011 [default: 10].
+    #[arg(long, env = "WEFT_PING_TIMEOUT")]
+    ping_timeout: Option<f64>,
+    /// Seconds without any frame before closing with 1001 [default: 60].
+    #[arg(long, env = "WEFT_IDLE_TIMEOUT")]
+    idle_timeout: Option<f64>,
+    /// Seconds shutdown waits for connections to drain [default: 5].
+    #[arg(long, env = "WEFT_SHUTDOWN_GRACE")]
+    shutdown_grace: Option<f64>,
+}
+
+/// The TOML file: the same settings, all optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    addr: Option<SocketAddr>,
+    threads: Option<usize>,
+    jwt_secret: Option<String>,
+    jwt_rsa_key: Option<PathBuf>,
+    jwt_ec_key: Option<PathBuf>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    jwt_leeway: Option<u64>,
+    token_cookie: Option<String>,
+    api_key: Option<String>,
+    max_connections: Option<usize>,
+    max_message_size: Option<usize>,
+    max_subscriptions: Option<usize>,
+    queue_size: Option<usize>,
+    history_size: Option<usize>,
+    history_ttl: Option<f64>,
+    slow_consumer: Option<SlowConsumerPolicy>,
+    #[serde(default)]
+    topic_policies: BTreeMap<String, SlowConsumerPolicy>,
+    rate_limit: Option<f64>,
+    rate_burst: Option<u32>,
+    heartbeat: Option<f64>,
+    ping_timeout: Option<f64>,
+    idle_timeout: Option<f64>,
+    shutdown_grace: Option<f64>,
+}
+
+fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v).with_context(|| format!("{what}: {v} is not a valid number of seconds"))
+}
+
+/// Merge file and flags (flags and env win) into the engine's settings.
+fn settings(args: ServeArgs) -> anyhow::Result<(SocketAddr, Option<usize>, EngineConfig)> {
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let d = EngineConfig::default();
+    let mut c = EngineConfig::default();
+    macro_rules! pick {
+        ($f:ident) => {
+            args.$f.clone().or(file.$f.clone())
+        };
+    }
+    let addr = pick!(addr).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid"));
+    let threads = pick!(threads);
+    let keys = [pick!(jwt_secret).is_some(), pick!(jwt_rsa_key).is_some(), pick!(jwt_ec_key).is_some()];
+    if keys.iter().filter(|k| **k).count() > 1 {
+        bail!("give only one of --jwt-secret, --jwt-rsa-key, --jwt-ec-key");
+    }
+    let mut jwt = if let Some(s) = pick!(jwt_secret) {
+        Some(JwtAuth::hs256(s.as_bytes()))
+    } else if let Some(p) = pick!(jwt_rsa_key) {
+        let pem = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        Some(JwtAuth::rs256_pem(&pem)?)
+    } else if let Some(p) = pick!(jwt_ec_key) {
+        let pem = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        Some(JwtAuth::es256_pem(&pem)?)
+    } else {
+        None
+    };
+    if let Some(j) = jwt.take() {
+        let mut j = j.leeway(pick!(jwt_leeway).unwrap_or(0));
+        if let Some(i) = pick!(jwt_issuer) {
+            j = j.issuer(&i);
+        }
+        if let Some(a) = pick!(jwt_audience) {
+            j = j.audience(&a);
+        }
+        if let Some(ck) = pick!(token_cookie) {
+            j = j.cookie(&ck);
+        }
+        jwt = Some(j);
+    } else if pick!(jwt_issuer).is_some() || pick!(jwt_audience).is_some() {
+        bail!("--jwt-issuer/--jwt-audience need a JWT key (--jwt-secret, --jwt-rsa-key or --jwt-ec-key)");
+    }
+    c.jwt = jwt;
+    c.api_key = pick!(api_key);
+    c.max_connections = pick!(max_connections).unwrap_or(d.max_connections);
+    c.max_message_size = pick!(max_message_size).unwrap_or(d.max_message_size);
+    c.max_subscriptions = pick!(max_subscriptions).unwrap_or(d.max_subscriptions);
+    c.queue_size = pick!(queue_size).unwrap_or(d.queue_size);
+    c.history_size = pick!(history_size).unwrap_or(d.history_size);
+    if let Some(v) = pick!(history_ttl) {
+        c.history_ttl = secs(v, "history_ttl")?;
+    }
+    c.slow_consumer = pick!(slow_consumer).unwrap_or(d.slow_consumer);
+    let mut policies = Vec::new();
+    for spec in &args.topic_policy {
+        let (p, pol) = spec.split_once('=').with_context(|| format!("--topic-policy {spec:?}: expected PATTERN=POLICY"))?;
+        policies.push((Pattern::parse(p)?, pol.parse::<SlowConsumerPolicy>().map_err(anyhow::Error::msg)?));
+    }
+    for (p, pol) in &file.topic_policies {
+        policies.push((Pattern::parse(p)?, *pol));
+    }
+    c.topic_policies = policies;
+    c.rate_limit = pick!(rate_limit).unwrap_or(d.rate_limit);
+    c.rate_burst = pick!(rate_burst).unwrap_or(d.rate_burst);
+    if let Some(v) = pick!(heartbeat) {
+        c.heartbeat = secs(v, "heartbeat")?;
+    }
+    if let Some(v) = pick!(ping_timeout) {
+        c.ping_timeout = secs(v, "ping_timeout")?;
+    }
+    if let Some(v) = pick!(idle_timeout) {
+        c.idle_timeout = secs(v, "idle_timeout")?;
+    }
+    if let Some(v) = pick!(shutdown_grace) {
+        c.shutdown_grace = secs(v, "shutdown_grace")?;
+    }
+    c.validate().map_err(anyhow::Error::msg)?;
+    Ok((addr, threads, c))
+}
+
+pub(crate) fn run(args: ServeArgs) -> ExitCode {
+    let (addr, threads, config) = match settings(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("weft serve: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.max(1)).enable_all().build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft serve: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(addr, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(addr: SocketAddr, config: EngineConfig) -> anyhow::Result<()> {
+    crate::procfs::raise_nofile_limit();
+    let anonymous = config.anonymous();
+    let open_api = config.api_key.is_none();
+    let engine = Engine::new(config).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let addr = listener.local_addr()?;
+    if anonymous {
+        tracing::warn!(
+            "ANONYMOUS MODE: no JWT key configured — anyone who can reach {addr} may subscribe and publish on every \
+             topic{}. Set --jwt-secret (or --jwt-rsa-key / --jwt-ec-key) for real use.",
+            if open_api { ", and POST /api/publish is open" } else { "" }
+        );
+    }
+    tracing::info!("weft serve listening on {addr}: WebSocket ws://{addr}/ws, dashboard http://{addr}/, chat http://{addr}/chat");
+    let server = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.serve(listener).await }
+    });
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing connections with 1001");
+    engine.shutdown();
+    server.await.context("server task")??;
+    tracing::info!("bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: ServeArgs,
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = std::env::temp_dir().join(format!("weft-serve-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("weft.toml");
+        std::fs::write(
+            &f,
+            "addr = \"127.0.0.1:7000\"\nhistory_size = 7\nqueue_size = 50\nheartbeat = 3\n[topic_policies]\n\"prices.>\" = \"latest\"\n",
+        )
+        .unwrap();
+        let t = T::parse_from(["x", "--config", f.to_str().unwrap(), "--history-size", "9", "--topic-policy", "a.*=drop-oldest"]);
+        let (addr, _, c) = settings(t.a).unwrap();
+        assert_eq!(addr.port(), 7000);
+        assert_eq!(c.history_size, 9);
+        assert_eq!(c.queue_size, 50);
+        assert_eq!(c.heartbeat, Duration::from_secs(3));
+        assert_eq!(c.topic_policies.len(), 2);
+        assert_eq!(c.topic_policies[0].1, SlowConsumerPolicy::DropOldest);
+        assert_eq!(c.topic_policies[1].1, SlowConsumerPolicy::Latest);
+        assert!(c.anonymous());
+        std::fs::write(&f, "nonsense_key = 1\n").unwrap();
+        let t = T::parse_from(["x", "--config", f.to_str().unwrap()]);
+        assert!(settings(t.a).is_err());
+        let t = T::parse_from(["x", "--queue-size", "10", "--history-size", "20"]);
+        assert!(settings(t.a).unwrap_err().to_string().contains("queue_size"));
+    }
+}

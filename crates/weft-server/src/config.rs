@@ -1,0 +1,113 @@
+//! Engine settings.
+
+use std::time::Duration;
+
+use crate::auth::JwtAuth;
+use crate::outbox::SlowConsumerPolicy;
+use crate::topic::Pattern;
+
+/// Everything the engine can be told. `Default` is the no-setup single-node server:
+/// anonymous, in-memory.
+///
+/// ```
+/// use std::time::Duration;
+/// let mut cfg = weft_server::EngineConfig::default();
+/// cfg.history_size = 1000;
+/// cfg.heartbeat = Duration::from_secs(10);
+/// assert!(cfg.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// JWT verification; `None` is anonymous mode.
+    pub jwt: Option<JwtAuth>,
+    /// Key for `POST /api/publish` and `/api/broadcast`.
+    pub api_key: Option<String>,
+    /// Most open WebSocket connections; further upgrades get 503.
+    pub max_connections: usize,
+    /// Largest message a client may send (larger: close 1009). Also the HTTP publish body limit.
+    pub max_message_size: usize,
+    /// Most subscriptions (topics and patterns) per connection.
+    pub max_subscriptions: usize,
+    /// Outbound queue length per connection, in messages.
+    pub queue_size: usize,
+    /// Events kept per topic.
+    pub history_size: usize,
+    /// How long events are kept.
+    pub history_ttl: Duration,
+    /// Default slow-consumer policy.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Per-topic slow-consumer policies (first matching pattern wins).
+    pub topic_policies: Vec<(Pattern, SlowConsumerPolicy)>,
+    /// Inbound messages per second per connection (token bucket refill rate).
+    pub rate_limit: f64,
+    /// Token bucket size.
+    pub rate_burst: u32,
+    /// Interval of server pings (also announced in `welcome`).
+    pub heartbeat: Duration,
+    /// Close with 1011 when a ping is not answered within this time.
+    pub ping_timeout: Duration,
+    /// Close with 1001 when nothing at all arrives for this long.
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for connections to flush and close.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            jwt: None,
+            api_key: None,
+            max_connections: 100_000,
+            max_message_size: 64 * 1024,
+            max_subscriptions: 128,
+            queue_size: 1024,
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            topic_policies: Vec::new(),
+            rate_limit: 100.0,
+            rate_burst: 200,
+            heartbeat: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Check that the settings make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.queue_size < self.history_size {
+            return Err(format!(
+                "queue_size ({}) must be at least history_size ({}) so a full replay fits in the queue",
+                self.queue_size, self.history_size
+            ));
+        }
+        if self.rate_limit <= 0.0 || self.rate_burst == 0 {
+            return Err("rate_limit and rate_burst must be positive".into());
+        }
+        if self.max_message_size < 128 {
+            return Err("max_message_size must be at least 128 bytes".into());
+        }
+        if self.idle_timeout <= self.heartbeat {
+            return Err("idle_timeout must be longer than the heartbeat interval".into());
+        }
+        Ok(())
+    }
+
+    /// Whether connections are accepted without a token.
+    pub fn anonymous(&self) -> bool {
+        self.jwt.is_none()
+    }
+
+    pub(crate) fn ws_config(&self) -> weft::Config {
+        let mut c = weft::Config::default();
+        c.max_message_size = self.max_message_size;
+        c.max_frame_size = self.max_message_size;
+        c.ping_interval = Some(self.heartbeat);
+        c.ping_timeout = self.ping_timeout;
+        c.idle_timeout = Some(self.idle_timeout);
+        c
+    }
+}

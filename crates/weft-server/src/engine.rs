@@ -1,0 +1,303 @@
+//! The engine: shared state, the embedding API, the upgrade path and the accept loop.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::EngineConfig;
+use crate::auth::{Identity, query_param};
+use crate::broker::{Broker, MemoryBroker, TopicSettings};
+use crate::metrics::{Metrics, Stats};
+use crate::topic::validate_topic;
+use crate::wire::{ErrorBody, ErrorCode, Position, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+
+pub(crate) struct Shared {
+    pub(crate) config: EngineConfig,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) started: Instant,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) next_session: AtomicU64,
+    pub(crate) node: u32,
+    acceptor: weft::Acceptor,
+}
+
+/// The real-time engine: topics, sessions, auth, history, presence, HTTP API.
+///
+/// Cheap to clone (an `Arc`). Create it inside a tokio runtime: it starts a small upkeep task
+/// (rates, history expiry) that ends when the last clone is dropped.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use weft_server::{Engine, EngineConfig};
+///
+/// let engine = Engine::new(EngineConfig::default())?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// let server = tokio::spawn({
+///     let engine = engine.clone();
+///     async move { engine.serve(listener).await }
+/// });
+/// // Publish from the host application:
+/// let pos = engine.publish("news.world", serde_json::json!({"title": "hello"})).await?;
+/// println!("published at offset {}", pos.offset);
+/// engine.shutdown();
+/// server.await??;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("connections", &self.shared.metrics.connections).finish_non_exhaustive()
+    }
+}
+
+/// Why a publish from the host application or the HTTP API failed.
+#[derive(Debug, Clone)]
+pub struct PublishError(pub ErrorBody);
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+impl Engine {
+    /// An engine with the in-memory broker.
+    pub fn new(config: EngineConfig) -> Result<Self, String> {
+        let metrics = Arc::new(Metrics::default());
+        let settings = TopicSettings {
+            history_size: config.history_size,
+            history_ttl: config.history_ttl,
+            policy: config.slow_consumer,
+            topic_policies: config.topic_policies.clone(),
+        };
+        let broker = Arc::new(MemoryBroker::new(settings, Arc::clone(&metrics)));
+        Self::with_broker(config, broker, metrics)
+    }
+
+    /// An engine over another broker, which counts into `metrics`.
+    pub fn with_broker(config: EngineConfig, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Result<Self, String> {
+        config.validate()?;
+        let acceptor = weft::Acceptor::new().config(config.ws_config()).subprotocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]);
+        let shared = Arc::new(Shared {
+            config,
+            broker,
+            metrics,
+            started: Instant::now(),
+            shutdown: watch::channel(false).0,
+            next_session: AtomicU64::new(1),
+            node: rand::random(),
+            acceptor,
+        });
+        tokio::spawn(upkeep(Arc::downgrade(&shared)));
+        Ok(Self { shared })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// What `/api/stats` shows.
+    pub fn stats(&self) -> Stats {
+        self.shared.metrics.stats(self.shared.broker.topic_count(), self.shared.started, self.shared.config.anonymous())
+    }
+
+    /// Open WebSocket connections (a relaxed atomic read; never blocks).
+    pub fn connection_count(&self) -> usize {
+        self.shared.metrics.connections.load(Ordering::Relaxed) as usize
+    }
+
+    /// Publish an event on a concrete topic. Never waits for subscribers.
+    pub async fn publish(&self, topic: &str, payload: Value) -> Result<Position, PublishError> {
+        self.publish_with_id(topic, payload, None).await
+    }
+
+    /// Publish with the publisher's own event id.
+    pub async fn publish_with_id(&self, topic: &str, payload: Value, id: Option<String>) -> Result<Position, PublishError> {
+        validate_topic(topic).map_err(|e| PublishError(ErrorBody::new(ErrorCode::InvalidTopic, e.to_string())))?;
+        self.shared
+            .broker
+            .publish(topic, payload, id)
+            .await
+            .map_err(|e| PublishError(ErrorBody::new(ErrorCode::Internal, e.to_string())))
+    }
+
+    /// Start a graceful shutdown: stop accepting, close every connection with 1001 after
+    /// writing what is queued. [`serve`](Self::serve) returns when they are gone (or after
+    /// `shutdown_grace`).
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Serve HTTP and WebSocket connections from `listener` until [`shutdown`](Self::shutdown).
+    pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        let mut stop = self.shared.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((tcp, _)) => {
+                        let engine = self.clone();
+                        tokio::spawn(async move { engine.serve_connection(tcp).await });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving the others.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
+                _ = stopped(&mut stop) => break,
+            }
+        }
+        drop(listener);
+        let deadline = Instant::now() + self.shared.config.shutdown_grace;
+        while self.connection_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Serve one accepted TCP connection (HTTP/1.1, upgrading to WebSocket when asked).
+    pub async fn serve_connection(&self, tcp: TcpStream) {
+        let _ = tcp.set_nodelay(true);
+        let engine = self.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let engine = engine.clone();
+            async move { Ok::<_, Infallible>(crate::http::route(&engine, req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .serve_connection(TokioIo::new(tcp), svc)
+            .with_upgrades();
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "http connection ended");
+        }
+    }
+
+    /// Answer a WebSocket upgrade request read by any hyper-based server (axum included): checks
+    /// the handshake, limits and token, returns the response to send, and runs the session on
+    /// the upgraded connection.
+    ///
+    /// ```no_run
+    /// # async fn run() {
+    /// use axum::{Router, extract::Request, routing::get};
+    /// let engine = weft_server::Engine::new(Default::default()).unwrap();
+    /// let app: Router = Router::new().route("/ws", get(move |req: Request| async move { engine.upgrade(req) }));
+    /// # }
+    /// ```
+    pub fn upgrade<B>(&self, mut req: Request<B>) -> Response<Full<Bytes>> {
+        let shared = &self.shared;
+        let m = &shared.metrics;
+        if *shared.shutdown.borrow() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
+        }
+        if m.connections.load(Ordering::Relaxed) as usize >= shared.config.max_connections {
+            m.connections_rejected.fetch_add(1, Ordering::Relaxed);
+            return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
+        }
+        let (resp, pending) = match shared.acceptor.upgrade(&req) {
+            Ok(x) => x,
+            Err(e) => {
+                m.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                let mut r = text(e.status(), &format!("{e}\n"));
+                if e.status() == StatusCode::UPGRADE_REQUIRED {
+                    r.headers_mut().insert(http::header::SEC_WEBSOCKET_VERSION, http::HeaderValue::from_static("13"));
+                }
+                return r;
+            }
+        };
+        let identity = match &shared.config.jwt {
+            None => Identity::anonymous(query_param(req.uri().query(), "user")),
+            Some(jwt) => {
+                let verified = match jwt.token_from(req.headers(), req.uri().query()) {
+                    None => Err(crate::auth::AuthError { status: StatusCode::UNAUTHORIZED, message: "missing token".into() }),
+                    Some(t) => jwt.verify(&t),
+                };
+                match verified {
+                    Ok(id) => id,
+                    Err(e) => {
+                        m.auth_failures.fetch_add(1, Ordering::Relaxed);
+                        m.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                        return text(e.status, &format!("{}\n", e.message));
+                    }
+                }
+            }
+        };
+        m.connections.fetch_add(1, Ordering::Relaxed);
+        m.connections_total.fetch_add(1, Ordering::Relaxed);
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => {
+                        let ws = pending.into_websocket(parts.io.into_inner(), &parts.read_buf);
+                        crate::session::run(shared, ws, identity).await
+                    }
+                    Err(upgraded) => {
+                        let ws = pending.into_websocket(TokioIo::new(upgraded), &[]);
+                        crate::session::run(shared, ws, identity).await
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        });
+        resp.map(|()| Full::new(Bytes::new()))
+    }
+
+    pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
+        &self.shared.broker
+    }
+}
+
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Resolves once shutdown has started.
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+async fn upkeep(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        let Some(s) = shared.upgrade() else { return };
+        let now = Instant::now();
+        s.metrics.sample(now);
+        n += 1;
+        if n % 5 == 0 {
+            s.broker.maintain(now);
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The HTTP side of the engine's port: publish API, stats, health, metrics and the pages.
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::api_key_matches;
+use crate::engine::{Engine, text};
+use crate::wire::{ErrorBody, ErrorCode};
+
+const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+const CHAT: &str = include_str!("../assets/chat.html");
+
+/// Route one request.
+pub(crate) async fn route<B>(engine: &Engine, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if weft::proto::handshake::header_has_token(req.headers(), &header::UPGRADE, "websocket") {
+        return engine.upgrade(req);
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/metrics") => {
+            let body = engine.metrics().render_prometheus(engine.broker().topic_count());
+            let mut r = text(StatusCode::OK, &body);
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r
+        }
+        (&Method::GET, "/api/stats") => json_response(StatusCode::OK, &serde_json::to_value(engine.stats()).expect("stats")),
+        (&Method::GET, "/") => html(DASHBOARD),
+        (&Method::GET, "/chat") => html(CHAT),
+        (&Method::POST, "/api/publish") => publish(engine, req, false).await,
+        (&Method::POST, "/api/broadcast") => publish(engine, req, true).await,
+        (_, "/api/publish" | "/api/broadcast") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (_, "/ws") => text(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn html(body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(serde_json::to_vec(v).expect("json"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    json_response(status, &json!({"error": ErrorBody::new(code, message)}))
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    topic: String,
+    payload: Value,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody {
+    topics: Vec<String>,
+    payload: Value,
+}
+
+async fn publish<B>(engine: &Engine, req: Request<B>, broadcast: bool) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let cfg = engine.config();
+    match &cfg.api_key {
+        Some(key) if !api_key_matches(req.headers(), key) => {
+            engine.metrics().auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut r = error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, "missing or wrong API key");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        None if !cfg.anonymous() => {
+            return error(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "the HTTP publish API needs an API key when JWT auth is on (set api_key)",
+            );
+        }
+        _ => {}
+    }
+    let body = match Limited::new(req.into_body(), cfg.max_message_size).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::BadRequest,
+                format!("body larger than max_message_size ({} bytes)", cfg.max_message_size),
+            );
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("reading body: {e}")),
+    };
+    let status_of = |e: &ErrorBody| match e.code {
+        4002 | 4000 => StatusCode::BAD_REQUEST,
+        4003 => StatusCode::FORBIDDEN,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if broadcast {
+        let b: BroadcastBody = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("bad broadcast body: {e}")),
+        };
+        let mut results = Vec::with_capacity(b.topics.len());
+        for t in &b.topics {
+            results.push(match engine.publish(t, b.payload.clone()).await {
+                Ok(p) => json!({"topic": t, "offset": p.offset, "epoch": p.epoch}),
+                Err(e) => json!({"topic": t, "error": e.0}),
+            });
+        }
+        json_response(StatusCode::OK, &json!({ "results": results }))
+    } else {
+        let b: PublishBody = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("bad publish body: {e}")),
+        };
+        match engine.publish_with_id(&b.topic, b.payload, b.id).await {
+            Ok(p) => json_response(StatusCode::OK, &json!({"topic": b.topic, "offset": p.offset, "epoch": p.epoch})),
+            Err(e) => json_response(status_of(&e.0), &json!({"error": e.0})),
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! A connection's bounded outbound queue and the slow-consumer policies.
+//!
+//! Publishers push without ever waiting; the connection's task drains everything queued into
+//! one batch of frames and one flush. When the queue is full the topic's
+//! [`SlowConsumerPolicy`] decides what happens, and every drop is counted.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use weft::proto::EncodedMessage;
+
+use crate::metrics::Metrics;
+use crate::wire::{Event, Notice};
+
+/// What to do when an event finds a subscriber's queue full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with 1008 `slow consumer` (the default).
+    #[default]
+    Disconnect,
+    /// Discard the oldest queued event; the client is told with `lagged`.
+    DropOldest,
+    /// Keep only the newest queued event per topic (always, not only when full).
+    Latest,
+}
+
+impl std::str::FromStr for SlowConsumerPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "disconnect" => Ok(Self::Disconnect),
+            "drop-oldest" => Ok(Self::DropOldest),
+            "latest" => Ok(Self::Latest),
+            _ => Err(format!("unknown slow-consumer policy {s:?} (disconnect, drop-oldest, latest)")),
+        }
+    }
+}
+
+/// One queued item.
+#[derive(Debug)]
+pub(crate) enum Out {
+    Event(Arc<Event>, SlowConsumerPolicy),
+    Notice(Arc<Notice>),
+    Reply(EncodedMessage),
+    /// A reply whose content is not known yet; draining stops here until it is filled.
+    Slot(u64),
+}
+
+/// Why the connection must close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    SlowConsumer,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Out>,
+    dropped: u64,
+    closing: Option<Closing>,
+    next_slot: u64,
+}
+
+/// The bounded outbound queue of one connection.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbox {
+    pub(crate) fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Self { state: Mutex::new(State::default()), notify: Notify::new(), capacity: capacity.max(1), metrics }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue an event. Never waits.
+    pub(crate) fn push_event(&self, ev: &Arc<Event>, policy: SlowConsumerPolicy) {
+        let mut st = self.lock();
+        if st.closing.is_some() {
+            return;
+        }
+        if policy == SlowConsumerPolicy::Latest {
+            let same = st.queue.iter_mut().rev().find_map(|o| match o {
+                Out::Event(e, SlowConsumerPolicy::Latest) if e.topic == ev.topic => Some(e),
+                _ => None,
+            });
+            if let Some(slot) = same {
+                *slot = Arc::clone(ev);
+                st.dropped += 1;
+                self.metrics.dropped_events.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if st.queue.len() >= self.capacity {
+            match policy {
+                SlowConsumerPolicy::Disconnect => {
+                    st.closing = Some(Closing::SlowConsumer);
+                    st.queue.clear();
+                    self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
+                    drop(st);
+                    self.notify.notify_one();
+                    return;
+                }
+                SlowConsumerPolicy::DropOldest | SlowConsumerPolicy::Latest => {
+                    match st.queue.iter().position(|o| matches!(o, Out::Event(..) | Out::Notice(_))) {
+                        Some(i) => {
+                            st.queue.remove(i);
+                            st.dropped += 1;
+                            self.metrics.dropped_events.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => {
+                            // Only replies queued: the client is not reading its own answers.
+                            st.closing = Some(Closing::SlowConsumer);
+                            st.queue.clear();
+                            self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
+                            drop(st);
+                            self.notify.notify_one();
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let was_empty = st.queue.is_empty();
+        st.queue.push_back(Out::Event(Arc::clone(ev), policy));
+        drop(st);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queue a join/leave notice (dropped, and counted, when the queue is full).
+    pub(crate) fn push_notice(&self, n: &Arc<Notice>) {
+        let mut st = self.lock();
+        if st.closing.is_some() {
+            return;
+        }
+        if st.queue.len() >= self.capacity {
+            st.dropped += 1;
+            self.metrics.dropped_events.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let was_empty = st.queue.is_empty();
+        st.queue.push_back(Out::Notice(Arc::clone(n)));
+        drop(st);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queue a reply to this connection's own request (never dropped; a client that does not
+    /// read its own replies is a slow consumer).
+    pub(crate) fn push_reply(&self, m: EncodedMessage) {
+        let mut st = self.lock();
+        if st.closing.is_some() {
+            return;
+        }
+        if st.queue.len() >= self.capacity.saturating_mul(2) {
+            st.closing = Some(Closing::SlowConsumer);
+            st.queue.clear();
+            self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
+        } else {
+            st.queue.push_back(Out::Reply(m));
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Reserve the place of a reply that is filled later with [`fill`](Self::fill): everything
+    /// queued after it waits until then.
+    pub(crate) fn reserve(&self) -> u64 {
+        let mut st = self.lock();
+        st.next_slot += 1;
+        let id = st.next_slot;
+        st.queue.push_back(Out::Slot(id));
+        id
+    }
+
+    /// Fill a reserved place.
+    pub(crate) fn fill(&self, slot: u64, m: EncodedMessage) {
+        let mut st = self.lock();
+        if let Some(o) = st.queue.iter_mut().find(|o| matches!(o, Out::Slot(s) if *s == slot)) {
+            *o = Out::Reply(m);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Move everything ready into `batch`. Returns the number of events dropped since the last
+    /// call and whether the connection must close.
+    pub(crate) fn drain(&self, batch: &mut Vec<Out>) -> (u64, Option<Closing>) {
+        let mut st = self.lock();
+        if let Some(c) = st.closing {
+            return (0, Some(c));
+        }
+        let ready = st.queue.iter().position(|o| matches!(o, Out::Slot(_))).unwrap_or(st.queue.len());
+        batch.extend(st.queue.drain(..ready));
+        if st.queue.is_empty() && st.queue.capacity() > 64 {
+            st.queue.shrink_to(0);
+        }
+        (std::mem::take(&mut st.dropped), None)
+    }
+
+    /// Mark closed (no more pushes are accepted).
+    pub(crate) fn close(&self) {
+        let mut st = self.lock();
+        st.queue.clear();
+        st.queue.shrink_to(0);
+        if st.closing.is_none() {
+            st.closing = Some(Closing::SlowConsumer);
+        }
+    }
+
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.lock().closing.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Format;
+    use serde_json::json;
+
+    fn ev(topic: &str, off: u64) -> Arc<Event> {
+        Arc::new(Event::new(topic.into(), off, "e".into(), None, json!(off)))
+    }
+
+    fn offsets(b: &[Out]) -> Vec<(String, u64)> {
+        b.iter()
+            .filter_map(|o| match o {
+                Out::Event(e, _) => Some((e.topic.to_string(), e.offset)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn disconnect_policy_closes_when_full() {
+        let m = Arc::new(Metrics::default());
+        let o = Outbox::new(2, Arc::clone(&m));
+        for i in 1..=3 {
+            o.push_event(&ev("t", i), SlowConsumerPolicy::Disconnect);
+        }
+        let mut b = Vec::new();
+        assert_eq!(o.drain(&mut b), (0, Some(Closing::SlowConsumer)));
+        assert_eq!(m.slow_consumer_disconnects.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_newest_and_counts() {
+        let m = Arc::new(Metrics::default());
+        let o = Outbox::new(2, Arc::clone(&m));
+        for i in 1..=5 {
+            o.push_event(&ev("t", i), SlowConsumerPolicy::DropOldest);
+        }
+        let mut b = Vec::new();
+        assert_eq!(o.drain(&mut b), (3, None));
+        assert_eq!(offsets(&b), vec![("t".into(), 4), ("t".into(), 5)]);
+        assert_eq!(m.dropped_events.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn latest_conflates_per_topic() {
+        let m = Arc::new(Metrics::default());
+        let o = Outbox::new(8, Arc::clone(&m));
+        o.push_event(&ev("a", 1), SlowConsumerPolicy::Latest);
+        o.push_event(&ev("b", 1), SlowConsumerPolicy::Latest);
+        o.push_event(&ev("a", 2), SlowConsumerPolicy::Latest);
+        o.push_event(&ev("a", 3), SlowConsumerPolicy::Latest);
+        let mut b = Vec::new();
+        assert_eq!(o.drain(&mut b), (2, None));
+        assert_eq!(offsets(&b), vec![("a".into(), 3), ("b".into(), 1)]);
+    }
+
+    #[test]
+    fn slots_hold_back_what_follows() {
+        let m = Arc::new(Metrics::default());
+        let o = Outbox::new(8, m);
+        o.push_event(&ev("a", 1), SlowConsumerPolicy::Disconnect);
+        let s = o.reserve();
+        o.push_event(&ev("a", 2), SlowConsumerPolicy::Disconnect);
+        let mut b = Vec::new();
+        o.drain(&mut b);
+        assert_eq!(offsets(&b), vec![("a".into(), 1)]);
+        o.fill(s, Format::Json.encode_shared(&json!({"type": "x"})));
+        b.clear();
+        o.drain(&mut b);
+        assert!(matches!(b[0], Out::Reply(_)));
+        assert_eq!(offsets(&b), vec![("a".into(), 2)]);
+    }
+}

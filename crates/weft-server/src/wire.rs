@@ -1,0 +1,519 @@
+//! The engine's wire protocol (`docs/PROTOCOL.md`): message types, both encodings, error codes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use weft::Message;
+use weft::proto::EncodedMessage;
+
+/// Protocol version spoken by this server.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Subprotocol for JSON text frames.
+pub const SUBPROTOCOL_JSON: &str = "weft.v1.json";
+/// Subprotocol for MessagePack binary frames.
+pub const SUBPROTOCOL_MSGPACK: &str = "weft.v1.msgpack";
+
+/// Wire encoding of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// JSON in text frames (`weft.v1.json`, and connections without a subprotocol).
+    Json,
+    /// MessagePack in binary frames (`weft.v1.msgpack`).
+    Msgpack,
+}
+
+impl Format {
+    /// The format selected by a negotiated subprotocol.
+    pub fn from_subprotocol(p: Option<&str>) -> Self {
+        match p {
+            Some(SUBPROTOCOL_MSGPACK) => Format::Msgpack,
+            _ => Format::Json,
+        }
+    }
+
+    /// Encode a message as one frame of this format.
+    pub fn encode<T: Serialize + ?Sized>(self, msg: &T) -> Message {
+        match self {
+            Format::Json => {
+                Message::text(serde_json::to_string(msg).expect("server messages always serialise to JSON"))
+            }
+            Format::Msgpack => {
+                Message::binary(rmp_serde::to_vec_named(msg).expect("server messages always serialise to msgpack"))
+            }
+        }
+    }
+
+    /// Encode once, as a frame that can be queued on many connections.
+    pub fn encode_shared<T: Serialize + ?Sized>(self, msg: &T) -> EncodedMessage {
+        EncodedMessage::new(&self.encode(msg), None).expect("data message")
+    }
+}
+
+/// Stable error codes of the protocol (the table in `docs/PROTOCOL.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// Undecodable, not an object, or a field missing / of the wrong type.
+    BadRequest = 4000,
+    /// `type` unknown to this protocol version.
+    UnknownType = 4001,
+    /// A topic or pattern breaks the naming rules.
+    InvalidTopic = 4002,
+    /// The token does not allow it.
+    Forbidden = 4003,
+    /// `max_subscriptions` would be exceeded.
+    TooManySubscriptions = 4004,
+    /// Over the connection's rate limit.
+    RateLimited = 4005,
+    /// Unsubscribe from something not subscribed.
+    NotSubscribed = 4006,
+    /// The server failed (for example the broker).
+    Internal = 5000,
+}
+
+impl ErrorCode {
+    /// The numeric code.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+}
+
+/// An error answer: a stable code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorBody {
+    /// Numeric code from [`ErrorCode`].
+    pub code: u16,
+    /// What went wrong, for humans.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// Build from a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code: code.code(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+/// A stream position: the offset of an event in its topic, and the epoch of the topic's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Offset of the latest event (0 when the topic has none).
+    pub offset: u64,
+    /// Names the history the offsets belong to.
+    pub epoch: String,
+}
+
+/// A member of a topic's presence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    /// User id (the token's `sub`).
+    pub user: Arc<str>,
+    /// Session id of the connection.
+    pub session: Arc<str>,
+    /// The token's `info` claim.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<Arc<Value>>,
+}
+
+/// One per-topic result in a `subscribed` reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscribeResult {
+    /// The topic or pattern as requested.
+    pub topic: String,
+    /// Whether the subscription is in place.
+    pub ok: bool,
+    /// Current offset (exact topics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Current epoch (exact topics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// With `resume`: whether the missed events follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// With `resume` and recovered: how many events are replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<usize>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl SubscribeResult {
+    /// A failed result.
+    pub fn failed(topic: &str, error: ErrorBody) -> Self {
+        Self { topic: topic.to_owned(), ok: false, offset: None, epoch: None, recovered: None, replayed: None, error: Some(error) }
+    }
+}
+
+/// Replies and notices a server sends to one connection.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum Reply<'a> {
+    Welcome { version: u32, session: &'a str, user: &'a str, time: u64, heartbeat: u64 },
+    Subscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        results: &'a [SubscribeResult],
+    },
+    Unsubscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        topics: &'a [String],
+    },
+    Published {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        topic: &'a str,
+        offset: u64,
+        epoch: &'a str,
+    },
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        topic: &'a str,
+        count: usize,
+        members: &'a [Member],
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        time: u64,
+    },
+    Lagged { dropped: u64 },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        code: u16,
+        message: &'a str,
+    },
+}
+
+/// A published event, shared by every subscriber, history and replay. Encoded at most once
+/// per wire format.
+#[derive(Debug)]
+pub struct Event {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Offset in the topic.
+    pub offset: u64,
+    /// Epoch of the topic's history.
+    pub epoch: Arc<str>,
+    /// Publisher-supplied id, if any (otherwise `epoch-offset`).
+    pub id: Option<Box<str>>,
+    /// Server time of publication, ms since the Unix epoch.
+    pub time: u64,
+    /// The payload.
+    pub payload: Value,
+    pub(crate) published_at: std::time::Instant,
+    json: OnceLock<EncodedMessage>,
+    msgpack: OnceLock<EncodedMessage>,
+}
+
+#[derive(Serialize)]
+struct EventWire<'a> {
+    r#type: &'static str,
+    topic: &'a str,
+    offset: u64,
+    epoch: &'a str,
+    id: &'a str,
+    time: u64,
+    payload: &'a Value,
+}
+
+impl Event {
+    /// A new event (not yet encoded).
+    pub fn new(topic: Arc<str>, offset: u64, epoch: Arc<str>, id: Option<Box<str>>, payload: Value) -> Self {
+        Self {
+            topic,
+            offset,
+            epoch,
+            id,
+            time: now_ms(),
+            payload,
+            published_at: std::time::Instant::now(),
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        }
+    }
+
+    /// The event's id as sent on the wire.
+    pub fn wire_id(&self) -> String {
+        match &self.id {
+            Some(id) => id.to_string(),
+            None => format!("{}-{}", self.epoch, self.offset),
+        }
+    }
+
+    /// The frame for `format`, encoded on first use.
+    pub fn encoded(&self, format: Format) -> &EncodedMessage {
+        let cell = match format {
+            Format::Json => &self.json,
+            Format::Msgpack => &self.msgpack,
+        };
+        cell.get_or_init(|| {
+            let id = self.wire_id();
+            format.encode_shared(&EventWire {
+                r#type: "event",
+                topic: &self.topic,
+                offset: self.offset,
+                epoch: &self.epoch,
+                id: &id,
+                time: self.time,
+                payload: &self.payload,
+            })
+        })
+    }
+}
+
+/// A presence notice (`join` / `leave`), shared by the topic's presence listeners.
+#[derive(Debug)]
+pub struct Notice {
+    kind: &'static str,
+    topic: Arc<str>,
+    member: Member,
+    json: OnceLock<EncodedMessage>,
+    msgpack: OnceLock<EncodedMessage>,
+}
+
+#[derive(Serialize)]
+struct NoticeWire<'a> {
+    r#type: &'static str,
+    topic: &'a str,
+    member: &'a Member,
+}
+
+impl Notice {
+    /// A `join` notice.
+    pub fn join(topic: Arc<str>, member: Member) -> Self {
+        Self { kind: "join", topic, member, json: OnceLock::new(), msgpack: OnceLock::new() }
+    }
+
+    /// A `leave` notice.
+    pub fn leave(topic: Arc<str>, member: Member) -> Self {
+        Self { kind: "leave", topic, member, json: OnceLock::new(), msgpack: OnceLock::new() }
+    }
+
+    /// The frame for `format`, encoded on first use.
+    pub fn encoded(&self, format: Format) -> &EncodedMessage {
+        let cell = match format {
+            Format::Json => &self.json,
+            Format::Msgpack => &self.msgpack,
+        };
+        cell.get_or_init(|| format.encode_shared(&NoticeWire { r#type: self.kind, topic: &self.topic, member: &self.member }))
+    }
+}
+
+/// A decoded client request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Subscribe to topics or patterns.
+    Subscribe {
+        /// Request id.
+        id: Option<Value>,
+        /// Topics or patterns.
+        topics: Vec<String>,
+        /// Resume positions per exact topic.
+        resume: HashMap<String, Position>,
+        /// Whether to receive join/leave.
+        presence: bool,
+    },
+    /// Unsubscribe.
+    Unsubscribe {
+        /// Request id.
+        id: Option<Value>,
+        /// Topics or patterns, as subscribed.
+        topics: Vec<String>,
+    },
+    /// Publish on a topic.
+    Publish {
+        /// Request id.
+        id: Option<Value>,
+        /// Concrete topic.
+        topic: String,
+        /// Payload.
+        payload: Value,
+    },
+    /// Presence query.
+    Presence {
+        /// Request id.
+        id: Option<Value>,
+        /// Concrete topic.
+        topic: String,
+    },
+    /// Application-level ping.
+    Ping {
+        /// Request id.
+        id: Option<Value>,
+    },
+}
+
+/// A request that could not be decoded: the error and the request id, if one was readable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    /// The id to echo.
+    pub id: Option<Value>,
+    /// Code and message.
+    pub error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+struct SubscribeBody {
+    topics: Vec<String>,
+    #[serde(default)]
+    resume: HashMap<String, Position>,
+    #[serde(default)]
+    presence: bool,
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeBody {
+    topics: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    topic: String,
+    payload: Value,
+}
+
+#[derive(Deserialize)]
+struct PresenceBody {
+    topic: String,
+}
+
+impl Request {
+    /// Decode one frame: text frames are JSON, binary frames MessagePack.
+    pub fn decode(msg: &Message) -> Result<Request, DecodeError> {
+        let bad = |m: String| DecodeError { id: None, error: ErrorBody::new(ErrorCode::BadRequest, m) };
+        let value: Value = match msg {
+            Message::Text(t) => serde_json::from_str(t.as_str()).map_err(|e| bad(format!("invalid JSON: {e}")))?,
+            Message::Binary(b) => rmp_serde::from_slice(b).map_err(|e| bad(format!("invalid MessagePack: {e}")))?,
+            _ => return Err(bad("not a data message".into())),
+        };
+        Self::from_value(value)
+    }
+
+    /// Decode an already parsed value.
+    pub fn from_value(value: Value) -> Result<Request, DecodeError> {
+        let Value::Object(mut map) = value else {
+            return Err(DecodeError { id: None, error: ErrorBody::new(ErrorCode::BadRequest, "a request must be an object") });
+        };
+        let id = match map.remove("id") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Number(_)) => Some(v),
+            Some(Value::String(s)) if s.len() <= 64 => Some(Value::String(s)),
+            Some(_) => {
+                return Err(DecodeError {
+                    id: None,
+                    error: ErrorBody::new(ErrorCode::BadRequest, "id must be a number or a string of at most 64 bytes"),
+                });
+            }
+        };
+        let fail = |code, m: String, id: &Option<Value>| DecodeError { id: id.clone(), error: ErrorBody::new(code, m) };
+        let kind = match map.remove("type") {
+            Some(Value::String(s)) => s,
+            _ => return Err(fail(ErrorCode::BadRequest, "missing string field `type`".into(), &id)),
+        };
+        let rest = Value::Object(map);
+        fn body<T: for<'de> Deserialize<'de>>(v: Value, kind: &str) -> Result<T, String> {
+            serde_json::from_value(v).map_err(|e| format!("bad {kind} request: {e}"))
+        }
+        let req = match kind.as_str() {
+            "subscribe" => {
+                let b: SubscribeBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
+                if b.topics.is_empty() {
+                    return Err(fail(ErrorCode::BadRequest, "subscribe needs at least one topic".into(), &id));
+                }
+                Request::Subscribe { id, topics: b.topics, resume: b.resume, presence: b.presence }
+            }
+            "unsubscribe" => {
+                let b: UnsubscribeBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
+                Request::Unsubscribe { id, topics: b.topics }
+            }
+            "publish" => {
+                let b: PublishBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
+                Request::Publish { id, topic: b.topic, payload: b.payload }
+            }
+            "presence" => {
+                let b: PresenceBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
+                Request::Presence { id, topic: b.topic }
+            }
+            "ping" => Request::Ping { id },
+            other => return Err(fail(ErrorCode::UnknownType, format!("unknown request type {other:?}"), &id)),
+        };
+        Ok(req)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn text(v: &str) -> Message {
+        Message::text(v.to_owned())
+    }
+
+    #[test]
+    fn decodes_requests() {
+        let r = Request::decode(&text(r#"{"type":"subscribe","id":1,"topics":["a","b.*"],"resume":{"a":{"offset":4,"epoch":"e"}},"presence":true}"#)).unwrap();
+        match r {
+            Request::Subscribe { id, topics, resume, presence } => {
+                assert_eq!(id, Some(json!(1)));
+                assert_eq!(topics, vec!["a", "b.*"]);
+                assert_eq!(resume["a"], Position { offset: 4, epoch: "e".into() });
+                assert!(presence);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Request::decode(&text(r#"{"type":"ping","id":"x"}"#)).unwrap(), Request::Ping { id: Some(json!("x")) });
+        let mp = rmp_serde::to_vec_named(&json!({"type":"publish","topic":"t","payload":{"a":[1,2]}})).unwrap();
+        assert_eq!(
+            Request::decode(&Message::binary(mp)).unwrap(),
+            Request::Publish { id: None, topic: "t".into(), payload: json!({"a":[1,2]}) }
+        );
+    }
+
+    #[test]
+    fn decode_errors_have_codes() {
+        let code = |s: &str| Request::decode(&text(s)).unwrap_err();
+        assert_eq!(code("{nope").error.code, 4000);
+        assert_eq!(code("[1]").error.code, 4000);
+        assert_eq!(code(r#"{"id":1}"#).error.code, 4000);
+        let e = code(r#"{"type":"fly","id":7}"#);
+        assert_eq!((e.error.code, e.id), (4001, Some(json!(7))));
+        let e = code(r#"{"type":"subscribe","id":2,"topics":"a"}"#);
+        assert_eq!((e.error.code, e.id), (4000, Some(json!(2))));
+        assert_eq!(code(r#"{"type":"subscribe","topics":[]}"#).error.code, 4000);
+        assert_eq!(code(r#"{"type":"publish","topic":"a"}"#).error.code, 4000);
+        assert_eq!(code(r#"{"type":"ping","id":{"x":1}}"#).error.code, 4000);
+        assert_eq!(Request::decode(&Message::binary(vec![0xc1])).unwrap_err().error.code, 4000);
+    }
+
+    #[test]
+    fn event_encodings_agree() {
+        let e = Event::new("t".into(), 3, "ep".into(), None, json!({"x": 1}));
+        let j: Value = serde_json::from_slice(&e.encoded(Format::Json).plain_frame()[2..]).unwrap();
+        let m: Value = rmp_serde::from_slice(&e.encoded(Format::Msgpack).plain_frame()[2..]).unwrap();
+        assert_eq!(j, m);
+        assert_eq!(j["type"], "event");
+        assert_eq!(j["id"], "ep-3");
+        assert_eq!(j["payload"], json!({"x": 1}));
+    }
+}

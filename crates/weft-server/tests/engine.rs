@@ -1,0 +1,513 @@
+//! The engine over real sockets, driven by weft's own client (and raw HTTP).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft::{ClientBuilder, ClientStream, Message};
+use weft_server::{Engine, EngineConfig, JwtAuth, SlowConsumerPolicy};
+
+const T: Duration = Duration::from_secs(5);
+
+async fn start(cfg: EngineConfig) -> (SocketAddr, Engine, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let engine = Engine::new(cfg).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let e = engine.clone();
+    let h = tokio::spawn(async move { e.serve(l).await });
+    (addr, engine, h)
+}
+
+struct Client {
+    ws: ClientStream,
+    msgpack: bool,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, query: &str) -> Client {
+        Self::try_connect(addr, query, None, "weft.v1.json").await.unwrap()
+    }
+
+    async fn try_connect(addr: SocketAddr, query: &str, bearer: Option<&str>, proto: &str) -> weft::Result<Client> {
+        let mut b = ClientBuilder::new(format!("ws://{addr}/ws{query}")).subprotocol(proto);
+        if let Some(t) = bearer {
+            b = b.header("authorization", &format!("Bearer {t}"));
+        }
+        let ws = b.connect().await?;
+        let mut c = Client { ws, msgpack: proto == "weft.v1.msgpack" };
+        let w = c.recv().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        assert_eq!(w["version"], 1);
+        Ok(c)
+    }
+
+    async fn send(&mut self, v: Value) {
+        let m = if self.msgpack { Message::binary(rmp_serde::to_vec_named(&v).unwrap()) } else { Message::text(v.to_string()) };
+        self.ws.send(m).await.unwrap();
+    }
+
+    async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(T, self.ws.recv()).await.expect("timed out").expect("closed").expect("error");
+            match m {
+                Message::Text(t) => {
+                    assert!(!self.msgpack, "text frame on a msgpack connection");
+                    return serde_json::from_str(t.as_str()).unwrap();
+                }
+                Message::Binary(b) => {
+                    assert!(self.msgpack, "binary frame on a JSON connection");
+                    return rmp_serde::from_slice(&b).unwrap();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn request(&mut self, v: Value) -> Value {
+        self.send(v).await;
+        self.recv().await
+    }
+
+    /// Read until the connection closes; return the close code.
+    async fn closed(&mut self) -> u16 {
+        loop {
+            match tokio::time::timeout(T, self.ws.recv()).await.expect("timed out waiting for close") {
+                Some(Ok(Message::Close(f))) => return f.map(|f| f.code.0).unwrap_or(1005),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e.close_code().map(|c| c.0).unwrap_or(1006),
+                None => return 1006,
+            }
+        }
+    }
+}
+
+async fn subscribe(c: &mut Client, topics: &[&str]) -> Value {
+    let r = c.request(json!({"type": "subscribe", "id": 1, "topics": topics})).await;
+    assert_eq!(r["type"], "subscribed", "{r}");
+    r
+}
+
+async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn token(claims: Value, secret: &[u8]) -> String {
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+fn exp() -> u64 {
+    weft_server::wire::now_ms() / 1000 + 3600
+}
+
+#[tokio::test]
+async fn subscribe_publish_unsubscribe_and_wildcards() {
+    let (addr, engine, _h) = start(EngineConfig::default()).await;
+    let mut a = Client::connect(addr, "?user=alice").await;
+    let r = subscribe(&mut a, &["chat.lobby", "prices.>", "chat.*"]).await;
+    assert_eq!(r["id"], 1);
+    assert_eq!(r["results"][0], json!({"topic": "chat.lobby", "ok": true, "offset": 0, "epoch": r["results"][0]["epoch"]}));
+    assert_eq!(r["results"][1], json!({"topic": "prices.>", "ok": true}));
+    let mut b = Client::connect(addr, "?user=bob").await;
+    let p = b.request(json!({"type": "publish", "id": "p1", "topic": "chat.lobby", "payload": {"text": "hi"}})).await;
+    assert_eq!((p["type"].as_str(), p["id"].as_str(), p["offset"].as_u64()), (Some("published"), Some("p1"), Some(1)));
+    let e = a.recv().await;
+    assert_eq!(e["type"], "event");
+    assert_eq!(e["topic"], "chat.lobby");
+    assert_eq!(e["offset"], 1);
+    assert_eq!(e["payload"], json!({"text": "hi"}));
+    assert_eq!(e["id"], format!("{}-1", e["epoch"].as_str().unwrap()));
+    // chat.lobby matched both the exact subscription and chat.*: delivered once.
+    engine.publish("prices.fx.EUR", json!(1.25)).await.unwrap();
+    let e = a.recv().await;
+    assert_eq!((e["topic"].as_str(), e["payload"].as_f64()), (Some("prices.fx.EUR"), Some(1.25)));
+    engine.publish("chat.other", json!("x")).await.unwrap();
+    assert_eq!(a.recv().await["topic"], "chat.other");
+    // Unsubscribe; the next event on the pattern does not arrive, the exact one does.
+    let u = a.request(json!({"type": "unsubscribe", "id": 9, "topics": ["prices.>"]})).await;
+    assert_eq!(u, json!({"type": "unsubscribed", "id": 9, "topics": ["prices.>"]}));
+    engine.publish("prices.fx.EUR", json!(2)).await.unwrap();
+    engine.publish("chat.lobby", json!("after")).await.unwrap();
+    let e = a.recv().await;
+    assert_eq!((e["topic"].as_str(), e["offset"].as_u64()), (Some("chat.lobby"), Some(2)));
+    let u = a.request(json!({"type": "unsubscribe", "id": 10, "topics": ["nope"]})).await;
+    assert_eq!((u["type"].as_str(), u["code"].as_u64(), u["id"].as_u64()), (Some("error"), Some(4006), Some(10)));
+    let pong = a.request(json!({"type": "ping", "id": 11})).await;
+    assert_eq!((pong["type"].as_str(), pong["id"].as_u64()), (Some("pong"), Some(11)));
+}
+
+#[tokio::test]
+async fn msgpack_and_json_clients_share_events() {
+    let (addr, _engine, _h) = start(EngineConfig::default()).await;
+    let mut m = Client::try_connect(addr, "", None, "weft.v1.msgpack").await.unwrap();
+    let mut j = Client::connect(addr, "").await;
+    subscribe(&mut m, &["t"]).await;
+    subscribe(&mut j, &["t"]).await;
+    let p = m.request(json!({"type": "publish", "id": 1, "topic": "t", "payload": {"a": [1, "two", null, true]}})).await;
+    // The publisher is subscribed too: its own event may come before or after the reply.
+    let (reply, ev) = if p["type"] == "event" { (m.recv().await, p) } else { (p.clone(), m.recv().await) };
+    assert_eq!(reply["type"], "published");
+    let ej = j.recv().await;
+    assert_eq!(ev, ej);
+    assert_eq!(ej["payload"], json!({"a": [1, "two", null, true]}));
+}
+
+#[tokio::test]
+async fn bad_requests_get_documented_errors() {
+    let (addr, _engine, _h) = start(EngineConfig::default()).await;
+    let mut c = Client::connect(addr, "").await;
+    c.send_raw(Message::text("{not json")).await;
+    assert_eq!(c.recv().await["code"], 4000);
+    c.send_raw(Message::text("[1,2]")).await;
+    assert_eq!(c.recv().await["code"], 4000);
+    let e = c.request(json!({"type": "teleport", "id": 3})).await;
+    assert_eq!((e["code"].as_u64(), e["id"].as_u64()), (Some(4001), Some(3)));
+    let e = c.request(json!({"type": "publish", "id": 4, "topic": "a..b", "payload": 1})).await;
+    assert_eq!(e["code"], 4002);
+    let e = c.request(json!({"type": "publish", "id": 5, "topic": "a.*", "payload": 1})).await;
+    assert_eq!(e["code"], 4002);
+    let r = c.request(json!({"type": "subscribe", "id": 6, "topics": ["ok.topic", "bad..topic"]})).await;
+    assert_eq!(r["results"][0]["ok"], true);
+    assert_eq!(r["results"][1]["ok"], false);
+    assert_eq!(r["results"][1]["error"]["code"], 4002);
+    c.send_raw(Message::binary(vec![0xc1, 0x00])).await;
+    assert_eq!(c.recv().await["code"], 4000);
+    // Still serving.
+    assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn oversized_message_closes_1009_and_others_keep_going() {
+    let cfg = EngineConfig { max_message_size: 1024, ..Default::default() };
+    let (addr, engine, _h) = start(cfg).await;
+    let mut other = Client::connect(addr, "").await;
+    subscribe(&mut other, &["t"]).await;
+    let mut c = Client::connect(addr, "").await;
+    c.send(json!({"type": "publish", "topic": "t", "payload": "x".repeat(2000)})).await;
+    assert_eq!(c.closed().await, 1009);
+    engine.publish("t", json!(1)).await.unwrap();
+    assert_eq!(other.recv().await["payload"], 1);
+}
+
+#[tokio::test]
+async fn subscription_limit() {
+    let cfg = EngineConfig { max_subscriptions: 2, ..Default::default() };
+    let (addr, _engine, _h) = start(cfg).await;
+    let mut c = Client::connect(addr, "").await;
+    let r = subscribe(&mut c, &["a", "b", "c"]).await;
+    assert_eq!(r["results"][2]["error"]["code"], 4004);
+    // Re-subscribing to one already held is fine.
+    assert_eq!(subscribe(&mut c, &["a"]).await["results"][0]["ok"], true);
+}
+
+#[tokio::test]
+async fn jwt_auth_during_upgrade() {
+    let cfg = EngineConfig {
+        jwt: Some(JwtAuth::hs256(b"s3cret").issuer("weft-test").audience("clients")),
+        ..Default::default()
+    };
+    let (addr, _engine, _h) = start(cfg).await;
+    let good = json!({"sub": "alice", "exp": exp(), "iss": "weft-test", "aud": "clients",
+        "subscribe": ["chat.>"], "publish": ["chat.alice"], "info": {"name": "Alice"}});
+    let status = |r: weft::Result<Client>| r.err().and_then(|e| e.status()).map(|s| s.as_u16());
+    // Header, query parameter.
+    let mut c = Client::try_connect(addr, "", Some(&token(good.clone(), b"s3cret")), "weft.v1.json").await.unwrap();
+    let q = format!("?token={}", token(good.clone(), b"s3cret"));
+    let mut c2 = Client::try_connect(addr, &q, None, "weft.v1.json").await.unwrap();
+    assert_eq!(status(Client::try_connect(addr, "", None, "weft.v1.json").await), Some(401));
+    assert_eq!(status(Client::try_connect(addr, "", Some(&token(good.clone(), b"wrong")), "weft.v1.json").await), Some(401));
+    let mut expired = good.clone();
+    expired["exp"] = json!(1_000_000);
+    assert_eq!(status(Client::try_connect(addr, "", Some(&token(expired, b"s3cret")), "weft.v1.json").await), Some(401));
+    let mut aud = good.clone();
+    aud["aud"] = json!("someone-else");
+    assert_eq!(status(Client::try_connect(addr, "", Some(&token(aud, b"s3cret")), "weft.v1.json").await), Some(403));
+    // Claims decide topics.
+    let r = subscribe(&mut c, &["chat.room1", "admin.secrets", "chat.>", ">"]).await;
+    let oks: Vec<_> = r["results"].as_array().unwrap().iter().map(|x| x["ok"].as_bool().unwrap()).collect();
+    assert_eq!(oks, vec![true, false, true, false]);
+    assert_eq!(r["results"][1]["error"]["code"], 4003);
+    let e = c.request(json!({"type": "publish", "id": 1, "topic": "chat.room1", "payload": 1})).await;
+    assert_eq!(e["code"], 4003);
+    subscribe(&mut c2, &["chat.alice"]).await;
+    // c is subscribed to chat.> too: its own event and the reply may come in either order.
+    c.send(json!({"type": "publish", "id": 2, "topic": "chat.alice", "payload": 1})).await;
+    let (x, y) = (c.recv().await, c.recv().await);
+    let mut kinds = [x["type"].as_str().unwrap(), y["type"].as_str().unwrap()];
+    kinds.sort();
+    assert_eq!(kinds, ["event", "published"]);
+    assert_eq!(c2.recv().await["payload"], 1);
+    let pres = c.request(json!({"type": "presence", "id": 3, "topic": "chat.alice"})).await;
+    assert_eq!(pres["count"], 1);
+    assert_eq!(pres["members"][0]["user"], "alice");
+    assert_eq!(pres["members"][0]["info"], json!({"name": "Alice"}));
+    // The HTTP publish API is refused without an API key when JWT is on.
+    let (s, _) = http(addr, "POST", "/api/publish", &[], r#"{"topic":"chat.alice","payload":1}"#).await;
+    assert_eq!(s, 403);
+}
+
+#[tokio::test]
+async fn recovery_replays_exactly_then_reports_not_recoverable() {
+    let cfg = EngineConfig { history_size: 5, ..Default::default() };
+    let (addr, engine, _h) = start(cfg).await;
+    let mut c = Client::connect(addr, "").await;
+    let r = subscribe(&mut c, &["news"]).await;
+    let epoch = r["results"][0]["epoch"].as_str().unwrap().to_owned();
+    for i in 1..=3 {
+        engine.publish("news", json!(i)).await.unwrap();
+    }
+    let mut last = 0;
+    for _ in 0..3 {
+        last = c.recv().await["offset"].as_u64().unwrap();
+    }
+    assert_eq!(last, 3);
+    drop(c);
+    // Missed while away: 4, 5, 6.
+    for i in 4..=6 {
+        engine.publish("news", json!(i)).await.unwrap();
+    }
+    let mut c = Client::connect(addr, "").await;
+    let r = c
+        .request(json!({"type": "subscribe", "id": 2, "topics": ["news"], "resume": {"news": {"offset": last, "epoch": epoch}}}))
+        .await;
+    assert_eq!(r["results"][0]["recovered"], true, "{r}");
+    assert_eq!(r["results"][0]["replayed"], 3);
+    assert_eq!(r["results"][0]["offset"], 6);
+    engine.publish("news", json!(7)).await.unwrap();
+    let got: Vec<u64> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(c.recv().await["offset"].as_u64().unwrap());
+        }
+        v
+    };
+    assert_eq!(got, vec![4, 5, 6, 7], "in order, no gap, no duplicate");
+    // Fell out of history (5 kept: 3..=7 → resuming after 1 needs 2).
+    let mut d = Client::connect(addr, "").await;
+    let r = d
+        .request(json!({"type": "subscribe", "id": 3, "topics": ["news"], "resume": {"news": {"offset": 1, "epoch": epoch}}}))
+        .await;
+    assert_eq!(r["results"][0]["recovered"], false);
+    assert_eq!(r["results"][0]["offset"], 7);
+    assert!(r["results"][0].get("replayed").is_none());
+    // Wrong epoch.
+    let mut d2 = Client::connect(addr, "").await;
+    let r = d2
+        .request(json!({"type": "subscribe", "id": 4, "topics": ["news"], "resume": {"news": {"offset": 6, "epoch": "nope"}}}))
+        .await;
+    assert_eq!(r["results"][0]["recovered"], false);
+    // Live events still flow to both.
+    engine.publish("news", json!(8)).await.unwrap();
+    assert_eq!(d.recv().await["offset"], 8);
+    assert_eq!(d2.recv().await["offset"], 8);
+    assert!(engine.metrics().recoveries_failed.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+}
+
+#[tokio::test]
+async fn presence_join_and_leave() {
+    let (addr, _engine, _h) = start(EngineConfig::default()).await;
+    let mut a = Client::connect(addr, "?user=alice").await;
+    let r = a.request(json!({"type": "subscribe", "id": 1, "topics": ["room.1"], "presence": true})).await;
+    assert_eq!(r["results"][0]["ok"], true);
+    let mut b = Client::connect(addr, "?user=bob").await;
+    subscribe(&mut b, &["room.1"]).await;
+    let j = a.recv().await;
+    assert_eq!((j["type"].as_str(), j["member"]["user"].as_str()), (Some("join"), Some("bob")));
+    let p = a.request(json!({"type": "presence", "id": 2, "topic": "room.1"})).await;
+    assert_eq!(p["count"], 2);
+    let mut users: Vec<_> = p["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap().to_owned()).collect();
+    users.sort();
+    assert_eq!(users, vec!["alice", "bob"]);
+    drop(b);
+    let l = a.recv().await;
+    assert_eq!((l["type"].as_str(), l["member"]["user"].as_str()), (Some("leave"), Some("bob")));
+    let p = a.request(json!({"type": "presence", "id": 3, "topic": "room.1"})).await;
+    assert_eq!(p["count"], 1);
+}
+
+/// A client that never reads: its queue overflows and it is disconnected (and counted), while
+/// a reading client gets every event.
+#[tokio::test]
+async fn slow_consumer_is_disconnected_others_keep_receiving() {
+    let cfg = EngineConfig { queue_size: 128, history_size: 10, ..Default::default() };
+    let (addr, engine, _h) = start(cfg).await;
+    let mut fast = Client::connect(addr, "").await;
+    subscribe(&mut fast, &["firehose"]).await;
+    let mut slow = Client::connect(addr, "").await;
+    subscribe(&mut slow, &["firehose"]).await;
+    let payload = json!("x".repeat(16 * 1024));
+    let n = 2000u64; // 32 MB: far beyond socket buffers
+    let reader = tokio::spawn(async move {
+        for want in 1..=n {
+            let e = fast.recv().await;
+            assert_eq!(e["offset"].as_u64(), Some(want));
+        }
+        fast
+    });
+    for _ in 0..n {
+        engine.publish("firehose", payload.clone()).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let _fast = tokio::time::timeout(Duration::from_secs(30), reader).await.unwrap().unwrap();
+    let m = engine.metrics();
+    assert!(m.slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    // The slow one is gone: reading now shows the stream ended.
+    drop(slow);
+    let deadline = tokio::time::Instant::now() + T;
+    while engine.connection_count() != 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(engine.connection_count(), 1);
+}
+
+#[tokio::test]
+async fn drop_oldest_tells_the_client_and_latest_conflates() {
+    let pattern = weft_server::topic::Pattern::parse("prices.>").unwrap();
+    let cfg = EngineConfig {
+        queue_size: 16,
+        history_size: 10,
+        slow_consumer: SlowConsumerPolicy::DropOldest,
+        topic_policies: vec![(pattern, SlowConsumerPolicy::Latest)],
+        ..Default::default()
+    };
+    let (addr, engine, _h) = start(cfg).await;
+    let mut c = Client::connect(addr, "").await;
+    subscribe(&mut c, &["feed", "prices.eur"]).await;
+    let payload = json!("y".repeat(64 * 1024));
+    for _ in 0..400 {
+        engine.publish("feed", payload.clone()).await.unwrap();
+    }
+    // Read everything that arrives: offsets increase; gaps are announced with `lagged`.
+    let mut last = 0;
+    let mut dropped = 0;
+    while last < 400 {
+        let m = c.recv().await;
+        match m["type"].as_str().unwrap() {
+            "lagged" => dropped += m["dropped"].as_u64().unwrap(),
+            "event" => {
+                let off = m["offset"].as_u64().unwrap();
+                assert!(off > last);
+                last = off;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!(dropped > 0, "a 26 MB burst into a 16-message queue must drop");
+    assert_eq!(engine.metrics().slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(engine.metrics().dropped_events.load(std::sync::atomic::Ordering::Relaxed) >= dropped);
+    assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn rate_limit_refuses_then_closes() {
+    let cfg = EngineConfig { rate_limit: 1.0, rate_burst: 5, ..Default::default() };
+    let (addr, _engine, _h) = start(cfg).await;
+    let mut c = Client::connect(addr, "").await;
+    for _ in 0..5 {
+        assert_eq!(c.request(json!({"type": "ping"})).await["type"], "pong");
+    }
+    let e = c.request(json!({"type": "ping"})).await;
+    assert_eq!(e["code"], 4005);
+    for _ in 0..10 {
+        c.send(json!({"type": "ping"})).await;
+    }
+    let mut code = 0;
+    for _ in 0..20 {
+        match tokio::time::timeout(T, c.ws.recv()).await.unwrap() {
+            Some(Ok(Message::Close(f))) => {
+                code = f.unwrap().code.0;
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(code, 1008);
+}
+
+#[tokio::test]
+async fn http_api_stats_health_metrics_and_pages() {
+    let cfg = EngineConfig { api_key: Some("k3y".into()), max_message_size: 4096, ..Default::default() };
+    let (addr, _engine, _h) = start(cfg).await;
+    let mut c = Client::connect(addr, "").await;
+    subscribe(&mut c, &["a", "b"]).await;
+    let body = r#"{"topic":"a","payload":{"n":1},"id":"evt-1"}"#;
+    assert_eq!(http(addr, "POST", "/api/publish", &[], body).await.0, 401);
+    assert_eq!(http(addr, "POST", "/api/publish", &[("x-api-key", "nope")], body).await.0, 401);
+    let (s, b) = http(addr, "POST", "/api/publish", &[("authorization", "Bearer k3y")], body).await;
+    assert_eq!(s, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["offset"], 1);
+    let e = c.recv().await;
+    assert_eq!((e["id"].as_str(), e["payload"]["n"].as_u64()), (Some("evt-1"), Some(1)));
+    let (s, b) =
+        http(addr, "POST", "/api/broadcast", &[("x-api-key", "k3y")], r#"{"topics":["a","b","c..d"],"payload":2}"#).await;
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["results"][0]["offset"], 2);
+    assert_eq!(v["results"][1]["offset"], 1);
+    assert_eq!(v["results"][2]["error"]["code"], 4002);
+    assert_eq!(c.recv().await["topic"], "a");
+    assert_eq!(c.recv().await["topic"], "b");
+    let (s, b) = http(addr, "POST", "/api/publish", &[("x-api-key", "k3y")], "{garbage").await;
+    assert_eq!(s, 400);
+    assert!(b.contains("4000"));
+    let big = format!(r#"{{"topic":"a","payload":"{}"}}"#, "z".repeat(5000));
+    assert_eq!(http(addr, "POST", "/api/publish", &[("x-api-key", "k3y")], &big).await.0, 413);
+    assert_eq!(http(addr, "GET", "/healthz", &[], "").await, (200, "ok\n".into()));
+    let (s, b) = http(addr, "GET", "/api/stats", &[], "").await;
+    assert_eq!(s, 200);
+    let st: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(st["connections"], 1);
+    assert_eq!(st["publishes_total"], 3);
+    let (s, b) = http(addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(s, 200);
+    assert!(b.contains("\nweft_publishes_total 3\n"), "{b}");
+    let (s, b) = http(addr, "GET", "/", &[], "").await;
+    assert_eq!(s, 200);
+    assert!(b.contains("<canvas id=\"chart\""));
+    assert!(http(addr, "GET", "/chat", &[], "").await.1.contains("weft chat"));
+    assert_eq!(http(addr, "GET", "/nope", &[], "").await.0, 404);
+    assert_eq!(http(addr, "GET", "/ws", &[], "").await.0, 426);
+}
+
+#[tokio::test]
+async fn max_connections_503() {
+    let cfg = EngineConfig { max_connections: 1, ..Default::default() };
+    let (addr, _engine, _h) = start(cfg).await;
+    let _a = Client::connect(addr, "").await;
+    let e = Client::try_connect(addr, "", None, "weft.v1.json").await.err().unwrap();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(503));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_drains_and_closes_1001() {
+    let (addr, engine, h) = start(EngineConfig::default()).await;
+    let mut c = Client::connect(addr, "").await;
+    subscribe(&mut c, &["t"]).await;
+    engine.publish("t", json!("last words")).await.unwrap();
+    engine.shutdown();
+    assert_eq!(c.recv().await["payload"], "last words");
+    assert_eq!(c.closed().await, 1001);
+    tokio::time::timeout(T, h).await.unwrap().unwrap().unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+}

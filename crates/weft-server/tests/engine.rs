@@ -511,3 +511,30 @@ async fn graceful_shutdown_drains_and_closes_1001() {
     tokio::time::timeout(T, h).await.unwrap().unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
 }
+
+/// The Python `websockets` client against the engine (tests/py/engine_client.py).
+#[tokio::test]
+async fn python_websockets_client() {
+    let python = std::env::var_os("WEFT_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/autobahn-peers/bin/python")
+    });
+    let cfg = EngineConfig { jwt: Some(JwtAuth::hs256(b"py-secret")), ..Default::default() };
+    let (addr, _engine, _h) = start(cfg).await;
+    let ok = token(json!({"sub": "py-user", "exp": exp(), "publish": ["py.>"]}), b"py-secret");
+    let expired = token(json!({"sub": "py-user", "exp": 1_000_000}), b"py-secret");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/engine_client.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(addr.port().to_string())
+        .arg(ok)
+        .arg(expired)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {}: {e} (scripts/test.sh installs it; or set WEFT_PYTHON)", python.display()));
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -9,7 +9,8 @@
 # (../shared/tools/autobahn, override with WEFT_SHARED=/path/to/shared). Installs: a Python 2.7
 # virtualenv with the Autobahn TestSuite and a Python 3 venv with `websockets` (both cached in
 # ~/.cache, reused when present); qemu-user and the aarch64 cross linker (apt-get) and the
-# aarch64 Rust target (rustup), to run the NEON masking kernel's tests under emulation.
+# aarch64 Rust target (rustup), to run the NEON masking kernel's tests under emulation; Debian's
+# chromium (apt-get) and playwright-core (npm, tests/browser) for the pages of `weft serve`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -50,10 +51,24 @@ CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linu
 step "build weft (profile ci: release optimisations, quicker to build)"
 cargo build --locked --profile ci -p weft-cli
 WEFT="$ROOT/target/ci/weft"
-
-step "Autobahn: server suite against weft echo and client suite with weft's client (in parallel)"
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_port() { local p; for p in $(seq "$1" $(( $1 + 200 ))); do port_free "$p" && { echo "$p"; return; }; done; return 1; }
+
+step "browser: weft serve's dashboard and chat pages in headless Chromium (playwright-core)"
+if ! command -v chromium >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+fi
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
+WPORT=$(pick_port 18080)
+"$WEFT" serve --addr "127.0.0.1:$WPORT" > "$OUT/serve.log" 2>&1 &
+SERVE_PID=$!
+for _ in $(seq 100); do port_free "$WPORT" || break; sleep 0.05; done
+b_rc=0
+node tests/browser/pages.mjs "http://127.0.0.1:$WPORT" || b_rc=$?
+kill -TERM $SERVE_PID; wait $SERVE_PID || b_rc=$?   # graceful shutdown must exit 0
+[[ $b_rc -eq 0 ]] || { echo "browser test FAILED (rc=$b_rc); server log in $OUT/serve.log" >&2; exit 1; }
+
+step "Autobahn: server suite against weft echo and client suite with weft's client (in parallel)"
 SPORT=$(pick_port 19001); CPORT=$(pick_port $(( SPORT + 1 )))
 export AUTOBAHN_TIMEOUT=2400
 [[ $QUICK == 1 ]] && export AUTOBAHN_NO_DEFLATE=1

@@ -191,7 +191,8 @@ fn settings(args: ServeArgs) -> anyhow::Result<(SocketAddr, Option<usize>, Engin
     c.slow_consumer = pick!(slow_consumer).unwrap_or(d.slow_consumer);
     let mut policies = Vec::new();
     for spec in &args.topic_policy {
-        let (p, pol) = spec.split_once('=').with_context(|| format!("--topic-policy {spec:?}: expected PATTERN=POLICY"))?;
+        let (p, pol) =
+            spec.split_once('=').with_context(|| format!("--topic-policy {spec:?}: expected PATTERN=POLICY"))?;
         policies.push((Pattern::parse(p)?, pol.parse::<SlowConsumerPolicy>().map_err(anyhow::Error::msg)?));
     }
     for (p, pol) in &file.topic_policies {
@@ -259,7 +260,9 @@ async fn serve(addr: SocketAddr, config: EngineConfig) -> anyhow::Result<()> {
             if open_api { ", and POST /api/publish is open" } else { "" }
         );
     }
-    tracing::info!("weft serve listening on {addr}: WebSocket ws://{addr}/ws, dashboard http://{addr}/, chat http://{addr}/chat");
+    tracing::info!(
+        "weft serve listening on {addr}: WebSocket ws://{addr}/ws, dashboard http://{addr}/, chat http://{addr}/chat"
+    );
     let server = tokio::spawn({
         let engine = engine.clone();
         async move { engine.serve(listener).await }
@@ -308,7 +311,15 @@ mod tests {
             "addr = \"127.0.0.1:7000\"\nhistory_size = 7\nqueue_size = 50\nheartbeat = 3\n[topic_policies]\n\"prices.>\" = \"latest\"\n",
         )
         .unwrap();
-        let t = T::parse_from(["x", "--config", f.to_str().unwrap(), "--history-size", "9", "--topic-policy", "a.*=drop-oldest"]);
+        let t = T::parse_from([
+            "x",
+            "--config",
+            f.to_str().unwrap(),
+            "--history-size",
+            "9",
+            "--topic-policy",
+            "a.*=drop-oldest",
+        ]);
         let (addr, _, c) = settings(t.a).unwrap();
         assert_eq!(addr.port(), 7000);
         assert_eq!(c.history_size, 9);

@@ -106,10 +106,10 @@ impl JwtAuth {
         let c = data.claims;
         let parse = |v: Option<Vec<String>>, default: &[&str]| -> Result<Vec<Pattern>, AuthError> {
             let list = v.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
-            list.iter()
-                .map(|p| Pattern::parse(p))
-                .collect::<Result<_, _>>()
-                .map_err(|e| AuthError { status: StatusCode::UNAUTHORIZED, message: format!("token has a bad pattern: {e}") })
+            list.iter().map(|p| Pattern::parse(p)).collect::<Result<_, _>>().map_err(|e| AuthError {
+                status: StatusCode::UNAUTHORIZED,
+                message: format!("token has a bad pattern: {e}"),
+            })
         };
         Ok(Identity {
             user: c.sub.into(),
@@ -219,7 +219,9 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 pub fn api_key_matches(headers: &HeaderMap, expected: &str) -> bool {
     let given = headers.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| bearer(headers));
     match given {
-        Some(g) if g.len() == expected.len() => g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0,
+        Some(g) if g.len() == expected.len() => {
+            g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        }
         _ => false,
     }
 }

@@ -93,7 +93,8 @@ impl Engine {
     /// An engine over another broker, which counts into `metrics`.
     pub fn with_broker(config: EngineConfig, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Result<Self, String> {
         config.validate()?;
-        let acceptor = weft::Acceptor::new().config(config.ws_config()).subprotocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]);
+        let acceptor =
+            weft::Acceptor::new().config(config.ws_config()).subprotocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]);
         let shared = Arc::new(Shared {
             config,
             broker,
@@ -134,7 +135,12 @@ impl Engine {
     }
 
     /// Publish with the publisher's own event id.
-    pub async fn publish_with_id(&self, topic: &str, payload: Value, id: Option<String>) -> Result<Position, PublishError> {
+    pub async fn publish_with_id(
+        &self,
+        topic: &str,
+        payload: Value,
+        id: Option<String>,
+    ) -> Result<Position, PublishError> {
         validate_topic(topic).map_err(|e| PublishError(ErrorBody::new(ErrorCode::InvalidTopic, e.to_string())))?;
         self.shared
             .broker
@@ -231,7 +237,10 @@ impl Engine {
             None => Identity::anonymous(query_param(req.uri().query(), "user")),
             Some(jwt) => {
                 let verified = match jwt.token_from(req.headers(), req.uri().query()) {
-                    None => Err(crate::auth::AuthError { status: StatusCode::UNAUTHORIZED, message: "missing token".into() }),
+                    None => Err(crate::auth::AuthError {
+                        status: StatusCode::UNAUTHORIZED,
+                        message: "missing token".into(),
+                    }),
                     Some(t) => jwt.verify(&t),
                 };
                 match verified {

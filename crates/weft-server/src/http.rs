@@ -28,10 +28,13 @@ where
         (&Method::GET, "/metrics") => {
             let body = engine.metrics().render_prometheus(engine.broker().topic_count());
             let mut r = text(StatusCode::OK, &body);
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             r
         }
-        (&Method::GET, "/api/stats") => json_response(StatusCode::OK, &serde_json::to_value(engine.stats()).expect("stats")),
+        (&Method::GET, "/api/stats") => {
+            json_response(StatusCode::OK, &serde_json::to_value(engine.stats()).expect("stats"))
+        }
         (&Method::GET, "/") => html(DASHBOARD),
         (&Method::GET, "/chat") => html(CHAT),
         (&Method::POST, "/api/publish") => publish(engine, req, false).await,

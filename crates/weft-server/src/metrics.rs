@@ -136,7 +136,12 @@ impl Metrics {
             Self::get(&self.dropped_events),
         );
         put("weft_rate_limited_total", "counter", "Requests refused by the rate limit.", Self::get(&self.rate_limited));
-        put("weft_protocol_errors_total", "counter", "Requests answered with an error.", Self::get(&self.protocol_errors));
+        put(
+            "weft_protocol_errors_total",
+            "counter",
+            "Requests answered with an error.",
+            Self::get(&self.protocol_errors),
+        );
         put("weft_replayed_events_total", "counter", "Events replayed on resume.", Self::get(&self.replayed_events));
         put(
             "weft_recoveries_failed_total",

@@ -42,7 +42,8 @@ where
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let session: Arc<str> = format!("{:08x}{:08x}", shared.node, id).into();
     let outbox = Arc::new(Outbox::new(shared.config.queue_size, Arc::clone(&shared.metrics)));
-    let member = Member { user: Arc::clone(&identity.user), session: Arc::clone(&session), info: identity.info.clone() };
+    let member =
+        Member { user: Arc::clone(&identity.user), session: Arc::clone(&session), info: identity.info.clone() };
     let sub = Arc::new(Subscriber { id, member, outbox: Arc::clone(&outbox) });
     let mut s = Session {
         bucket: TokenBucket::new(shared.config.rate_limit, shared.config.rate_burst, Instant::now()),
@@ -197,7 +198,9 @@ impl Session {
                 for t in &topics {
                     results.push(self.subscribe_one(t, resume.get(t), presence).await);
                 }
-                self.sub.outbox.fill(slot, self.format.encode_shared(&Reply::Subscribed { id: id.as_ref(), results: &results }));
+                self.sub
+                    .outbox
+                    .fill(slot, self.format.encode_shared(&Reply::Subscribed { id: id.as_ref(), results: &results }));
             }
             Request::Unsubscribe { id, topics } => {
                 if let Some(missing) = topics.iter().find(|t| !self.subscriptions.contains_key(*t)) {

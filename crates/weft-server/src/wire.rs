@@ -151,7 +151,15 @@ pub struct SubscribeResult {
 impl SubscribeResult {
     /// A failed result.
     pub fn failed(topic: &str, error: ErrorBody) -> Self {
-        Self { topic: topic.to_owned(), ok: false, offset: None, epoch: None, recovered: None, replayed: None, error: Some(error) }
+        Self {
+            topic: topic.to_owned(),
+            ok: false,
+            offset: None,
+            epoch: None,
+            recovered: None,
+            replayed: None,
+            error: Some(error),
+        }
     }
 }
 
@@ -160,7 +168,13 @@ impl SubscribeResult {
 #[serde(tag = "type", rename_all = "lowercase")]
 #[allow(missing_docs)]
 pub enum Reply<'a> {
-    Welcome { version: u32, session: &'a str, user: &'a str, time: u64, heartbeat: u64 },
+    Welcome {
+        version: u32,
+        session: &'a str,
+        user: &'a str,
+        time: u64,
+        heartbeat: u64,
+    },
     Subscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
@@ -190,7 +204,9 @@ pub enum Reply<'a> {
         id: Option<&'a Value>,
         time: u64,
     },
-    Lagged { dropped: u64 },
+    Lagged {
+        dropped: u64,
+    },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
@@ -310,7 +326,9 @@ impl Notice {
             Format::Json => &self.json,
             Format::Msgpack => &self.msgpack,
         };
-        cell.get_or_init(|| format.encode_shared(&NoticeWire { r#type: self.kind, topic: &self.topic, member: &self.member }))
+        cell.get_or_init(|| {
+            format.encode_shared(&NoticeWire { r#type: self.kind, topic: &self.topic, member: &self.member })
+        })
     }
 }
 
@@ -407,7 +425,10 @@ impl Request {
     /// Decode an already parsed value.
     pub fn from_value(value: Value) -> Result<Request, DecodeError> {
         let Value::Object(mut map) = value else {
-            return Err(DecodeError { id: None, error: ErrorBody::new(ErrorCode::BadRequest, "a request must be an object") });
+            return Err(DecodeError {
+                id: None,
+                error: ErrorBody::new(ErrorCode::BadRequest, "a request must be an object"),
+            });
         };
         let id = match map.remove("id") {
             None | Some(Value::Null) => None,
@@ -482,7 +503,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(Request::decode(&text(r#"{"type":"ping","id":"x"}"#)).unwrap(), Request::Ping { id: Some(json!("x")) });
+        assert_eq!(
+            Request::decode(&text(r#"{"type":"ping","id":"x"}"#)).unwrap(),
+            Request::Ping { id: Some(json!("x")) }
+        );
         let mp = rmp_serde::to_vec_named(&json!({"type":"publish","topic":"t","payload":{"a":[1,2]}})).unwrap();
         assert_eq!(
             Request::decode(&Message::binary(mp)).unwrap(),

@@ -45,7 +45,11 @@ impl Client {
     }
 
     async fn send(&mut self, v: Value) {
-        let m = if self.msgpack { Message::binary(rmp_serde::to_vec_named(&v).unwrap()) } else { Message::text(v.to_string()) };
+        let m = if self.msgpack {
+            Message::binary(rmp_serde::to_vec_named(&v).unwrap())
+        } else {
+            Message::text(v.to_string())
+        };
         self.ws.send(m).await.unwrap();
     }
 
@@ -96,7 +100,8 @@ async fn subscribe(c: &mut Client, topics: &[&str]) -> Value {
 
 async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -125,7 +130,10 @@ async fn subscribe_publish_unsubscribe_and_wildcards() {
     let mut a = Client::connect(addr, "?user=alice").await;
     let r = subscribe(&mut a, &["chat.lobby", "prices.>", "chat.*"]).await;
     assert_eq!(r["id"], 1);
-    assert_eq!(r["results"][0], json!({"topic": "chat.lobby", "ok": true, "offset": 0, "epoch": r["results"][0]["epoch"]}));
+    assert_eq!(
+        r["results"][0],
+        json!({"topic": "chat.lobby", "ok": true, "offset": 0, "epoch": r["results"][0]["epoch"]})
+    );
     assert_eq!(r["results"][1], json!({"topic": "prices.>", "ok": true}));
     let mut b = Client::connect(addr, "?user=bob").await;
     let p = b.request(json!({"type": "publish", "id": "p1", "topic": "chat.lobby", "payload": {"text": "hi"}})).await;
@@ -162,7 +170,8 @@ async fn msgpack_and_json_clients_share_events() {
     let mut j = Client::connect(addr, "").await;
     subscribe(&mut m, &["t"]).await;
     subscribe(&mut j, &["t"]).await;
-    let p = m.request(json!({"type": "publish", "id": 1, "topic": "t", "payload": {"a": [1, "two", null, true]}})).await;
+    let p =
+        m.request(json!({"type": "publish", "id": 1, "topic": "t", "payload": {"a": [1, "two", null, true]}})).await;
     // The publisher is subscribed too: its own event may come before or after the reply.
     let (reply, ev) = if p["type"] == "event" { (m.recv().await, p) } else { (p.clone(), m.recv().await) };
     assert_eq!(reply["type"], "published");
@@ -234,10 +243,16 @@ async fn jwt_auth_during_upgrade() {
     let q = format!("?token={}", token(good.clone(), b"s3cret"));
     let mut c2 = Client::try_connect(addr, &q, None, "weft.v1.json").await.unwrap();
     assert_eq!(status(Client::try_connect(addr, "", None, "weft.v1.json").await), Some(401));
-    assert_eq!(status(Client::try_connect(addr, "", Some(&token(good.clone(), b"wrong")), "weft.v1.json").await), Some(401));
+    assert_eq!(
+        status(Client::try_connect(addr, "", Some(&token(good.clone(), b"wrong")), "weft.v1.json").await),
+        Some(401)
+    );
     let mut expired = good.clone();
     expired["exp"] = json!(1_000_000);
-    assert_eq!(status(Client::try_connect(addr, "", Some(&token(expired, b"s3cret")), "weft.v1.json").await), Some(401));
+    assert_eq!(
+        status(Client::try_connect(addr, "", Some(&token(expired, b"s3cret")), "weft.v1.json").await),
+        Some(401)
+    );
     let mut aud = good.clone();
     aud["aud"] = json!("someone-else");
     assert_eq!(status(Client::try_connect(addr, "", Some(&token(aud, b"s3cret")), "weft.v1.json").await), Some(403));
@@ -334,7 +349,8 @@ async fn presence_join_and_leave() {
     assert_eq!((j["type"].as_str(), j["member"]["user"].as_str()), (Some("join"), Some("bob")));
     let p = a.request(json!({"type": "presence", "id": 2, "topic": "room.1"})).await;
     assert_eq!(p["count"], 2);
-    let mut users: Vec<_> = p["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap().to_owned()).collect();
+    let mut users: Vec<_> =
+        p["members"].as_array().unwrap().iter().map(|m| m["user"].as_str().unwrap().to_owned()).collect();
     users.sort();
     assert_eq!(users, vec!["alice", "bob"]);
     drop(b);
@@ -460,7 +476,8 @@ async fn http_api_stats_health_metrics_and_pages() {
     let e = c.recv().await;
     assert_eq!((e["id"].as_str(), e["payload"]["n"].as_u64()), (Some("evt-1"), Some(1)));
     let (s, b) =
-        http(addr, "POST", "/api/broadcast", &[("x-api-key", "k3y")], r#"{"topics":["a","b","c..d"],"payload":2}"#).await;
+        http(addr, "POST", "/api/broadcast", &[("x-api-key", "k3y")], r#"{"topics":["a","b","c..d"],"payload":2}"#)
+            .await;
     assert_eq!(s, 200);
     let v: Value = serde_json::from_str(&b).unwrap();
     assert_eq!(v["results"][0]["offset"], 2);
@@ -530,11 +547,32 @@ async fn python_websockets_client() {
         .arg(expired)
         .output()
         .await
-        .unwrap_or_else(|e| panic!("cannot run {}: {e} (scripts/test.sh installs it; or set WEFT_PYTHON)", python.display()));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {}: {e} (scripts/test.sh installs it; or set WEFT_PYTHON)", python.display())
+        });
     assert!(
         out.status.success(),
         "python client failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The engine mounted in an axum router (as in examples/axum.rs).
+#[tokio::test]
+async fn inside_axum() {
+    use axum::extract::Request;
+    let engine = Engine::new(EngineConfig::default()).unwrap();
+    let e = engine.clone();
+    let app = axum::Router::new()
+        .route("/hello", axum::routing::get(|| async { "hi" }))
+        .route("/ws", axum::routing::get(move |req: Request| async move { e.upgrade(req) }));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let mut c = Client::connect(addr, "").await;
+    subscribe(&mut c, &["ticks"]).await;
+    engine.publish("ticks", json!({"n": 1})).await.unwrap();
+    assert_eq!(c.recv().await["payload"]["n"], 1);
+    assert_eq!(http(addr, "GET", "/hello", &[], "").await, (200, "hi".into()));
 }

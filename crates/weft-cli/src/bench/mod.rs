@@ -2,6 +2,7 @@
 
 mod connections;
 mod echo;
+mod fanout;
 mod report;
 
 use std::process::ExitCode;
@@ -24,36 +25,7 @@ enum Scenario {
     Connections(connections::ConnArgs),
     /// Pub/sub fan-out through the engine (`weft serve`): deliveries/s, end-to-end latency,
     /// gaps and duplicates per subscriber.
-    Fanout(FanoutArgs),
-}
-
-/// The flag surface of the fan-out scenario, fixed now so scripts can be written against it.
-#[derive(Args, Debug)]
-struct FanoutArgs {
-    /// Engine URL.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    url: String,
-    /// Subscribers on the topic.
-    #[arg(long, default_value_t = 1000)]
-    subscribers: usize,
-    /// Topic name.
-    #[arg(long, default_value = "bench")]
-    topic: String,
-    /// Publish rate (messages/s); as fast as possible if absent.
-    #[arg(long)]
-    rate: Option<f64>,
-    /// Payload size in bytes (includes the send timestamp).
-    #[arg(long, default_value_t = 256)]
-    size: usize,
-    /// Seconds.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Server process to measure.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// JSON output.
-    #[arg(long)]
-    json: bool,
+    Fanout(fanout::FanoutArgs),
 }
 
 pub(crate) fn run(args: BenchArgs) -> ExitCode {
@@ -81,18 +53,17 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
                 r.opened > 0
             })
         }
-        Scenario::Fanout(a) => Err(anyhow::anyhow!(
-            "fanout needs the real-time engine (`weft serve`), which is not built yet; \
-             flags accepted: --url {} --subscribers {} --topic {} --rate {:?} --size {} --duration {} --server-pid {:?} --json {}",
-            a.url,
-            a.subscribers,
-            a.topic,
-            a.rate,
-            a.size,
-            a.duration,
-            a.server_pid,
-            a.json
-        )),
+        Scenario::Fanout(a) => {
+            let json = a.json;
+            fanout::run(a).map(|r| {
+                if json {
+                    println!("{}", serde_json::to_string(&r).expect("serialisable"));
+                } else {
+                    r.print();
+                }
+                r.ok()
+            })
+        }
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

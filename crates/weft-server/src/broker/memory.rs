@@ -103,7 +103,12 @@ impl MemoryBroker {
     }
 
     fn policy_for(&self, topic: &str) -> SlowConsumerPolicy {
-        self.settings.topic_policies.iter().find(|(p, _)| p.matches(topic)).map(|(_, pol)| *pol).unwrap_or(self.settings.policy)
+        self.settings
+            .topic_policies
+            .iter()
+            .find(|(p, _)| p.matches(topic))
+            .map(|(_, pol)| *pol)
+            .unwrap_or(self.settings.policy)
     }
 
     fn topic<'s>(&self, shard: &'s mut Shard, name: &str) -> &'s mut TopicState {

@@ -1,0 +1,394 @@
+//! `weft bench fanout`: N subscribers on one topic of the engine, one publisher; deliveries/s,
+//! end-to-end latency (publish → receipt, same machine clock), gaps and duplicates per subscriber.
+//!
+//! Without `--rate` the publisher runs as fast as the subscribers keep up: it stays at most
+//! `--window` events ahead of the deliveries, so no queue overflows and the number measured is
+//! the sustainable fan-out rate.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use weft::{ClientBuilder, Message};
+
+use super::report::Percentiles;
+use crate::procfs;
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct FanoutArgs {
+    /// Engine URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Subscribers on the topic.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Topic name.
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Publish rate (events/s); without it, as fast as the subscribers keep up.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Most events published and not yet delivered to every subscriber (without --rate).
+    #[arg(long, default_value_t = 64)]
+    window: u64,
+    /// Payload size in bytes (includes the send timestamp).
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Generator runtime threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Number of 127.0.0.x source addresses to spread client sockets over.
+    #[arg(long, default_value_t = 16)]
+    source_ips: u8,
+    /// Server process to measure (CPU, RSS per subscriber).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// JSON output.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// One fan-out run.
+#[derive(Debug, Serialize)]
+pub(crate) struct FanoutReport {
+    scenario: &'static str,
+    url: String,
+    subscribers: usize,
+    connected: usize,
+    size: usize,
+    seconds: f64,
+    published: u64,
+    deliveries: u64,
+    expected: u64,
+    deliveries_per_sec: f64,
+    latency_us: Percentiles,
+    gaps: u64,
+    duplicates: u64,
+    disconnected: usize,
+    server_rss_per_subscriber: Option<f64>,
+    server_cpu_cores: Option<f64>,
+    generator_cpu_cores: Option<f64>,
+    generator_bound: bool,
+}
+
+impl FanoutReport {
+    pub(crate) fn print(&self) {
+        let l = &self.latency_us;
+        println!(
+            "fanout {} subscribers ({} connected), {} B: {} published, {} deliveries in {:.2} s = {:.0} deliveries/s",
+            self.subscribers,
+            self.connected,
+            self.size,
+            self.published,
+            self.deliveries,
+            self.seconds,
+            self.deliveries_per_sec
+        );
+        println!(
+            "  latency us: p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        println!(
+            "  gaps {}  duplicates {}  missing {}  disconnected {}",
+            self.gaps,
+            self.duplicates,
+            self.expected.saturating_sub(self.deliveries),
+            self.disconnected
+        );
+        let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
+        println!(
+            "  server: {} cores, {} RSS per subscriber; generator {} cores{}",
+            opt(self.server_cpu_cores, ""),
+            opt(self.server_rss_per_subscriber, " B"),
+            opt(self.generator_cpu_cores, ""),
+            if self.generator_bound { " (generator-bound)" } else { "" }
+        );
+    }
+
+    pub(crate) fn ok(&self) -> bool {
+        self.connected > 0 && self.deliveries > 0
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Find `"key":<digits>` in a JSON text without parsing all of it.
+fn number_after(s: &str, key: &str) -> Option<u64> {
+    let i = s.find(key)? + key.len();
+    let digits: &str = &s[i..];
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+struct Shared {
+    delivered: AtomicU64,
+    gaps: AtomicU64,
+    dupes: AtomicU64,
+    disconnected: AtomicUsize,
+    connected: AtomicUsize,
+    last_receive_ns: AtomicU64,
+    stop: AtomicBool,
+}
+
+pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
+    procfs::raise_nofile_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
+    rt.block_on(bench(args))
+}
+
+async fn connect_one(
+    url: &str,
+    target: SocketAddr,
+    ip: Ipv4Addr,
+) -> anyhow::Result<weft::WebSocket<tokio::net::TcpStream>> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::V4(SocketAddrV4::new(ip, 0)))?;
+    let tcp = sock.connect(target).await?;
+    let mut ws = ClientBuilder::new(url).subprotocol("weft.v1.json").connect_on(tcp).await?;
+    match ws.recv().await {
+        Some(Ok(Message::Text(t))) if t.as_str().contains("\"welcome\"") => Ok(ws),
+        other => anyhow::bail!("expected welcome, got {other:?}"),
+    }
+}
+
+async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
+    let uri: weft::http::Uri = args.url.parse()?;
+    let host: Ipv4Addr = uri.host().unwrap_or("127.0.0.1").parse()?;
+    anyhow::ensure!(host.is_loopback(), "only loopback targets");
+    let target = SocketAddr::V4(SocketAddrV4::new(host, uri.port_u16().unwrap_or(80)));
+    let n = args.subscribers;
+    let sh = Arc::new(Shared {
+        delivered: AtomicU64::new(0),
+        gaps: AtomicU64::new(0),
+        dupes: AtomicU64::new(0),
+        disconnected: AtomicUsize::new(0),
+        connected: AtomicUsize::new(0),
+        last_receive_ns: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    });
+    let rss0 = args.server_pid.and_then(procfs::rss_bytes);
+    let gate = Arc::new(Semaphore::new(256));
+    let subscribe = format!(r#"{{"type":"subscribe","topics":["{}"]}}"#, args.topic);
+    let mut tasks = Vec::with_capacity(n);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for i in 0..n {
+        let ip = Ipv4Addr::new(127, 0, 0, 1 + (i % args.source_ips.max(1) as usize) as u8);
+        let (gate, sh, url, sub, ready) =
+            (gate.clone(), sh.clone(), args.url.clone(), subscribe.clone(), ready_tx.clone());
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let permit = gate.acquire_owned().await.expect("open");
+            let ws = async {
+                let mut ws = connect_one(&url, target, ip).await?;
+                ws.send(Message::text(sub)).await?;
+                match ws.recv().await {
+                    Some(Ok(Message::Text(t)))
+                        if t.as_str().contains("\"subscribed\"") && t.as_str().contains("\"ok\":true") =>
+                    {
+                        Ok(ws)
+                    }
+                    other => anyhow::bail!("subscribe failed: {other:?}"),
+                }
+            }
+            .await;
+            drop(permit);
+            let mut ws = match ws {
+                Ok(ws) => ws,
+                Err(e) => {
+                    let _ = ready.send(false);
+                    return (hdrhistogram::Histogram::<u64>::new(3).expect("hist"), Some(e.to_string()));
+                }
+            };
+            sh.connected.fetch_add(1, Ordering::Relaxed);
+            let _ = ready.send(true);
+            drop(ready);
+            let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("hist");
+            let mut last = 0u64;
+            loop {
+                let next = tokio::select! {
+                    m = ws.recv() => m,
+                    _ = async { let _ = stop.wait_for(|v| *v).await; } => {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                        return (hist, None);
+                    }
+                };
+                match next {
+                    Some(Ok(Message::Text(t))) => {
+                        let s = t.as_str();
+                        let (Some(off), Some(sent)) = (number_after(s, "\"offset\":"), number_after(s, "\"t\":"))
+                        else {
+                            continue;
+                        };
+                        let now = now_ns();
+                        let _ = hist.record(now.saturating_sub(sent).max(1));
+                        if off > last + 1 && last != 0 {
+                            sh.gaps.fetch_add(off - last - 1, Ordering::Relaxed);
+                        } else if off <= last {
+                            sh.dupes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last = last.max(off);
+                        sh.delivered.fetch_add(1, Ordering::Relaxed);
+                        sh.last_receive_ns.fetch_max(now, Ordering::Relaxed);
+                    }
+                    Some(Ok(_)) => {}
+                    _ => {
+                        if !sh.stop.load(Ordering::Relaxed) {
+                            sh.disconnected.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return (hist, None);
+                    }
+                }
+            }
+        }));
+        if i % 1000 == 999 {
+            tokio::task::yield_now().await;
+        }
+    }
+    drop(ready_tx);
+    let mut answered = 0;
+    while answered < n {
+        if ready_rx.recv().await.is_none() {
+            break;
+        }
+        answered += 1;
+    }
+    let connected = sh.connected.load(Ordering::Relaxed);
+    anyhow::ensure!(connected > 0, "no subscriber could connect and subscribe");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss1 = args.server_pid.and_then(procfs::rss_bytes);
+
+    // Publisher: its own connection, pipelined publishes.
+    let publisher = connect_one(&args.url, target, Ipv4Addr::new(127, 0, 0, 1)).await?;
+    let pad = "x".repeat(args.size.saturating_sub(40));
+    let (srv0, gen0) = (procfs::cpu(args.server_pid), procfs::cpu(None));
+    let t0 = Instant::now();
+    let start_ns = now_ns();
+    let end = t0 + Duration::from_secs_f64(args.duration);
+    let mut published = 0u64;
+    let interval = args.rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
+    let (mut pub_rx_task, pub_ack) = {
+        // Read the publisher's acks in the background (and keep its connection serviced).
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let (mut rd, wr) = publisher.split();
+        let task = tokio::spawn(async move {
+            let mut acks = 0u64;
+            while let Some(Ok(m)) = rd.recv().await {
+                if let Message::Text(t) = m {
+                    if t.as_str().contains("\"published\"") {
+                        acks += 1;
+                        let _ = tx.send(acks);
+                    } else if t.as_str().contains("\"error\"") {
+                        eprintln!("publish error: {}", t.as_str());
+                    }
+                }
+            }
+            rd
+        });
+        publish_loop(wr, &mut published, &args, &pad, interval, end, &sh, connected as u64).await?;
+        (task, rx)
+    };
+    let publish_seconds = t0.elapsed().as_secs_f64();
+    // Wait for the tail to arrive (everything, or 5 s of silence).
+    let expected = published * connected as u64;
+    let mut idle_since = Instant::now();
+    let mut last_seen = 0;
+    while sh.delivered.load(Ordering::Relaxed) < expected {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let d = sh.delivered.load(Ordering::Relaxed);
+        if d != last_seen {
+            last_seen = d;
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let (srv1, gen1) = (procfs::cpu(args.server_pid), procfs::cpu(None));
+    let delivered = sh.delivered.load(Ordering::Relaxed);
+    let last_ns = sh.last_receive_ns.load(Ordering::Relaxed).max(start_ns + 1);
+    let seconds = (last_ns - start_ns) as f64 / 1e9;
+    let _ = publish_seconds;
+    sh.stop.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = pub_ack;
+    pub_rx_task.abort();
+    let _ = (&mut pub_rx_task).await;
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("hist");
+    for t in tasks {
+        if let Ok((h, _)) = t.await {
+            hist.add(&h).ok();
+        }
+    }
+    let srv = procfs::cpu_delta(srv0, srv1);
+    let gen_cpu = procfs::cpu_delta(gen0, gen1);
+    Ok(FanoutReport {
+        scenario: "fanout",
+        url: args.url.clone(),
+        subscribers: n,
+        connected,
+        size: args.size,
+        seconds,
+        published,
+        deliveries: delivered,
+        expected,
+        deliveries_per_sec: delivered as f64 / seconds.max(1e-9),
+        latency_us: Percentiles::from_hist(&hist),
+        gaps: sh.gaps.load(Ordering::Relaxed),
+        duplicates: sh.dupes.load(Ordering::Relaxed),
+        disconnected: sh.disconnected.load(Ordering::Relaxed),
+        server_rss_per_subscriber: match (rss0, rss1) {
+            (Some(a), Some(b)) => Some((b as f64 - a as f64) / connected.max(1) as f64),
+            _ => None,
+        },
+        server_cpu_cores: srv.map(|(_, c)| c),
+        generator_cpu_cores: gen_cpu.map(|(_, c)| c),
+        generator_bound: gen_cpu.is_some_and(|(_, c)| c >= 0.9 * args.threads as f64),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish_loop(
+    mut wr: weft::WriteHalf<tokio::net::TcpStream>,
+    published: &mut u64,
+    args: &FanoutArgs,
+    pad: &str,
+    interval: Option<Duration>,
+    end: Instant,
+    sh: &Shared,
+    subscribers: u64,
+) -> anyhow::Result<()> {
+    let mut next = Instant::now();
+    while Instant::now() < end {
+        match interval {
+            Some(iv) => {
+                tokio::time::sleep_until(next.into()).await;
+                next += iv;
+            }
+            None => {
+                // Stay at most `window` events ahead of full delivery.
+                while (*published).saturating_mul(subscribers).saturating_sub(sh.delivered.load(Ordering::Relaxed))
+                    > args.window * subscribers
+                {
+                    if Instant::now() >= end {
+                        return Ok(());
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        let msg =
+            format!(r#"{{"type":"publish","topic":"{}","payload":{{"t":{},"p":"{}"}}}}"#, args.topic, now_ns(), pad);
+        wr.send(Message::text(msg)).await?;
+        *published += 1;
+    }
+    Ok(())
+}

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the real-time engine: topics pub/sub over WebSockets, HTTP API, metrics, dashboard.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Echo every text and binary message back (the server for Autobahn and benchmarks).
     Echo(echo::EchoArgs),
     /// Interactive client: stdin lines are sent as text messages, received messages are printed.
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(*a),
         Command::Echo(a) => echo::run(a),
         Command::Client(a) => client::run(a),
         Command::AutobahnClient(a) => autobahn::run(a),

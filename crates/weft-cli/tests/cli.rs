@@ -183,9 +183,38 @@ fn bench_connections_holds_them_and_measures_rss_with_several_processes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--processes"));
 }
 
+/// `weft serve` end to end: fan-out through it with `weft bench fanout` (no gaps, nothing
+/// missing), then SIGTERM ends it gracefully with exit 0.
 #[test]
-fn bench_fanout_says_it_needs_the_engine() {
-    let out = Command::new(WEFT).args(["bench", "fanout", "--subscribers", "10"]).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("weft serve"));
+fn serve_fans_out_and_stops_on_sigterm() {
+    let port = free_port();
+    let mut serve = Command::new(WEFT)
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--rate-limit", "1000000", "--rate-burst", "1000000"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "weft serve did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let pid = serve.id().to_string();
+    let r = bench_json(&["fanout", "--url", &url, "--subscribers", "50", "--duration", "1", "--server-pid", &pid]);
+    assert_eq!(r["connected"], 50, "{r}");
+    assert!(r["published"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["deliveries"], r["expected"], "{r}");
+    assert_eq!((r["gaps"].as_u64(), r["duplicates"].as_u64(), r["disconnected"].as_u64()), (Some(0), Some(0), Some(0)));
+    assert!(r["latency_us"]["p99"].as_f64().unwrap() > 0.0, "{r}");
+    // Graceful stop.
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = serve.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "weft serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
 }

@@ -1,12 +1,21 @@
-//! Peer echo servers for the benchmark suite, same behaviour as `weft echo`: echo every text
-//! and binary message, no compression.
+//! Peer servers for the benchmark suite.
 //!
-//! usage: weft-bench-peers <tungstenite|fastwebsockets|tokio-websockets> [--port N] [--threads T]
+//! - `tungstenite`, `fastwebsockets`, `tokio-websockets`: echo servers with the same behaviour as
+//!   `weft echo` (echo every text and binary message, no compression).
+//! - `broadcast`: the fan-out floor, a plain tokio-tungstenite broadcast loop speaking the
+//!   `plain` protocol of `weft bench fanout --protocol plain`: `S <topic>` subscribes (answered
+//!   `{"type":"subscribed","ok":true}`), `P <topic> <event>` sends `<event>` to every subscriber.
+//!   One topic is enough for the benchmark, so the topic name is not looked at. A subscriber
+//!   that falls more than 1024 events behind is disconnected.
+//!
+//! usage: weft-bench-peers <tungstenite|fastwebsockets|tokio-websockets|broadcast> [--port N] [--threads T]
 
 use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast::{Sender, error::RecvError};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -24,7 +33,8 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let listener = TcpListener::bind(addr).await?;
-        eprintln!("{which} echo on {addr}");
+        eprintln!("{which} on {addr}");
+        let (events, _) = tokio::sync::broadcast::channel::<Utf8Bytes>(1024);
         loop {
             let (tcp, _) = listener.accept().await?;
             let _ = tcp.set_nodelay(true);
@@ -32,6 +42,7 @@ fn main() -> anyhow::Result<()> {
                 "tungstenite" => tokio::spawn(tungstenite(tcp)),
                 "fastwebsockets" => tokio::spawn(fastws(tcp)),
                 "tokio-websockets" => tokio::spawn(tokio_websockets_echo(tcp)),
+                "broadcast" => tokio::spawn(broadcast(tcp, events.clone())),
                 other => anyhow::bail!("unknown peer {other:?}"),
             };
         }
@@ -98,4 +109,53 @@ async fn fastws(tcp: TcpStream) {
     });
     let io = hyper_util::rt::TokioIo::new(tcp);
     let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades().await;
+}
+
+async fn broadcast(tcp: TcpStream, events: Sender<Utf8Bytes>) {
+    let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+    let (mut tx, mut rx) = ws.split();
+    let mut feed: Option<tokio::sync::broadcast::Receiver<Utf8Bytes>> = None;
+    loop {
+        tokio::select! {
+            m = rx.next() => {
+                let Some(Ok(Message::Text(t))) = m else {
+                    match m {
+                        Some(Ok(_)) => continue,
+                        _ => return,
+                    }
+                };
+                if t.starts_with("S ") {
+                    feed = Some(events.subscribe());
+                    if tx.send(Message::text(r#"{"type":"subscribed","ok":true}"#)).await.is_err() {
+                        return;
+                    }
+                } else if let Some(rest) = t.strip_prefix("P ") {
+                    let body = rest.split_once(' ').map_or("", |(_, body)| body);
+                    let _ = events.send(Utf8Bytes::from(body.to_owned()));
+                }
+            }
+            e = async { feed.as_mut().expect("subscribed").recv().await }, if feed.is_some() => {
+                // Write everything already waiting, then flush once.
+                let mut next = e;
+                loop {
+                    match next {
+                        Ok(ev) => {
+                            if tx.feed(Message::Text(ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
+                    }
+                    next = match feed.as_mut().expect("subscribed").try_recv() {
+                        Ok(ev) => Ok(ev),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(_) => break,
+                    };
+                }
+                if tx.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }

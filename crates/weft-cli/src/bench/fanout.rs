@@ -47,6 +47,12 @@ pub(crate) struct FanoutArgs {
     /// Number of 127.0.0.x source addresses to spread client sockets over.
     #[arg(long, default_value_t = 16)]
     source_ips: u8,
+    /// What the server speaks: `weft` (the engine protocol) or `plain`, the minimal protocol
+    /// of the peer fan-out servers in bench/peers (`S <topic>` subscribes and is answered with
+    /// a text containing `subscribed`; `P <topic> <event>` broadcasts `<event>` verbatim; the
+    /// generator numbers the events itself).
+    #[arg(long, value_enum, default_value_t = Protocol::Weft)]
+    protocol: Protocol,
     /// Server process to measure (CPU, RSS per subscriber).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -55,11 +61,22 @@ pub(crate) struct FanoutArgs {
     pub(crate) json: bool,
 }
 
+/// The protocol spoken to the server under test.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Protocol {
+    /// weft's engine protocol (docs/PROTOCOL.md), JSON subprotocol.
+    Weft,
+    /// The peers' minimal broadcast protocol (see `--protocol`).
+    Plain,
+}
+
 /// One fan-out run.
 #[derive(Debug, Serialize)]
 pub(crate) struct FanoutReport {
     scenario: &'static str,
     url: String,
+    protocol: Protocol,
     subscribers: usize,
     connected: usize,
     size: usize,
@@ -72,8 +89,10 @@ pub(crate) struct FanoutReport {
     gaps: u64,
     duplicates: u64,
     disconnected: usize,
+    connect_retries: u64,
     server_rss_per_subscriber: Option<f64>,
     server_cpu_cores: Option<f64>,
+    server_cpu_us_per_delivery: Option<f64>,
     generator_cpu_cores: Option<f64>,
     generator_bound: bool,
 }
@@ -96,16 +115,18 @@ impl FanoutReport {
             l.p50, l.p90, l.p99, l.p999, l.max
         );
         println!(
-            "  gaps {}  duplicates {}  missing {}  disconnected {}",
+            "  gaps {}  duplicates {}  missing {}  disconnected {}  connect retries {}",
             self.gaps,
             self.duplicates,
             self.expected.saturating_sub(self.deliveries),
-            self.disconnected
+            self.disconnected,
+            self.connect_retries
         );
         let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
         println!(
-            "  server: {} cores, {} RSS per subscriber; generator {} cores{}",
+            "  server: {} cores, {} per delivery, {} RSS per subscriber; generator {} cores{}",
             opt(self.server_cpu_cores, ""),
+            opt(self.server_cpu_us_per_delivery, " us"),
             opt(self.server_rss_per_subscriber, " B"),
             opt(self.generator_cpu_cores, ""),
             if self.generator_bound { " (generator-bound)" } else { "" }
@@ -136,6 +157,7 @@ struct Shared {
     disconnected: AtomicUsize,
     connected: AtomicUsize,
     last_receive_ns: AtomicU64,
+    connect_retries: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -145,14 +167,42 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     rt.block_on(bench(args))
 }
 
+/// Connect, retrying a connection reset or refused during the TCP or WebSocket handshake a few
+/// times (servers under a connect storm may drop some), as a real client would.
 async fn connect_one(
     url: &str,
     target: SocketAddr,
     ip: Ipv4Addr,
+    protocol: Protocol,
+    retries: &AtomicU64,
+) -> anyhow::Result<weft::WebSocket<tokio::net::TcpStream>> {
+    let mut attempt = 0;
+    loop {
+        match connect_attempt(url, target, ip, protocol).await {
+            Ok(ws) => return Ok(ws),
+            Err(e) if attempt < 5 => {
+                tracing::debug!(error = %e, "connect failed, retrying");
+                retries.fetch_add(1, Ordering::Relaxed);
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn connect_attempt(
+    url: &str,
+    target: SocketAddr,
+    ip: Ipv4Addr,
+    protocol: Protocol,
 ) -> anyhow::Result<weft::WebSocket<tokio::net::TcpStream>> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::V4(SocketAddrV4::new(ip, 0)))?;
     let tcp = sock.connect(target).await?;
+    if protocol == Protocol::Plain {
+        return Ok(ClientBuilder::new(url).connect_on(tcp).await?);
+    }
     let mut ws = ClientBuilder::new(url).subprotocol("weft.v1.json").connect_on(tcp).await?;
     match ws.recv().await {
         Some(Ok(Message::Text(t))) if t.as_str().contains("\"welcome\"") => Ok(ws),
@@ -173,13 +223,23 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         disconnected: AtomicUsize::new(0),
         connected: AtomicUsize::new(0),
         last_receive_ns: AtomicU64::new(0),
+        connect_retries: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
+    // The publisher connects first, so a server that caps its connections refuses subscribers
+    // (reported as not connected) rather than the publisher.
+    let publisher = connect_one(&args.url, target, Ipv4Addr::new(127, 0, 0, 1), args.protocol, &sh.connect_retries)
+        .await
+        .map_err(|e| e.context("publisher connection"))?;
     let rss0 = args.server_pid.and_then(procfs::rss_bytes);
     let gate = Arc::new(Semaphore::new(256));
-    let subscribe = format!(r#"{{"type":"subscribe","topics":["{}"]}}"#, args.topic);
+    let subscribe = match args.protocol {
+        Protocol::Weft => format!(r#"{{"type":"subscribe","topics":["{}"]}}"#, args.topic),
+        Protocol::Plain => format!("S {}", args.topic),
+    };
+    let protocol = args.protocol;
     let mut tasks = Vec::with_capacity(n);
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for i in 0..n {
         let ip = Ipv4Addr::new(127, 0, 0, 1 + (i % args.source_ips.max(1) as usize) as u8);
@@ -189,7 +249,7 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("open");
             let ws = async {
-                let mut ws = connect_one(&url, target, ip).await?;
+                let mut ws = connect_one(&url, target, ip, protocol, &sh.connect_retries).await?;
                 ws.send(Message::text(sub)).await?;
                 match ws.recv().await {
                     Some(Ok(Message::Text(t)))
@@ -205,12 +265,12 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             let mut ws = match ws {
                 Ok(ws) => ws,
                 Err(e) => {
-                    let _ = ready.send(false);
+                    let _ = ready.send(Err(e.to_string()));
                     return (hdrhistogram::Histogram::<u64>::new(3).expect("hist"), Some(e.to_string()));
                 }
             };
             sh.connected.fetch_add(1, Ordering::Relaxed);
-            let _ = ready.send(true);
+            let _ = ready.send(Ok(()));
             drop(ready);
             let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("hist");
             let mut last = 0u64;
@@ -255,12 +315,22 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         }
     }
     drop(ready_tx);
-    let mut answered = 0;
+    let (mut answered, mut failed) = (0, 0);
     while answered < n {
-        if ready_rx.recv().await.is_none() {
-            break;
+        match ready_rx.recv().await {
+            None => break,
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                if failed == 0 {
+                    eprintln!("weft bench fanout: a subscriber failed: {e}");
+                }
+                failed += 1;
+            }
         }
         answered += 1;
+    }
+    if failed > 0 {
+        eprintln!("weft bench fanout: {failed} of {n} subscribers failed to connect or subscribe");
     }
     let connected = sh.connected.load(Ordering::Relaxed);
     anyhow::ensure!(connected > 0, "no subscriber could connect and subscribe");
@@ -268,7 +338,6 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     let rss1 = args.server_pid.and_then(procfs::rss_bytes);
 
     // Publisher: its own connection, pipelined publishes.
-    let publisher = connect_one(&args.url, target, Ipv4Addr::new(127, 0, 0, 1)).await?;
     let pad = "x".repeat(args.size.saturating_sub(40));
     let (srv0, gen0) = (procfs::cpu(args.server_pid), procfs::cpu(None));
     let t0 = Instant::now();
@@ -333,6 +402,7 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     Ok(FanoutReport {
         scenario: "fanout",
         url: args.url.clone(),
+        protocol: args.protocol,
         subscribers: n,
         connected,
         size: args.size,
@@ -345,11 +415,13 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         gaps: sh.gaps.load(Ordering::Relaxed),
         duplicates: sh.dupes.load(Ordering::Relaxed),
         disconnected: sh.disconnected.load(Ordering::Relaxed),
+        connect_retries: sh.connect_retries.load(Ordering::Relaxed),
         server_rss_per_subscriber: match (rss0, rss1) {
             (Some(a), Some(b)) => Some((b as f64 - a as f64) / connected.max(1) as f64),
             _ => None,
         },
         server_cpu_cores: srv.map(|(_, c)| c),
+        server_cpu_us_per_delivery: srv.map(|(secs, _)| secs * 1e6 / delivered.max(1) as f64),
         generator_cpu_cores: gen_cpu.map(|(_, c)| c),
         generator_bound: gen_cpu.is_some_and(|(_, c)| c >= 0.9 * args.threads as f64),
     })
@@ -385,8 +457,19 @@ async fn publish_loop(
                 }
             }
         }
-        let msg =
-            format!(r#"{{"type":"publish","topic":"{}","payload":{{"t":{},"p":"{}"}}}}"#, args.topic, now_ns(), pad);
+        let msg = match args.protocol {
+            Protocol::Weft => {
+                format!(r#"{{"type":"publish","topic":"{}","payload":{{"t":{},"p":"{}"}}}}"#, args.topic, now_ns(), pad)
+            }
+            Protocol::Plain => format!(
+                r#"P {} {{"type":"event","topic":"{}","offset":{},"payload":{{"t":{},"p":"{}"}}}}"#,
+                args.topic,
+                args.topic,
+                *published + 1,
+                now_ns(),
+                pad
+            ),
+        };
         wr.send(Message::text(msg)).await?;
         *published += 1;
     }

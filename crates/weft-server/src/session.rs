@@ -145,13 +145,22 @@ impl Session {
             let m = &self.shared.metrics;
             m.deliveries.fetch_add(n, Ordering::Relaxed);
             m.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+            let flush = ws.flush();
+            tokio::pin!(flush);
+            // Fast path: the socket takes everything at once (nearly always), so no timer and no
+            // queue listener need setting up.
+            match flush.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+                std::task::Poll::Ready(Ok(())) => continue,
+                std::task::Poll::Ready(Err(_)) => return Err(None),
+                std::task::Poll::Pending => {}
+            }
             // A peer that stops reading blocks the flush; give up when the queue overflows
             // meanwhile (slow consumer) or after the write timeout.
             let deadline = tokio::time::sleep(self.shared.config.heartbeat + self.shared.config.ping_timeout);
             tokio::pin!(deadline);
             loop {
                 tokio::select! {
-                    r = ws.flush() => {
+                    r = &mut flush => {
                         if r.is_err() {
                             return Err(None);
                         }

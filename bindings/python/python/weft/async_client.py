@@ -1,0 +1,295 @@
+"""asyncio WebSocket client (the API of ``websocket_rs.async_client``).
+
+>>> from weft.async_client import connect
+>>> async def main():                               # doctest: +SKIP
+...     async with connect("ws://127.0.0.1:9001/") as ws:
+...         await ws.send("hello")
+...         print(await ws.recv())
+
+The event loop owns the socket; framing happens in Rust inside ``data_received``, and a
+waiting ``recv()`` is resolved from there. No thread and no second runtime is involved, so it
+runs on any asyncio event loop, uvloop included.
+
+``connect(url, connect_timeout=30.0, receive_timeout=30.0, **options)`` is both awaitable
+(``ws = await connect(...)``) and an async context manager. Options (keyword-only):
+``headers``, ``subprotocols``, ``compression`` (permessage-deflate, default off),
+``max_size`` (default 64 MiB, ``None``: no limit), ``max_queue`` (messages buffered before
+reading pauses, default 1024), ``ping_interval``/``ping_timeout`` (keep-alive; a missing pong
+closes with 1011), ``close_timeout`` (default 10 s), ``ssl`` (an ``ssl.SSLContext``, or
+``True``), ``ca_file``, ``server_hostname``, ``sock`` (an already connected socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as _ssl
+from typing import Any, AsyncIterator, Generator, Iterable, Mapping
+
+from ._weft import AsyncProtocol, parse_url
+from .exceptions import ConnectionClosedOK
+
+__all__ = ["connect", "AsyncWebSocket", "Connect"]
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError("no message received within the receive timeout"))
+
+
+class AsyncWebSocket:
+    """An open client connection. Made by :func:`connect`."""
+
+    __slots__ = ("_p", "_loop", "_receive_timeout", "_close_timeout", "_keepalive", "url", "__weakref__")
+
+    def __init__(
+        self,
+        protocol: AsyncProtocol,
+        loop: asyncio.AbstractEventLoop,
+        url: str,
+        receive_timeout: float | None,
+        close_timeout: float | None,
+    ) -> None:
+        self._p = protocol
+        self._loop = loop
+        self._receive_timeout = receive_timeout
+        self._close_timeout = close_timeout
+        self._keepalive: asyncio.Task | None = None
+        self.url = url
+
+    async def recv(self, timeout: float | None = ...) -> str | bytes:  # type: ignore[assignment]
+        """The next message: ``str`` for text, ``bytes`` for binary.
+
+        Waits at most ``timeout`` seconds (default: the connection's ``receive_timeout``;
+        ``None`` waits forever), then raises ``TimeoutError``; the connection stays usable.
+        Raises ``ConnectionClosedOK``/``ConnectionClosedError`` once the connection has ended.
+        """
+        msg = self._p.recv_nowait()
+        if msg is not None:
+            return msg
+        fut = self._loop.create_future()
+        self._p.set_waiter(fut)
+        if timeout is ...:
+            timeout = self._receive_timeout
+        if timeout is None:
+            return await fut
+        handle = self._loop.call_later(timeout, _expire, fut)
+        try:
+            return await fut
+        finally:
+            handle.cancel()
+
+    async def send(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send ``message``: ``str`` as text, bytes-like as binary. Waits only when the
+        transport's write buffer is over its high-water mark."""
+        if self._p.send(message):
+            await self._p.drain_future()
+
+    async def send_many(self, messages: Iterable[str | bytes]) -> None:
+        """Send several messages (an extra of weft: one call, one drain check)."""
+        p = self._p
+        paused = False
+        for m in messages:
+            paused = p.send(m)
+        if paused:
+            await p.drain_future()
+
+    async def ping(self, data: bytes | None = None) -> float:
+        """Send a ping and wait for its pong; returns the round-trip time in seconds."""
+        return await self._p.ping(data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with ``code`` and ``reason``; wait up to ``close_timeout`` for the server."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        self._p.close(code, reason)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._p.closed_future), self._close_timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            self._p.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone."""
+        await asyncio.shield(self._p.closed_future)
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str | bytes]:
+        try:
+            while True:
+                yield await self.recv(None)
+        except ConnectionClosedOK:
+            return
+
+    async def __aenter__(self) -> AsyncWebSocket:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _keep_alive(self, interval: float, timeout: float | None) -> None:
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                if self._p.closing:
+                    return
+                try:
+                    await asyncio.wait_for(self._p.ping(None), timeout)
+                except (asyncio.TimeoutError, TimeoutError):
+                    if not self._p.closing:
+                        self._p.close(1011, "keepalive ping timeout")
+                        self._loop.call_later(self._close_timeout or 0, self._p.abort)
+                    return
+        except Exception:
+            return
+
+    # ---- state -------------------------------------------------------------------------------
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server selected."""
+        return self._p.subprotocol
+
+    @property
+    def response_headers(self) -> list[tuple[str, str]]:
+        """Headers of the server's handshake response."""
+        return self._p.response_headers
+
+    @property
+    def closed(self) -> bool:
+        return self._p.closed
+
+    @property
+    def close_code(self) -> int | None:
+        return self._p.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._p.close_reason
+
+    @property
+    def latency(self) -> float:
+        """Round-trip time of the last answered ping, in seconds (0.0 before any)."""
+        return self._p.latency
+
+    def __repr__(self) -> str:
+        return f"<weft.async_client.AsyncWebSocket {self.url} {'closed' if self.closed else 'open'}>"
+
+
+def _ssl_context(ssl: Any, ca_file: str | None) -> _ssl.SSLContext:
+    if isinstance(ssl, _ssl.SSLContext):
+        return ssl
+    ctx = _ssl.create_default_context(cafile=ca_file)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def _open(
+    url: str,
+    connect_timeout: float | None,
+    receive_timeout: float | None,
+    *,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    subprotocols: list[str] | None = None,
+    compression: bool = False,
+    max_size: int | None = 64 << 20,
+    max_queue: int = 1024,
+    ping_interval: float | None = None,
+    ping_timeout: float | None = 20.0,
+    close_timeout: float | None = 10.0,
+    ssl: Any = None,
+    ca_file: str | None = None,
+    server_hostname: str | None = None,
+    sock: Any = None,
+) -> AsyncWebSocket:
+    loop = asyncio.get_running_loop()
+    secure, host, port, _ = parse_url(url)
+    protocol = AsyncProtocol(
+        loop,
+        url,
+        headers=headers,
+        subprotocols=subprotocols,
+        compression=compression,
+        max_size=max_size,
+        max_queue=max_queue,
+        close_timeout=close_timeout,
+    )
+    if secure or ssl:
+        ctx = _ssl_context(ssl, ca_file)
+        hostname = server_hostname or host
+    else:
+        ctx, hostname = None, None
+
+    async def establish() -> None:
+        if sock is not None:
+            await loop.create_connection(lambda: protocol, sock=sock, ssl=ctx, server_hostname=hostname)
+        else:
+            await loop.create_connection(lambda: protocol, host, port, ssl=ctx, server_hostname=hostname)
+        await protocol.handshake
+
+    try:
+        await asyncio.wait_for(establish(), connect_timeout)
+    except (asyncio.TimeoutError, TimeoutError):
+        protocol.abort()
+        raise TimeoutError(f"connecting to {url} timed out") from None
+    except BaseException:
+        protocol.abort()
+        raise
+    ws = AsyncWebSocket(protocol, loop, url, receive_timeout, close_timeout)
+    if ping_interval:
+        ws._keepalive = loop.create_task(ws._keep_alive(ping_interval, ping_timeout))
+    return ws
+
+
+class Connect:
+    """What :func:`connect` returns: ``await`` it for the connection, or use it as an async
+    context manager (the connection is closed on exit)."""
+
+    __slots__ = ("_args", "_kwargs", "_ws")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._args = args
+        self._kwargs = kwargs
+        self._ws: AsyncWebSocket | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncWebSocket]:
+        return _open(*self._args, **self._kwargs).__await__()
+
+    async def __aenter__(self) -> AsyncWebSocket:
+        self._ws = await self
+        return self._ws
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+
+def connect(
+    url: str,
+    connect_timeout: float | None = 30.0,
+    receive_timeout: float | None = 30.0,
+    **options: Any,
+) -> Connect:
+    """Open a connection: ``ws = await connect(url)`` or ``async with connect(url) as ws``."""
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise TypeError(f"connect() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    return Connect(url, connect_timeout, receive_timeout, **options)
+
+
+_OPTIONS = frozenset(
+    {
+        "headers",
+        "subprotocols",
+        "compression",
+        "max_size",
+        "max_queue",
+        "ping_interval",
+        "ping_timeout",
+        "close_timeout",
+        "ssl",
+        "ca_file",
+        "server_hostname",
+        "sock",
+    }
+)

@@ -1,0 +1,466 @@
+//! The asyncio client's protocol, in Rust: the event loop owns the socket (and TLS, through
+//! Python's `ssl`) and calls `data_received`; the codec parses frames here and a waiting
+//! `recv()` future is resolved directly. No runtime, no threads, no cross-thread wake-ups.
+//!
+//! `weft.async_client` wraps this with the awaitable API.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use weft_proto::handshake::{self, HandshakeError};
+use weft_proto::{Connection, DeflateConfig, Event, Message, Role, SendError};
+
+use crate::common::{self, Ended, Options, handshake_error};
+
+struct Pending {
+    key: String,
+    subprotocols: Vec<String>,
+    deflate: Option<DeflateConfig>,
+    request: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+/// asyncio protocol of one client connection (see `weft.async_client`).
+#[pyclass(module = "weft._weft")]
+pub(crate) struct AsyncProtocol {
+    conn: Connection,
+    event_loop: Py<PyAny>,
+    transport: Option<Py<PyAny>>,
+    pending: Option<Pending>,
+    handshake: Py<PyAny>,
+    closed_future: Py<PyAny>,
+    subprotocol: Option<String>,
+    response_headers: Vec<(String, String)>,
+    messages: VecDeque<Py<PyAny>>,
+    waiter: Option<Py<PyAny>>,
+    ended: Option<Ended>,
+    max_queue: usize,
+    reading_paused: bool,
+    writing_paused: bool,
+    drain_waiters: Vec<Py<PyAny>>,
+    pings: VecDeque<(Bytes, Instant, Py<PyAny>)>,
+    latency: f64,
+}
+
+fn done(py: Python<'_>, fut: &Py<PyAny>) -> bool {
+    fut.bind(py).call_method0(intern!(py, "done")).and_then(|d| d.extract()).unwrap_or(true)
+}
+
+fn set_result(py: Python<'_>, fut: &Py<PyAny>, value: Py<PyAny>) {
+    if !done(py, fut) {
+        let _ = fut.bind(py).call_method1(intern!(py, "set_result"), (value,));
+    }
+}
+
+fn set_exception(py: Python<'_>, fut: &Py<PyAny>, err: PyErr) {
+    if !done(py, fut) {
+        let _ = fut.bind(py).call_method1(intern!(py, "set_exception"), (err.into_value(py),));
+    }
+}
+
+impl AsyncProtocol {
+    fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
+        if !self.conn.has_transmit() {
+            return Ok(());
+        }
+        let Some(t) = &self.transport else {
+            // Not connected (or gone): nothing can be written any more.
+            while self.conn.poll_transmit().is_some() {}
+            return Ok(());
+        };
+        let first = self.conn.poll_transmit().expect("has_transmit");
+        let data = if self.conn.has_transmit() {
+            let mut all = first.to_vec();
+            while let Some(chunk) = self.conn.poll_transmit() {
+                all.extend_from_slice(&chunk);
+            }
+            PyBytes::new(py, &all)
+        } else {
+            PyBytes::new(py, &first)
+        };
+        t.bind(py).call_method1(intern!(py, "write"), (data,))?;
+        Ok(())
+    }
+
+    fn deliver(&mut self, py: Python<'_>, msg: Py<PyAny>) {
+        if self.messages.is_empty() {
+            if let Some(w) = self.waiter.take() {
+                if !done(py, &w) {
+                    let _ = w.bind(py).call_method1(intern!(py, "set_result"), (msg,));
+                    return;
+                }
+            }
+        }
+        self.messages.push_back(msg);
+    }
+
+    /// Run the codec over what arrived: deliver messages, answer pongs, notice the end.
+    fn process(&mut self, py: Python<'_>) -> PyResult<()> {
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::Message(m) if m.is_data() => {
+                    let obj = common::to_python(py, &m).expect("data message");
+                    self.deliver(py, obj);
+                }
+                Event::Message(Message::Pong(payload)) => {
+                    if let Some(i) = self.pings.iter().position(|(p, _, _)| *p == payload) {
+                        // A pong answers its ping and every earlier one.
+                        let now = Instant::now();
+                        for (_, sent, fut) in self.pings.drain(..=i) {
+                            let latency = now.duration_since(sent).as_secs_f64();
+                            self.latency = latency;
+                            set_result(py, &fut, pyo3::types::PyFloat::new(py, latency).into_any().unbind());
+                        }
+                    }
+                }
+                Event::Closed(e) => {
+                    self.ended.get_or_insert_with(|| Ended::from_error(&e));
+                    self.flush(py)?;
+                    // The server closes TCP first after a clean close; closing our side too is
+                    // harmless and bounds the wait.
+                    if let Some(t) = &self.transport {
+                        t.bind(py).call_method0(intern!(py, "close"))?;
+                    }
+                    self.wake_all(py);
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        self.flush(py)?;
+        if self.messages.len() >= self.max_queue && !self.reading_paused {
+            if let Some(t) = &self.transport {
+                t.bind(py).call_method0(intern!(py, "pause_reading"))?;
+                self.reading_paused = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// After the end: fail the waiter and the pings, release senders.
+    fn wake_all(&mut self, py: Python<'_>) {
+        let ended = self.ended.clone().unwrap_or_else(Ended::reset);
+        if let Some(w) = self.waiter.take() {
+            set_exception(py, &w, ended.to_err(py));
+        }
+        for (_, _, fut) in self.pings.drain(..) {
+            set_exception(py, &fut, ended.to_err(py));
+        }
+        for fut in self.drain_waiters.drain(..) {
+            set_result(py, &fut, py.None());
+        }
+    }
+
+    fn finish_handshake(&mut self, py: Python<'_>) -> PyResult<()> {
+        let p = self.pending.as_mut().expect("handshake pending");
+        let parsed = match handshake::parse_response(&p.buf) {
+            Ok(None) if p.buf.len() > 64 * 1024 => Err(handshake_error(None, &HandshakeError::TooLarge)),
+            Ok(None) => return Ok(()),
+            Ok(Some((resp, used))) => {
+                match handshake::client_verify(&resp, &p.key, &p.subprotocols, p.deflate.as_ref()) {
+                    Ok(n) => Ok((resp, used, n)),
+                    Err(e) => Err(handshake_error(Some((&resp, &p.buf[used..])), &e)),
+                }
+            }
+            Err(e) => Err(handshake_error(None, &e)),
+        };
+        let p = self.pending.take().expect("handshake pending");
+        match parsed {
+            Ok((resp, used, negotiated)) => {
+                if let Some(params) = negotiated.deflate {
+                    self.conn.set_deflate(params);
+                }
+                self.subprotocol = negotiated.subprotocol;
+                self.response_headers = resp
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect();
+                set_result(py, &self.handshake, py.None());
+                if p.buf.len() > used {
+                    self.conn.handle_read(&p.buf[used..], Instant::now());
+                    self.process(py)?;
+                }
+            }
+            Err(e) => {
+                self.ended = Some(Ended::reset());
+                set_exception(py, &self.handshake, e);
+                if let Some(t) = &self.transport {
+                    t.bind(py).call_method0(intern!(py, "close"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send_error(&self, py: Python<'_>, e: SendError) -> PyErr {
+        match e {
+            SendError::Closed => self.ended.clone().unwrap_or_else(Ended::reset).to_err(py),
+            other => PyValueError::new_err(other.to_string()),
+        }
+    }
+}
+
+#[pymethods]
+impl AsyncProtocol {
+    #[new]
+    #[pyo3(signature = (
+        event_loop, url, *, headers = None, subprotocols = None, compression = false,
+        max_size = Some(64 << 20), max_queue = 1024, close_timeout = Some(10.0)
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        event_loop: Py<PyAny>,
+        url: &str,
+        headers: Option<&Bound<'_, PyAny>>,
+        subprotocols: Option<Vec<String>>,
+        compression: bool,
+        max_size: Option<usize>,
+        max_queue: usize,
+        close_timeout: Option<f64>,
+    ) -> PyResult<Self> {
+        let opts =
+            Options::new(url, headers, subprotocols, compression, max_size, None, None, close_timeout, None, None)?;
+        let req = opts.request()?;
+        let new_future = || event_loop.bind(py).call_method0(intern!(py, "create_future")).map(Bound::unbind);
+        Ok(Self {
+            conn: Connection::new(Role::Client, opts.config(false), Instant::now()),
+            handshake: new_future()?,
+            closed_future: new_future()?,
+            event_loop,
+            transport: None,
+            pending: Some(Pending {
+                key: req.key,
+                subprotocols: opts.subprotocols.clone(),
+                deflate: opts.deflate(),
+                request: req.bytes,
+                buf: Vec::new(),
+            }),
+            subprotocol: None,
+            response_headers: Vec::new(),
+            messages: VecDeque::new(),
+            waiter: None,
+            ended: None,
+            max_queue: max_queue.max(1),
+            reading_paused: false,
+            writing_paused: false,
+            drain_waiters: Vec::new(),
+            pings: VecDeque::new(),
+            latency: 0.0,
+        })
+    }
+
+    // ---- asyncio.Protocol -------------------------------------------------------------------
+
+    fn connection_made(&mut self, py: Python<'_>, transport: Py<PyAny>) -> PyResult<()> {
+        if let Some(p) = &self.pending {
+            transport.bind(py).call_method1(intern!(py, "write"), (PyBytes::new(py, &p.request),))?;
+        }
+        self.transport = Some(transport);
+        Ok(())
+    }
+
+    fn data_received(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        if let Some(p) = &mut self.pending {
+            p.buf.extend_from_slice(data);
+            return self.finish_handshake(py);
+        }
+        self.conn.handle_read(data, Instant::now());
+        self.process(py)
+    }
+
+    fn eof_received(&mut self) -> bool {
+        // Let the transport close; connection_lost reports the end.
+        false
+    }
+
+    #[pyo3(signature = (exc = None))]
+    fn connection_lost(&mut self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        self.conn.handle_eof();
+        let _ = self.process(py);
+        self.transport = None;
+        if self.ended.is_none() {
+            self.ended = Some(Ended::reset());
+        }
+        if self.pending.take().is_some() {
+            let err = match exc {
+                Some(e) => PyErr::from_value(e),
+                None => handshake_error(None, &HandshakeError::Malformed("connection closed during the opening handshake".into())),
+            };
+            set_exception(py, &self.handshake, err);
+        }
+        self.wake_all(py);
+        set_result(py, &self.closed_future, py.None());
+        Ok(())
+    }
+
+    fn pause_writing(&mut self) {
+        self.writing_paused = true;
+    }
+
+    fn resume_writing(&mut self, py: Python<'_>) {
+        self.writing_paused = false;
+        for fut in self.drain_waiters.drain(..) {
+            set_result(py, &fut, py.None());
+        }
+    }
+
+    // ---- used by weft.async_client ------------------------------------------------------------
+
+    /// The next queued message, `None` when none is queued; raises `ConnectionClosed` once the
+    /// connection has ended and the queue is empty.
+    fn recv_nowait(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        if let Some(m) = self.messages.pop_front() {
+            if self.reading_paused && self.messages.len() <= self.max_queue / 4 {
+                if let Some(t) = &self.transport {
+                    t.bind(py).call_method0(intern!(py, "resume_reading"))?;
+                }
+                self.reading_paused = false;
+            }
+            return Ok(Some(m));
+        }
+        match &self.ended {
+            Some(e) => Err(e.to_err(py)),
+            None => Ok(None),
+        }
+    }
+
+    /// The future the next message resolves (only set when the queue is empty).
+    fn set_waiter(&mut self, fut: Py<PyAny>) {
+        self.waiter = Some(fut);
+    }
+
+    /// Frame and write `data`; returns whether the transport asked to pause writing (the caller
+    /// should then wait for `drain_future()`).
+    fn send(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if let Some(e) = &self.ended {
+            return Err(e.to_err(py));
+        }
+        let msg = common::from_python(data)?;
+        self.conn.send(msg).map_err(|e| self.send_error(py, e))?;
+        self.flush(py)?;
+        Ok(self.writing_paused)
+    }
+
+    /// A future resolved when writing may continue.
+    fn drain_future(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let fut = self.event_loop.bind(py).call_method0(intern!(py, "create_future"))?.unbind();
+        if self.writing_paused && self.ended.is_none() {
+            self.drain_waiters.push(fut.clone_ref(py));
+        } else {
+            set_result(py, &fut, py.None());
+        }
+        Ok(fut)
+    }
+
+    /// Send a ping; the returned future resolves to the round-trip time in seconds.
+    #[pyo3(signature = (data = None))]
+    fn ping(&mut self, py: Python<'_>, data: Option<&[u8]>) -> PyResult<Py<PyAny>> {
+        if let Some(e) = &self.ended {
+            return Err(e.to_err(py));
+        }
+        let payload = match data {
+            Some(d) => Bytes::copy_from_slice(d),
+            None => {
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                Bytes::copy_from_slice(&(nanos.as_nanos() as u64).to_be_bytes())
+            }
+        };
+        if self.pings.iter().any(|(p, _, _)| *p == payload) {
+            return Err(PyValueError::new_err("already waiting for a pong with the same data"));
+        }
+        self.conn.send(Message::Ping(payload.clone())).map_err(|e| self.send_error(py, e))?;
+        let fut = self.event_loop.bind(py).call_method0(intern!(py, "create_future"))?.unbind();
+        self.pings.push_back((payload, Instant::now(), fut.clone_ref(py)));
+        self.flush(py)?;
+        Ok(fut)
+    }
+
+    /// Start the close handshake (does nothing once closing or closed). Await
+    /// `closed_future` for the end.
+    #[pyo3(signature = (code = 1000, reason = ""))]
+    fn close(&mut self, py: Python<'_>, code: u16, reason: &str) -> PyResult<()> {
+        if self.ended.is_some() {
+            return Ok(());
+        }
+        match self.conn.close(common::close_frame(code, reason)?) {
+            Ok(()) | Err(SendError::Closed) => {}
+            Err(e) => return Err(PyValueError::new_err(e.to_string())),
+        }
+        self.flush(py)
+    }
+
+    /// Drop the connection without a close handshake.
+    fn abort(&mut self, py: Python<'_>) -> PyResult<()> {
+        if let Some(t) = &self.transport {
+            t.bind(py).call_method0(intern!(py, "abort"))?;
+        }
+        Ok(())
+    }
+
+    /// Resolved when the handshake succeeded (or raises its error).
+    #[getter]
+    fn handshake(&self, py: Python<'_>) -> Py<PyAny> {
+        self.handshake.clone_ref(py)
+    }
+
+    /// Resolved when the TCP connection is gone.
+    #[getter]
+    fn closed_future(&self, py: Python<'_>) -> Py<PyAny> {
+        self.closed_future.clone_ref(py)
+    }
+
+    #[getter]
+    fn subprotocol(&self) -> Option<String> {
+        self.subprotocol.clone()
+    }
+
+    #[getter]
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.response_headers.clone()
+    }
+
+    /// Whether the WebSocket connection has ended (close handshake done, or connection lost).
+    #[getter]
+    fn closed(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    /// Whether a close frame was sent or received.
+    #[getter]
+    fn closing(&self) -> bool {
+        self.conn.is_closing() || self.ended.is_some()
+    }
+
+    #[getter]
+    fn close_code(&self) -> Option<u16> {
+        self.ended.as_ref().map(|e| e.code)
+    }
+
+    #[getter]
+    fn close_reason(&self) -> Option<String> {
+        self.ended.as_ref().map(|e| e.reason.clone())
+    }
+
+    /// The `ConnectionClosed` exception describing the end (`None` while open).
+    fn closed_error(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.ended.as_ref().map(|e| e.to_err(py).into_value(py).into_any())
+    }
+
+    #[getter]
+    fn latency(&self) -> f64 {
+        self.latency
+    }
+
+    /// Messages received and not yet taken by `recv`.
+    #[getter]
+    fn queued(&self) -> usize {
+        self.messages.len()
+    }
+}

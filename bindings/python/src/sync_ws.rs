@@ -1,0 +1,571 @@
+//! The blocking client: a `std::net::TcpStream` (rustls on top for `wss://`) and the sans-IO
+//! codec, no runtime. The GIL is released around every call that can block (connect, TLS and
+//! WebSocket handshakes, reads, writes), so other Python threads run meanwhile.
+//!
+//! Two locks: `io` guards the codec and the write side and is only held for short, non-blocking
+//! work or while writing; `reader` serialises `recv` callers, which read from their own clone of
+//! the socket without holding `io`, so one thread may `send` while another waits in `recv`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pyo3::exceptions::{PyOSError, PyTimeoutError};
+use pyo3::prelude::*;
+use weft_proto::handshake::{self, HandshakeError};
+use weft_proto::{Connection, Event, Message, Role, SendError};
+
+use crate::common::{self, Ended, Options, handshake_error};
+
+const READ_CHUNK: usize = 64 * 1024;
+
+struct Io {
+    conn: Connection,
+    tls: Option<rustls::ClientConnection>,
+    sock: TcpStream,
+    ended: Option<Ended>,
+    pings: VecDeque<(Bytes, Instant)>,
+    latency: f64,
+}
+
+struct Reader {
+    sock: TcpStream,
+    buf: Box<[u8]>,
+    timeout: Option<Duration>,
+}
+
+/// A connected client WebSocket (blocking). Made by `weft.sync_client.connect`.
+#[pyclass(module = "weft._weft", name = "WebSocket")]
+pub(crate) struct WebSocket {
+    io: Mutex<Io>,
+    reader: Mutex<Reader>,
+    receive_timeout: Option<Duration>,
+    subprotocol: Option<String>,
+    response_headers: Vec<(String, String)>,
+    url: String,
+}
+
+fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    loop {
+        match m.try_lock() {
+            Ok(g) => return g,
+            Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+            // Held by a thread that may be blocked in a write: wait for it without the GIL.
+            Err(TryLockError::WouldBlock) => py.detach(|| drop(m.lock())),
+        }
+    }
+}
+
+fn os_error(e: &io::Error) -> PyErr {
+    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+        PyTimeoutError::new_err(e.to_string())
+    } else {
+        PyOSError::new_err(e.to_string())
+    }
+}
+
+impl Io {
+    /// Write everything the codec has queued (through TLS when there is TLS).
+    fn flush(&mut self) -> io::Result<()> {
+        while self.conn.has_transmit() {
+            match &mut self.tls {
+                None => {
+                    let written = {
+                        let mut slices = [IoSlice::new(&[]); 32];
+                        let n = self.conn.transmit_slices(&mut slices);
+                        (&self.sock).write_vectored(&slices[..n])?
+                    };
+                    if written == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    self.conn.advance_transmit(written);
+                }
+                Some(tls) => {
+                    while let Some(chunk) = self.conn.poll_transmit() {
+                        tls.writer().write_all(&chunk)?;
+                    }
+                }
+            }
+        }
+        if let Some(tls) = &mut self.tls {
+            while tls.wants_write() {
+                tls.write_tls(&mut self.sock)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand bytes read from the socket to the codec (decrypting first with TLS).
+    fn feed(&mut self, mut data: &[u8], now: Instant) -> io::Result<()> {
+        let Some(tls) = &mut self.tls else {
+            self.conn.handle_read(data, now);
+            return Ok(());
+        };
+        while !data.is_empty() {
+            tls.read_tls(&mut data)?;
+            let state = tls.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let mut plain = state.plaintext_bytes_to_read();
+            while plain > 0 {
+                let buf = self.conn.read_buffer();
+                let start = buf.len();
+                buf.resize(start + plain, 0);
+                let n = tls.reader().read(&mut buf[start..])?;
+                buf.truncate(start + n);
+                self.conn.handle_input(now);
+                if n == 0 {
+                    break;
+                }
+                plain -= n;
+            }
+            if state.peer_has_closed() {
+                self.conn.handle_eof();
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, ended: Ended) -> Ended {
+        let _ = self.flush();
+        let _ = self.sock.shutdown(Shutdown::Both);
+        self.ended.get_or_insert(ended).clone()
+    }
+
+    /// The next data message, or `Err(ended)` once the connection is over; `Ok(None)` when more
+    /// input is needed. Pongs update the latency; pings and closes are answered by the codec.
+    fn next_message(&mut self) -> Result<Option<Message>, Ended> {
+        if let Some(e) = &self.ended {
+            return Err(e.clone());
+        }
+        let mut result = Ok(None);
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::Message(m) if m.is_data() => {
+                    result = Ok(Some(m));
+                    break;
+                }
+                Event::Message(Message::Pong(payload)) => {
+                    if let Some(i) = self.pings.iter().position(|(p, _)| *p == payload) {
+                        let (_, sent) = self.pings.remove(i).expect("index from position");
+                        self.latency = sent.elapsed().as_secs_f64();
+                        self.pings.drain(..i);
+                    }
+                }
+                Event::Closed(e) => {
+                    result = Err(self.finish(Ended::from_error(&e)));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if self.conn.has_transmit() && self.flush().is_err() {
+            return Err(self.finish(Ended::reset()));
+        }
+        result
+    }
+}
+
+fn send_error(py: Python<'_>, io: &mut Io, e: SendError) -> PyErr {
+    match e {
+        SendError::Closed => io.ended.clone().unwrap_or_else(Ended::reset).to_err(py),
+        other => pyo3::exceptions::PyValueError::new_err(other.to_string()),
+    }
+}
+
+impl WebSocket {
+    fn handshake(opts: &Options, connect_timeout: Option<Duration>) -> PyResult<(Io, Reader, HandshakeDone)> {
+        let (host, port, tls) = opts.target()?;
+        let deadline = connect_timeout.map(|t| Instant::now() + t);
+        let remaining = || deadline.map(|d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+        let timed_out = || PyTimeoutError::new_err(format!("connecting to {host}:{port} timed out"));
+        let addrs: Vec<_> = (host.as_str(), port).to_socket_addrs().map_err(|e| os_error(&e))?.collect();
+        let mut last_err = None;
+        let mut sock = None;
+        for addr in addrs {
+            let r = match remaining() {
+                Some(t) => TcpStream::connect_timeout(&addr, t),
+                None => TcpStream::connect(addr),
+            };
+            match r {
+                Ok(s) => {
+                    sock = Some(s);
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let sock = match sock {
+            Some(s) => s,
+            None => {
+                let e = last_err.unwrap_or_else(|| io::Error::other(format!("{host} resolved to no address")));
+                return Err(if e.kind() == io::ErrorKind::TimedOut { timed_out() } else { os_error(&e) });
+            }
+        };
+        sock.set_nodelay(true).map_err(|e| os_error(&e))?;
+        let io_err = |e: io::Error| if e.kind() == io::ErrorKind::WouldBlock { timed_out() } else { os_error(&e) };
+        sock.set_read_timeout(remaining()).map_err(io_err)?;
+        sock.set_write_timeout(remaining()).map_err(io_err)?;
+        let mut tls_conn = if tls {
+            let cfg = crate::tls::client_config(opts.ca_file.as_deref())?;
+            let name = opts.server_hostname.clone().unwrap_or_else(|| host.clone());
+            let name = rustls::pki_types::ServerName::try_from(name)
+                .map_err(|e| common::invalid_uri(&format!("invalid server name: {e}")))?;
+            let mut c = rustls::ClientConnection::new(cfg, name)
+                .map_err(|e| handshake_error(None, &HandshakeError::InvalidUri(e.to_string())))?;
+            let mut s = &sock;
+            while c.is_handshaking() {
+                c.complete_io(&mut s).map_err(|e| match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
+                    io::ErrorKind::InvalidData => Python::attach(|py| {
+                        PyErr::from_type(common::exception(py, "InvalidHandshake"), format!("TLS: {e}"))
+                    }),
+                    _ => os_error(&e),
+                })?;
+            }
+            Some(c)
+        } else {
+            None
+        };
+        let req = opts.request()?;
+        let mut io = Io {
+            conn: Connection::new(Role::Client, opts.config(true), Instant::now()),
+            tls: tls_conn.take(),
+            sock: sock.try_clone().map_err(|e| os_error(&e))?,
+            ended: None,
+            pings: VecDeque::new(),
+            latency: 0.0,
+        };
+        // Write the request, then read until the response head is complete.
+        match &mut io.tls {
+            None => (&io.sock).write_all(&req.bytes).map_err(io_err)?,
+            Some(t) => {
+                t.writer().write_all(&req.bytes).map_err(io_err)?;
+                while t.wants_write() {
+                    t.write_tls(&mut io.sock).map_err(io_err)?;
+                }
+            }
+        }
+        let mut reader = Reader { sock, buf: vec![0; READ_CHUNK].into_boxed_slice(), timeout: None };
+        let mut head = Vec::new();
+        let (resp, used) = loop {
+            // Append what arrives to `head`; 0 means the server closed the connection.
+            let n = match &mut io.tls {
+                None => {
+                    let n = reader.sock.read(&mut reader.buf).map_err(io_err)?;
+                    head.extend_from_slice(&reader.buf[..n]);
+                    n
+                }
+                Some(t) => {
+                    let n = t.read_tls(&mut reader.sock).map_err(io_err)?;
+                    let state = t
+                        .process_new_packets()
+                        .map_err(|e| handshake_error(None, &HandshakeError::InvalidUri(format!("TLS: {e}"))))?;
+                    let start = head.len();
+                    head.resize(start + state.plaintext_bytes_to_read(), 0);
+                    t.reader().read_exact(&mut head[start..]).map_err(io_err)?;
+                    n
+                }
+            };
+            if n == 0 {
+                return Err(handshake_error(None, &HandshakeError::Malformed("connection closed during the opening handshake".into())));
+            }
+            if head.len() > 64 * 1024 {
+                return Err(handshake_error(None, &HandshakeError::TooLarge));
+            }
+            if let Some(parsed) = handshake::parse_response(&head).map_err(|e| handshake_error(None, &e))? {
+                break parsed;
+            }
+        };
+        let negotiated =
+            match handshake::client_verify(&resp, &req.key, &opts.subprotocols, opts.deflate().as_ref()) {
+                Ok(n) => n,
+                Err(e) => return Err(handshake_error(Some((&resp, &head[used..])), &e)),
+            };
+        if let Some(params) = negotiated.deflate {
+            io.conn.set_deflate(params);
+        }
+        if head.len() > used {
+            io.conn.handle_read(&head[used..], Instant::now());
+        }
+        io.sock.set_write_timeout(None).map_err(|e| os_error(&e))?;
+        reader.sock.set_read_timeout(None).map_err(|e| os_error(&e))?;
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        Ok((io, reader, HandshakeDone { subprotocol: negotiated.subprotocol, headers }))
+    }
+
+    /// Block (without the GIL) until a data message, the end of the connection, or `timeout`.
+    fn recv_inner(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Py<PyAny>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut reader = lock(py, &self.reader);
+        loop {
+            let wait = {
+                let mut io = lock(py, &self.io);
+                match io.next_message() {
+                    Ok(Some(m)) => return Ok(common::to_python(py, &m).expect("data message")),
+                    Err(ended) => return Err(ended.to_err(py)),
+                    Ok(None) => {}
+                }
+                let now = Instant::now();
+                let timer = io.conn.poll_timeout();
+                if let Some(t) = timer.filter(|t| *t <= now) {
+                    io.conn.handle_timeout(t.max(now));
+                    continue;
+                }
+                if let Some(d) = deadline.filter(|d| *d <= now) {
+                    let _ = d;
+                    return Err(PyTimeoutError::new_err("no message received within the receive timeout"));
+                }
+                [timer, deadline].into_iter().flatten().min().map(|t| t.saturating_duration_since(now))
+            };
+            let wait = wait.map(|w| w.max(Duration::from_millis(1)));
+            let r = &mut *reader;
+            let got = py.detach(|| {
+                if r.timeout != wait {
+                    r.sock.set_read_timeout(wait)?;
+                    r.timeout = wait;
+                }
+                r.sock.read(&mut r.buf)
+            });
+            let mut io = lock(py, &self.io);
+            match got {
+                Ok(0) => {
+                    io.conn.handle_eof();
+                }
+                Ok(n) => {
+                    if let Err(e) = io.feed(&r.buf[..n], Instant::now()) {
+                        let ended = io.finish(Ended { code: 1006, reason: format!("TLS: {e}"), ok: false });
+                        return Err(ended.to_err(py));
+                    }
+                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    drop(io);
+                    py.check_signals()?;
+                }
+                Err(_) => {
+                    io.conn.handle_eof();
+                }
+            }
+        }
+    }
+}
+
+struct HandshakeDone {
+    subprotocol: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+/// Open a WebSocket connection (blocking) and return a `WebSocket`.
+#[pyfunction]
+#[pyo3(signature = (
+    url, connect_timeout = Some(30.0), receive_timeout = Some(30.0), *, headers = None,
+    subprotocols = None, compression = false, max_size = Some(64 << 20), ping_interval = None,
+    ping_timeout = Some(20.0), close_timeout = Some(10.0), ca_file = None, server_hostname = None
+))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn connect(
+    py: Python<'_>,
+    url: &str,
+    connect_timeout: Option<f64>,
+    receive_timeout: Option<f64>,
+    headers: Option<&Bound<'_, PyAny>>,
+    subprotocols: Option<Vec<String>>,
+    compression: bool,
+    max_size: Option<usize>,
+    ping_interval: Option<f64>,
+    ping_timeout: Option<f64>,
+    close_timeout: Option<f64>,
+    ca_file: Option<String>,
+    server_hostname: Option<String>,
+) -> PyResult<WebSocket> {
+    let opts = Options::new(
+        url,
+        headers,
+        subprotocols,
+        compression,
+        max_size,
+        ping_interval,
+        ping_timeout,
+        close_timeout,
+        ca_file,
+        server_hostname,
+    )?;
+    let to = |name: &str, v: Option<f64>| -> PyResult<Option<Duration>> {
+        match v {
+            None => Ok(None),
+            Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+            Some(s) => Err(pyo3::exceptions::PyValueError::new_err(format!("{name} must be positive, not {s}"))),
+        }
+    };
+    let connect_timeout = to("connect_timeout", connect_timeout)?;
+    let receive_timeout = to("receive_timeout", receive_timeout)?;
+    let (io, reader, done) = py.detach(|| WebSocket::handshake(&opts, connect_timeout))?;
+    Ok(WebSocket {
+        io: Mutex::new(io),
+        reader: Mutex::new(reader),
+        receive_timeout,
+        subprotocol: done.subprotocol,
+        response_headers: done.headers,
+        url: url.to_owned(),
+    })
+}
+
+#[pymethods]
+impl WebSocket {
+    /// Send `message`: `str` as a text message, bytes-like as a binary message.
+    fn send(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
+        let msg = common::from_python(message)?;
+        let mut io = lock(py, &self.io);
+        if let Err(e) = io.conn.send(msg) {
+            return Err(send_error(py, &mut io, e));
+        }
+        let io = &mut *io;
+        match py.detach(|| io.flush()) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(io.finish(Ended::reset()).to_err(py)),
+        }
+    }
+
+    /// Receive the next message: `str` for text, `bytes` for binary. Waits at most `timeout`
+    /// seconds (default: the connection's `receive_timeout`; `None` there waits forever) and
+    /// raises `TimeoutError`, leaving the connection usable.
+    #[pyo3(signature = (timeout = None))]
+    fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
+        let t = match timeout {
+            Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+            Some(s) => return Err(pyo3::exceptions::PyValueError::new_err(format!("timeout must be >= 0, not {s}"))),
+            None => self.receive_timeout,
+        };
+        self.recv_inner(py, t)
+    }
+
+    /// Send a ping with `data` (at most 125 bytes); `latency` is updated when its pong arrives.
+    #[pyo3(signature = (data = None))]
+    fn ping(&self, py: Python<'_>, data: Option<&[u8]>) -> PyResult<()> {
+        let payload = match data {
+            Some(d) => Bytes::copy_from_slice(d),
+            None => {
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                Bytes::copy_from_slice(&(nanos.as_nanos() as u64).to_be_bytes())
+            }
+        };
+        let mut io = lock(py, &self.io);
+        if let Err(e) = io.conn.send(Message::Ping(payload.clone())) {
+            return Err(send_error(py, &mut io, e));
+        }
+        io.pings.push_back((payload, Instant::now()));
+        let io = &mut *io;
+        py.detach(|| io.flush()).map_err(|_| io.finish(Ended::reset()).to_err(py))
+    }
+
+    /// Close the connection with `code` and `reason` and wait (at most `close_timeout`) for the
+    /// server's answer. Closing a closed connection does nothing.
+    #[pyo3(signature = (code = 1000, reason = ""))]
+    fn close(&self, py: Python<'_>, code: u16, reason: &str) -> PyResult<()> {
+        let frame = common::close_frame(code, reason)?;
+        {
+            let mut io = lock(py, &self.io);
+            if io.ended.is_some() {
+                return Ok(());
+            }
+            match io.conn.close(frame) {
+                Ok(()) => {}
+                Err(SendError::Closed) => {}
+                Err(e) => return Err(pyo3::exceptions::PyValueError::new_err(e.to_string())),
+            }
+            let io = &mut *io;
+            if py.detach(|| io.flush()).is_err() {
+                io.finish(Ended::reset());
+                return Ok(());
+            }
+        }
+        // Read until the close handshake completes (the codec's close timer bounds the wait).
+        loop {
+            match self.recv_inner(py, None) {
+                Ok(_) => continue,
+                Err(e) if e.is_instance_of::<PyTimeoutError>(py) => {
+                    lock(py, &self.io).finish(Ended::reset());
+                    return Ok(());
+                }
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// The subprotocol the server selected, or `None`.
+    #[getter]
+    fn subprotocol(&self) -> Option<String> {
+        self.subprotocol.clone()
+    }
+
+    /// Headers of the server's handshake response, as (name, value) pairs.
+    #[getter]
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.response_headers.clone()
+    }
+
+    /// The URL this connection was opened with.
+    #[getter]
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Close code once the connection has ended, else `None`.
+    #[getter]
+    fn close_code(&self, py: Python<'_>) -> Option<u16> {
+        lock(py, &self.io).ended.as_ref().map(|e| e.code)
+    }
+
+    /// Close reason once the connection has ended, else `None`.
+    #[getter]
+    fn close_reason(&self, py: Python<'_>) -> Option<String> {
+        lock(py, &self.io).ended.as_ref().map(|e| e.reason.clone())
+    }
+
+    /// Whether the connection has ended.
+    #[getter]
+    fn closed(&self, py: Python<'_>) -> bool {
+        lock(py, &self.io).ended.is_some()
+    }
+
+    /// Round-trip time of the last answered ping, in seconds (0.0 before any).
+    #[getter]
+    fn latency(&self, py: Python<'_>) -> f64 {
+        lock(py, &self.io).latency
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py, 1000, "")?;
+        Ok(false)
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Iteration yields messages until a normal close (1000/1001) and raises
+    /// `ConnectionClosedError` on any other end.
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match self.recv_inner(py, None) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.is_instance(py, &common::exception(py, "ConnectionClosedOK")) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let state = if lock(py, &self.io).ended.is_some() { "closed" } else { "open" };
+        format!("<weft.sync_client.WebSocket {} {state}>", self.url)
+    }
+}

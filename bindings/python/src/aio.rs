@@ -17,6 +17,9 @@ use weft_proto::{Connection, DeflateConfig, Event, Message, Role, SendError};
 
 use crate::common::{self, Ended, Options, handshake_error};
 
+/// Unparsed input above which reading pauses while the application holds a message.
+const READ_HIGH_WATER: usize = 4 << 20;
+
 struct Pending {
     key: String,
     subprotocols: Vec<String>,
@@ -39,7 +42,17 @@ pub(crate) struct AsyncProtocol {
     messages: VecDeque<Py<PyAny>>,
     waiter: Option<Py<PyAny>>,
     ended: Option<Ended>,
+    /// A message was handed to a waiting `recv`: parsing waits until the application has run
+    /// (it asks for the next message, or `_resume` runs one loop iteration later), so frames
+    /// after a message are acted on only once the application could answer it.
+    with_app: bool,
+    /// `self._resume`, set while connected (cleared in connection_lost: it references self).
+    resume: Option<Py<PyAny>>,
     max_queue: usize,
+    /// The transport reached its end; reported to the codec once buffered input is parsed.
+    eof: bool,
+    /// Bytes handed to the codec since it last ran out of complete frames.
+    unparsed: usize,
     reading_paused: bool,
     writing_paused: bool,
     drain_waiters: Vec<Py<PyAny>>,
@@ -87,25 +100,43 @@ impl AsyncProtocol {
         Ok(())
     }
 
-    fn deliver(&mut self, py: Python<'_>, msg: Py<PyAny>) {
+    /// Hand a message to the waiting `recv` (true) or queue it (false).
+    fn deliver(&mut self, py: Python<'_>, msg: Py<PyAny>) -> bool {
         if self.messages.is_empty() {
             if let Some(w) = self.waiter.take() {
                 if !done(py, &w) {
                     let _ = w.bind(py).call_method1(intern!(py, "set_result"), (msg,));
-                    return;
+                    return true;
                 }
             }
         }
         self.messages.push_back(msg);
+        false
     }
 
-    /// Run the codec over what arrived: deliver messages, answer pongs, notice the end.
-    fn process(&mut self, py: Python<'_>) -> PyResult<()> {
-        while let Some(ev) = self.conn.poll_event() {
+    /// Run the codec over what arrived: deliver or queue messages, answer pings, resolve ping
+    /// futures, notice the end. Parsing pauses after a message handed to a waiting `recv` (see
+    /// `with_app`) and while `max_queue` messages are queued; reading pauses while parsing does
+    /// and more than `READ_HIGH_WATER` bytes wait, or the queue is full.
+    fn pump(&mut self, py: Python<'_>) -> PyResult<()> {
+        while !self.with_app && self.messages.len() < self.max_queue {
+            let Some(ev) = self.conn.poll_event() else {
+                if self.eof && !self.conn.is_closed() {
+                    self.conn.handle_eof();
+                    continue;
+                }
+                self.unparsed = 0;
+                break;
+            };
             match ev {
                 Event::Message(m) if m.is_data() => {
                     let obj = common::to_python(py, &m).expect("data message");
-                    self.deliver(py, obj);
+                    if self.deliver(py, obj) {
+                        self.with_app = true;
+                        if let Some(cb) = &self.resume {
+                            self.event_loop.bind(py).call_method1(intern!(py, "call_soon"), (cb.clone_ref(py),))?;
+                        }
+                    }
                 }
                 Event::Message(Message::Pong(payload)) => {
                     if let Some(i) = self.pings.iter().position(|(p, _, _)| *p == payload) {
@@ -133,10 +164,12 @@ impl AsyncProtocol {
             }
         }
         self.flush(py)?;
-        if self.messages.len() >= self.max_queue && !self.reading_paused {
+        let over = (self.with_app && self.unparsed > READ_HIGH_WATER) || self.messages.len() >= self.max_queue;
+        if over != self.reading_paused {
             if let Some(t) = &self.transport {
-                t.bind(py).call_method0(intern!(py, "pause_reading"))?;
-                self.reading_paused = true;
+                let method = if over { intern!(py, "pause_reading") } else { intern!(py, "resume_reading") };
+                t.bind(py).call_method0(method)?;
+                self.reading_paused = over;
             }
         }
         Ok(())
@@ -183,8 +216,9 @@ impl AsyncProtocol {
                     .collect();
                 set_result(py, &self.handshake, py.None());
                 if p.buf.len() > used {
+                    self.unparsed += p.buf.len() - used;
                     self.conn.handle_read(&p.buf[used..], Instant::now());
-                    self.process(py)?;
+                    self.pump(py)?;
                 }
             }
             Err(e) => {
@@ -247,7 +281,11 @@ impl AsyncProtocol {
             messages: VecDeque::new(),
             waiter: None,
             ended: None,
+            with_app: false,
+            resume: None,
             max_queue: max_queue.max(1),
+            eof: false,
+            unparsed: 0,
             reading_paused: false,
             writing_paused: false,
             drain_waiters: Vec::new(),
@@ -258,11 +296,24 @@ impl AsyncProtocol {
 
     // ---- asyncio.Protocol -------------------------------------------------------------------
 
-    fn connection_made(&mut self, py: Python<'_>, transport: Py<PyAny>) -> PyResult<()> {
-        if let Some(p) = &self.pending {
+    fn connection_made(slf: &Bound<'_, Self>, transport: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let resume = slf.getattr(intern!(py, "_resume"))?.unbind();
+        let mut me = slf.borrow_mut();
+        if let Some(p) = &me.pending {
             transport.bind(py).call_method1(intern!(py, "write"), (PyBytes::new(py, &p.request),))?;
         }
-        self.transport = Some(transport);
+        me.transport = Some(transport);
+        me.resume = Some(resume);
+        Ok(())
+    }
+
+    /// One loop iteration after a message went to a waiting `recv`: parse on.
+    fn _resume(&mut self, py: Python<'_>) -> PyResult<()> {
+        if self.with_app {
+            self.with_app = false;
+            self.pump(py)?;
+        }
         Ok(())
     }
 
@@ -271,8 +322,9 @@ impl AsyncProtocol {
             p.buf.extend_from_slice(data);
             return self.finish_handshake(py);
         }
+        self.unparsed += data.len();
         self.conn.handle_read(data, Instant::now());
-        self.process(py)
+        self.pump(py)
     }
 
     fn eof_received(&mut self) -> bool {
@@ -282,20 +334,28 @@ impl AsyncProtocol {
 
     #[pyo3(signature = (exc = None))]
     fn connection_lost(&mut self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        self.conn.handle_eof();
-        let _ = self.process(py);
         self.transport = None;
-        if self.ended.is_none() {
-            self.ended = Some(Ended::reset());
-        }
+        self.resume = None;
+        self.reading_paused = false;
         if self.pending.take().is_some() {
             let err = match exc {
                 Some(e) => PyErr::from_value(e),
-                None => handshake_error(None, &HandshakeError::Malformed("connection closed during the opening handshake".into())),
+                None => handshake_error(
+                    None,
+                    &HandshakeError::Malformed("connection closed during the opening handshake".into()),
+                ),
             };
+            self.ended = Some(Ended::reset());
             set_exception(py, &self.handshake, err);
         }
-        self.wake_all(py);
+        // Messages that arrived before the end are still delivered, in order; the end is
+        // reported after them.
+        self.eof = true;
+        self.pump(py)?;
+        if !self.with_app && self.ended.is_none() {
+            self.ended = Some(Ended::reset());
+            self.wake_all(py);
+        }
         set_result(py, &self.closed_future, py.None());
         Ok(())
     }
@@ -317,12 +377,15 @@ impl AsyncProtocol {
     /// connection has ended and the queue is empty.
     fn recv_nowait(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         if let Some(m) = self.messages.pop_front() {
-            if self.reading_paused && self.messages.len() <= self.max_queue / 4 {
-                if let Some(t) = &self.transport {
-                    t.bind(py).call_method0(intern!(py, "resume_reading"))?;
-                }
-                self.reading_paused = false;
+            if self.reading_paused && self.messages.len() < self.max_queue / 2 {
+                self.pump(py)?;
             }
+            return Ok(Some(m));
+        }
+        // The application is done with the previous message: parse on.
+        self.with_app = false;
+        self.pump(py)?;
+        if let Some(m) = self.messages.pop_front() {
             return Ok(Some(m));
         }
         match &self.ended {
@@ -331,9 +394,19 @@ impl AsyncProtocol {
         }
     }
 
-    /// The future the next message resolves (only set when the queue is empty).
-    fn set_waiter(&mut self, fut: Py<PyAny>) {
+    /// The future the next message resolves (only set when the queue is empty). Two
+    /// coroutines waiting in `recv` at once is an error (`ConcurrencyError`).
+    fn set_waiter(&mut self, py: Python<'_>, fut: Py<PyAny>) -> PyResult<()> {
+        if let Some(w) = &self.waiter {
+            if !done(py, w) {
+                return Err(PyErr::from_type(
+                    common::exception(py, "ConcurrencyError"),
+                    "another coroutine is already waiting for the next message",
+                ));
+            }
+        }
         self.waiter = Some(fut);
+        Ok(())
     }
 
     /// Frame and write `data`; returns whether the transport asked to pause writing (the caller
@@ -394,6 +467,19 @@ impl AsyncProtocol {
             Err(e) => return Err(PyValueError::new_err(e.to_string())),
         }
         self.flush(py)
+    }
+
+    /// End the connection now with `code` (e.g. 1011 when a keep-alive ping went unanswered):
+    /// send the close frame, fail the waiters, and leave the transport to `abort`/close.
+    fn fail(&mut self, py: Python<'_>, code: u16, reason: &str) -> PyResult<()> {
+        if self.ended.is_some() {
+            return Ok(());
+        }
+        let _ = self.conn.close(common::close_frame(code, reason)?);
+        self.flush(py)?;
+        self.ended = Some(Ended { code, reason: reason.to_owned(), ok: false });
+        self.wake_all(py);
+        Ok(())
     }
 
     /// Drop the connection without a close handshake.
@@ -458,9 +544,4 @@ impl AsyncProtocol {
         self.latency
     }
 
-    /// Messages received and not yet taken by `recv`.
-    #[getter]
-    fn queued(&self) -> usize {
-        self.messages.len()
-    }
 }

@@ -84,6 +84,8 @@ impl Options {
         let mut cfg = Config::default()
             .max_message_size(limit)
             .max_frame_size(limit)
+            // No size limit means no fragment-count limit either.
+            .max_fragments(if self.max_size.is_none() { usize::MAX } else { Config::default().max_fragments })
             .close_timeout(self.close_timeout)
             .deflate(self.deflate());
         if timers {

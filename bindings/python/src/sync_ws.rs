@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pyo3::exceptions::{PyOSError, PyTimeoutError};
+use pyo3::exceptions::PyTimeoutError;
 use pyo3::prelude::*;
 use weft_proto::handshake::{self, HandshakeError};
 use weft_proto::{Connection, Event, Message, Role, SendError};
@@ -59,11 +59,24 @@ fn lock<'a, T: Send>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
     }
 }
 
+/// The Python exception for an I/O error: `TimeoutError` for timeouts, else the matching
+/// `OSError` subclass (`ConnectionRefusedError`, `ConnectionResetError`, ...).
 fn os_error(e: &io::Error) -> PyErr {
-    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
-        PyTimeoutError::new_err(e.to_string())
-    } else {
-        PyOSError::new_err(e.to_string())
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => PyTimeoutError::new_err(e.to_string()),
+        _ => PyErr::from(io::Error::new(e.kind(), e.to_string())),
+    }
+}
+
+/// Run a blocking socket call (without the GIL), retrying when a signal interrupts it unless
+/// a Python signal handler raised (e.g. `KeyboardInterrupt`), which then propagates.
+fn retry<T>(mut f: impl FnMut() -> io::Result<T>, map: impl Fn(io::Error) -> PyErr) -> PyResult<T> {
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Python::attach(|py| py.check_signals())?,
+            Err(e) => return Err(map(e)),
+        }
     }
 }
 
@@ -76,7 +89,10 @@ impl Io {
                     let written = {
                         let mut slices = [IoSlice::new(&[]); 32];
                         let n = self.conn.transmit_slices(&mut slices);
-                        (&self.sock).write_vectored(&slices[..n])?
+                        match (&self.sock).write_vectored(&slices[..n]) {
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            r => r?,
+                        }
                     };
                     if written == 0 {
                         return Err(io::ErrorKind::WriteZero.into());
@@ -92,7 +108,12 @@ impl Io {
         }
         if let Some(tls) = &mut self.tls {
             while tls.wants_write() {
-                tls.write_tls(&mut self.sock)?;
+                match tls.write_tls(&mut self.sock) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    r => {
+                        r?;
+                    }
+                }
             }
         }
         Ok(())
@@ -216,7 +237,7 @@ impl WebSocket {
                 .map_err(|e| handshake_error(None, &HandshakeError::InvalidUri(e.to_string())))?;
             let mut s = &sock;
             while c.is_handshaking() {
-                c.complete_io(&mut s).map_err(|e| match e.kind() {
+                retry(|| c.complete_io(&mut s), |e| match e.kind() {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
                     io::ErrorKind::InvalidData => Python::attach(|py| {
                         PyErr::from_type(common::exception(py, "InvalidHandshake"), format!("TLS: {e}"))
@@ -253,12 +274,12 @@ impl WebSocket {
             // Append what arrives to `head`; 0 means the server closed the connection.
             let n = match &mut io.tls {
                 None => {
-                    let n = reader.sock.read(&mut reader.buf).map_err(io_err)?;
+                    let n = retry(|| reader.sock.read(&mut reader.buf), io_err)?;
                     head.extend_from_slice(&reader.buf[..n]);
                     n
                 }
                 Some(t) => {
-                    let n = t.read_tls(&mut reader.sock).map_err(io_err)?;
+                    let n = retry(|| t.read_tls(&mut reader.sock), io_err)?;
                     let state = t
                         .process_new_packets()
                         .map_err(|e| handshake_error(None, &HandshakeError::InvalidUri(format!("TLS: {e}"))))?;

@@ -291,7 +291,7 @@ impl Inflater {
             // output buffer can't be inflated beyond `limit` by a bomb.
             if out.len() == out.capacity() {
                 let step = out.len().max((input.len() - consumed).saturating_mul(4)).clamp(4096, 16 << 20);
-                out.reserve_exact(step.min(limit + 1 - out.len()));
+                out.reserve_exact(step.min(limit.saturating_add(1) - out.len()));
             }
             let (before_in, before_out) = (d.total_in(), out.len());
             let status = d.decompress_vec(&input[consumed..], out, FlushDecompress::Sync);
@@ -409,6 +409,20 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(d.inflate(&z, &mut out, 1 << 20), Err(ProtocolError::MessageTooLarge { max: 1 << 20 }));
         assert!(out.len() <= (1 << 20) + 1, "inflated {} bytes", out.len());
+    }
+
+    #[test]
+    fn no_limit_inflates() {
+        // usize::MAX as the limit ("no limit") once overflowed `limit + 1` and stalled inflation.
+        let mut c = Deflater::new(1, 15, false, 0);
+        let text = b"hello hello hello hello".repeat(100);
+        let mut z = Vec::new();
+        c.compress(&text, &mut z);
+        let mut d = Inflater::new(15, false);
+        let mut out = Vec::new();
+        d.inflate(&z, &mut out, usize::MAX).unwrap();
+        d.finish(&mut out, usize::MAX).unwrap();
+        assert_eq!(out, text);
     }
 
     #[test]

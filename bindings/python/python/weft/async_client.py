@@ -13,9 +13,9 @@ runs on any asyncio event loop, uvloop included.
 ``connect(url, connect_timeout=30.0, receive_timeout=30.0, **options)`` is both awaitable
 (``ws = await connect(...)``) and an async context manager. Options (keyword-only):
 ``headers``, ``subprotocols``, ``compression`` (permessage-deflate, default off),
-``max_size`` (default 64 MiB, ``None``: no limit), ``max_queue`` (messages buffered before
-reading pauses, default 1024), ``ping_interval``/``ping_timeout`` (keep-alive; a missing pong
-closes with 1011), ``close_timeout`` (default 10 s), ``ssl`` (an ``ssl.SSLContext``, or
+``max_size`` (default 64 MiB, ``None``: no limit), ``max_queue`` (messages buffered
+before reading pauses, default 1024), ``ping_interval``/``ping_timeout``
+(keep-alive; a missing pong closes with 1011), ``close_timeout`` (default 10 s), ``ssl`` (an ``ssl.SSLContext``, or
 ``True``), ``ca_file``, ``server_hostname``, ``sock`` (an already connected socket).
 """
 
@@ -137,7 +137,7 @@ class AsyncWebSocket:
                     await asyncio.wait_for(self._p.ping(None), timeout)
                 except (asyncio.TimeoutError, TimeoutError):
                     if not self._p.closing:
-                        self._p.close(1011, "keepalive ping timeout")
+                        self._p.fail(1011, "keepalive ping timeout")
                         self._loop.call_later(self._close_timeout or 0, self._p.abort)
                     return
         except Exception:

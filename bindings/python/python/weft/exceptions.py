@@ -17,6 +17,7 @@ __all__ = [
     "InvalidStatusCode",
     "InvalidURI",
     "InvalidMessage",
+    "ConcurrencyError",
     "Close",
 ]
 
@@ -70,6 +71,10 @@ class ConnectionClosedOK(ConnectionClosed):
 
 class ConnectionClosedError(ConnectionClosed):
     """Closed abnormally: another code, a protocol error, a timeout, or a lost connection."""
+
+
+class ConcurrencyError(WebSocketException):
+    """Two coroutines called ``recv`` on the same connection at the same time."""
 
 
 class InvalidHandshake(WebSocketException):

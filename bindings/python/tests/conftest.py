@@ -1,0 +1,247 @@
+"""Fixtures: real servers on loopback for weft's Python clients.
+
+- ``weft_echo``: the ``weft echo`` binary (``WEFT_BIN``, else target/ci or target/debug of the
+  repository, built on demand), with permessage-deflate.
+- ``py_server``: a Python ``websockets`` server in a thread with a few paths: ``/echo``,
+  ``/headers`` (answers with the request's ``X-Test`` header), ``/close/CODE/REASON``,
+  ``/send/N`` (sends N text messages then closes 1000), ``/reject`` (HTTP 403), ``/silent``
+  (never sends, never answers pings: keepalive tests).
+- ``raw_server``: a TCP server driven by a script function, for protocol violations no real
+  WebSocket server would commit.
+- ``tls_server``: ``websockets`` over TLS with a throwaway CA made with ``openssl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from websockets.asyncio.server import serve
+from websockets.http11 import Response
+from websockets.datastructures import Headers
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def weft_binary() -> str:
+    env = os.environ.get("WEFT_BIN")
+    if env:
+        return env
+    for profile in ("ci", "release", "debug"):
+        p = ROOT / "target" / profile / "weft"
+        if p.exists():
+            return str(p)
+    subprocess.run(["cargo", "build", "-q", "-p", "weft-cli"], cwd=ROOT, check=True)
+    return str(ROOT / "target" / "debug" / "weft")
+
+
+@pytest.fixture(scope="session")
+def weft_echo():
+    port = free_port()
+    proc = subprocess.Popen(
+        [weft_binary(), "echo", "--addr", f"127.0.0.1:{port}", "--deflate"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def _handler(ws) -> None:
+    path = ws.request.path
+    if path.startswith("/headers"):
+        await ws.send(ws.request.headers.get("X-Test", ""))
+        await ws.wait_closed()
+    elif path.startswith("/close/"):
+        _, _, code, reason = path.split("/", 3)
+        await ws.close(int(code), urllib.parse.unquote(reason))
+    elif path.startswith("/send/"):
+        for i in range(int(path.rsplit("/", 1)[1])):
+            await ws.send(f"message {i}")
+        await ws.close(1000, "done")
+    elif path.startswith("/silent"):
+        await asyncio.sleep(3600)
+    else:
+        async for m in ws:
+            await ws.send(m)
+
+
+def _process_request(connection, request):
+    if request.path.startswith("/reject"):
+        return Response(403, "Forbidden", Headers([("Content-Type", "text/plain")]), b"go away\n")
+    return None
+
+
+def _select_subprotocol(connection, subprotocols):
+    return "chat.v2" if "chat.v2" in subprotocols else None
+
+
+class _ServerThread:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, **kwargs) -> None:
+        self.port = free_port()
+        self.ssl_context = ssl_context
+        self.kwargs = kwargs
+        self.ready = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop: asyncio.Future | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self.stop = self.loop.create_future()
+            async with serve(
+                _handler,
+                "127.0.0.1",
+                self.port,
+                ssl=self.ssl_context,
+                process_request=_process_request,
+                select_subprotocol=_select_subprotocol,
+                max_size=None,
+                **self.kwargs,
+            ):
+                self.ready.set()
+                await self.stop
+
+        asyncio.run(main())
+
+    def __enter__(self) -> "_ServerThread":
+        self.thread.start()
+        self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self.loop is not None and self.stop is not None
+        self.loop.call_soon_threadsafe(self.stop.set_result, None)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def py_server():
+    # Keepalive disabled on the server: the client's own pings are under test.
+    with _ServerThread(compression="deflate", ping_interval=None) as s:
+        yield f"ws://127.0.0.1:{s.port}"
+
+
+@pytest.fixture(scope="session")
+def tls_server(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("tls")
+    run = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)  # noqa: E731
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=weft test CA")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
+        "-subj", "/CN=localhost")
+    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(d / "srv.pem", d / "srv.key")
+    with _ServerThread(ssl_context=ctx) as s:
+        yield f"wss://localhost:{s.port}", str(d / "ca.pem")
+
+
+class RawServer:
+    """Accepts one connection at a time, completes the WebSocket handshake (unless the
+    script does it), then runs ``script(conn)`` in a thread."""
+
+    def __init__(self, script: Callable[[socket.socket], None], handshake: bool = True) -> None:
+        self.script = script
+        self.handshake = handshake
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}/"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            if self.handshake:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                key = [l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key:")][0]
+                accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            try:
+                self.script(conn)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """An unmasked server frame."""
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        head = bytes([b0, n])
+    elif n < 65536:
+        head = bytes([b0, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([b0, 127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+@pytest.fixture
+def raw_server():
+    servers: list[RawServer] = []
+
+    def make(script: Callable[[socket.socket], None], handshake: bool = True) -> RawServer:
+        s = RawServer(script, handshake)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.close()

@@ -1,0 +1,81 @@
+"""What only the asyncio client has: awaitable/async-context connect, async iteration, many
+connections on one loop, concurrency errors."""
+
+import asyncio
+
+import pytest
+
+from weft import async_client
+from weft.exceptions import ConcurrencyError, ConnectionClosedOK
+
+
+def test_connect_styles_and_async_for(weft_echo, py_server):
+    async def main():
+        ws = await async_client.connect(weft_echo)
+        await ws.send("awaited")
+        assert await ws.recv() == "awaited"
+        await ws.close()
+        async with async_client.connect(weft_echo) as ws2:
+            await ws2.send_many(["a", "b", b"c"])
+            assert [await ws2.recv() for _ in range(3)] == ["a", "b", b"c"]
+        got = []
+        async with async_client.connect(py_server + "/send/4") as ws3:
+            async for m in ws3:
+                got.append(m)
+        assert got == [f"message {i}" for i in range(4)]
+        with pytest.raises(ConnectionClosedOK):
+            await ws3.recv()
+
+    asyncio.run(main())
+
+
+def test_many_connections_on_one_loop(weft_echo):
+    async def one(i):
+        async with async_client.connect(weft_echo) as ws:
+            for j in range(20):
+                await ws.send(f"{i}:{j}")
+                assert await ws.recv() == f"{i}:{j}"
+
+    async def main():
+        await asyncio.gather(*(one(i) for i in range(50)))
+
+    asyncio.run(main())
+
+
+def test_two_concurrent_recv_is_an_error(weft_echo):
+    async def main():
+        async with async_client.connect(weft_echo) as ws:
+            first = asyncio.ensure_future(ws.recv())
+            await asyncio.sleep(0.01)
+            with pytest.raises(ConcurrencyError):
+                await ws.recv()
+            await ws.send("for the first")
+            assert await first == "for the first"
+
+    asyncio.run(main())
+
+
+def test_cancelled_recv_loses_nothing(weft_echo):
+    async def main():
+        async with async_client.connect(weft_echo) as ws:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.05)
+            await ws.send("after cancel")
+            assert await ws.recv() == "after cancel"
+
+    asyncio.run(main())
+
+
+def test_unknown_keyword_is_a_type_error(weft_echo):
+    with pytest.raises(TypeError):
+        async_client.connect(weft_echo, not_an_option=1)
+
+
+def test_connect_timeout_keyword_positionally(weft_echo):
+    async def main():
+        ws = await async_client.connect(weft_echo, 5.0, 5.0)
+        await ws.send("positional")
+        assert await ws.recv() == "positional"
+        await ws.close()
+
+    asyncio.run(main())

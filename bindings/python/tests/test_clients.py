@@ -1,0 +1,256 @@
+"""Behaviour of the sync client, the asyncio client and the asyncio client on uvloop, over real
+sockets: against `weft echo`, a Python `websockets` server and scripted raw TCP servers."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+import weft
+from adapters import AsyncAdapter, SyncAdapter
+from conftest import frame
+from weft.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+)
+
+
+@pytest.fixture(params=["sync", "asyncio", "uvloop"])
+def client(request):
+    a = SyncAdapter() if request.param == "sync" else AsyncAdapter(use_uvloop=request.param == "uvloop")
+    yield a
+    a.close()
+
+
+MESSAGES = ["hello", "", "ünïcödé ✓ 🚀", b"", b"\x00\x01\xff" * 100, "x" * 70_000, bytes(range(256)) * 4096]
+
+
+@pytest.mark.parametrize("server", ["weft_echo", "py_server"])
+def test_echo_roundtrip(client, server, request):
+    url = request.getfixturevalue(server)
+    with client.connect(url + "/echo") as ws:
+        for m in MESSAGES:
+            ws.send(m)
+            got = ws.recv()
+            assert type(got) is type(m) and got == m
+
+
+@pytest.mark.parametrize("server", ["weft_echo", "py_server"])
+def test_pipelined_then_drained_in_order(client, server, request):
+    url = request.getfixturevalue(server)
+    with client.connect(url + "/echo") as ws:
+        for i in range(500):
+            ws.send(f"m{i}")
+        assert [ws.recv() for _ in range(500)] == [f"m{i}" for i in range(500)]
+
+
+@pytest.mark.parametrize("server", ["weft_echo", "py_server"])
+def test_permessage_deflate(client, server, request):
+    url = request.getfixturevalue(server)
+    with client.connect(url + "/echo", compression=True, max_size=None) as ws:
+        headers = dict(ws.response_headers)
+        assert "permessage-deflate" in headers.get("sec-websocket-extensions", "")
+        big = "compress me " * 200_000
+        for m in ("small", big, big.encode(), "again"):
+            ws.send(m)
+            assert ws.recv() == m
+
+
+def test_headers_and_subprotocol(client, py_server):
+    with client.connect(py_server + "/headers", headers={"X-Test": "abc 123"}, subprotocols=["other", "chat.v2"]) as ws:
+        assert ws.recv() == "abc 123"
+        assert ws.subprotocol == "chat.v2"
+    with client.connect(py_server + "/headers", headers=[("X-Test", "pairs")]) as ws:
+        assert ws.recv() == "pairs"
+        assert ws.subprotocol is None
+
+
+def test_normal_close_ends_iteration(client, py_server):
+    ws = client.connect(py_server + "/send/3")
+    assert list(ws) == ["message 0", "message 1", "message 2"]
+    with pytest.raises(ConnectionClosedOK) as e:
+        ws.recv()
+    assert (e.value.code, e.value.reason) == (1000, "done")
+    assert ws.close_code == 1000 and ws.close_reason == "done" and ws.closed
+    with pytest.raises(ConnectionClosedOK):
+        ws.send("too late")
+
+
+def test_close_code_and_reason_from_server(client, py_server):
+    ws = client.connect(py_server + "/close/4001/go%20away")
+    with pytest.raises(ConnectionClosedError) as e:
+        ws.recv()
+    assert (e.value.code, e.value.reason) == (4001, "go away")
+    assert isinstance(e.value, ConnectionClosed) and isinstance(e.value, RuntimeError)
+    with pytest.raises(ConnectionClosedError):
+        list(ws)
+
+
+def test_client_close_is_clean_and_idempotent(client, weft_echo):
+    ws = client.connect(weft_echo)
+    ws.close(1000, "bye")
+    ws.close()
+    assert ws.closed and ws.close_code == 1000
+    with pytest.raises(ConnectionClosedOK):
+        ws.recv()
+
+
+def test_receive_timeout_keeps_connection_usable(client, weft_echo):
+    ws = client.connect(weft_echo, receive_timeout=0.2)
+    t = time.monotonic()
+    with pytest.raises(TimeoutError):
+        ws.recv()
+    assert 0.15 < time.monotonic() - t < 5
+    ws.send("still there")
+    assert ws.recv() == "still there"
+    ws.close()
+
+
+def test_handshake_refused_surfaces_status(client, py_server):
+    with pytest.raises(InvalidStatus) as e:
+        client.connect(py_server + "/reject")
+    assert e.value.status_code == 403
+    assert e.value.response.status_code == 403
+    assert e.value.body == b"go away\n"
+    assert isinstance(e.value, InvalidHandshake)
+
+
+def test_invalid_uri(client):
+    for url in ("http//nope", "ftp://127.0.0.1/", "ws://"):
+        with pytest.raises(InvalidURI):
+            client.connect(url)
+    with pytest.raises(ValueError):
+        client.connect("mailto:x@y")
+
+
+def test_connection_refused_is_oserror(client):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(ConnectionRefusedError):
+        client.connect(f"ws://127.0.0.1:{port}/")
+
+
+def test_connect_timeout_when_handshake_never_answered(client, raw_server):
+    srv = raw_server(lambda conn: time.sleep(3), handshake=False)
+    t = time.monotonic()
+    with pytest.raises(TimeoutError):
+        client.connect(srv.url, connect_timeout=0.3)
+    assert time.monotonic() - t < 2.5
+
+
+def test_server_closing_during_handshake(client, raw_server):
+    def script(conn):
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 101 Switching")
+
+    with pytest.raises(InvalidMessage):
+        client.connect(raw_server(script, handshake=False).url)
+
+
+def test_server_closes_mid_message(client, raw_server):
+    def script(conn):
+        conn.sendall(frame(0x1, b"complete"))
+        conn.sendall(frame(0x2, b"x" * 1000)[:300])
+        conn.shutdown(socket.SHUT_RDWR)
+
+    ws = client.connect(raw_server(script).url)
+    assert ws.recv() == "complete"
+    with pytest.raises(ConnectionClosedError) as e:
+        ws.recv()
+    assert e.value.code == 1006
+
+
+def test_invalid_utf8_from_server(client, raw_server):
+    def script(conn):
+        conn.sendall(frame(0x1, b"ok"))
+        conn.sendall(frame(0x1, b"bad \xff\xfe utf8"))
+        time.sleep(1)
+
+    ws = client.connect(raw_server(script).url)
+    assert ws.recv() == "ok"
+    with pytest.raises(ConnectionClosedError) as e:
+        ws.recv()
+    assert e.value.code == 1007
+
+
+def test_oversized_message_closes_1009(client, raw_server):
+    def script(conn):
+        conn.sendall(frame(0x2, b"y" * 100))
+        conn.sendall(frame(0x2, b"z" * 5000))
+        time.sleep(1)
+
+    ws = client.connect(raw_server(script).url, max_size=1000)
+    assert ws.recv() == b"y" * 100
+    with pytest.raises(ConnectionClosedError) as e:
+        ws.recv()
+    assert e.value.code == 1009
+
+
+def test_protocol_violation_closes_1002(client, raw_server):
+    def script(conn):
+        conn.sendall(bytes([0x83, 0x00]))  # reserved opcode 3
+        time.sleep(1)
+
+    ws = client.connect(raw_server(script).url)
+    with pytest.raises(ConnectionClosedError) as e:
+        ws.recv()
+    assert e.value.code == 1002
+
+
+def test_keepalive_closes_1011_without_pong(client, raw_server):
+    def script(conn):
+        time.sleep(3)  # never reads: no pong ever comes
+
+    ws = client.connect(raw_server(script).url, ping_interval=0.1, ping_timeout=0.3, close_timeout=0.3)
+    t = time.monotonic()
+    with pytest.raises(ConnectionClosedError) as e:
+        ws.recv(timeout=5)
+    assert e.value.code == 1011
+    assert time.monotonic() - t < 3
+
+
+def test_ping_measures_latency(client, weft_echo):
+    with client.connect(weft_echo) as ws:
+        r = ws.ping()
+        if client.name == "sync":
+            ws.send("after ping")
+            assert ws.recv() == "after ping"  # the pong is read on the way
+        else:
+            assert 0 < r < 1
+        assert 0 < ws.latency < 1
+
+
+def test_wss_with_ca_file(client, tls_server):
+    url, ca = tls_server
+    with client.connect(url, ca_file=ca) as ws:
+        ws.send("secure")
+        assert ws.recv() == "secure"
+
+
+def test_wss_untrusted_certificate_is_refused(client, tls_server):
+    url, _ = tls_server
+    with pytest.raises((InvalidHandshake, OSError)):
+        client.connect(url)
+
+
+def test_send_rejects_other_types(client, weft_echo):
+    with client.connect(weft_echo) as ws:
+        with pytest.raises(TypeError):
+            ws.send(12345)
+        ws.send(bytearray(b"ba"))
+        assert ws.recv() == b"ba"
+        ws.send(memoryview(b"mv"))
+        assert ws.recv() == b"mv"
+
+
+def test_version():
+    assert weft.__version__

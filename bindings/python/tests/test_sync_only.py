@@ -1,0 +1,58 @@
+"""What only the blocking client has: the GIL released while it waits, one thread sending
+while another receives."""
+
+import threading
+import time
+
+import pytest
+
+from weft.sync_client import WebSocket, connect
+
+
+def test_gil_is_released_while_recv_waits(weft_echo):
+    ws = connect(weft_echo, receive_timeout=0.5)
+    counter = 0
+    stop = threading.Event()
+
+    def spin():
+        nonlocal counter
+        while not stop.is_set():
+            counter += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        with pytest.raises(TimeoutError):
+            ws.recv()
+    finally:
+        stop.set()
+        t.join()
+    # With the GIL held for 0.5 s the spinning thread would have been starved.
+    assert counter > 10_000
+    ws.close()
+
+
+def test_send_from_another_thread_while_receiving(weft_echo):
+    with connect(weft_echo, receive_timeout=5) as ws:
+        got = []
+        reader = threading.Thread(target=lambda: got.extend(ws.recv() for _ in range(100)))
+        reader.start()
+        time.sleep(0.05)  # the reader is now blocked in recv
+        for i in range(100):
+            ws.send(f"from writer {i}")
+        reader.join(10)
+        assert got == [f"from writer {i}" for i in range(100)]
+
+
+def test_unknown_keyword_is_a_type_error(weft_echo):
+    with pytest.raises(TypeError):
+        connect(weft_echo, not_an_option=1)
+
+
+def test_websocket_rs_signature(weft_echo):
+    # connect(url, connect_timeout=30.0, receive_timeout=30.0) positionally, as websocket-rs.
+    ws = connect(weft_echo, 5.0, 5.0)
+    assert isinstance(ws, WebSocket)
+    ws.send("positional")
+    assert ws.recv() == "positional"
+    ws.close()

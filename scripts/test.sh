@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Run every test weft has, installing what it needs on a fresh machine.
 #
-#   scripts/test.sh            fmt, clippy, Rust tests (unit, integration, interop, doc),
-#                              full Autobahn suite as server and as client (517 cases each)
+#   scripts/test.sh            fmt, clippy, Rust tests (unit, integration, interop, doc), the
+#                              Python package (built into a venv, pytest), the browser pages,
+#                              full Autobahn suite as server and as client (517 cases each),
+#                              the client suite also with the Python sync and asyncio clients
 #   scripts/test.sh --quick    the same without the slow permessage-deflate cases 12.*/13.*
 #
 # Needs: the Rust toolchain, python3, and the shared Autobahn tooling beside the repository
@@ -10,7 +12,9 @@
 # virtualenv with the Autobahn TestSuite and a Python 3 venv with `websockets` (both cached in
 # ~/.cache, reused when present); qemu-user and the aarch64 cross linker (apt-get) and the
 # aarch64 Rust target (rustup), to run the NEON masking kernel's tests under emulation; Debian's
-# chromium (apt-get) and playwright-core (npm, tests/browser) for the pages of `weft serve`.
+# chromium (apt-get) and playwright-core (npm, tests/browser) for the pages of `weft serve`; a
+# Python venv (~/.cache/weft-py) with pytest, websockets, uvloop and the `weft` package built
+# from bindings/python by maturin (pip fetches it as the PEP 517 build backend).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -32,9 +36,11 @@ export WEFT_PYTHON="${WEFT_PYTHON:-$HOME/.cache/autobahn-peers/bin/python}"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path bindings/python/Cargo.toml -- --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --manifest-path bindings/python/Cargo.toml --locked -- -D warnings
 
 step "cargo test (unit, integration, interop, doc)"
 cargo test --workspace --locked
@@ -54,6 +60,13 @@ WEFT="$ROOT/target/ci/weft"
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_port() { local p; for p in $(seq "$1" $(( $1 + 200 ))); do port_free "$p" && { echo "$p"; return; }; done; return 1; }
 
+step "Python package: pip install ./bindings/python into a venv, then pytest over real sockets"
+PYVENV="${WEFT_PY_VENV:-$HOME/.cache/weft-py}"
+[[ -x "$PYVENV/bin/python" ]] || python3 -m venv "$PYVENV"
+"$PYVENV/bin/pip" install -q pytest websockets==17.4 uvloop
+"$PYVENV/bin/pip" install -q --force-reinstall --no-deps ./bindings/python
+WEFT_BIN="$WEFT" "$PYVENV/bin/python" -m pytest -q -p no:cacheprovider bindings/python/tests
+
 step "browser: weft serve's dashboard and chat pages in headless Chromium (playwright-core)"
 if ! command -v chromium >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
@@ -68,7 +81,7 @@ node tests/browser/pages.mjs "http://127.0.0.1:$WPORT" || b_rc=$?
 kill -TERM $SERVE_PID; wait $SERVE_PID || b_rc=$?   # graceful shutdown must exit 0
 [[ $b_rc -eq 0 ]] || { echo "browser test FAILED (rc=$b_rc); server log in $OUT/serve.log" >&2; exit 1; }
 
-step "Autobahn: server suite against weft echo and client suite with weft's client (in parallel)"
+step "Autobahn: server suite against weft echo, client suite with weft's Rust, Python sync and Python asyncio clients (in parallel)"
 SPORT=$(pick_port 19001); CPORT=$(pick_port $(( SPORT + 1 )))
 export AUTOBAHN_TIMEOUT=2400
 [[ $QUICK == 1 ]] && export AUTOBAHN_NO_DEFLATE=1
@@ -81,13 +94,26 @@ deflate_flag=(); [[ $QUICK == 1 ]] && deflate_flag=(--no-deflate)
 AUTOBAHN_OUTDIR="$OUT/autobahn-client" AUTOBAHN_AGENT=weft bash "$AB/run-client-suite.sh" "$CPORT" -- \
   "$WEFT" autobahn-client {url} --agent {agent} "${deflate_flag[@]}" > "$OUT/autobahn-client.txt" 2>&1 &
 C_PID=$!
-s_rc=0; c_rc=0
+# The Python clients (sync, and asyncio on uvloop) run the client suite too.
+PSPORT=$(pick_port $(( CPORT + 1 ))); PAPORT=$(pick_port $(( PSPORT + 1 )))
+py_deflate=(); [[ $QUICK == 1 ]] && py_deflate=(--no-deflate)
+AUTOBAHN_OUTDIR="$OUT/autobahn-py-sync" AUTOBAHN_AGENT=weft-py-sync bash "$AB/run-client-suite.sh" "$PSPORT" -- \
+  "$PYVENV/bin/python" bindings/python/tests/autobahn_client.py {url} {agent} --mode sync "${py_deflate[@]}" \
+  > "$OUT/autobahn-py-sync.txt" 2>&1 &
+PS_PID=$!
+AUTOBAHN_OUTDIR="$OUT/autobahn-py-async" AUTOBAHN_AGENT=weft-py-async bash "$AB/run-client-suite.sh" "$PAPORT" -- \
+  "$PYVENV/bin/python" bindings/python/tests/autobahn_client.py {url} {agent} --mode async --uvloop "${py_deflate[@]}" \
+  > "$OUT/autobahn-py-async.txt" 2>&1 &
+PA_PID=$!
+s_rc=0; c_rc=0; ps_rc=0; pa_rc=0
 wait $S_PID || s_rc=$?
 wait $C_PID || c_rc=$?
-cat "$OUT/autobahn-server.txt" "$OUT/autobahn-client.txt"
+wait $PS_PID || ps_rc=$?
+wait $PA_PID || pa_rc=$?
+cat "$OUT/autobahn-server.txt" "$OUT/autobahn-client.txt" "$OUT/autobahn-py-sync.txt" "$OUT/autobahn-py-async.txt"
 kill $ECHO_PID 2>/dev/null || true
-if [[ $s_rc -ne 0 || $c_rc -ne 0 ]]; then
-  echo "Autobahn FAILED (server rc=$s_rc, client rc=$c_rc); reports in $OUT" >&2
+if [[ $s_rc -ne 0 || $c_rc -ne 0 || $ps_rc -ne 0 || $pa_rc -ne 0 ]]; then
+  echo "Autobahn FAILED (server rc=$s_rc, client rc=$c_rc, python sync rc=$ps_rc, python async rc=$pa_rc); reports in $OUT" >&2
   exit 1
 fi
 

@@ -432,6 +432,17 @@ impl AsyncProtocol {
         Ok(fut)
     }
 
+    /// Send an unsolicited pong with `data`.
+    #[pyo3(signature = (data = None))]
+    fn pong(&mut self, py: Python<'_>, data: Option<&[u8]>) -> PyResult<()> {
+        if let Some(e) = &self.ended {
+            return Err(e.to_err(py));
+        }
+        let payload = Bytes::copy_from_slice(data.unwrap_or_default());
+        self.conn.send(Message::Pong(payload)).map_err(|e| self.send_error(py, e))?;
+        self.flush(py)
+    }
+
     /// Send a ping; the returned future resolves to the round-trip time in seconds.
     #[pyo3(signature = (data = None))]
     fn ping(&mut self, py: Python<'_>, data: Option<&[u8]>) -> PyResult<Py<PyAny>> {
@@ -518,6 +529,12 @@ impl AsyncProtocol {
         self.ended.is_some()
     }
 
+    /// The transport, while connected.
+    #[getter]
+    fn transport(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.transport.as_ref().map(|t| t.clone_ref(py))
+    }
+
     /// Whether a close frame was sent or received.
     #[getter]
     fn closing(&self) -> bool {
@@ -543,5 +560,4 @@ impl AsyncProtocol {
     fn latency(&self) -> f64 {
         self.latency
     }
-
 }

@@ -196,7 +196,11 @@ fn send_error(py: Python<'_>, io: &mut Io, e: SendError) -> PyErr {
 }
 
 impl WebSocket {
-    fn handshake(opts: &Options, connect_timeout: Option<Duration>) -> PyResult<(Io, Reader, HandshakeDone)> {
+    fn handshake(
+        opts: &Options,
+        connect_timeout: Option<Duration>,
+        nodelay: bool,
+    ) -> PyResult<(Io, Reader, HandshakeDone)> {
         let (host, port, tls) = opts.target()?;
         let deadline = connect_timeout.map(|t| Instant::now() + t);
         let remaining = || deadline.map(|d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
@@ -224,7 +228,7 @@ impl WebSocket {
                 return Err(if e.kind() == io::ErrorKind::TimedOut { timed_out() } else { os_error(&e) });
             }
         };
-        sock.set_nodelay(true).map_err(|e| os_error(&e))?;
+        sock.set_nodelay(nodelay).map_err(|e| os_error(&e))?;
         let io_err = |e: io::Error| if e.kind() == io::ErrorKind::WouldBlock { timed_out() } else { os_error(&e) };
         sock.set_read_timeout(remaining()).map_err(io_err)?;
         sock.set_write_timeout(remaining()).map_err(io_err)?;
@@ -237,13 +241,16 @@ impl WebSocket {
                 .map_err(|e| handshake_error(None, &HandshakeError::InvalidUri(e.to_string())))?;
             let mut s = &sock;
             while c.is_handshaking() {
-                retry(|| c.complete_io(&mut s), |e| match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
-                    io::ErrorKind::InvalidData => Python::attach(|py| {
-                        PyErr::from_type(common::exception(py, "InvalidHandshake"), format!("TLS: {e}"))
-                    }),
-                    _ => os_error(&e),
-                })?;
+                retry(
+                    || c.complete_io(&mut s),
+                    |e| match e.kind() {
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
+                        io::ErrorKind::InvalidData => Python::attach(|py| {
+                            PyErr::from_type(common::exception(py, "InvalidHandshake"), format!("TLS: {e}"))
+                        }),
+                        _ => os_error(&e),
+                    },
+                )?;
             }
             Some(c)
         } else {
@@ -290,7 +297,10 @@ impl WebSocket {
                 }
             };
             if n == 0 {
-                return Err(handshake_error(None, &HandshakeError::Malformed("connection closed during the opening handshake".into())));
+                return Err(handshake_error(
+                    None,
+                    &HandshakeError::Malformed("connection closed during the opening handshake".into()),
+                ));
             }
             if head.len() > 64 * 1024 {
                 return Err(handshake_error(None, &HandshakeError::TooLarge));
@@ -299,11 +309,10 @@ impl WebSocket {
                 break parsed;
             }
         };
-        let negotiated =
-            match handshake::client_verify(&resp, &req.key, &opts.subprotocols, opts.deflate().as_ref()) {
-                Ok(n) => n,
-                Err(e) => return Err(handshake_error(Some((&resp, &head[used..])), &e)),
-            };
+        let negotiated = match handshake::client_verify(&resp, &req.key, &opts.subprotocols, opts.deflate().as_ref()) {
+            Ok(n) => n,
+            Err(e) => return Err(handshake_error(Some((&resp, &head[used..])), &e)),
+        };
         if let Some(params) = negotiated.deflate {
             io.conn.set_deflate(params);
         }
@@ -387,7 +396,8 @@ struct HandshakeDone {
 #[pyo3(signature = (
     url, connect_timeout = Some(30.0), receive_timeout = Some(30.0), *, headers = None,
     subprotocols = None, compression = false, max_size = Some(64 << 20), ping_interval = None,
-    ping_timeout = Some(20.0), close_timeout = Some(10.0), ca_file = None, server_hostname = None
+    ping_timeout = Some(20.0), close_timeout = Some(10.0), ca_file = None, server_hostname = None,
+    tcp_nodelay = true
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn connect(
@@ -404,6 +414,7 @@ pub(crate) fn connect(
     close_timeout: Option<f64>,
     ca_file: Option<String>,
     server_hostname: Option<String>,
+    tcp_nodelay: bool,
 ) -> PyResult<WebSocket> {
     let opts = Options::new(
         url,
@@ -426,7 +437,7 @@ pub(crate) fn connect(
     };
     let connect_timeout = to("connect_timeout", connect_timeout)?;
     let receive_timeout = to("receive_timeout", receive_timeout)?;
-    let (io, reader, done) = py.detach(|| WebSocket::handshake(&opts, connect_timeout))?;
+    let (io, reader, done) = py.detach(|| WebSocket::handshake(&opts, connect_timeout, tcp_nodelay))?;
     Ok(WebSocket {
         io: Mutex::new(io),
         reader: Mutex::new(reader),
@@ -553,6 +564,37 @@ impl WebSocket {
     #[getter]
     fn closed(&self, py: Python<'_>) -> bool {
         lock(py, &self.io).ended.is_some()
+    }
+
+    /// Whether the connection is open (data can still be sent).
+    #[getter]
+    fn open(&self, py: Python<'_>) -> bool {
+        let io = lock(py, &self.io);
+        io.ended.is_none() && !io.conn.is_closing()
+    }
+
+    /// `(host, port)` of our end of the socket.
+    #[getter]
+    fn local_address(&self, py: Python<'_>) -> Option<(String, u16)> {
+        lock(py, &self.io).sock.local_addr().ok().map(|a| (a.ip().to_string(), a.port()))
+    }
+
+    /// `(host, port)` of the server's end of the socket.
+    #[getter]
+    fn remote_address(&self, py: Python<'_>) -> Option<(String, u16)> {
+        lock(py, &self.io).sock.peer_addr().ok().map(|a| (a.ip().to_string(), a.port()))
+    }
+
+    /// Send an unsolicited pong with `data` (at most 125 bytes).
+    #[pyo3(signature = (data = None))]
+    fn pong(&self, py: Python<'_>, data: Option<&[u8]>) -> PyResult<()> {
+        let mut io = lock(py, &self.io);
+        let payload = Bytes::copy_from_slice(data.unwrap_or_default());
+        if let Err(e) = io.conn.send(Message::Pong(payload)) {
+            return Err(send_error(py, &mut io, e));
+        }
+        let io = &mut *io;
+        py.detach(|| io.flush()).map_err(|_| io.finish(Ended::reset()).to_err(py))
     }
 
     /// Round-trip time of the last answered ping, in seconds (0.0 before any).

@@ -79,3 +79,18 @@ def test_connect_timeout_keyword_positionally(weft_echo):
         await ws.close()
 
     asyncio.run(main())
+
+
+def test_members_and_unsupported_proxy(weft_echo):
+    async def main():
+        async with async_client.connect(weft_echo) as ws:
+            assert ws.open and not ws.closed
+            assert ws.local_address[0] == "127.0.0.1"
+            await ws.pong(b"p")
+            await ws.send("y")
+            assert await ws.recv() == "y"
+        assert not ws.open and ws.closed
+        with pytest.raises(NotImplementedError):
+            await async_client.connect(weft_echo, proxy="socks5://127.0.0.1:1")
+
+    asyncio.run(main())

@@ -56,3 +56,17 @@ def test_websocket_rs_signature(weft_echo):
     ws.send("positional")
     assert ws.recv() == "positional"
     ws.close()
+
+
+def test_websocket_rs_07_path_and_members(weft_echo):
+    from weft.sync.client import ClientConnection
+    from weft.sync.client import connect as connect07
+
+    with connect07(weft_echo, connect_timeout=5, receive_timeout=5, close_timeout=2, tcp_nodelay=True) as ws:
+        assert isinstance(ws, ClientConnection)
+        assert ws.open and not ws.closed
+        assert ws.local_address[0] == "127.0.0.1" and ws.remote_address[1] == int(weft_echo.rsplit(":", 1)[1])
+        ws.pong(b"unsolicited")
+        ws.send("x")
+        assert ws.recv() == "x"
+    assert not ws.open and ws.closed

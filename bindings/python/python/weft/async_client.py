@@ -26,7 +26,7 @@ import ssl as _ssl
 from typing import Any, AsyncIterator, Generator, Iterable, Mapping
 
 from ._weft import AsyncProtocol, parse_url
-from .exceptions import ConnectionClosedOK
+from .exceptions import ConnectionClosedOK, InvalidHandshake
 
 __all__ = ["connect", "AsyncWebSocket", "Connect"]
 
@@ -97,6 +97,10 @@ class AsyncWebSocket:
         """Send a ping and wait for its pong; returns the round-trip time in seconds."""
         return await self._p.ping(data)
 
+    async def pong(self, data: bytes | None = None) -> None:
+        """Send an unsolicited pong."""
+        self._p.pong(data)
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with ``code`` and ``reason``; wait up to ``close_timeout`` for the server."""
         if self._keepalive is not None:
@@ -157,7 +161,23 @@ class AsyncWebSocket:
 
     @property
     def closed(self) -> bool:
+        """Whether the connection has ended."""
         return self._p.closed
+
+    @property
+    def open(self) -> bool:
+        """Whether the connection is open (data can still be sent)."""
+        return not self._p.closing
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        t = self._p.transport
+        return None if t is None else t.get_extra_info("sockname")
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        t = self._p.transport
+        return None if t is None else t.get_extra_info("peername")
 
     @property
     def close_code(self) -> int | None:
@@ -201,7 +221,11 @@ async def _open(
     ca_file: str | None = None,
     server_hostname: str | None = None,
     sock: Any = None,
+    proxy: str | None = None,
+    tcp_nodelay: bool = True,
 ) -> AsyncWebSocket:
+    if proxy is not None:
+        raise NotImplementedError("weft's async client does not support proxies yet (proxy=%r)" % (proxy,))
     loop = asyncio.get_running_loop()
     secure, host, port, _ = parse_url(url)
     protocol = AsyncProtocol(
@@ -225,6 +249,12 @@ async def _open(
             await loop.create_connection(lambda: protocol, sock=sock, ssl=ctx, server_hostname=hostname)
         else:
             await loop.create_connection(lambda: protocol, host, port, ssl=ctx, server_hostname=hostname)
+        if not tcp_nodelay and protocol.transport is not None:
+            s = protocol.transport.get_extra_info("socket")
+            if s is not None:
+                import socket
+
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
         await protocol.handshake
 
     try:
@@ -232,6 +262,9 @@ async def _open(
     except (asyncio.TimeoutError, TimeoutError):
         protocol.abort()
         raise TimeoutError(f"connecting to {url} timed out") from None
+    except _ssl.SSLError as e:
+        protocol.abort()
+        raise InvalidHandshake(f"TLS handshake with {url} failed: {e}") from e
     except BaseException:
         protocol.abort()
         raise
@@ -291,5 +324,7 @@ _OPTIONS = frozenset(
         "ca_file",
         "server_hostname",
         "sock",
+        "proxy",
+        "tcp_nodelay",
     }
 )

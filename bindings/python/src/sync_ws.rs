@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pyo3::exceptions::PyTimeoutError;
+use rustix::net::{SendAncillaryBuffer, SendFlags};
 use pyo3::prelude::*;
 use weft_proto::handshake::{self, HandshakeError};
 use weft_proto::{Connection, Event, Message, Role, SendError};
@@ -80,16 +81,59 @@ fn retry<T>(mut f: impl FnMut() -> io::Result<T>, map: impl Fn(io::Error) -> PyE
     }
 }
 
-impl Io {
-    /// Write everything the codec has queued (through TLS when there is TLS).
+/// A `Write` over the socket: `nowait` sends with `MSG_DONTWAIT` (never blocks; `WouldBlock`
+/// when the socket buffer is full), otherwise a plain blocking send.
+struct SockWriter<'a> {
+    sock: &'a TcpStream,
+    nowait: bool,
+}
+
+impl SockWriter<'_> {
+    fn flags(&self) -> SendFlags {
+        if self.nowait { SendFlags::DONTWAIT | SendFlags::NOSIGNAL } else { SendFlags::NOSIGNAL }
+    }
+}
+
+impl Write for SockWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(rustix::net::send(self.sock, buf, self.flags())?)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut control = SendAncillaryBuffer::default();
+        Ok(rustix::net::sendmsg(self.sock, bufs, &mut control, self.flags())?)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Io {
+    /// Write everything the codec has queued (through TLS when there is TLS). Blocks until
+    /// done; call without the GIL.
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_out(false).map(|_| ())
+    }
+
+    /// Write what the socket takes without blocking; `Ok(true)` when everything went out.
+    /// Lets `send` skip releasing the GIL in the usual case of a socket with room.
+    fn try_flush(&mut self) -> io::Result<bool> {
+        match self.write_out(true) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            r => r,
+        }
+    }
+
+    fn write_out(&mut self, nowait: bool) -> io::Result<bool> {
+        let mut w = SockWriter { sock: &self.sock, nowait };
         while self.conn.has_transmit() {
             match &mut self.tls {
                 None => {
                     let written = {
                         let mut slices = [IoSlice::new(&[]); 32];
                         let n = self.conn.transmit_slices(&mut slices);
-                        match (&self.sock).write_vectored(&slices[..n]) {
+                        match w.write_vectored(&slices[..n]) {
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                             r => r?,
                         }
@@ -108,7 +152,7 @@ impl Io {
         }
         if let Some(tls) = &mut self.tls {
             while tls.wants_write() {
-                match tls.write_tls(&mut self.sock) {
+                match tls.write_tls(&mut w) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     r => {
                         r?;
@@ -116,7 +160,7 @@ impl Io {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Hand bytes read from the socket to the codec (decrypting first with TLS).
@@ -458,10 +502,13 @@ impl WebSocket {
             return Err(send_error(py, &mut io, e));
         }
         let io = &mut *io;
-        match py.detach(|| io.flush()) {
-            Ok(()) => Ok(()),
-            Err(_) => Err(io.finish(Ended::reset()).to_err(py)),
-        }
+        let written = match io.try_flush() {
+            Ok(true) => Ok(()),
+            // The socket buffer is full: wait for room without the GIL.
+            Ok(false) => py.detach(|| io.flush()),
+            Err(e) => Err(e),
+        };
+        written.map_err(|_| io.finish(Ended::reset()).to_err(py))
     }
 
     /// Receive the next message: `str` for text, `bytes` for binary. Waits at most `timeout`

@@ -1,0 +1,253 @@
+"""One Python WebSocket client against an echo server, in this (fresh) interpreter.
+
+usage: client_bench.py --client NAME --url URL --size BYTES --mode rr|pipe [--count 1000]
+
+- rr: request-response; `--warmup` round trips, then `--count` timed ones. Reports the median
+  and p99 RTT in microseconds.
+- pipe: pipelined; a warm-up batch, then `--batches` timed batches of `--count` messages. With
+  `--in-flight 0` all are sent, then all received (send and receive times reported apart);
+  with `--in-flight N` at most N are outstanding. Reports the median batch time in ms.
+
+Prints one JSON object. Binary messages, no compression.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+
+ns = time.perf_counter_ns
+
+
+def pct(values: list[int], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(len(s) * p))] / 1000
+
+
+# ---- blocking clients: connect() -> object with send(bytes) and recv() ------------------------
+
+
+def sync_client(name: str, url: str):
+    if name == "weft-sync":
+        from weft.sync_client import connect
+
+        return connect(url, max_size=None)
+    if name == "websocket-rs-sync":
+        from websocket_rs.sync.client import connect
+
+        return connect(url)
+    if name == "websockets-sync":
+        from websockets.sync.client import connect
+
+        return connect(url, compression=None, max_size=None)
+    if name == "websocket-client":
+        import websocket
+
+        ws = websocket.create_connection(url, skip_utf8_validation=True)
+
+        class W:
+            send = ws.send_binary
+            recv = ws.recv
+            close = ws.close
+
+        return W()
+    raise SystemExit(f"unknown client {name}")
+
+
+def run_sync(a, payload: bytes) -> dict:
+    ws = sync_client(a.client, a.url)
+    send, recv = ws.send, ws.recv
+    if a.mode == "rr":
+        for _ in range(a.warmup):
+            send(payload)
+            recv()
+        rtts = []
+        for _ in range(a.count):
+            t = ns()
+            send(payload)
+            recv()
+            rtts.append(ns() - t)
+        ws.close()
+        return {"rtt_median_us": pct(rtts, 0.5), "rtt_p99_us": pct(rtts, 0.99)}
+    batches = []
+    for b in range(a.batches + 1):
+        t0 = ns()
+        if a.in_flight == 0:
+            for _ in range(a.count):
+                send(payload)
+            t1 = ns()
+            for _ in range(a.count):
+                recv()
+        else:
+            for _ in range(a.in_flight):
+                send(payload)
+            for i in range(a.count):
+                recv()
+                if i + a.in_flight < a.count:
+                    send(payload)
+            t1 = t0
+        t2 = ns()
+        if b:
+            batches.append((t2 - t0, t1 - t0, t2 - t1))
+    ws.close()
+    return pipe_result(a, batches)
+
+
+def pipe_result(a, batches: list[tuple[int, int, int]]) -> dict:
+    total = statistics.median(b[0] for b in batches) / 1e6
+    out = {"batch_ms": total, "msgs_per_sec": a.count / (total / 1e3)}
+    if a.in_flight == 0:
+        out["send_ms"] = statistics.median(b[1] for b in batches) / 1e6
+        out["recv_ms"] = statistics.median(b[2] for b in batches) / 1e6
+    return out
+
+
+# ---- asyncio clients -----------------------------------------------------------------------------
+
+
+async def async_client(name: str, url: str):
+    """Returns (send, recv): send may be sync or async (wrapped), recv is a coroutine function."""
+    if name.startswith("weft-async"):
+        from weft.async_client import connect
+
+        ws = await connect(url, max_size=None)
+        return ws, ws.send, ws.recv, ws.close
+    if name == "websocket-rs-async":
+        import websocket_rs
+
+        ws = await websocket_rs.connect(url)
+
+        async def send(m, _s=ws.send):
+            _s(m)
+
+        async def recv(_r=ws.recv):
+            return bytes(await _r())
+
+        async def close():
+            ws.close()
+
+        return ws, send, recv, close
+    if name == "websockets-async":
+        from websockets.asyncio.client import connect
+
+        ws = await connect(url, compression=None, max_size=None)
+        return ws, ws.send, ws.recv, ws.close
+    if name == "picows":
+        return await picows_client(url)
+    raise SystemExit(f"unknown client {name}")
+
+
+async def picows_client(url: str):
+    from collections import deque
+
+    from picows import WSListener, WSMsgType, ws_connect
+
+    loop = asyncio.get_running_loop()
+
+    class Listener(WSListener):
+        def __init__(self) -> None:
+            self.queue: deque = deque()
+            self.waiter: asyncio.Future | None = None
+
+        def on_ws_frame(self, transport, frame) -> None:
+            if frame.msg_type != WSMsgType.BINARY:
+                return
+            data = frame.get_payload_as_bytes()
+            w = self.waiter
+            if w is not None and not w.done():
+                self.waiter = None
+                w.set_result(data)
+            else:
+                self.queue.append(data)
+
+    transport, listener = await ws_connect(Listener, url, max_frame_size=1 << 30)
+
+    async def send(m):
+        transport.send(WSMsgType.BINARY, m)
+
+    async def recv():
+        if listener.queue:
+            return listener.queue.popleft()
+        listener.waiter = loop.create_future()
+        return await listener.waiter
+
+    async def close():
+        transport.send_close()
+        transport.disconnect()
+
+    return transport, send, recv, close
+
+
+async def run_async(a, payload: bytes) -> dict:
+    _, send, recv, close = await async_client(a.client, a.url)
+    if a.mode == "rr":
+        for _ in range(a.warmup):
+            await send(payload)
+            await recv()
+        rtts = []
+        for _ in range(a.count):
+            t = ns()
+            await send(payload)
+            await recv()
+            rtts.append(ns() - t)
+        await close()
+        return {"rtt_median_us": pct(rtts, 0.5), "rtt_p99_us": pct(rtts, 0.99)}
+    batches = []
+    for b in range(a.batches + 1):
+        t0 = ns()
+        if a.in_flight == 0:
+            for _ in range(a.count):
+                await send(payload)
+            t1 = ns()
+            for _ in range(a.count):
+                await recv()
+        else:
+            for _ in range(a.in_flight):
+                await send(payload)
+            for i in range(a.count):
+                await recv()
+                if i + a.in_flight < a.count:
+                    await send(payload)
+            t1 = t0
+        t2 = ns()
+        if b:
+            batches.append((t2 - t0, t1 - t0, t2 - t1))
+    await close()
+    return pipe_result(a, batches)
+
+
+ASYNC = {"weft-async", "weft-async-uvloop", "websocket-rs-async", "websockets-async", "picows"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--client", required=True)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--mode", choices=["rr", "pipe"], default="rr")
+    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--batches", type=int, default=5)
+    ap.add_argument("--in-flight", type=int, default=0)
+    a = ap.parse_args()
+    payload = bytes(i % 251 for i in range(a.size))
+    if a.client in ASYNC:
+        if a.client.endswith("uvloop"):
+            import uvloop
+
+            uvloop.install()
+        result = asyncio.run(run_async(a, payload))
+    else:
+        result = run_sync(a, payload)
+    result.update(
+        client=a.client, size=a.size, mode=a.mode, count=a.count, in_flight=a.in_flight, python=sys.version.split()[0]
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

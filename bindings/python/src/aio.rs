@@ -19,6 +19,8 @@ use crate::common::{self, Ended, Options, handshake_error};
 
 /// Unparsed input above which reading pauses while the application holds a message.
 const READ_HIGH_WATER: usize = 4 << 20;
+/// How long parsing waits for the application after handing it a message.
+const GRACE_SECONDS: f64 = 0.05;
 
 struct Pending {
     key: String,
@@ -42,10 +44,17 @@ pub(crate) struct AsyncProtocol {
     messages: VecDeque<Py<PyAny>>,
     waiter: Option<Py<PyAny>>,
     ended: Option<Ended>,
-    /// A message was handed to a waiting `recv`: parsing waits until the application has run
-    /// (it asks for the next message, or `_resume` runs one loop iteration later), so frames
-    /// after a message are acted on only once the application could answer it.
+    /// A message went to the application (a waiting `recv`, or the queue): parsing waits until
+    /// the application asks for the next one, so frames after a message are acted on only once
+    /// the application could answer it (in order, like the Rust client). If it does not ask
+    /// within `GRACE`, `_resume` switches to `eager` parsing, so pings and pongs are still
+    /// handled for an application that is not reading.
     with_app: bool,
+    /// Parse everything that arrives (up to `max_queue` queued messages) until the application
+    /// calls `recv` again.
+    eager: bool,
+    /// A `_resume` timer is pending.
+    resume_scheduled: bool,
     /// `self._resume`, set while connected (cleared in connection_lost: it references self).
     resume: Option<Py<PyAny>>,
     max_queue: usize,
@@ -100,18 +109,17 @@ impl AsyncProtocol {
         Ok(())
     }
 
-    /// Hand a message to the waiting `recv` (true) or queue it (false).
-    fn deliver(&mut self, py: Python<'_>, msg: Py<PyAny>) -> bool {
+    /// Hand a message to the waiting `recv`, or queue it.
+    fn deliver(&mut self, py: Python<'_>, msg: Py<PyAny>) {
         if self.messages.is_empty() {
             if let Some(w) = self.waiter.take() {
                 if !done(py, &w) {
                     let _ = w.bind(py).call_method1(intern!(py, "set_result"), (msg,));
-                    return true;
+                    return;
                 }
             }
         }
         self.messages.push_back(msg);
-        false
     }
 
     /// Run the codec over what arrived: deliver or queue messages, answer pings, resolve ping
@@ -131,10 +139,16 @@ impl AsyncProtocol {
             match ev {
                 Event::Message(m) if m.is_data() => {
                     let obj = common::to_python(py, &m).expect("data message");
-                    if self.deliver(py, obj) {
+                    self.deliver(py, obj);
+                    if !self.eager {
                         self.with_app = true;
-                        if let Some(cb) = &self.resume {
-                            self.event_loop.bind(py).call_method1(intern!(py, "call_soon"), (cb.clone_ref(py),))?;
+                        if !self.resume_scheduled {
+                            if let Some(cb) = &self.resume {
+                                self.event_loop
+                                    .bind(py)
+                                    .call_method1(intern!(py, "call_later"), (GRACE_SECONDS, cb.clone_ref(py)))?;
+                                self.resume_scheduled = true;
+                            }
                         }
                     }
                 }
@@ -282,6 +296,8 @@ impl AsyncProtocol {
             waiter: None,
             ended: None,
             with_app: false,
+            eager: false,
+            resume_scheduled: false,
             resume: None,
             max_queue: max_queue.max(1),
             eof: false,
@@ -308,10 +324,13 @@ impl AsyncProtocol {
         Ok(())
     }
 
-    /// One loop iteration after a message went to a waiting `recv`: parse on.
+    /// `GRACE` after a message went to the application: if it has not asked for the next one,
+    /// parse eagerly until it does.
     fn _resume(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.resume_scheduled = false;
         if self.with_app {
             self.with_app = false;
+            self.eager = true;
             self.pump(py)?;
         }
         Ok(())
@@ -349,8 +368,10 @@ impl AsyncProtocol {
             set_exception(py, &self.handshake, err);
         }
         // Messages that arrived before the end are still delivered, in order; the end is
-        // reported after them.
+        // reported after them. Nothing can be sent any more, so parse everything now.
         self.eof = true;
+        self.with_app = false;
+        self.eager = true;
         self.pump(py)?;
         if !self.with_app && self.ended.is_none() {
             self.ended = Some(Ended::reset());
@@ -382,8 +403,9 @@ impl AsyncProtocol {
             }
             return Ok(Some(m));
         }
-        // The application is done with the previous message: parse on.
+        // The application is done with the previous message: parse on, in order.
         self.with_app = false;
+        self.eager = false;
         self.pump(py)?;
         if let Some(m) = self.messages.pop_front() {
             return Ok(Some(m));
@@ -477,7 +499,10 @@ impl AsyncProtocol {
             Ok(()) | Err(SendError::Closed) => {}
             Err(e) => return Err(PyValueError::new_err(e.to_string())),
         }
-        self.flush(py)
+        // The application is done: read on to the server's close frame.
+        self.with_app = false;
+        self.eager = true;
+        self.pump(py)
     }
 
     /// End the connection now with `code` (e.g. 1011 when a keep-alive ping went unanswered):

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pyo3::exceptions::PyTimeoutError;
-use rustix::net::{SendAncillaryBuffer, SendFlags};
 use pyo3::prelude::*;
+use rustix::net::{SendAncillaryBuffer, SendFlags};
 use weft_proto::handshake::{self, HandshakeError};
 use weft_proto::{Connection, Event, Message, Role, SendError};
 

@@ -10,7 +10,7 @@ import pytest
 
 import weft
 from adapters import AsyncAdapter, SyncAdapter
-from conftest import frame
+from conftest import accept_response, frame, read_client_frame
 from weft.exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -254,3 +254,37 @@ def test_send_rejects_other_types(client, weft_echo):
 
 def test_version():
     assert weft.__version__
+
+
+@pytest.mark.parametrize("with_handshake", [False, True], ids=["after-handshake", "in-handshake-segment"])
+def test_message_answered_before_a_following_violation_closes(client, raw_server, with_handshake):
+    """A valid message followed (in the same TCP segment) by a bad frame: the application's
+    answer to the message goes out before the 1002 close (Autobahn's "strict" behaviour)."""
+    seen = []
+
+    def script(conn):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        bad = bytes([0xC1, 0x00])  # RSV1 set, no extension negotiated
+        burst = frame(0x1, b"hello") + bad
+        if with_handshake:
+            conn.sendall(accept_response(head) + burst)
+        else:
+            conn.sendall(accept_response(head))
+            time.sleep(0.2)
+            conn.sendall(burst)
+        for _ in range(2):
+            seen.append(read_client_frame(conn))
+
+    srv = raw_server(script, handshake=False)
+    ws = client.connect(srv.url)
+    ws.send(ws.recv())
+    with pytest.raises(ConnectionClosedError) as e:
+        ws.recv()
+    assert e.value.code == 1002
+    deadline = time.monotonic() + 5
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen[0] == (0x1, b"hello")
+    assert seen[1][0] == 0x8 and seen[1][1][:2] == (1002).to_bytes(2, "big")

@@ -31,15 +31,21 @@ from .exceptions import ConnectionClosedOK, InvalidHandshake
 __all__ = ["connect", "AsyncWebSocket", "Connect"]
 
 
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError("no message received within the receive timeout"))
-
-
 class AsyncWebSocket:
     """An open client connection. Made by :func:`connect`."""
 
-    __slots__ = ("_p", "_loop", "_receive_timeout", "_close_timeout", "_keepalive", "url", "__weakref__")
+    __slots__ = (
+        "_p",
+        "_loop",
+        "_receive_timeout",
+        "_close_timeout",
+        "_keepalive",
+        "_timer",
+        "_deadline",
+        "_waiting",
+        "url",
+        "__weakref__",
+    )
 
     def __init__(
         self,
@@ -54,6 +60,9 @@ class AsyncWebSocket:
         self._receive_timeout = receive_timeout
         self._close_timeout = close_timeout
         self._keepalive: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._waiting: asyncio.Future | None = None
         self.url = url
 
     async def recv(self, timeout: float | None = ...) -> str | bytes:  # type: ignore[assignment]
@@ -66,17 +75,34 @@ class AsyncWebSocket:
         msg = self._p.recv_nowait()
         if msg is not None:
             return msg
-        fut = self._loop.create_future()
+        loop = self._loop
+        fut = loop.create_future()
         self._p.set_waiter(fut)
         if timeout is ...:
             timeout = self._receive_timeout
         if timeout is None:
             return await fut
-        handle = self._loop.call_later(timeout, _expire, fut)
-        try:
-            return await fut
-        finally:
-            handle.cancel()
+        # One timer per connection, re-armed lazily, instead of one per waiting recv: arming
+        # and cancelling a timer costs more than the rest of a round trip.
+        deadline = loop.time() + timeout
+        self._deadline = deadline
+        self._waiting = fut
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._check_timeout)
+        return await fut
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        fut = self._waiting
+        if fut is None or fut.done():
+            return
+        if self._loop.time() >= self._deadline:
+            fut.set_exception(TimeoutError("no message received within the receive timeout"))
+        else:
+            self._timer = self._loop.call_at(self._deadline, self._check_timeout)
 
     async def send(self, message: str | bytes | bytearray | memoryview) -> None:
         """Send ``message``: ``str`` as text, bytes-like as binary. Waits only when the
@@ -105,6 +131,9 @@ class AsyncWebSocket:
         """Close with ``code`` and ``reason``; wait up to ``close_timeout`` for the server."""
         if self._keepalive is not None:
             self._keepalive.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._p.close(code, reason)
         try:
             await asyncio.wait_for(asyncio.shield(self._p.closed_future), self._close_timeout)

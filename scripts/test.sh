@@ -83,7 +83,7 @@ kill -TERM $SERVE_PID; wait $SERVE_PID || b_rc=$?   # graceful shutdown must exi
 
 step "Autobahn: server suite against weft echo, client suite with weft's Rust, Python sync and Python asyncio clients (in parallel)"
 SPORT=$(pick_port 19001); CPORT=$(pick_port $(( SPORT + 1 )))
-export AUTOBAHN_TIMEOUT=2400
+export AUTOBAHN_TIMEOUT=3600  # four suites share two cores: ~35 min each with compression
 [[ $QUICK == 1 ]] && export AUTOBAHN_NO_DEFLATE=1
 "$WEFT" echo --addr "127.0.0.1:$SPORT" --deflate > "$OUT/echo.log" 2>&1 &
 ECHO_PID=$!

@@ -30,6 +30,10 @@ struct Io {
     ended: Option<Ended>,
     pings: VecDeque<(Bytes, Instant)>,
     latency: f64,
+    /// Pings sent with `ping()`, and how many of them were answered (a pong answers its
+    /// ping and every earlier one).
+    pings_sent: u64,
+    pings_acked: u64,
 }
 
 struct Reader {
@@ -216,6 +220,7 @@ impl Io {
                         let (_, sent) = self.pings.remove(i).expect("index from position");
                         self.latency = sent.elapsed().as_secs_f64();
                         self.pings.drain(..i);
+                        self.pings_acked = self.pings_sent - self.pings.len() as u64;
                     }
                 }
                 Event::Closed(e) => {
@@ -244,14 +249,19 @@ impl WebSocket {
         opts: &Options,
         connect_timeout: Option<Duration>,
         nodelay: bool,
+        given: Option<TcpStream>,
+        ca_certs: Option<&[Vec<u8>]>,
     ) -> PyResult<(Io, Reader, HandshakeDone)> {
         let (host, port, tls) = opts.target()?;
         let deadline = connect_timeout.map(|t| Instant::now() + t);
         let remaining = || deadline.map(|d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
         let timed_out = || PyTimeoutError::new_err(format!("connecting to {host}:{port} timed out"));
-        let addrs: Vec<_> = (host.as_str(), port).to_socket_addrs().map_err(|e| os_error(&e))?.collect();
+        let addrs: Vec<_> = match given {
+            Some(_) => Vec::new(),
+            None => (host.as_str(), port).to_socket_addrs().map_err(|e| os_error(&e))?.collect(),
+        };
         let mut last_err = None;
-        let mut sock = None;
+        let mut sock = given;
         for addr in addrs {
             let r = match remaining() {
                 Some(t) => TcpStream::connect_timeout(&addr, t),
@@ -277,12 +287,12 @@ impl WebSocket {
         sock.set_read_timeout(remaining()).map_err(io_err)?;
         sock.set_write_timeout(remaining()).map_err(io_err)?;
         let mut tls_conn = if tls {
-            let cfg = crate::tls::client_config(opts.ca_file.as_deref())?;
+            let cfg = crate::tls::client_config(opts.ca_file.as_deref(), ca_certs)?;
             let name = opts.server_hostname.clone().unwrap_or_else(|| host.clone());
             let name = rustls::pki_types::ServerName::try_from(name)
                 .map_err(|e| common::invalid_uri(&format!("invalid server name: {e}")))?;
-            let mut c = rustls::ClientConnection::new(cfg, name)
-                .map_err(|e| handshake_error(None, &HandshakeError::InvalidUri(e.to_string())))?;
+            let mut c =
+                rustls::ClientConnection::new(cfg, name).map_err(|e| crate::tls::tls_error(format!("TLS: {e}")))?;
             let mut s = &sock;
             while c.is_handshaking() {
                 retry(
@@ -308,6 +318,8 @@ impl WebSocket {
             ended: None,
             pings: VecDeque::new(),
             latency: 0.0,
+            pings_sent: 0,
+            pings_acked: 0,
         };
         // Write the request, then read until the response head is complete.
         match &mut io.tls {
@@ -331,9 +343,7 @@ impl WebSocket {
                 }
                 Some(t) => {
                     let n = retry(|| t.read_tls(&mut reader.sock), io_err)?;
-                    let state = t
-                        .process_new_packets()
-                        .map_err(|e| handshake_error(None, &HandshakeError::InvalidUri(format!("TLS: {e}"))))?;
+                    let state = t.process_new_packets().map_err(|e| crate::tls::tls_error(format!("TLS: {e}")))?;
                     let start = head.len();
                     head.resize(start + state.plaintext_bytes_to_read(), 0);
                     t.reader().read_exact(&mut head[start..]).map_err(io_err)?;
@@ -441,7 +451,7 @@ struct HandshakeDone {
     url, connect_timeout = Some(30.0), receive_timeout = Some(30.0), *, headers = None,
     subprotocols = None, compression = false, max_size = Some(64 << 20), ping_interval = None,
     ping_timeout = Some(20.0), close_timeout = Some(10.0), ca_file = None, server_hostname = None,
-    tcp_nodelay = true
+    tcp_nodelay = true, sock = None, ca_certs = None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn connect(
@@ -459,7 +469,24 @@ pub(crate) fn connect(
     ca_file: Option<String>,
     server_hostname: Option<String>,
     tcp_nodelay: bool,
+    sock: Option<std::os::fd::RawFd>,
+    ca_certs: Option<Vec<Vec<u8>>>,
 ) -> PyResult<WebSocket> {
+    // `sock`: a connected stream socket's descriptor, whose ownership passes to this
+    // connection (Python hands it over with `socket.detach()`).
+    let given = match sock {
+        None => None,
+        Some(fd) if fd >= 0 => {
+            use std::os::fd::FromRawFd;
+            // The one unsafe block of the bindings: taking ownership of a descriptor across FFI
+            // has no safe form in std.
+            // SAFETY: the caller detached `fd` from its Python socket object, so nothing else
+            // owns or closes it; TcpStream takes over closing it.
+            #[allow(unsafe_code)]
+            Some(unsafe { TcpStream::from_raw_fd(fd) })
+        }
+        Some(fd) => return Err(pyo3::exceptions::PyValueError::new_err(format!("invalid socket descriptor {fd}"))),
+    };
     let opts = Options::new(
         url,
         headers,
@@ -481,7 +508,8 @@ pub(crate) fn connect(
     };
     let connect_timeout = to("connect_timeout", connect_timeout)?;
     let receive_timeout = to("receive_timeout", receive_timeout)?;
-    let (io, reader, done) = py.detach(|| WebSocket::handshake(&opts, connect_timeout, tcp_nodelay))?;
+    let (io, reader, done) =
+        py.detach(|| WebSocket::handshake(&opts, connect_timeout, tcp_nodelay, given, ca_certs.as_deref()))?;
     Ok(WebSocket {
         io: Mutex::new(io),
         reader: Mutex::new(reader),
@@ -539,6 +567,7 @@ impl WebSocket {
             return Err(send_error(py, &mut io, e));
         }
         io.pings.push_back((payload, Instant::now()));
+        io.pings_sent += 1;
         let io = &mut *io;
         py.detach(|| io.flush()).map_err(|_| io.finish(Ended::reset()).to_err(py))
     }
@@ -645,6 +674,14 @@ impl WebSocket {
     }
 
     /// Round-trip time of the last answered ping, in seconds (0.0 before any).
+    /// How many pings `ping()` has sent, and how many of them a pong has answered (pongs are
+    /// read while `recv` runs).
+    #[getter]
+    fn ping_counts(&self, py: Python<'_>) -> (u64, u64) {
+        let io = lock(py, &self.io);
+        (io.pings_sent, io.pings_acked)
+    }
+
     #[getter]
     fn latency(&self, py: Python<'_>) -> f64 {
         lock(py, &self.io).latency

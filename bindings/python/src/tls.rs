@@ -10,20 +10,32 @@ use rustls::pki_types::pem::PemObject;
 
 use crate::common::exception;
 
-fn tls_error(msg: String) -> PyErr {
+pub(crate) fn tls_error(msg: String) -> PyErr {
     Python::attach(|py| PyErr::from_type(exception(py, "InvalidHandshake"), msg))
 }
 
-pub(crate) fn client_config(ca_file: Option<&str>) -> PyResult<Arc<rustls::ClientConfig>> {
+/// `ca_certs`: DER certificates to trust (taken from a Python `ssl.SSLContext`); they win over
+/// `ca_file`, which wins over the system's roots.
+pub(crate) fn client_config(
+    ca_file: Option<&str>,
+    ca_certs: Option<&[Vec<u8>]>,
+) -> PyResult<Arc<rustls::ClientConfig>> {
     let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
+    match (ca_certs, ca_file) {
+        (Some(ders), _) => {
+            for der in ders {
+                roots
+                    .add(CertificateDer::from(der.clone()))
+                    .map_err(|e| tls_error(format!("CA certificate from the SSL context: {e}")))?;
+            }
+        }
+        (None, Some(path)) => {
             for cert in CertificateDer::pem_file_iter(path).map_err(|e| tls_error(format!("CA file {path}: {e}")))? {
                 let cert = cert.map_err(|e| tls_error(format!("CA file {path}: {e}")))?;
                 roots.add(cert).map_err(|e| tls_error(format!("CA file {path}: {e}")))?;
             }
         }
-        None => {
+        (None, None) => {
             let found = rustls_native_certs::load_native_certs();
             for cert in found.certs {
                 let _ = roots.add(cert);

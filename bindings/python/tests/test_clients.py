@@ -242,6 +242,43 @@ def test_wss_untrusted_certificate_is_refused(client, tls_server):
         client.connect(url)
 
 
+def test_wss_garbage_record_during_handshake_is_a_handshake_error(client, tls_server):
+    """A TLS record that fails to decrypt while the upgrade response is awaited: the sync client
+    reported it as InvalidURI before."""
+    import os
+    import ssl
+    import threading
+    from pathlib import Path
+
+    _, ca = tls_server
+    d = Path(ca).parent
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(d / "srv.pem", d / "srv.key")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(65536)  # the upgrade request
+            # Bypass TLS: an application-data record that cannot decrypt.
+            with socket.socket(fileno=os.dup(tls.fileno())) as raw:
+                raw.sendall(b"\x17\x03\x03\x00\x20" + bytes(32))
+                time.sleep(1)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(InvalidHandshake) as e:
+            client.connect(f"wss://localhost:{port}/", ca_file=ca)
+        assert not isinstance(e.value, InvalidURI)
+    finally:
+        t.join(5)
+        listener.close()
+
+
 def test_send_rejects_other_types(client, weft_echo):
     with client.connect(weft_echo) as ws:
         with pytest.raises(TypeError):

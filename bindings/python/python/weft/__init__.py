@@ -2,12 +2,14 @@
 
 - :mod:`weft.sync_client`: blocking client (no event loop, the GIL is released while waiting).
 - :mod:`weft.async_client`: asyncio client (a protocol implemented in Rust; works with uvloop).
+- :func:`enable_monkeypatch`: run code written for ``websockets`` on weft (:mod:`weft.compat`).
 
 Both have the names, signatures and defaults of the ``websocket-rs`` package.
 """
 
 from . import exceptions
 from ._weft import __version__
+from .compat import disable_monkeypatch, enable_monkeypatch
 from .exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -20,6 +22,8 @@ from .exceptions import (
 __all__ = [
     "__version__",
     "exceptions",
+    "enable_monkeypatch",
+    "disable_monkeypatch",
     "ConnectionClosed",
     "ConnectionClosedOK",
     "ConnectionClosedError",

@@ -252,6 +252,7 @@ async def _open(
     sock: Any = None,
     proxy: str | None = None,
     tcp_nodelay: bool = True,
+    _cls: type[AsyncWebSocket] | None = None,
 ) -> AsyncWebSocket:
     if proxy is not None:
         raise NotImplementedError("weft's async client does not support proxies yet (proxy=%r)" % (proxy,))
@@ -297,7 +298,7 @@ async def _open(
     except BaseException:
         protocol.abort()
         raise
-    ws = AsyncWebSocket(protocol, loop, url, receive_timeout, close_timeout)
+    ws = (_cls or AsyncWebSocket)(protocol, loop, url, receive_timeout, close_timeout)
     if ping_interval:
         ws._keepalive = loop.create_task(ws._keep_alive(ping_interval, ping_timeout))
     return ws

@@ -1,0 +1,138 @@
+"""The exceptions the ``websockets`` drop-in raises.
+
+When ``websockets`` is installed, each class derives from both weft's exception and the
+``websockets`` exception of the same name (and, for ``InvalidStatus``, from the legacy
+``InvalidStatusCode``), so ``except websockets.exceptions.ConnectionClosed`` and
+``except weft.exceptions.ConnectionClosed`` both catch it, whichever was imported first.
+Without ``websockets`` they are weft's own classes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from .. import exceptions as _weft
+
+try:
+    import websockets.exceptions as _ws
+    import websockets.frames as _ws_frames
+    import websockets.http11 as _ws_http
+    from websockets.datastructures import Headers as _Headers
+except ImportError:  # websockets not installed: weft's classes stand in for it
+    _ws = None
+
+if _ws is not None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            from websockets.legacy.exceptions import InvalidStatusCode as _LegacyInvalidStatusCode
+        except ImportError:  # a websockets without the legacy package
+            _LegacyInvalidStatusCode = None
+
+    class WebSocketException(_weft.WebSocketException, _ws.WebSocketException):
+        pass
+
+    class ConnectionClosed(_weft.ConnectionClosed, _ws.ConnectionClosed):
+        # Plain attributes: websockets declares these as deprecated read-only properties.
+        code: int = 1006
+        reason: str = ""
+
+        def __init__(self, code: int = 1006, reason: str = "") -> None:
+            _weft.ConnectionClosed.__init__(self, code, reason)
+            if self.rcvd is not None:
+                self.rcvd = self.sent = _ws_frames.Close(code, reason)
+
+    class ConnectionClosedOK(ConnectionClosed, _weft.ConnectionClosedOK, _ws.ConnectionClosedOK):
+        pass
+
+    class ConnectionClosedError(ConnectionClosed, _weft.ConnectionClosedError, _ws.ConnectionClosedError):
+        pass
+
+    class InvalidHandshake(_weft.InvalidHandshake, _ws.InvalidHandshake):
+        pass
+
+    class InvalidMessage(InvalidHandshake, _weft.InvalidMessage, _ws.InvalidMessage):
+        pass
+
+    _status_bases: tuple[type, ...] = (InvalidHandshake, _weft.InvalidStatus, _ws.InvalidStatus)
+    if _LegacyInvalidStatusCode is not None:
+        _status_bases += (_LegacyInvalidStatusCode,)
+
+    class InvalidStatus(*_status_bases):  # type: ignore[misc]
+        def __init__(self, status_code: int, headers: Any = None, body: bytes = b"") -> None:
+            _weft.InvalidStatus.__init__(self, status_code, headers, body)
+            h = _Headers(self.headers)
+            self.headers = h  # the legacy InvalidStatusCode's attribute
+            try:
+                from http import HTTPStatus
+
+                phrase = HTTPStatus(status_code).phrase
+            except ValueError:
+                phrase = ""
+            self.response = _ws_http.Response(status_code, phrase, h, body)
+
+        def __str__(self) -> str:
+            return _weft.InvalidStatus.__str__(self)
+
+    class InvalidURI(_weft.InvalidURI, _ws.InvalidURI):
+        def __init__(self, uri: str = "", msg: str = "") -> None:
+            _weft.InvalidURI.__init__(self, uri, msg)
+
+        def __str__(self) -> str:
+            return _weft.InvalidURI.__str__(self)
+
+    class ConcurrencyError(_weft.ConcurrencyError, _ws.ConcurrencyError):
+        pass
+
+    InvalidStatusCode = InvalidStatus
+else:
+    WebSocketException = _weft.WebSocketException  # type: ignore[misc]
+    ConnectionClosed = _weft.ConnectionClosed  # type: ignore[misc]
+    ConnectionClosedOK = _weft.ConnectionClosedOK  # type: ignore[misc]
+    ConnectionClosedError = _weft.ConnectionClosedError  # type: ignore[misc]
+    InvalidHandshake = _weft.InvalidHandshake  # type: ignore[misc]
+    InvalidMessage = _weft.InvalidMessage  # type: ignore[misc]
+    InvalidStatus = _weft.InvalidStatus  # type: ignore[misc]
+    InvalidStatusCode = _weft.InvalidStatus  # type: ignore[misc]
+    InvalidURI = _weft.InvalidURI  # type: ignore[misc]
+    ConcurrencyError = _weft.ConcurrencyError  # type: ignore[misc]
+
+
+def translate(e: BaseException) -> BaseException:
+    """The drop-in's exception for one of weft's (anything else is returned unchanged)."""
+    if _ws is None or not isinstance(e, _weft.WebSocketException) or isinstance(e, _ws.WebSocketException):
+        return e
+    new: BaseException
+    if isinstance(e, _weft.ConnectionClosed):
+        cls = ConnectionClosedOK if isinstance(e, _weft.ConnectionClosedOK) else ConnectionClosedError
+        new = cls(e.code, e.reason)
+    elif isinstance(e, _weft.InvalidStatus):
+        new = InvalidStatus(e.status_code, list(e.headers), e.body)
+    elif isinstance(e, _weft.InvalidURI):
+        new = InvalidURI(e.uri, e.msg)
+    elif isinstance(e, _weft.InvalidMessage):
+        new = InvalidMessage(*e.args)
+    elif isinstance(e, _weft.InvalidHandshake):
+        new = InvalidHandshake(*e.args)
+    elif isinstance(e, _weft.ConcurrencyError):
+        new = ConcurrencyError(*e.args)
+    else:
+        new = WebSocketException(*e.args)
+    new.__cause__ = e.__cause__
+    return new
+
+
+__all__ = [
+    "WebSocketException",
+    "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionClosedError",
+    "InvalidHandshake",
+    "InvalidMessage",
+    "InvalidStatus",
+    "InvalidStatusCode",
+    "InvalidURI",
+    "ConcurrencyError",
+    "translate",
+]

@@ -1,0 +1,253 @@
+"""``weft.enable_monkeypatch()``: unmodified code written for ``websockets`` runs on weft.
+
+Each script in ``websockets_snippets/`` is plain websockets client code (its documented quick
+starts and realistic snippets). It runs twice in a fresh interpreter: once on the real
+websockets, once after ``weft.enable_monkeypatch()``; both runs must print the same lines, and
+the weft run must really have connected through weft. Servers: a Python ``websockets`` server
+and ``weft echo``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import frame, read_client_frame
+
+SNIPPETS = Path(__file__).parent / "websockets_snippets"
+
+RUNNER = textwrap.dedent(
+    """
+    import runpy, sys
+    if sys.argv[1] == "weft":
+        if sys.argv[3] == "no-websockets":
+            sys.modules["websockets"] = None  # as if websockets were not installed
+        import weft
+        weft.enable_monkeypatch()
+    runpy.run_path(sys.argv[2], run_name="__main__")
+    if sys.argv[1] == "weft":
+        import weft.compat
+        print("[weft attempts: %d]" % weft.compat.stats["attempts"], file=sys.stderr)
+    """
+)
+
+
+def run(snippet: str, impl: str, env: dict[str, str], mode: str = "-") -> tuple[str, str]:
+    e = dict(os.environ, PYTHONWARNINGS="ignore::DeprecationWarning", **env)
+    e.setdefault("WEBSOCKETS_BACKOFF_INITIAL_DELAY", "0.1")
+    e.setdefault("WEBSOCKETS_BACKOFF_MIN_DELAY", "0.2")
+    p = subprocess.run(
+        [sys.executable, "-c", RUNNER, impl, str(SNIPPETS / snippet), mode],
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, f"{snippet} on {impl} failed:\n{p.stdout}\n{p.stderr}"
+    return p.stdout, p.stderr
+
+
+def same_on_both(snippet: str, env: dict[str, str], expected: list[str]) -> None:
+    ref, _ = run(snippet, "websockets", env)
+    out, err = run(snippet, "weft", env)
+    assert ref.splitlines() == expected, f"the snippet itself misbehaves on websockets: {ref}"
+    assert out.splitlines() == expected, err
+    n = int(err.rsplit("[weft attempts: ", 1)[1].split("]")[0])
+    assert n >= 1, "the snippet did not connect through weft"
+
+
+@pytest.fixture(params=["websockets", "weft"])
+def echo_url(request, py_server, weft_echo):
+    return py_server + "/echo" if request.param == "websockets" else weft_echo + "/"
+
+
+def test_asyncio_quickstart(echo_url):
+    same_on_both("asyncio_quickstart.py", {"WS_URL": echo_url}, ["Hello world!"])
+
+
+def test_sync_quickstart(echo_url):
+    same_on_both("sync_quickstart.py", {"WS_URL": echo_url}, ["Received: Hello world!"])
+
+
+def test_await_connect_messages_ping_close(echo_url):
+    same_on_both(
+        "await_connect.py",
+        {"WS_URL": echo_url},
+        [
+            "OPEN",
+            "bytes b'\\x00\\x01binary'",
+            "str text ✓",
+            "b'as bytes'",
+            "latency True True",
+            "fragmented",
+            "CLOSED 1000 ''",
+            "ConnectionClosedOK 1000",
+        ],
+    )
+
+
+def test_oversized_message_closes_1009(echo_url):
+    same_on_both("oversized.py", {"WS_URL": echo_url}, ["closed 1009"])
+
+
+def test_sync_max_size(echo_url):
+    same_on_both("sync_oversized.py", {"WS_URL": echo_url}, [str(2**20 + 1), "closed 1009"])
+
+
+def test_sync_iterate_ping_timeout(echo_url):
+    same_on_both(
+        "sync_iterate.py",
+        {"WS_URL": echo_url},
+        ["one two", "True", "three", "pong True", "timeout", "closed 1000 ConnectionClosedOK"],
+    )
+
+
+def test_handshake_errors(py_server):
+    same_on_both(
+        "errors.py",
+        {"WS_URL": py_server + "/echo", "WS_REJECT_URL": py_server + "/reject"},
+        ["InvalidURI", "OSError ConnectionRefusedError", "InvalidStatus 403", "TypeError"],
+    )
+
+
+def test_reconnect_loop(py_server):
+    same_on_both("reconnect.py", {"WS_FLAKY_URL": py_server + "/close/1011/again"}, ["closed 1011"] * 3)
+
+
+def test_keepalive_closes_1011(raw_server):
+    def never_pong(conn: socket.socket) -> None:
+        # Ignore pings; answer the client's close frame, as a live but unresponsive server would.
+        while True:
+            op, payload = read_client_frame(conn)
+            if op == 8:
+                conn.sendall(frame(8, payload))
+                return
+
+    server = raw_server(never_pong)
+    same_on_both("keepalive.py", {"WS_SILENT_URL": server.url}, ["closed 1011 keepalive ping timeout"])
+
+
+def test_reconnect_retries_until_the_server_is_up(tmp_path):
+    """``async for ws in connect(...)`` keeps retrying a refused connection with backoff."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "retry.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, time
+            import websockets
+
+            async def main():
+                t0 = time.monotonic()
+                async for ws in websockets.connect("ws://127.0.0.1:{port}/echo"):
+                    await ws.send("up")
+                    print(await ws.recv(), time.monotonic() - t0 > 0.5)
+                    break
+
+            asyncio.run(main())
+            """
+        )
+    )
+    from conftest import _ServerThread
+
+    def start_later() -> None:
+        time.sleep(1.0)
+        srv = _ServerThread()
+        srv.port = port
+        srv.__enter__()
+
+    threading.Thread(target=start_later, daemon=True).start()
+    out, err = run(str(script), "weft", {})
+    assert out.split() == ["up", "True"], err
+
+
+def test_without_websockets_installed(weft_echo):
+    """With no websockets package, enable_monkeypatch() provides one made of weft."""
+    for snippet in ("asyncio_quickstart.py", "sync_quickstart.py"):
+        out, err = run(snippet, "weft", {"WS_URL": weft_echo + "/"}, mode="no-websockets")
+        assert out.strip() in ("Hello world!", "Received: Hello world!"), err
+
+
+def test_patch_is_reversible_and_exceptions_are_shared():
+    import websockets
+    import websockets.exceptions as wsx
+    import websockets.sync.client
+
+    import weft
+    from weft.compat import _exceptions as x
+
+    original = websockets.sync.client.connect
+    weft.enable_monkeypatch()
+    try:
+        assert websockets.connect.__module__ == "weft.compat.asyncio_client"
+        assert websockets.asyncio.client.connect is websockets.connect
+        assert websockets.sync.client.connect.__module__ == "weft.compat.sync_client"
+        e = x.ConnectionClosedError(1011, "keepalive ping timeout")
+        assert isinstance(e, wsx.ConnectionClosed) and isinstance(e, weft.exceptions.ConnectionClosedError)
+        assert e.rcvd.code == 1011 and e.code == 1011 and e.reason == "keepalive ping timeout"
+        s = x.InvalidStatus(503, [("Retry-After", "1")], b"busy")
+        assert isinstance(s, wsx.InvalidStatus) and isinstance(s, weft.exceptions.InvalidStatus)
+        # Code written for websockets < 14 catches the old name; weft's error is both.
+        assert isinstance(s, wsx.InvalidStatusCode) and s.status_code == 503
+        assert s.response.status_code == 503 and s.response.headers["retry-after"] == "1"
+        with pytest.raises(TypeError):
+            websockets.sync.client.connect("ws://127.0.0.1:1/", bogus=True)
+    finally:
+        weft.disable_monkeypatch()
+    assert websockets.sync.client.connect is original
+    assert websockets.connect.__module__ == "websockets.asyncio.client"
+
+
+def test_ssl_context_and_sock(tls_server, weft_echo):
+    """websockets' ``ssl=`` (an SSLContext) and ``sock=`` keywords, sync and asyncio."""
+    import asyncio
+    import ssl
+    import urllib.parse
+
+    from weft.compat import asyncio_client, sync_client
+    from weft.compat import _exceptions as x
+
+    url, ca = tls_server
+    ctx = ssl.create_default_context(cafile=ca)
+    with sync_client.connect(url + "/echo", ssl=ctx) as ws:
+        ws.send("over tls")
+        assert ws.recv() == "over tls"
+    with pytest.raises(x.InvalidHandshake):
+        sync_client.connect(url + "/echo", ssl=ssl.create_default_context())
+    with pytest.raises(ValueError):
+        sync_client.connect(weft_echo + "/", ssl=ctx)
+    port = urllib.parse.urlsplit(weft_echo).port
+    with sync_client.connect(weft_echo + "/", sock=socket.create_connection(("127.0.0.1", port))) as ws:
+        ws.send(b"via sock")
+        assert ws.recv() == b"via sock"
+
+    async def main() -> None:
+        async with asyncio_client.connect(url + "/echo", ssl=ctx) as ws:
+            await ws.send("async tls")
+            assert await ws.recv() == "async tls"
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setblocking(False)
+        async with asyncio_client.connect(weft_echo + "/", sock=s) as ws:
+            await ws.send("async sock")
+            assert await ws.recv() == "async sock"
+
+    asyncio.run(main())
+
+
+def test_explicit_proxy_is_refused_not_ignored(weft_echo):
+    from weft.compat import asyncio_client, sync_client
+
+    with pytest.raises(NotImplementedError, match="proxy"):
+        sync_client.connect(weft_echo + "/", proxy="http://127.0.0.1:3128")
+    with pytest.raises(NotImplementedError, match="proxy"):
+        asyncio_client.connect(weft_echo + "/", proxy="http://127.0.0.1:3128")

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::EngineConfig;
 use crate::auth::{Identity, query_param};
@@ -28,7 +28,38 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) next_session: AtomicU64,
     pub(crate) node: u32,
+    pub(crate) inbound: std::sync::OnceLock<mpsc::Sender<Inbound>>,
     acceptor: weft::Acceptor,
+}
+
+/// What clients tell the host application: see [`Engine::inbound`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// A WebSocket session started.
+    Connected {
+        /// Session id (as in `welcome`).
+        session: Arc<str>,
+        /// The user (token subject, or the anonymous name).
+        user: Arc<str>,
+    },
+    /// A client sent `{"type": "send", "payload": ...}`.
+    Message {
+        /// Session id.
+        session: Arc<str>,
+        /// User.
+        user: Arc<str>,
+        /// The request id, if the client gave one (the client got `sent` with it).
+        id: Option<Value>,
+        /// The payload, decoded from JSON or MessagePack.
+        payload: Value,
+    },
+    /// A session ended.
+    Disconnected {
+        /// Session id.
+        session: Arc<str>,
+        /// User.
+        user: Arc<str>,
+    },
 }
 
 /// The real-time engine: topics, sessions, auth, history, presence, HTTP API.
@@ -103,6 +134,7 @@ impl Engine {
             shutdown: watch::channel(false).0,
             next_session: AtomicU64::new(1),
             node: rand::random(),
+            inbound: std::sync::OnceLock::new(),
             acceptor,
         });
         tokio::spawn(upkeep(Arc::downgrade(&shared)));
@@ -127,6 +159,32 @@ impl Engine {
     /// Open WebSocket connections (a relaxed atomic read; never blocks).
     pub fn connection_count(&self) -> usize {
         self.shared.metrics.connections.load(Ordering::Relaxed) as usize
+    }
+
+    /// Attach the host application: from now on clients may send `{"type": "send", "payload":
+    /// ...}` (answered `sent`; without an application they get error 4007), and every session
+    /// start, `send` and session end arrives on the returned channel, in order per session.
+    ///
+    /// The channel holds `capacity` events; when the application falls behind, the sessions
+    /// whose events do not fit wait (they stop reading their sockets) instead of buffering
+    /// without bound. Can be called once; `None` afterwards.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use weft_server::{Engine, EngineConfig, Inbound};
+    ///
+    /// let engine = Engine::new(EngineConfig::default())?;
+    /// let mut inbound = engine.inbound(1024).expect("first call");
+    /// while let Some(ev) = inbound.recv().await {
+    ///     if let Inbound::Message { user, payload, .. } = ev {
+    ///         println!("{user} says {payload}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn inbound(&self, capacity: usize) -> Option<mpsc::Receiver<Inbound>> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.shared.inbound.set(tx).ok().map(|()| rx)
     }
 
     /// Publish an event on a concrete topic. Never waits for subscribers.

@@ -31,6 +31,6 @@ pub mod wire;
 pub use auth::JwtAuth;
 pub use broker::{Broker, MemoryBroker};
 pub use config::EngineConfig;
-pub use engine::{Engine, PublishError};
+pub use engine::{Engine, Inbound, PublishError};
 pub use outbox::SlowConsumerPolicy;
 pub use wire::Position;

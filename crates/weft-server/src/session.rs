@@ -11,7 +11,7 @@ use weft::{CloseCode, CloseFrame, Message, WebSocket};
 
 use crate::auth::Identity;
 use crate::broker::Subscriber;
-use crate::engine::Shared;
+use crate::engine::{Inbound, Shared};
 use crate::outbox::{Closing, Out, Outbox};
 use crate::ratelimit::TokenBucket;
 use crate::topic::{Pattern, allowed_by, validate_topic};
@@ -61,6 +61,14 @@ where
         time: now_ms(),
         heartbeat: s.shared.config.heartbeat.as_millis() as u64,
     });
+    // The application hears of the end of a session only if it heard of its start.
+    let announced = match s.shared.inbound.get() {
+        Some(tx) => {
+            let ev = Inbound::Connected { session: Arc::clone(&session), user: Arc::clone(&s.identity.user) };
+            tx.send(ev).await.is_ok()
+        }
+        None => false,
+    };
     let mut shutdown = s.shared.shutdown.subscribe();
     let mut batch = Vec::new();
     let close = loop {
@@ -97,6 +105,9 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
     }
     s.shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    if let Some(tx) = s.shared.inbound.get().filter(|_| announced) {
+        let _ = tx.send(Inbound::Disconnected { session, user: Arc::clone(&s.identity.user) }).await;
+    }
 }
 
 impl Session {
@@ -266,6 +277,26 @@ impl Session {
                 }
             }
             Request::Ping { id } => self.reply(&Reply::Pong { id: id.as_ref(), time: now_ms() }),
+            Request::Send { id, payload } => {
+                let Some(tx) = self.shared.inbound.get() else {
+                    let e = ErrorBody::new(ErrorCode::NoHandler, "this server takes no application messages");
+                    self.error(id.as_ref(), &e);
+                    return Flow::Continue;
+                };
+                let ev = Inbound::Message {
+                    session: Arc::clone(&self.sub.member.session),
+                    user: Arc::clone(&self.identity.user),
+                    id: id.clone(),
+                    payload,
+                };
+                // Waits when the application is behind: this connection stops reading.
+                if tx.send(ev).await.is_err() {
+                    let e = ErrorBody::new(ErrorCode::Internal, "the server application has stopped");
+                    self.error(id.as_ref(), &e);
+                    return Flow::Continue;
+                }
+                self.reply(&Reply::Sent { id: id.as_ref() });
+            }
         }
         Flow::Continue
     }

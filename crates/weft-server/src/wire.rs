@@ -70,6 +70,8 @@ pub enum ErrorCode {
     RateLimited = 4005,
     /// Unsubscribe from something not subscribed.
     NotSubscribed = 4006,
+    /// A `send` message, but no application takes inbound messages on this server.
+    NoHandler = 4007,
     /// The server failed (for example the broker).
     Internal = 5000,
 }
@@ -203,6 +205,10 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
         time: u64,
+    },
+    Sent {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
     },
     Lagged {
         dropped: u64,
@@ -374,6 +380,13 @@ pub enum Request {
         /// Request id.
         id: Option<Value>,
     },
+    /// A message for the server's application (see [`crate::Engine::inbound`]).
+    Send {
+        /// Request id.
+        id: Option<Value>,
+        /// Any value.
+        payload: Value,
+    },
 }
 
 /// A request that could not be decoded: the error and the request id, if one was readable.
@@ -402,6 +415,11 @@ struct UnsubscribeBody {
 #[derive(Deserialize)]
 struct PublishBody {
     topic: String,
+    payload: Value,
+}
+
+#[derive(Deserialize)]
+struct SendBody {
     payload: Value,
 }
 
@@ -471,6 +489,10 @@ impl Request {
                 Request::Presence { id, topic: b.topic }
             }
             "ping" => Request::Ping { id },
+            "send" => {
+                let b: SendBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
+                Request::Send { id, payload: b.payload }
+            }
             other => return Err(fail(ErrorCode::UnknownType, format!("unknown request type {other:?}"), &id)),
         };
         Ok(req)
@@ -507,6 +529,11 @@ mod tests {
             Request::decode(&text(r#"{"type":"ping","id":"x"}"#)).unwrap(),
             Request::Ping { id: Some(json!("x")) }
         );
+        assert_eq!(
+            Request::decode(&text(r#"{"type":"send","id":7,"payload":{"q":1}}"#)).unwrap(),
+            Request::Send { id: Some(json!(7)), payload: json!({"q":1}) }
+        );
+        assert_eq!(Request::decode(&text(r#"{"type":"send"}"#)).unwrap_err().error.code, 4000);
         let mp = rmp_serde::to_vec_named(&json!({"type":"publish","topic":"t","payload":{"a":[1,2]}})).unwrap();
         assert_eq!(
             Request::decode(&Message::binary(mp)).unwrap(),

@@ -576,3 +576,69 @@ async fn inside_axum() {
     assert_eq!(c.recv().await["payload"]["n"], 1);
     assert_eq!(http(addr, "GET", "/hello", &[], "").await, (200, "hi".into()));
 }
+
+#[tokio::test]
+async fn send_reaches_the_application_in_order_with_backpressure() {
+    use weft_server::Inbound;
+    // Without an application attached: 4007, and the connection keeps working.
+    let (addr, engine, _h) = start(EngineConfig::default()).await;
+    let mut c = Client::connect(addr, "").await;
+    let e = c.request(json!({"type": "send", "id": 1, "payload": {"q": 1}})).await;
+    assert_eq!((e["type"].as_str(), e["code"].as_u64(), e["id"].as_u64()), (Some("error"), Some(4007), Some(1)));
+    drop(c);
+
+    // Capacity 2: the third event must wait for the application (no loss, no unbounded queue).
+    let mut rx = engine.inbound(2).expect("first attach");
+    assert!(engine.inbound(2).is_none(), "only one application");
+    let mut c = Client::connect(addr, "?user=ann").await;
+    let connected = rx.recv().await.unwrap();
+    let session = match connected {
+        Inbound::Connected { session, user } => {
+            assert_eq!(&*user, "ann");
+            session
+        }
+        other => panic!("{other:?}"),
+    };
+    for i in 0..5 {
+        c.send(json!({"type": "send", "id": i, "payload": {"n": i}})).await;
+    }
+    // Nothing is drained yet: only the first two fit, so at most two `sent` come back soon.
+    let early = tokio::time::timeout(Duration::from_millis(300), async {
+        let mut n = 0;
+        while n < 3 {
+            if c.recv().await["type"] == "sent" {
+                n += 1;
+            }
+        }
+    })
+    .await;
+    assert!(early.is_err(), "a session went past a full inbound channel");
+    for i in 0..5 {
+        match rx.recv().await.unwrap() {
+            Inbound::Message { session: s, user, id, payload } => {
+                assert_eq!((&*s, &*user), (&*session, "ann"));
+                assert_eq!((id, payload), (Some(json!(i)), json!({"n": i})));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    c.send(json!({"type": "send"})).await;
+    let e = loop {
+        let m = c.recv().await;
+        if m["type"] != "sent" {
+            break m;
+        }
+    };
+    assert_eq!(e["code"], 4000, "payload is required: {e}");
+    c.ws.close(None).await.unwrap();
+    loop {
+        match tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap() {
+            Inbound::Disconnected { session: s, .. } => {
+                assert_eq!(s, session);
+                break;
+            }
+            Inbound::Message { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}

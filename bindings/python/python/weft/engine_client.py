@@ -1,0 +1,428 @@
+"""asyncio client for the weft engine's protocol (docs/PROTOCOL.md), with reconnection.
+
+>>> from weft.engine_client import connect
+>>> async def main():                                        # doctest: +SKIP
+...     async with connect("ws://127.0.0.1:8080/ws", token="eyJ...") as c:
+...         await c.subscribe(["chat.lobby"])
+...         await c.publish("chat.lobby", {"text": "hi"})
+...         async for event in c:
+...             print(event.topic, event.offset, event.payload)
+
+When the connection drops (anything but :meth:`EngineClient.close`), the client reconnects with
+exponential backoff and full jitter, subscribes again to everything it had, and asks the server
+to resume each exact topic from the last offset it delivered, so events missed while away
+are replayed in order before live ones (``recovered`` in :attr:`EngineClient.last_resume`
+says whether the server still had them). Requests wait for their reply; errors raise
+:class:`EngineError` with the protocol's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterable
+
+from . import async_client
+from .exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
+
+__all__ = ["connect", "EngineClient", "Event", "EngineError"]
+
+
+class EngineError(Exception):
+    """An ``error`` reply: ``code`` (see the protocol's error codes) and ``message``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the server pushed: ``type`` is ``event``, ``join``, ``leave`` or ``lagged``.
+
+    For ``event``: ``topic``, ``offset``, ``epoch``, ``id``, ``time`` and ``payload``. For
+    ``join``/``leave``: ``topic`` and ``member``. For ``lagged``: ``dropped``.
+    """
+
+    type: str
+    topic: str | None = None
+    payload: Any = None
+    offset: int | None = None
+    epoch: str | None = None
+    id: str | None = None
+    time: int | None = None
+    member: dict | None = None
+    dropped: int | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+_END = object()
+
+
+class EngineClient:
+    """A connection to the engine that survives reconnects. Made by :func:`connect`."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        reconnect: bool,
+        min_delay: float,
+        max_delay: float,
+        max_queue: int,
+        connect_timeout: float | None,
+        options: dict[str, Any],
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.reconnect = reconnect
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self.connect_timeout = connect_timeout
+        self._options = options
+        self._ws: async_client.AsyncWebSocket | None = None
+        self._events: asyncio.Queue = asyncio.Queue(max_queue)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._next_id = 0
+        self._topics: dict[str, bool] = {}  # subscribed topic or pattern -> presence flag
+        self._positions: dict[str, dict[str, Any]] = {}  # exact topic -> {"offset", "epoch"}
+        self._reader: asyncio.Task | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._error: BaseException | None = None
+        #: The ``welcome`` message of the current connection.
+        self.welcome: dict[str, Any] = {}
+        #: Reconnections so far.
+        self.reconnects = 0
+        #: The ``subscribed`` results of the last resubscription after a reconnect.
+        self.last_resume: list[dict[str, Any]] = []
+
+    # ---- connection --------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        headers = dict(self._options.pop("headers", None) or {})
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._options["headers"] = headers
+        ws = await async_client.connect(
+            self.url,
+            self.connect_timeout,
+            None,
+            subprotocols=["weft.v1.json"],
+            **self._options,
+        )
+        welcome = json.loads(await ws.recv(self.connect_timeout))
+        if welcome.get("type") != "welcome":
+            await ws.close(1002, "expected welcome")
+            raise EngineError(4000, f"expected welcome, got {welcome!r}")
+        self._ws = ws
+        self.welcome = welcome
+        self._connected.set()
+
+    async def _start(self) -> EngineClient:
+        await self._open()
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        return self
+
+    async def _read_loop(self) -> None:
+        while True:
+            ws = self._ws
+            assert ws is not None
+            try:
+                async for raw in ws:
+                    self._dispatch(json.loads(raw))
+                if self._closing or not self.reconnect:
+                    break
+            except ConnectionClosed as e:
+                if self._closing or not self.reconnect:
+                    self._error = None if isinstance(e, ConnectionClosedOK) else e
+                    break
+            self._connected.clear()
+            self._fail_pending(ConnectionError("connection lost; the request may not have been processed"))
+            if not await self._reconnect():
+                break
+        self._connected.clear()
+        self._fail_pending(self._error or ConnectionError("connection closed"))
+        await self._events.put(_END)
+
+    async def _reconnect(self) -> bool:
+        attempt = 0
+        while not self._closing:
+            # Full jitter: a random delay up to the exponential bound, so a server restart
+            # is not met by every client at the same instant.
+            bound = min(self.max_delay, self.min_delay * (2**attempt))
+            await asyncio.sleep(random.uniform(0, bound))
+            attempt += 1
+            try:
+                await self._open()
+            except InvalidStatus as e:
+                if e.status_code in (401, 403):  # the token is refused: retrying cannot help
+                    self._error = e
+                    return False
+                continue
+            except (OSError, TimeoutError, ConnectionClosed, EngineError, ValueError):
+                continue
+            self.reconnects += 1
+            if self._topics:
+                try:
+                    self.last_resume = await self._resubscribe()
+                except (ConnectionError, ConnectionClosed, EngineError, TimeoutError):
+                    continue
+            return True
+        return False
+
+    async def _resubscribe(self) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        for presence in (False, True):
+            topics = [t for t, p in self._topics.items() if p == presence]
+            if topics:
+                reply = await self._request_inline(
+                    {"type": "subscribe", "topics": topics, "presence": presence, "resume": self._resume_for(topics)}
+                )
+                results.extend(self._record(reply))
+        return results
+
+    async def _request_inline(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A request made from the read loop itself: read until its reply, dispatching the rest."""
+        ws = self._ws
+        assert ws is not None
+        self._next_id += 1
+        rid = msg["id"] = self._next_id
+        await ws.send(json.dumps(msg, separators=(",", ":")))
+        while True:
+            reply = json.loads(await ws.recv(self.connect_timeout))
+            if reply.get("id") == rid:
+                if reply.get("type") == "error":
+                    raise EngineError(reply.get("code", 5000), reply.get("message", ""))
+                return reply
+            self._dispatch(reply)
+
+    def _resume_for(self, topics: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return {t: self._positions[t] for t in topics if t in self._positions}
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        rid = msg.get("id")
+        if kind in ("subscribed", "unsubscribed", "published", "presence", "pong", "sent", "error") and isinstance(
+            rid, int
+        ):
+            fut = self._pending.pop(rid, None)
+            if fut is not None and not fut.done():
+                if kind == "error":
+                    fut.set_exception(EngineError(msg.get("code", 5000), msg.get("message", "")))
+                else:
+                    fut.set_result(msg)
+            return
+        if kind == "event":
+            topic = msg["topic"]
+            self._positions[topic] = {"offset": msg["offset"], "epoch": msg["epoch"]}
+            ev = Event(
+                "event",
+                topic=topic,
+                payload=msg.get("payload"),
+                offset=msg["offset"],
+                epoch=msg["epoch"],
+                id=msg.get("id"),
+                time=msg.get("time"),
+                raw=msg,
+            )
+        elif kind in ("join", "leave"):
+            ev = Event(kind, topic=msg.get("topic"), member=msg.get("member"), raw=msg)
+        elif kind == "lagged":
+            ev = Event("lagged", dropped=msg.get("dropped"), raw=msg)
+        else:
+            return  # a reply nobody waits for, or something newer than this client
+        try:
+            self._events.put_nowait(ev)
+        except asyncio.QueueFull:
+            # The application does not keep up: stop reading (TCP backpressure to the server,
+            # whose slow-consumer policy then applies) until there is room.
+            self._blocked_put(ev)
+
+    def _blocked_put(self, ev: Event) -> None:
+        assert self._ws is not None
+        p = self._ws._p
+        p.transport.pause_reading()
+
+        async def put() -> None:
+            await self._events.put(ev)
+            if p.transport is not None:
+                p.transport.resume_reading()
+
+        asyncio.get_running_loop().create_task(put())
+
+    def _fail_pending(self, e: BaseException) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(e)
+        self._pending.clear()
+
+    async def _request_now(self, msg: dict[str, Any]) -> dict[str, Any]:
+        ws = self._ws
+        if ws is None:
+            raise ConnectionError("not connected")
+        self._next_id += 1
+        rid = msg["id"] = self._next_id
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        await ws.send(json.dumps(msg, separators=(",", ":")))
+        return await fut
+
+    async def _request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if self._closing:
+            raise ConnectionError("the client is closed")
+        if self._reader is not None and self._reader.done():
+            raise self._error or ConnectionError("connection closed")
+        await self._connected.wait()
+        return await self._request_now(msg)
+
+    def _record(self, reply: dict[str, Any]) -> list[dict[str, Any]]:
+        for r in reply.get("results", []):
+            if r.get("ok") and "offset" in r:
+                known = self._positions.get(r["topic"])
+                # Keep the delivered position when resuming worked; otherwise continue from
+                # the server's current position.
+                if known is None or not r.get("recovered", False):
+                    self._positions[r["topic"]] = {"offset": r["offset"], "epoch": r["epoch"]}
+        return reply.get("results", [])
+
+    # ---- API -----------------------------------------------------------------------------------
+
+    async def subscribe(self, topics: Iterable[str], *, presence: bool = False) -> list[dict[str, Any]]:
+        """Subscribe to topics or patterns; returns the per-topic results. Raises
+        :class:`EngineError` if any topic was refused (the others stay subscribed)."""
+        topics = list(topics)
+        reply = await self._request(
+            {"type": "subscribe", "topics": topics, "presence": presence, "resume": self._resume_for(topics)}
+        )
+        results = self._record(reply)
+        for r in results:
+            if r.get("ok"):
+                self._topics[r["topic"]] = presence
+        failed = [r for r in results if not r.get("ok")]
+        if failed:
+            e = failed[0]["error"]
+            raise EngineError(e["code"], e["message"])
+        return results
+
+    async def unsubscribe(self, topics: Iterable[str]) -> None:
+        topics = list(topics)
+        await self._request({"type": "unsubscribe", "topics": topics})
+        for t in topics:
+            self._topics.pop(t, None)
+            self._positions.pop(t, None)
+
+    async def publish(self, topic: str, payload: Any) -> dict[str, Any]:
+        """Publish; returns ``{"topic", "offset", "epoch"}`` of the stored event."""
+        r = await self._request({"type": "publish", "topic": topic, "payload": payload})
+        return {"topic": r["topic"], "offset": r["offset"], "epoch": r["epoch"]}
+
+    async def send(self, payload: Any) -> None:
+        """Send a message to the server's application (``weft.Server.drain_inbound``)."""
+        await self._request({"type": "send", "payload": payload})
+
+    async def presence(self, topic: str) -> dict[str, Any]:
+        r = await self._request({"type": "presence", "topic": topic})
+        return {"count": r["count"], "members": r["members"]}
+
+    async def ping(self) -> int:
+        """Application-level ping; returns the server's clock (ms since the epoch)."""
+        return (await self._request({"type": "ping"}))["time"]
+
+    async def recv(self) -> Event:
+        """The next pushed event; raises the connection's error (or ``ConnectionError``) at
+        the end."""
+        ev = await self._events.get()
+        if ev is _END:
+            self._events.put_nowait(_END)
+            raise self._error or ConnectionError("connection closed")
+        return ev
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            ev = await self._events.get()
+            if ev is _END:
+                self._events.put_nowait(_END)
+                if self._error is not None:
+                    raise self._error
+                return
+            yield ev
+
+    async def close(self) -> None:
+        """Close for good (no reconnect)."""
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            try:
+                await asyncio.wait_for(self._reader, 5)
+            except (asyncio.TimeoutError, TimeoutError):
+                self._reader.cancel()
+
+    async def __aenter__(self) -> EngineClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def positions(self) -> dict[str, dict[str, Any]]:
+        """Last delivered ``{"offset", "epoch"}`` per exact topic (what a reconnect resumes)."""
+        return dict(self._positions)
+
+
+class _Connect:
+    def __init__(self, client: EngineClient) -> None:
+        self._client = client
+
+    def __await__(self):
+        return self._client._start().__await__()
+
+    async def __aenter__(self) -> EngineClient:
+        return await self._client._start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.close()
+
+
+def connect(
+    url: str,
+    token: str | None = None,
+    *,
+    reconnect: bool = True,
+    min_delay: float = 0.1,
+    max_delay: float = 30.0,
+    max_queue: int = 10_000,
+    connect_timeout: float | None = 10.0,
+    **options: Any,
+) -> _Connect:
+    """Connect to the engine at ``url`` (``ws://host:port/ws``), with an optional JWT ``token``
+    (sent as ``Authorization: Bearer``). ``await connect(...)`` or ``async with connect(...)``.
+
+    ``reconnect``: reconnect after connection loss (backoff from ``min_delay`` doubling up to
+    ``max_delay`` seconds, full jitter); a refused token (401/403) ends the client instead.
+    ``max_queue``: events buffered for the application before reading pauses. Other keywords
+    go to :func:`weft.async_client.connect` (``headers``, ``ssl``, ``ping_interval``, ...).
+    """
+    client = EngineClient(
+        url,
+        token,
+        reconnect=reconnect,
+        min_delay=min_delay,
+        max_delay=max_delay,
+        max_queue=max_queue,
+        connect_timeout=connect_timeout,
+        options=options,
+    )
+    return _Connect(client)

@@ -1,0 +1,385 @@
+//! `weft.Server`: the weft engine (`weft-server`) on its own tokio threads, driven from Python.
+//!
+//! Python never runs on the engine's threads: it publishes by handing events to the runtime
+//! (never waiting), and it takes inbound client messages in batches with `drain_inbound`, which
+//! waits without the GIL and converts a whole batch under one GIL acquisition.
+
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use weft_server::{Engine, EngineConfig, Inbound, JwtAuth, SlowConsumerPolicy};
+
+struct Running {
+    rt: tokio::runtime::Runtime,
+    engine: Engine,
+    /// Publishes from Python, applied in order by one task (per-topic order is the order of
+    /// the `publish` calls).
+    publish: mpsc::Sender<(String, Value)>,
+    serve: tokio::task::JoinHandle<std::io::Result<()>>,
+    port: u16,
+}
+
+/// The weft engine, served on `host:port` by its own Rust threads.
+#[pyclass(module = "weft._weft")]
+pub(crate) struct Server {
+    host: String,
+    port: u16,
+    threads: usize,
+    inbound_capacity: usize,
+    publish_capacity: usize,
+    config: EngineConfig,
+    running: RwLock<Option<Running>>,
+    inbound: Mutex<Option<mpsc::Receiver<Inbound>>>,
+}
+
+fn secs(v: &Bound<'_, PyAny>, name: &str) -> PyResult<Duration> {
+    let s: f64 = v.extract()?;
+    if !(s.is_finite() && s > 0.0) {
+        return Err(PyValueError::new_err(format!("{name} must be a positive number of seconds")));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn config_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, usize, usize, usize)> {
+    let mut cfg = EngineConfig::default();
+    let mut threads = 2;
+    let mut inbound_capacity = 4096;
+    let mut publish_capacity = 65536;
+    let mut jwt: Option<JwtAuth> = None;
+    let (mut issuer, mut audience) = (None::<String>, None::<String>);
+    if let Some(kw) = kwargs {
+        for (k, v) in kw.iter() {
+            let key: String = k.extract()?;
+            match key.as_str() {
+                "jwt_secret" => {
+                    let secret: Vec<u8> = match v.cast::<PyString>() {
+                        Ok(s) => s.to_str()?.as_bytes().to_vec(),
+                        Err(_) => v.extract()?,
+                    };
+                    jwt = Some(JwtAuth::hs256(&secret));
+                }
+                "jwt_issuer" => issuer = Some(v.extract()?),
+                "jwt_audience" => audience = Some(v.extract()?),
+                "api_key" => cfg.api_key = v.extract()?,
+                "max_connections" => cfg.max_connections = v.extract()?,
+                "max_message_size" => cfg.max_message_size = v.extract()?,
+                "max_subscriptions" => cfg.max_subscriptions = v.extract()?,
+                "queue_size" => cfg.queue_size = v.extract()?,
+                "history_size" => cfg.history_size = v.extract()?,
+                "history_ttl" => cfg.history_ttl = secs(&v, &key)?,
+                "slow_consumer" => {
+                    let s: String = v.extract()?;
+                    cfg.slow_consumer = s
+                        .parse::<SlowConsumerPolicy>()
+                        .map_err(|e| PyValueError::new_err(format!("slow_consumer: {e}")))?;
+                }
+                "rate_limit" => cfg.rate_limit = v.extract()?,
+                "rate_burst" => cfg.rate_burst = v.extract()?,
+                "heartbeat" => cfg.heartbeat = secs(&v, &key)?,
+                "ping_timeout" => cfg.ping_timeout = secs(&v, &key)?,
+                "idle_timeout" => cfg.idle_timeout = secs(&v, &key)?,
+                "shutdown_grace" => cfg.shutdown_grace = secs(&v, &key)?,
+                "threads" => threads = v.extract::<usize>()?.max(1),
+                "inbound_capacity" => inbound_capacity = v.extract::<usize>()?.max(1),
+                "publish_capacity" => publish_capacity = v.extract::<usize>()?.max(1),
+                other => {
+                    return Err(PyTypeError::new_err(format!("Server() got an unexpected keyword argument {other:?}")));
+                }
+            }
+        }
+    }
+    if let Some(mut j) = jwt {
+        if let Some(i) = &issuer {
+            j = j.issuer(i);
+        }
+        if let Some(a) = &audience {
+            j = j.audience(a);
+        }
+        cfg.jwt = Some(j);
+    } else if issuer.is_some() || audience.is_some() {
+        return Err(PyValueError::new_err("jwt_issuer and jwt_audience need jwt_secret"));
+    }
+    cfg.validate().map_err(PyValueError::new_err)?;
+    Ok((cfg, threads, inbound_capacity, publish_capacity))
+}
+
+/// A Python object as JSON: None, bool, int, float, str, list/tuple, dict with str keys.
+fn to_value(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
+    if depth > 128 {
+        return Err(PyValueError::new_err("payload nested too deeply"));
+    }
+    if obj.is_none() {
+        Ok(Value::Null)
+    } else if let Ok(b) = obj.cast::<PyBool>() {
+        Ok(Value::Bool(b.is_true()))
+    } else if let Ok(i) = obj.cast::<PyInt>() {
+        if let Ok(v) = i.extract::<i64>() {
+            Ok(Value::from(v))
+        } else {
+            Ok(Value::from(i.extract::<u64>().map_err(|_| PyValueError::new_err("integer out of range"))?))
+        }
+    } else if let Ok(f) = obj.cast::<PyFloat>() {
+        serde_json::Number::from_f64(f.value())
+            .map(Value::Number)
+            .ok_or_else(|| PyValueError::new_err("NaN and infinity are not JSON"))
+    } else if let Ok(s) = obj.cast::<PyString>() {
+        Ok(Value::String(s.to_str()?.to_owned()))
+    } else if let Ok(d) = obj.cast::<PyDict>() {
+        let mut map = serde_json::Map::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            let key = k.cast::<PyString>().map_err(|_| PyTypeError::new_err("payload dict keys must be str"))?;
+            map.insert(key.to_str()?.to_owned(), to_value(&v, depth + 1)?);
+        }
+        Ok(Value::Object(map))
+    } else if let Ok(l) = obj.cast::<PyList>() {
+        l.iter().map(|v| to_value(&v, depth + 1)).collect::<PyResult<_>>().map(Value::Array)
+    } else if let Ok(t) = obj.cast::<PyTuple>() {
+        t.iter().map(|v| to_value(&v, depth + 1)).collect::<PyResult<_>>().map(Value::Array)
+    } else if obj.cast::<PyBytes>().is_ok() {
+        Err(PyTypeError::new_err("bytes are not JSON; decode them or use a str"))
+    } else {
+        Err(PyTypeError::new_err(format!("{} is not JSON-serializable", obj.get_type().name()?)))
+    }
+}
+
+fn to_python(py: Python<'_>, v: &Value) -> PyResult<Py<PyAny>> {
+    Ok(match v {
+        Value::Null => py.None(),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any().unbind(),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any().unbind()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any().unbind()
+            } else {
+                n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any().unbind()
+            }
+        }
+        Value::String(s) => PyString::new(py, s).into_any().unbind(),
+        Value::Array(a) => {
+            let items = a.iter().map(|x| to_python(py, x)).collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)?.into_any().unbind()
+        }
+        Value::Object(m) => {
+            let d = PyDict::new(py);
+            for (k, x) in m {
+                d.set_item(k, to_python(py, x)?)?;
+            }
+            d.into_any().unbind()
+        }
+    })
+}
+
+fn event_dict(py: Python<'_>, ev: &Inbound) -> PyResult<Py<PyAny>> {
+    let d = PyDict::new(py);
+    match ev {
+        Inbound::Connected { session, user } => {
+            d.set_item("type", "connect")?;
+            d.set_item("session", &**session)?;
+            d.set_item("user", &**user)?;
+        }
+        Inbound::Message { session, user, id, payload } => {
+            d.set_item("type", "message")?;
+            d.set_item("session", &**session)?;
+            d.set_item("user", &**user)?;
+            d.set_item("id", id.as_ref().map(|v| to_python(py, v)).transpose()?)?;
+            d.set_item("payload", to_python(py, payload)?)?;
+        }
+        Inbound::Disconnected { session, user } => {
+            d.set_item("type", "disconnect")?;
+            d.set_item("session", &**session)?;
+            d.set_item("user", &**user)?;
+        }
+    }
+    Ok(d.into_any().unbind())
+}
+
+impl Server {
+    /// Run `f` on the running engine. The shared lock is only held exclusively inside `start`
+    /// and `stop`, which never need the GIL, so waiting for it with the GIL held cannot deadlock.
+    fn with_running<T>(&self, _py: Python<'_>, f: impl FnOnce(&Running) -> PyResult<T>) -> PyResult<T> {
+        let guard = self.running.read().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(r) => f(r),
+            None => Err(PyRuntimeError::new_err("the server is not running; call start() first")),
+        }
+    }
+}
+
+#[pymethods]
+impl Server {
+    /// `Server(host="127.0.0.1", port=0, **config)`. Port 0 picks a free port (see `port`
+    /// after `start()`). Config keywords: `jwt_secret`, `jwt_issuer`, `jwt_audience`, `api_key`,
+    /// `max_connections`, `max_message_size`, `max_subscriptions`, `queue_size`,
+    /// `history_size`, `history_ttl`, `slow_consumer`, `rate_limit`, `rate_burst`, `heartbeat`,
+    /// `ping_timeout`, `idle_timeout`, `shutdown_grace` (seconds where a time), `threads`
+    /// (engine worker threads, default 2), `inbound_capacity` (default 4096),
+    /// `publish_capacity` (publishes queued from Python, default 65536).
+    #[new]
+    #[pyo3(signature = (host = "127.0.0.1".to_owned(), port = 0, **config))]
+    fn new(host: String, port: u16, config: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let (config, threads, inbound_capacity, publish_capacity) = config_from(config)?;
+        Ok(Self {
+            host,
+            port,
+            threads,
+            inbound_capacity,
+            publish_capacity,
+            config,
+            running: RwLock::new(None),
+            inbound: Mutex::new(None),
+        })
+    }
+
+    /// Bind and start serving (returns once the port is listening). Raises `OSError` when the
+    /// address cannot be bound, `RuntimeError` when already running.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| {
+            let mut running = self.running.write().unwrap_or_else(|e| e.into_inner());
+            if running.is_some() {
+                return Err(PyRuntimeError::new_err("the server is already running"));
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.threads)
+                .thread_name("weft-engine")
+                .enable_all()
+                .build()
+                .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            let config = self.config.clone();
+            let addr = (self.host.clone(), self.port);
+            let cap = self.inbound_capacity;
+            let (engine, listener, rx) = rt.block_on(async move {
+                let engine = Engine::new(config).map_err(PyValueError::new_err)?;
+                let listener =
+                    tokio::net::TcpListener::bind(addr).await.map_err(|e| PyOSError::new_err(e.to_string()))?;
+                let rx = engine.inbound(cap).expect("a new engine has no application yet");
+                Ok::<_, PyErr>((engine, listener, rx))
+            })?;
+            let port = listener.local_addr().map_err(|e| PyOSError::new_err(e.to_string()))?.port();
+            let serve = rt.spawn({
+                let engine = engine.clone();
+                async move { engine.serve(listener).await }
+            });
+            let (publish, mut queue) = mpsc::channel::<(String, Value)>(self.publish_capacity);
+            rt.spawn({
+                let engine = engine.clone();
+                async move {
+                    while let Some((topic, value)) = queue.recv().await {
+                        if let Err(e) = engine.publish(&topic, value).await {
+                            tracing::warn!(topic = %topic, error = %e, "publish from Python failed");
+                        }
+                    }
+                }
+            });
+            *self.inbound.lock().unwrap_or_else(|e| e.into_inner()) = Some(rx);
+            *running = Some(Running { rt, engine, publish, serve, port });
+            Ok(())
+        })
+    }
+
+    /// Close every connection with 1001 (after writing what is queued), stop listening and stop
+    /// the engine's threads. Waits at most `shutdown_grace`. Does nothing when not running.
+    fn stop(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| {
+            let taken = self.running.write().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(r) = taken {
+                r.engine.shutdown();
+                let grace = self.config.shutdown_grace + Duration::from_secs(1);
+                let _ = r.rt.block_on(async { tokio::time::timeout(grace, r.serve).await });
+                r.rt.shutdown_timeout(Duration::from_secs(1));
+            }
+            self.inbound.lock().unwrap_or_else(|e| e.into_inner()).take();
+            Ok(())
+        })
+    }
+
+    /// Publish `payload` (JSON-compatible: dict, list, str, int, float, bool, None) on a
+    /// concrete `topic`. Never blocks: the event is queued for the engine's threads, which
+    /// apply publishes in call order. Raises `ValueError` for an invalid topic, `TypeError` for
+    /// a payload that is not JSON, `BufferError` when `publish_capacity` publishes are already
+    /// waiting (the engine is behind; nothing was queued).
+    fn publish(&self, py: Python<'_>, topic: &str, payload: &Bound<'_, PyAny>) -> PyResult<()> {
+        weft_server::topic::validate_topic(topic).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let value = to_value(payload, 0)?;
+        self.with_running(py, |r| match r.publish.try_send((topic.to_owned(), value)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(pyo3::exceptions::PyBufferError::new_err(format!(
+                "the engine is behind: {} publishes are waiting",
+                self.publish_capacity
+            ))),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PyRuntimeError::new_err("the server is stopping")),
+        })
+    }
+
+    /// Up to `max_batch` inbound events, waiting at most `timeout_ms` for the first one (the
+    /// GIL is released while waiting; the batch is converted under one acquisition). Each is
+    /// a dict: `{"type": "connect" | "message" | "disconnect", "session", "user"}`, messages
+    /// also with `payload` and `id`. An empty list means nothing arrived in time.
+    #[pyo3(signature = (max_batch = 256, timeout_ms = 50))]
+    fn drain_inbound(&self, py: Python<'_>, max_batch: usize, timeout_ms: u64) -> PyResult<Py<PyList>> {
+        let handle = self.with_running(py, |r| Ok(r.rt.handle().clone()))?;
+        let batch = py.detach(|| {
+            let mut guard = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(rx) = guard.as_mut() else { return Vec::new() };
+            let mut out = Vec::new();
+            let first = handle.block_on(async {
+                tokio::time::timeout(Duration::from_millis(timeout_ms), rx.recv()).await.ok().flatten()
+            });
+            if let Some(ev) = first {
+                out.push(ev);
+                while out.len() < max_batch.max(1) {
+                    match rx.try_recv() {
+                        Ok(ev) => out.push(ev),
+                        Err(_) => break,
+                    }
+                }
+            }
+            out
+        });
+        let items = batch.iter().map(|ev| event_dict(py, ev)).collect::<PyResult<Vec<_>>>()?;
+        Ok(PyList::new(py, items)?.unbind())
+    }
+
+    /// Open WebSocket connections (an atomic read under a shared lock that only `start` and
+    /// `stop` take exclusively). 0 when not running.
+    fn connection_count(&self) -> usize {
+        self.running.read().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |r| r.engine.connection_count())
+    }
+
+    /// The port being served (the chosen one when constructed with 0), or None when stopped.
+    #[getter]
+    fn port(&self, py: Python<'_>) -> Option<u16> {
+        self.with_running(py, |r| Ok(r.port)).ok()
+    }
+
+    /// Whether the server is running.
+    #[getter]
+    fn running(&self, py: Python<'_>) -> bool {
+        self.with_running(py, |_| Ok(())).is_ok()
+    }
+
+    fn __enter__(slf: Py<Self>, py: Python<'_>) -> PyResult<Py<Self>> {
+        slf.borrow(py).start(py)?;
+        Ok(slf)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        self.stop(py)?;
+        Ok(false)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            r.engine.shutdown();
+            r.rt.shutdown_background();
+        }
+    }
+}

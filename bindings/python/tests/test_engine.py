@@ -1,0 +1,180 @@
+"""The engine from Python: ``weft.Server`` (weft-server on its own threads) and
+``weft.engine_client`` (reconnecting protocol client), over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+
+import weft
+from conftest import free_port
+from weft import engine_client
+from weft.exceptions import InvalidStatus
+
+
+def jwt(claims: dict, secret: bytes) -> str:
+    def b64(b: bytes) -> str:
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def drain_until(server: weft.Server, pred, timeout: float = 5.0) -> list[dict]:
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got += server.drain_inbound(256, 50)
+        if pred(got):
+            return got
+    raise AssertionError(f"inbound never matched; got {got}")
+
+
+async def next_event(c: engine_client.EngineClient, timeout: float = 5.0) -> engine_client.Event:
+    return await asyncio.wait_for(c.recv(), timeout)
+
+
+def test_publish_subscribe_and_inbound_batches():
+    with weft.Server("127.0.0.1", 0) as server:
+        assert server.running and server.port > 0 and server.connection_count() == 0
+        url = f"ws://127.0.0.1:{server.port}/ws?user=ann"
+
+        async def main() -> None:
+            async with engine_client.connect(url) as c:
+                assert c.welcome["user"] == "ann"
+                assert server.connection_count() == 1
+                await c.subscribe(["news.world", "prices.>"])
+                server.publish("news.world", {"title": "hello", "n": [1, 2.5, None, True]})
+                server.publish("prices.eur", 1.25)
+                e1, e2 = await next_event(c), await next_event(c)
+                assert (e1.topic, e1.offset, e1.payload) == ("news.world", 1, {"title": "hello", "n": [1, 2.5, None, True]})
+                assert (e2.topic, e2.payload) == ("prices.eur", 1.25)
+                for i in range(5):
+                    await c.send({"order": i})
+                pos = await c.publish("news.world", "from a client")
+                assert pos["offset"] == 2
+                assert (await next_event(c)).payload == "from a client"
+
+        asyncio.run(main())
+        got = drain_until(server, lambda g: any(e["type"] == "disconnect" for e in g))
+        kinds = [e["type"] for e in got]
+        assert kinds == ["connect"] + ["message"] * 5 + ["disconnect"], kinds
+        assert [e["payload"] for e in got if e["type"] == "message"] == [{"order": i} for i in range(5)]
+        assert len({e["session"] for e in got}) == 1 and {e["user"] for e in got} == {"ann"}
+        assert all(isinstance(e["id"], int) for e in got if e["type"] == "message")
+        # Batches: at most max_batch per call; an empty list after the timeout.
+        t0 = time.monotonic()
+        assert server.drain_inbound(10, 100) == []
+        assert time.monotonic() - t0 >= 0.09
+    assert not server.running and server.port is None and server.connection_count() == 0
+
+
+def test_bad_input_from_python_is_refused_clearly():
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        weft.Server("127.0.0.1", 0, no_such_setting=1)
+    with pytest.raises(ValueError):
+        weft.Server("127.0.0.1", 0, slow_consumer="explode")
+    server = weft.Server("127.0.0.1", 0)
+    with pytest.raises(RuntimeError, match="not running"):
+        server.publish("a.b", 1)
+    with server:
+        with pytest.raises(ValueError):
+            server.publish("bad..topic", 1)
+        with pytest.raises(TypeError):
+            server.publish("a.b", object())
+        with pytest.raises(TypeError):
+            server.publish("a.b", b"bytes")
+        with pytest.raises(ValueError):
+            server.publish("a.b", float("nan"))
+        with pytest.raises(RuntimeError, match="already running"):
+            server.start()
+        taken = weft.Server("127.0.0.1", server.port)
+        with pytest.raises(OSError):
+            taken.start()
+
+
+def test_jwt_token_and_refusal():
+    secret = b"s3cret"
+    with weft.Server("127.0.0.1", 0, jwt_secret=secret) as server:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        good = jwt({"sub": "bob", "exp": int(time.time()) + 60, "subscribe": ["room.>"]}, secret)
+        bad = jwt({"sub": "eve", "exp": int(time.time()) + 60}, b"wrong")
+
+        async def main() -> None:
+            async with engine_client.connect(url, token=good) as c:
+                assert c.welcome["user"] == "bob"
+                await c.subscribe(["room.1"])
+                with pytest.raises(engine_client.EngineError) as e:
+                    await c.subscribe(["admin.x"])
+                assert e.value.code == 4003
+            with pytest.raises(InvalidStatus) as e:
+                await engine_client.connect(url, token=bad)
+            assert e.value.status_code == 401
+
+        asyncio.run(main())
+
+
+def test_reconnect_resubscribes_and_recovers_missed_events():
+    with weft.Server("127.0.0.1", 0, history_size=100) as server:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+
+        async def main() -> None:
+            async with engine_client.connect(url, min_delay=0.05, max_delay=0.2) as c:
+                await c.subscribe(["feed.a"])
+                for i in range(1, 4):
+                    server.publish("feed.a", i)
+                seen = [(await next_event(c)).payload for _ in range(3)]
+                # The network drops the connection; events are published while the client is away.
+                c._ws._p.abort()
+                for i in range(4, 7):
+                    server.publish("feed.a", i)
+                for _ in range(3):
+                    seen.append((await next_event(c)).payload)
+                server.publish("feed.a", 7)
+                seen.append((await next_event(c)).payload)
+                assert seen == [1, 2, 3, 4, 5, 6, 7]
+                assert c.reconnects == 1
+                assert c.last_resume[0]["recovered"] is True and c.last_resume[0]["replayed"] == 3
+                assert c.positions["feed.a"]["offset"] == 7
+
+        asyncio.run(main())
+
+
+def test_reconnect_after_server_restart_continues_live():
+    port = free_port()
+    server = weft.Server("127.0.0.1", port)
+    server.start()
+    url = f"ws://127.0.0.1:{port}/ws"
+
+    async def main() -> None:
+        nonlocal server
+        async with engine_client.connect(url, min_delay=0.05, max_delay=0.3) as c:
+            await c.subscribe(["feed.b"])
+            server.publish("feed.b", "before")
+            assert (await next_event(c)).payload == "before"
+            await asyncio.get_running_loop().run_in_executor(None, server.stop)
+            await asyncio.sleep(0.3)  # the client retries against a closed port meanwhile
+            server = weft.Server("127.0.0.1", port)
+            server.start()
+            deadline = time.monotonic() + 10
+            while c.reconnects == 0 or not c.connected:
+                assert time.monotonic() < deadline, "no reconnect"
+                await asyncio.sleep(0.02)
+            server.publish("feed.b", "after")
+            ev = await next_event(c)
+            assert ev.payload == "after"
+            # A new engine has a new epoch: the old position could not be resumed.
+            assert c.last_resume[0]["ok"] and c.last_resume[0].get("recovered") is False
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()

@@ -67,7 +67,22 @@ pub(crate) struct AsyncProtocol {
     drain_waiters: Vec<Py<PyAny>>,
     pings: VecDeque<(Bytes, Instant, Py<PyAny>)>,
     latency: f64,
+    /// Write coalescing ("cork", as Node does with `nextTick`): a send that follows another
+    /// within `BURST` — with no input in between, so the application is producing a burst, not
+    /// answering — is framed but not written; `_flush`, scheduled with `call_soon`, writes the
+    /// whole burst in one `transport.write` when the application yields to the loop. The first
+    /// send of a burst, and every answer to received data, is written at once.
+    corked: bool,
+    corked_bytes: usize,
+    last_write: Option<Instant>,
+    /// `self._flush`, set while connected.
+    flush_cb: Option<Py<PyAny>>,
 }
+
+/// Sends closer together than this (without input in between) are coalesced.
+const BURST: std::time::Duration = std::time::Duration::from_micros(50);
+/// A burst is written out once this much is framed, without waiting for the loop.
+const CORK_LIMIT: usize = 256 * 1024;
 
 fn done(py: Python<'_>, fut: &Py<PyAny>) -> bool {
     fut.bind(py).call_method0(intern!(py, "done")).and_then(|d| d.extract()).unwrap_or(true)
@@ -87,6 +102,7 @@ fn set_exception(py: Python<'_>, fut: &Py<PyAny>, err: PyErr) {
 
 impl AsyncProtocol {
     fn flush(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.corked_bytes = 0;
         if !self.conn.has_transmit() {
             return Ok(());
         }
@@ -307,6 +323,10 @@ impl AsyncProtocol {
             drain_waiters: Vec::new(),
             pings: VecDeque::new(),
             latency: 0.0,
+            corked: false,
+            corked_bytes: 0,
+            last_write: None,
+            flush_cb: None,
         })
     }
 
@@ -315,7 +335,9 @@ impl AsyncProtocol {
     fn connection_made(slf: &Bound<'_, Self>, transport: Py<PyAny>) -> PyResult<()> {
         let py = slf.py();
         let resume = slf.getattr(intern!(py, "_resume"))?.unbind();
+        let flush_cb = slf.getattr(intern!(py, "_flush"))?.unbind();
         let mut me = slf.borrow_mut();
+        me.flush_cb = Some(flush_cb);
         if let Some(p) = &me.pending {
             transport.bind(py).call_method1(intern!(py, "write"), (PyBytes::new(py, &p.request),))?;
         }
@@ -336,7 +358,14 @@ impl AsyncProtocol {
         Ok(())
     }
 
+    /// Write a coalesced burst (scheduled by `send`).
+    fn _flush(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.corked = false;
+        self.flush(py)
+    }
+
     fn data_received(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        self.last_write = None;
         if let Some(p) = &mut self.pending {
             p.buf.extend_from_slice(data);
             return self.finish_handshake(py);
@@ -355,6 +384,7 @@ impl AsyncProtocol {
     fn connection_lost(&mut self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         self.transport = None;
         self.resume = None;
+        self.flush_cb = None;
         self.reading_paused = false;
         if self.pending.take().is_some() {
             let err = match exc {
@@ -438,7 +468,25 @@ impl AsyncProtocol {
             return Err(e.to_err(py));
         }
         let msg = common::from_python(data)?;
+        let len = msg.payload().len();
         self.conn.send(msg).map_err(|e| self.send_error(py, e))?;
+        if self.corked {
+            self.corked_bytes += len;
+            if self.corked_bytes >= CORK_LIMIT {
+                self.flush(py)?;
+            }
+            return Ok(self.writing_paused);
+        }
+        let now = Instant::now();
+        if let (Some(last), Some(cb)) = (self.last_write, &self.flush_cb) {
+            if now.duration_since(last) < BURST {
+                self.event_loop.bind(py).call_method1(intern!(py, "call_soon"), (cb.clone_ref(py),))?;
+                self.corked = true;
+                self.corked_bytes = len;
+                return Ok(self.writing_paused);
+            }
+        }
+        self.last_write = Some(now);
         self.flush(py)?;
         Ok(self.writing_paused)
     }

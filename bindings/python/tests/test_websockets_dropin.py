@@ -244,10 +244,122 @@ def test_ssl_context_and_sock(tls_server, weft_echo):
     asyncio.run(main())
 
 
-def test_explicit_proxy_is_refused_not_ignored(weft_echo):
+class ConnectProxy:
+    """A minimal HTTP CONNECT proxy (threads); records each request head; answers 407 to
+    requests whose ``Proxy-Authorization`` is not ``require_auth`` when that is set."""
+
+    def __init__(self, require_auth: str | None = None) -> None:
+        self.require_auth = require_auth
+        self.heads: list[str] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                conn.close()
+                return
+            head += chunk
+        text = head.decode("latin-1")
+        self.heads.append(text)
+        if self.require_auth and f"Proxy-Authorization: {self.require_auth}" not in text:
+            conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+            return
+        host, port = text.split(" ", 2)[1].rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        def pipe(a: socket.socket, b: socket.socket) -> None:
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (a, b):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=pipe, args=(conn, upstream), daemon=True).start()
+        threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+
+
+def test_http_proxy_tunnel_sync_and_asyncio(weft_echo, tls_server, monkeypatch):
+    import asyncio
+    import ssl
+    import urllib.parse
+
+    from weft.compat import _exceptions as x
     from weft.compat import asyncio_client, sync_client
 
-    with pytest.raises(NotImplementedError, match="proxy"):
-        sync_client.connect(weft_echo + "/", proxy="http://127.0.0.1:3128")
-    with pytest.raises(NotImplementedError, match="proxy"):
-        asyncio_client.connect(weft_echo + "/", proxy="http://127.0.0.1:3128")
+    port = urllib.parse.urlsplit(weft_echo).port
+    proxy = ConnectProxy()
+    with sync_client.connect(weft_echo + "/", proxy=proxy.url) as ws:
+        ws.send("via proxy")
+        assert ws.recv() == "via proxy"
+    assert proxy.heads[-1].startswith(f"CONNECT 127.0.0.1:{port} HTTP/1.1")
+
+    async def through(url: str, **kw) -> str:
+        async with asyncio_client.connect(url, **kw) as ws:
+            await ws.send("async via proxy")
+            return await ws.recv()
+
+    assert asyncio.run(through(weft_echo + "/", proxy=proxy.url)) == "async via proxy"
+    assert len(proxy.heads) == 2
+    # wss:// through the tunnel: TLS end to end with the server.
+    url, ca = tls_server
+    ctx = ssl.create_default_context(cafile=ca)
+    assert asyncio.run(through(url + "/echo", proxy=proxy.url, ssl=ctx)) == "async via proxy"
+    with sync_client.connect(url + "/echo", proxy=proxy.url, ssl=ctx) as ws:
+        ws.send("tls via proxy")
+        assert ws.recv() == "tls via proxy"
+    assert proxy.heads[-1].startswith("CONNECT localhost:")
+
+    # proxy=True (the default) takes the environment's proxy, and honours no_proxy.
+    monkeypatch.setenv("http_proxy", proxy.url)
+    n = len(proxy.heads)
+    with sync_client.connect(weft_echo + "/") as ws:
+        ws.send("env")
+        assert ws.recv() == "env"
+    assert len(proxy.heads) == n + 1
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with sync_client.connect(weft_echo + "/") as ws:
+        ws.send("direct")
+        assert ws.recv() == "direct"
+    assert len(proxy.heads) == n + 1
+    monkeypatch.delenv("http_proxy")
+    monkeypatch.delenv("no_proxy")
+
+    # Credentials from the URL; a refusal is a handshake error.
+    guarded = ConnectProxy(require_auth="Basic " + __import__("base64").b64encode(b"ann:s3cret").decode())
+    with pytest.raises(x.InvalidHandshake, match="407"):
+        sync_client.connect(weft_echo + "/", proxy=guarded.url)
+    with pytest.raises(x.InvalidHandshake, match="407"):
+        asyncio.run(through(weft_echo + "/", proxy=guarded.url))
+    authed = guarded.url.replace("http://", "http://ann:s3cret@")
+    assert asyncio.run(through(weft_echo + "/", proxy=authed)) == "async via proxy"
+
+
+def test_unsupported_proxies_are_refused_not_ignored(weft_echo):
+    from weft.compat import asyncio_client, sync_client
+
+    with pytest.raises(NotImplementedError, match="socks5"):
+        sync_client.connect(weft_echo + "/", proxy="socks5://127.0.0.1:1080")
+    with pytest.raises(NotImplementedError, match="https"):
+        asyncio_client.connect(weft_echo + "/", proxy="https://127.0.0.1:3128")

@@ -8,13 +8,13 @@ import os
 import random
 import sys
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Mapping
 from typing import Any, Generator, Iterable
 
 from .._weft import __version__
 from . import _exceptions as exc
+from . import _proxy
 
 try:
     from websockets.protocol import State
@@ -74,8 +74,9 @@ def options(
     proxy: Any,
     max_size: Any,
     create_connection: Any,
-) -> tuple[dict[str, Any], tuple[bool, str, int]]:
-    """Translate websockets' connection keywords into weft's; refuse what weft cannot honour."""
+) -> tuple[dict[str, Any], tuple[bool, str, int], str | None]:
+    """Translate websockets' connection keywords into weft's; refuse what weft cannot honour.
+    Returns the options, (secure, host, port) and the proxy URL to tunnel through, if any."""
     target = check_uri(uri)
     if extensions:
         raise NotImplementedError("weft negotiates permessage-deflate itself; custom extensions are not supported")
@@ -83,7 +84,7 @@ def options(
         raise NotImplementedError("create_connection is not supported by weft's websockets drop-in")
     if compression not in ("deflate", None):
         raise ValueError(f"unsupported compression: {compression}")
-    check_proxy(uri, proxy, target)
+    proxy_url = _proxy.resolve(uri, proxy, target[1], target[2])
     headers = headers_list(additional_headers) + headers_list(extra_headers)
     if origin is not None:
         headers.append(("Origin", str(origin)))
@@ -99,27 +100,8 @@ def options(
             "max_size": max_size,
         },
         target,
+        proxy_url,
     )
-
-
-def check_proxy(uri: str, proxy: Any, target: tuple[bool, str, int]) -> None:
-    """weft does not tunnel through proxies yet: say so instead of silently going direct."""
-    if proxy is None or proxy is False:
-        return
-    if proxy is True:
-        _, host, port = target
-        if urllib.request.proxy_bypass(f"{host}:{port}"):
-            return
-        proxies = urllib.request.getproxies()
-        scheme = "https" if uri.startswith("wss:") else "http"
-        found = proxies.get("wss" if scheme == "https" else "ws") or proxies.get(scheme) or proxies.get("socks")
-        if not found:
-            return
-        raise NotImplementedError(
-            f"the environment configures proxy {found} for {uri}, and weft cannot connect through proxies "
-            "yet; pass proxy=None to connect directly"
-        )
-    raise NotImplementedError(f"weft cannot connect through proxies yet (proxy={proxy!r}); pass proxy=None")
 
 
 def queue_size(max_queue: Any) -> int:

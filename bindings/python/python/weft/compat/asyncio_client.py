@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Callable, Generator
 from .. import exceptions as _weft_exc
 from ..async_client import AsyncWebSocket, _open
 from . import _common as c
+from . import _proxy
 from . import _exceptions as exc
 from . import stats as _stats
 
@@ -123,7 +124,7 @@ class connect:
     ) -> None:
         if kwargs:
             raise TypeError(f"connect() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
-        opts, (secure, _, _) = c.options(
+        opts, (secure, host, port), proxy_url = c.options(
             uri,
             origin=origin,
             extensions=extensions,
@@ -149,6 +150,9 @@ class connect:
         )
         self.uri = uri
         self._opts = opts
+        self._proxy = proxy_url if sock is None else None
+        self._target = (host, port)
+        self._user_agent = user_agent_header
         self._open_timeout = open_timeout
         self._write_limit = write_limit[0] if isinstance(write_limit, tuple) else write_limit
         self.process_exception = process_exception
@@ -158,8 +162,14 @@ class connect:
 
     async def _connect(self) -> ClientConnection:
         _stats["attempts"] += 1
+        opts = self._opts
         try:
-            ws = await _open(self.uri, self._open_timeout, None, _cls=ClientConnection, **self._opts)
+            if self._proxy is not None:
+                sock = await asyncio.wait_for(
+                    _proxy.tunnel_async(self._proxy, *self._target, self._user_agent), self._open_timeout
+                )
+                opts = dict(opts, sock=sock)
+            ws = await _open(self.uri, self._open_timeout, None, _cls=ClientConnection, **opts)
         except _weft_exc.WebSocketException as e:
             raise exc.translate(e) from None
         assert isinstance(ws, ClientConnection)

@@ -18,6 +18,7 @@ from .. import exceptions as _weft_exc
 from .._weft import WebSocket
 from .._weft import connect as _connect
 from . import _common as c
+from . import _proxy
 from . import _exceptions as exc
 from . import stats as _stats
 
@@ -194,7 +195,7 @@ def connect(
     """
     if kwargs:
         raise TypeError(f"connect() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
-    opts, (secure, _, _) = c.options(
+    opts, (secure, host, port), proxy_url = c.options(
         uri,
         origin=origin,
         extensions=extensions,
@@ -212,6 +213,8 @@ def connect(
     c.queue_size(max_queue)
     _stats["attempts"] += 1
     fd = None
+    if sock is None and proxy_url is not None:
+        sock = _proxy.tunnel(proxy_url, host, port, open_timeout, user_agent_header)
     if sock is not None:
         if sock.type != _socket.SOCK_STREAM or sock.family not in (_socket.AF_INET, _socket.AF_INET6):
             raise NotImplementedError("weft's sync client takes a connected TCP socket as sock")

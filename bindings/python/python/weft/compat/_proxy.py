@@ -1,0 +1,117 @@
+"""HTTP proxies for the websockets drop-in: ``CONNECT host:port``, then the WebSocket (and TLS
+for ``wss://``) runs through the tunnel on the returned socket.
+
+Only ``http://`` proxies are supported (optionally with ``user:password@``, sent as Basic
+``Proxy-Authorization``); ``https://`` and SOCKS proxies raise ``NotImplementedError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import time
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from . import _exceptions as exc
+
+MAX_HEAD = 64 * 1024
+
+
+def resolve(uri: str, proxy: Any, host: str, port: int) -> str | None:
+    """The proxy URL to use for ``uri``, as websockets chooses it (``proxy=True``: from the
+    environment, honouring ``no_proxy``), or ``None`` to connect directly."""
+    if proxy is None or proxy is False:
+        return None
+    if proxy is True:
+        if urllib.request.proxy_bypass(f"{host}:{port}"):
+            return None
+        proxies = urllib.request.getproxies()
+        secure = uri.startswith("wss:")
+        found = proxies.get("wss" if secure else "ws") or proxies.get("https" if secure else "http")
+        found = found or proxies.get("socks")
+        if not found:
+            return None
+        proxy = found
+    if not isinstance(proxy, str):
+        raise TypeError(f"proxy must be a URL, True or None, not {type(proxy).__name__}")
+    scheme = urllib.parse.urlsplit(proxy).scheme
+    if scheme != "http":
+        raise NotImplementedError(f"weft supports http:// proxies only, not {scheme}:// ({proxy})")
+    return proxy
+
+
+def _request(proxy: str, host: str, port: int, user_agent: str | None) -> tuple[tuple[str, int], bytes]:
+    p = urllib.parse.urlsplit(proxy)
+    if not p.hostname:
+        raise exc.InvalidHandshake(f"invalid proxy URL {proxy!r}")
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+    if user_agent:
+        lines.append(f"User-Agent: {user_agent}")
+    if p.username is not None:
+        cred = f"{urllib.parse.unquote(p.username)}:{urllib.parse.unquote(p.password or '')}"
+        lines.append("Proxy-Authorization: Basic " + base64.b64encode(cred.encode()).decode())
+    return (p.hostname, p.port or 80), ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _check(head: bytes, proxy: str) -> None:
+    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise exc.InvalidHandshake(f"invalid response from proxy {proxy}: {status_line!r}")
+    if not 200 <= int(parts[1]) < 300:
+        raise exc.InvalidHandshake(f"proxy {proxy} refused the tunnel: {status_line}")
+
+
+def tunnel(proxy: str, host: str, port: int, timeout: float | None, user_agent: str | None) -> socket.socket:
+    """Open a tunnel through ``proxy`` (blocking); returns the connected socket."""
+    addr, req = _request(proxy, host, port, user_agent)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    sock = socket.create_connection(addr, timeout=timeout)
+    try:
+        sock.sendall(req)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            if deadline is not None:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise exc.InvalidHandshake(f"proxy {proxy} closed the connection")
+            head += chunk
+            if len(head) > MAX_HEAD:
+                raise exc.InvalidHandshake(f"proxy {proxy} sent an oversized response")
+        _check(head, proxy)
+        sock.settimeout(None)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def tunnel_async(proxy: str, host: str, port: int, user_agent: str | None) -> socket.socket:
+    """Open a tunnel through ``proxy`` on the running loop; returns the connected socket."""
+    loop = asyncio.get_running_loop()
+    addr, req = _request(proxy, host, port, user_agent)
+    infos = await loop.getaddrinfo(addr[0], addr[1], type=socket.SOCK_STREAM)
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, sockaddr)
+        await loop.sock_sendall(sock, req)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await loop.sock_recv(sock, 4096)
+            if not chunk:
+                raise exc.InvalidHandshake(f"proxy {proxy} closed the connection")
+            head += chunk
+            if len(head) > MAX_HEAD:
+                raise exc.InvalidHandshake(f"proxy {proxy} sent an oversized response")
+        _check(head, proxy)
+        return sock
+    except BaseException:
+        sock.close()
+        raise

@@ -351,6 +351,13 @@ impl Server {
         self.running.read().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |r| r.engine.connection_count())
     }
 
+    /// The engine's counters, as `GET /api/stats` shows them (a dict).
+    fn stats(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let stats = self.with_running(py, |r| Ok(r.engine.stats()))?;
+        let value = serde_json::to_value(stats).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        to_python(py, &value)
+    }
+
     /// The port being served (the chosen one when constructed with 0), or None when stopped.
     #[getter]
     fn port(&self, py: Python<'_>) -> Option<u16> {

@@ -62,6 +62,8 @@ def test_publish_subscribe_and_inbound_batches():
                 pos = await c.publish("news.world", "from a client")
                 assert pos["offset"] == 2
                 assert (await next_event(c)).payload == "from a client"
+                stats = server.stats()
+                assert stats["connections"] == 1 and stats["publishes_total"] == 3 and stats["topics"] >= 1
 
         asyncio.run(main())
         got = drain_until(server, lambda g: any(e["type"] == "disconnect" for e in g))

@@ -122,6 +122,10 @@ def test_reconnect_loop(py_server):
     same_on_both("reconnect.py", {"WS_FLAKY_URL": py_server + "/close/1011/again"}, ["closed 1011"] * 3)
 
 
+def test_reconnect_loop_raises_fatal_errors(py_server):
+    same_on_both("reconnect_fatal.py", {"WS_REJECT_URL": py_server + "/reject"}, ["fatal 403"])
+
+
 def test_keepalive_closes_1011(raw_server):
     def never_pong(conn: socket.socket) -> None:
         # Ignore pings; answer the client's close frame, as a live but unresponsive server would.

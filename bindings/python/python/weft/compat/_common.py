@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import sys
+import traceback
 import urllib.parse
 import uuid
 from collections.abc import Mapping
@@ -159,6 +160,35 @@ def process_exception(e: Exception) -> Exception | None:
     if isinstance(e, exc.InvalidStatus) and e.status_code in (500, 502, 503, 504):
         return None
     return e
+
+
+def retry_delay(
+    e: Exception,
+    process: Any,
+    delays: Generator[float, None, None] | None,
+    make_delays: Any,
+    logger: Any,
+) -> tuple[float, Generator[float, None, None]]:
+    """The reconnect loop's decision after a failed attempt (call it from the ``except``
+    block): re-raise a fatal error (as ``process_exception`` says), else the delay before
+    the next attempt and the delay generator to keep."""
+    try:
+        new = process(e)
+    except Exception as raised:  # raising instead of returning is a common mistake; accept it
+        new = raised
+    if new is e:
+        raise  # noqa: PLE0704 - re-raises the exception being handled by the caller
+    if new is not None:
+        raise new from e
+    if delays is None:
+        delays = make_delays()
+    delay = next(delays)
+    logger.info(
+        "connect failed; reconnecting in %.1f seconds: %s",
+        delay,
+        traceback.format_exception_only(type(e), e)[0].strip(),
+    )
+    return delay, delays
 
 
 def text_payload(message: Any, text: bool | None) -> Any:

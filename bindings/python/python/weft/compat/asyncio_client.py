@@ -8,7 +8,6 @@ the connection is weft's asyncio protocol implemented in Rust.
 from __future__ import annotations
 
 import asyncio
-import traceback
 from typing import Any, AsyncIterator, Callable, Generator
 
 from .. import exceptions as _weft_exc
@@ -201,22 +200,7 @@ class connect:
                 async with self as connection:
                     yield connection
             except Exception as e:
-                try:
-                    new = self.process_exception(e)
-                except Exception as raised:
-                    new = raised
-                if new is e:
-                    raise
-                if new is not None:
-                    raise new from e
-                if delays is None:
-                    delays = self.reconnect_delays()
-                delay = next(delays)
-                self.logger.info(
-                    "connect failed; reconnecting in %.1f seconds: %s",
-                    delay,
-                    traceback.format_exception_only(type(e), e)[0].strip(),
-                )
+                delay, delays = c.retry_delay(e, self.process_exception, delays, self.reconnect_delays, self.logger)
                 await asyncio.sleep(delay)
             else:
                 delays = None

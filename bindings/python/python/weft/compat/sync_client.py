@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket as _socket
 import ssl as _ssl
 import time
-import traceback
 from typing import Any, Callable, Generator, Iterator
 
 from .. import exceptions as _weft_exc
@@ -267,22 +266,7 @@ class reconnect:
                 with connect(self.uri, **self.kwargs) as connection:
                     yield connection
             except Exception as e:
-                try:
-                    new = self.process_exception(e)
-                except Exception as raised:
-                    new = raised
-                if new is e:
-                    raise
-                if new is not None:
-                    raise new from e
-                if delays is None:
-                    delays = self.reconnect_delays()
-                delay = next(delays)
-                self.logger.info(
-                    "connect failed; reconnecting in %.1f seconds: %s",
-                    delay,
-                    traceback.format_exception_only(type(e), e)[0].strip(),
-                )
+                delay, delays = c.retry_delay(e, self.process_exception, delays, self.reconnect_delays, self.logger)
                 time.sleep(delay)
             else:
                 delays = None

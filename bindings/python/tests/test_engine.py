@@ -180,3 +180,22 @@ def test_reconnect_after_server_restart_continues_live():
         asyncio.run(main())
     finally:
         server.stop()
+
+
+def test_slow_application_loses_nothing():
+    """The client's event queue is bounded: when the application lags, the connection is not
+    read (TCP backpressure) and every event still arrives, in order."""
+    with weft.Server("127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+
+        async def main() -> None:
+            async with engine_client.connect(url, max_queue=5) as c:
+                await c.subscribe(["burst"])
+                for i in range(500):
+                    server.publish("burst", {"i": i, "pad": "x" * 200})
+                await asyncio.sleep(0.3)  # the application is busy; at most 5 events are queued
+                assert c._events.qsize() <= 5
+                got = [(await next_event(c)).payload["i"] for _ in range(500)]
+                assert got == list(range(500))
+
+        asyncio.run(main())

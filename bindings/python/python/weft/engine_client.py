@@ -134,7 +134,11 @@ class EngineClient:
             assert ws is not None
             try:
                 async for raw in ws:
-                    self._dispatch(json.loads(raw))
+                    ev = self._dispatch(json.loads(raw))
+                    if ev is not None:
+                        # A full queue stops this loop, so the connection stops being read
+                        # (TCP backpressure; the server's slow-consumer policy decides).
+                        await self._events.put(ev)
                 if self._closing or not self.reconnect:
                     break
             except ConnectionClosed as e:
@@ -199,12 +203,15 @@ class EngineClient:
                 if reply.get("type") == "error":
                     raise EngineError(reply.get("code", 5000), reply.get("message", ""))
                 return reply
-            self._dispatch(reply)
+            ev = self._dispatch(reply)
+            if ev is not None:
+                await self._events.put(ev)
 
     def _resume_for(self, topics: Iterable[str]) -> dict[str, dict[str, Any]]:
         return {t: self._positions[t] for t in topics if t in self._positions}
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
+    def _dispatch(self, msg: dict[str, Any]) -> Event | None:
+        """Resolve a reply's request, or turn a pushed message into an :class:`Event`."""
         kind = msg.get("type")
         rid = msg.get("id")
         if kind in ("subscribed", "unsubscribed", "published", "presence", "pong", "sent", "error") and isinstance(
@@ -216,7 +223,7 @@ class EngineClient:
                     fut.set_exception(EngineError(msg.get("code", 5000), msg.get("message", "")))
                 else:
                     fut.set_result(msg)
-            return
+            return None
         if kind == "event":
             topic = msg["topic"]
             self._positions[topic] = {"offset": msg["offset"], "epoch": msg["epoch"]}
@@ -235,25 +242,8 @@ class EngineClient:
         elif kind == "lagged":
             ev = Event("lagged", dropped=msg.get("dropped"), raw=msg)
         else:
-            return  # a reply nobody waits for, or something newer than this client
-        try:
-            self._events.put_nowait(ev)
-        except asyncio.QueueFull:
-            # The application does not keep up: stop reading (TCP backpressure to the server,
-            # whose slow-consumer policy then applies) until there is room.
-            self._blocked_put(ev)
-
-    def _blocked_put(self, ev: Event) -> None:
-        assert self._ws is not None
-        p = self._ws._p
-        p.transport.pause_reading()
-
-        async def put() -> None:
-            await self._events.put(ev)
-            if p.transport is not None:
-                p.transport.resume_reading()
-
-        asyncio.get_running_loop().create_task(put())
+            return None  # a reply nobody waits for, or something newer than this client
+        return ev
 
     def _fail_pending(self, e: BaseException) -> None:
         for fut in self._pending.values():
@@ -412,7 +402,9 @@ def connect(
 
     ``reconnect``: reconnect after connection loss (backoff from ``min_delay`` doubling up to
     ``max_delay`` seconds, full jitter); a refused token (401/403) ends the client instead.
-    ``max_queue``: events buffered for the application before reading pauses. Other keywords
+    ``max_queue``: events buffered for the application before reading pauses (replies are read
+    on the same connection, so an application that never consumes events should not wait for
+    requests once this many are buffered). Other keywords
     go to :func:`weft.async_client.connect` (``headers``, ``ssl``, ``ping_interval``, ...).
     """
     client = EngineClient(

@@ -467,9 +467,7 @@ impl AsyncProtocol {
         if let Some(e) = &self.ended {
             return Err(e.to_err(py));
         }
-        let msg = common::from_python(data)?;
-        let len = msg.payload().len();
-        self.conn.send(msg).map_err(|e| self.send_error(py, e))?;
+        let len = common::send_python(&mut self.conn, data)?.map_err(|e| self.send_error(py, e))?;
         if self.corked {
             self.corked_bytes += len;
             if self.corked_bytes >= CORK_LIMIT {

@@ -553,6 +553,42 @@ impl Connection {
         }
     }
 
+    /// Queue a data message whose payload is borrowed: `text` (valid UTF-8 by type) or
+    /// binary. A client copies (and masks) the payload straight into its write buffer, one copy
+    /// fewer than [`send`](Self::send) with an owned [`Message`] made from foreign memory (the
+    /// Python bindings' case). Large server payloads are copied into their own slice.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use weft_proto::{Config, Connection, Role};
+    ///
+    /// let mut c = Connection::new(Role::Client, Config::default(), Instant::now());
+    /// c.send_borrowed(false, b"payload").unwrap();
+    /// assert!(c.has_transmit());
+    /// ```
+    pub fn send_borrowed(&mut self, text: bool, payload: &[u8]) -> Result<(), SendError> {
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        self.check_can_send()?;
+        #[cfg(feature = "deflate")]
+        if let Some(d) = self.deflate.as_mut().map(|d| &mut d.deflater).filter(|d| d.wants(payload.len())) {
+            let mut z = Vec::with_capacity(payload.len() / 2 + 16);
+            d.compress(payload, &mut z);
+            let mut h = FrameHeader::new(op, z.len() as u64);
+            h.rsv1 = true;
+            self.push_frame(h, Bytes::from(z));
+            return Ok(());
+        }
+        let mut h = FrameHeader::new(op, payload.len() as u64);
+        h.mask = self.mask_key();
+        if h.mask.is_none() && payload.len() > self.config.cork_threshold && self.vectored {
+            self.push_frame(h, Bytes::copy_from_slice(payload));
+        } else {
+            self.write_header(&h);
+            self.write_payload(&h, payload);
+        }
+        Ok(())
+    }
+
     fn check_can_send(&self) -> Result<(), SendError> {
         if self.state != State::Open {
             return Err(SendError::Closed);

@@ -141,6 +141,28 @@ fn text_and_binary_roundtrip_both_ways() {
 }
 
 #[test]
+fn borrowed_sends_arrive_like_owned_ones() {
+    for deflate in [None, Some(false), Some(true)] {
+        let mut p = Pair::new(Config::default());
+        if let Some(nct) = deflate {
+            p = p.deflate(params(nct));
+        }
+        // Sizes around the server's cork threshold (large server payloads take their own slice).
+        for n in [0, 1, 125, 126, 4096, 70_000, 300_000] {
+            let text = "é".repeat(n / 2);
+            let bin: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            p.client.send_borrowed(true, text.as_bytes()).unwrap();
+            p.client.send_borrowed(false, &bin).unwrap();
+            p.server.send_borrowed(false, &bin).unwrap();
+            let (ce, se) = p.drive();
+            assert_eq!(msg(&se[0]), &Message::text(text.clone()), "n={n} deflate={deflate:?}");
+            assert_eq!(msg(&se[1]), &Message::binary(bin.clone()));
+            assert_eq!(msg(&ce[0]), &Message::binary(bin));
+        }
+    }
+}
+
+#[test]
 fn fragments_are_reassembled_with_interleaved_control_frames() {
     let mut bytes = client_frame(false, 0x1, 0, "κό".as_bytes());
     bytes.extend(client_frame(true, 0x9, 0, b"ping!"));

@@ -345,10 +345,16 @@ impl Server {
         Ok(PyList::new(py, items)?.unbind())
     }
 
-    /// Open WebSocket connections (an atomic read under a shared lock that only `start` and
-    /// `stop` take exclusively). 0 when not running.
+    /// Open WebSocket connections: an atomic read, never waits (0 when not running, and while
+    /// `start` or `stop` is in progress).
     fn connection_count(&self) -> usize {
-        self.running.read().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |r| r.engine.connection_count())
+        match self.running.try_read() {
+            Ok(g) => g.as_ref().map_or(0, |r| r.engine.connection_count()),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                p.into_inner().as_ref().map_or(0, |r| r.engine.connection_count())
+            }
+            Err(std::sync::TryLockError::WouldBlock) => 0,
+        }
     }
 
     /// The engine's counters, as `GET /api/stats` shows them (a dict).

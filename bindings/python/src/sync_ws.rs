@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError, Weak, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -50,47 +50,55 @@ const CORK_LIMIT: usize = 256 * 1024;
 /// The longest a corked burst waits when the application neither sends nor receives.
 const FLUSH_DELAY: Duration = Duration::from_micros(200);
 
-/// The flusher: one thread for the process, writing out bursts nobody else flushed in time.
-fn flusher() -> &'static mpsc::Sender<Weak<Mutex<Io>>> {
-    static TX: OnceLock<mpsc::Sender<Weak<Mutex<Io>>>> = OnceLock::new();
-    TX.get_or_init(|| {
+/// The flusher: one thread per process, writing out bursts nobody else flushed in time. A
+/// child made by `fork` (multiprocessing) has no such thread, so it starts its own.
+type FlushQueue = mpsc::Sender<Weak<Mutex<Io>>>;
+
+fn flush_later(io: Weak<Mutex<Io>>) {
+    /// The flusher's queue, and the process it was started in.
+    static FLUSHER: Mutex<Option<(u32, FlushQueue)>> = Mutex::new(None);
+    let mut guard = FLUSHER.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    if guard.as_ref().is_none_or(|(p, _)| *p != pid) {
         let (tx, rx) = mpsc::channel::<Weak<Mutex<Io>>>();
-        std::thread::Builder::new()
-            .name("weft-flush".into())
-            .spawn(move || {
-                // Connections whose socket was full at the last try; retried every millisecond.
-                let mut waiting: Vec<Weak<Mutex<Io>>> = Vec::new();
-                loop {
-                    let first = if waiting.is_empty() {
-                        match rx.recv() {
-                            Ok(w) => Some(w),
-                            Err(_) => return,
-                        }
-                    } else {
-                        rx.recv_timeout(Duration::from_millis(1)).ok()
-                    };
-                    std::thread::sleep(FLUSH_DELAY);
-                    waiting.extend(first);
-                    waiting.extend(rx.try_iter());
-                    waiting.retain(|w| {
-                        let Some(io) = w.upgrade() else { return false };
-                        let mut io = io.lock().unwrap_or_else(|e| e.into_inner());
-                        if !io.corked {
-                            return false;
-                        }
-                        match io.try_flush() {
-                            Ok(done) => !done,
-                            Err(_) => {
-                                io.finish(Ended::reset());
-                                false
-                            }
-                        }
-                    });
+        std::thread::Builder::new().name("weft-flush".into()).spawn(move || run_flusher(rx)).expect("spawn weft-flush");
+        *guard = Some((pid, tx));
+    }
+    if let Some((_, tx)) = guard.as_ref() {
+        let _ = tx.send(io);
+    }
+}
+
+fn run_flusher(rx: mpsc::Receiver<Weak<Mutex<Io>>>) {
+    // Connections whose socket was full at the last try; retried every millisecond.
+    let mut waiting: Vec<Weak<Mutex<Io>>> = Vec::new();
+    loop {
+        let first = if waiting.is_empty() {
+            match rx.recv() {
+                Ok(w) => Some(w),
+                Err(_) => return,
+            }
+        } else {
+            rx.recv_timeout(Duration::from_millis(1)).ok()
+        };
+        std::thread::sleep(FLUSH_DELAY);
+        waiting.extend(first);
+        waiting.extend(rx.try_iter());
+        waiting.retain(|w| {
+            let Some(io) = w.upgrade() else { return false };
+            let mut io = io.lock().unwrap_or_else(|e| e.into_inner());
+            if !io.corked {
+                return false;
+            }
+            match io.try_flush() {
+                Ok(done) => !done,
+                Err(_) => {
+                    io.finish(Ended::reset());
+                    false
                 }
-            })
-            .expect("spawn the weft-flush thread");
-        tx
-    })
+            }
+        });
+    }
 }
 
 /// Whether the socket's read timeout must change before waiting `wanted`: a `setsockopt` per
@@ -630,7 +638,7 @@ impl WebSocket {
         } else if io.last_write.is_some_and(|t| now.duration_since(t) < BURST) {
             io.corked = true;
             io.corked_bytes = len;
-            let _ = flusher().send(Arc::downgrade(&self.io));
+            flush_later(Arc::downgrade(&self.io));
             return Ok(());
         }
         io.last_write = Some(now);

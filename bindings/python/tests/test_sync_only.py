@@ -102,3 +102,42 @@ def test_burst_of_sends_arrives_in_order_and_is_flushed_without_recv(weft_echo, 
     # No recv, no further send: the flusher writes them within its delay.
     assert done.wait(2), got
     assert got == [b"first", b"second", b"third"]
+
+
+def test_flusher_works_in_a_forked_child(weft_echo, raw_server):
+    """A child made by fork has no flusher thread of its own until it needs one."""
+    import os
+
+    from conftest import read_client_frame
+
+    with connect(weft_echo) as ws:  # the parent's flusher thread exists after this burst
+        for i in range(3):
+            ws.send(f"p{i}")
+        time.sleep(0.01)
+        assert [ws.recv() for _ in range(3)] == ["p0", "p1", "p2"]
+
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def record(conn):
+        while len(got) < 3:
+            got.append(read_client_frame(conn)[1])
+        done.set()
+        time.sleep(1)
+
+    server = raw_server(record)
+    pid = os.fork()
+    if pid == 0:  # the child: a burst, then neither send nor recv
+        try:
+            ws = connect(server.url)
+            ws.send("a")
+            ws.send("b")
+            ws.send("c")
+            time.sleep(1)
+        finally:
+            os._exit(0)
+    try:
+        assert done.wait(2), got
+        assert got == [b"a", b"b", b"c"]
+    finally:
+        os.waitpid(pid, 0)

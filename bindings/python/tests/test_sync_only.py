@@ -72,11 +72,25 @@ def test_websocket_rs_07_path_and_members(weft_echo):
     assert not ws.open and ws.closed
 
 
+def recording_server(raw_server, n: int):
+    """A raw server that records the payloads of the first `n` client frames."""
+    from conftest import read_client_frame
+
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def record(conn):
+        while len(got) < n:
+            got.append(read_client_frame(conn)[1])
+        done.set()
+        time.sleep(1)
+
+    return raw_server(record), got, done
+
+
 def test_burst_of_sends_arrives_in_order_and_is_flushed_without_recv(weft_echo, raw_server):
     """Write coalescing: a burst is written at the next recv, or by the flusher thread when the
     application neither sends nor receives."""
-    from conftest import read_client_frame
-
     with connect(weft_echo) as ws:
         for i in range(500):
             ws.send(f"m{i}")
@@ -85,16 +99,7 @@ def test_burst_of_sends_arrives_in_order_and_is_flushed_without_recv(weft_echo, 
             ws.send(b"y" * 65536)
         assert [len(ws.recv()) for _ in range(6)] == [65536] * 6
 
-    got: list[bytes] = []
-    done = threading.Event()
-
-    def record(conn):
-        while len(got) < 3:
-            got.append(read_client_frame(conn)[1])
-        done.set()
-        time.sleep(1)
-
-    server = raw_server(record)
+    server, got, done = recording_server(raw_server, 3)
     ws = connect(server.url)
     ws.send("first")
     ws.send("second")  # within the burst window: corked
@@ -108,24 +113,13 @@ def test_flusher_works_in_a_forked_child(weft_echo, raw_server):
     """A child made by fork has no flusher thread of its own until it needs one."""
     import os
 
-    from conftest import read_client_frame
-
     with connect(weft_echo) as ws:  # the parent's flusher thread exists after this burst
         for i in range(3):
             ws.send(f"p{i}")
         time.sleep(0.01)
         assert [ws.recv() for _ in range(3)] == ["p0", "p1", "p2"]
 
-    got: list[bytes] = []
-    done = threading.Event()
-
-    def record(conn):
-        while len(got) < 3:
-            got.append(read_client_frame(conn)[1])
-        done.set()
-        time.sleep(1)
-
-    server = raw_server(record)
+    server, got, done = recording_server(raw_server, 3)
     pid = os.fork()
     if pid == 0:  # the child: a burst, then neither send nor recv
         try:

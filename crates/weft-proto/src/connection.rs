@@ -31,6 +31,9 @@ use crate::mask;
 use crate::message::{Message, Utf8Bytes};
 use crate::utf8::{self, Utf8Validator};
 
+/// Most a read buffer grows by in one step beyond what it already holds.
+const MAX_READ_STEP: usize = 64 << 10;
+
 /// Which end of the connection we are. Clients mask what they send; servers must not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -132,13 +135,15 @@ pub struct Connection {
     buffered: usize,
     vectored: bool,
     sent_close: Option<Option<CloseFrame>>,
+    /// The payload of the most recent unanswered ping: at most one automatic pong waits
+    /// (RFC 6455 §5.5.3), written when the adapter next asks for bytes to transmit.
+    pong_pending: Option<Bytes>,
 
     // Timers.
     last_input: Instant,
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
     ping_payload: [u8; 8],
-    pings_sent: u64,
     close_deadline: Option<Instant>,
 }
 
@@ -165,11 +170,11 @@ impl Connection {
             buffered: 0,
             vectored: true,
             sent_close: None,
+            pong_pending: None,
             last_input: now,
             next_ping,
             pong_deadline: None,
             ping_payload: [0; 8],
-            pings_sent: 0,
             close_deadline: None,
             config,
         }
@@ -238,8 +243,11 @@ impl Connection {
             Some(f) => (f.header_len + f.header.payload_len as usize).saturating_sub(self.rbuf.len()),
             None => 0,
         };
-        // Read in large steps: 8 KiB reads cost ~2x server CPU per 16 KiB message (measured).
-        self.rbuf.reserve(want.clamp(buffer::INITIAL_CAPACITY, 64 << 20));
+        // Read in large steps (8 KiB reads cost ~2x server CPU per 16 KiB message, measured),
+        // but grow only as bytes arrive: a header announcing 16 MiB reserves 64 KiB, and the
+        // buffer at most doubles per step, so memory follows what the peer actually sent.
+        let step = want.min(self.rbuf.len().max(MAX_READ_STEP));
+        self.rbuf.reserve(step.max(buffer::INITIAL_CAPACITY));
         &mut self.rbuf
     }
 
@@ -269,6 +277,24 @@ impl Connection {
         if self.state != State::Closed {
             self.finish(ConnectionError::Reset);
         }
+    }
+
+    /// Whether the adapter should read more input now. `false` while more than
+    /// [`Config::write_buffer_high_water`] bytes wait to be written: a peer that sends without
+    /// reading (a ping flood, say) then stops being read until its output drains, so the
+    /// replies it causes cannot pile up without bound (TCP backpressure reaches the peer).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use weft_proto::{Config, Connection, Message, Role};
+    ///
+    /// let mut c = Connection::new(Role::Server, Config::default().write_buffer_high_water(1024), Instant::now());
+    /// assert!(c.wants_input());
+    /// c.send(Message::binary(vec![0u8; 4096])).unwrap();
+    /// assert!(!c.wants_input()); // write first
+    /// ```
+    pub fn wants_input(&self) -> bool {
+        self.buffered <= self.config.write_buffer_high_water
     }
 
     /// Whether part of a frame is waiting for more bytes.
@@ -393,7 +419,9 @@ impl Connection {
         match op {
             OpCode::Ping => {
                 if self.state == State::Open {
-                    self.queue_control(OpCode::Pong, &payload);
+                    // Only the most recent ping is answered (RFC 6455 §5.5.3): a flood of
+                    // pings costs one pending pong, not one per ping.
+                    self.pong_pending = Some(payload.clone());
                 }
                 Ok(Some(Event::Message(Message::Ping(payload))))
             }
@@ -533,6 +561,7 @@ impl Connection {
         self.next_ping = None;
         self.pong_deadline = None;
         self.close_deadline = None;
+        self.pong_pending = None;
         self.events.push_back(Event::Closed(reason));
     }
 
@@ -651,6 +680,8 @@ impl Connection {
     }
 
     fn queue_close(&mut self, frame: Option<&CloseFrame>) {
+        // A pong owed for an earlier ping precedes the close frame.
+        self.write_pending_pong();
         let mut payload = Vec::with_capacity(2 + frame.map_or(0, |f| f.reason.len()));
         if let Some(f) = frame {
             f.encode_into(&mut payload);
@@ -740,6 +771,12 @@ impl Connection {
         Ok(())
     }
 
+    fn write_pending_pong(&mut self) {
+        if let Some(p) = self.pong_pending.take() {
+            self.queue_control(OpCode::Pong, &p);
+        }
+    }
+
     fn seal_cork(&mut self) {
         if !self.cork.is_empty() {
             self.out.push_back(self.cork.split().freeze());
@@ -753,12 +790,13 @@ impl Connection {
 
     /// Whether anything waits to be written.
     pub fn has_transmit(&self) -> bool {
-        self.buffered > 0
+        self.buffered > 0 || self.pong_pending.is_some()
     }
 
     /// Fill `dst` with the queued bytes in order and return how many slices were used. Write
     /// them (vectored), then call [`advance_transmit`](Self::advance_transmit).
     pub fn transmit_slices<'a>(&'a mut self, dst: &mut [IoSlice<'a>]) -> usize {
+        self.write_pending_pong();
         self.seal_cork();
         let mut n = 0;
         for (i, chunk) in self.out.iter().enumerate() {
@@ -775,6 +813,7 @@ impl Connection {
     /// Pop the next chunk to write in full (simple adapters). Prefer
     /// [`transmit_slices`](Self::transmit_slices) for vectored writes.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.write_pending_pong();
         self.seal_cork();
         let mut chunk = self.out.pop_front()?;
         chunk.advance(self.out_head_written);
@@ -850,8 +889,8 @@ impl Connection {
         if let (Some(at), Some(interval)) = (self.next_ping, self.config.ping_interval) {
             if now >= at && self.state == State::Open {
                 if self.pong_deadline.is_none() {
-                    self.pings_sent += 1;
-                    self.ping_payload = self.pings_sent.to_be_bytes();
+                    // Unpredictable, so a peer cannot answer keep-alives without reading them.
+                    self.ping_payload = rand::random();
                     let p = self.ping_payload;
                     self.queue_control(OpCode::Ping, &p);
                     self.pong_deadline = Some(now + self.config.ping_timeout);

@@ -491,3 +491,85 @@ fn fuzz_seed_corpus_does_not_panic() {
         weft_proto::fuzzing::handshake(&data);
     }
 }
+
+#[test]
+fn a_ping_flood_costs_one_pending_pong() {
+    // 10,000 pings read before the adapter writes anything: one pong, for the last ping.
+    let mut bytes = Vec::new();
+    for i in 0..10_000u32 {
+        bytes.extend(client_frame(true, 0x9, 0, &i.to_be_bytes()));
+    }
+    let (evs, out) = server_gets(Config::default(), &bytes);
+    assert_eq!(evs.len(), 10_000);
+    let (h, n) = FrameHeader::decode(&out).unwrap().unwrap();
+    assert_eq!(h.opcode, OpCode::Pong);
+    assert_eq!(&out[n..], &9_999u32.to_be_bytes());
+    assert_eq!(out.len(), n + 4, "exactly one pong");
+}
+
+#[test]
+fn a_pending_pong_precedes_the_close_reply() {
+    let mut bytes = client_frame(true, 0x9, 0, b"last");
+    bytes.extend(client_frame(true, 0x8, 0, &1000u16.to_be_bytes()));
+    let (_, out) = server_gets(Config::default(), &bytes);
+    let (h, n) = FrameHeader::decode(&out).unwrap().unwrap();
+    assert_eq!((h.opcode, &out[n..n + 4]), (OpCode::Pong, &b"last"[..]));
+    assert_eq!(close_code_sent(&out[n + 4..]), 1000);
+}
+
+#[test]
+fn reading_pauses_while_output_is_above_the_high_water_mark() {
+    let now = Instant::now();
+    let mut s = Connection::new(Role::Server, Config::default().write_buffer_high_water(4096), now);
+    assert!(s.wants_input());
+    s.send(Message::binary(vec![7u8; 8192])).unwrap();
+    assert!(!s.wants_input());
+    while s.poll_transmit().is_some() {}
+    assert!(s.wants_input());
+}
+
+#[test]
+fn a_frame_header_alone_reserves_no_large_buffer() {
+    // A header announcing 16 MiB followed by 10 bytes: the buffer grows with what arrived.
+    let now = Instant::now();
+    let mut s = Connection::new(Role::Server, Config::default(), now);
+    let mut h = FrameHeader::new(OpCode::Binary, 16 << 20);
+    h.mask = Some([1, 2, 3, 4]);
+    let mut hb = [0u8; 14];
+    let n = h.encode(&mut hb);
+    s.handle_read(&hb[..n], now);
+    s.handle_read(&[0u8; 10], now);
+    assert!(s.poll_event().is_none());
+    let cap = s.read_buffer().capacity();
+    assert!(cap <= 256 << 10, "reserved {cap} bytes for 10 received");
+    // Feeding the whole frame in 1 MiB pieces still assembles it.
+    let mut left = (16 << 20) - 10;
+    while left > 0 {
+        let k = left.min(1 << 20);
+        s.handle_read(&vec![0u8; k], now);
+        left -= k;
+    }
+    match s.poll_event() {
+        Some(Event::Message(Message::Binary(b))) => assert_eq!(b.len(), 16 << 20),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn keepalive_ping_payloads_are_unpredictable() {
+    let cfg = Config::default().ping_interval(Some(Duration::from_secs(1)));
+    let payloads: Vec<Bytes> = (0..4)
+        .map(|_| {
+            let mut p = Pair::with(Config::default(), cfg.clone());
+            p.advance(Duration::from_secs(1));
+            let (ce, _) = p.drive();
+            match msg(&ce[0]) {
+                Message::Ping(b) => b.clone(),
+                m => panic!("{m:?}"),
+            }
+        })
+        .collect();
+    assert!(payloads.iter().all(|b| b.len() == 8));
+    assert_ne!(payloads[0], payloads[1]);
+    assert!(payloads.iter().all(|b| b[..] != 1u64.to_be_bytes()), "not a counter");
+}

@@ -165,6 +165,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             if self.poll_timer(cx).is_ready() {
                 continue;
             }
+            if !self.conn.wants_input() {
+                // Backpressure: a peer that does not read its output is not read either. The
+                // write above is pending, so this task wakes when the socket takes more.
+                return Poll::Pending;
+            }
             ready!(self.poll_fill(cx));
         }
     }

@@ -72,9 +72,31 @@ pub(crate) struct ServeArgs {
     /// Slow-consumer policy: disconnect, drop-oldest or latest [default: disconnect].
     #[arg(long, env = "WEFT_SLOW_CONSUMER")]
     slow_consumer: Option<SlowConsumerPolicy>,
-    /// Per-topic policy, PATTERN=POLICY (repeatable), e.g. `prices.>=latest`.
-    #[arg(long = "topic-policy", value_name = "PATTERN=POLICY")]
+    /// Per-topic policy, PATTERN=POLICY (repeatable; in the environment, comma-separated),
+    /// e.g. `prices.>=latest`.
+    #[arg(long = "topic-policy", value_name = "PATTERN=POLICY", env = "WEFT_TOPIC_POLICY", value_delimiter = ',')]
     topic_policy: Vec<String>,
+    /// Most topics held at once; more are refused with error 4008 [default: 100000].
+    #[arg(long, env = "WEFT_MAX_TOPICS")]
+    max_topics: Option<usize>,
+    /// Most distinct topics one connection may touch per 10 s [default: 256].
+    #[arg(long, env = "WEFT_TOPIC_CHURN_LIMIT")]
+    topic_churn_limit: Option<usize>,
+    /// Memory for all history, bytes or with a K/M/G suffix (KiB/MiB/GiB) [default: 256M].
+    #[arg(long, env = "WEFT_HISTORY_MEMORY", value_parser = parse_size)]
+    history_memory: Option<usize>,
+    /// Memory for one topic's history, bytes or with a K/M/G suffix [default: 4M].
+    #[arg(long, env = "WEFT_HISTORY_TOPIC_BYTES", value_parser = parse_size)]
+    history_topic_bytes: Option<usize>,
+    /// Seconds allowed for HTTP request headers; also the keep-alive idle limit [default: 10].
+    #[arg(long, env = "WEFT_HTTP_HEADER_TIMEOUT")]
+    http_header_timeout: Option<f64>,
+    /// Seconds allowed for an HTTP request body [default: 10].
+    #[arg(long, env = "WEFT_HTTP_BODY_TIMEOUT")]
+    http_body_timeout: Option<f64>,
+    /// Largest accepted token in bytes [default: 4096].
+    #[arg(long, env = "WEFT_MAX_TOKEN_SIZE")]
+    max_token_size: Option<usize>,
     /// Inbound messages per second per connection [default: 100].
     #[arg(long, env = "WEFT_RATE_LIMIT")]
     rate_limit: Option<f64>,
@@ -124,6 +146,45 @@ struct FileConfig {
     ping_timeout: Option<f64>,
     idle_timeout: Option<f64>,
     shutdown_grace: Option<f64>,
+    max_topics: Option<usize>,
+    topic_churn_limit: Option<usize>,
+    #[serde(default, deserialize_with = "size_opt")]
+    history_memory: Option<usize>,
+    #[serde(default, deserialize_with = "size_opt")]
+    history_topic_bytes: Option<usize>,
+    http_header_timeout: Option<f64>,
+    http_body_timeout: Option<f64>,
+    max_token_size: Option<usize>,
+}
+
+/// A byte size: a number, optionally with K, M or G (powers of 1024; `KiB`, `MB`... accepted).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 268435456, 256M, 1G)"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M or G)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn size_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        N(usize),
+        S(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::N(n)) => Ok(Some(n)),
+        Some(Size::S(s)) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
@@ -153,7 +214,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<(SocketAddr, Option<usize>, Engin
         bail!("give only one of --jwt-secret, --jwt-rsa-key, --jwt-ec-key");
     }
     let mut jwt = if let Some(s) = pick!(jwt_secret) {
-        Some(JwtAuth::hs256(s.as_bytes()))
+        Some(JwtAuth::hs256(s.as_bytes()).context("--jwt-secret")?)
     } else if let Some(p) = pick!(jwt_rsa_key) {
         let pem = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
         Some(JwtAuth::rs256_pem(&pem)?)
@@ -213,6 +274,17 @@ fn settings(args: ServeArgs) -> anyhow::Result<(SocketAddr, Option<usize>, Engin
     if let Some(v) = pick!(shutdown_grace) {
         c.shutdown_grace = secs(v, "shutdown_grace")?;
     }
+    c.max_topics = pick!(max_topics).unwrap_or(d.max_topics);
+    c.topic_churn_limit = pick!(topic_churn_limit).unwrap_or(d.topic_churn_limit);
+    c.history_memory = pick!(history_memory).unwrap_or(d.history_memory);
+    c.history_topic_bytes = pick!(history_topic_bytes).unwrap_or(d.history_topic_bytes);
+    if let Some(v) = pick!(http_header_timeout) {
+        c.http_header_timeout = secs(v, "http_header_timeout")?;
+    }
+    if let Some(v) = pick!(http_body_timeout) {
+        c.http_body_timeout = secs(v, "http_body_timeout")?;
+    }
+    c.max_token_size = pick!(max_token_size).unwrap_or(d.max_token_size);
     c.validate().map_err(anyhow::Error::msg)?;
     Ok((addr, threads, c))
 }
@@ -334,5 +406,20 @@ mod tests {
         assert!(settings(t.a).is_err());
         let t = T::parse_from(["x", "--queue-size", "10", "--history-size", "20"]);
         assert!(settings(t.a).unwrap_err().to_string().contains("queue_size"));
+    }
+
+    #[test]
+    fn weak_secrets_and_sizes() {
+        let t = T::parse_from(["x", "--jwt-secret", ""]);
+        let e = format!("{:#}", settings(t.a).unwrap_err());
+        assert!(e.contains("at least 32"), "{e}");
+        let t = T::parse_from(["x", "--jwt-secret", "0123456789abcdef0123456789abcdef", "--history-memory", "64M"]);
+        let (_, _, c) = settings(t.a).unwrap();
+        assert!(!c.anonymous());
+        assert_eq!(c.history_memory, 64 << 20);
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("12X").is_err() && parse_size("M").is_err());
     }
 }

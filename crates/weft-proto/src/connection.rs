@@ -783,6 +783,33 @@ impl Connection {
         }
     }
 
+    /// Drop queued output that has not started to leave: every chunk after the one being
+    /// written, and the write buffer. Use it before closing a connection whose peer stopped
+    /// reading (a slow consumer), so the close frame is not queued behind data that will never
+    /// be read. Frames stay whole: a partly written chunk is kept. Returns the bytes dropped.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use weft_proto::{CloseCode, CloseFrame, Config, Connection, Message, Role};
+    ///
+    /// let mut c = Connection::new(Role::Server, Config::default(), Instant::now());
+    /// c.send(Message::text("never read")).unwrap();
+    /// assert_eq!(c.discard_unsent(), 12);
+    /// c.close(Some(CloseFrame::new(CloseCode::POLICY, "slow consumer"))).unwrap();
+    /// assert_eq!(c.buffered_amount(), 2 + 2 + 13); // only the close frame is left
+    /// ```
+    pub fn discard_unsent(&mut self) -> usize {
+        let keep = usize::from(self.out_head_written > 0);
+        let mut dropped = 0;
+        while self.out.len() > keep {
+            dropped += self.out.pop_back().map_or(0, |c| c.len());
+        }
+        dropped += self.cork.len();
+        self.cork.clear();
+        self.buffered -= dropped;
+        dropped
+    }
+
     /// Bytes queued and not yet written.
     pub fn buffered_amount(&self) -> usize {
         self.buffered

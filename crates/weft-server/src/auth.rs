@@ -36,10 +36,28 @@ impl std::fmt::Display for AuthConfigError {
 
 impl std::error::Error for AuthConfigError {}
 
+/// The shortest HS256 secret accepted: 256 bits, the size of the HMAC-SHA256 output
+/// (RFC 7518 §3.2 requires a key at least that long).
+pub const MIN_HS256_SECRET: usize = 32;
+
 impl JwtAuth {
-    /// HS256 with a shared secret.
-    pub fn hs256(secret: &[u8]) -> Self {
-        Self::with_key(DecodingKey::from_secret(secret), Algorithm::HS256)
+    /// HS256 with a shared secret of at least [`MIN_HS256_SECRET`] bytes: a shorter (or empty)
+    /// secret is refused, since anyone could then forge tokens.
+    ///
+    /// ```
+    /// use weft_server::JwtAuth;
+    /// assert!(JwtAuth::hs256(b"").is_err());
+    /// assert!(JwtAuth::hs256(b"0123456789abcdef0123456789abcdef").is_ok());
+    /// ```
+    pub fn hs256(secret: &[u8]) -> Result<Self, AuthConfigError> {
+        if secret.len() < MIN_HS256_SECRET {
+            return Err(AuthConfigError(format!(
+                "the HS256 secret is {} bytes; at least {MIN_HS256_SECRET} are required (an empty or short \
+                 secret lets anyone forge tokens)",
+                secret.len()
+            )));
+        }
+        Ok(Self::with_key(DecodingKey::from_secret(secret), Algorithm::HS256))
     }
 
     /// RS256 with an RSA public key in PEM.
@@ -63,17 +81,24 @@ impl JwtAuth {
         Self { key, validation, cookie: "weft_token".into() }
     }
 
-    /// Require this issuer (`iss`).
+    /// Require this issuer (`iss`): a token without `iss` is refused like a wrong one.
     pub fn issuer(mut self, iss: &str) -> Self {
         self.validation.set_issuer(&[iss]);
+        self.validation.required_spec_claims.insert("iss".into());
         self
     }
 
-    /// Require this audience (`aud`).
+    /// Require this audience (`aud`): a token without `aud` is refused like a wrong one.
     pub fn audience(mut self, aud: &str) -> Self {
         self.validation.set_audience(&[aud]);
         self.validation.validate_aud = true;
+        self.validation.required_spec_claims.insert("aud".into());
         self
+    }
+
+    /// The clock leeway, in seconds.
+    pub fn leeway_secs(&self) -> u64 {
+        self.validation.leeway
     }
 
     /// Clock leeway for `exp`/`nbf`, in seconds (default 0).
@@ -98,6 +123,8 @@ impl JwtAuth {
                 ErrorKind::InvalidAlgorithm => (StatusCode::UNAUTHORIZED, "token algorithm not accepted"),
                 ErrorKind::InvalidIssuer => (StatusCode::FORBIDDEN, "wrong token issuer"),
                 ErrorKind::InvalidAudience => (StatusCode::FORBIDDEN, "wrong token audience"),
+                ErrorKind::MissingRequiredClaim(c) if c == "iss" => (StatusCode::FORBIDDEN, "token has no issuer"),
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => (StatusCode::FORBIDDEN, "token has no audience"),
                 ErrorKind::MissingRequiredClaim(_) => (StatusCode::UNAUTHORIZED, "token lacks a required claim"),
                 _ => (StatusCode::UNAUTHORIZED, "malformed token"),
             };
@@ -116,17 +143,29 @@ impl JwtAuth {
             subscribe: parse(c.subscribe, &[">"])?,
             publish: parse(c.publish, &[])?,
             info: c.info.map(Arc::new),
+            expires: c.exp,
         })
     }
 
     /// Find the token in a request: `Authorization: Bearer`, then the `token` query parameter,
-    /// then the cookie.
-    pub fn token_from<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
+    /// then the cookie; with where it was found.
+    pub fn token_from(&self, headers: &HeaderMap, query: Option<&str>) -> Option<(String, TokenSource)> {
         bearer(headers)
-            .map(str::to_owned)
-            .or_else(|| query_param(query, "token"))
-            .or_else(|| cookie(headers, &self.cookie).map(str::to_owned))
+            .map(|t| (t.to_owned(), TokenSource::Header))
+            .or_else(|| query_param(query, "token").map(|t| (t, TokenSource::Query)))
+            .or_else(|| cookie(headers, &self.cookie).map(|t| (t.to_owned(), TokenSource::Cookie)))
     }
+}
+
+/// Where a token was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer`.
+    Header,
+    /// The `token` query parameter.
+    Query,
+    /// The cookie.
+    Cookie,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +174,7 @@ struct Claims {
     subscribe: Option<Vec<String>>,
     publish: Option<Vec<String>>,
     info: Option<Value>,
+    exp: Option<u64>,
 }
 
 /// Who a connection is and what it may do.
@@ -148,6 +188,9 @@ pub struct Identity {
     pub publish: Vec<Pattern>,
     /// Presence info.
     pub info: Option<Arc<Value>>,
+    /// When the token expires (`exp`, seconds since the Unix epoch); `None` in anonymous mode.
+    /// The session ends then unless the client sends a `refresh` with a newer token.
+    pub expires: Option<u64>,
 }
 
 impl Identity {
@@ -155,7 +198,7 @@ impl Identity {
     pub fn anonymous(user: Option<String>) -> Self {
         let all = vec![Pattern::parse(">").expect("valid")];
         let user = user.filter(|u| !u.is_empty() && u.len() <= 64).unwrap_or_else(|| "anon".into());
-        Self { user: user.into(), subscribe: all.clone(), publish: all, info: None }
+        Self { user: user.into(), subscribe: all.clone(), publish: all, info: None, expires: None }
     }
 }
 
@@ -175,36 +218,9 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-/// A query parameter, percent-decoded.
+/// A query parameter, decoded as `application/x-www-form-urlencoded` (percent escapes, `+`).
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// A cookie's value.
@@ -218,12 +234,8 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Check the HTTP API key (`Authorization: Bearer` or `X-API-Key`) in constant time.
 pub fn api_key_matches(headers: &HeaderMap, expected: &str) -> bool {
     let given = headers.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| bearer(headers));
-    match given {
-        Some(g) if g.len() == expected.len() => {
-            g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-        }
-        _ => false,
-    }
+    // `subtle` compares in constant time (only the length can leak, which a key's length may).
+    given.is_some_and(|g| bool::from(subtle::ConstantTimeEq::ct_eq(g.as_bytes(), expected.as_bytes())))
 }
 
 #[cfg(test)]
@@ -236,16 +248,18 @@ mod tests {
         encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
     }
 
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
     fn later() -> u64 {
         crate::wire::now_ms() / 1000 + 3600
     }
 
     #[test]
     fn hs256_claims() {
-        let auth = JwtAuth::hs256(b"k").issuer("me").audience("you");
+        let auth = JwtAuth::hs256(KEY).unwrap().issuer("me").audience("you");
         let t = token(
             json!({"sub":"alice","exp":later(),"iss":"me","aud":"you","publish":["chat.>"],"info":{"name":"A"}}),
-            b"k",
+            KEY,
         );
         let id = auth.verify(&t).unwrap();
         assert_eq!(&*id.user, "alice");
@@ -256,37 +270,55 @@ mod tests {
 
     #[test]
     fn refusals() {
-        let auth = JwtAuth::hs256(b"k").issuer("me").audience("you");
+        let auth = JwtAuth::hs256(KEY).unwrap().issuer("me").audience("you");
         let st = |claims: Value, key: &[u8]| auth.verify(&token(claims, key)).unwrap_err().status;
         let ok = json!({"sub":"a","exp":later(),"iss":"me","aud":"you"});
         assert_eq!(st(ok.clone(), b"other"), StatusCode::UNAUTHORIZED);
         let mut c = ok.clone();
         c["exp"] = json!(1);
-        assert_eq!(st(c, b"k"), StatusCode::UNAUTHORIZED);
+        assert_eq!(st(c, KEY), StatusCode::UNAUTHORIZED);
         let mut c = ok.clone();
         c["nbf"] = json!(later());
-        assert_eq!(st(c, b"k"), StatusCode::UNAUTHORIZED);
+        assert_eq!(st(c, KEY), StatusCode::UNAUTHORIZED);
         let mut c = ok.clone();
         c["aud"] = json!("them");
-        assert_eq!(st(c, b"k"), StatusCode::FORBIDDEN);
+        assert_eq!(st(c, KEY), StatusCode::FORBIDDEN);
         let mut c = ok.clone();
         c["iss"] = json!("someone");
-        assert_eq!(st(c, b"k"), StatusCode::FORBIDDEN);
+        assert_eq!(st(c, KEY), StatusCode::FORBIDDEN);
         let mut c = ok;
         c["subscribe"] = json!(["a..b"]);
-        assert_eq!(st(c, b"k"), StatusCode::UNAUTHORIZED);
+        assert_eq!(st(c, KEY), StatusCode::UNAUTHORIZED);
         assert_eq!(auth.verify("garbage").unwrap_err().status, StatusCode::UNAUTHORIZED);
     }
 
     #[test]
     fn token_sources() {
-        let auth = JwtAuth::hs256(b"k");
+        let auth = JwtAuth::hs256(KEY).unwrap();
         let mut h = HeaderMap::new();
-        assert_eq!(auth.token_from(&h, Some("a=1&token=abc%2Ed")), Some("abc.d".into()));
+        assert_eq!(auth.token_from(&h, Some("a=1&token=abc%2Ed")), Some(("abc.d".into(), TokenSource::Query)));
         h.insert(header::COOKIE, "x=1; weft_token=fromcookie".parse().unwrap());
-        assert_eq!(auth.token_from(&h, None), Some("fromcookie".into()));
+        assert_eq!(auth.token_from(&h, None), Some(("fromcookie".into(), TokenSource::Cookie)));
         h.insert(header::AUTHORIZATION, "Bearer hdr".parse().unwrap());
-        assert_eq!(auth.token_from(&h, Some("token=q")), Some("hdr".into()));
+        assert_eq!(auth.token_from(&h, Some("token=q")), Some(("hdr".into(), TokenSource::Header)));
+        assert_eq!(query_param(Some("user=a+b%20c&x"), "user").as_deref(), Some("a b c"));
+        assert_eq!(query_param(Some("user=%zz%"), "user").as_deref(), Some("%zz%"));
+    }
+
+    #[test]
+    fn short_secrets_and_missing_claims_are_refused() {
+        assert!(JwtAuth::hs256(b"").is_err());
+        assert!(JwtAuth::hs256(&KEY[..31]).is_err());
+        let auth = JwtAuth::hs256(KEY).unwrap().issuer("me").audience("you");
+        let st = |claims: Value| auth.verify(&token(claims, KEY)).unwrap_err().status;
+        // Configured iss/aud are required, not only checked when present.
+        assert_eq!(st(json!({"sub":"a","exp":later(),"aud":"you"})), StatusCode::FORBIDDEN);
+        assert_eq!(st(json!({"sub":"a","exp":later(),"iss":"me"})), StatusCode::FORBIDDEN);
+        // exp and sub are always required.
+        assert_eq!(st(json!({"sub":"a","iss":"me","aud":"you"})), StatusCode::UNAUTHORIZED);
+        assert_eq!(st(json!({"exp":later(),"iss":"me","aud":"you"})), StatusCode::UNAUTHORIZED);
+        let id = auth.verify(&token(json!({"sub":"a","exp":later(),"iss":"me","aud":"you"}), KEY)).unwrap();
+        assert_eq!(id.expires, Some(later()));
     }
 
     #[test]

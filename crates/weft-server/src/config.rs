@@ -50,6 +50,26 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// How long shutdown waits for connections to flush and close.
     pub shutdown_grace: Duration,
+    /// Most topics the server holds at once (a topic exists while it has subscribers or
+    /// history). Creating one more is refused with error 4008.
+    pub max_topics: usize,
+    /// Most distinct topics (and patterns) one connection may touch, by subscribe or publish,
+    /// within `topic_churn_window`. More is refused with error 4008.
+    pub topic_churn_limit: usize,
+    /// The window of `topic_churn_limit`.
+    pub topic_churn_window: Duration,
+    /// Bytes of history kept for all topics together (encoded size of the events). When full,
+    /// the oldest events go first; a resume that needs them gets `recovered: false`.
+    pub history_memory: usize,
+    /// Bytes of history kept per topic.
+    pub history_topic_bytes: usize,
+    /// Time allowed to receive an HTTP request's headers; also how long an idle keep-alive
+    /// connection (or a pending upgrade) stays open.
+    pub http_header_timeout: Duration,
+    /// Time allowed to receive an HTTP request's body.
+    pub http_body_timeout: Duration,
+    /// Largest accepted token, in bytes (larger: 431 in a header or cookie, 401 in the query).
+    pub max_token_size: usize,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +91,14 @@ impl Default for EngineConfig {
             ping_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            max_topics: 100_000,
+            topic_churn_limit: 256,
+            topic_churn_window: Duration::from_secs(10),
+            history_memory: 256 << 20,
+            history_topic_bytes: 4 << 20,
+            http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(10),
+            max_token_size: 4096,
         }
     }
 }
@@ -89,6 +117,18 @@ impl EngineConfig {
         }
         if self.max_message_size < 128 {
             return Err("max_message_size must be at least 128 bytes".into());
+        }
+        if self.max_topics == 0 || self.topic_churn_limit == 0 {
+            return Err("max_topics and topic_churn_limit must be positive".into());
+        }
+        if self.history_topic_bytes > self.history_memory {
+            return Err(format!(
+                "history_topic_bytes ({}) must not exceed history_memory ({})",
+                self.history_topic_bytes, self.history_memory
+            ));
+        }
+        if self.max_token_size < 256 {
+            return Err("max_token_size must be at least 256 bytes".into());
         }
         if self.idle_timeout <= self.heartbeat {
             return Err("idle_timeout must be longer than the heartbeat interval".into());

@@ -116,6 +116,9 @@ impl Engine {
             history_ttl: config.history_ttl,
             policy: config.slow_consumer,
             topic_policies: config.topic_policies.clone(),
+            max_topics: config.max_topics,
+            history_memory: config.history_memory,
+            history_topic_bytes: config.history_topic_bytes,
         };
         let broker = Arc::new(MemoryBroker::new(settings, Arc::clone(&metrics)));
         Self::with_broker(config, broker, metrics)
@@ -200,11 +203,7 @@ impl Engine {
         id: Option<String>,
     ) -> Result<Position, PublishError> {
         validate_topic(topic).map_err(|e| PublishError(ErrorBody::new(ErrorCode::InvalidTopic, e.to_string())))?;
-        self.shared
-            .broker
-            .publish(topic, payload, id)
-            .await
-            .map_err(|e| PublishError(ErrorBody::new(ErrorCode::Internal, e.to_string())))
+        self.shared.broker.publish(topic, payload, id).await.map_err(|e| PublishError(e.body()))
     }
 
     /// Start a graceful shutdown: stop accepting, close every connection with 1001 after
@@ -249,9 +248,13 @@ impl Engine {
             let engine = engine.clone();
             async move { Ok::<_, Infallible>(crate::http::route(&engine, req).await) }
         });
+        // The header timeout also bounds an idle keep-alive connection and a stalled upgrade
+        // request; the small read buffer bounds what a pending request can hold (headers
+        // larger than this get 431).
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(self.shared.config.http_header_timeout)
+            .max_buf_size(HTTP_READ_BUFFER)
             .serve_connection(TokioIo::new(tcp), svc)
             .with_upgrades();
         if let Err(e) = conn.await {
@@ -294,18 +297,29 @@ impl Engine {
         let identity = match &shared.config.jwt {
             None => Identity::anonymous(query_param(req.uri().query(), "user")),
             Some(jwt) => {
+                let max = shared.config.max_token_size;
                 let verified = match jwt.token_from(req.headers(), req.uri().query()) {
                     None => Err(crate::auth::AuthError {
                         status: StatusCode::UNAUTHORIZED,
                         message: "missing token".into(),
                     }),
-                    Some(t) => jwt.verify(&t),
+                    Some((t, source)) if t.len() > max => Err(crate::auth::AuthError {
+                        status: if source == crate::auth::TokenSource::Query {
+                            StatusCode::UNAUTHORIZED
+                        } else {
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                        },
+                        message: format!("token larger than {max} bytes"),
+                    }),
+                    Some((t, _)) => jwt.verify(&t),
                 };
                 match verified {
                     Ok(id) => id,
                     Err(e) => {
                         m.auth_failures.fetch_add(1, Ordering::Relaxed);
                         m.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                        // Never the token itself: only why it was refused.
+                        tracing::info!(status = e.status.as_u16(), reason = %e.message, "upgrade refused: authentication");
                         return text(e.status, &format!("{}\n", e.message));
                     }
                 }
@@ -340,6 +354,10 @@ impl Engine {
         &self.shared.broker
     }
 }
+
+/// hyper's read buffer per HTTP connection (its default is ~400 KiB). Request heads larger than
+/// this are refused with 431.
+const HTTP_READ_BUFFER: usize = 16 << 10;
 
 pub(crate) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::wire::Event;
 
-/// The most recent events of one topic.
+/// The most recent events of one topic, bounded by count, bytes and age.
 #[derive(Debug, Default)]
 pub(crate) struct History {
-    events: VecDeque<Arc<Event>>,
+    events: VecDeque<(Arc<Event>, usize)>,
+    bytes: usize,
 }
 
 /// The answer to a resume request.
@@ -22,21 +23,89 @@ pub(crate) enum Resume {
 }
 
 impl History {
-    pub(crate) fn push(&mut self, ev: Arc<Event>, max: usize) {
+    /// Keep `ev` (whose size is `size` bytes) within `max` events and `max_bytes` bytes,
+    /// dropping the oldest. Returns the bytes dropped (the new event included when it alone
+    /// is larger than `max_bytes`) and how many events were dropped for the byte limit.
+    pub(crate) fn push(&mut self, ev: Arc<Event>, size: usize, max: usize, max_bytes: usize) -> (usize, u64) {
         if max == 0 {
-            return;
+            return (0, 0);
         }
+        let mut freed = 0;
         while self.events.len() >= max {
-            self.events.pop_front();
+            freed += self.pop_front();
         }
-        self.events.push_back(ev);
+        let mut evicted = 0;
+        if size > max_bytes {
+            // Too large to keep: the history must not skip it, so it starts after it.
+            freed += self.clear();
+            return (freed, 1);
+        }
+        while self.bytes + size > max_bytes {
+            freed += self.pop_front();
+            evicted += 1;
+        }
+        self.events.push_back((ev, size));
+        self.bytes += size;
+        (freed, evicted)
     }
 
-    /// Forget events older than `ttl`.
-    pub(crate) fn trim(&mut self, now: Instant, ttl: Duration) {
-        while self.events.front().is_some_and(|e| now.duration_since(e.published_at) > ttl) {
-            self.events.pop_front();
+    /// Drop the oldest event; returns its size.
+    pub(crate) fn pop_front(&mut self) -> usize {
+        match self.events.pop_front() {
+            Some((_, size)) => {
+                self.bytes -= size;
+                size
+            }
+            None => 0,
         }
+    }
+
+    /// Drop everything; returns the bytes freed.
+    pub(crate) fn clear(&mut self) -> usize {
+        let freed = self.bytes;
+        self.events.clear();
+        self.bytes = 0;
+        freed
+    }
+
+    /// Bytes held.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Publication time of the oldest event kept.
+    pub(crate) fn oldest(&self) -> Option<Instant> {
+        self.events.front().map(|(e, _)| e.published_at)
+    }
+
+    /// Publication times and sizes of every event kept.
+    pub(crate) fn ages(&self) -> impl Iterator<Item = (Instant, usize)> + '_ {
+        self.events.iter().map(|(e, size)| (e.published_at, *size))
+    }
+
+    /// Forget events published before `cutoff`; returns the bytes freed and the count.
+    pub(crate) fn drop_before(&mut self, cutoff: Instant) -> (usize, u64) {
+        let (mut freed, mut n) = (0, 0);
+        while self.events.front().is_some_and(|(e, _)| e.published_at < cutoff) {
+            freed += self.pop_front();
+            n += 1;
+        }
+        self.shrink();
+        (freed, n)
+    }
+
+    /// Forget events older than `ttl`; returns the bytes freed.
+    pub(crate) fn trim(&mut self, now: Instant, ttl: Duration) -> usize {
+        let mut freed = 0;
+        while self.events.front().is_some_and(|(e, _)| now.duration_since(e.published_at) > ttl) {
+            freed += self.pop_front();
+        }
+        self.shrink();
+        freed
+    }
+
+    fn shrink(&mut self) {
         if self.events.is_empty() && self.events.capacity() > 16 {
             self.events.shrink_to(0);
         }
@@ -61,8 +130,8 @@ impl History {
             return Resume::Replay(Vec::new());
         }
         match self.events.front() {
-            Some(first) if first.offset <= offset + 1 => {
-                Resume::Replay(self.events.iter().filter(|e| e.offset > offset).cloned().collect())
+            Some((first, _)) if first.offset <= offset + 1 => {
+                Resume::Replay(self.events.iter().filter(|(e, _)| e.offset > offset).map(|(e, _)| e.clone()).collect())
             }
             _ => Resume::NotRecoverable,
         }
@@ -89,7 +158,7 @@ mod tests {
     fn resume_rules() {
         let mut h = History::default();
         for i in 1..=10 {
-            h.push(ev(i), 5);
+            h.push(ev(i), 10, 5, usize::MAX);
         }
         assert_eq!(h.len(), 5); // 6..=10
         assert_eq!(offsets(h.resume(7, "e", 10, "e")), Some(vec![8, 9, 10]));
@@ -105,10 +174,26 @@ mod tests {
     #[test]
     fn trims_by_age() {
         let mut h = History::default();
-        h.push(ev(1), 10);
+        h.push(ev(1), 10, 10, usize::MAX);
         h.trim(Instant::now() + Duration::from_secs(2), Duration::from_secs(1));
         assert!(h.is_empty());
-        h.push(ev(2), 0);
+        h.push(ev(2), 10, 0, usize::MAX);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn byte_limit_evicts_the_oldest_and_recovery_stays_exact() {
+        let mut h = History::default();
+        for i in 1..=10 {
+            h.push(ev(i), 100, 100, 450);
+        }
+        assert_eq!((h.len(), h.bytes()), (4, 400)); // 7..=10
+        assert_eq!(offsets(h.resume(6, "e", 10, "e")), Some(vec![7, 8, 9, 10]));
+        assert_eq!(offsets(h.resume(5, "e", 10, "e")), None, "evicted events are never skipped");
+        // An event larger than the limit empties the history: resuming before it fails.
+        let (freed, _) = h.push(ev(11), 1000, 100, 450);
+        assert_eq!((freed, h.bytes(), h.len()), (400, 0, 0));
+        assert_eq!(offsets(h.resume(10, "e", 11, "e")), None);
+        assert_eq!(offsets(h.resume(11, "e", 11, "e")), Some(vec![]));
     }
 }

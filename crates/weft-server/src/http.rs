@@ -13,6 +13,10 @@ use crate::wire::{ErrorBody, ErrorCode};
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 const CHAT: &str = include_str!("../assets/chat.html");
 
+/// The one path `weft serve` accepts WebSocket upgrades on (an embedding application routes
+/// [`Engine::upgrade`](crate::Engine::upgrade) wherever it likes).
+pub const WS_PATH: &str = "/ws";
+
 /// Route one request.
 pub(crate) async fn route<B>(engine: &Engine, req: Request<B>) -> Response<Full<Bytes>>
 where
@@ -21,6 +25,10 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     if weft::proto::handshake::header_has_token(req.headers(), &header::UPGRADE, "websocket") {
+        if req.uri().path() != WS_PATH {
+            engine.metrics().connections_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return text(StatusCode::NOT_FOUND, "WebSocket connections are served on /ws only\n");
+        }
         return engine.upgrade(req);
     }
     match (req.method(), req.uri().path()) {
@@ -100,20 +108,34 @@ where
         }
         _ => {}
     }
-    let body = match Limited::new(req.into_body(), cfg.max_message_size).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+    let collect = Limited::new(req.into_body(), cfg.max_message_size).collect();
+    let body = match tokio::time::timeout(cfg.http_body_timeout, collect).await {
+        Err(_) => {
+            // A body that never finishes (a huge Content-Length, or a stall mid-way) is not
+            // waited for: 408, and the connection closes.
+            engine.metrics().http_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                format!("request body not received within {} s", cfg.http_body_timeout.as_secs_f64()),
+            );
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::BadRequest,
                 format!("body larger than max_message_size ({} bytes)", cfg.max_message_size),
             );
         }
-        Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("reading body: {e}")),
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("reading body: {e}")),
     };
     let status_of = |e: &ErrorBody| match e.code {
         4002 | 4000 => StatusCode::BAD_REQUEST,
         4003 => StatusCode::FORBIDDEN,
+        4008 => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if broadcast {

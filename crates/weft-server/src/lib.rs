@@ -32,5 +32,7 @@ pub use auth::JwtAuth;
 pub use broker::{Broker, MemoryBroker};
 pub use config::EngineConfig;
 pub use engine::{Engine, Inbound, PublishError};
+pub use http::WS_PATH;
 pub use outbox::SlowConsumerPolicy;
+pub use session::CLOSE_TOKEN_EXPIRED;
 pub use wire::Position;

@@ -26,6 +26,12 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     pub replayed_events: AtomicU64,
     pub recoveries_failed: AtomicU64,
+    /// Bytes of history held (gauge).
+    pub history_bytes: AtomicU64,
+    pub history_evicted: AtomicU64,
+    pub topics_refused: AtomicU64,
+    pub http_timeouts: AtomicU64,
+    pub token_expiries: AtomicU64,
     rates: Mutex<Rates>,
 }
 
@@ -56,6 +62,9 @@ pub struct Stats {
     pub slow_consumer_disconnects_total: u64,
     pub dropped_events_total: u64,
     pub rate_limited_total: u64,
+    pub history_bytes: u64,
+    pub history_evicted_total: u64,
+    pub topics_refused_total: u64,
     pub anonymous: bool,
 }
 
@@ -98,6 +107,9 @@ impl Metrics {
             slow_consumer_disconnects_total: Self::get(&self.slow_consumer_disconnects),
             dropped_events_total: Self::get(&self.dropped_events),
             rate_limited_total: Self::get(&self.rate_limited),
+            history_bytes: Self::get(&self.history_bytes),
+            history_evicted_total: Self::get(&self.history_evicted),
+            topics_refused_total: Self::get(&self.topics_refused),
             anonymous,
         }
     }
@@ -148,6 +160,31 @@ impl Metrics {
             "counter",
             "Resume requests answered not recoverable.",
             Self::get(&self.recoveries_failed),
+        );
+        put("weft_history_bytes", "gauge", "Bytes of history held for all topics.", Self::get(&self.history_bytes));
+        put(
+            "weft_history_evicted_total",
+            "counter",
+            "History events evicted early by the history_memory or history_topic_bytes budget.",
+            Self::get(&self.history_evicted),
+        );
+        put(
+            "weft_topics_refused_total",
+            "counter",
+            "Requests refused because of max_topics or topic_churn_limit.",
+            Self::get(&self.topics_refused),
+        );
+        put(
+            "weft_http_timeouts_total",
+            "counter",
+            "HTTP requests whose body did not arrive within http_body_timeout.",
+            Self::get(&self.http_timeouts),
+        );
+        put(
+            "weft_token_expiries_total",
+            "counter",
+            "Sessions closed because their token expired without a refresh.",
+            Self::get(&self.token_expiries),
         );
         s
     }

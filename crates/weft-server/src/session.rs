@@ -1,7 +1,7 @@
 //! One WebSocket connection of the engine: reads requests, answers them, and writes its
 //! outbound queue in batches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,6 +19,15 @@ use crate::wire::{ErrorBody, ErrorCode, Format, Member, PROTOCOL_VERSION, Reply,
 
 const PRESENCE_LIMIT: usize = 1000;
 
+/// Close code when a token expires without a `refresh` (docs/PROTOCOL.md).
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4401;
+
+/// How long a closing session waits for its close frame (and the replies before it) to leave
+/// and the peer to answer.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The same for a slow consumer, which first has to read what is already on its way.
+const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 struct Session {
     shared: Arc<Shared>,
     identity: Identity,
@@ -27,11 +36,35 @@ struct Session {
     subscriptions: HashMap<String, Pattern>,
     bucket: TokenBucket,
     rejected_in_a_row: u32,
+    /// Distinct topics touched in the current churn window, and when it started.
+    touched: HashSet<Box<str>>,
+    window_start: Instant,
+    /// When the token's authority ends (exp + leeway); `None` without JWT.
+    expires_at: Option<tokio::time::Instant>,
 }
 
 enum Flow {
     Continue,
+    /// This message is not processed (rate limit), the session goes on.
+    Stop,
     Close(CloseFrame),
+}
+
+/// Why a session ends.
+enum End {
+    /// The peer closed or vanished: nothing more to say.
+    Gone,
+    /// Close with this frame, after writing every reply owed.
+    Close(CloseFrame),
+    /// Slow consumer: close at once, dropping what the peer has not read.
+    SlowConsumer,
+}
+
+/// The instant `exp` (seconds since the Unix epoch) plus `leeway` seconds falls on.
+fn expiry_instant(exp: u64, leeway: u64) -> tokio::time::Instant {
+    let now_s = crate::wire::now_ms() / 1000;
+    let left = (exp + leeway).saturating_sub(now_s);
+    tokio::time::Instant::now() + Duration::from_secs(left)
 }
 
 pub(crate) async fn run<S>(shared: Arc<Shared>, mut ws: WebSocket<S>, identity: Identity)
@@ -45,8 +78,14 @@ where
     let member =
         Member { user: Arc::clone(&identity.user), session: Arc::clone(&session), info: identity.info.clone() };
     let sub = Arc::new(Subscriber { id, member, outbox: Arc::clone(&outbox) });
+    let leeway = shared.config.jwt.as_ref().map_or(0, |j| j.leeway_secs());
+    let expires_at = identity.expires.map(|exp| expiry_instant(exp, leeway));
+    tracing::debug!(session = %session, user = %identity.user, "session started");
     let mut s = Session {
         bucket: TokenBucket::new(shared.config.rate_limit, shared.config.rate_burst, Instant::now()),
+        touched: HashSet::new(),
+        window_start: Instant::now(),
+        expires_at,
         shared,
         identity,
         sub,
@@ -71,39 +110,74 @@ where
     };
     let mut shutdown = s.shared.shutdown.subscribe();
     let mut batch = Vec::new();
-    let close = loop {
+    let end = loop {
+        let expiry = async {
+            match s.expires_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = crate::engine::stopped(&mut shutdown) => {
-                // Drain what is queued, then say goodbye.
-                let _ = s.write_batch(&mut ws, &mut batch).await;
-                break Some(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"));
+                break End::Close(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"));
+            }
+            _ = expiry => {
+                s.shared.metrics.token_expiries.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(session = %session, user = %s.identity.user, "session closed: token expired");
+                break End::Close(CloseFrame::new(CloseCode(CLOSE_TOKEN_EXPIRED), "token expired"));
             }
             _ = outbox.notified() => {
                 match s.write_batch(&mut ws, &mut batch).await {
                     Ok(()) => {}
-                    Err(frame) => break frame,
+                    Err(end) => break end,
                 }
             }
             msg = ws.recv() => match msg {
-                Some(Ok(msg)) if msg.is_data() => match s.handle(msg).await {
-                    Flow::Continue => {}
-                    Flow::Close(f) => break Some(f),
-                },
-                Some(Ok(_)) => {}
+                Some(Ok(msg)) if msg.is_data() => {
+                    if let Flow::Close(f) = s.handle(msg).await {
+                        break End::Close(f);
+                    }
+                }
+                // Pings and pongs cost a token too: a control-frame flood is a flood.
+                Some(Ok(_)) => {
+                    if let Flow::Close(f) = s.rate_check(None) {
+                        break End::Close(f);
+                    }
+                }
                 Some(Err(e)) => {
                     tracing::debug!(session = %session, error = %e, "connection ended");
-                    break None;
+                    break End::Gone;
                 }
-                None => break None,
+                None => break End::Gone,
             },
         }
     };
-    outbox.close();
-    let targets: Vec<Pattern> = s.subscriptions.into_values().collect();
+    let targets: Vec<Pattern> = s.subscriptions.drain().map(|(_, p)| p).collect();
     s.shared.broker.remove_all(&s.sub, &targets);
-    if let Some(frame) = close {
-        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+    if let End::Close(_) = end {
+        // Every reply and event already queued goes out before the close frame (rate-limit
+        // errors included); nothing new arrives now that the subscriptions are gone.
+        let _ = tokio::time::timeout(CLOSE_WAIT, s.write_batch(&mut ws, &mut batch)).await;
     }
+    outbox.close();
+    match end {
+        End::Gone => {}
+        End::Close(frame) => {
+            if frame.code == CloseCode::POLICY {
+                tracing::info!(session = %session, user = %s.identity.user, reason = %frame.reason, "session closed");
+            }
+            let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(Some(frame))).await;
+        }
+        End::SlowConsumer => {
+            tracing::info!(session = %session, user = %s.identity.user, "session closed: slow consumer");
+            // What the peer has not read is not worth waiting for: the close frame goes right
+            // after the bytes already on their way, so a peer that reads again sees 1008.
+            ws.discard_unsent();
+            let frame = CloseFrame::new(CloseCode::POLICY, "slow consumer");
+            let _ = tokio::time::timeout(SLOW_CLOSE_WAIT, ws.close(Some(frame))).await;
+        }
+    }
+    tracing::debug!(session = %session, "session ended");
     s.shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     if let Some(tx) = s.shared.inbound.get().filter(|_| announced) {
         let _ = tx.send(Inbound::Disconnected { session, user: Arc::clone(&s.identity.user) }).await;
@@ -120,9 +194,9 @@ impl Session {
         self.reply(&Reply::Error { id, code: e.code, message: &e.message });
     }
 
-    /// Write everything queued, in one flush per batch, until the queue is empty. `Err` carries
-    /// the close frame to send (or `None` to just drop the connection).
-    async fn write_batch<S>(&self, ws: &mut WebSocket<S>, batch: &mut Vec<Out>) -> Result<(), Option<CloseFrame>>
+    /// Write everything queued, in one flush per batch, until the queue is empty. `Err` says
+    /// how the session ends.
+    async fn write_batch<S>(&self, ws: &mut WebSocket<S>, batch: &mut Vec<Out>) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -130,7 +204,7 @@ impl Session {
         loop {
             let (dropped, closing) = outbox.drain(batch);
             if let Some(Closing::SlowConsumer) = closing {
-                return Err(Some(CloseFrame::new(CloseCode::POLICY, "slow consumer")));
+                return Err(End::SlowConsumer);
             }
             if dropped > 0 {
                 let m = self.format.encode_shared(&Reply::Lagged { dropped });
@@ -150,7 +224,7 @@ impl Session {
                 };
                 bytes += m.plain_frame().len();
                 if ws.feed_encoded(m).is_err() {
-                    return Err(None);
+                    return Err(End::Gone);
                 }
             }
             let m = &self.shared.metrics;
@@ -162,7 +236,7 @@ impl Session {
             // queue listener need setting up.
             match flush.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
                 std::task::Poll::Ready(Ok(())) => continue,
-                std::task::Poll::Ready(Err(_)) => return Err(None),
+                std::task::Poll::Ready(Err(_)) => return Err(End::Gone),
                 std::task::Poll::Pending => {}
             }
             // A peer that stops reading blocks the flush; give up when the queue overflows
@@ -173,38 +247,82 @@ impl Session {
                 tokio::select! {
                     r = &mut flush => {
                         if r.is_err() {
-                            return Err(None);
+                            return Err(End::Gone);
                         }
                         break;
                     }
                     _ = outbox.notified() => {
                         if outbox.is_closing() {
-                            return Err(Some(CloseFrame::new(CloseCode::POLICY, "slow consumer")));
+                            return Err(End::SlowConsumer);
                         }
                     }
                     _ = &mut deadline => {
                         self.shared.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
-                        return Err(None);
+                        return Err(End::SlowConsumer);
                     }
                 }
             }
         }
     }
 
-    async fn handle(&mut self, msg: Message) -> Flow {
-        let m = &self.shared.metrics;
-        m.messages_in.fetch_add(1, Ordering::Relaxed);
-        if !self.bucket.try_take(Instant::now()) {
-            m.rate_limited.fetch_add(1, Ordering::Relaxed);
-            self.rejected_in_a_row += 1;
-            if self.rejected_in_a_row > self.shared.config.rate_burst {
-                return Flow::Close(CloseFrame::new(CloseCode::POLICY, "rate limit"));
-            }
-            self.error(None, &ErrorBody::new(ErrorCode::RateLimited, "rate limit exceeded; message not processed"));
+    /// Take a token for one inbound message (data or control). Over the limit: error 4005
+    /// (with the request's id) for data messages, and close 1008 after `rate_burst`
+    /// consecutive refusals.
+    fn rate_check(&mut self, data_id: Option<Option<&serde_json::Value>>) -> Flow {
+        if self.bucket.try_take(Instant::now()) {
+            self.rejected_in_a_row = 0;
             return Flow::Continue;
         }
-        self.rejected_in_a_row = 0;
-        let req = match Request::decode(&msg) {
+        self.shared.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+        self.rejected_in_a_row += 1;
+        if self.rejected_in_a_row > self.shared.config.rate_burst {
+            return Flow::Close(CloseFrame::new(CloseCode::POLICY, "rate limit"));
+        }
+        if let Some(id) = data_id {
+            self.error(id, &ErrorBody::new(ErrorCode::RateLimited, "rate limit exceeded; message not processed"));
+        }
+        Flow::Stop
+    }
+
+    /// Count a topic (or pattern) this connection touches; refuse past the churn limit.
+    fn touch(&mut self, topic: &str) -> Result<(), ErrorBody> {
+        let cfg = &self.shared.config;
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= cfg.topic_churn_window {
+            self.window_start = now;
+            self.touched.clear();
+        }
+        if self.touched.contains(topic) || self.subscriptions.contains_key(topic) {
+            return Ok(());
+        }
+        if self.touched.len() >= cfg.topic_churn_limit {
+            self.shared.metrics.topics_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(ErrorBody::new(
+                ErrorCode::TooManyTopics,
+                format!(
+                    "more than {} distinct topics within {} s on this connection",
+                    cfg.topic_churn_limit,
+                    cfg.topic_churn_window.as_secs()
+                ),
+            ));
+        }
+        self.touched.insert(topic.into());
+        Ok(())
+    }
+
+    async fn handle(&mut self, msg: Message) -> Flow {
+        self.shared.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+        let req = Request::decode(&msg);
+        let id = match &req {
+            Ok(r) => r.id(),
+            Err(e) => e.id.as_ref(),
+        };
+        match self.rate_check(Some(id)) {
+            Flow::Continue => {}
+            Flow::Stop => return Flow::Continue,
+            close => return close,
+        }
+        let req = match req {
             Ok(r) => r,
             Err(e) => {
                 self.error(e.id.as_ref(), &e.error);
@@ -248,6 +366,10 @@ impl Session {
                     self.error(id.as_ref(), &e);
                     return Flow::Continue;
                 }
+                if let Err(e) = self.touch(&topic) {
+                    self.error(id.as_ref(), &e);
+                    return Flow::Continue;
+                }
                 match self.shared.broker.publish(&topic, payload, None).await {
                     Ok(pos) => self.reply(&Reply::Published {
                         id: id.as_ref(),
@@ -255,7 +377,7 @@ impl Session {
                         offset: pos.offset,
                         epoch: &pos.epoch,
                     }),
-                    Err(e) => self.error(id.as_ref(), &ErrorBody::new(ErrorCode::Internal, e.to_string())),
+                    Err(e) => self.error(id.as_ref(), &e.body()),
                 }
             }
             Request::Presence { id, topic } => {
@@ -277,6 +399,7 @@ impl Session {
                 }
             }
             Request::Ping { id } => self.reply(&Reply::Pong { id: id.as_ref(), time: now_ms() }),
+            Request::Refresh { id, token } => self.refresh(id.as_ref(), &token).await,
             Request::Send { id, payload } => {
                 let Some(tx) = self.shared.inbound.get() else {
                     let e = ErrorBody::new(ErrorCode::NoHandler, "this server takes no application messages");
@@ -322,6 +445,9 @@ impl Session {
             );
             return SubscribeResult::failed(topic, e);
         }
+        if let Err(e) = self.touch(topic) {
+            return SubscribeResult::failed(topic, e);
+        }
         let resume = if p.is_wildcard() { None } else { resume };
         match self.shared.broker.subscribe(&self.sub, &p, resume, presence).await {
             Ok(out) => {
@@ -336,7 +462,54 @@ impl Session {
                     error: None,
                 }
             }
-            Err(e) => SubscribeResult::failed(topic, ErrorBody::new(ErrorCode::Internal, e.to_string())),
+            Err(e) => SubscribeResult::failed(topic, e.body()),
         }
+    }
+
+    /// `refresh`: a newer token for the same user extends the session; its permissions apply
+    /// from now on, and subscriptions it no longer allows are ended (listed in an error 4003).
+    async fn refresh(&mut self, id: Option<&serde_json::Value>, token: &str) {
+        let Some(jwt) = self.shared.config.jwt.clone() else {
+            let e = ErrorBody::new(ErrorCode::BadRequest, "this server does not use tokens (anonymous mode)");
+            return self.error(id, &e);
+        };
+        if token.len() > self.shared.config.max_token_size {
+            let e = ErrorBody::new(
+                ErrorCode::BadToken,
+                format!("token larger than {} bytes", self.shared.config.max_token_size),
+            );
+            return self.error(id, &e);
+        }
+        let new = match jwt.verify(token) {
+            Ok(new) => new,
+            Err(e) => {
+                self.shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(session = %self.sub.member.session, reason = %e.message, "token refresh refused");
+                return self.error(id, &ErrorBody::new(ErrorCode::BadToken, e.message));
+            }
+        };
+        if new.user != self.identity.user {
+            let e = ErrorBody::new(ErrorCode::BadToken, "the new token is for another user");
+            return self.error(id, &e);
+        }
+        let revoked: Vec<String> =
+            self.subscriptions.iter().filter(|(_, p)| !allowed_by(&new.subscribe, p)).map(|(t, _)| t.clone()).collect();
+        for t in &revoked {
+            if let Some(p) = self.subscriptions.remove(t) {
+                let _ = self.shared.broker.unsubscribe(&self.sub, &p).await;
+            }
+        }
+        let leeway = jwt.leeway_secs();
+        self.expires_at = new.expires.map(|exp| expiry_instant(exp, leeway));
+        let exp = new.expires.unwrap_or(0);
+        self.identity = new;
+        if !revoked.is_empty() {
+            let e = ErrorBody::new(
+                ErrorCode::Forbidden,
+                format!("the new token does not allow these subscriptions, which ended: {}", revoked.join(", ")),
+            );
+            self.error(None, &e);
+        }
+        self.reply(&Reply::Refreshed { id, exp });
     }
 }

@@ -72,6 +72,11 @@ pub enum ErrorCode {
     NotSubscribed = 4006,
     /// A `send` message, but no application takes inbound messages on this server.
     NoHandler = 4007,
+    /// The server holds `max_topics` topics, or the connection touched more than
+    /// `topic_churn_limit` distinct topics within `topic_churn_window`.
+    TooManyTopics = 4008,
+    /// A `refresh` token was refused (bad, expired, or for another user).
+    BadToken = 4009,
     /// The server failed (for example the broker).
     Internal = 5000,
 }
@@ -210,6 +215,11 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
     },
+    Refreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        exp: u64,
+    },
     Lagged {
         dropped: u64,
     },
@@ -275,6 +285,12 @@ impl Event {
             Some(id) => id.to_string(),
             None => format!("{}-{}", self.epoch, self.offset),
         }
+    }
+
+    /// Bytes this event costs in history: its JSON frame (encoded now, once, and shared with
+    /// every JSON subscriber) plus the bookkeeping around it.
+    pub(crate) fn history_size(&self) -> usize {
+        self.encoded(Format::Json).plain_frame().len() + std::mem::size_of::<Self>() + 16
     }
 
     /// The frame for `format`, encoded on first use.
@@ -375,6 +391,13 @@ pub enum Request {
         /// Concrete topic.
         topic: String,
     },
+    /// A newer token for this session (see docs/PROTOCOL.md, "Token expiry and refresh").
+    Refresh {
+        /// Request id.
+        id: Option<Value>,
+        /// The JWT.
+        token: String,
+    },
     /// Application-level ping.
     Ping {
         /// Request id.
@@ -429,12 +452,27 @@ struct PresenceBody {
 }
 
 impl Request {
+    /// The request's id, if it has one.
+    pub fn id(&self) -> Option<&Value> {
+        match self {
+            Request::Subscribe { id, .. }
+            | Request::Unsubscribe { id, .. }
+            | Request::Publish { id, .. }
+            | Request::Presence { id, .. }
+            | Request::Refresh { id, .. }
+            | Request::Ping { id }
+            | Request::Send { id, .. } => id.as_ref(),
+        }
+    }
+
     /// Decode one frame: text frames are JSON, binary frames MessagePack.
     pub fn decode(msg: &Message) -> Result<Request, DecodeError> {
         let bad = |m: String| DecodeError { id: None, error: ErrorBody::new(ErrorCode::BadRequest, m) };
         let value: Value = match msg {
             Message::Text(t) => serde_json::from_str(t.as_str()).map_err(|e| bad(format!("invalid JSON: {e}")))?,
-            Message::Binary(b) => rmp_serde::from_slice(b).map_err(|e| bad(format!("invalid MessagePack: {e}")))?,
+            Message::Binary(b) => rmp_serde::from_slice::<MsgpackValue>(b)
+                .map(|v| v.0)
+                .map_err(|e| bad(format!("invalid MessagePack: {e}")))?,
             _ => return Err(bad("not a data message".into())),
         };
         Self::from_value(value)
@@ -489,6 +527,10 @@ impl Request {
                 Request::Presence { id, topic: b.topic }
             }
             "ping" => Request::Ping { id },
+            "refresh" => {
+                let b: RefreshBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
+                Request::Refresh { id, token: b.token }
+            }
             "send" => {
                 let b: SendBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
                 Request::Send { id, payload: b.payload }
@@ -496,6 +538,75 @@ impl Request {
             other => return Err(fail(ErrorCode::UnknownType, format!("unknown request type {other:?}"), &id)),
         };
         Ok(req)
+    }
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    token: String,
+}
+
+/// A MessagePack value in the JSON data model: like `serde_json::Value`, plus `bin`, which
+/// becomes an array of byte values (serde_json's own `Value` refuses byte arrays).
+struct MsgpackValue(Value);
+
+impl<'de> Deserialize<'de> for MsgpackValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MsgpackVisitor).map(MsgpackValue)
+    }
+}
+
+struct MsgpackVisitor;
+
+impl<'de> serde::de::Visitor<'de> for MsgpackVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a MessagePack value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
+        Ok(Value::Array(v.iter().map(|b| Value::from(*b)).collect()))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        MsgpackValue::deserialize(d).map(|v| v.0)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(MsgpackValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some((k, MsgpackValue(v))) = map.next_entry::<String, MsgpackValue>()? {
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -511,6 +622,33 @@ mod tests {
 
     fn text(v: &str) -> Message {
         Message::text(v.to_owned())
+    }
+
+    #[test]
+    fn msgpack_bin_becomes_an_array_of_byte_values() {
+        // {"type":"publish","topic":"t","payload":{"b": bin8 [1,2,255]}}, built by hand so the
+        // payload really is a `bin` (serde would write a Vec<u8> as an array).
+        let mut mp = vec![0x83];
+        for (k, v) in [("type", "publish"), ("topic", "t")] {
+            mp.push(0xa0 | k.len() as u8);
+            mp.extend(k.as_bytes());
+            mp.push(0xa0 | v.len() as u8);
+            mp.extend(v.as_bytes());
+        }
+        mp.extend([0xa7]);
+        mp.extend(b"payload");
+        mp.extend([0x81, 0xa1, b'b', 0xc4, 3, 1, 2, 255]);
+        let r = Request::decode(&Message::binary(mp)).unwrap();
+        assert_eq!(r, Request::Publish { id: None, topic: "t".into(), payload: json!({"b": [1, 2, 255]}) });
+    }
+
+    #[test]
+    fn decodes_refresh() {
+        assert_eq!(
+            Request::decode(&text(r#"{"type":"refresh","id":2,"token":"a.b.c"}"#)).unwrap(),
+            Request::Refresh { id: Some(json!(2)), token: "a.b.c".into() }
+        );
+        assert_eq!(Request::decode(&text(r#"{"type":"refresh"}"#)).unwrap_err().error.code, 4000);
     }
 
     #[test]

@@ -375,6 +375,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
+    /// Drop queued output that has not started to be written (see
+    /// [`Connection::discard_unsent`](weft_proto::Connection::discard_unsent)); returns the
+    /// bytes dropped. For closing a peer that stopped reading without waiting for it to read
+    /// everything queued first.
+    pub fn discard_unsent(&mut self) -> usize {
+        self.inner.conn.discard_unsent()
+    }
+
     /// The subprotocol chosen in the handshake.
     pub fn subprotocol(&self) -> Option<&str> {
         self.inner.subprotocol.as_deref()

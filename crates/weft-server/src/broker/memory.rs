@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Broker, BrokerFuture, SubscribeOutcome, Subscriber};
+use super::{Broker, BrokerError, BrokerFuture, SubscribeOutcome, Subscriber};
 use crate::history::{History, Resume};
 use crate::metrics::Metrics;
 use crate::outbox::SlowConsumerPolicy;
@@ -29,6 +29,12 @@ pub struct TopicSettings {
     pub policy: SlowConsumerPolicy,
     /// Per-topic policies, first match wins.
     pub topic_policies: Vec<(Pattern, SlowConsumerPolicy)>,
+    /// Most topics held at once.
+    pub max_topics: usize,
+    /// Bytes of history for all topics together.
+    pub history_memory: usize,
+    /// Bytes of history per topic.
+    pub history_topic_bytes: usize,
 }
 
 impl Default for TopicSettings {
@@ -38,9 +44,17 @@ impl Default for TopicSettings {
             history_ttl: Duration::from_secs(300),
             policy: SlowConsumerPolicy::Disconnect,
             topic_policies: Vec::new(),
+            max_topics: 100_000,
+            history_memory: 256 << 20,
+            history_topic_bytes: 4 << 20,
         }
     }
 }
+
+/// A sweep over all topics frees history down to this share of `history_memory`...
+const SWEEP_TARGET: f64 = 0.75;
+/// ...and starts when history passes this share.
+const SWEEP_START: f64 = 0.9;
 
 struct Sub {
     handle: Arc<Subscriber>,
@@ -69,6 +83,8 @@ pub struct MemoryBroker {
     patterns: RwLock<HashMap<Pattern, HashMap<u64, Arc<Subscriber>>>>,
     pattern_subs: AtomicUsize,
     topics: AtomicUsize,
+    history_bytes: AtomicUsize,
+    sweeping: AtomicBool,
     settings: TopicSettings,
     metrics: Arc<Metrics>,
 }
@@ -91,6 +107,8 @@ impl MemoryBroker {
             patterns: RwLock::new(HashMap::new()),
             pattern_subs: AtomicUsize::new(0),
             topics: AtomicUsize::new(0),
+            history_bytes: AtomicUsize::new(0),
+            sweeping: AtomicBool::new(false),
             settings,
             metrics,
         }
@@ -111,10 +129,15 @@ impl MemoryBroker {
             .unwrap_or(self.settings.policy)
     }
 
-    fn topic<'s>(&self, shard: &'s mut Shard, name: &str) -> &'s mut TopicState {
+    fn topic<'s>(&self, shard: &'s mut Shard, name: &str) -> Result<&'s mut TopicState, BrokerError> {
         if !shard.topics.contains_key(name) {
+            // Reserve a place first, so concurrent creations cannot overshoot the limit.
+            if self.topics.fetch_add(1, Ordering::Relaxed) >= self.settings.max_topics {
+                self.topics.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.topics_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(BrokerError::too_many_topics(self.settings.max_topics));
+            }
             let name: Arc<str> = name.into();
-            self.topics.fetch_add(1, Ordering::Relaxed);
             shard.topics.insert(
                 Arc::clone(&name),
                 TopicState {
@@ -128,39 +151,140 @@ impl MemoryBroker {
                 },
             );
         }
-        shard.topics.get_mut(name).expect("just inserted")
+        Ok(shard.topics.get_mut(name).expect("just inserted"))
     }
 
-    fn publish_now(&self, topic: &str, payload: Value, id: Option<String>) -> Position {
-        let mut shard = self.shard(topic);
-        let t = self.topic(&mut shard, topic);
-        t.offset += 1;
-        t.touched = Instant::now();
-        let ev = Arc::new(Event::new(Arc::clone(&t.name), t.offset, Arc::clone(&t.epoch), id.map(Into::into), payload));
-        t.history.push(Arc::clone(&ev), self.settings.history_size);
-        for s in t.subs.values() {
-            s.handle.outbox.push_event(&ev, t.policy);
+    /// Forget a topic nobody subscribes to and that keeps no history: its offset and epoch
+    /// go with it (a later resume gets a new epoch, so `recovered: false`, never a gap).
+    fn forget_if_unused(&self, shard: &mut Shard, name: &str) {
+        if shard.topics.get(name).is_some_and(|t| t.subs.is_empty() && t.history.is_empty()) {
+            shard.topics.remove(name);
+            self.topics.fetch_sub(1, Ordering::Relaxed);
         }
-        if self.pattern_subs.load(Ordering::Relaxed) > 0 {
-            let patterns = self.patterns.read().unwrap_or_else(|e| e.into_inner());
-            let mut seen: Vec<u64> = Vec::new();
-            let mut matched = 0;
-            for (p, subs) in patterns.iter() {
-                if !p.matches(topic) {
-                    continue;
-                }
-                matched += 1;
-                for (id, s) in subs {
-                    if t.subs.contains_key(id) || (matched > 1 && seen.contains(id)) {
+    }
+
+    /// Account history bytes: `added` kept, `freed` released, `evicted` events dropped early.
+    fn account(&self, added: usize, freed: usize, evicted: u64) {
+        if added >= freed {
+            self.history_bytes.fetch_add(added - freed, Ordering::Relaxed);
+        } else {
+            self.history_bytes.fetch_sub(freed - added, Ordering::Relaxed);
+        }
+        if evicted > 0 {
+            self.metrics.history_evicted.fetch_add(evicted, Ordering::Relaxed);
+        }
+        self.metrics.history_bytes.store(self.history_bytes.load(Ordering::Relaxed) as u64, Ordering::Relaxed);
+    }
+
+    fn publish_now(&self, topic: &str, payload: Value, id: Option<String>) -> Result<Position, BrokerError> {
+        let pos = {
+            let mut shard = self.shard(topic);
+            let t = self.topic(&mut shard, topic)?;
+            t.offset += 1;
+            t.touched = Instant::now();
+            let ev =
+                Arc::new(Event::new(Arc::clone(&t.name), t.offset, Arc::clone(&t.epoch), id.map(Into::into), payload));
+            let (added, mut freed, mut evicted) = if self.settings.history_size > 0 {
+                let size = ev.history_size();
+                let (freed, evicted) = t.history.push(
+                    Arc::clone(&ev),
+                    size,
+                    self.settings.history_size,
+                    self.settings.history_topic_bytes,
+                );
+                let stored = size <= self.settings.history_topic_bytes;
+                (if stored { size } else { 0 }, freed, evicted)
+            } else {
+                (0, 0, 0)
+            };
+            // The hard bound: over the global budget, this topic gives up its own oldest events
+            // (a sweep below frees the globally oldest ones, which is the usual case).
+            let budget = self.settings.history_memory;
+            while self.history_bytes.load(Ordering::Relaxed) + added > budget + freed && !t.history.is_empty() {
+                freed += t.history.pop_front();
+                evicted += 1;
+            }
+            self.account(added, freed, evicted);
+            for s in t.subs.values() {
+                s.handle.outbox.push_event(&ev, t.policy);
+            }
+            if self.pattern_subs.load(Ordering::Relaxed) > 0 {
+                let patterns = self.patterns.read().unwrap_or_else(|e| e.into_inner());
+                let mut seen: Vec<u64> = Vec::new();
+                let mut matched = 0;
+                for (p, subs) in patterns.iter() {
+                    if !p.matches(topic) {
                         continue;
                     }
-                    seen.push(*id);
-                    s.outbox.push_event(&ev, t.policy);
+                    matched += 1;
+                    for (id, s) in subs {
+                        if t.subs.contains_key(id) || (matched > 1 && seen.contains(id)) {
+                            continue;
+                        }
+                        seen.push(*id);
+                        s.outbox.push_event(&ev, t.policy);
+                    }
                 }
             }
-        }
+            let pos = Position { offset: t.offset, epoch: t.epoch.to_string() };
+            self.forget_if_unused(&mut shard, topic);
+            pos
+        };
         self.metrics.publishes.fetch_add(1, Ordering::Relaxed);
-        Position { offset: t.offset, epoch: t.epoch.to_string() }
+        if self.history_bytes.load(Ordering::Relaxed) as f64 > self.settings.history_memory as f64 * SWEEP_START {
+            self.sweep();
+        }
+        Ok(pos)
+    }
+
+    /// Free the globally oldest history down to `SWEEP_TARGET` of the budget. Runs outside any
+    /// shard lock except one at a time; one sweep at a time.
+    fn sweep(&self) {
+        if self.sweeping.swap(true, Ordering::Acquire) {
+            return;
+        }
+        let target = (self.settings.history_memory as f64 * SWEEP_TARGET) as usize;
+        let held = self.history_bytes.load(Ordering::Relaxed);
+        if held > target {
+            let mut ages: Vec<(Instant, usize)> = Vec::new();
+            for shard in self.shards.iter() {
+                let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                for t in shard.topics.values() {
+                    ages.extend(t.history.ages());
+                }
+            }
+            ages.sort_unstable_by_key(|(at, _)| *at);
+            let mut to_free = held - target;
+            let mut cutoff = None;
+            for (at, size) in ages {
+                if to_free == 0 {
+                    cutoff = Some(at);
+                    break;
+                }
+                to_free = to_free.saturating_sub(size);
+            }
+            let cutoff = cutoff.unwrap_or_else(Instant::now);
+            for shard in self.shards.iter() {
+                let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                let (mut freed, mut evicted) = (0, 0);
+                let mut empty = Vec::new();
+                for (name, t) in shard.topics.iter_mut() {
+                    if t.history.oldest().is_some_and(|o| o < cutoff) {
+                        let (f, n) = t.history.drop_before(cutoff);
+                        freed += f;
+                        evicted += n;
+                        if t.history.is_empty() && t.subs.is_empty() {
+                            empty.push(Arc::clone(name));
+                        }
+                    }
+                }
+                for name in empty {
+                    self.forget_if_unused(&mut shard, &name);
+                }
+                self.account(0, freed, evicted);
+            }
+        }
+        self.sweeping.store(false, Ordering::Release);
     }
 
     fn subscribe_now(
@@ -169,20 +293,21 @@ impl MemoryBroker {
         target: &Pattern,
         resume: Option<&Position>,
         presence: bool,
-    ) -> SubscribeOutcome {
+    ) -> Result<SubscribeOutcome, BrokerError> {
         if target.is_wildcard() {
             let mut patterns = self.patterns.write().unwrap_or_else(|e| e.into_inner());
             if patterns.entry(target.clone()).or_default().insert(sub.id, Arc::clone(sub)).is_none() {
                 self.pattern_subs.fetch_add(1, Ordering::Relaxed);
                 self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
-            return SubscribeOutcome { position: None, replayed: None };
+            return Ok(SubscribeOutcome { position: None, replayed: None });
         }
         let mut shard = self.shard(target.as_str());
-        let t = self.topic(&mut shard, target.as_str());
+        let t = self.topic(&mut shard, target.as_str())?;
         t.touched = Instant::now();
         let replayed = resume.map(|pos| {
-            t.history.trim(Instant::now(), self.settings.history_ttl);
+            let freed = t.history.trim(Instant::now(), self.settings.history_ttl);
+            self.account(0, freed, 0);
             match t.history.resume(pos.offset, &pos.epoch, t.offset, &t.epoch) {
                 Resume::Replay(events) => {
                     for e in &events {
@@ -206,7 +331,7 @@ impl MemoryBroker {
                 s.handle.outbox.push_notice(&notice);
             }
         }
-        SubscribeOutcome { position, replayed: replayed.flatten() }
+        Ok(SubscribeOutcome { position, replayed: replayed.flatten() })
     }
 
     fn unsubscribe_now(&self, sub: &Arc<Subscriber>, target: &Pattern) -> bool {
@@ -232,6 +357,7 @@ impl MemoryBroker {
         for s in t.subs.values().filter(|s| s.presence) {
             s.handle.outbox.push_notice(&notice);
         }
+        self.forget_if_unused(&mut shard, target.as_str());
         true
     }
 
@@ -246,8 +372,7 @@ impl MemoryBroker {
 
 impl Broker for MemoryBroker {
     fn publish<'a>(&'a self, topic: &'a str, payload: Value, id: Option<String>) -> BrokerFuture<'a, Position> {
-        let pos = self.publish_now(topic, payload, id);
-        Box::pin(std::future::ready(Ok(pos)))
+        Box::pin(std::future::ready(self.publish_now(topic, payload, id)))
     }
 
     fn subscribe<'a>(
@@ -257,8 +382,7 @@ impl Broker for MemoryBroker {
         resume: Option<&'a Position>,
         presence: bool,
     ) -> BrokerFuture<'a, SubscribeOutcome> {
-        let out = self.subscribe_now(sub, target, resume, presence);
-        Box::pin(std::future::ready(Ok(out)))
+        Box::pin(std::future::ready(self.subscribe_now(sub, target, resume, presence)))
     }
 
     fn unsubscribe<'a>(&'a self, sub: &'a Arc<Subscriber>, target: &'a Pattern) -> BrokerFuture<'a, bool> {
@@ -286,14 +410,19 @@ impl Broker for MemoryBroker {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             let before = shard.topics.len();
+            let mut freed = 0;
             shard.topics.retain(|_, t| {
-                t.history.trim(now, ttl);
-                !(t.subs.is_empty() && t.history.is_empty() && now.duration_since(t.touched) > ttl)
+                freed += t.history.trim(now, ttl);
+                !(t.subs.is_empty() && t.history.is_empty())
             });
             let removed = before - shard.topics.len();
             if removed > 0 {
                 self.topics.fetch_sub(removed, Ordering::Relaxed);
             }
+            self.account(0, freed, 0);
+        }
+        if self.history_bytes.load(Ordering::Relaxed) as f64 > self.settings.history_memory as f64 * SWEEP_START {
+            self.sweep();
         }
     }
 }

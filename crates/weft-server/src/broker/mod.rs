@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::outbox::Outbox;
 use crate::topic::Pattern;
-use crate::wire::{Member, Position};
+use crate::wire::{ErrorBody, ErrorCode, Member, Position};
 
 mod memory;
 
@@ -25,13 +25,36 @@ pub use memory::{MemoryBroker, TopicSettings};
 /// A boxed future returned by [`Broker`] methods.
 pub type BrokerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send + 'a>>;
 
-/// The broker failed (for example, lost its connection to Redis).
+/// The broker refused or failed a request: a limit (a clear client error) or a failure (for
+/// example, lost its connection to Redis).
 #[derive(Debug, Clone)]
-pub struct BrokerError(pub String);
+pub struct BrokerError {
+    /// The protocol error code the client gets.
+    pub code: ErrorCode,
+    /// What happened.
+    pub message: String,
+}
+
+impl BrokerError {
+    /// The broker failed (error 5000).
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self { code: ErrorCode::Internal, message: message.into() }
+    }
+
+    /// The server holds `max` topics already (error 4008).
+    pub fn too_many_topics(max: usize) -> Self {
+        Self { code: ErrorCode::TooManyTopics, message: format!("the server holds its limit of {max} topics") }
+    }
+
+    /// The error as the client sees it.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(self.code, self.message.clone())
+    }
+}
 
 impl std::fmt::Display for BrokerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "broker error: {}", self.0)
+        f.write_str(&self.message)
     }
 }
 

@@ -8,14 +8,29 @@ use std::process::{Child, Command, Stdio};
 use tokio::net::TcpListener;
 
 /// The Python with `websockets` installed: `WEFT_PYTHON` (set by scripts/test.sh), else the
-/// venv that scripts/test.sh creates.
-pub fn python() -> PathBuf {
+/// venv that scripts/test.sh creates. `None` (with a message) when it is missing, so a plain
+/// `cargo test` on a new machine skips the interop tests; with `WEFT_REQUIRE_PYTHON=1`
+/// (scripts/test.sh) a missing environment fails instead.
+pub fn python() -> Option<PathBuf> {
     let p = std::env::var_os("WEFT_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/autobahn-peers/bin/python")
     });
-    let ok = Command::new(&p).args(["-c", "import websockets"]).status().map(|s| s.success()).unwrap_or(false);
-    assert!(ok, "{} cannot import websockets: run scripts/test.sh (it installs it) or set WEFT_PYTHON", p.display());
-    p
+    let ok = Command::new(&p)
+        .args(["-c", "import websockets"])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        let msg = format!(
+            "{} cannot import websockets: run scripts/test.sh (it installs it) or set WEFT_PYTHON",
+            p.display()
+        );
+        assert!(std::env::var_os("WEFT_REQUIRE_PYTHON").is_none(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    Some(p)
 }
 
 pub fn py_script(name: &str) -> PathBuf {
@@ -33,9 +48,9 @@ impl Drop for Proc {
 }
 
 /// Start the Python echo server; returns it and its port.
-pub fn python_echo_server(deflate: bool) -> (Proc, u16) {
+pub fn python_echo_server(deflate: bool) -> Option<(Proc, u16)> {
     use std::io::BufRead;
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(python()?);
     cmd.arg(py_script("echo_server.py")).stdout(Stdio::piped());
     if deflate {
         cmd.arg("--deflate");
@@ -44,7 +59,7 @@ pub fn python_echo_server(deflate: bool) -> (Proc, u16) {
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let port = line.trim().parse().expect("port from echo_server.py");
-    (Proc(child), port)
+    Some((Proc(child), port))
 }
 
 /// A listener on a free loopback port.

@@ -1,12 +1,20 @@
 //! `weft echo`: the echo server.
+//!
+//! SIGTERM or Ctrl-C stop it gracefully, like `weft serve`: no new connections, every open one
+//! is closed with 1001 (going away), and the process exits 0 once they are closed (or after
+//! `--shutdown-grace`).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use weft::{Acceptor, Config, DeflateConfig};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use weft::{Acceptor, CloseCode, CloseFrame, Config, DeflateConfig};
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct EchoArgs {
@@ -31,6 +39,9 @@ pub(crate) struct EchoArgs {
     /// Set SO_REUSEPORT so several `weft echo` processes can share the port.
     #[arg(long)]
     reuseport: bool,
+    /// Seconds a graceful shutdown (SIGTERM, Ctrl-C) waits for connections to close.
+    #[arg(long, default_value_t = 5.0)]
+    shutdown_grace: f64,
 }
 
 pub(crate) fn run(args: EchoArgs) -> ExitCode {
@@ -73,8 +84,13 @@ async fn serve(args: EchoArgs) -> anyhow::Result<()> {
         .deflate(args.deflate.then(DeflateConfig::default));
     let acceptor = std::sync::Arc::new(Acceptor::new().config(config));
     tracing::info!(addr = %listener.local_addr()?, deflate = args.deflate, "weft echo listening");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             res = listener.accept() => {
                 let (tcp, peer) = match res {
                     Ok(x) => x,
@@ -86,27 +102,53 @@ async fn serve(args: EchoArgs) -> anyhow::Result<()> {
                     }
                 };
                 let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = echo_one(&acceptor, tcp).await {
+                let mut stop = stop_rx.clone();
+                conns.spawn(async move {
+                    let stop = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = echo_one(&acceptor, tcp, stop).await {
                         tracing::debug!(%peer, error = %e, "connection ended");
                     }
                 });
             }
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("shutting down");
-                return Ok(());
-            }
+            _ = &mut shutdown => break,
         }
+    }
+    drop(listener);
+    tracing::info!(connections = conns.len(), "shutting down: closing connections with 1001");
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs_f64(args.shutdown_grace.max(0.0));
+    if tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(left = conns.len(), "shutdown grace over: dropping the connections left");
+    }
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 
-/// Echo one connection.
-pub(crate) async fn echo_one(acceptor: &Acceptor, tcp: TcpStream) -> weft::Result<()> {
+/// Echo one connection until it ends or `stop` completes (then close it with 1001).
+pub(crate) async fn echo_one(acceptor: &Acceptor, tcp: TcpStream, stop: impl Future<Output = ()>) -> weft::Result<()> {
     tcp.set_nodelay(true)?;
     // Boxed: the handshake's state (request buffer, parsed headers) is freed after the upgrade
     // instead of staying part of this long-lived task's future.
     let mut ws = Box::pin(acceptor.accept(tcp)).await?;
-    echo_messages(&mut ws).await
+    echo_until(&mut ws, stop).await
 }
 
 /// Echo every data message until the connection ends. Everything one read produced is answered
@@ -116,7 +158,28 @@ pub(crate) async fn echo_messages<S>(ws: &mut weft::WebSocket<S>) -> weft::Resul
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    while let Some(msg) = ws.recv().await {
+    echo_until(ws, std::future::pending()).await
+}
+
+/// [`echo_messages`] until `stop` completes; then close with 1001 (going away) and wait for
+/// the peer's answer (the library's close timeout bounds the wait).
+async fn echo_until<S>(ws: &mut weft::WebSocket<S>, stop: impl Future<Output = ()>) -> weft::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::pin!(stop);
+    loop {
+        // `recv` is cancel-safe: a message half read when `stop` wins is not lost or corrupted.
+        let msg = tokio::select! {
+            biased;
+            m = ws.recv() => m,
+            _ = &mut stop => {
+                let _ = ws.flush().await;
+                ws.close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"))).await?;
+                return Ok(());
+            }
+        };
+        let Some(msg) = msg else { return Ok(()) };
         let mut next = Some(msg?);
         while let Some(msg) = next.take() {
             if msg.is_data() {
@@ -133,5 +196,4 @@ where
         }
         ws.flush().await?;
     }
-    Ok(())
 }

@@ -218,3 +218,137 @@ fn serve_fans_out_and_stops_on_sigterm() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+fn start_serve(extra: &[&str]) -> (Kill, u16) {
+    let port = free_port();
+    let child = Command::new(WEFT)
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "weft serve did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Kill(child), port)
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Without `--server-pid` the benchmark cannot know the server's CPU: it must not report its
+/// own CPU under that name (JSON null, "unknown" in the text).
+#[test]
+fn bench_without_server_pid_reports_no_server_cpu() {
+    let (_echo, port) = start_echo(&["--threads", "1"]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let r = bench_json(&["echo", "--url", &url, "-c", "2", "-s", "64", "-d", "0.3", "--warmup", "0.1"]);
+    assert!(r["messages"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["server_cpu_us_per_msg"].is_null(), "server CPU without --server-pid: {r}");
+    assert!(r["server_cpu_cores"].is_null(), "server CPU without --server-pid: {r}");
+    assert!(r["generator_cpu_cores"].as_f64().is_some(), "{r}");
+    let out = Command::new(WEFT)
+        .args(["bench", "echo", "--url", &url, "-c", "2", "-s", "64", "-d", "0.3", "--warmup", "0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("server CPU unknown"), "{text}");
+
+    let (_serve, sport) = start_serve(&["--rate-limit", "1000000", "--rate-burst", "1000000"]);
+    let surl = format!("ws://127.0.0.1:{sport}/ws");
+    let r = bench_json(&["fanout", "--url", &surl, "--subscribers", "2", "-d", "0.3", "--rate", "200"]);
+    assert!(r["published"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["server_cpu_cores"].is_null(), "server CPU without --server-pid: {r}");
+    assert!(r["server_cpu_us_per_delivery"].is_null(), "server CPU without --server-pid: {r}");
+}
+
+/// `weft bench fanout` fails (non-zero, says why) when publishes were refused and events are
+/// missing; `-d` is its duration flag like the other modes'.
+#[test]
+fn bench_fanout_fails_on_publish_errors_and_missing_events() {
+    // 50 publishes/s allowed, 400/s attempted: most are refused with 4005 (never 50 refused in
+    // a row, so the connection is not closed for it).
+    let (_serve, port) = start_serve(&["--rate-limit", "50", "--rate-burst", "50"]);
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let out = Command::new(WEFT)
+        .args(["bench", "fanout", "--url", &url, "--subscribers", "2", "-d", "1", "--rate", "400", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status {:?} after refused publishes; stderr: {stderr}", out.status);
+    assert!(stderr.contains("publish"), "{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report even on failure");
+    assert!(r["publish_errors"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["missing"].as_u64().unwrap() > 0, "{r}");
+}
+
+/// Read one HTTP head from a raw socket (up to the blank line).
+fn read_head(tcp: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tcp.read(&mut b).unwrap(), 1, "closed during the handshake");
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// SIGTERM makes `weft echo` close its connections with 1001 (going away) and exit 0.
+#[test]
+fn echo_closes_connections_with_1001_on_sigterm_and_exits_0() {
+    use std::io::Read;
+    let (mut echo, port) = start_echo(&[]);
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        tcp,
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    assert!(read_head(&mut tcp).starts_with("HTTP/1.1 101"));
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(Command::new("kill").args(["-TERM", &echo.0.id().to_string()]).status().unwrap().success());
+    let mut frame = [0u8; 4];
+    tcp.read_exact(&mut frame).expect("a close frame, not a reset");
+    assert_eq!(frame[0], 0x88, "close frame");
+    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1001, "going away");
+    // Answer the close (masked, as a client must), then the server ends.
+    tcp.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9]).unwrap();
+    let status = wait_exit(&mut echo.0, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+}
+
+/// `weft client` takes only ws:// and wss:// URLs, and shows why an upgrade was refused.
+#[test]
+fn client_refuses_http_urls_and_shows_refused_upgrades() {
+    let (_echo, port) = start_echo(&[]);
+    for url in [format!("http://127.0.0.1:{port}/"), format!("https://127.0.0.1:{port}/"), "127.0.0.1:1".into()] {
+        let out = Command::new(WEFT).args(["client", &url]).stdin(Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains("ws://") && stderr.contains("wss://"), "{url}: {stderr}");
+    }
+    // A JWT server refuses an upgrade without a token: 401 with the reason in the body.
+    let (_serve, sport) = start_serve(&["--jwt-secret", "cli-test-secret"]);
+    let out = Command::new(WEFT)
+        .args(["client", &format!("ws://127.0.0.1:{sport}/ws")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(stderr.contains("missing token"), "the body of the refusal: {stderr}");
+}

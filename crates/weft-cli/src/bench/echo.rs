@@ -58,7 +58,8 @@ pub(crate) struct EchoArgs {
     /// Generator threads.
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
-    /// Server process to measure (CPU per message, RSS) from /proc.
+    /// Server process to measure (CPU per message, RSS) from /proc; without it the server's
+    /// CPU and RSS are unknown (null in `--json`).
     #[arg(long)]
     pub(crate) server_pid: Option<u32>,
     /// Print one JSON object and nothing else.
@@ -113,7 +114,7 @@ pub(crate) fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_secs_f64(args.warmup));
-    let (srv0, gen0) = (procfs::cpu(args.server_pid), procfs::cpu(None));
+    let (srv0, gen0) = (super::server_cpu(args.server_pid), procfs::cpu(None));
     let t0 = Instant::now();
     shared.measuring.store(true, Ordering::SeqCst);
     let progress = !args.json && std::io::stderr().is_terminal();
@@ -140,7 +141,7 @@ pub(crate) fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
     }
     shared.measuring.store(false, Ordering::SeqCst);
     let seconds = t0.elapsed().as_secs_f64();
-    let (srv1, gen1) = (procfs::cpu(args.server_pid), procfs::cpu(None));
+    let (srv1, gen1) = (super::server_cpu(args.server_pid), procfs::cpu(None));
     let server_rss_bytes = args.server_pid.and_then(procfs::rss_bytes);
     shared.stop.store(true, Ordering::SeqCst);
     if progress {

@@ -4,6 +4,9 @@
 //! Without `--rate` the publisher runs as fast as the subscribers keep up: it stays at most
 //! `--window` events ahead of the deliveries, so no queue overflows and the number measured is
 //! the sustainable fan-out rate.
+//!
+//! The run fails (exit status 1, with the reasons on stderr) when a publish was refused or when
+//! events were missing, duplicated or out of order at any subscriber.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -36,10 +39,10 @@ pub(crate) struct FanoutArgs {
     #[arg(long, default_value_t = 64)]
     window: u64,
     /// Payload size in bytes (includes the send timestamp).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, short = 's', default_value_t = 256)]
     size: usize,
     /// Seconds of publishing.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, short = 'd', default_value_t = 10.0)]
     duration: f64,
     /// Generator runtime threads.
     #[arg(long, default_value_t = 1)]
@@ -53,7 +56,8 @@ pub(crate) struct FanoutArgs {
     /// generator numbers the events itself).
     #[arg(long, value_enum, default_value_t = Protocol::Weft)]
     protocol: Protocol,
-    /// Server process to measure (CPU, RSS per subscriber).
+    /// Server process to measure (CPU, RSS per subscriber); without it they are unknown (null
+    /// in `--json`).
     #[arg(long)]
     server_pid: Option<u32>,
     /// JSON output.
@@ -82,12 +86,18 @@ pub(crate) struct FanoutReport {
     size: usize,
     seconds: f64,
     published: u64,
+    /// Publishes the server refused (error replies).
+    publish_errors: u64,
+    first_publish_error: Option<String>,
     deliveries: u64,
     expected: u64,
+    /// `expected - deliveries`.
+    missing: u64,
     deliveries_per_sec: f64,
     latency_us: Percentiles,
     gaps: u64,
     duplicates: u64,
+    out_of_order: u64,
     disconnected: usize,
     connect_retries: u64,
     server_rss_per_subscriber: Option<f64>,
@@ -115,26 +125,58 @@ impl FanoutReport {
             l.p50, l.p90, l.p99, l.p999, l.max
         );
         println!(
-            "  gaps {}  duplicates {}  missing {}  disconnected {}  connect retries {}",
+            "  publish errors {}  gaps {}  duplicates {}  out of order {}  missing {}  disconnected {}  connect retries {}",
+            self.publish_errors,
             self.gaps,
             self.duplicates,
-            self.expected.saturating_sub(self.deliveries),
+            self.out_of_order,
+            self.missing,
             self.disconnected,
             self.connect_retries
         );
         let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
+        let server = match (self.server_cpu_cores, self.server_cpu_us_per_delivery) {
+            (Some(cores), Some(us)) => format!("server: {cores:.2} cores, {us:.2} us per delivery"),
+            _ => "server CPU unknown (give --server-pid)".to_owned(),
+        };
         println!(
-            "  server: {} cores, {} per delivery, {} RSS per subscriber; generator {} cores{}",
-            opt(self.server_cpu_cores, ""),
-            opt(self.server_cpu_us_per_delivery, " us"),
+            "  {server}, {} RSS per subscriber; generator {} cores{}",
             opt(self.server_rss_per_subscriber, " B"),
             opt(self.generator_cpu_cores, ""),
             if self.generator_bound { " (generator-bound)" } else { "" }
         );
     }
 
-    pub(crate) fn ok(&self) -> bool {
-        self.connected > 0 && self.deliveries > 0
+    /// Why the run does not count as a success (empty: it does).
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.published == 0 || self.deliveries == 0 {
+            p.push(format!("{} published, {} delivered", self.published, self.deliveries));
+        }
+        if self.publish_errors > 0 {
+            p.push(format!(
+                "{} of {} publishes refused by the server (first: {})",
+                self.publish_errors,
+                self.published,
+                self.first_publish_error.as_deref().unwrap_or("?")
+            ));
+        }
+        if self.missing > 0 {
+            p.push(format!("{} of {} expected deliveries missing", self.missing, self.expected));
+        }
+        if self.gaps > 0 {
+            p.push(format!("{} events skipped (offset gaps)", self.gaps));
+        }
+        if self.duplicates > 0 {
+            p.push(format!("{} duplicate events", self.duplicates));
+        }
+        if self.out_of_order > 0 {
+            p.push(format!("{} events out of order", self.out_of_order));
+        }
+        if self.disconnected > 0 {
+            p.push(format!("{} subscribers disconnected", self.disconnected));
+        }
+        p
     }
 }
 
@@ -154,6 +196,7 @@ struct Shared {
     delivered: AtomicU64,
     gaps: AtomicU64,
     dupes: AtomicU64,
+    out_of_order: AtomicU64,
     disconnected: AtomicUsize,
     connected: AtomicUsize,
     last_receive_ns: AtomicU64,
@@ -220,6 +263,7 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         delivered: AtomicU64::new(0),
         gaps: AtomicU64::new(0),
         dupes: AtomicU64::new(0),
+        out_of_order: AtomicU64::new(0),
         disconnected: AtomicUsize::new(0),
         connected: AtomicUsize::new(0),
         last_receive_ns: AtomicU64::new(0),
@@ -293,8 +337,10 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
                         let _ = hist.record(now.saturating_sub(sent).max(1));
                         if off > last + 1 && last != 0 {
                             sh.gaps.fetch_add(off - last - 1, Ordering::Relaxed);
-                        } else if off <= last {
+                        } else if off == last {
                             sh.dupes.fetch_add(1, Ordering::Relaxed);
+                        } else if off < last {
+                            sh.out_of_order.fetch_add(1, Ordering::Relaxed);
                         }
                         last = last.max(off);
                         sh.delivered.fetch_add(1, Ordering::Relaxed);
@@ -339,26 +385,34 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
 
     // Publisher: its own connection, pipelined publishes.
     let pad = "x".repeat(args.size.saturating_sub(40));
-    let (srv0, gen0) = (procfs::cpu(args.server_pid), procfs::cpu(None));
+    let (srv0, gen0) = (super::server_cpu(args.server_pid), procfs::cpu(None));
     let t0 = Instant::now();
     let start_ns = now_ns();
     let end = t0 + Duration::from_secs_f64(args.duration);
     let mut published = 0u64;
     let interval = args.rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
-    let (mut pub_rx_task, pub_ack) = {
-        // Read the publisher's acks in the background (and keep its connection serviced).
+    let pub_errors = Arc::new(AtomicU64::new(0));
+    let first_pub_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let (mut pub_rx_task, mut pub_ack) = {
+        // Read the publisher's replies in the background (and keep its connection serviced):
+        // acks and refusals, counted together in the watch.
         let (tx, rx) = tokio::sync::watch::channel(0u64);
         let (mut rd, wr) = publisher.split();
+        let (errors, first) = (pub_errors.clone(), first_pub_error.clone());
         let task = tokio::spawn(async move {
-            let mut acks = 0u64;
+            let mut answered = 0u64;
             while let Some(Ok(m)) = rd.recv().await {
                 if let Message::Text(t) = m {
                     if t.as_str().contains("\"published\"") {
-                        acks += 1;
-                        let _ = tx.send(acks);
+                        answered += 1;
                     } else if t.as_str().contains("\"error\"") {
-                        eprintln!("publish error: {}", t.as_str());
+                        answered += 1;
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| t.as_str().to_owned());
+                    } else {
+                        continue;
                     }
+                    let _ = tx.send(answered);
                 }
             }
             rd
@@ -367,11 +421,17 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         (task, rx)
     };
     let publish_seconds = t0.elapsed().as_secs_f64();
+    if args.protocol == Protocol::Weft {
+        // Every publish is answered (published or error): wait for the answers, up to 5 s.
+        let _ = tokio::time::timeout(Duration::from_secs(5), pub_ack.wait_for(|n| *n >= published)).await;
+    }
     // Wait for the tail to arrive (everything, or 5 s of silence).
     let expected = published * connected as u64;
+    // Refused publishes never arrive: wait for the ones the server took.
+    let deliverable = published.saturating_sub(pub_errors.load(Ordering::Relaxed)) * connected as u64;
     let mut idle_since = Instant::now();
     let mut last_seen = 0;
-    while sh.delivered.load(Ordering::Relaxed) < expected {
+    while sh.delivered.load(Ordering::Relaxed) < deliverable {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let d = sh.delivered.load(Ordering::Relaxed);
         if d != last_seen {
@@ -381,14 +441,13 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             break;
         }
     }
-    let (srv1, gen1) = (procfs::cpu(args.server_pid), procfs::cpu(None));
+    let (srv1, gen1) = (super::server_cpu(args.server_pid), procfs::cpu(None));
     let delivered = sh.delivered.load(Ordering::Relaxed);
     let last_ns = sh.last_receive_ns.load(Ordering::Relaxed).max(start_ns + 1);
     let seconds = (last_ns - start_ns) as f64 / 1e9;
     let _ = publish_seconds;
     sh.stop.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    let _ = pub_ack;
     pub_rx_task.abort();
     let _ = (&mut pub_rx_task).await;
     let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("hist");
@@ -408,12 +467,16 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         size: args.size,
         seconds,
         published,
+        publish_errors: pub_errors.load(Ordering::Relaxed),
+        first_publish_error: first_pub_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         deliveries: delivered,
         expected,
+        missing: expected.saturating_sub(delivered),
         deliveries_per_sec: delivered as f64 / seconds.max(1e-9),
         latency_us: Percentiles::from_hist(&hist),
         gaps: sh.gaps.load(Ordering::Relaxed),
         duplicates: sh.dupes.load(Ordering::Relaxed),
+        out_of_order: sh.out_of_order.load(Ordering::Relaxed),
         disconnected: sh.disconnected.load(Ordering::Relaxed),
         connect_retries: sh.connect_retries.load(Ordering::Relaxed),
         server_rss_per_subscriber: match (rss0, rss1) {

@@ -9,6 +9,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use crate::procfs;
+
+/// CPU sample of the server under test: only with `--server-pid` (never this process's own CPU).
+pub(crate) fn server_cpu(pid: Option<u32>) -> Option<procfs::CpuSample> {
+    pid.and_then(|p| procfs::cpu(Some(p)))
+}
+
 #[derive(Args, Debug)]
 pub(crate) struct BenchArgs {
     #[command(subcommand)]
@@ -55,14 +62,22 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         }
         Scenario::Fanout(a) => {
             let json = a.json;
-            fanout::run(a).map(|r| {
-                if json {
-                    println!("{}", serde_json::to_string(&r).expect("serialisable"));
-                } else {
-                    r.print();
+            match fanout::run(a) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&r).expect("serialisable"));
+                    } else {
+                        r.print();
+                    }
+                    let problems = r.problems();
+                    if problems.is_empty() {
+                        return ExitCode::SUCCESS;
+                    }
+                    eprintln!("weft bench fanout: FAILED: {}", problems.join("; "));
+                    return ExitCode::FAILURE;
                 }
-                r.ok()
-            })
+                Err(e) => Err(e),
+            }
         }
     };
     match result {

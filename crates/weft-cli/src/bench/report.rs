@@ -78,10 +78,12 @@ impl EchoReport {
             "  RTT µs: p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
             r.p50, r.p90, r.p99, r.p999, r.max, r.mean
         );
+        let server = match (self.server_cpu_us_per_msg, self.server_cpu_cores) {
+            (Some(us), Some(cores)) => format!("server CPU {us:.2} µs per message, {cores:.2} cores"),
+            _ => "server CPU unknown (give --server-pid)".to_owned(),
+        };
         println!(
-            "  server CPU {} per message, {} cores;  generator CPU {} per message, {} cores{}",
-            opt(self.server_cpu_us_per_msg, " µs"),
-            opt(self.server_cpu_cores, ""),
+            "  {server};  generator CPU {} per message, {} cores{}",
             opt(self.generator_cpu_us_per_msg, " µs"),
             opt(self.generator_cpu_cores, ""),
             if self.generator_bound { "  ⚠ generator-bound: the server may be faster than shown" } else { "" }

@@ -341,7 +341,7 @@ fn client_refuses_http_urls_and_shows_refused_upgrades() {
         assert!(stderr.contains("ws://") && stderr.contains("wss://"), "{url}: {stderr}");
     }
     // A JWT server refuses an upgrade without a token: 401 with the reason in the body.
-    let (_serve, sport) = start_serve(&["--jwt-secret", "cli-test-secret"]);
+    let (_serve, sport) = start_serve(&["--jwt-secret", "cli-test-secret-of-at-least-32-bytes"]);
     let out = Command::new(WEFT)
         .args(["client", &format!("ws://127.0.0.1:{sport}/ws")])
         .stdin(Stdio::null())

@@ -401,11 +401,13 @@ async fn slow_consumer_is_disconnected_others_keep_receiving() {
         engine.publish("firehose", payload.clone()).await.unwrap();
         tokio::task::yield_now().await;
     }
+    // The slow one reads again: what was on its way, then the documented close 1008 (not a
+    // bare EOF).
+    let slow_end = tokio::spawn(async move { slow.closed().await });
     let _fast = tokio::time::timeout(Duration::from_secs(30), reader).await.unwrap().unwrap();
     let m = engine.metrics();
     assert!(m.slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed) >= 1);
-    // The slow one is gone: reading now shows the stream ended.
-    drop(slow);
+    assert_eq!(slow_end.await.unwrap(), 1008);
     let deadline = tokio::time::Instant::now() + T;
     while engine.connection_count() != 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -666,6 +668,262 @@ async fn send_reaches_the_application_in_order_with_backpressure() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn every_rate_limit_reply_precedes_the_close_and_carries_its_id() {
+    let cfg = EngineConfig { rate_limit: 0.01, rate_burst: 50, ..Default::default() };
+    let (addr, _engine, _h) = start(cfg).await;
+    let mut c = Client::connect(addr, "").await;
+    // 1,000 publishes at once: 50 pass, 50 are refused with 4005 and their ids, then 1008.
+    for i in 0..1000 {
+        c.ws.feed(Message::text(json!({"type": "publish", "id": i, "topic": "t", "payload": i}).to_string()))
+            .await
+            .unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    let (mut published, mut refused) = (Vec::new(), Vec::new());
+    let code = loop {
+        match tokio::time::timeout(T, c.ws.recv()).await.expect("timed out") {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                match v["type"].as_str().unwrap() {
+                    "published" => published.push(v["id"].as_u64().unwrap()),
+                    "error" => {
+                        assert_eq!(v["code"], 4005, "{v}");
+                        refused.push(v["id"].as_u64().expect("rate-limit errors carry the request id"));
+                    }
+                    other => panic!("{other}"),
+                }
+            }
+            Some(Ok(Message::Close(f))) => break f.unwrap().code.0,
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(code, 1008);
+    assert_eq!(published, (0..50).collect::<Vec<_>>());
+    assert_eq!(refused, (50..100).collect::<Vec<_>>(), "every refusal arrives before the close");
+}
+
+#[tokio::test]
+async fn control_frames_count_in_the_rate_limit() {
+    let cfg = EngineConfig { rate_limit: 0.01, rate_burst: 20, ..Default::default() };
+    let (addr, _engine, _h) = start(cfg).await;
+    let mut c = Client::connect(addr, "").await;
+    for _ in 0..100 {
+        c.ws.feed(Message::Ping(bytes::Bytes::from_static(b"p"))).await.unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    assert_eq!(c.closed().await, 1008);
+}
+
+#[tokio::test]
+async fn upgrades_only_on_the_documented_path() {
+    let (addr, _engine, _h) = start(EngineConfig::default()).await;
+    let e = ClientBuilder::new(format!("ws://{addr}/elsewhere")).connect().await.err().unwrap();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(404));
+    Client::connect(addr, "").await;
+}
+
+#[tokio::test]
+async fn msgpack_bin_payloads_are_accepted() {
+    let (addr, _engine, _h) = start(EngineConfig::default()).await;
+    let mut sub = Client::connect(addr, "").await;
+    subscribe(&mut sub, &["bin"]).await;
+    let mut c = Client::try_connect(addr, "", None, "weft.v1.msgpack").await.unwrap();
+    // {"type":"publish","topic":"bin","payload": bin8 [0, 1, 255]}
+    let mut mp = vec![0x83, 0xa4];
+    mp.extend(b"type");
+    mp.push(0xa7);
+    mp.extend(b"publish");
+    mp.push(0xa5);
+    mp.extend(b"topic");
+    mp.push(0xa3);
+    mp.extend(b"bin");
+    mp.push(0xa7);
+    mp.extend(b"payload");
+    mp.extend([0xc4, 3, 0, 1, 255]);
+    c.send_raw(Message::binary(mp)).await;
+    let r = c.recv().await;
+    assert_eq!(r["type"], "published", "{r}");
+    assert_eq!(sub.recv().await["payload"], json!([0, 1, 255]));
+}
+
+#[tokio::test]
+async fn topic_limits_refuse_with_4008_and_unused_topics_are_forgotten() {
+    let cfg = EngineConfig { max_topics: 20, topic_churn_limit: 10, ..Default::default() };
+    let (addr, engine, _h) = start(cfg).await;
+    // Churn: the 11th distinct topic within the window is refused, the others still work.
+    let mut c = Client::connect(addr, "").await;
+    for i in 0..10 {
+        let r = c.request(json!({"type": "publish", "id": i, "topic": format!("a.{i}"), "payload": 1})).await;
+        assert_eq!(r["type"], "published", "{r}");
+    }
+    let r = c.request(json!({"type": "publish", "id": 10, "topic": "a.10", "payload": 1})).await;
+    assert_eq!((r["code"].as_u64(), r["id"].as_u64()), (Some(4008), Some(10)), "{r}");
+    let r = c.request(json!({"type": "subscribe", "id": 11, "topics": ["b.1"]})).await;
+    assert_eq!(r["results"][0]["error"]["code"], 4008, "{r}");
+    assert_eq!(c.request(json!({"type": "publish", "topic": "a.3", "payload": 2})).await["offset"], 2);
+    // Global: 10 topics with history exist; another connection may create 10 more, not 11.
+    let mut d = Client::connect(addr, "").await;
+    for i in 0..10 {
+        let r = d.request(json!({"type": "publish", "topic": format!("c.{i}"), "payload": 1})).await;
+        assert_eq!(r["type"], "published", "{r}");
+    }
+    assert_eq!(engine.stats().topics, 20);
+    let r = d.request(json!({"type": "publish", "topic": "c.10", "payload": 1})).await;
+    assert_eq!(r["code"], 4008, "{r}");
+    // HTTP publish gets 429 with the same code.
+    let (status, body) = http(addr, "POST", "/api/publish", &[], r#"{"topic":"h.1","payload":1}"#).await;
+    assert_eq!(status, 429, "{body}");
+
+    // Without history, a topic nobody subscribes to is forgotten as soon as it is unused.
+    let cfg = EngineConfig { history_size: 0, topic_churn_limit: 1000, rate_burst: 10_000, ..Default::default() };
+    let (addr, engine, _h) = start(cfg).await;
+    let mut c = Client::connect(addr, "").await;
+    for i in 0..200 {
+        let t = format!("s.{i}");
+        subscribe(&mut c, &[&t]).await;
+        let r = c.request(json!({"type": "unsubscribe", "topics": [t]})).await;
+        assert_eq!(r["type"], "unsubscribed", "{r}");
+        c.request(json!({"type": "publish", "topic": format!("p.{i}"), "payload": 1})).await;
+    }
+    assert_eq!(engine.stats().topics, 0);
+}
+
+#[tokio::test]
+async fn history_memory_is_bounded_and_recovery_stays_exact() {
+    let cfg = EngineConfig {
+        history_memory: 256 << 10,
+        history_topic_bytes: 64 << 10,
+        topic_churn_limit: 10_000,
+        ..Default::default()
+    };
+    let (addr, engine, _h) = start(cfg).await;
+    let payload = json!("z".repeat(4096));
+    // 200 topics x 20 events x 4 KiB = 16 MB published; at most 256 KiB kept.
+    let mut early = None;
+    for round in 0..20 {
+        for t in 0..200 {
+            let p = engine.publish(&format!("h.{t}"), payload.clone()).await.unwrap();
+            if round == 0 && t == 0 {
+                early = Some(p);
+            }
+            assert!(engine.stats().history_bytes <= 256 << 10);
+        }
+    }
+    assert!(engine.stats().history_evicted_total > 0);
+    // The newest events are kept: resuming a topic published last replays exactly.
+    let p1 = engine.publish("fresh", json!(1)).await.unwrap();
+    engine.publish("fresh", json!(2)).await.unwrap();
+    engine.publish("fresh", json!(3)).await.unwrap();
+    let mut c = Client::connect(addr, "").await;
+    let r = c
+        .request(json!({"type": "subscribe", "topics": ["fresh"], "resume": {"fresh": {"offset": p1.offset, "epoch": p1.epoch}}}))
+        .await;
+    assert_eq!(
+        (r["results"][0]["recovered"].as_bool(), r["results"][0]["replayed"].as_u64()),
+        (Some(true), Some(2)),
+        "{r}"
+    );
+    assert_eq!(c.recv().await["payload"], 2);
+    assert_eq!(c.recv().await["payload"], 3);
+    // The oldest were evicted: resuming from there is refused, never answered with a gap.
+    let early = early.unwrap();
+    let r = c
+        .request(json!({"type": "subscribe", "topics": ["h.0"], "resume": {"h.0": {"offset": early.offset, "epoch": early.epoch}}}))
+        .await;
+    assert_eq!(r["results"][0]["recovered"], false, "{r}");
+    // Per topic: a single topic keeps at most 64 KiB.
+    let (addr, engine, _h) = start(EngineConfig { history_topic_bytes: 64 << 10, ..Default::default() }).await;
+    for _ in 0..100 {
+        engine.publish("one", payload.clone()).await.unwrap();
+    }
+    let held = engine.stats().history_bytes;
+    assert!(held <= 64 << 10 && held > 32 << 10, "{held}");
+    let _ = addr;
+}
+
+/// Send raw bytes on a fresh connection, then wait for the server to answer and/or close.
+async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(wait, s.read_to_end(&mut out)).await.is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn http_bodies_and_idle_connections_time_out() {
+    let cfg = EngineConfig {
+        http_body_timeout: Duration::from_millis(500),
+        http_header_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let (addr, engine, _h) = start(cfg).await;
+    let huge = b"POST /api/publish HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000000\r\n\r\n";
+    let (resp, closed) = raw_exchange(addr, huge, T).await;
+    assert!(resp.starts_with("HTTP/1.1 408") || resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(closed);
+    let partial = b"POST /api/publish HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"topic\":";
+    let (resp, closed) = raw_exchange(addr, partial, T).await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(closed);
+    assert!(engine.metrics().http_timeouts.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    // Half an upgrade request, then nothing: closed after the header timeout.
+    let (_, closed) = raw_exchange(addr, b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\n", T).await;
+    assert!(closed, "a stalled upgrade request is closed");
+    // An idle keep-alive connection after a complete request: closed too.
+    let (resp, closed) = raw_exchange(addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", T).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(closed, "an idle keep-alive connection is closed");
+    // A request head larger than the read buffer: 431.
+    let big = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n", "a".repeat(64 << 10));
+    let (resp, _) = raw_exchange(addr, big.as_bytes(), T).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+}
+
+const JWT_KEY: &[u8] = b"an HS256 key of at least 32 bytes, for the tests";
+
+#[tokio::test]
+async fn token_size_is_capped() {
+    let cfg = EngineConfig { jwt: Some(JwtAuth::hs256(JWT_KEY).unwrap()), ..Default::default() };
+    let (addr, _engine, _h) = start(cfg).await;
+    let big = token(json!({"sub": "a", "exp": exp(), "info": "i".repeat(8 << 10)}), JWT_KEY);
+    let st = |r: weft::Result<Client>| r.err().and_then(|e| e.status()).map(|s| s.as_u16());
+    assert_eq!(st(Client::try_connect(addr, "", Some(&big), "weft.v1.json").await), Some(431));
+    assert_eq!(st(Client::try_connect(addr, &format!("?token={big}"), None, "weft.v1.json").await), Some(401));
+    let ok = token(json!({"sub": "a", "exp": exp()}), JWT_KEY);
+    Client::try_connect(addr, "", Some(&ok), "weft.v1.json").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_token_ends_the_session_unless_refreshed() {
+    let cfg = EngineConfig { jwt: Some(JwtAuth::hs256(JWT_KEY).unwrap()), ..Default::default() };
+    let (addr, engine, _h) = start(cfg).await;
+    let now = weft_server::wire::now_ms() / 1000;
+    let short = |sub: &str, secs: u64| token(json!({"sub": sub, "exp": now + secs}), JWT_KEY);
+    // No refresh: closed with 4401 at exp.
+    let mut a = Client::try_connect(addr, "", Some(&short("alice", 2)), "weft.v1.json").await.unwrap();
+    let t0 = std::time::Instant::now();
+    assert_eq!(a.closed().await, weft_server::CLOSE_TOKEN_EXPIRED);
+    assert!(t0.elapsed() >= Duration::from_millis(900), "{:?}", t0.elapsed());
+    assert!(engine.metrics().token_expiries.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    // Refreshed in time: the session goes on past the first token's exp.
+    let mut b = Client::try_connect(addr, "", Some(&short("bob", 2)), "weft.v1.json").await.unwrap();
+    let r = b.request(json!({"type": "refresh", "id": 1, "token": short("bob", 3600)})).await;
+    assert_eq!(
+        (r["type"].as_str(), r["id"].as_u64(), r["exp"].as_u64()),
+        (Some("refreshed"), Some(1), Some(now + 3600))
+    );
+    // A token for someone else, or a bad one, is refused and changes nothing.
+    let r = b.request(json!({"type": "refresh", "id": 2, "token": short("mallory", 3600)})).await;
+    assert_eq!(r["code"], 4009, "{r}");
+    let r = b.request(json!({"type": "refresh", "id": 3, "token": "not.a.jwt"})).await;
+    assert_eq!(r["code"], 4009, "{r}");
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(b.request(json!({"type": "ping"})).await["type"], "pong");
 }
 
 /// Whether `python` can import `websockets`. When it cannot, the test is skipped with a message

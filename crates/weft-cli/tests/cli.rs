@@ -166,7 +166,7 @@ fn bench_connections_holds_them_and_measures_rss_with_several_processes() {
             &url,
             "-c",
             "200",
-            "--hold",
+            "-d",
             "0.5",
             "--processes",
             procs,

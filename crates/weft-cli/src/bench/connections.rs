@@ -27,8 +27,9 @@ pub(crate) struct ConnArgs {
     /// Connections to open in total.
     #[arg(long, short = 'c', default_value_t = 10_000)]
     pub(crate) connections: usize,
-    /// Seconds to hold them open after the last one connected.
-    #[arg(long, default_value_t = 10.0)]
+    /// Seconds to hold them open after the last one connected (`-d`, like the other modes'
+    /// duration).
+    #[arg(long, short = 'd', default_value_t = 10.0)]
     pub(crate) hold: f64,
     /// Keep-alive ping interval in seconds while holding.
     #[arg(long, default_value_t = 5.0)]

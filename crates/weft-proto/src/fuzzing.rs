@@ -49,3 +49,32 @@ pub fn handshake(data: &[u8]) {
         let _ = crate::deflate::client_accept(&ext, &DeflateConfig::default());
     }
 }
+
+/// permessage-deflate both ways: whatever the first bytes choose (window bits, context
+/// takeover, level), the rest compressed then inflated comes back unchanged; and the same bytes
+/// inflated as if they came from a peer never panic and never exceed the limit. Must never panic.
+#[cfg(feature = "deflate")]
+pub fn deflate(data: &[u8]) {
+    use crate::deflate::{Deflater, Inflater};
+    let (params, payload) = data.split_at(data.len().min(2));
+    let bits = 9 + params.first().map_or(6, |b| b % 7);
+    let nct = params.get(1).is_some_and(|b| b & 1 == 1);
+    let level = params.get(1).map_or(6, |b| u32::from(b >> 4) % 10);
+    let mut d = Deflater::new(level, bits, nct, 0);
+    let mut i = Inflater::new(bits, nct);
+    for chunk in payload.chunks(payload.len() / 3 + 1) {
+        let mut z = Vec::new();
+        d.compress(chunk, &mut z);
+        let mut out = Vec::new();
+        i.inflate(&z, &mut out, 1 << 20).expect("our own output inflates");
+        i.finish(&mut out, 1 << 20).expect("our own output finishes");
+        assert_eq!(out, chunk, "deflate round trip");
+    }
+    // Output stops one byte past the limit (how the overflow is detected), and only an error
+    // may hold that byte.
+    let mut hostile = Inflater::new(bits, nct);
+    let mut out = Vec::new();
+    let ok = hostile.inflate(payload, &mut out, 64 << 10).and_then(|()| hostile.finish(&mut out, 64 << 10)).is_ok();
+    let max = if ok { 64 << 10 } else { (64 << 10) + 1 };
+    assert!(out.len() <= max && out.capacity() <= max.max(4096), "inflate limit exceeded: {}", out.len());
+}

@@ -469,6 +469,7 @@ fn fuzz_seed_corpus_does_not_panic() {
     for (target, f) in [
         ("frame_decoder", weft_proto::fuzzing::frame_decoder as fn(&[u8])),
         ("handshake", weft_proto::fuzzing::handshake),
+        ("deflate", weft_proto::fuzzing::deflate),
     ] {
         for entry in std::fs::read_dir(dir.join(target)).expect("seed corpus exists") {
             f(&std::fs::read(entry.unwrap().path()).unwrap());
@@ -489,6 +490,7 @@ fn fuzz_seed_corpus_does_not_panic() {
             .collect();
         weft_proto::fuzzing::frame_decoder(&data);
         weft_proto::fuzzing::handshake(&data);
+        weft_proto::fuzzing::deflate(&data);
     }
 }
 

@@ -19,6 +19,8 @@ pub mod auth;
 pub mod broker;
 mod config;
 mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 mod history;
 mod http;
 pub mod metrics;

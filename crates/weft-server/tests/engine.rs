@@ -117,6 +117,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str
 }
 
 fn token(claims: Value, secret: &[u8]) -> String {
+    weft_server::auth::install_jwt_crypto();
     encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
 }
 
@@ -941,4 +942,27 @@ fn weft_python_ready(python: &std::path::Path) -> bool {
         eprintln!("SKIPPED: {msg}");
     }
     ok
+}
+
+#[test]
+fn request_fuzz_seed_corpus_does_not_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/request");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("seed corpus exists") {
+        weft_server::fuzzing::request(&std::fs::read(entry.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n >= 4);
+    let mut x = 0x9e37_79b9_u64;
+    for len in 0..2000usize {
+        let data: Vec<u8> = (0..len % 200)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        weft_server::fuzzing::request(&data);
+    }
 }

@@ -10,6 +10,10 @@ use serde_json::Value;
 
 use crate::topic::Pattern;
 
+mod ring_jwt;
+
+pub use ring_jwt::install as install_jwt_crypto;
+
 /// How JWTs are verified.
 #[derive(Clone)]
 pub struct JwtAuth {
@@ -73,6 +77,7 @@ impl JwtAuth {
     }
 
     fn with_key(key: DecodingKey, alg: Algorithm) -> Self {
+        ring_jwt::install();
         let mut validation = Validation::new(alg);
         validation.leeway = 0;
         validation.validate_nbf = true;
@@ -245,6 +250,7 @@ mod tests {
     use serde_json::json;
 
     fn token(claims: Value, secret: &[u8]) -> String {
+        install_jwt_crypto();
         encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret)).unwrap()
     }
 

@@ -79,6 +79,13 @@ pub(crate) struct AsyncProtocol {
     flush_cb: Option<Py<PyAny>>,
 }
 
+thread_local! {
+    /// `pause_writing`/`resume_writing` called from inside our own `transport.write` (asyncio
+    /// and uvloop call `pause_writing` synchronously there), while the protocol is mutably
+    /// borrowed: the state is left here and picked up by `flush` right after the write.
+    static NESTED_WRITING: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
 /// Sends closer together than this (without input in between) are coalesced.
 const BURST: std::time::Duration = std::time::Duration::from_micros(50);
 /// A burst is written out once this much is framed, without waiting for the loop.
@@ -122,7 +129,32 @@ impl AsyncProtocol {
             PyBytes::new(py, &first)
         };
         t.bind(py).call_method1(intern!(py, "write"), (data,))?;
+        if let Some(paused) = NESTED_WRITING.with(|c| c.take()) {
+            self.set_writing_paused(py, paused)?;
+        }
         Ok(())
+    }
+
+    fn set_writing_paused(&mut self, py: Python<'_>, paused: bool) -> PyResult<()> {
+        self.writing_paused = paused;
+        if !paused {
+            for fut in self.drain_waiters.drain(..) {
+                set_result(py, &fut, py.None());
+            }
+        }
+        self.update_reading(py)
+    }
+
+    /// `pause_writing`/`resume_writing`: applied now, or by `flush` when called from inside
+    /// its `transport.write`.
+    fn writing_callback(slf: &Bound<'_, Self>, paused: bool) -> PyResult<()> {
+        match slf.try_borrow_mut() {
+            Ok(mut me) => me.set_writing_paused(slf.py(), paused),
+            Err(_) => {
+                NESTED_WRITING.with(|c| c.set(Some(paused)));
+                Ok(())
+            }
+        }
     }
 
     /// Hand a message to the waiting `recv`, or queue it.
@@ -194,7 +226,18 @@ impl AsyncProtocol {
             }
         }
         self.flush(py)?;
-        let over = (self.with_app && self.unparsed > READ_HIGH_WATER) || self.messages.len() >= self.max_queue;
+        self.update_reading(py)
+    }
+
+    /// Pause or resume reading: paused while parsing waits for the application with more than
+    /// `READ_HIGH_WATER` bytes unparsed, while `max_queue` messages are queued, and while the
+    /// transport's write buffer is over its high-water mark (`pause_writing`): every read can
+    /// make the codec answer (pongs, close), so a peer that sends without reading what it is
+    /// sent would otherwise grow the write buffer without bound.
+    fn update_reading(&mut self, py: Python<'_>) -> PyResult<()> {
+        let over = (self.with_app && self.unparsed > READ_HIGH_WATER)
+            || self.messages.len() >= self.max_queue
+            || (self.writing_paused && self.ended.is_none());
         if over != self.reading_paused {
             if let Some(t) = &self.transport {
                 let method = if over { intern!(py, "pause_reading") } else { intern!(py, "resume_reading") };
@@ -411,15 +454,14 @@ impl AsyncProtocol {
         Ok(())
     }
 
-    fn pause_writing(&mut self) {
-        self.writing_paused = true;
+    /// The transport's write buffer went over its high-water mark: `send` waits for
+    /// `drain_future()`, and reading stops too (see `update_reading`) until `resume_writing`.
+    fn pause_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::writing_callback(slf, true)
     }
 
-    fn resume_writing(&mut self, py: Python<'_>) {
-        self.writing_paused = false;
-        for fut in self.drain_waiters.drain(..) {
-            set_result(py, &fut, py.None());
-        }
+    fn resume_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::writing_callback(slf, false)
     }
 
     // ---- used by weft.async_client ------------------------------------------------------------
@@ -531,6 +573,14 @@ impl AsyncProtocol {
         let fut = self.event_loop.bind(py).call_method0(intern!(py, "create_future"))?.unbind();
         self.pings.push_back((payload, Instant::now(), fut.clone_ref(py)));
         self.flush(py)?;
+        // The application has run since its last message (it is pinging): end the grace now,
+        // as `_resume` would after `GRACE_SECONDS`, so the pong is handled when it arrives
+        // instead of up to 50 ms later. Parsing stays eager until the next `recv`.
+        if self.with_app {
+            self.with_app = false;
+            self.eager = true;
+            self.pump(py)?;
+        }
         Ok(fut)
     }
 

@@ -121,6 +121,13 @@ fn header_pairs(h: &Bound<'_, PyAny>) -> PyResult<Vec<(String, String)>> {
 
 fn parse_uri(url: &str) -> PyResult<Uri> {
     let uri: Uri = url.parse().map_err(|e| invalid_uri(&format!("{url:?} is not a valid URI: {e}")))?;
+    // weft-proto's `host_port` also takes http:// and https:// (the server side's view); a
+    // WebSocket client URL is ws:// or wss:// only, as in `websockets`.
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("ws") || s.eq_ignore_ascii_case("wss") => {}
+        Some(s) => return Err(invalid_uri(&format!("{url:?}: scheme isn't ws or wss (got {s:?})"))),
+        None => return Err(invalid_uri(&format!("{url:?}: missing scheme (ws:// or wss://)"))),
+    }
     handshake::host_port(&uri).map_err(|e| invalid_uri(&format!("{url:?}: {e}")))?;
     Ok(uri)
 }

@@ -61,7 +61,7 @@ fn config_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, us
                         Ok(s) => s.to_str()?.as_bytes().to_vec(),
                         Err(_) => v.extract()?,
                     };
-                    jwt = Some(JwtAuth::hs256(&secret));
+                    jwt = Some(JwtAuth::hs256(&secret).map_err(|e| PyValueError::new_err(e.to_string()))?);
                 }
                 "jwt_issuer" => issuer = Some(v.extract()?),
                 "jwt_audience" => audience = Some(v.extract()?),
@@ -199,6 +199,41 @@ fn event_dict(py: Python<'_>, ev: &Inbound) -> PyResult<Py<PyAny>> {
     Ok(d.into_any().unbind())
 }
 
+/// Wakes the thread parked in [`recv_timeout`].
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// The next inbound event, waiting at most `timeout` by parking this thread: no runtime is
+/// involved (a tokio channel needs none), so this works while `stop()` shuts the engine's
+/// runtime down. `None` on timeout or when the engine has dropped its end.
+fn recv_timeout(rx: &mut mpsc::Receiver<Inbound>, timeout: Duration) -> Option<Inbound> {
+    use std::task::{Context, Poll, Waker};
+    let deadline = std::time::Instant::now() + timeout;
+    let waker = Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match rx.poll_recv(&mut cx) {
+            Poll::Ready(ev) => return ev,
+            Poll::Pending => {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return None;
+                }
+                std::thread::park_timeout(deadline - now);
+            }
+        }
+    }
+}
+
 impl Server {
     /// Run `f` on the running engine. The shared lock is only held exclusively inside `start`
     /// and `stop`, which never need the GIL, so waiting for it with the GIL held cannot deadlock.
@@ -319,17 +354,24 @@ impl Server {
     /// Up to `max_batch` inbound events, waiting at most `timeout_ms` for the first one (the
     /// GIL is released while waiting; the batch is converted under one acquisition). Each is
     /// a dict: `{"type": "connect" | "message" | "disconnect", "session", "user"}`, messages
-    /// also with `payload` and `id`. An empty list means nothing arrived in time.
+    /// also with `payload` and `id`. An empty list means nothing arrived in time; when the
+    /// server is not running (e.g. `stop()` ran meanwhile, from another thread) it waits
+    /// `timeout_ms` and returns an empty list, so a loop on `server.running` ends cleanly.
     #[pyo3(signature = (max_batch = 256, timeout_ms = 50))]
     fn drain_inbound(&self, py: Python<'_>, max_batch: usize, timeout_ms: u64) -> PyResult<Py<PyList>> {
-        let handle = self.with_running(py, |r| Ok(r.rt.handle().clone()))?;
+        let timeout = Duration::from_millis(timeout_ms);
         let batch = py.detach(|| {
             let mut guard = self.inbound.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(rx) = guard.as_mut() else { return Vec::new() };
+            let Some(rx) = guard.as_mut() else {
+                // Not running (never started, or stopped meanwhile): nothing arrives in time.
+                drop(guard);
+                std::thread::sleep(timeout);
+                return Vec::new();
+            };
             let mut out = Vec::new();
-            let first = handle.block_on(async {
-                tokio::time::timeout(Duration::from_millis(timeout_ms), rx.recv()).await.ok().flatten()
-            });
+            // Waited for on this thread, not on the engine's runtime: `stop()` shuts the
+            // runtime down meanwhile, and a timer of a runtime being shut down panics.
+            let first = recv_timeout(rx, timeout);
             if let Some(ev) = first {
                 out.push(ev);
                 while out.len() < max_batch.max(1) {

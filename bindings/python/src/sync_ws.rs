@@ -226,8 +226,28 @@ impl Io {
                     self.conn.advance_transmit(written);
                 }
                 Some(tls) => {
-                    while let Some(chunk) = self.conn.poll_transmit() {
-                        tls.writer().write_all(&chunk)?;
+                    // rustls buffers a limited amount of plaintext (64 KiB): hand it what it
+                    // takes, and when it takes nothing, write its records to the socket first.
+                    let taken = {
+                        let mut slices = [IoSlice::new(&[]); 128];
+                        let n = self.conn.transmit_slices(&mut slices);
+                        tls.writer().write_vectored(&slices[..n])?
+                    };
+                    if taken > 0 {
+                        self.conn.advance_transmit(taken);
+                        continue;
+                    }
+                    if !tls.wants_write() {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    while tls.wants_write() {
+                        match tls.write_tls(&mut w) {
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                            r => {
+                                r?;
+                            }
+                        }
                     }
                 }
             }
@@ -814,9 +834,10 @@ impl WebSocket {
     }
 
     /// Iteration yields messages until a normal close (1000/1001) and raises
-    /// `ConnectionClosedError` on any other end.
+    /// `ConnectionClosedError` on any other end. Each step waits at most `receive_timeout`
+    /// (then `TimeoutError`, as `recv()`).
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        match self.recv_inner(py, None) {
+        match self.recv_inner(py, self.receive_timeout) {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.is_instance(py, &common::exception(py, "ConnectionClosedOK")) => Ok(None),
             Err(e) => Err(e),

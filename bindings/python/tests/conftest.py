@@ -275,3 +275,102 @@ def accept_response(head: bytes) -> bytes:
     accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
     return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
+
+class TcpProxy:
+    """A loopback TCP proxy under the test's control, to cut the network between a client and a
+    server. ``mode``: ``"forward"`` relays to ``127.0.0.1:upstream``; ``"cut"`` accepts and
+    closes at once (a handshake cut short); ``"401"`` answers the upgrade with HTTP 401.
+    ``cut_all()`` drops every relayed connection."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.mode = "forward"
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.mode == "cut":
+                conn.close()
+                continue
+            if self.mode == "401":
+                threading.Thread(target=self._refuse, args=(conn,), daemon=True).start()
+                continue
+            try:
+                up = socket.create_connection(("127.0.0.1", self.upstream), timeout=5)
+            except OSError:
+                conn.close()
+                continue
+            with self._lock:
+                self._open += [conn, up]
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _refuse(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut_all(self) -> None:
+        with self._lock:
+            socks, self._open = self._open, []
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.cut_all()
+
+
+@pytest.fixture
+def tcp_proxy():
+    proxies: list[TcpProxy] = []
+
+    def make(upstream: int) -> TcpProxy:
+        p = TcpProxy(upstream)
+        proxies.append(p)
+        return p
+
+    yield make
+    for p in proxies:
+        p.close()

@@ -104,7 +104,7 @@ def test_bad_input_from_python_is_refused_clearly():
 
 
 def test_jwt_token_and_refusal():
-    secret = b"s3cret"
+    secret = b"s3cret-of-at-least-32-bytes-for-hs256"
     with weft.Server("127.0.0.1", 0, jwt_secret=secret) as server:
         url = f"ws://127.0.0.1:{server.port}/ws"
         good = jwt({"sub": "bob", "exp": int(time.time()) + 60, "subscribe": ["room.>"]}, secret)
@@ -167,10 +167,14 @@ def test_reconnect_after_server_restart_continues_live():
             server = weft.Server("127.0.0.1", port)
             server.start()
             deadline = time.monotonic() + 10
-            while c.reconnects == 0 or not c.connected:
+            while c.reconnects == 0 or not c.connected or not c.last_resume:
                 assert time.monotonic() < deadline, "no reconnect"
                 await asyncio.sleep(0.02)
             server.publish("feed.b", "after")
+            # The old position could not be resumed: the application is told before live events.
+            notice = await next_event(c)
+            assert (notice.type, notice.topic) == ("may_have_missed", "feed.b")
+            assert notice.payload == {"resumed": [], "not_recovered": ["feed.b"]}
             ev = await next_event(c)
             assert ev.payload == "after"
             # A new engine has a new epoch: the old position could not be resumed.

@@ -148,9 +148,10 @@ class AsyncWebSocket:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[str | bytes]:
+        # Each step waits at most receive_timeout, then raises TimeoutError (as recv() does).
         try:
             while True:
-                yield await self.recv(None)
+                yield await AsyncWebSocket.recv(self)
         except ConnectionClosedOK:
             return
 

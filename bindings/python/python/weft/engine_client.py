@@ -9,11 +9,15 @@
 ...             print(event.topic, event.offset, event.payload)
 
 When the connection drops (anything but :meth:`EngineClient.close`), the client reconnects with
-exponential backoff and full jitter, subscribes again to everything it had, and asks the server
-to resume each exact topic from the last offset it delivered, so events missed while away
-are replayed in order before live ones (``recovered`` in :attr:`EngineClient.last_resume`
-says whether the server still had them). Requests wait for their reply; errors raise
-:class:`EngineError` with the protocol's code.
+exponential backoff and full jitter (every failure is retried, a cut handshake included, except a
+refused token: 401/403 ends the iteration with :class:`InvalidStatus`), subscribes again to
+everything it had, and asks the server to resume each exact topic from the last offset it
+delivered, so events missed while away are replayed in order before live ones (``recovered`` in
+:attr:`EngineClient.last_resume` says whether the server still had them). For a pattern
+subscription it resumes every concrete topic it has delivered events of under the pattern, and
+then delivers a ``may_have_missed`` :class:`Event` for the pattern: topics under it that it had
+never seen may have had events while the client was away (a pattern cannot be resumed). Requests
+wait for their reply; errors raise :class:`EngineError` with the protocol's code.
 """
 
 from __future__ import annotations
@@ -41,10 +45,18 @@ class EngineError(Exception):
 
 @dataclass(frozen=True)
 class Event:
-    """Something the server pushed: ``type`` is ``event``, ``join``, ``leave`` or ``lagged``.
+    """Something the server pushed: ``type`` is ``event``, ``join``, ``leave`` or ``lagged``;
+    or a notice of the client itself after a reconnect: ``may_have_missed``.
 
     For ``event``: ``topic``, ``offset``, ``epoch``, ``id``, ``time`` and ``payload``. For
     ``join``/``leave``: ``topic`` and ``member``. For ``lagged``: ``dropped``.
+
+    ``may_have_missed`` (after every reconnect, before the replayed events): ``topic`` is a
+    subscription whose events of the time away may not all follow — a pattern (events of topics
+    under it that the client had never delivered cannot be resumed), or an exact topic whose
+    resume the server could not serve. ``payload`` is ``{"resumed": [...], "not_recovered":
+    [...]}``: the concrete topics whose missed events do follow (in order, before live ones),
+    and those whose could not be recovered.
     """
 
     type: str
@@ -60,6 +72,23 @@ class Event:
 
 
 _END = object()
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """Whether ``pattern`` (NATS convention: ``*`` one segment, a final ``>`` one or more)
+    matches the concrete ``topic``."""
+    parts = topic.split(".")
+    segs = pattern.split(".")
+    for i, seg in enumerate(segs):
+        if seg == ">" and i == len(segs) - 1:
+            return len(parts) > i
+        if i >= len(parts) or (seg != "*" and seg != parts[i]):
+            return False
+    return len(parts) == len(segs)
+
+
+def is_pattern(topic: str) -> bool:
+    return any(seg in ("*", ">") for seg in topic.split("."))
 
 
 class EngineClient:
@@ -93,6 +122,7 @@ class EngineClient:
         self._reader: asyncio.Task | None = None
         self._connected = asyncio.Event()
         self._closing = False
+        self._ended = False
         self._error: BaseException | None = None
         #: The ``welcome`` message of the current connection.
         self.welcome: dict[str, Any] = {}
@@ -115,7 +145,11 @@ class EngineClient:
             subprotocols=["weft.v1.json"],
             **self._options,
         )
-        welcome = json.loads(await ws.recv(self.connect_timeout))
+        try:
+            welcome = json.loads(await ws.recv(self.connect_timeout))
+        except BaseException:
+            ws._p.abort()
+            raise
         if welcome.get("type") != "welcome":
             await ws.close(1002, "expected welcome")
             raise EngineError(4000, f"expected welcome, got {welcome!r}")
@@ -129,29 +163,50 @@ class EngineClient:
         return self
 
     async def _read_loop(self) -> None:
-        while True:
-            ws = self._ws
-            assert ws is not None
-            try:
-                async for raw in ws:
-                    ev = self._dispatch(json.loads(raw))
-                    if ev is not None:
-                        # A full queue stops this loop, so the connection stops being read
-                        # (TCP backpressure; the server's slow-consumer policy decides).
-                        await self._events.put(ev)
-                if self._closing or not self.reconnect:
+        try:
+            while True:
+                ws = self._ws
+                assert ws is not None
+                try:
+                    async for raw in ws:
+                        ev = self._dispatch(json.loads(raw))
+                        if ev is not None:
+                            # A full queue stops this loop, so the connection stops being read
+                            # (TCP backpressure; the server's slow-consumer policy decides).
+                            await self._events.put(ev)
+                    if self._closing or not self.reconnect:
+                        break
+                except ConnectionClosed as e:
+                    if self._closing or not self.reconnect:
+                        self._error = None if isinstance(e, ConnectionClosedOK) else e
+                        break
+                except (OSError, TimeoutError, ValueError) as e:
+                    # Not a clean end (a broken message, a transport error): drop this
+                    # connection and reconnect like after any other loss.
+                    ws._p.abort()
+                    if self._closing or not self.reconnect:
+                        self._error = e
+                        break
+                self._connected.clear()
+                self._fail_pending(ConnectionError("connection lost; the request may not have been processed"))
+                if not await self._reconnect():
                     break
-            except ConnectionClosed as e:
-                if self._closing or not self.reconnect:
-                    self._error = None if isinstance(e, ConnectionClosedOK) else e
-                    break
+        except BaseException as e:
+            # Whatever ends this task (a bug, a cancellation) ends the iteration with it rather
+            # than leaving `async for` waiting forever.
+            if self._error is None and not self._closing:
+                self._error = e if isinstance(e, Exception) else ConnectionError("the client's reader was cancelled")
+            raise
+        finally:
+            if not self._closing and self._ws is not None:
+                self._ws._p.abort()  # ended for good: do not leave the connection open
             self._connected.clear()
-            self._fail_pending(ConnectionError("connection lost; the request may not have been processed"))
-            if not await self._reconnect():
-                break
-        self._connected.clear()
-        self._fail_pending(self._error or ConnectionError("connection closed"))
-        await self._events.put(_END)
+            self._fail_pending(self._error or ConnectionError("connection closed"))
+            self._ended = True
+            try:
+                self._events.put_nowait(_END)
+            except asyncio.QueueFull:
+                pass  # the consumer finds the end through `_ended` once the queue is drained
 
     async def _reconnect(self) -> bool:
         attempt = 0
@@ -168,26 +223,67 @@ class EngineClient:
                     self._error = e
                     return False
                 continue
-            except (OSError, TimeoutError, ConnectionClosed, EngineError, ValueError):
+            except Exception:
+                # Everything else is retried: refused or reset connections, timeouts, a
+                # handshake cut short (InvalidMessage), TLS errors, 5xx, a bad welcome.
                 continue
             self.reconnects += 1
             if self._topics:
                 try:
                     self.last_resume = await self._resubscribe()
-                except (ConnectionError, ConnectionClosed, EngineError, TimeoutError):
+                except Exception:
+                    if self._ws is not None:
+                        self._ws._p.abort()
                     continue
             return True
         return False
 
     async def _resubscribe(self) -> list[dict[str, Any]]:
+        """Subscribe again, resuming every exact topic and every concrete topic delivered under
+        a pattern; queue a ``may_have_missed`` notice right after each reply (so before the
+        events it replays) for what cannot be fully resumed. Returns the results."""
+        patterns = [t for t in self._topics if is_pattern(t)]
+        # Concrete topics seen only through a pattern: subscribed exactly (with resume) in the
+        # same request as the pattern, before it, then unsubscribed once resumed; the engine
+        # delivers an event once per connection even when both match.
+        implicit = [t for t in self._positions if t not in self._topics and any(topic_matches(p, t) for p in patterns)]
         results: list[dict[str, Any]] = []
         for presence in (False, True):
             topics = [t for t, p in self._topics.items() if p == presence]
-            if topics:
-                reply = await self._request_inline(
-                    {"type": "subscribe", "topics": topics, "presence": presence, "resume": self._resume_for(topics)}
-                )
-                results.extend(self._record(reply))
+            if topics and not presence:
+                topics = implicit + topics
+            if not topics:
+                continue
+            had = {t: self._positions.get(t, {}).get("offset", 0) for t in topics}
+            reply = await self._request_inline(
+                {"type": "subscribe", "topics": topics, "presence": presence, "resume": self._resume_for(topics)}
+            )
+            got = self._record(reply)
+            results.extend(got)
+            by_topic = {r.get("topic"): r for r in got}
+            for t in topics:
+                if t not in self._topics:
+                    continue  # an implicit one: reported under its pattern
+                r = by_topic.get(t, {})
+                if t in patterns:
+                    under = [u for u in implicit if topic_matches(t, u)]
+                    resumed = [u for u in under if by_topic.get(u, {}).get("recovered") is True]
+                    lost = [u for u in under if u not in resumed]
+                elif not r.get("ok", False) or (
+                    # Not resumable; unless the topic was empty and still is (the engine
+                    # forgets an empty topic with its last subscriber: a new epoch, nothing
+                    # missed).
+                    r.get("recovered") is False and (had.get(t, 0) > 0 or r.get("offset", 0) > 0)
+                ):
+                    resumed, lost = [], [t]
+                else:
+                    continue
+                payload = {"resumed": resumed, "not_recovered": lost}
+                raw = {"type": "may_have_missed", "topic": t, **payload}
+                await self._events.put(Event("may_have_missed", topic=t, payload=payload, raw=raw))
+        if implicit:
+            # Back to receiving them through the pattern only (no presence membership kept).
+            await self._request_inline({"type": "unsubscribe", "topics": implicit})
         return results
 
     async def _request_inline(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +322,9 @@ class EngineClient:
             return None
         if kind == "event":
             topic = msg["topic"]
+            known = self._positions.get(topic)
+            if known is not None and known["epoch"] == msg["epoch"] and msg["offset"] <= known["offset"]:
+                return None  # already delivered (a resume overlapping live delivery)
             self._positions[topic] = {"offset": msg["offset"], "epoch": msg["epoch"]}
             ev = Event(
                 "event",
@@ -274,9 +373,17 @@ class EngineClient:
         for r in reply.get("results", []):
             if r.get("ok") and "offset" in r:
                 known = self._positions.get(r["topic"])
-                # Keep the delivered position when resuming worked; otherwise continue from
-                # the server's current position.
-                if known is None or not r.get("recovered", False):
+                # Keep the delivered position when resuming worked (the missed events follow);
+                # when it failed, continue from the server's current position; without a
+                # resume, from the later of the two (events may already have been delivered).
+                if (
+                    known is None
+                    or r.get("recovered") is False
+                    or (
+                        "recovered" not in r
+                        and (known["epoch"] != r["epoch"] or known["offset"] < r["offset"])
+                    )
+                ):
                     self._positions[r["topic"]] = {"offset": r["offset"], "epoch": r["epoch"]}
         return reply.get("results", [])
 
@@ -323,12 +430,37 @@ class EngineClient:
         """Application-level ping; returns the server's clock (ms since the epoch)."""
         return (await self._request({"type": "ping"}))["time"]
 
+    async def _next(self) -> Any:
+        """The next queued item, or ``_END`` once the reader task has ended and everything it
+        queued was taken: waits on the queue and on the task, so a reader that died can never
+        leave the application waiting."""
+        events = self._events
+        while True:
+            if not events.empty():
+                ev = events.get_nowait()
+                if ev is _END:
+                    events.put_nowait(_END)
+                return ev
+            reader = self._reader
+            if self._ended or reader is None or reader.done():
+                return _END
+            getter = asyncio.ensure_future(events.get())
+            try:
+                await asyncio.wait((getter, reader), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not getter.done():
+                    getter.cancel()
+            if getter.done() and not getter.cancelled():
+                ev = getter.result()
+                if ev is _END:
+                    events.put_nowait(_END)
+                return ev
+
     async def recv(self) -> Event:
         """The next pushed event; raises the connection's error (or ``ConnectionError``) at
         the end."""
-        ev = await self._events.get()
+        ev = await self._next()
         if ev is _END:
-            self._events.put_nowait(_END)
             raise self._error or ConnectionError("connection closed")
         return ev
 
@@ -337,9 +469,8 @@ class EngineClient:
 
     async def _iterate(self) -> AsyncIterator[Event]:
         while True:
-            ev = await self._events.get()
+            ev = await self._next()
             if ev is _END:
-                self._events.put_nowait(_END)
                 if self._error is not None:
                     raise self._error
                 return
@@ -355,6 +486,8 @@ class EngineClient:
                 await asyncio.wait_for(self._reader, 5)
             except (asyncio.TimeoutError, TimeoutError):
                 self._reader.cancel()
+            except Exception:
+                pass  # the reader's error was already reported to the application (recv/async for)
 
     async def __aenter__(self) -> EngineClient:
         return self

@@ -281,7 +281,8 @@ class TcpProxy:
     """A loopback TCP proxy under the test's control, to cut the network between a client and a
     server. ``mode``: ``"forward"`` relays to ``127.0.0.1:upstream``; ``"cut"`` accepts and
     closes at once (a handshake cut short); ``"401"`` answers the upgrade with HTTP 401.
-    ``cut_all()`` drops every relayed connection."""
+    ``cut_all()`` drops every relayed connection; ``down()`` stops listening (connections are
+    refused) until ``up()``."""
 
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream
@@ -289,17 +290,29 @@ class TcpProxy:
         self.accepted = 0
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
+        self.port = 0
+        self.up()
+
+    def up(self) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", self.port))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        threading.Thread(target=self._serve, args=(self.sock,), daemon=True).start()
 
-    def _serve(self) -> None:
+    def down(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone would not)
+        except OSError:
+            pass
+        self.sock.close()
+        self.cut_all()
+
+    def _serve(self, listener: socket.socket) -> None:
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn, _ = listener.accept()
             except OSError:
                 return
             self.accepted += 1
@@ -358,8 +371,7 @@ class TcpProxy:
             s.close()
 
     def close(self) -> None:
-        self.sock.close()
-        self.cut_all()
+        self.down()
 
 
 @pytest.fixture

@@ -71,23 +71,28 @@ def test_stop_while_a_thread_loops_on_drain_inbound():
         server = weft.Server("127.0.0.1", 0)
         server.start()
         errors: list[BaseException] = []
-        returned: list[int] = []
+        after: list = []
 
         def handle_inbound() -> None:  # the README's pattern
+            while server.running:
+                try:
+                    server.drain_inbound(256, 50)
+                except BaseException as e:  # a Rust panic is a BaseException (PanicException)
+                    errors.append(e)
+                    return
             try:
-                while server.running:
-                    server.drain_inbound(256, 20)
-                returned.append(len(server.drain_inbound(256, 5)))  # after stop: [] at once
-            except BaseException as e:  # a Rust panic is a BaseException (PanicException)
-                errors.append(e)
+                after.append(server.drain_inbound(256, 5))  # stopped: waits 5 ms, returns []
+            except BaseException as e:
+                after.append(e)
 
         t = threading.Thread(target=handle_inbound)
         t.start()
-        time.sleep(0.01)
+        time.sleep(0.03)  # stop() while the thread waits inside drain_inbound
         server.stop()
         t.join(5)
         assert not t.is_alive()
-        assert errors == [] and returned == [0]
+        assert [e for e in errors if "not running" not in str(e)] == [], "drain_inbound panicked during stop()"
+        assert errors == [] and after == [[]]
         assert not server.running
 
 
@@ -197,21 +202,23 @@ def test_engine_client_pattern_resume_across_network_cut(tcp_proxy):
                     ev = await asyncio.wait_for(it.__anext__(), 5)
                     got[ev.topic].append(ev.offset)
                 # The network goes away for ~1 s while events are published.
-                proxy.mode = "cut"
-                proxy.cut_all()
+                proxy.down()
                 for i in range(20):
                     for t in topics:
                         server.publish(t, f"{t}/{i}")
                     server.publish("news.unseen", i)  # a topic the client never saw
                     await asyncio.sleep(0.05)
-                proxy.mode = "forward"
+                proxy.up()
                 for i in range(5):
                     for t in topics:
                         server.publish(t, f"{t}/live{i}")
                 want = 1 + 20 + 5
                 deadline = time.monotonic() + 10
                 while any(len(v) < want for v in got.values()):
-                    ev = await asyncio.wait_for(it.__anext__(), max(0.01, deadline - time.monotonic()))
+                    try:
+                        ev = await asyncio.wait_for(it.__anext__(), max(0.01, deadline - time.monotonic()))
+                    except (asyncio.TimeoutError, TimeoutError):
+                        break  # the asserts below say what is missing
                     if ev.type == "may_have_missed":
                         notices.append(ev)
                     elif ev.type == "event" and ev.topic in got:

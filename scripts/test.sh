@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Run every test weft has, installing what it needs on a fresh machine.
 #
-#   scripts/test.sh            fmt, clippy, Rust tests (unit, integration, interop, doc), the
-#                              Python package (built into a venv, pytest), the browser pages,
-#                              full Autobahn suite as server and as client (517 cases each),
-#                              the client suite also with the Python sync and asyncio clients
+#   scripts/test.sh            fmt, clippy, cargo deny, Rust tests (unit, integration, interop,
+#                              doc), every fuzz target for FUZZ_SECONDS (40) each, the Python
+#                              package (built into a venv, pytest), the browser pages, the full
+#                              Autobahn suite as server and as client (517 cases each), the
+#                              client suite also with the Python sync and asyncio clients
+#                              (without the permessage-deflate cases 12.*/13.*: same codec)
 #   scripts/test.sh --quick    the same without the slow permessage-deflate cases 12.*/13.*
 #
 # Needs: the Rust toolchain, python3, and the shared Autobahn tooling beside the repository
@@ -14,7 +16,8 @@
 # aarch64 Rust target (rustup), to run the NEON masking kernel's tests under emulation; Debian's
 # chromium (apt-get) and playwright-core (npm, tests/browser) for the pages of `weft serve`; a
 # Python venv (~/.cache/weft-py) with pytest, websockets, uvloop and the `weft` package built
-# from bindings/python by maturin (pip fetches it as the PEP 517 build backend).
+# from bindings/python by maturin (pip fetches it as the PEP 517 build backend); cargo-deny and
+# cargo-fuzz (cargo install, when missing; the fuzzers build with RUSTC_BOOTSTRAP=1 on stable).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -45,6 +48,25 @@ cargo clippy --manifest-path bindings/python/Cargo.toml --locked -- -D warnings
 
 step "cargo test (unit, integration, interop, doc)"
 cargo test --workspace --locked
+
+step "cargo deny: licenses, duplicate crates, sources (and advisories where the database is reachable)"
+command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
+cargo deny check bans licenses sources
+cargo deny --manifest-path bindings/python/Cargo.toml check bans licenses sources 2> >(grep -v unmatched-skip >&2)
+if cargo deny fetch >/dev/null 2>&1; then
+  cargo deny check advisories
+  cargo deny --manifest-path bindings/python/Cargo.toml check advisories
+else
+  echo "cargo deny advisories: SKIPPED — the RustSec database could not be fetched (no route to its git host here)"
+fi
+
+step "fuzz: every target for ${FUZZ_SECONDS:-40} s from its seed corpus (fuzz/corpus)"
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+for t in frame_decoder handshake deflate request; do
+  mkdir -p "$OUT/fuzz/$t"
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "$OUT/fuzz/$t" corpus/"$t" -- \
+     -max_total_time="${FUZZ_SECONDS:-40}" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 4)
+done
 
 step "NEON masking kernel: weft-proto's mask tests for aarch64 under qemu-user"
 if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
@@ -97,12 +119,14 @@ AUTOBAHN_OUTDIR="$OUT/autobahn-client" AUTOBAHN_AGENT=weft bash "$AB/run-client-
 C_PID=$!
 # The Python clients (sync, and asyncio on uvloop) run the client suite too.
 PSPORT=$(pick_port $(( CPORT + 1 ))); PAPORT=$(pick_port $(( PSPORT + 1 )))
-py_deflate=(); [[ $QUICK == 1 ]] && py_deflate=(--no-deflate)
-AUTOBAHN_OUTDIR="$OUT/autobahn-py-sync" AUTOBAHN_AGENT=weft-py-sync bash "$AB/run-client-suite.sh" "$PSPORT" -- \
+# They share the Rust codec (compression included, covered by the Rust client's full run), so
+# they skip the permessage-deflate sections 12/13, which are most of the suite's time.
+py_deflate=(--no-deflate)
+AUTOBAHN_NO_DEFLATE=1 AUTOBAHN_OUTDIR="$OUT/autobahn-py-sync" AUTOBAHN_AGENT=weft-py-sync bash "$AB/run-client-suite.sh" "$PSPORT" -- \
   "$PYVENV/bin/python" bindings/python/tests/autobahn_client.py {url} {agent} --mode sync "${py_deflate[@]}" \
   > "$OUT/autobahn-py-sync.txt" 2>&1 &
 PS_PID=$!
-AUTOBAHN_OUTDIR="$OUT/autobahn-py-async" AUTOBAHN_AGENT=weft-py-async bash "$AB/run-client-suite.sh" "$PAPORT" -- \
+AUTOBAHN_NO_DEFLATE=1 AUTOBAHN_OUTDIR="$OUT/autobahn-py-async" AUTOBAHN_AGENT=weft-py-async bash "$AB/run-client-suite.sh" "$PAPORT" -- \
   "$PYVENV/bin/python" bindings/python/tests/autobahn_client.py {url} {agent} --mode async --uvloop "${py_deflate[@]}" \
   > "$OUT/autobahn-py-async.txt" 2>&1 &
 PA_PID=$!

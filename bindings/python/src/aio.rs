@@ -200,6 +200,13 @@ impl AsyncProtocol {
                         }
                     }
                 }
+                Event::Message(Message::Ping(_)) if !self.writing_paused => {
+                    // The codec keeps only the latest ping's pong pending (RFC 6455 §5.5.3);
+                    // while writes flow, queue this one now so every ping is answered, in
+                    // order (the Autobahn suite's strict 2.10). While the transport's buffer
+                    // is full, only the most recent ping gets a pong.
+                    self.conn.transmit_slices(&mut []);
+                }
                 Event::Message(Message::Pong(payload)) => {
                     if let Some(i) = self.pings.iter().position(|(p, _, _)| *p == payload) {
                         // A pong answers its ping and every earlier one.
@@ -383,6 +390,11 @@ impl AsyncProtocol {
         me.flush_cb = Some(flush_cb);
         if let Some(p) = &me.pending {
             transport.bind(py).call_method1(intern!(py, "write"), (PyBytes::new(py, &p.request),))?;
+        }
+        // A `pause_writing` from inside that write belongs to this connection, not to the
+        // next one that flushes on this thread.
+        if let Some(paused) = NESTED_WRITING.with(|c| c.take()) {
+            me.writing_paused = paused;
         }
         me.transport = Some(transport);
         me.resume = Some(resume);

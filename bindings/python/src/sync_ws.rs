@@ -315,6 +315,11 @@ impl Io {
                     result = Ok(Some(m));
                     break;
                 }
+                Event::Message(Message::Ping(_)) => {
+                    // The codec keeps only the latest ping's pong pending; queue this one now
+                    // so every ping is answered, in order (written below, before the next read).
+                    self.conn.transmit_slices(&mut []);
+                }
                 Event::Message(Message::Pong(payload)) => {
                     if let Some(i) = self.pings.iter().position(|(p, _)| *p == payload) {
                         let (_, sent) = self.pings.remove(i).expect("index from position");

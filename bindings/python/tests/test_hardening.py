@@ -184,7 +184,8 @@ def test_engine_client_dead_reader_never_leaves_async_for_hanging():
 # ---- 4. engine_client: pattern subscriptions are resumed across a network cut -------------------
 
 
-def test_engine_client_pattern_resume_across_network_cut(tcp_proxy):
+@pytest.mark.parametrize("presence", [False, True])
+def test_engine_client_pattern_resume_across_network_cut(tcp_proxy, presence):
     topics = ["news.a", "news.b", "news.c"]
     with weft.Server("127.0.0.1", 0, history_size=1000) as server:
         proxy = tcp_proxy(server.port)
@@ -192,7 +193,8 @@ def test_engine_client_pattern_resume_across_network_cut(tcp_proxy):
         async def main() -> None:
             url = f"ws://127.0.0.1:{proxy.port}/ws"
             async with engine_client.connect(url, min_delay=0.05, max_delay=0.2) as c:
-                await c.subscribe(["news.>", "other.exact"])
+                await c.subscribe(["news.>"], presence=presence)  # presence: resubscribed apart
+                await c.subscribe(["other.exact"])
                 for t in topics:
                     server.publish(t, f"{t}/first")
                 it = c.__aiter__()
@@ -230,6 +232,10 @@ def test_engine_client_pattern_resume_across_network_cut(tcp_proxy):
                 assert sorted(notices[0].payload["resumed"]) == topics
                 assert notices[0].payload["not_recovered"] == []
                 # Still subscribed through the pattern (the resumed topics were unsubscribed).
+                deadline = time.monotonic() + 5
+                while not c.last_resume:  # the resubscription is complete
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
                 server.publish("news.later", "x")
                 ev = await asyncio.wait_for(it.__anext__(), 5)
                 while ev.topic != "news.later":

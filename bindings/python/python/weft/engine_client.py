@@ -248,36 +248,41 @@ class EngineClient:
         # delivers an event once per connection even when both match.
         implicit = [t for t in self._positions if t not in self._topics and any(topic_matches(p, t) for p in patterns)]
         results: list[dict[str, Any]] = []
-        for presence in (False, True):
-            topics = [t for t, p in self._topics.items() if p == presence]
-            if topics and not presence:
-                topics = implicit + topics
+        groups = (
+            (False, implicit + [t for t, p in self._topics.items() if not p]),
+            (True, [t for t, p in self._topics.items() if p]),
+        )
+        patterns_reported = False
+        for presence, topics in groups:
             if not topics:
                 continue
             had = {t: self._positions.get(t, {}).get("offset", 0) for t in topics}
             reply = await self._request_inline(
                 {"type": "subscribe", "topics": topics, "presence": presence, "resume": self._resume_for(topics)}
             )
-            got = self._record(reply)
-            results.extend(got)
-            by_topic = {r.get("topic"): r for r in got}
-            for t in topics:
-                if t not in self._topics:
-                    continue  # an implicit one: reported under its pattern
-                r = by_topic.get(t, {})
-                if t in patterns:
-                    under = [u for u in implicit if topic_matches(t, u)]
+            results.extend(self._record(reply))
+            by_topic = {r.get("topic"): r for r in results}
+            notices: list[tuple[str, list[str], list[str]]] = []
+            if not patterns_reported:
+                # The first request (the implicit topics are in it): report every pattern now,
+                # before the events it replays (whichever request the pattern itself is in).
+                patterns_reported = True
+                for pat in patterns:
+                    under = [u for u in implicit if topic_matches(pat, u)]
                     resumed = [u for u in under if by_topic.get(u, {}).get("recovered") is True]
-                    lost = [u for u in under if u not in resumed]
-                elif not r.get("ok", False) or (
+                    notices.append((pat, resumed, [u for u in under if u not in resumed]))
+            for t in topics:
+                if t not in self._topics or t in patterns:
+                    continue
+                r = by_topic.get(t, {})
+                if not r.get("ok", False) or (
                     # Not resumable; unless the topic was empty and still is (the engine
                     # forgets an empty topic with its last subscriber: a new epoch, nothing
                     # missed).
                     r.get("recovered") is False and (had.get(t, 0) > 0 or r.get("offset", 0) > 0)
                 ):
-                    resumed, lost = [], [t]
-                else:
-                    continue
+                    notices.append((t, [], [t]))
+            for t, resumed, lost in notices:
                 payload = {"resumed": resumed, "not_recovered": lost}
                 raw = {"type": "may_have_missed", "topic": t, **payload}
                 await self._events.put(Event("may_have_missed", topic=t, payload=payload, raw=raw))

@@ -1,14 +1,10 @@
 //! `weft client`: an interactive client, like websocat.
 
-use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use clap::Args;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use weft::{ClientBuilder, ConnectionError, DeflateConfig, Message, WebSocket};
 
 /// Exit codes (also in `--help`).
@@ -48,8 +44,8 @@ pub(crate) fn run(args: ClientArgs) -> ExitCode {
     ExitCode::from(rt.block_on(client(args)))
 }
 
-/// Only WebSocket URLs: `http://…` would work by accident (the library maps it to ws), but it
-/// is not what the user should write, and the README promises it is refused.
+/// Only WebSocket URLs (the library refuses the others too; this says so before anything else,
+/// with the usage exit status).
 fn check_scheme(url: &str) -> Result<(), String> {
     let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
@@ -91,110 +87,21 @@ async fn client(args: ClientArgs) -> u8 {
             }
         }
     }
-    let tls = args.url.to_ascii_lowercase().starts_with("wss://");
-    if tls {
-        match b.connect().await {
-            Ok(ws) => session(ws, &args).await,
-            Err(e) => {
-                eprintln!("weft client: {e}");
-                EXIT_CONNECT
-            }
-        }
-    } else {
-        match connect_plain(b, &args).await {
-            Ok(ws) => session(ws, &args).await,
-            Err(e) => {
-                eprintln!("weft client: {e}");
-                EXIT_CONNECT
-            }
-        }
-    }
-}
-
-/// ws://: connect the TCP socket here and keep what the server answered, so a refused upgrade
-/// (401, 403, 503…) can be shown with its body, which says why.
-async fn connect_plain(b: ClientBuilder, args: &ClientArgs) -> Result<WebSocket<Recorded<TcpStream>>, String> {
-    let uri: weft::http::Uri = args.url.parse().map_err(|e| format!("{:?}: {e}", args.url))?;
-    let (host, port) = weft::proto::handshake::host_port(&uri).map_err(|e| e.to_string())?;
-    let limit = Duration::from_secs_f64(args.connect_timeout);
-    let tcp = match tokio::time::timeout(limit, TcpStream::connect((host, port))).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(format!("I/O error: {e}")),
-        Err(_) => return Err("timed out: connect".into()),
-    };
-    let _ = tcp.set_nodelay(true);
-    let seen = Arc::new(Mutex::new(Some(Vec::new())));
-    let io = Recorded { inner: tcp, seen: seen.clone() };
-    match b.connect_on(io).await {
-        Ok(ws) => {
-            // Connected: stop recording.
-            *seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            Ok(ws)
-        }
-        Err(e) => match e.handshake_error() {
-            Some(weft::proto::handshake::HandshakeError::Status(status)) => {
-                let bytes = seen.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
-                Err(refusal(*status, &bytes))
-            }
-            _ => Err(e.to_string()),
-        },
-    }
-}
-
-/// "the server refused the upgrade: 401 Unauthorized: missing token".
-fn refusal(status: weft::http::StatusCode, response: &[u8]) -> String {
-    let body = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| String::from_utf8_lossy(&response[i + 4..]).trim().to_owned())
-        .unwrap_or_default();
-    let mut body: String = body.chars().take(2000).collect();
-    if !body.is_empty() {
-        body.insert_str(0, ": ");
-    }
-    format!("the server refused the upgrade: {status}{body}")
-}
-
-/// A transport that keeps a copy of what it read until told to stop (`seen` set to `None`).
-struct Recorded<S> {
-    inner: S,
-    seen: Arc<Mutex<Option<Vec<u8>>>>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Ok(mut g) = self.seen.try_lock() {
-            if let Some(v) = g.as_mut() {
-                if v.len() < 64 << 10 {
-                    v.extend_from_slice(&buf.filled()[before..]);
+    match b.connect().await {
+        Ok(ws) => session(ws, &args).await,
+        Err(e) => {
+            match (e.status(), e.response_body()) {
+                // A refused upgrade (401, 403, 503…): its body says why.
+                (Some(status), Some(body)) => {
+                    let body = String::from_utf8_lossy(body);
+                    let body = body.trim();
+                    let sep = if body.is_empty() { "" } else { ": " };
+                    eprintln!("weft client: the server refused the upgrade: {status}{sep}{body}");
                 }
+                _ => eprintln!("weft client: {e}"),
             }
+            EXIT_CONNECT
         }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Recorded<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

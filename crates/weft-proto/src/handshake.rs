@@ -377,11 +377,15 @@ pub fn is_tls(uri: &Uri) -> bool {
     matches!(uri.scheme_str(), Some("wss" | "https"))
 }
 
-/// Host (without brackets) and port of a `ws://`/`wss://` URL.
+/// Host (without brackets) and port of a `ws://`/`wss://` URL; any other scheme (`http://`
+/// included) is `InvalidUri`.
 pub fn host_port(uri: &Uri) -> Result<(&str, u16), HandshakeError> {
     let tls = match uri.scheme_str() {
-        Some("ws" | "http") => false,
-        Some("wss" | "https") => true,
+        Some("ws") => false,
+        Some("wss") => true,
+        Some(s @ ("http" | "https")) => {
+            return Err(HandshakeError::InvalidUri(format!("{s}:// is not a WebSocket URL: use ws:// or wss://")));
+        }
         Some(s) => return Err(HandshakeError::InvalidUri(format!("unsupported scheme {s:?}"))),
         None => return Err(HandshakeError::InvalidUri("missing scheme (ws:// or wss://)".into())),
     };
@@ -540,5 +544,7 @@ Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\n\r\n";
         assert_eq!(host_port(&"wss://h".parse().unwrap()).unwrap(), ("h", 443));
         assert_eq!(host_port(&"ws://[::1]:80/".parse().unwrap()).unwrap(), ("::1", 80));
         assert!(host_port(&"ftp://h".parse().unwrap()).is_err());
+        assert!(host_port(&"http://h".parse().unwrap()).is_err());
+        assert!(host_port(&"https://h".parse().unwrap()).is_err());
     }
 }

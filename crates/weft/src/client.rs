@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::Uri;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use weft_proto::handshake::{self, HandshakeError};
 use weft_proto::{Config, Connection, DeflateConfig, Role};
 
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Kind, MAX_REFUSAL_BODY, Result};
 use crate::stream::MaybeTlsStream;
 use crate::websocket::WebSocket;
 
@@ -170,7 +170,14 @@ impl ClientBuilder {
                 break done;
             }
         };
-        let negotiated = handshake::client_verify(&resp, &req.key, &self.subprotocols, deflate)?;
+        let negotiated = match handshake::client_verify(&resp, &req.key, &self.subprotocols, deflate) {
+            Ok(n) => n,
+            Err(e @ HandshakeError::Status(_)) => {
+                let body = read_refusal_body(&mut io, &resp, buf.split_off(used)).await;
+                return Err(Error::new(Kind::Refused(e, body)));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let now = Instant::now();
         let mut conn = Connection::new(Role::Client, self.config.clone(), now);
         #[cfg(feature = "deflate")]
@@ -180,4 +187,27 @@ impl ClientBuilder {
         conn.handle_read(&buf[used..], now);
         Ok(WebSocket::from_connection(io, conn, negotiated.subprotocol))
     }
+}
+
+/// The body of a refused upgrade: what `Content-Length` announces (or, without it, what arrives
+/// until the server closes), at most [`MAX_REFUSAL_BODY`] bytes and 1 s.
+async fn read_refusal_body<S: AsyncRead + Unpin>(io: &mut S, resp: &http::Response<()>, mut buf: BytesMut) -> Bytes {
+    let want = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(MAX_REFUSAL_BODY)
+        .min(MAX_REFUSAL_BODY);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while buf.len() < want {
+            match io.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    buf.truncate(want);
+    buf.freeze()
 }

@@ -15,10 +15,15 @@ pub struct Error {
     kind: Box<Kind>,
 }
 
+/// Most bytes of a refused upgrade's response body kept in the error.
+pub(crate) const MAX_REFUSAL_BODY: usize = 4096;
+
 #[derive(Debug)]
 pub(crate) enum Kind {
     Io(io::Error),
     Handshake(HandshakeError),
+    /// The server answered the upgrade with another status; the body says why.
+    Refused(HandshakeError, bytes::Bytes),
     Closed(ConnectionError),
     Send(SendError),
     Tls(String),
@@ -38,7 +43,7 @@ impl Error {
 
     /// The opening handshake failed (bad status, bad headers, refused upgrade).
     pub fn is_handshake(&self) -> bool {
-        matches!(*self.kind, Kind::Handshake(_))
+        matches!(*self.kind, Kind::Handshake(_) | Kind::Refused(..))
     }
 
     /// A timeout: connect/handshake time limit, keep-alive pong, idle or close handshake.
@@ -72,7 +77,16 @@ impl Error {
     /// The handshake failure, when it was one.
     pub fn handshake_error(&self) -> Option<&HandshakeError> {
         match &*self.kind {
-            Kind::Handshake(e) => Some(e),
+            Kind::Handshake(e) | Kind::Refused(e, _) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The body of the server's answer when it refused the upgrade (a 401's reason, say), up
+    /// to 4 KiB; what arrived within the handshake time limit.
+    pub fn response_body(&self) -> Option<&[u8]> {
+        match &*self.kind {
+            Kind::Refused(_, body) => Some(body),
             _ => None,
         }
     }
@@ -108,6 +122,12 @@ impl fmt::Display for Error {
         match &*self.kind {
             Kind::Io(e) => write!(f, "I/O error: {e}"),
             Kind::Handshake(e) => write!(f, "handshake failed: {e}"),
+            Kind::Refused(e, body) => {
+                write!(f, "handshake failed: {e}")?;
+                let text = String::from_utf8_lossy(body);
+                let text = text.trim();
+                if !text.is_empty() { write!(f, ": {text}") } else { Ok(()) }
+            }
             Kind::Closed(e) => write!(f, "connection closed: {e}"),
             Kind::Send(e) => write!(f, "cannot send: {e}"),
             Kind::Tls(e) => write!(f, "TLS error: {e}"),
@@ -121,7 +141,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &*self.kind {
             Kind::Io(e) => Some(e),
-            Kind::Handshake(e) => Some(e),
+            Kind::Handshake(e) | Kind::Refused(e, _) => Some(e),
             Kind::Closed(e) => Some(e),
             Kind::Send(e) => Some(e),
             _ => None,

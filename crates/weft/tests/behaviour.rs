@@ -118,7 +118,16 @@ async fn tls_with_a_self_signed_root() {
             let (tcp, _) = l.accept().await.unwrap();
             // The first client does not trust our certificate: its handshake fails.
             let Ok(tls) = acceptor.accept(tcp).await else { continue };
-            let mut ws = weft::accept(tls).await.unwrap();
+            // A request for /private is refused with a reason (read over TLS by the client).
+            let Ok(mut ws) = Acceptor::new()
+                .accept_with(tls, |req, _| match req.uri().path() {
+                    "/private" => Err(Rejection::new(StatusCode::FORBIDDEN, "no entry for you")),
+                    _ => Ok(()),
+                })
+                .await
+            else {
+                continue;
+            };
             while let Some(Ok(m)) = ws.recv().await {
                 if m.is_data() {
                     ws.send(m).await.unwrap();
@@ -137,6 +146,14 @@ async fn tls_with_a_self_signed_root() {
     ws.send(Message::binary(vec![5u8; 300_000])).await.unwrap();
     assert_eq!(ws.recv().await.unwrap().unwrap(), Message::binary(vec![5u8; 300_000]));
     ws.close(None).await.unwrap();
+    let err = ClientBuilder::new(format!("wss://localhost:{}/private", addr.port()))
+        .add_root_certificate(cert.cert.der().to_vec())
+        .connect()
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+    assert_eq!(err.response_body(), Some(&b"no entry for you"[..]));
+    assert!(err.to_string().ends_with("no entry for you"), "{err}");
 }
 
 fn rustls_pki_types_key(der: Vec<u8>) -> rustls::pki_types::PrivateKeyDer<'static> {
@@ -414,5 +431,13 @@ async fn fed_messages_leave_in_one_write_per_batch() {
     assert!(n <= 2, "{n} transport writes for one batch of 16 echoes");
     for i in 0..16 {
         assert_eq!(client.recv().await.unwrap().unwrap(), Message::text(format!("m{i}")));
+    }
+}
+
+#[tokio::test]
+async fn http_urls_are_refused_before_connecting() {
+    for url in ["http://127.0.0.1:1/", "https://127.0.0.1:1/"] {
+        let e = ClientBuilder::new(url).connect().await.unwrap_err();
+        assert!(e.to_string().contains("ws://"), "{url}: {e}");
     }
 }

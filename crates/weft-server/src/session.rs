@@ -110,18 +110,22 @@ where
     };
     let mut shutdown = s.shared.shutdown.subscribe();
     let mut batch = Vec::new();
+    // One timer for the token's expiry, moved when a `refresh` extends it (not re-created per
+    // message).
+    let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    let mut armed_at = s.expires_at;
+    let expiry = tokio::time::sleep_until(armed_at.unwrap_or(far));
+    tokio::pin!(expiry);
     let end = loop {
-        let expiry = async {
-            match s.expires_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        if s.expires_at != armed_at {
+            armed_at = s.expires_at;
+            expiry.as_mut().reset(armed_at.unwrap_or(far));
+        }
         tokio::select! {
             _ = crate::engine::stopped(&mut shutdown) => {
                 break End::Close(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"));
             }
-            _ = expiry => {
+            _ = &mut expiry, if armed_at.is_some() => {
                 s.shared.metrics.token_expiries.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(session = %session, user = %s.identity.user, "session closed: token expired");
                 break End::Close(CloseFrame::new(CloseCode(CLOSE_TOKEN_EXPIRED), "token expired"));

@@ -903,8 +903,8 @@ async fn token_size_is_capped() {
 async fn an_expired_token_ends_the_session_unless_refreshed() {
     let cfg = EngineConfig { jwt: Some(JwtAuth::hs256(JWT_KEY).unwrap()), ..Default::default() };
     let (addr, engine, _h) = start(cfg).await;
-    let now = weft_server::wire::now_ms() / 1000;
-    let short = |sub: &str, secs: u64| token(json!({"sub": sub, "exp": now + secs}), JWT_KEY);
+    let short =
+        |sub: &str, secs: u64| token(json!({"sub": sub, "exp": weft_server::wire::now_ms() / 1000 + secs}), JWT_KEY);
     // No refresh: closed with 4401 at exp.
     let mut a = Client::try_connect(addr, "", Some(&short("alice", 2)), "weft.v1.json").await.unwrap();
     let t0 = std::time::Instant::now();
@@ -913,18 +913,23 @@ async fn an_expired_token_ends_the_session_unless_refreshed() {
     assert!(engine.metrics().token_expiries.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     // Refreshed in time: the session goes on past the first token's exp.
     let mut b = Client::try_connect(addr, "", Some(&short("bob", 2)), "weft.v1.json").await.unwrap();
-    let r = b.request(json!({"type": "refresh", "id": 1, "token": short("bob", 3600)})).await;
-    assert_eq!(
-        (r["type"].as_str(), r["id"].as_u64(), r["exp"].as_u64()),
-        (Some("refreshed"), Some(1), Some(now + 3600))
-    );
+    let long = short("bob", 3600);
+    let want_exp = weft_server::wire::now_ms() / 1000 + 3600;
+    let r = b.request(json!({"type": "refresh", "id": 1, "token": long})).await;
+    assert_eq!((r["type"].as_str(), r["id"].as_u64()), (Some("refreshed"), Some(1)), "{r}");
+    assert!(r["exp"].as_u64().unwrap().abs_diff(want_exp) <= 1, "{r}");
     // A token for someone else, or a bad one, is refused and changes nothing.
     let r = b.request(json!({"type": "refresh", "id": 2, "token": short("mallory", 3600)})).await;
     assert_eq!(r["code"], 4009, "{r}");
     let r = b.request(json!({"type": "refresh", "id": 3, "token": "not.a.jwt"})).await;
     assert_eq!(r["code"], 4009, "{r}");
+    // A refresh moves the deadline to the new exp, which is then enforced.
+    let mut c = Client::try_connect(addr, "", Some(&short("carol", 1)), "weft.v1.json").await.unwrap();
+    let r = c.request(json!({"type": "refresh", "token": short("carol", 3)})).await;
+    assert_eq!(r["type"], "refreshed", "{r}");
     tokio::time::sleep(Duration::from_millis(3200)).await;
     assert_eq!(b.request(json!({"type": "ping"})).await["type"], "pong");
+    assert_eq!(c.closed().await, weft_server::CLOSE_TOKEN_EXPIRED);
 }
 
 /// Whether `python` can import `websockets`. When it cannot, the test is skipped with a message

@@ -86,7 +86,7 @@ async fn serve(args: EchoArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, deflate = args.deflate, "weft echo listening");
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
-    let shutdown = shutdown_signal();
+    let shutdown = crate::serve::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -124,22 +124,6 @@ async fn serve(args: EchoArgs) -> anyhow::Result<()> {
     }
     tracing::info!("bye");
     Ok(())
-}
-
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 /// Echo one connection until it ends or `stop` completes (then close it with 1001).

@@ -130,7 +130,16 @@ impl AsyncProtocol {
         };
         t.bind(py).call_method1(intern!(py, "write"), (data,))?;
         if let Some(paused) = NESTED_WRITING.with(|c| c.take()) {
-            self.set_writing_paused(py, paused)?;
+            self.writing_paused = paused;
+            if !paused {
+                for fut in self.drain_waiters.drain(..) {
+                    set_result(py, &fut, py.None());
+                }
+            }
+        }
+        if self.reading_paused {
+            // It may have been paused for a held reply that just went out.
+            self.update_reading(py)?;
         }
         Ok(())
     }
@@ -140,6 +149,10 @@ impl AsyncProtocol {
         if !paused {
             for fut in self.drain_waiters.drain(..) {
                 set_result(py, &fut, py.None());
+            }
+            // Write what was held back (a pong); this also re-evaluates reading.
+            if self.conn.has_transmit() && !self.corked {
+                self.flush(py)?;
             }
         }
         self.update_reading(py)
@@ -232,19 +245,25 @@ impl AsyncProtocol {
                 _ => {}
             }
         }
-        self.flush(py)?;
+        if !self.writing_paused {
+            // While the transport's buffer is full, replies the peer provoked (a pong: only
+            // the latest ping's, the codec keeps one) wait in the codec; see `update_reading`.
+            self.flush(py)?;
+        }
         self.update_reading(py)
     }
 
     /// Pause or resume reading: paused while parsing waits for the application with more than
     /// `READ_HIGH_WATER` bytes unparsed, while `max_queue` messages are queued, and while the
-    /// transport's write buffer is over its high-water mark (`pause_writing`): every read can
-    /// make the codec answer (pongs, close), so a peer that sends without reading what it is
-    /// sent would otherwise grow the write buffer without bound.
+    /// transport's write buffer is over its high-water mark (`pause_writing`) with a reply the
+    /// peer provoked (a pong) held back: a peer that sends pings without reading what it is
+    /// sent is pushed back by TCP instead of growing the write buffer. Data messages are still
+    /// read while only the application's own sends fill the buffer, so pipelined sends to a
+    /// server that stops reading while its own writes are blocked (an echo) cannot deadlock.
     fn update_reading(&mut self, py: Python<'_>) -> PyResult<()> {
         let over = (self.with_app && self.unparsed > READ_HIGH_WATER)
             || self.messages.len() >= self.max_queue
-            || (self.writing_paused && self.ended.is_none());
+            || (self.writing_paused && self.ended.is_none() && self.conn.has_transmit());
         if over != self.reading_paused {
             if let Some(t) = &self.transport {
                 let method = if over { intern!(py, "pause_reading") } else { intern!(py, "resume_reading") };

@@ -486,16 +486,18 @@ def test_ping_flood_without_reading_keeps_the_write_buffer_bounded(loop):
         for _ in range(100):  # 2 s
             await asyncio.sleep(0.02)
             peak = max(peak, transport.get_write_buffer_size())
+        reading = transport.is_reading()  # pushed back: not read while a pong is held
         ws._p.abort()
-        return peak
+        return peak, reading
 
     try:
-        peak = loop.run_until_complete(main())
+        peak, reading = loop.run_until_complete(main())
     finally:
         listener.close()
         t.join(5)
     assert sent[0] > 100  # the flood did run
     assert peak < 512 * 1024, f"write buffer grew to {peak} bytes"
+    assert not reading
 
 
 def test_pings_read_at_once_are_each_answered_while_writes_flow(client, raw_server):
@@ -527,3 +529,19 @@ def test_pings_read_at_once_are_each_answered_while_writes_flow(client, raw_serv
     assert done.wait(5)
     pongs = [p for op, p in got if op == 0xA]
     assert pongs == [b"p%d" % i for i in range(10)], pongs
+
+
+def test_pipelined_large_sends_to_an_echo_do_not_deadlock(loop, weft_echo):
+    """Write backpressure must not stop reading while only the application's own data fills
+    the buffer: weft echo stops reading while its echoes cannot be written, so a client that
+    also stopped reading would wait forever (64 x 1 MiB sent before reading any echo)."""
+
+    async def main() -> None:
+        async with async_client.connect(weft_echo, max_size=None, receive_timeout=10) as ws:
+            big = bytes(range(256)) * 4096
+            for _ in range(64):
+                await asyncio.wait_for(ws.send(big), 10)
+            for _ in range(64):
+                assert await ws.recv() == big
+
+    loop.run_until_complete(main())

@@ -97,6 +97,9 @@ pub(crate) struct ServeArgs {
     /// Largest accepted token in bytes [default: 4096].
     #[arg(long, env = "WEFT_MAX_TOKEN_SIZE")]
     max_token_size: Option<usize>,
+    /// Negotiate permessage-deflate with clients that offer it: true or false [default: true].
+    #[arg(long, env = "WEFT_DEFLATE", value_name = "BOOL")]
+    deflate: Option<bool>,
     /// Inbound messages per second per connection [default: 100].
     #[arg(long, env = "WEFT_RATE_LIMIT")]
     rate_limit: Option<f64>,
@@ -155,6 +158,7 @@ struct FileConfig {
     http_header_timeout: Option<f64>,
     http_body_timeout: Option<f64>,
     max_token_size: Option<usize>,
+    deflate: Option<bool>,
 }
 
 /// A byte size: a number, optionally with K, M or G (powers of 1024; `KiB`, `MB`... accepted).
@@ -285,6 +289,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<(SocketAddr, Option<usize>, Engin
         c.http_body_timeout = secs(v, "http_body_timeout")?;
     }
     c.max_token_size = pick!(max_token_size).unwrap_or(d.max_token_size);
+    c.deflate = pick!(deflate).unwrap_or(d.deflate);
     c.validate().map_err(anyhow::Error::msg)?;
     Ok((addr, threads, c))
 }
@@ -418,6 +423,9 @@ mod tests {
         let (_, _, c) = settings(t.a).unwrap();
         assert!(!c.anonymous());
         assert_eq!(c.history_memory, 64 << 20);
+        assert!(c.deflate);
+        let (_, _, c) = settings(T::parse_from(["x", "--deflate", "false"]).a).unwrap();
+        assert!(!c.deflate);
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("512KiB"), Ok(512 << 10));
         assert_eq!(parse_size("100"), Ok(100));

@@ -1016,4 +1016,11 @@ impl EncodedMessage {
     pub fn plain_frame(&self) -> &Bytes {
         &self.plain
     }
+
+    /// The compressed wire frame, when one was made (a shared compressor was given and the
+    /// payload was above its threshold).
+    #[cfg(feature = "deflate")]
+    pub fn deflated_frame(&self) -> Option<&Bytes> {
+        self.deflated.as_ref()
+    }
 }

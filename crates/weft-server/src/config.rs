@@ -70,6 +70,9 @@ pub struct EngineConfig {
     pub http_body_timeout: Duration,
     /// Largest accepted token, in bytes (larger: 431 in a header or cookie, 401 in the query).
     pub max_token_size: usize,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it. Each event is then
+    /// compressed once per wire format and the same bytes go to every such subscriber.
+    pub deflate: bool,
 }
 
 impl Default for EngineConfig {
@@ -99,6 +102,7 @@ impl Default for EngineConfig {
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(10),
             max_token_size: 4096,
+            deflate: true,
         }
     }
 }
@@ -148,6 +152,7 @@ impl EngineConfig {
         c.ping_interval = Some(self.heartbeat);
         c.ping_timeout = self.ping_timeout;
         c.idle_timeout = Some(self.idle_timeout);
+        c.deflate = self.deflate.then(weft::DeflateConfig::default);
         c
     }
 }

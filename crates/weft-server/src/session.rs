@@ -33,6 +33,9 @@ struct Session {
     identity: Identity,
     sub: Arc<Subscriber>,
     format: Format,
+    /// permessage-deflate negotiated with a full window: events go out in their shared
+    /// compressed form.
+    deflate: bool,
     subscriptions: HashMap<String, Pattern>,
     bucket: TokenBucket,
     rejected_in_a_row: u32,
@@ -72,6 +75,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let format = Format::from_subprotocol(ws.subprotocol());
+    let deflate = ws.deflate_params().is_some_and(|p| p.server_max_window_bits == 15);
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let session: Arc<str> = format!("{:08x}{:08x}", shared.node, id).into();
     let outbox = Arc::new(Outbox::new(shared.config.queue_size, Arc::clone(&shared.metrics)));
@@ -90,6 +94,7 @@ where
         identity,
         sub,
         format,
+        deflate,
         subscriptions: HashMap::new(),
         rejected_in_a_row: 0,
     };
@@ -221,12 +226,15 @@ impl Session {
             let n = batch.len() as u64;
             for o in batch.drain(..) {
                 let m = match &o {
-                    Out::Event(e, _) => e.encoded(self.format),
+                    Out::Event(e, _) => e.encoded_for(self.format, self.deflate),
                     Out::Notice(n) => n.encoded(self.format),
                     Out::Reply(m) => m,
                     Out::Slot(_) => unreachable!("drain stops at slots"),
                 };
-                bytes += m.plain_frame().len();
+                bytes += match m.deflated_frame() {
+                    Some(z) if self.deflate => z.len(),
+                    _ => m.plain_frame().len(),
+                };
                 if ws.feed_encoded(m).is_err() {
                     return Err(End::Gone);
                 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use weft::Message;
 use weft::proto::EncodedMessage;
+use weft::proto::deflate::SharedDeflater;
 
 /// Protocol version spoken by this server.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -49,6 +50,17 @@ impl Format {
     /// Encode once, as a frame that can be queued on many connections.
     pub fn encode_shared<T: Serialize + ?Sized>(self, msg: &T) -> EncodedMessage {
         EncodedMessage::new(&self.encode(msg), None).expect("data message")
+    }
+
+    /// Encode once, plain and compressed (permessage-deflate without context takeover, so the
+    /// one compressed frame is valid on every connection that negotiated it). Messages below
+    /// the compressor's threshold (64 bytes) stay plain.
+    pub fn encode_shared_deflated<T: Serialize + ?Sized>(self, msg: &T) -> EncodedMessage {
+        thread_local! {
+            static DEFLATER: std::cell::RefCell<SharedDeflater> = std::cell::RefCell::new(SharedDeflater::new(1, 64));
+        }
+        let m = self.encode(msg);
+        DEFLATER.with(|d| EncodedMessage::new(&m, Some(&mut d.borrow_mut()))).expect("data message")
     }
 }
 
@@ -250,6 +262,9 @@ pub struct Event {
     pub(crate) published_at: std::time::Instant,
     json: OnceLock<EncodedMessage>,
     msgpack: OnceLock<EncodedMessage>,
+    /// The same, also compressed once for every subscriber with permessage-deflate.
+    json_z: OnceLock<EncodedMessage>,
+    msgpack_z: OnceLock<EncodedMessage>,
 }
 
 #[derive(Serialize)]
@@ -276,6 +291,8 @@ impl Event {
             published_at: std::time::Instant::now(),
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
+            json_z: OnceLock::new(),
+            msgpack_z: OnceLock::new(),
         }
     }
 
@@ -295,13 +312,21 @@ impl Event {
 
     /// The frame for `format`, encoded on first use.
     pub fn encoded(&self, format: Format) -> &EncodedMessage {
-        let cell = match format {
-            Format::Json => &self.json,
-            Format::Msgpack => &self.msgpack,
+        self.encoded_for(format, false)
+    }
+
+    /// The frame for `format`, with its compressed form when `deflate` (for connections that
+    /// negotiated permessage-deflate): encoded and compressed once, on first use.
+    pub fn encoded_for(&self, format: Format, deflate: bool) -> &EncodedMessage {
+        let cell = match (format, deflate) {
+            (Format::Json, false) => &self.json,
+            (Format::Msgpack, false) => &self.msgpack,
+            (Format::Json, true) => &self.json_z,
+            (Format::Msgpack, true) => &self.msgpack_z,
         };
         cell.get_or_init(|| {
             let id = self.wire_id();
-            format.encode_shared(&EventWire {
+            let wire = EventWire {
                 r#type: "event",
                 topic: &self.topic,
                 offset: self.offset,
@@ -309,7 +334,8 @@ impl Event {
                 id: &id,
                 time: self.time,
                 payload: &self.payload,
-            })
+            };
+            if deflate { format.encode_shared_deflated(&wire) } else { format.encode_shared(&wire) }
         })
     }
 }

@@ -971,3 +971,50 @@ fn request_fuzz_seed_corpus_does_not_panic() {
         weft_server::fuzzing::request(&data);
     }
 }
+
+#[tokio::test]
+async fn permessage_deflate_compresses_each_event_once_for_every_subscriber() {
+    let (addr, engine, _h) = start(EngineConfig::default()).await;
+    let connect = |deflate: bool| async move {
+        let mut b = ClientBuilder::new(format!("ws://{addr}/ws")).subprotocol("weft.v1.json");
+        if deflate {
+            b = b.deflate(weft::DeflateConfig::default());
+        }
+        let ws = b.connect().await.unwrap();
+        let mut c = Client { ws, msgpack: false };
+        assert_eq!(c.recv().await["type"], "welcome");
+        c
+    };
+    let mut z: Vec<Client> = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect(true).await;
+        assert!(c.ws.deflate_params().is_some(), "negotiated");
+        subscribe(&mut c, &["z"]).await;
+        z.push(c);
+    }
+    let payload = json!("compressible ".repeat(1000)); // 13 KB
+    let bytes = || engine.metrics().bytes_out.load(std::sync::atomic::Ordering::Relaxed);
+    let before = bytes();
+    engine.publish("z", payload.clone()).await.unwrap();
+    for c in &mut z {
+        assert_eq!(c.recv().await["payload"], payload);
+    }
+    let per_subscriber = (bytes() - before) / 3;
+    assert!(per_subscriber < 1000, "{per_subscriber} bytes per compressed delivery");
+    // A client that does not offer it gets the plain frame.
+    let mut plain = connect(false).await;
+    assert!(plain.ws.deflate_params().is_none());
+    subscribe(&mut plain, &["z"]).await;
+    let before = bytes();
+    engine.publish("z", payload.clone()).await.unwrap();
+    assert_eq!(plain.recv().await["payload"], payload);
+    for c in &mut z {
+        assert_eq!(c.recv().await["payload"], payload);
+    }
+    assert!(bytes() - before > 13_000, "the plain frame went to the plain subscriber");
+    // Switched off: not negotiated.
+    let (addr, _engine, _h) = start(EngineConfig { deflate: false, ..Default::default() }).await;
+    let ws =
+        ClientBuilder::new(format!("ws://{addr}/ws")).deflate(weft::DeflateConfig::default()).connect().await.unwrap();
+    assert!(ws.deflate_params().is_none());
+}

@@ -56,6 +56,10 @@ pub(crate) struct FanoutArgs {
     /// generator numbers the events itself).
     #[arg(long, value_enum, default_value_t = Protocol::Weft)]
     protocol: Protocol,
+    /// Offer permessage-deflate on every connection (the engine compresses each event once
+    /// for all subscribers that negotiated it).
+    #[arg(long)]
+    deflate: bool,
     /// Server process to measure (CPU, RSS per subscriber); without it they are unknown (null
     /// in `--json`).
     #[arg(long)]
@@ -217,11 +221,12 @@ async fn connect_one(
     target: SocketAddr,
     ip: Ipv4Addr,
     protocol: Protocol,
+    deflate: bool,
     retries: &AtomicU64,
 ) -> anyhow::Result<weft::WebSocket<tokio::net::TcpStream>> {
     let mut attempt = 0;
     loop {
-        match connect_attempt(url, target, ip, protocol).await {
+        match connect_attempt(url, target, ip, protocol, deflate).await {
             Ok(ws) => return Ok(ws),
             Err(e) if attempt < 5 => {
                 tracing::debug!(error = %e, "connect failed, retrying");
@@ -239,14 +244,19 @@ async fn connect_attempt(
     target: SocketAddr,
     ip: Ipv4Addr,
     protocol: Protocol,
+    deflate: bool,
 ) -> anyhow::Result<weft::WebSocket<tokio::net::TcpStream>> {
     let sock = TcpSocket::new_v4()?;
     sock.bind(SocketAddr::V4(SocketAddrV4::new(ip, 0)))?;
     let tcp = sock.connect(target).await?;
-    if protocol == Protocol::Plain {
-        return Ok(ClientBuilder::new(url).connect_on(tcp).await?);
+    let mut b = ClientBuilder::new(url);
+    if deflate {
+        b = b.deflate(weft::DeflateConfig::default());
     }
-    let mut ws = ClientBuilder::new(url).subprotocol("weft.v1.json").connect_on(tcp).await?;
+    if protocol == Protocol::Plain {
+        return Ok(b.connect_on(tcp).await?);
+    }
+    let mut ws = b.subprotocol("weft.v1.json").connect_on(tcp).await?;
     match ws.recv().await {
         Some(Ok(Message::Text(t))) if t.as_str().contains("\"welcome\"") => Ok(ws),
         other => anyhow::bail!("expected welcome, got {other:?}"),
@@ -272,16 +282,17 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     });
     // The publisher connects first, so a server that caps its connections refuses subscribers
     // (reported as not connected) rather than the publisher.
-    let publisher = connect_one(&args.url, target, Ipv4Addr::new(127, 0, 0, 1), args.protocol, &sh.connect_retries)
-        .await
-        .map_err(|e| e.context("publisher connection"))?;
+    let publisher =
+        connect_one(&args.url, target, Ipv4Addr::new(127, 0, 0, 1), args.protocol, args.deflate, &sh.connect_retries)
+            .await
+            .map_err(|e| e.context("publisher connection"))?;
     let rss0 = args.server_pid.and_then(procfs::rss_bytes);
     let gate = Arc::new(Semaphore::new(256));
     let subscribe = match args.protocol {
         Protocol::Weft => format!(r#"{{"type":"subscribe","topics":["{}"]}}"#, args.topic),
         Protocol::Plain => format!("S {}", args.topic),
     };
-    let protocol = args.protocol;
+    let (protocol, deflate) = (args.protocol, args.deflate);
     let mut tasks = Vec::with_capacity(n);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -293,7 +304,7 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("open");
             let ws = async {
-                let mut ws = connect_one(&url, target, ip, protocol, &sh.connect_retries).await?;
+                let mut ws = connect_one(&url, target, ip, protocol, deflate, &sh.connect_retries).await?;
                 ws.send(Message::text(sub)).await?;
                 match ws.recv().await {
                     Some(Ok(Message::Text(t)))
@@ -384,7 +395,8 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     let rss1 = args.server_pid.and_then(procfs::rss_bytes);
 
     // Publisher: its own connection, pipelined publishes.
-    let pad = "x".repeat(args.size.saturating_sub(40));
+    // Text that compresses like prose or JSON (about 3:1), not like a run of one byte.
+    let pad = filler(args.size.saturating_sub(40));
     let (srv0, gen0) = (super::server_cpu(args.server_pid), procfs::cpu(None));
     let t0 = Instant::now();
     let start_ns = now_ns();
@@ -537,4 +549,26 @@ async fn publish_loop(
         *published += 1;
     }
     Ok(())
+}
+
+/// `len` bytes of words drawn from a small vocabulary by a fixed pseudo-random sequence.
+fn filler(len: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "price", "order", "alpha", "delta", "quote", "north", "sigma", "ticket", "update", "market", "level", "volume",
+        "orbit", "lambda", "signal", "vector",
+    ];
+    let mut x = 0x2545_f491_u32;
+    let mut s = String::with_capacity(len + 8);
+    while s.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        s.push_str(WORDS[(x % 16) as usize]);
+        s.push(if x & 0x100 == 0 { ' ' } else { '-' });
+        if x & 0x3000 == 0 {
+            s.push_str(&(x % 1000).to_string());
+        }
+    }
+    s.truncate(len);
+    s
 }

@@ -84,6 +84,14 @@ fn config_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, us
                 "ping_timeout" => cfg.ping_timeout = secs(&v, &key)?,
                 "idle_timeout" => cfg.idle_timeout = secs(&v, &key)?,
                 "shutdown_grace" => cfg.shutdown_grace = secs(&v, &key)?,
+                "max_topics" => cfg.max_topics = v.extract()?,
+                "topic_churn_limit" => cfg.topic_churn_limit = v.extract()?,
+                "history_memory" => cfg.history_memory = v.extract()?,
+                "history_topic_bytes" => cfg.history_topic_bytes = v.extract()?,
+                "http_header_timeout" => cfg.http_header_timeout = secs(&v, &key)?,
+                "http_body_timeout" => cfg.http_body_timeout = secs(&v, &key)?,
+                "max_token_size" => cfg.max_token_size = v.extract()?,
+                "deflate" => cfg.deflate = v.extract()?,
                 "threads" => threads = v.extract::<usize>()?.max(1),
                 "inbound_capacity" => inbound_capacity = v.extract::<usize>()?.max(1),
                 "publish_capacity" => publish_capacity = v.extract::<usize>()?.max(1),
@@ -252,7 +260,9 @@ impl Server {
     /// after `start()`). Config keywords: `jwt_secret`, `jwt_issuer`, `jwt_audience`, `api_key`,
     /// `max_connections`, `max_message_size`, `max_subscriptions`, `queue_size`,
     /// `history_size`, `history_ttl`, `slow_consumer`, `rate_limit`, `rate_burst`, `heartbeat`,
-    /// `ping_timeout`, `idle_timeout`, `shutdown_grace` (seconds where a time), `threads`
+    /// `ping_timeout`, `idle_timeout`, `shutdown_grace`, `max_topics`, `topic_churn_limit`,
+    /// `history_memory`, `history_topic_bytes` (bytes), `http_header_timeout`,
+    /// `http_body_timeout`, `max_token_size`, `deflate` (seconds where a time), `threads`
     /// (engine worker threads, default 2), `inbound_capacity` (default 4096),
     /// `publish_capacity` (publishes queued from Python, default 65536).
     #[new]

@@ -203,3 +203,19 @@ def test_slow_application_loses_nothing():
                 assert got == list(range(500))
 
         asyncio.run(main())
+
+
+def test_engine_limits_are_settings_of_server():
+    # The engine's memory limits reach it from Python: one topic allowed, a second one refused
+    # (publish() does not wait for the engine, so the refusal shows in the counters); and a bad
+    # combination is refused at construction.
+    with pytest.raises(ValueError, match="history_topic_bytes"):
+        weft.Server("127.0.0.1", 0, history_memory=1024, history_topic_bytes=4096)
+    with weft.Server("127.0.0.1", 0, max_topics=1, deflate=False, http_body_timeout=2.5) as server:
+        server.publish("only.one", {"n": 1})
+        server.publish("another.one", {"n": 2})
+        deadline = time.monotonic() + 5
+        while server.stats()["topics_refused_total"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stats = server.stats()
+        assert (stats["topics"], stats["topics_refused_total"]) == (1, 1), stats

@@ -14,6 +14,9 @@ A="$1"; B="$2"; ROUNDS="${3:-3}"
 PORT="${AB_PORT:-19301}"
 CELLS=("512 16" "512 1" "65536 16" "16384 1")
 out=$(mktemp)
+pid=
+trap '[[ -n $pid ]] && kill "$pid" 2>/dev/null || true' EXIT
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then echo "port $PORT is in use (AB_PORT=...)" >&2; exit 2; fi
 for round in $(seq "$ROUNDS"); do
   for cell in "${CELLS[@]}"; do
     read -r size inflight <<<"$cell"
@@ -24,7 +27,7 @@ for round in $(seq "$ROUNDS"); do
       for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
       json=$(taskset -c 1 "$B" bench echo --url "ws://127.0.0.1:$PORT/" -c 100 -s "$size" \
                --in-flight "$inflight" -d 4 --warmup 1 --server-pid "$pid" --json)
-      kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+      kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; pid=
       echo "$which $size $inflight $round $json" >>"$out"
     done
   done

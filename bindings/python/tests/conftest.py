@@ -157,7 +157,9 @@ def py_server():
 
 
 @pytest.fixture(scope="session")
-def tls_server(tmp_path_factory):
+def tls_files(tmp_path_factory):
+    """A throwaway CA (``ca.pem``) and a server certificate for localhost and 127.0.0.1
+    (``srv.pem``, ``srv.key``), made with ``openssl``; the directory."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
     d = tmp_path_factory.mktemp("tls")
@@ -169,10 +171,35 @@ def tls_server(tmp_path_factory):
     (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     run("openssl", "x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
         "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf")
+    return d
+
+
+@pytest.fixture(scope="session")
+def tls_server(tls_files):
+    d = tls_files
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(d / "srv.pem", d / "srv.key")
     with _ServerThread(ssl_context=ctx) as s:
         yield f"wss://localhost:{s.port}", str(d / "ca.pem")
+
+
+@pytest.fixture()
+def weft_tls_echo(tls_files):
+    """``weft echo`` over TLS with the ``tls_files`` certificate: (wss URL, CA file)."""
+    port = free_port()
+    d = tls_files
+    proc = subprocess.Popen(
+        [weft_binary(), "echo", "--addr", f"127.0.0.1:{port}", "--tls-cert", str(d / "srv.pem"),
+         "--tls-key", str(d / "srv.key")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield f"wss://localhost:{port}/", str(d / "ca.pem")
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 class RawServer:

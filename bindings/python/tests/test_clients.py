@@ -236,6 +236,14 @@ def test_wss_with_ca_file(client, tls_server):
         assert ws.recv() == "secure"
 
 
+def test_wss_to_weft_echo_over_tls(client, weft_tls_echo):
+    # weft's own server over TLS (--tls-cert/--tls-key), trusted through a custom CA.
+    url, ca = weft_tls_echo
+    with client.connect(url, ca_file=ca) as ws:
+        ws.send("secure " * 20_000)
+        assert ws.recv() == "secure " * 20_000
+
+
 def test_wss_untrusted_certificate_is_refused(client, tls_server):
     url, _ = tls_server
     with pytest.raises((InvalidHandshake, OSError)):

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use futures_util::FutureExt;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use weft::{Acceptor, CloseCode, CloseFrame, Config, DeflateConfig};
@@ -42,9 +42,19 @@ pub(crate) struct EchoArgs {
     /// Seconds a graceful shutdown (SIGTERM, Ctrl-C) waits for connections to close.
     #[arg(long, default_value_t = 5.0)]
     shutdown_grace: f64,
+    #[command(flatten)]
+    tls: crate::serve::TlsArgs,
 }
 
 pub(crate) fn run(args: EchoArgs) -> ExitCode {
+    // A bad certificate or key is a usage error, found before anything starts.
+    let tls = match crate::serve::TlsArgs::load(args.tls.tls_cert.clone(), args.tls.tls_key.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("weft echo: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match args.threads {
         Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.max(1)).enable_all().build(),
@@ -57,7 +67,7 @@ pub(crate) fn run(args: EchoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(args)) {
+    match rt.block_on(serve(args, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft echo: {e}");
@@ -66,7 +76,7 @@ pub(crate) fn run(args: EchoArgs) -> ExitCode {
     }
 }
 
-async fn serve(args: EchoArgs) -> anyhow::Result<()> {
+async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableCert>>) -> anyhow::Result<()> {
     crate::procfs::raise_nofile_limit();
     let listener = if args.reuseport {
         let sock = if args.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -83,7 +93,11 @@ async fn serve(args: EchoArgs) -> anyhow::Result<()> {
         .max_fragments(args.max_fragments)
         .deflate(args.deflate.then(DeflateConfig::default));
     let acceptor = std::sync::Arc::new(Acceptor::new().config(config));
-    tracing::info!(addr = %listener.local_addr()?, deflate = args.deflate, "weft echo listening");
+    let tls = tls.map(|cert| {
+        crate::serve::reload_on_sighup(cert.clone());
+        weft::tls::TlsAcceptor::from(weft::tls::server_config(cert))
+    });
+    tracing::info!(addr = %listener.local_addr()?, deflate = args.deflate, tls = tls.is_some(), "weft echo listening");
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let shutdown = crate::serve::shutdown_signal();
@@ -102,12 +116,22 @@ async fn serve(args: EchoArgs) -> anyhow::Result<()> {
                     }
                 };
                 let acceptor = acceptor.clone();
+                let tls = tls.clone();
                 let mut stop = stop_rx.clone();
                 conns.spawn(async move {
                     let stop = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
-                    if let Err(e) = echo_one(&acceptor, tcp, stop).await {
+                    let _ = tcp.set_nodelay(true);
+                    let res = match tls {
+                        None => echo_one(&acceptor, tcp, stop).await,
+                        Some(tls) => match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
+                            Ok(Ok(io)) => echo_one(&acceptor, io, stop).await,
+                            Ok(Err(e)) => Err(e.into()),
+                            Err(_) => Ok(()), // TLS handshake not finished in 10 s: dropped
+                        },
+                    };
+                    if let Err(e) = res {
                         tracing::debug!(%peer, error = %e, "connection ended");
                     }
                 });
@@ -127,11 +151,13 @@ async fn serve(args: EchoArgs) -> anyhow::Result<()> {
 }
 
 /// Echo one connection until it ends or `stop` completes (then close it with 1001).
-pub(crate) async fn echo_one(acceptor: &Acceptor, tcp: TcpStream, stop: impl Future<Output = ()>) -> weft::Result<()> {
-    tcp.set_nodelay(true)?;
+pub(crate) async fn echo_one<I>(acceptor: &Acceptor, io: I, stop: impl Future<Output = ()>) -> weft::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     // Boxed: the handshake's state (request buffer, parsed headers) is freed after the upgrade
     // instead of staying part of this long-lived task's future.
-    let mut ws = Box::pin(acceptor.accept(tcp)).await?;
+    let mut ws = Box::pin(acceptor.accept(io)).await?;
     echo_until(&mut ws, stop).await
 }
 

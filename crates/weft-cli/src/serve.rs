@@ -97,9 +97,6 @@ pub(crate) struct ServeArgs {
     /// Largest accepted token in bytes [default: 4096].
     #[arg(long, env = "WEFT_MAX_TOKEN_SIZE")]
     max_token_size: Option<usize>,
-    /// Negotiate permessage-deflate with clients that offer it: true or false [default: true].
-    #[arg(long, env = "WEFT_DEFLATE", value_name = "BOOL")]
-    deflate: Option<bool>,
     /// Inbound messages per second per connection [default: 100].
     #[arg(long, env = "WEFT_RATE_LIMIT")]
     rate_limit: Option<f64>,
@@ -118,6 +115,53 @@ pub(crate) struct ServeArgs {
     /// Seconds shutdown waits for connections to drain [default: 5].
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE")]
     shutdown_grace: Option<f64>,
+    /// Negotiate permessage-deflate with clients that offer it: true or false [default: true].
+    #[arg(long, env = "WEFT_DEFLATE", value_name = "BOOL")]
+    deflate: Option<bool>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// `--tls-cert` / `--tls-key`, shared by `weft serve` and `weft echo`.
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct TlsArgs {
+    /// Serve TLS (https://, wss://) with this certificate chain (PEM, end-entity first).
+    /// SIGHUP loads the certificate and key again.
+    #[arg(long, env = "WEFT_TLS_CERT")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "WEFT_TLS_KEY")]
+    pub(crate) tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Load the certificate now (a bad or mismatched key is an error at start).
+    pub(crate) fn load(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> anyhow::Result<Option<std::sync::Arc<weft::tls::ReloadableCert>>> {
+        match (cert, key) {
+            (Some(c), Some(k)) => Ok(Some(weft::tls::ReloadableCert::load(&c, &k)?)),
+            (None, None) => Ok(None),
+            _ => bail!("give both --tls-cert and --tls-key"),
+        }
+    }
+}
+
+/// Reload the certificate on every SIGHUP, for as long as the process runs.
+pub(crate) fn reload_on_sighup(cert: std::sync::Arc<weft::tls::ReloadableCert>) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the TLS certificate will not be reloaded");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match cert.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate NOT reloaded, keeping the old one"),
+            }
+        }
+    });
 }
 
 /// The TOML file: the same settings, all optional.
@@ -159,6 +203,8 @@ struct FileConfig {
     http_body_timeout: Option<f64>,
     max_token_size: Option<usize>,
     deflate: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// A byte size: a number, optionally with K, M or G (powers of 1024; `KiB`, `MB`... accepted).
@@ -196,7 +242,10 @@ fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
 }
 
 /// Merge file and flags (flags and env win) into the engine's settings.
-fn settings(args: ServeArgs) -> anyhow::Result<(SocketAddr, Option<usize>, EngineConfig)> {
+/// What `weft serve` runs with.
+type Settings = (SocketAddr, Option<usize>, EngineConfig, Option<std::sync::Arc<weft::tls::ReloadableCert>>);
+
+fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     let file: FileConfig = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -290,12 +339,16 @@ fn settings(args: ServeArgs) -> anyhow::Result<(SocketAddr, Option<usize>, Engin
     }
     c.max_token_size = pick!(max_token_size).unwrap_or(d.max_token_size);
     c.deflate = pick!(deflate).unwrap_or(d.deflate);
+    let tls = TlsArgs::load(
+        args.tls.tls_cert.clone().or(file.tls_cert.clone()),
+        args.tls.tls_key.clone().or(file.tls_key.clone()),
+    )?;
     c.validate().map_err(anyhow::Error::msg)?;
-    Ok((addr, threads, c))
+    Ok((addr, threads, c, tls))
 }
 
 pub(crate) fn run(args: ServeArgs) -> ExitCode {
-    let (addr, threads, config) = match settings(args) {
+    let (addr, threads, config, tls) = match settings(args) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("weft serve: {e:#}");
@@ -314,7 +367,7 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(addr, config)) {
+    match rt.block_on(serve(addr, config, tls)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft serve: {e:#}");
@@ -323,7 +376,11 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn serve(addr: SocketAddr, config: EngineConfig) -> anyhow::Result<()> {
+async fn serve(
+    addr: SocketAddr,
+    config: EngineConfig,
+    tls: Option<std::sync::Arc<weft::tls::ReloadableCert>>,
+) -> anyhow::Result<()> {
     crate::procfs::raise_nofile_limit();
     let anonymous = config.anonymous();
     let open_api = config.api_key.is_none();
@@ -337,12 +394,22 @@ async fn serve(addr: SocketAddr, config: EngineConfig) -> anyhow::Result<()> {
             if open_api { ", and POST /api/publish is open" } else { "" }
         );
     }
+    let (ws, http) = if tls.is_some() { ("wss", "https") } else { ("ws", "http") };
     tracing::info!(
-        "weft serve listening on {addr}: WebSocket ws://{addr}/ws, dashboard http://{addr}/, chat http://{addr}/chat"
+        "weft serve listening on {addr}: WebSocket {ws}://{addr}/ws, dashboard {http}://{addr}/, chat {http}://{addr}/chat"
     );
     let server = tokio::spawn({
         let engine = engine.clone();
-        async move { engine.serve(listener).await }
+        let acceptor = tls.map(|cert| {
+            reload_on_sighup(cert.clone());
+            weft::tls::TlsAcceptor::from(weft::tls::server_config(cert))
+        });
+        async move {
+            match acceptor {
+                Some(a) => engine.serve_tls(listener, a).await,
+                None => engine.serve(listener).await,
+            }
+        }
     });
     shutdown_signal().await;
     tracing::info!("shutting down: closing connections with 1001");
@@ -398,7 +465,7 @@ mod tests {
             "--topic-policy",
             "a.*=drop-oldest",
         ]);
-        let (addr, _, c) = settings(t.a).unwrap();
+        let (addr, _, c, _) = settings(t.a).unwrap();
         assert_eq!(addr.port(), 7000);
         assert_eq!(c.history_size, 9);
         assert_eq!(c.queue_size, 50);
@@ -420,11 +487,11 @@ mod tests {
         let e = format!("{:#}", settings(t.a).unwrap_err());
         assert!(e.contains("at least 32"), "{e}");
         let t = T::parse_from(["x", "--jwt-secret", "0123456789abcdef0123456789abcdef", "--history-memory", "64M"]);
-        let (_, _, c) = settings(t.a).unwrap();
+        let (_, _, c, _) = settings(t.a).unwrap();
         assert!(!c.anonymous());
         assert_eq!(c.history_memory, 64 << 20);
         assert!(c.deflate);
-        let (_, _, c) = settings(T::parse_from(["x", "--deflate", "false"]).a).unwrap();
+        let (_, _, c, _) = settings(T::parse_from(["x", "--deflate", "false"]).a).unwrap();
         assert!(!c.deflate);
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("512KiB"), Ok(512 << 10));

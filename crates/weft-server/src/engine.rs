@@ -215,13 +215,30 @@ impl Engine {
 
     /// Serve HTTP and WebSocket connections from `listener` until [`shutdown`](Self::shutdown).
     pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
+        self.serve_inner(listener, None).await
+    }
+
+    /// Like [`serve`](Self::serve), over TLS (`https://`, `wss://`): each connection's TLS
+    /// handshake must finish within `http_header_timeout`.
+    pub async fn serve_tls(&self, listener: TcpListener, tls: weft::tls::TlsAcceptor) -> std::io::Result<()> {
+        self.serve_inner(listener, Some(tls)).await
+    }
+
+    async fn serve_inner(&self, listener: TcpListener, tls: Option<weft::tls::TlsAcceptor>) -> std::io::Result<()> {
         let mut stop = self.shared.shutdown.subscribe();
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
                     Ok((tcp, _)) => {
                         let engine = self.clone();
-                        tokio::spawn(async move { engine.serve_connection(tcp).await });
+                        match tls.clone() {
+                            None => {
+                                tokio::spawn(async move { engine.serve_connection(tcp).await });
+                            }
+                            Some(acceptor) => {
+                                tokio::spawn(async move { engine.serve_tls_connection(tcp, acceptor).await });
+                            }
+                        }
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: keep serving the others.
@@ -243,6 +260,24 @@ impl Engine {
     /// Serve one accepted TCP connection (HTTP/1.1, upgrading to WebSocket when asked).
     pub async fn serve_connection(&self, tcp: TcpStream) {
         let _ = tcp.set_nodelay(true);
+        self.serve_io(tcp).await
+    }
+
+    /// Serve one accepted TCP connection over TLS: the handshake (bounded by
+    /// `http_header_timeout`), then HTTP/1.1 as [`serve_connection`](Self::serve_connection).
+    pub async fn serve_tls_connection(&self, tcp: TcpStream, acceptor: weft::tls::TlsAcceptor) {
+        let _ = tcp.set_nodelay(true);
+        match tokio::time::timeout(self.shared.config.http_header_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => self.serve_io(tls).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        }
+    }
+
+    async fn serve_io<I>(&self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let engine = self.clone();
         let svc = hyper::service::service_fn(move |req| {
             let engine = engine.clone();
@@ -255,7 +290,7 @@ impl Engine {
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.shared.config.http_header_timeout)
             .max_buf_size(HTTP_READ_BUFFER)
-            .serve_connection(TokioIo::new(tcp), svc)
+            .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "http connection ended");
@@ -331,15 +366,23 @@ impl Engine {
         let shared = Arc::clone(shared);
         tokio::spawn(async move {
             match on_upgrade.await {
+                // The raw stream back from hyper (plain or TLS), so a session costs what a plain
+                // weft connection costs; any other transport runs over hyper's `Upgraded`.
                 Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                     Ok(parts) => {
                         let ws = pending.into_websocket(parts.io.into_inner(), &parts.read_buf);
                         crate::session::run(shared, ws, identity).await
                     }
-                    Err(upgraded) => {
-                        let ws = pending.into_websocket(TokioIo::new(upgraded), &[]);
-                        crate::session::run(shared, ws, identity).await
-                    }
+                    Err(upgraded) => match upgraded.downcast::<TokioIo<weft::tls::ServerTlsStream<TcpStream>>>() {
+                        Ok(parts) => {
+                            let ws = pending.into_websocket(parts.io.into_inner(), &parts.read_buf);
+                            crate::session::run(shared, ws, identity).await
+                        }
+                        Err(upgraded) => {
+                            let ws = pending.into_websocket(TokioIo::new(upgraded), &[]);
+                            crate::session::run(shared, ws, identity).await
+                        }
+                    },
                 },
                 Err(e) => {
                     tracing::debug!(error = %e, "upgrade failed");

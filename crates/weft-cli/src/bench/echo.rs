@@ -55,6 +55,9 @@ pub(crate) struct EchoArgs {
     /// Offer permessage-deflate.
     #[arg(long)]
     pub(crate) deflate: bool,
+    /// Trust this PEM certificate as a root for `wss://` (a test CA or self-signed server).
+    #[arg(long)]
+    pub(crate) ca_file: Option<std::path::PathBuf>,
     /// Generator threads.
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
@@ -216,7 +219,13 @@ async fn connection(
     if args.deflate {
         cfg = cfg.deflate(Some(DeflateConfig::default()));
     }
-    let mut ws = ClientBuilder::new(&args.url).config(cfg).connect().await?;
+    let mut b = ClientBuilder::new(&args.url).config(cfg);
+    if let Some(path) = &args.ca_file {
+        for c in weft::tls::certs_from_pem(&std::fs::read(path)?)? {
+            b = b.add_root_certificate(c.to_vec());
+        }
+    }
+    let mut ws = b.connect().await?;
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let make = || {
         if args.text {

@@ -84,6 +84,12 @@ impl History {
         self.events.iter().map(|(e, size)| (e.published_at, *size))
     }
 
+    /// The `n` most recent events, oldest first.
+    pub(crate) fn recent(&self, n: usize) -> Vec<Arc<Event>> {
+        let skip = self.events.len().saturating_sub(n);
+        self.events.iter().skip(skip).map(|(e, _)| e.clone()).collect()
+    }
+
     /// Forget events published before `cutoff`; returns the bytes freed and the count.
     pub(crate) fn drop_before(&mut self, cutoff: Instant) -> (usize, u64) {
         let (mut freed, mut n) = (0, 0);

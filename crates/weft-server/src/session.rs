@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use weft::{CloseCode, CloseFrame, Message, WebSocket};
 
 use crate::auth::Identity;
-use crate::broker::Subscriber;
+use crate::broker::{Start, Subscriber};
 use crate::engine::{Inbound, Shared};
 use crate::outbox::{Closing, Out, Outbox};
 use crate::ratelimit::TokenBucket;
@@ -342,11 +342,16 @@ impl Session {
             }
         };
         match req {
-            Request::Subscribe { id, topics, resume, presence } => {
+            Request::Subscribe { id, topics, resume, presence, history } => {
                 let slot = self.sub.outbox.reserve();
                 let mut results = Vec::with_capacity(topics.len());
                 for t in &topics {
-                    results.push(self.subscribe_one(t, resume.get(t), presence).await);
+                    let start = match resume.get(t) {
+                        Some(pos) => Start::Resume(pos),
+                        None if history > 0 => Start::Recent(history),
+                        None => Start::Live,
+                    };
+                    results.push(self.subscribe_one(t, start, presence).await);
                 }
                 self.sub
                     .outbox
@@ -436,12 +441,7 @@ impl Session {
         Flow::Continue
     }
 
-    async fn subscribe_one(
-        &mut self,
-        topic: &str,
-        resume: Option<&crate::wire::Position>,
-        presence: bool,
-    ) -> SubscribeResult {
+    async fn subscribe_one(&mut self, topic: &str, start: Start<'_>, presence: bool) -> SubscribeResult {
         let p = match Pattern::parse(topic) {
             Ok(p) => p,
             Err(e) => return SubscribeResult::failed(topic, ErrorBody::new(ErrorCode::InvalidTopic, e.to_string())),
@@ -460,8 +460,8 @@ impl Session {
         if let Err(e) = self.touch(topic) {
             return SubscribeResult::failed(topic, e);
         }
-        let resume = if p.is_wildcard() { None } else { resume };
-        match self.shared.broker.subscribe(&self.sub, &p, resume, presence).await {
+        let start = if p.is_wildcard() { Start::Live } else { start };
+        match self.shared.broker.subscribe(&self.sub, &p, start, presence).await {
             Ok(out) => {
                 self.subscriptions.insert(topic.to_owned(), p);
                 SubscribeResult {
@@ -469,7 +469,7 @@ impl Session {
                     ok: true,
                     offset: out.position.as_ref().map(|p| p.offset),
                     epoch: out.position.map(|p| p.epoch),
-                    recovered: resume.map(|_| out.replayed.is_some()),
+                    recovered: matches!(start, Start::Resume(_)).then_some(out.replayed.is_some()),
                     replayed: out.replayed,
                     error: None,
                 }

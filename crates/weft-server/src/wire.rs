@@ -393,6 +393,9 @@ pub enum Request {
         resume: HashMap<String, Position>,
         /// Whether to receive join/leave.
         presence: bool,
+        /// Start exact topics without a resume position with up to this many recent events
+        /// (0: live only).
+        history: usize,
     },
     /// Unsubscribe.
     Unsubscribe {
@@ -454,6 +457,8 @@ struct SubscribeBody {
     resume: HashMap<String, Position>,
     #[serde(default)]
     presence: bool,
+    #[serde(default)]
+    history: usize,
 }
 
 #[derive(Deserialize)]
@@ -538,7 +543,7 @@ impl Request {
                 if b.topics.is_empty() {
                     return Err(fail(ErrorCode::BadRequest, "subscribe needs at least one topic".into(), &id));
                 }
-                Request::Subscribe { id, topics: b.topics, resume: b.resume, presence: b.presence }
+                Request::Subscribe { id, topics: b.topics, resume: b.resume, presence: b.presence, history: b.history }
             }
             "unsubscribe" => {
                 let b: UnsubscribeBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
@@ -681,7 +686,7 @@ mod tests {
     fn decodes_requests() {
         let r = Request::decode(&text(r#"{"type":"subscribe","id":1,"topics":["a","b.*"],"resume":{"a":{"offset":4,"epoch":"e"}},"presence":true}"#)).unwrap();
         match r {
-            Request::Subscribe { id, topics, resume, presence } => {
+            Request::Subscribe { id, topics, resume, presence, .. } => {
                 assert_eq!(id, Some(json!(1)));
                 assert_eq!(topics, vec!["a", "b.*"]);
                 assert_eq!(resume["a"], Position { offset: 4, epoch: "e".into() });

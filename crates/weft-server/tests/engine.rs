@@ -1018,3 +1018,37 @@ async fn permessage_deflate_compresses_each_event_once_for_every_subscriber() {
         ClientBuilder::new(format!("ws://{addr}/ws")).deflate(weft::DeflateConfig::default()).connect().await.unwrap();
     assert!(ws.deflate_params().is_none());
 }
+
+#[tokio::test]
+async fn subscribe_with_history_starts_from_the_most_recent_events() {
+    let (addr, engine, _h) = start(EngineConfig::default()).await;
+    for i in 1..=5 {
+        engine.publish("room", json!(i)).await.unwrap();
+    }
+    let mut c = Client::connect(addr, "").await;
+    let r = c.request(json!({"type": "subscribe", "topics": ["room", "other.*"], "history": 3})).await;
+    assert_eq!(r["results"][0]["replayed"], 3, "{r}");
+    assert!(r["results"][0].get("recovered").is_none(), "not a resume: {r}");
+    assert!(r["results"][1].get("replayed").is_none(), "patterns start live: {r}");
+    for want in 3..=5 {
+        assert_eq!(c.recv().await["offset"], want);
+    }
+    // Then live, with no gap and no duplicate.
+    engine.publish("room", json!(6)).await.unwrap();
+    assert_eq!(c.recv().await["offset"], 6);
+    // More than history holds: what there is. With resume given, resume wins.
+    let mut d = Client::connect(addr, "").await;
+    let r = d.request(json!({"type": "subscribe", "topics": ["room"], "history": 100})).await;
+    assert_eq!(r["results"][0]["replayed"], 6, "{r}");
+    let mut e = Client::connect(addr, "").await;
+    let epoch = r["results"][0]["epoch"].clone();
+    let r = e
+        .request(json!({"type": "subscribe", "topics": ["room"], "history": 100, "resume": {"room": {"offset": 5, "epoch": epoch}}}))
+        .await;
+    assert_eq!(
+        (r["results"][0]["recovered"].as_bool(), r["results"][0]["replayed"].as_u64()),
+        (Some(true), Some(1)),
+        "{r}"
+    );
+    assert_eq!(e.recv().await["offset"], 6);
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Broker, BrokerError, BrokerFuture, SubscribeOutcome, Subscriber};
+use super::{Broker, BrokerError, BrokerFuture, Start, SubscribeOutcome, Subscriber};
 use crate::history::{History, Resume};
 use crate::metrics::Metrics;
 use crate::outbox::SlowConsumerPolicy;
@@ -291,7 +291,7 @@ impl MemoryBroker {
         &self,
         sub: &Arc<Subscriber>,
         target: &Pattern,
-        resume: Option<&Position>,
+        start: Start<'_>,
         presence: bool,
     ) -> Result<SubscribeOutcome, BrokerError> {
         if target.is_wildcard() {
@@ -305,10 +305,19 @@ impl MemoryBroker {
         let mut shard = self.shard(target.as_str());
         let t = self.topic(&mut shard, target.as_str())?;
         t.touched = Instant::now();
-        let replayed = resume.map(|pos| {
-            let freed = t.history.trim(Instant::now(), self.settings.history_ttl);
-            self.account(0, freed, 0);
-            match t.history.resume(pos.offset, &pos.epoch, t.offset, &t.epoch) {
+        let freed = t.history.trim(Instant::now(), self.settings.history_ttl);
+        self.account(0, freed, 0);
+        let replayed = match start {
+            Start::Live => None,
+            Start::Recent(n) => {
+                let events = t.history.recent(n);
+                for e in &events {
+                    sub.outbox.push_event(e, SlowConsumerPolicy::Disconnect);
+                }
+                self.metrics.replayed_events.fetch_add(events.len() as u64, Ordering::Relaxed);
+                Some(Some(events.len()))
+            }
+            Start::Resume(pos) => Some(match t.history.resume(pos.offset, &pos.epoch, t.offset, &t.epoch) {
                 Resume::Replay(events) => {
                     for e in &events {
                         sub.outbox.push_event(e, SlowConsumerPolicy::Disconnect);
@@ -320,8 +329,8 @@ impl MemoryBroker {
                     self.metrics.recoveries_failed.fetch_add(1, Ordering::Relaxed);
                     None
                 }
-            }
-        });
+            }),
+        };
         let position = Some(Position { offset: t.offset, epoch: t.epoch.to_string() });
         let new = t.subs.insert(sub.id, Sub { handle: Arc::clone(sub), presence }).is_none();
         if new {
@@ -379,10 +388,10 @@ impl Broker for MemoryBroker {
         &'a self,
         sub: &'a Arc<Subscriber>,
         target: &'a Pattern,
-        resume: Option<&'a Position>,
+        start: Start<'a>,
         presence: bool,
     ) -> BrokerFuture<'a, SubscribeOutcome> {
-        Box::pin(std::future::ready(self.subscribe_now(sub, target, resume, presence)))
+        Box::pin(std::future::ready(self.subscribe_now(sub, target, start, presence)))
     }
 
     fn unsubscribe<'a>(&'a self, sub: &'a Arc<Subscriber>, target: &'a Pattern) -> BrokerFuture<'a, bool> {

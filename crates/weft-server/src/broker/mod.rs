@@ -75,13 +75,24 @@ impl Subscriber {
     }
 }
 
+/// Where a subscription to an exact topic starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start<'a> {
+    /// With the next event published.
+    Live,
+    /// Right after this position: the missed events are replayed, or it is not recoverable.
+    Resume(&'a Position),
+    /// With up to this many of the most recent events kept in history, then live.
+    Recent(usize),
+}
+
 /// The result of one subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeOutcome {
     /// Current position (exact topics only).
     pub position: Option<Position>,
-    /// With a resume position: `Some(n)` when `n` missed events were queued right after the
-    /// reply, `None` when not recoverable.
+    /// `Some(n)` when `n` events were queued right after the reply (missed since the resume
+    /// position, or the most recent ones); `None` when starting live or not recoverable.
     pub replayed: Option<usize>,
 }
 
@@ -92,15 +103,17 @@ pub trait Broker: Send + Sync + 'static {
     /// Never waits for subscribers.
     fn publish<'a>(&'a self, topic: &'a str, payload: Value, id: Option<String>) -> BrokerFuture<'a, Position>;
 
-    /// Subscribe `sub` to `target` (a topic or pattern). With `resume` (exact topics), queue
-    /// the missed events to the subscriber right away, atomically with respect to publishes
-    /// on the topic, so the subscriber sees no gap and no duplicate. An exact subscription
-    /// makes the connection a presence member; `presence` asks for join/leave notices.
+    /// Subscribe `sub` to `target` (a topic or pattern), starting as `start` says (exact
+    /// topics; patterns always start live). Events to replay (missed since a resume position, or
+    /// the most recent ones) are queued to the subscriber right away, atomically with respect
+    /// to publishes on the topic, so the subscriber sees no gap and no duplicate. An exact
+    /// subscription makes the connection a presence member; `presence` asks for join/leave
+    /// notices.
     fn subscribe<'a>(
         &'a self,
         sub: &'a Arc<Subscriber>,
         target: &'a Pattern,
-        resume: Option<&'a Position>,
+        start: Start<'a>,
         presence: bool,
     ) -> BrokerFuture<'a, SubscribeOutcome>;
 

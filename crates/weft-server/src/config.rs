@@ -73,6 +73,18 @@ pub struct EngineConfig {
     /// Negotiate permessage-deflate (RFC 7692) with clients that offer it. Each event is then
     /// compressed once per wire format and the same bytes go to every such subscriber.
     pub deflate: bool,
+    /// The cluster broker: `None` for the in-memory broker (one node), or
+    /// `redis://[user:password@]host:port[/db]` to join every node using the same Redis
+    /// (see `docs/CLUSTER.md`). Needs [`Engine::connect`](crate::Engine::connect).
+    pub broker: Option<String>,
+    /// This node's name in the cluster (default: host name and process id).
+    pub node_name: Option<String>,
+    /// Prefix of the cluster broker's keys and channels (several clusters may share one Redis
+    /// with different prefixes).
+    pub broker_prefix: String,
+    /// A node whose heartbeat stopped this long ago is dead; its presence members are removed
+    /// (cluster mode).
+    pub node_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -103,6 +115,10 @@ impl Default for EngineConfig {
             http_body_timeout: Duration::from_secs(10),
             max_token_size: 4096,
             deflate: true,
+            broker: None,
+            node_name: None,
+            broker_prefix: "weft".into(),
+            node_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -133,6 +149,20 @@ impl EngineConfig {
         }
         if self.max_token_size < 256 {
             return Err("max_token_size must be at least 256 bytes".into());
+        }
+        if let Some(b) = &self.broker {
+            if !(b.starts_with("redis://") || b.starts_with("rediss://") || b == "memory") {
+                return Err(format!(
+                    "unsupported broker {:?}: use redis://host:port (NATS is not supported yet), or leave it unset for the in-memory broker",
+                    b.split('@').next_back().unwrap_or(b)
+                ));
+            }
+        }
+        if self.broker_prefix.is_empty() || !self.broker_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+            return Err("broker_prefix must be letters, digits, '_', '-' or '.'".into());
+        }
+        if self.node_ttl < Duration::from_secs(1) {
+            return Err("node_ttl must be at least 1 s".into());
         }
         if self.idle_timeout <= self.heartbeat {
             return Err("idle_timeout must be longer than the heartbeat interval".into());

@@ -108,8 +108,12 @@ impl std::fmt::Display for PublishError {
 impl std::error::Error for PublishError {}
 
 impl Engine {
-    /// An engine with the in-memory broker.
+    /// An engine with the in-memory broker. A cluster broker (`config.broker`) has to be
+    /// reached first: use [`connect`](Self::connect).
     pub fn new(config: EngineConfig) -> Result<Self, String> {
+        if config.broker.as_deref().is_some_and(|b| b != "memory") {
+            return Err("a cluster broker is connected with Engine::connect".into());
+        }
         let metrics = Arc::new(Metrics::default());
         let settings = TopicSettings {
             history_size: config.history_size,
@@ -122,6 +126,42 @@ impl Engine {
         };
         let broker = Arc::new(MemoryBroker::new(settings, Arc::clone(&metrics)));
         Self::with_broker(config, broker, metrics)
+    }
+
+    /// An engine with the broker `config.broker` names: the in-memory broker when unset, or a
+    /// Redis broker (cluster mode), connected before this returns; an unreachable broker is an
+    /// error.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use weft_server::{Engine, EngineConfig};
+    ///
+    /// let config = EngineConfig { broker: Some("redis://127.0.0.1:6379".into()), ..Default::default() };
+    /// let engine = Engine::connect(config).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(config: EngineConfig) -> Result<Self, String> {
+        match config.broker.as_deref() {
+            None | Some("memory") => Self::new(EngineConfig { broker: None, ..config }),
+            Some(url) => {
+                config.validate()?;
+                let metrics = Arc::new(Metrics::default());
+                let mut settings = crate::broker::RedisSettings::new(url);
+                if let Some(n) = &config.node_name {
+                    settings.node = n.clone();
+                }
+                settings.prefix = config.broker_prefix.clone();
+                settings.history_size = config.history_size;
+                settings.history_ttl = config.history_ttl;
+                settings.policy = config.slow_consumer;
+                settings.topic_policies = config.topic_policies.clone();
+                settings.max_topics = config.max_topics;
+                settings.node_ttl = config.node_ttl;
+                settings.check_interval = (config.node_ttl / 6).clamp(Duration::from_millis(500), Duration::from_secs(5));
+                let broker = crate::broker::RedisBroker::connect(settings, Arc::clone(&metrics)).await?;
+                Self::with_broker(config, Arc::new(broker), metrics)
+            }
+        }
     }
 
     /// An engine over another broker, which counts into `metrics`.
@@ -156,7 +196,16 @@ impl Engine {
 
     /// What `/api/stats` shows.
     pub fn stats(&self) -> Stats {
-        self.shared.metrics.stats(self.shared.broker.topic_count(), self.shared.started, self.shared.config.anonymous())
+        let mut s =
+            self.shared.metrics.stats(self.shared.broker.topic_count(), self.shared.started, self.shared.config.anonymous());
+        s.cluster = self.shared.broker.cluster();
+        s
+    }
+
+    /// Whether the engine can serve publishes and subscribes now (what `/healthz` reports):
+    /// `Degraded` while a cluster broker is unreachable.
+    pub fn health(&self) -> crate::broker::BrokerHealth {
+        self.shared.broker.health()
     }
 
     /// Open WebSocket connections (a relaxed atomic read; never blocks).
@@ -425,7 +474,11 @@ async fn upkeep(shared: Weak<Shared>) {
         s.metrics.sample(now);
         n += 1;
         if n % 5 == 0 {
-            s.broker.maintain(now);
+            let broker = Arc::clone(&s.broker);
+            drop(s);
+            if let Err(e) = broker.maintain(now).await {
+                tracing::warn!(error = %e, "broker upkeep failed");
+            }
         }
     }
 }

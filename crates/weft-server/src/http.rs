@@ -32,9 +32,21 @@ where
         return engine.upgrade(req);
     }
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/healthz") => match engine.health() {
+            crate::broker::BrokerHealth::Ok => text(StatusCode::OK, "ok\n"),
+            crate::broker::BrokerHealth::Degraded(why) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("degraded: {why}\n"))
+            }
+        },
         (&Method::GET, "/metrics") => {
-            let body = engine.metrics().render_prometheus(engine.broker().topic_count());
+            let mut body = engine.metrics().render_prometheus(engine.broker().topic_count());
+            if let Some(c) = engine.broker().cluster() {
+                let up = u8::from(c.state == "ok");
+                body.push_str(&format!(
+                    "# HELP weft_broker_up Whether the cluster broker is reachable (1) or not (0).\n# TYPE weft_broker_up gauge\nweft_broker_up{{broker=\"{}\",node={:?}}} {up}\n# HELP weft_cluster_nodes Nodes alive at the last heartbeat.\n# TYPE weft_cluster_nodes gauge\nweft_cluster_nodes {}\n",
+                    c.broker, c.node, c.nodes
+                ));
+            }
             let mut r = text(StatusCode::OK, &body);
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
@@ -136,6 +148,7 @@ where
         4002 | 4000 => StatusCode::BAD_REQUEST,
         4003 => StatusCode::FORBIDDEN,
         4008 => StatusCode::TOO_MANY_REQUESTS,
+        5003 => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if broadcast {

@@ -32,6 +32,22 @@ pub struct Metrics {
     pub topics_refused: AtomicU64,
     pub http_timeouts: AtomicU64,
     pub token_expiries: AtomicU64,
+    /// Publishes refused because the cluster broker was unavailable or failed.
+    pub publishes_refused: AtomicU64,
+    /// Reconnections to the cluster broker.
+    pub cluster_reconnects: AtomicU64,
+    /// Gaps in a topic's offsets seen on pub/sub (or by the periodic top check).
+    pub cluster_gaps: AtomicU64,
+    /// Gaps filled from the topic's stream.
+    pub cluster_refilled: AtomicU64,
+    /// `reset` notices: events that could not be refilled, or a topic that started a new epoch.
+    pub cluster_unrecovered: AtomicU64,
+    /// Events received twice from the broker and delivered once.
+    pub cluster_duplicates: AtomicU64,
+    /// Pub/sub messages dropped because the node's buffer was full (then refilled).
+    pub cluster_pubsub_dropped: AtomicU64,
+    /// Presence members of dead nodes removed by this node.
+    pub cluster_members_swept: AtomicU64,
     rates: Mutex<Rates>,
 }
 
@@ -65,7 +81,17 @@ pub struct Stats {
     pub history_bytes: u64,
     pub history_evicted_total: u64,
     pub topics_refused_total: u64,
+    pub publishes_refused_total: u64,
+    pub cluster_reconnects_total: u64,
+    pub cluster_gaps_total: u64,
+    pub cluster_refilled_total: u64,
+    pub cluster_unrecovered_total: u64,
+    pub cluster_duplicates_total: u64,
+    pub cluster_pubsub_dropped_total: u64,
     pub anonymous: bool,
+    /// The cluster broker's node and state (absent on a single node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::broker::ClusterInfo>,
 }
 
 impl Metrics {
@@ -110,7 +136,15 @@ impl Metrics {
             history_bytes: Self::get(&self.history_bytes),
             history_evicted_total: Self::get(&self.history_evicted),
             topics_refused_total: Self::get(&self.topics_refused),
+            publishes_refused_total: Self::get(&self.publishes_refused),
+            cluster_reconnects_total: Self::get(&self.cluster_reconnects),
+            cluster_gaps_total: Self::get(&self.cluster_gaps),
+            cluster_refilled_total: Self::get(&self.cluster_refilled),
+            cluster_unrecovered_total: Self::get(&self.cluster_unrecovered),
+            cluster_duplicates_total: Self::get(&self.cluster_duplicates),
+            cluster_pubsub_dropped_total: Self::get(&self.cluster_pubsub_dropped),
             anonymous,
+            cluster: None,
         }
     }
 
@@ -179,6 +213,39 @@ impl Metrics {
             "counter",
             "HTTP requests whose body did not arrive within http_body_timeout.",
             Self::get(&self.http_timeouts),
+        );
+        put(
+            "weft_publishes_refused_total",
+            "counter",
+            "Publishes refused because the cluster broker was unavailable or failed.",
+            Self::get(&self.publishes_refused),
+        );
+        put("weft_cluster_reconnects_total", "counter", "Reconnections to the cluster broker.", Self::get(&self.cluster_reconnects));
+        put("weft_cluster_gaps_total", "counter", "Gaps in topic offsets detected by this node.", Self::get(&self.cluster_gaps));
+        put("weft_cluster_refilled_total", "counter", "Gaps refilled from the topic streams.", Self::get(&self.cluster_refilled));
+        put(
+            "weft_cluster_unrecovered_total",
+            "counter",
+            "reset notices sent: events that could not be refilled, or a topic's new epoch.",
+            Self::get(&self.cluster_unrecovered),
+        );
+        put(
+            "weft_cluster_duplicates_total",
+            "counter",
+            "Events the broker delivered twice, passed on once.",
+            Self::get(&self.cluster_duplicates),
+        );
+        put(
+            "weft_cluster_pubsub_dropped_total",
+            "counter",
+            "Pub/sub messages dropped by a full node buffer (refilled from the streams).",
+            Self::get(&self.cluster_pubsub_dropped),
+        );
+        put(
+            "weft_cluster_members_swept_total",
+            "counter",
+            "Presence members of dead nodes removed by this node.",
+            Self::get(&self.cluster_members_swept),
         );
         put(
             "weft_token_expiries_total",

@@ -138,10 +138,19 @@ impl Outbox {
         }
     }
 
-    /// Queue a join/leave notice (dropped, and counted, when the queue is full).
+    /// Queue a join/leave notice (dropped, and counted, when the queue is full). A `reset`
+    /// is never dropped: with the queue full, the connection closes as a slow consumer.
     pub(crate) fn push_notice(&self, n: &Arc<Notice>) {
         let mut st = self.lock();
         if st.closing.is_some() {
+            return;
+        }
+        if st.queue.len() >= self.capacity && n.is_reset() {
+            st.closing = Some(Closing::SlowConsumer);
+            st.queue.clear();
+            self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
+            drop(st);
+            self.notify.notify_one();
             return;
         }
         if st.queue.len() >= self.capacity {

@@ -52,6 +52,18 @@ impl Format {
         EncodedMessage::new(&self.encode(msg), None).expect("data message")
     }
 
+    /// A JSON text already encoded, as a shareable frame (compressed too when `deflate`).
+    fn shared_text(self, json: &str, deflate: bool) -> EncodedMessage {
+        let m = Message::text(json.to_owned());
+        if !deflate {
+            return EncodedMessage::new(&m, None).expect("data message");
+        }
+        thread_local! {
+            static DEFLATER: std::cell::RefCell<SharedDeflater> = std::cell::RefCell::new(SharedDeflater::new(1, 64));
+        }
+        DEFLATER.with(|d| EncodedMessage::new(&m, Some(&mut d.borrow_mut()))).expect("data message")
+    }
+
     /// Encode once, plain and compressed (permessage-deflate without context takeover, so the
     /// one compressed frame is valid on every connection that negotiated it). Messages below
     /// the compressor's threshold (64 bytes) stay plain.
@@ -91,6 +103,8 @@ pub enum ErrorCode {
     BadToken = 4009,
     /// The server failed (for example the broker).
     Internal = 5000,
+    /// The cluster broker cannot be reached: nothing was done; retry later (HTTP 503).
+    Unavailable = 5003,
 }
 
 impl ErrorCode {
@@ -132,7 +146,7 @@ pub struct Position {
 }
 
 /// A member of a topic's presence.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     /// User id (the token's `sub`).
     pub user: Arc<str>,
@@ -260,6 +274,8 @@ pub struct Event {
     /// The payload.
     pub payload: Value,
     pub(crate) published_at: std::time::Instant,
+    /// The whole JSON event as received from another node, reused as the JSON frame.
+    raw_json: Option<Box<str>>,
     json: OnceLock<EncodedMessage>,
     msgpack: OnceLock<EncodedMessage>,
     /// The same, also compressed once for every subscriber with permessage-deflate.
@@ -289,11 +305,46 @@ impl Event {
             time: now_ms(),
             payload,
             published_at: std::time::Instant::now(),
+            raw_json: None,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
             json_z: OnceLock::new(),
             msgpack_z: OnceLock::new(),
         }
+    }
+
+    /// An event published on another node and carried here as `payload_json` (the payload's
+    /// JSON text, as the publisher encoded it). The JSON frame is assembled around those bytes
+    /// without re-encoding the payload; the payload is decoded once, for MessagePack
+    /// subscribers and the [`payload`](Self::payload) field.
+    pub fn from_cluster(
+        topic: Arc<str>,
+        offset: u64,
+        epoch: Arc<str>,
+        id: Option<Box<str>>,
+        time: u64,
+        payload_json: &str,
+    ) -> Result<Self, serde_json::Error> {
+        let payload: Value = serde_json::from_str(payload_json)?;
+        let mut ev = Self::new(topic, offset, epoch, id, payload);
+        ev.time = time;
+        let wire_id = ev.wire_id();
+        let mut raw = String::with_capacity(payload_json.len() + ev.topic.len() + wire_id.len() + 96);
+        raw.push_str("{\"type\":\"event\",\"topic\":");
+        raw.push_str(&serde_json::to_string(&*ev.topic)?);
+        raw.push_str(",\"offset\":");
+        raw.push_str(&offset.to_string());
+        raw.push_str(",\"epoch\":");
+        raw.push_str(&serde_json::to_string(&*ev.epoch)?);
+        raw.push_str(",\"id\":");
+        raw.push_str(&serde_json::to_string(&wire_id)?);
+        raw.push_str(",\"time\":");
+        raw.push_str(&time.to_string());
+        raw.push_str(",\"payload\":");
+        raw.push_str(payload_json.trim());
+        raw.push('}');
+        ev.raw_json = Some(raw.into());
+        Ok(ev)
     }
 
     /// The event's id as sent on the wire.
@@ -325,6 +376,9 @@ impl Event {
             (Format::Msgpack, true) => &self.msgpack_z,
         };
         cell.get_or_init(|| {
+            if let (Format::Json, Some(raw)) = (format, &self.raw_json) {
+                return format.shared_text(raw, deflate);
+            }
             let id = self.wire_id();
             let wire = EventWire {
                 r#type: "event",
@@ -340,14 +394,26 @@ impl Event {
     }
 }
 
-/// A presence notice (`join` / `leave`), shared by the topic's presence listeners.
+/// A notice shared by a topic's subscribers: presence (`join` / `leave`), or `reset` (the
+/// topic's stream moved on without this node being able to deliver every event: history was
+/// lost, or events fell out of it before they could be refilled).
 #[derive(Debug)]
 pub struct Notice {
     kind: &'static str,
     topic: Arc<str>,
     member: Member,
+    reset: Option<Position>,
     json: OnceLock<EncodedMessage>,
     msgpack: OnceLock<EncodedMessage>,
+}
+
+#[derive(Serialize)]
+struct ResetWire<'a> {
+    r#type: &'static str,
+    topic: &'a str,
+    offset: u64,
+    epoch: &'a str,
+    recovered: bool,
 }
 
 #[derive(Serialize)]
@@ -360,12 +426,24 @@ struct NoticeWire<'a> {
 impl Notice {
     /// A `join` notice.
     pub fn join(topic: Arc<str>, member: Member) -> Self {
-        Self { kind: "join", topic, member, json: OnceLock::new(), msgpack: OnceLock::new() }
+        Self { kind: "join", topic, member, reset: None, json: OnceLock::new(), msgpack: OnceLock::new() }
     }
 
     /// A `leave` notice.
     pub fn leave(topic: Arc<str>, member: Member) -> Self {
-        Self { kind: "leave", topic, member, json: OnceLock::new(), msgpack: OnceLock::new() }
+        Self { kind: "leave", topic, member, reset: None, json: OnceLock::new(), msgpack: OnceLock::new() }
+    }
+
+    /// A `reset` notice: the subscription continues from `position`; events before it that
+    /// were not delivered cannot be (`recovered: false`).
+    pub fn reset(topic: Arc<str>, position: Position) -> Self {
+        let member = Member { user: "".into(), session: "".into(), info: None };
+        Self { kind: "reset", topic, member, reset: Some(position), json: OnceLock::new(), msgpack: OnceLock::new() }
+    }
+
+    /// Whether this is a `reset` (which is never dropped: a full queue closes the connection).
+    pub fn is_reset(&self) -> bool {
+        self.reset.is_some()
     }
 
     /// The frame for `format`, encoded on first use.
@@ -374,8 +452,15 @@ impl Notice {
             Format::Json => &self.json,
             Format::Msgpack => &self.msgpack,
         };
-        cell.get_or_init(|| {
-            format.encode_shared(&NoticeWire { r#type: self.kind, topic: &self.topic, member: &self.member })
+        cell.get_or_init(|| match &self.reset {
+            Some(p) => format.encode_shared(&ResetWire {
+                r#type: self.kind,
+                topic: &self.topic,
+                offset: p.offset,
+                epoch: &p.epoch,
+                recovered: false,
+            }),
+            None => format.encode_shared(&NoticeWire { r#type: self.kind, topic: &self.topic, member: &self.member }),
         })
     }
 }

@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Broker, BrokerError, BrokerFuture, Start, SubscribeOutcome, Subscriber};
+use super::{Broker, BrokerError, BrokerFuture, Patterns, Start, SubscribeOutcome, Subscriber};
 use crate::history::{History, Resume};
 use crate::metrics::Metrics;
 use crate::outbox::SlowConsumerPolicy;
@@ -80,8 +80,7 @@ struct Shard {
 /// topics rarely contends; pattern subscriptions in one table read by every publish.
 pub struct MemoryBroker {
     shards: Box<[Mutex<Shard>]>,
-    patterns: RwLock<HashMap<Pattern, HashMap<u64, Arc<Subscriber>>>>,
-    pattern_subs: AtomicUsize,
+    patterns: Patterns,
     topics: AtomicUsize,
     history_bytes: AtomicUsize,
     sweeping: AtomicBool,
@@ -104,8 +103,7 @@ impl MemoryBroker {
     pub fn new(settings: TopicSettings, metrics: Arc<Metrics>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            patterns: RwLock::new(HashMap::new()),
-            pattern_subs: AtomicUsize::new(0),
+            patterns: Patterns::default(),
             topics: AtomicUsize::new(0),
             history_bytes: AtomicUsize::new(0),
             sweeping: AtomicBool::new(false),
@@ -208,24 +206,7 @@ impl MemoryBroker {
             for s in t.subs.values() {
                 s.handle.outbox.push_event(&ev, t.policy);
             }
-            if self.pattern_subs.load(Ordering::Relaxed) > 0 {
-                let patterns = self.patterns.read().unwrap_or_else(|e| e.into_inner());
-                let mut seen: Vec<u64> = Vec::new();
-                let mut matched = 0;
-                for (p, subs) in patterns.iter() {
-                    if !p.matches(topic) {
-                        continue;
-                    }
-                    matched += 1;
-                    for (id, s) in subs {
-                        if t.subs.contains_key(id) || (matched > 1 && seen.contains(id)) {
-                            continue;
-                        }
-                        seen.push(*id);
-                        s.outbox.push_event(&ev, t.policy);
-                    }
-                }
-            }
+            self.patterns.deliver(&ev, t.policy, |id| t.subs.contains_key(&id));
             let pos = Position { offset: t.offset, epoch: t.epoch.to_string() };
             self.forget_if_unused(&mut shard, topic);
             pos
@@ -295,9 +276,7 @@ impl MemoryBroker {
         presence: bool,
     ) -> Result<SubscribeOutcome, BrokerError> {
         if target.is_wildcard() {
-            let mut patterns = self.patterns.write().unwrap_or_else(|e| e.into_inner());
-            if patterns.entry(target.clone()).or_default().insert(sub.id, Arc::clone(sub)).is_none() {
-                self.pattern_subs.fetch_add(1, Ordering::Relaxed);
+            if self.patterns.add(target, sub) {
                 self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
             return Ok(SubscribeOutcome { position: None, replayed: None });
@@ -345,14 +324,8 @@ impl MemoryBroker {
 
     fn unsubscribe_now(&self, sub: &Arc<Subscriber>, target: &Pattern) -> bool {
         if target.is_wildcard() {
-            let mut patterns = self.patterns.write().unwrap_or_else(|e| e.into_inner());
-            let Some(map) = patterns.get_mut(target) else { return false };
-            let removed = map.remove(&sub.id).is_some();
-            if map.is_empty() {
-                patterns.remove(target);
-            }
+            let (removed, _) = self.patterns.remove(target, sub);
             if removed {
-                self.pattern_subs.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
             }
             return removed;
@@ -414,7 +387,14 @@ impl Broker for MemoryBroker {
         self.topics.load(Ordering::Relaxed)
     }
 
-    fn maintain(&self, now: Instant) {
+    fn maintain(&self, now: Instant) -> BrokerFuture<'_, ()> {
+        self.maintain_now(now);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl MemoryBroker {
+    fn maintain_now(&self, now: Instant) {
         let ttl = self.settings.history_ttl;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,11 +1,11 @@
 //! The broker: where topics live. It assigns offsets, keeps history and presence, and fans
 //! events out to subscribers.
 //!
-//! [`MemoryBroker`] is the single-node default. The trait is shaped for a Redis broker
-//! (cluster mode): `publish` may cross the network before it knows the position, so methods
-//! return futures; delivery to this node's connections always goes through their
-//! [`Outbox`](crate::outbox) queues, so a cluster broker keeps a local subscription table
-//! (the memory broker's) and feeds it from Redis pub/sub.
+//! [`MemoryBroker`] is the single-node default; [`RedisBroker`] is cluster mode (see
+//! `docs/CLUSTER.md`). `publish` may cross the network before it knows the position, so
+//! methods return futures. Delivery to this node's connections always goes through the
+//! [`Subscriber`] handles ([`Subscriber::deliver`], [`Subscriber::notify`]), which queue into
+//! each connection's bounded outbox: a broker outside this crate can implement the trait.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,13 +14,17 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, SlowConsumerPolicy};
 use crate::topic::Pattern;
-use crate::wire::{ErrorBody, ErrorCode, Member, Position};
+use crate::wire::{ErrorBody, ErrorCode, Event, Member, Notice, Position};
 
 mod memory;
+mod patterns;
+mod redis;
 
 pub use memory::{MemoryBroker, TopicSettings};
+pub(crate) use patterns::Patterns;
+pub use redis::{RedisBroker, RedisSettings, default_node_name};
 
 /// A boxed future returned by [`Broker`] methods.
 pub type BrokerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send + 'a>>;
@@ -39,6 +43,11 @@ impl BrokerError {
     /// The broker failed (error 5000).
     pub fn failed(message: impl Into<String>) -> Self {
         Self { code: ErrorCode::Internal, message: message.into() }
+    }
+
+    /// The broker cannot be reached (error 5003, HTTP 503): retry later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { code: ErrorCode::Unavailable, message: message.into() }
     }
 
     /// The server holds `max` topics already (error 4008).
@@ -60,7 +69,8 @@ impl std::fmt::Display for BrokerError {
 
 impl std::error::Error for BrokerError {}
 
-/// One connection as the broker sees it.
+/// One connection as the broker sees it: its identity and the handle that queues events to
+/// it (never waits; the connection's bounded queue and slow-consumer policy apply).
 #[derive(Debug)]
 pub struct Subscriber {
     pub(crate) id: u64,
@@ -69,10 +79,53 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// A number unique to this connection within the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The session id.
     pub fn session(&self) -> &str {
         &self.member.session
     }
+
+    /// The presence member this connection appears as.
+    pub fn member(&self) -> &Member {
+        &self.member
+    }
+
+    /// Queue an event to this connection. When its queue is full, `policy` decides.
+    pub fn deliver(&self, ev: &Arc<Event>, policy: SlowConsumerPolicy) {
+        self.outbox.push_event(ev, policy);
+    }
+
+    /// Queue a join/leave notice (dropped and counted when the queue is full).
+    pub fn notify(&self, notice: &Arc<Notice>) {
+        self.outbox.push_notice(notice);
+    }
+}
+
+/// Whether the broker can serve requests now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerHealth {
+    /// Serving.
+    Ok,
+    /// Not serving publishes or subscribes, for this reason; connected clients keep what they
+    /// have.
+    Degraded(String),
+}
+
+/// What a cluster broker reports in `/api/stats`, `/metrics` and `/healthz`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterInfo {
+    /// `redis` (or `nats`).
+    pub broker: &'static str,
+    /// This node's name.
+    pub node: String,
+    /// `ok`, or why it is degraded.
+    pub state: String,
+    /// Nodes seen alive in the last heartbeat round (this one included).
+    pub nodes: usize,
 }
 
 /// Where a subscription to an exact topic starts.
@@ -129,6 +182,16 @@ pub trait Broker: Send + Sync + 'static {
     /// Number of topics with state.
     fn topic_count(&self) -> usize;
 
-    /// Periodic upkeep: trim history by age, forget topics nobody uses.
-    fn maintain(&self, now: Instant);
+    /// Periodic upkeep (every few seconds): trim history by age, forget topics nobody uses.
+    fn maintain(&self, now: Instant) -> BrokerFuture<'_, ()>;
+
+    /// Whether the broker can serve requests now (`/healthz`).
+    fn health(&self) -> BrokerHealth {
+        BrokerHealth::Ok
+    }
+
+    /// Cluster state, for a broker that joins nodes (`None` for a single node).
+    fn cluster(&self) -> Option<ClusterInfo> {
+        None
+    }
 }

@@ -115,6 +115,20 @@ pub(crate) struct ServeArgs {
     /// Seconds shutdown waits for connections to drain [default: 5].
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE")]
     shutdown_grace: Option<f64>,
+    /// Cluster broker: redis://[user:password@]host:port[/db] joins every node using that
+    /// Redis (docs/CLUSTER.md); unset (or "memory"): the in-memory broker, one node.
+    #[arg(long, env = "WEFT_BROKER", hide_env_values = true)]
+    broker: Option<String>,
+    /// This node's name in the cluster [default: host name and process id].
+    #[arg(long, env = "WEFT_NODE_NAME")]
+    node_name: Option<String>,
+    /// Seconds after which a silent node counts as dead and its presence members are removed
+    /// [default: 30].
+    #[arg(long, env = "WEFT_NODE_TTL")]
+    node_ttl: Option<f64>,
+    /// Prefix of the broker's Redis keys and channels [default: weft].
+    #[arg(long, env = "WEFT_BROKER_PREFIX")]
+    broker_prefix: Option<String>,
     /// Negotiate permessage-deflate with clients that offer it: true or false [default: true].
     #[arg(long, env = "WEFT_DEFLATE", value_name = "BOOL")]
     deflate: Option<bool>,
@@ -203,6 +217,10 @@ struct FileConfig {
     http_body_timeout: Option<f64>,
     max_token_size: Option<usize>,
     deflate: Option<bool>,
+    broker: Option<String>,
+    node_name: Option<String>,
+    node_ttl: Option<f64>,
+    broker_prefix: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
 }
@@ -339,6 +357,12 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     }
     c.max_token_size = pick!(max_token_size).unwrap_or(d.max_token_size);
     c.deflate = pick!(deflate).unwrap_or(d.deflate);
+    c.broker = pick!(broker).filter(|b| !b.is_empty());
+    c.node_name = pick!(node_name);
+    if let Some(v) = pick!(node_ttl) {
+        c.node_ttl = secs(v, "node_ttl")?;
+    }
+    c.broker_prefix = pick!(broker_prefix).unwrap_or(d.broker_prefix.clone());
     let tls = TlsArgs::load(
         args.tls.tls_cert.clone().or(file.tls_cert.clone()),
         args.tls.tls_key.clone().or(file.tls_key.clone()),
@@ -384,7 +408,10 @@ async fn serve(
     crate::procfs::raise_nofile_limit();
     let anonymous = config.anonymous();
     let open_api = config.api_key.is_none();
-    let engine = Engine::new(config).map_err(anyhow::Error::msg)?;
+    let engine = Engine::connect(config).await.map_err(anyhow::Error::msg)?;
+    if let Some(c) = engine.stats().cluster {
+        tracing::info!(node = %c.node, nodes = c.nodes, "joined the cluster over {}", c.broker);
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     let addr = listener.local_addr()?;
     if anonymous {

@@ -198,7 +198,11 @@ struct Seq {
 impl Seq {
     fn start(r: &Value) -> Seq {
         let res = &r["results"][0];
-        Seq { epoch: res["epoch"].as_str().unwrap().to_owned(), last: res["offset"].as_u64().unwrap(), ..Seq::default() }
+        Seq {
+            epoch: res["epoch"].as_str().unwrap().to_owned(),
+            last: res["offset"].as_u64().unwrap(),
+            ..Seq::default()
+        }
     }
 
     fn see(&mut self, m: &Value) {

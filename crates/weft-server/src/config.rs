@@ -158,7 +158,9 @@ impl EngineConfig {
                 ));
             }
         }
-        if self.broker_prefix.is_empty() || !self.broker_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+        if self.broker_prefix.is_empty()
+            || !self.broker_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
             return Err("broker_prefix must be letters, digits, '_', '-' or '.'".into());
         }
         if self.node_ttl < Duration::from_secs(1) {

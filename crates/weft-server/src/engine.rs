@@ -157,7 +157,8 @@ impl Engine {
                 settings.topic_policies = config.topic_policies.clone();
                 settings.max_topics = config.max_topics;
                 settings.node_ttl = config.node_ttl;
-                settings.check_interval = (config.node_ttl / 6).clamp(Duration::from_millis(500), Duration::from_secs(5));
+                settings.check_interval =
+                    (config.node_ttl / 6).clamp(Duration::from_millis(500), Duration::from_secs(5));
                 let broker = crate::broker::RedisBroker::connect(settings, Arc::clone(&metrics)).await?;
                 Self::with_broker(config, Arc::new(broker), metrics)
             }
@@ -196,8 +197,11 @@ impl Engine {
 
     /// What `/api/stats` shows.
     pub fn stats(&self) -> Stats {
-        let mut s =
-            self.shared.metrics.stats(self.shared.broker.topic_count(), self.shared.started, self.shared.config.anonymous());
+        let mut s = self.shared.metrics.stats(
+            self.shared.broker.topic_count(),
+            self.shared.started,
+            self.shared.config.anonymous(),
+        );
         s.cluster = self.shared.broker.cluster();
         s
     }

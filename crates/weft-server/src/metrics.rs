@@ -220,9 +220,24 @@ impl Metrics {
             "Publishes refused because the cluster broker was unavailable or failed.",
             Self::get(&self.publishes_refused),
         );
-        put("weft_cluster_reconnects_total", "counter", "Reconnections to the cluster broker.", Self::get(&self.cluster_reconnects));
-        put("weft_cluster_gaps_total", "counter", "Gaps in topic offsets detected by this node.", Self::get(&self.cluster_gaps));
-        put("weft_cluster_refilled_total", "counter", "Gaps refilled from the topic streams.", Self::get(&self.cluster_refilled));
+        put(
+            "weft_cluster_reconnects_total",
+            "counter",
+            "Reconnections to the cluster broker.",
+            Self::get(&self.cluster_reconnects),
+        );
+        put(
+            "weft_cluster_gaps_total",
+            "counter",
+            "Gaps in topic offsets detected by this node.",
+            Self::get(&self.cluster_gaps),
+        );
+        put(
+            "weft_cluster_refilled_total",
+            "counter",
+            "Gaps refilled from the topic streams.",
+            Self::get(&self.cluster_refilled),
+        );
         put(
             "weft_cluster_unrecovered_total",
             "counter",

@@ -19,11 +19,7 @@ fn broker(cfg: EngineConfig) -> EngineConfig {
     match std::env::var("WEFT_TEST_REDIS") {
         Ok(url) if !url.is_empty() => {
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            EngineConfig {
-                broker: Some(url),
-                broker_prefix: format!("t{}-{n}", std::process::id()),
-                ..cfg
-            }
+            EngineConfig { broker: Some(url), broker_prefix: format!("t{}-{n}", std::process::id()), ..cfg }
         }
         _ => cfg,
     }

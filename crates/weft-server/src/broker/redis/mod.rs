@@ -11,8 +11,8 @@
 
 mod scripts;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
@@ -205,6 +205,9 @@ struct Link {
     pubsub: Option<MultiplexedConnection>,
 }
 
+/// Topics with subscribers on this node, by name.
+type Shard = HashMap<Arc<str>, Local>;
+
 struct Inner {
     settings: RedisSettings,
     metrics: Arc<Metrics>,
@@ -213,7 +216,7 @@ struct Inner {
     up: AtomicBool,
     reason: Mutex<String>,
     kick: Notify,
-    shards: Box<[Mutex<HashMap<Arc<str>, Local>>]>,
+    shards: Box<[Mutex<Shard>]>,
     topics: AtomicUsize,
     patterns: Patterns,
     /// Redis glob → how many of this node's patterns map to it.
@@ -353,7 +356,7 @@ fn redact(url: &str) -> String {
 }
 
 impl Inner {
-    fn shard(&self, topic: &str) -> MutexGuard<'_, HashMap<Arc<str>, Local>> {
+    fn shard(&self, topic: &str) -> MutexGuard<'_, Shard> {
         let mut h = DefaultHasher::new();
         topic.hash(&mut h);
         self.shards[(h.finish() as usize) % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
@@ -946,13 +949,15 @@ impl Inner {
         let Some((offset, rest)) = rest.split_once('\n') else { return };
         let Ok(offset) = offset.parse::<u64>() else { return };
         let Some(ev) = parse_event(&topic, offset, rest) else { return };
-        let exact: Vec<u64> = self.shard(&topic).get(&*topic).map(|l| l.subs.keys().copied().collect()).unwrap_or_default();
+        let exact: Vec<u64> =
+            self.shard(&topic).get(&*topic).map(|l| l.subs.keys().copied().collect()).unwrap_or_default();
         self.patterns.deliver(&ev, self.policy_for(&topic), |id| exact.contains(&id));
     }
 
     /// Heartbeat, and sweep the presence of nodes whose heartbeat stopped.
     async fn heartbeat(&self) -> Result<(), BrokerError> {
-        let mut conn = self.link.read().unwrap_or_else(|e| e.into_inner()).cmd.clone().ok_or_else(|| self.unavailable())?;
+        let mut conn =
+            self.link.read().unwrap_or_else(|e| e.into_inner()).cmd.clone().ok_or_else(|| self.unavailable())?;
         let nodes = format!("{}:nodes", self.settings.prefix);
         let out: Vec<Value2> = scripts::HEARTBEAT
             .key(&nodes)
@@ -1033,8 +1038,11 @@ impl Inner {
     /// published meanwhile, or resetting subscribers when Redis lost the topic), and make
     /// Redis's presence match this node's connections again.
     async fn resync(self: &Arc<Self>) -> Result<(), BrokerError> {
-        let topics: Vec<Arc<str>> =
-            self.shards.iter().flat_map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect::<Vec<_>>()).collect();
+        let topics: Vec<Arc<str>> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect::<Vec<_>>())
+            .collect();
         let globs: Vec<String> = self.globs.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
         for g in globs {
             self.listen(g, true).await?;

@@ -119,6 +119,10 @@ pub(crate) struct ServeArgs {
     /// Redis (docs/CLUSTER.md); unset (or "memory"): the in-memory broker, one node.
     #[arg(long, env = "WEFT_BROKER", hide_env_values = true)]
     broker: Option<String>,
+    /// For a rediss:// broker: PEM file with the CA certificate(s) to trust [default: the
+    /// system's trust store].
+    #[arg(long, env = "WEFT_BROKER_CA_FILE")]
+    broker_ca_file: Option<PathBuf>,
     /// This node's name in the cluster [default: host name and process id].
     #[arg(long, env = "WEFT_NODE_NAME")]
     node_name: Option<String>,
@@ -218,6 +222,7 @@ struct FileConfig {
     max_token_size: Option<usize>,
     deflate: Option<bool>,
     broker: Option<String>,
+    broker_ca_file: Option<PathBuf>,
     node_name: Option<String>,
     node_ttl: Option<f64>,
     broker_prefix: Option<String>,
@@ -358,6 +363,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     c.max_token_size = pick!(max_token_size).unwrap_or(d.max_token_size);
     c.deflate = pick!(deflate).unwrap_or(d.deflate);
     c.broker = pick!(broker).filter(|b| !b.is_empty());
+    c.broker_ca_file = pick!(broker_ca_file);
     c.node_name = pick!(node_name);
     if let Some(v) = pick!(node_ttl) {
         c.node_ttl = secs(v, "node_ttl")?;

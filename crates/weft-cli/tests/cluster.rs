@@ -501,6 +501,87 @@ async fn a_broker_outage_fails_publishes_fast_and_loses_nothing_silently() {
     assert!(seq.resets >= 1, "no reset after the history was lost");
 }
 
+/// `rediss://`: nodes reach a TLS-only Redis, trusting a private CA; a node that does not
+/// trust it does not start, and says why (without the password).
+#[tokio::test]
+async fn nodes_join_over_tls_to_redis() {
+    if std::env::var("WEFT_SKIP_REDIS").is_ok_and(|v| v == "1") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("weft-rediss-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let mut redis = Redis { child: None, port };
+    redis.child = Some(
+        Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--tls-cert-file", cert.to_str().unwrap(), "--tls-key-file", key.to_str().unwrap()])
+            .args(["--tls-ca-cert-file", cert.to_str().unwrap(), "--tls-auth-clients", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port, "redis-server (TLS)");
+    let url = format!("rediss://localhost:{port}");
+    let ca = cert.to_str().unwrap();
+    let start = |name: &str| {
+        let p = free_port();
+        let child = Command::new(WEFT)
+            .args(["serve", "--addr", &format!("127.0.0.1:{p}"), "--threads", "1", "--broker", &url])
+            .args(["--broker-ca-file", ca, "--node-name", name])
+            .env_remove("WEFT_JWT_SECRET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(p, "weft serve");
+        Node { child, port: p }
+    };
+    let (a, b) = (start("a"), start("b"));
+    let mut sub = Client::connect(b.port, "s").await;
+    sub.subscribe(json!({"type": "subscribe", "topics": ["secure"]})).await;
+    let (status, body) = http(a.port, "POST", "/api/publish", r#"{"topic":"secure","payload":"over tls"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sub.next("event").await["payload"], "over tls");
+    // Without the CA (system roots only): refused at start with the reason, no password shown.
+    let out = Command::new(WEFT)
+        .args(["serve", "--addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--broker", &format!("rediss://u:hunter2@localhost:{port}")])
+        .env_remove("WEFT_JWT_SECRET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach Redis at rediss://u:***@localhost"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A broker that cannot be reached, or is not supported, stops the start with the reason.
+#[test]
+fn unreachable_or_unsupported_brokers_are_refused_at_start() {
+    let run = |broker: &str| {
+        let out = Command::new(WEFT)
+            .args(["serve", "--addr", &format!("127.0.0.1:{}", free_port()), "--broker", broker])
+            .env_remove("WEFT_JWT_SECRET")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&format!("redis://:s3cret@127.0.0.1:{}", free_port()));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach Redis at redis://:***@127.0.0.1"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    let (code, err) = run("nats://127.0.0.1:4222");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("NATS is not supported yet"), "{err}");
+}
+
 /// Random publishes on random nodes while clients reconnect to random nodes with their last
 /// position: at the end, every client has seen every event of its topic exactly once, in order.
 #[tokio::test]

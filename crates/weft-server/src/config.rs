@@ -77,6 +77,9 @@ pub struct EngineConfig {
     /// `redis://[user:password@]host:port[/db]` to join every node using the same Redis
     /// (see `docs/CLUSTER.md`). Needs [`Engine::connect`](crate::Engine::connect).
     pub broker: Option<String>,
+    /// For a `rediss://` broker: PEM file with the CA certificate(s) to trust (default: the
+    /// system's trust store).
+    pub broker_ca_file: Option<std::path::PathBuf>,
     /// This node's name in the cluster (default: host name and process id).
     pub node_name: Option<String>,
     /// Prefix of the cluster broker's keys and channels (several clusters may share one Redis
@@ -116,6 +119,7 @@ impl Default for EngineConfig {
             max_token_size: 4096,
             deflate: true,
             broker: None,
+            broker_ca_file: None,
             node_name: None,
             broker_prefix: "weft".into(),
             node_ttl: Duration::from_secs(30),

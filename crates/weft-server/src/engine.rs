@@ -151,6 +151,7 @@ impl Engine {
                     settings.node = n.clone();
                 }
                 settings.prefix = config.broker_prefix.clone();
+                settings.ca_file = config.broker_ca_file.clone();
                 settings.history_size = config.history_size;
                 settings.history_ttl = config.history_ttl;
                 settings.policy = config.slow_consumer;

@@ -40,8 +40,11 @@ const PENDING_LIMIT: usize = 10_000;
 /// Settings of a [`RedisBroker`].
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
     pub url: String,
+    /// PEM file with the certificate(s) that sign the Redis server's (`rediss://`); without
+    /// it, the system's trust store.
+    pub ca_file: Option<std::path::PathBuf>,
     /// This node's name (unique in the cluster; the default is host and pid).
     pub node: String,
     /// Prefix of every key and channel.
@@ -75,6 +78,7 @@ impl RedisSettings {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            ca_file: None,
             node: default_node_name(),
             prefix: "weft".into(),
             history_size: 100,
@@ -311,8 +315,18 @@ impl RedisBroker {
         if settings.node.is_empty() || settings.node.contains('\n') {
             return Err("node name must be non-empty and on one line".into());
         }
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| format!("bad Redis URL {}: {e}", redact(&settings.url)))?;
+        let client = match &settings.ca_file {
+            None => redis::Client::open(settings.url.as_str()),
+            Some(_) if !settings.url.starts_with("rediss://") => {
+                return Err("a broker CA file is for rediss:// (TLS) URLs".into());
+            }
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| format!("reading broker CA file {}: {e}", path.display()))?;
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(settings.url.as_str(), certs)
+            }
+        }
+        .map_err(|e| format!("bad Redis URL {}: {e}", redact(&settings.url)))?;
         let inner = Arc::new(Inner {
             client,
             link: RwLock::new(Link::default()),

@@ -26,6 +26,10 @@ pub(crate) struct FanoutArgs {
     /// Engine URL.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
+    /// Engine URLs for the subscribers, spread over them in turn (repeatable): with a cluster,
+    /// publish on one node (`--url`) and subscribe on others. Default: `--url`.
+    #[arg(long = "subscriber-url", value_name = "URL")]
+    pub(crate) subscriber_urls: Vec<String>,
     /// Subscribers on the topic.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
@@ -263,11 +267,21 @@ async fn connect_attempt(
     }
 }
 
-async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
-    let uri: weft::http::Uri = args.url.parse()?;
+/// The loopback socket address of a `ws://` URL.
+fn loopback_target(url: &str) -> anyhow::Result<SocketAddr> {
+    let uri: weft::http::Uri = url.parse()?;
     let host: Ipv4Addr = uri.host().unwrap_or("127.0.0.1").parse()?;
     anyhow::ensure!(host.is_loopback(), "only loopback targets");
-    let target = SocketAddr::V4(SocketAddrV4::new(host, uri.port_u16().unwrap_or(80)));
+    Ok(SocketAddr::V4(SocketAddrV4::new(host, uri.port_u16().unwrap_or(80))))
+}
+
+async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
+    let target = loopback_target(&args.url)?;
+    let sub_urls: Vec<(String, SocketAddr)> = if args.subscriber_urls.is_empty() {
+        vec![(args.url.clone(), target)]
+    } else {
+        args.subscriber_urls.iter().map(|u| Ok((u.clone(), loopback_target(u)?))).collect::<anyhow::Result<_>>()?
+    };
     let n = args.subscribers;
     let sh = Arc::new(Shared {
         delivered: AtomicU64::new(0),
@@ -298,8 +312,8 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     for i in 0..n {
         let ip = Ipv4Addr::new(127, 0, 0, 1 + (i % args.source_ips.max(1) as usize) as u8);
-        let (gate, sh, url, sub, ready) =
-            (gate.clone(), sh.clone(), args.url.clone(), subscribe.clone(), ready_tx.clone());
+        let (url, target) = sub_urls[i % sub_urls.len()].clone();
+        let (gate, sh, sub, ready) = (gate.clone(), sh.clone(), subscribe.clone(), ready_tx.clone());
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("open");

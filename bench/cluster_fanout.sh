@@ -25,10 +25,10 @@ echo "|---|---|---|---|---|---|---|---|---|"
 run() { # name nodes(0 = memory broker) subscribers extra-bench-args...
   local name=$1 n=$2 subs=$3; shift 3
   local nodes=() ports=() k
-  local count=$(( n == 0 ? 1 : n ))
+  local count=$(( n == 0 ? 1 : n )) prefix="b$RANDOM"
   for k in $(seq "$count"); do
     local port=$(( BASE + 10 + k ))
-    local broker=(); (( n > 0 )) && broker=(--broker "redis://127.0.0.1:$RPORT" --broker-prefix "b$RANDOM" --node-name "n$k")
+    local broker=(); (( n > 0 )) && broker=(--broker "redis://127.0.0.1:$RPORT" --broker-prefix "$prefix" --node-name "n$k")
     "$WEFT" serve --addr "127.0.0.1:$port" --threads 1 --rate-limit 1000000 --rate-burst 1000000 \
       --max-connections 100000 "${broker[@]}" >/dev/null 2>&1 &
     nodes+=($!); pids+=($!); ports+=("$port"); wait_port "$port"

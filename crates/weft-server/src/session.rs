@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncRead, AsyncWrite};
 use weft::{CloseCode, CloseFrame, Message, WebSocket};
 
@@ -27,6 +29,13 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4401;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// The same for a slow consumer, which first has to read what is already on its way.
 const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Publishes of one connection in flight at once to a broker that crosses the network (their
+/// replies keep request order; past this the connection stops reading).
+const PUBLISH_PIPELINE: usize = 64;
+
+/// A publish sent to the broker: its reply slot, request id and topic, and the outcome.
+type PublishDone = (u64, Option<serde_json::Value>, String, Result<crate::wire::Position, crate::broker::BrokerError>);
+type PendingPublish = std::pin::Pin<Box<dyn std::future::Future<Output = PublishDone> + Send>>;
 
 struct Session {
     shared: Arc<Shared>,
@@ -44,6 +53,9 @@ struct Session {
     window_start: Instant,
     /// When the token's authority ends (exp + leeway); `None` without JWT.
     expires_at: Option<tokio::time::Instant>,
+    /// Consecutive publishes in flight to a networked broker, in request order (in a mutex only
+    /// to make the session `Sync`; reached through `get_mut`, never locked).
+    publishes: std::sync::Mutex<FuturesOrdered<PendingPublish>>,
 }
 
 enum Flow {
@@ -97,6 +109,7 @@ where
         deflate,
         subscriptions: HashMap::new(),
         rejected_in_a_row: 0,
+        publishes: std::sync::Mutex::new(FuturesOrdered::new()),
     };
     s.reply(&Reply::Welcome {
         version: PROTOCOL_VERSION,
@@ -141,7 +154,8 @@ where
                     Err(end) => break end,
                 }
             }
-            msg = ws.recv() => match msg {
+            Some(done) = s.pending().next(), if !s.pending().is_empty() => s.published(done),
+            msg = ws.recv(), if s.pending().len() < PUBLISH_PIPELINE => match msg {
                 Some(Ok(msg)) if msg.is_data() => {
                     if let Flow::Close(f) = s.handle(msg).await {
                         break End::Close(f);
@@ -161,6 +175,8 @@ where
             },
         }
     };
+    // Publishes already sent get their outcome (and their replies) before the close.
+    let _ = tokio::time::timeout(CLOSE_WAIT, s.finish_publishes()).await;
     let targets: Vec<Pattern> = s.subscriptions.drain().map(|(_, p)| p).collect();
     s.shared.broker.remove_all(&s.sub, &targets);
     if let End::Close(_) = end {
@@ -194,6 +210,36 @@ where
 }
 
 impl Session {
+    /// A pipelined publish finished: fill its reply slot.
+    fn published(&mut self, (slot, id, topic, r): PublishDone) {
+        let m = match r {
+            Ok(pos) => self.format.encode_shared(&Reply::Published {
+                id: id.as_ref(),
+                topic: &topic,
+                offset: pos.offset,
+                epoch: &pos.epoch,
+            }),
+            Err(e) => {
+                self.shared.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                let e = e.body();
+                self.format.encode_shared(&Reply::Error { id: id.as_ref(), code: e.code, message: &e.message })
+            }
+        };
+        self.sub.outbox.fill(slot, m);
+    }
+
+    /// Wait for every publish in flight (requests other than publish keep their order after
+    /// them).
+    async fn finish_publishes(&mut self) {
+        while let Some(done) = self.pending().next().await {
+            self.published(done);
+        }
+    }
+
+    fn pending(&mut self) -> &mut FuturesOrdered<PendingPublish> {
+        self.publishes.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn reply(&self, r: &Reply<'_>) {
         self.sub.outbox.push_reply(self.format.encode_shared(r));
     }
@@ -341,6 +387,9 @@ impl Session {
                 return Flow::Continue;
             }
         };
+        if !matches!(req, Request::Publish { .. }) {
+            self.finish_publishes().await;
+        }
         match req {
             Request::Subscribe { id, topics, resume, presence, history } => {
                 let slot = self.sub.outbox.reserve();
@@ -385,6 +434,13 @@ impl Session {
                 }
                 if let Err(e) = self.touch(&topic) {
                     self.error(id.as_ref(), &e);
+                    return Flow::Continue;
+                }
+                if self.shared.broker.pipelined() {
+                    // Sent now, in order; the reply takes its place in the queue when it comes.
+                    let slot = self.sub.outbox.reserve();
+                    let sent = Arc::clone(&self.shared.broker).publish_owned(topic.clone(), payload, None);
+                    self.pending().push_back(Box::pin(async move { (slot, id, topic, sent.await) }));
                     return Flow::Continue;
                 }
                 match self.shared.broker.publish(&topic, payload, None).await {

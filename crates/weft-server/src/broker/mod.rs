@@ -185,6 +185,26 @@ pub trait Broker: Send + Sync + 'static {
     /// Periodic upkeep (every few seconds): trim history by age, forget topics nobody uses.
     fn maintain(&self, now: Instant) -> BrokerFuture<'_, ()>;
 
+    /// [`publish`](Self::publish) without borrows, so one connection can have several
+    /// publishes in flight; they must take effect in call order. The default waits for nothing
+    /// until polled, which suits a broker whose publish completes at once; a broker that
+    /// crosses the network queues the publish when this is called.
+    fn publish_owned(
+        self: Arc<Self>,
+        topic: String,
+        payload: Value,
+        id: Option<String>,
+    ) -> BrokerFuture<'static, Position> {
+        Box::pin(async move { self.publish(&topic, payload, id).await })
+    }
+
+    /// Whether one connection's consecutive publishes should use
+    /// [`publish_owned`](Self::publish_owned) without waiting for each other (a broker that
+    /// crosses the network). Their replies keep request order either way.
+    fn pipelined(&self) -> bool {
+        false
+    }
+
     /// Whether the broker can serve requests now (`/healthz`).
     fn health(&self) -> BrokerHealth {
         BrokerHealth::Ok

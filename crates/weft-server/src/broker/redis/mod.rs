@@ -212,6 +212,21 @@ struct Link {
 /// Topics with subscribers on this node, by name.
 type Shard = HashMap<Arc<str>, Local>;
 
+/// Most publishes queued for Redis on one node; past it a publish fails with 5003 (each
+/// connection has at most 64 in flight, so this is reached only under a flood of connections).
+const PUBLISH_QUEUE: usize = 100_000;
+/// Most publishes sent in one pipeline.
+const PUBLISH_BATCH: usize = 256;
+
+type PublishReply = tokio::sync::oneshot::Sender<Result<Position, BrokerError>>;
+
+/// Publishes waiting for the node's publisher task, in call order.
+#[derive(Default)]
+struct PublishQueue {
+    queue: Mutex<VecDeque<(String, String, PublishReply)>>,
+    ready: Notify,
+}
+
 struct Inner {
     settings: RedisSettings,
     metrics: Arc<Metrics>,
@@ -229,6 +244,7 @@ struct Inner {
     sub_lock: tokio::sync::Mutex<()>,
     nodes_alive: AtomicUsize,
     generation: AtomicU64,
+    publishes: PublishQueue,
 }
 
 /// The cluster broker over Redis (see the module documentation and `docs/CLUSTER.md`).
@@ -315,15 +331,19 @@ impl RedisBroker {
         if settings.node.is_empty() || settings.node.contains('\n') {
             return Err("node name must be non-empty and on one line".into());
         }
+        let info = redis::IntoConnectionInfo::into_connection_info(settings.url.as_str())
+            .map_err(|e| format!("bad Redis URL {}: {e}", redact(&settings.url)))?
+            // Requests are small and latency-bound: no Nagle delay.
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client = match &settings.ca_file {
-            None => redis::Client::open(settings.url.as_str()),
+            None => redis::Client::open(info),
             Some(_) if !settings.url.starts_with("rediss://") => {
                 return Err("a broker CA file is for rediss:// (TLS) URLs".into());
             }
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|e| format!("reading broker CA file {}: {e}", path.display()))?;
                 let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
-                redis::Client::build_with_tls(settings.url.as_str(), certs)
+                redis::Client::build_with_tls(info, certs)
             }
         }
         .map_err(|e| format!("bad Redis URL {}: {e}", redact(&settings.url)))?;
@@ -340,6 +360,7 @@ impl RedisBroker {
             sub_lock: tokio::sync::Mutex::new(()),
             nodes_alive: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
+            publishes: PublishQueue::default(),
             metrics,
             settings,
         });
@@ -348,6 +369,7 @@ impl RedisBroker {
         inner.reason.lock().unwrap_or_else(|e| e.into_inner()).clear();
         inner.heartbeat().await.map_err(|e| format!("Redis refused the heartbeat: {e}"))?;
         tokio::spawn(supervise(Arc::downgrade(&inner)));
+        tokio::spawn(send_publishes(Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
@@ -398,7 +420,18 @@ impl Inner {
     async fn open(this: &Arc<Self>) -> Result<(), RedisError> {
         let timeout = Some(this.settings.command_timeout);
         let cfg = AsyncConnectionConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
-        let cmd = this.client.get_multiplexed_async_connection_with_config(&cfg).await?;
+        let mut cmd = this.client.get_multiplexed_async_connection_with_config(&cfg).await?;
+        // Loaded up front: publishes are sent as EVALSHA in pipelines.
+        for s in [
+            &*scripts::PUBLISH,
+            &*scripts::POSITION,
+            &*scripts::JOIN,
+            &*scripts::LEAVE,
+            &*scripts::HEARTBEAT,
+            &*scripts::SWEEP,
+        ] {
+            s.load_async(&mut cmd).await?;
+        }
         let (tx, rx) = mpsc::channel::<PushInfo>(this.settings.pubsub_buffer.max(16));
         let generation = this.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let weak = Arc::downgrade(this);
@@ -467,41 +500,98 @@ impl Inner {
         }
     }
 
-    async fn publish(&self, topic: &str, payload: Value, id: Option<String>) -> Result<Position, BrokerError> {
+    /// Queue a publish for the node's publisher task (which sends queued publishes to Redis in
+    /// pipelines, in call order) and return the wait for its position. The queueing happens
+    /// now, not when the future is first polled: one connection's publishes reach Redis in
+    /// the order it made them.
+    fn submit(&self, topic: &str, payload: &Value, id: Option<&str>) -> BrokerFuture<'static, Position> {
+        let refused = |e: BrokerError| -> BrokerFuture<'static, Position> {
+            self.metrics.publishes_refused.fetch_add(1, Ordering::Relaxed);
+            Box::pin(std::future::ready(Err(e)))
+        };
+        if !self.up.load(Ordering::Acquire) {
+            return refused(self.unavailable());
+        }
+        if id.is_some_and(|i| i.contains('\n')) {
+            return Box::pin(std::future::ready(Err(BrokerError {
+                code: crate::wire::ErrorCode::BadRequest,
+                message: "an event id may not contain a line break".into(),
+            })));
+        }
+        let payload = match serde_json::to_string(payload) {
+            Ok(p) => p,
+            Err(e) => return Box::pin(std::future::ready(Err(BrokerError::failed(e.to_string())))),
+        };
+        let body = format!("{}\n{}\n{}", now_ms(), id.unwrap_or(""), payload);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut q = self.publishes.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= PUBLISH_QUEUE {
+                drop(q);
+                return refused(BrokerError::unavailable("too many publishes waiting for Redis; retry later"));
+            }
+            q.push_back((topic.to_owned(), body, tx));
+        }
+        self.publishes.ready.notify_one();
+        Box::pin(async move {
+            match rx.await {
+                Ok(r) => r,
+                Err(_) => Err(BrokerError::unavailable("the broker stopped")),
+            }
+        })
+    }
+
+    /// Send one batch of queued publishes as one pipeline and answer each.
+    async fn send_batch(&self, batch: Vec<(String, String, PublishReply)>) {
         let mut conn = match self.cmd() {
             Ok(c) => c,
             Err(e) => {
-                self.metrics.publishes_refused.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
+                self.metrics.publishes_refused.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for (_, _, tx) in batch {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                return;
             }
         };
-        if id.as_deref().is_some_and(|i| i.contains('\n')) {
-            return Err(BrokerError {
-                code: crate::wire::ErrorCode::BadRequest,
-                message: "an event id may not contain a line break".into(),
-            });
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let (ttl, meta_ttl) = (self.settings.history_ttl.as_secs().max(1), self.meta_ttl());
+        for (topic, body, _) in &batch {
+            pipe.cmd("EVALSHA")
+                .arg(scripts::PUBLISH.get_hash())
+                .arg(2)
+                .arg(self.key("m", topic))
+                .arg(self.key("s", topic))
+                .arg(self.key("c", topic))
+                .arg(body)
+                .arg(self.settings.history_size)
+                .arg(ttl)
+                .arg(meta_ttl)
+                .arg(new_epoch());
         }
-        let payload = serde_json::to_string(&payload).map_err(|e| BrokerError::failed(e.to_string()))?;
-        let body = format!("{}\n{}\n{}", now_ms(), id.as_deref().unwrap_or(""), payload);
-        let r: Result<(u64, String), RedisError> = scripts::PUBLISH
-            .key(self.key("m", topic))
-            .key(self.key("s", topic))
-            .arg(self.key("c", topic))
-            .arg(body)
-            .arg(self.settings.history_size)
-            .arg(self.settings.history_ttl.as_secs().max(1))
-            .arg(self.meta_ttl())
-            .arg(new_epoch())
-            .invoke_async(&mut conn)
-            .await;
-        match r {
-            Ok((offset, epoch)) => {
-                self.metrics.publishes.fetch_add(1, Ordering::Relaxed);
-                Ok(Position { offset, epoch })
+        let results: Result<Vec<redis::RedisResult<(u64, String)>>, _> = pipe.query_async(&mut conn).await;
+        match results {
+            Ok(results) => {
+                for ((_, _, tx), r) in batch.into_iter().zip(results) {
+                    let r = match r {
+                        Ok((offset, epoch)) => {
+                            self.metrics.publishes.fetch_add(1, Ordering::Relaxed);
+                            Ok(Position { offset, epoch })
+                        }
+                        Err(e) => {
+                            self.metrics.publishes_refused.fetch_add(1, Ordering::Relaxed);
+                            Err(self.failed(e))
+                        }
+                    };
+                    let _ = tx.send(r);
+                }
             }
             Err(e) => {
-                self.metrics.publishes_refused.fetch_add(1, Ordering::Relaxed);
-                Err(self.failed(e))
+                let e = self.failed(e);
+                self.metrics.publishes_refused.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for (_, _, tx) in batch {
+                    let _ = tx.send(Err(e.clone()));
+                }
             }
         }
     }
@@ -1200,6 +1290,25 @@ async fn refill(inner: Arc<Inner>, topic: Arc<str>, top: u64) {
     }
 }
 
+/// The node's publisher: sends what is queued as one pipeline, then the next batch (what
+/// queued meanwhile), so publishes keep their call order and share round trips.
+async fn send_publishes(inner: Weak<Inner>) {
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        let batch: Vec<_> = {
+            let mut q = me.publishes.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let n = q.len().min(PUBLISH_BATCH);
+            q.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            // Wakes for the next publish, or once a second to notice the broker was dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(1), me.publishes.ready.notified()).await;
+            continue;
+        }
+        me.send_batch(batch).await;
+    }
+}
+
 /// The fan-out task: reads pushes from the pub/sub connection (bounded channel).
 async fn read_pushes(inner: Weak<Inner>, mut rx: mpsc::Receiver<PushInfo>) {
     while let Some(info) = rx.recv().await {
@@ -1308,7 +1417,16 @@ async fn ping(me: &Inner, timeout: Duration) -> bool {
 
 impl Broker for RedisBroker {
     fn publish<'a>(&'a self, topic: &'a str, payload: Value, id: Option<String>) -> BrokerFuture<'a, Position> {
-        Box::pin(self.inner.publish(topic, payload, id))
+        self.inner.submit(topic, &payload, id.as_deref())
+    }
+
+    fn publish_owned(
+        self: Arc<Self>,
+        topic: String,
+        payload: Value,
+        id: Option<String>,
+    ) -> BrokerFuture<'static, Position> {
+        self.inner.submit(&topic, &payload, id.as_deref())
     }
 
     fn subscribe<'a>(
@@ -1358,6 +1476,10 @@ impl Broker for RedisBroker {
         // Redis trims history itself (stream caps and TTLs); the node's own upkeep runs in its
         // supervisor task.
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn pipelined(&self) -> bool {
+        true
     }
 
     fn health(&self) -> BrokerHealth {

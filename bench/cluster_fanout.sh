@@ -64,6 +64,14 @@ run "redis, 1 node" 1 "$SUBS"
 run "redis, 2 nodes" 2 "$SUBS"
 run "redis, 3 nodes" 3 "$SUBS"
 echo
+echo "Publish-bound: 10 subscribers, 256 events in flight (publisher on node 1):"
+echo
+echo "| setup | subscribers | deliveries/s | p50 µs | p99 µs | gaps+dups+missing | weft CPU (cores, per node) | Redis CPU | generator CPU |"
+echo "|---|---|---|---|---|---|---|---|---|"
+run "memory, 1 node" 0 10 --window 256
+run "redis, 1 node" 1 10 --window 256
+run "redis, 2 nodes" 2 10 --window 256
+echo
 echo "Publish → delivery latency, 1 subscriber, 500 events/s (publisher on node 1, subscriber on node 2 with Redis):"
 echo
 echo "| setup | subscribers | deliveries/s | p50 µs | p99 µs | gaps+dups+missing | weft CPU (cores, per node) | Redis CPU | generator CPU |"

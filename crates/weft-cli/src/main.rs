@@ -6,6 +6,7 @@ mod client;
 mod echo;
 mod procfs;
 mod serve;
+mod workers;
 
 use std::process::ExitCode;
 

@@ -24,9 +24,16 @@ pub(crate) struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "WEFT_ADDR")]
     addr: Option<SocketAddr>,
-    /// Runtime worker threads [default: one per core].
+    /// Runtime worker threads [default: one per core; 1 in each of `--workers`].
     #[arg(long, env = "WEFT_THREADS")]
     threads: Option<usize>,
+    /// Run N engine processes sharing the port (SO_REUSEPORT), joined through the cluster
+    /// broker (needs --broker): past one process's file-descriptor limit, one runtime per core.
+    #[arg(long, env = "WEFT_WORKERS")]
+    workers: Option<usize>,
+    /// With --workers: pin worker i to CPU i (modulo the CPUs available).
+    #[arg(long, env = "WEFT_PIN")]
+    pin: bool,
     /// HS256 secret for JWTs. Without any JWT key the server runs in anonymous mode.
     #[arg(long, env = "WEFT_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -377,13 +384,45 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     Ok((addr, threads, c, tls))
 }
 
+/// Set in each process `--workers` starts: its index.
+const WORKER_ENV: &str = "WEFT_WORKER_INDEX";
+
 pub(crate) fn run(args: ServeArgs) -> ExitCode {
-    let (addr, threads, config, tls) = match settings(args) {
+    let worker: Option<usize> = std::env::var(WORKER_ENV).ok().and_then(|v| v.parse().ok());
+    let workers = args.workers.unwrap_or(1);
+    let pin = args.pin;
+    let (addr, threads, mut config, tls) = match settings(args) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("weft serve: {e:#}");
             return ExitCode::from(2);
         }
+    };
+    if workers == 0 {
+        eprintln!("weft serve: --workers must be at least 1");
+        return ExitCode::from(2);
+    }
+    if worker.is_none() && workers > 1 {
+        if config.broker.is_none() {
+            eprintln!(
+                "weft serve: --workers {workers} runs {workers} processes that share topics, history and presence \
+                 only through a cluster broker: add --broker redis://HOST:PORT (docs/CLUSTER.md)"
+            );
+            return ExitCode::from(2);
+        }
+        return crate::workers::supervise(workers);
+    }
+    let threads = match worker {
+        Some(i) => {
+            if pin {
+                crate::workers::pin_to_cpu(i);
+            }
+            if let Some(name) = &config.node_name {
+                config.node_name = Some(format!("{name}-w{i}"));
+            }
+            Some(threads.unwrap_or(1))
+        }
+        None => threads,
     };
     let rt = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
@@ -418,7 +457,11 @@ async fn serve(
     if let Some(c) = engine.stats().cluster {
         tracing::info!(node = %c.node, nodes = c.nodes, "joined the cluster over {}", c.broker);
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = if std::env::var_os(WORKER_ENV).is_some() {
+        crate::workers::reuseport_listener(addr).with_context(|| format!("binding {addr} (SO_REUSEPORT)"))?
+    } else {
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?
+    };
     let addr = listener.local_addr()?;
     if anonymous {
         tracing::warn!(

@@ -584,6 +584,65 @@ fn unreachable_or_unsupported_brokers_are_refused_at_start() {
     assert!(err.contains("NATS is not supported yet"), "{err}");
 }
 
+/// `--workers 2`: two processes share the port, each its own node; clients spread over them
+/// still see one engine. SIGTERM to the parent stops both and exits 0. Without a cluster broker
+/// the flag says what it needs.
+#[tokio::test]
+async fn workers_share_the_port_and_the_topics() {
+    let Some(redis) = Redis::start() else { return };
+    let port = free_port();
+    let mut parent = Command::new(WEFT)
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--workers", "2", "--pin"])
+        .args(["--broker", &redis.url(), "--node-name", "box"])
+        .env_remove("WEFT_JWT_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port, "weft serve --workers");
+    // Connections land on both workers (the kernel hashes each connection's addresses).
+    let mut nodes = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes.len() < 2 {
+        let (status, body) = http(port, "GET", "/api/stats", "").await;
+        if status == 200 {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            nodes.insert(v["cluster"]["node"].as_str().unwrap().to_owned());
+        }
+        assert!(Instant::now() < deadline, "only saw {nodes:?}");
+    }
+    assert!(nodes.contains("box-w0") && nodes.contains("box-w1"), "{nodes:?}");
+    let mut subs = Vec::new();
+    for i in 0..8 {
+        let mut c = Client::connect(port, &format!("u{i}")).await;
+        c.subscribe(json!({"type": "subscribe", "topics": ["w"]})).await;
+        subs.push(c);
+    }
+    let (status, _) = http(port, "POST", "/api/publish", r#"{"topic":"w","payload":"all"}"#).await;
+    assert_eq!(status, 200);
+    for c in subs.iter_mut() {
+        assert_eq!(c.next("event").await["payload"], "all");
+    }
+    drop(subs);
+    Command::new("kill").args(["-TERM", &parent.id().to_string()]).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || parent.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "a worker outlived the parent");
+
+    let out = Command::new(WEFT)
+        .args(["serve", "--addr", &format!("127.0.0.1:{}", free_port()), "--workers", "2"])
+        .env_remove("WEFT_JWT_SECRET")
+        .env_remove("WEFT_BROKER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("add --broker redis://"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Random publishes on random nodes while clients reconnect to random nodes with their last
 /// position: at the end, every client has seen every event of its topic exactly once, in order.
 #[tokio::test]

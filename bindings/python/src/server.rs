@@ -7,7 +7,7 @@
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyConnectionError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::Value;
@@ -92,6 +92,11 @@ fn config_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, us
                 "http_body_timeout" => cfg.http_body_timeout = secs(&v, &key)?,
                 "max_token_size" => cfg.max_token_size = v.extract()?,
                 "deflate" => cfg.deflate = v.extract()?,
+                "broker" => cfg.broker = v.extract()?,
+                "broker_ca_file" => cfg.broker_ca_file = v.extract::<Option<String>>()?.map(Into::into),
+                "broker_prefix" => cfg.broker_prefix = v.extract()?,
+                "node_name" => cfg.node_name = v.extract()?,
+                "node_ttl" => cfg.node_ttl = secs(&v, &key)?,
                 "threads" => threads = v.extract::<usize>()?.max(1),
                 "inbound_capacity" => inbound_capacity = v.extract::<usize>()?.max(1),
                 "publish_capacity" => publish_capacity = v.extract::<usize>()?.max(1),
@@ -262,7 +267,9 @@ impl Server {
     /// `history_size`, `history_ttl`, `slow_consumer`, `rate_limit`, `rate_burst`, `heartbeat`,
     /// `ping_timeout`, `idle_timeout`, `shutdown_grace`, `max_topics`, `topic_churn_limit`,
     /// `history_memory`, `history_topic_bytes` (bytes), `http_header_timeout`,
-    /// `http_body_timeout`, `max_token_size`, `deflate` (seconds where a time), `threads`
+    /// `http_body_timeout`, `max_token_size`, `deflate`, `broker` (`"redis://host:port"`:
+    /// cluster mode, docs/CLUSTER.md), `broker_ca_file`, `broker_prefix`, `node_name`,
+    /// `node_ttl` (seconds where a time), `threads`
     /// (engine worker threads, default 2), `inbound_capacity` (default 4096),
     /// `publish_capacity` (publishes queued from Python, default 65536).
     #[new]
@@ -282,7 +289,8 @@ impl Server {
     }
 
     /// Bind and start serving (returns once the port is listening). Raises `OSError` when the
-    /// address cannot be bound, `RuntimeError` when already running.
+    /// address cannot be bound, `ConnectionError` when the cluster broker cannot be reached,
+    /// `RuntimeError` when already running.
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| {
             let mut running = self.running.write().unwrap_or_else(|e| e.into_inner());
@@ -299,7 +307,11 @@ impl Server {
             let addr = (self.host.clone(), self.port);
             let cap = self.inbound_capacity;
             let (engine, listener, rx) = rt.block_on(async move {
-                let engine = Engine::new(config).map_err(PyValueError::new_err)?;
+                config.validate().map_err(PyValueError::new_err)?;
+                let cluster = config.broker.is_some();
+                let engine = Engine::connect(config)
+                    .await
+                    .map_err(|e| if cluster { PyConnectionError::new_err(e) } else { PyValueError::new_err(e) })?;
                 let listener =
                     tokio::net::TcpListener::bind(addr).await.map_err(|e| PyOSError::new_err(e.to_string()))?;
                 let rx = engine.inbound(cap).expect("a new engine has no application yet");

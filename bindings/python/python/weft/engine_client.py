@@ -45,11 +45,14 @@ class EngineError(Exception):
 
 @dataclass(frozen=True)
 class Event:
-    """Something the server pushed: ``type`` is ``event``, ``join``, ``leave`` or ``lagged``;
-    or a notice of the client itself after a reconnect: ``may_have_missed``.
+    """Something the server pushed: ``type`` is ``event``, ``join``, ``leave``, ``lagged`` or
+    ``reset``; or a notice of the client itself after a reconnect: ``may_have_missed``.
 
     For ``event``: ``topic``, ``offset``, ``epoch``, ``id``, ``time`` and ``payload``. For
-    ``join``/``leave``: ``topic`` and ``member``. For ``lagged``: ``dropped``.
+    ``join``/``leave``: ``topic`` and ``member``. For ``lagged``: ``dropped``. For ``reset``
+    (cluster mode: the topic's stream continues from ``offset``/``epoch`` and events before it
+    may be missing, ``recovered: false``): ``topic``, ``offset``, ``epoch``; the client resumes
+    from there on its next reconnect.
 
     ``may_have_missed`` (after every reconnect, before the replayed events): ``topic`` is a
     subscription whose events of the time away may not all follow — a pattern (events of topics
@@ -345,6 +348,10 @@ class EngineClient:
             ev = Event(kind, topic=msg.get("topic"), member=msg.get("member"), raw=msg)
         elif kind == "lagged":
             ev = Event("lagged", dropped=msg.get("dropped"), raw=msg)
+        elif kind == "reset":
+            topic = msg["topic"]
+            self._positions[topic] = {"offset": msg["offset"], "epoch": msg["epoch"]}
+            ev = Event("reset", topic=topic, offset=msg["offset"], epoch=msg["epoch"], raw=msg)
         else:
             return None  # a reply nobody waits for, or something newer than this client
         return ev

@@ -1,0 +1,84 @@
+"""Cluster mode from Python: two ``weft.Server`` nodes joined by a ``redis-server`` the test
+starts on a free port. Publish from Python on one node, receive on the other; resume on the
+other node; an unreachable broker raises ``ConnectionError`` at start."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+
+import pytest
+
+import weft
+from conftest import free_port, wait_port
+from weft import engine_client
+
+
+@pytest.fixture()
+def redis_url():
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server not found (scripts/test.sh installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_two_nodes_share_topics_and_positions(redis_url):
+    with weft.Server(broker=redis_url, node_name="py-a") as a, weft.Server(broker=redis_url, node_name="py-b") as b:
+        assert a.stats()["cluster"]["node"] == "py-a"
+
+        async def main() -> None:
+            async with engine_client.connect(f"ws://127.0.0.1:{b.port}/ws?user=bea") as c:
+                await c.subscribe(["orders"])
+                for i in range(3):
+                    a.publish("orders", {"n": i})
+                got = [await asyncio.wait_for(c.recv(), 5) for _ in range(3)]
+                assert [(e.offset, e.payload) for e in got] == [(1, {"n": 0}), (2, {"n": 1}), (3, {"n": 2})]
+                pos = c.positions["orders"]
+            # Resume on the other node: exactly what was missed.
+            a.publish("orders", {"n": 3})
+            async with engine_client.connect(f"ws://127.0.0.1:{a.port}/ws?user=bea") as c2:
+                r = await c2._request({"type": "subscribe", "topics": ["orders"], "resume": {"orders": pos}})
+                assert r["results"][0]["recovered"] is True, r
+                e = await asyncio.wait_for(c2.recv(), 5)
+                assert (e.offset, e.payload) == (4, {"n": 3})
+
+        asyncio.run(main())
+
+
+def test_an_unreachable_broker_raises_connection_error():
+    server = weft.Server(broker=f"redis://127.0.0.1:{free_port()}")
+    with pytest.raises(ConnectionError, match="cannot reach Redis"):
+        server.start()
+    with pytest.raises(ValueError, match="NATS is not supported yet"):
+        weft.Server(broker="nats://127.0.0.1:4222").start()
+
+
+def test_a_reset_moves_the_resume_position():
+    c = engine_client.EngineClient(
+        "ws://127.0.0.1:1/ws",
+        None,
+        reconnect=False,
+        min_delay=0.1,
+        max_delay=1.0,
+        max_queue=16,
+        connect_timeout=1.0,
+        options={},
+    )
+    ev = c._dispatch({"type": "reset", "topic": "t", "offset": 9, "epoch": "e2", "recovered": False})
+    assert (ev.type, ev.topic, ev.offset, ev.epoch) == ("reset", "t", 9, "e2")
+    assert c.positions["t"] == {"offset": 9, "epoch": "e2"}
+    # The next event continues from there; one at or before it is a duplicate.
+    assert c._dispatch({"type": "event", "topic": "t", "offset": 9, "epoch": "e2", "payload": 1}) is None
+    assert c._dispatch({"type": "event", "topic": "t", "offset": 10, "epoch": "e2", "payload": 1}).offset == 10

@@ -643,6 +643,79 @@ async fn workers_share_the_port_and_the_topics() {
     );
 }
 
+/// A node killed with -9 under load and started again: its clients reconnect to the new node
+/// with their positions and resume exactly while publishing never stopped on the other node.
+#[tokio::test]
+async fn a_node_restarted_under_load_loses_nothing_for_resuming_clients() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, "a", &[]);
+    let port_b = free_port();
+    let start_b = |name: &str| {
+        let child = Command::new(WEFT)
+            .args(["serve", "--addr", &format!("127.0.0.1:{port_b}"), "--threads", "1"])
+            .args(["--broker", &redis.url(), "--node-name", name])
+            .args(["--rate-limit", "100000", "--rate-burst", "100000"])
+            .env_remove("WEFT_JWT_SECRET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(port_b, "weft serve b");
+        Node { child, port: port_b }
+    };
+    let mut b = start_b("b1");
+    let mut subs = Vec::new();
+    for i in 0..5 {
+        let mut c = Client::connect(b.port, &format!("u{i}")).await;
+        let r = c.subscribe(json!({"type": "subscribe", "topics": ["load"]})).await;
+        subs.push((c, Seq::start(&r)));
+    }
+    // The publisher: 600 events on node a, one every millisecond or so.
+    let a_port = a.port;
+    let publisher = tokio::spawn(async move {
+        let mut p = Client::connect(a_port, "pub").await;
+        for i in 0..600u64 {
+            p.send(json!({"type": "publish", "topic": "load", "payload": i})).await;
+            assert_eq!(p.next("published").await["offset"], i + 1);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    // Read for a while, then kill b in the middle of the stream.
+    for (c, seq) in subs.iter_mut() {
+        while seq.last < 100 {
+            seq.see(&c.next_item().await);
+        }
+    }
+    Command::new("kill").args(["-9", &b.child.id().to_string()]).status().unwrap();
+    let _ = b.child.wait();
+    b = start_b("b2");
+    // Each client: read what arrived before the kill, then reconnect and resume.
+    for (c, seq) in subs.iter_mut() {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), c.ws.recv()).await {
+                Ok(Some(Ok(Message::Text(t)))) => seq.see(&serde_json::from_str(t.as_str()).unwrap()),
+                Ok(Some(Ok(_))) => {}
+                _ => break,
+            }
+        }
+        let mut again = Client::connect(b.port, "back").await;
+        let r = again
+            .subscribe(json!({"type": "subscribe", "topics": ["load"],
+                "resume": {"load": {"offset": seq.last, "epoch": seq.epoch}}}))
+            .await;
+        assert_eq!(r["results"][0]["recovered"], true, "{r}");
+        *c = again;
+    }
+    publisher.await.unwrap();
+    for (c, seq) in subs.iter_mut() {
+        while seq.last < 600 {
+            seq.see(&c.next_item().await);
+        }
+        assert_eq!((seq.last, seq.resets), (600, 0));
+    }
+    drop(a);
+}
+
 /// Random publishes on random nodes while clients reconnect to random nodes with their last
 /// position: at the end, every client has seen every event of its topic exactly once, in order.
 #[tokio::test]

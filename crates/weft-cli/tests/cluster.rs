@@ -355,6 +355,30 @@ async fn presence_spans_nodes_and_a_killed_node_leaves_within_the_bound() {
     assert_eq!(asker.next("presence").await["count"], 1);
 }
 
+/// A node that stalls past `node_ttl` (SIGSTOP) is taken for dead and its members leave; when
+/// it runs again it notices and registers them again (a join), so presence matches reality.
+#[tokio::test]
+async fn a_stalled_node_is_swept_then_registers_its_members_again() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let mut watcher = Client::connect(a.port, "watcher").await;
+    watcher.subscribe(json!({"type": "subscribe", "topics": ["hall"], "presence": true})).await;
+    let mut bob = Client::connect(b.port, "bob").await;
+    bob.subscribe(json!({"type": "subscribe", "topics": ["hall"]})).await;
+    assert_eq!(watcher.next("join").await["member"]["user"], "bob");
+    let pid = b.child.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    let l = tokio::time::timeout(Duration::from_secs(10), watcher.next("leave")).await;
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    assert_eq!(l.expect("no leave while b was stopped")["member"]["user"], "bob");
+    let j = tokio::time::timeout(Duration::from_secs(10), watcher.next("join")).await.expect("bob never came back");
+    assert_eq!(j["member"]["user"], "bob");
+    watcher.send(json!({"type": "presence", "topic": "hall"})).await;
+    assert_eq!(watcher.next("presence").await["count"], 2);
+    drop(bob);
+}
+
 fn redis_cli(redis: &Redis, args: &[&str]) -> String {
     let out = Command::new("redis-cli").args(["-p", &redis.port.to_string()]).args(args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

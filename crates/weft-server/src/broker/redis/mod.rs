@@ -120,8 +120,14 @@ struct Sub {
 
 /// One topic with subscribers on this node.
 struct Local {
+    /// Unique per entry: a refill started for an earlier entry of the same name stops.
+    id: u64,
     name: Arc<str>,
     subs: HashMap<u64, Sub>,
+    /// Subscriptions between `ensure_topic` and joining `subs` (the entry stays while > 0).
+    joining: usize,
+    /// A stream top seen ahead of `last` by the previous periodic check.
+    suspect: Option<u64>,
     epoch: Arc<str>,
     /// The last offset delivered to this node's subscribers.
     last: u64,
@@ -245,6 +251,12 @@ struct Inner {
     nodes_alive: AtomicUsize,
     generation: AtomicU64,
     publishes: PublishQueue,
+    next_local: AtomicU64,
+    /// Presence joins and leaves share it; the resync's re-registration takes it alone, so a
+    /// client arriving or leaving meanwhile is not undone.
+    presence_lock: tokio::sync::RwLock<()>,
+    /// This node has heartbeated before (a missing entry afterwards means it was swept).
+    beaten: AtomicBool,
 }
 
 /// The cluster broker over Redis (see the module documentation and `docs/CLUSTER.md`).
@@ -253,7 +265,8 @@ struct Inner {
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
 /// use weft_server::broker::{RedisBroker, RedisSettings};
-/// use weft_server::{Engine, EngineConfig, Metrics};
+/// use weft_server::metrics::Metrics;
+/// use weft_server::{Engine, EngineConfig};
 ///
 /// let metrics = Arc::new(Metrics::default());
 /// let broker = RedisBroker::connect(RedisSettings::new("redis://127.0.0.1:6379"), Arc::clone(&metrics)).await?;
@@ -361,6 +374,9 @@ impl RedisBroker {
             nodes_alive: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             publishes: PublishQueue::default(),
+            next_local: AtomicU64::new(1),
+            presence_lock: tokio::sync::RwLock::new(()),
+            beaten: AtomicBool::new(false),
             metrics,
             settings,
         });
@@ -460,7 +476,7 @@ impl Inner {
         let ps_client = redis::Client::open(info.set_redis_settings(redis_info))?;
         let pcfg = cfg.set_push_sender(push);
         let pubsub = ps_client.get_multiplexed_async_connection_with_config(&pcfg).await?;
-        tokio::spawn(read_pushes(Arc::downgrade(this), rx));
+        tokio::spawn(read_pushes(Arc::downgrade(this), rx, generation));
         *this.link.write().unwrap_or_else(|e| e.into_inner()) = Link { cmd: Some(cmd), pubsub: Some(pubsub) };
         Ok(())
     }
@@ -572,7 +588,9 @@ impl Inner {
         let results: Result<Vec<redis::RedisResult<(u64, String)>>, _> = pipe.query_async(&mut conn).await;
         match results {
             Ok(results) => {
+                let mut noscript = false;
                 for ((_, _, tx), r) in batch.into_iter().zip(results) {
+                    noscript |= r.as_ref().err().and_then(|e| e.code()) == Some("NOSCRIPT");
                     let r = match r {
                         Ok((offset, epoch)) => {
                             self.metrics.publishes.fetch_add(1, Ordering::Relaxed);
@@ -584,6 +602,12 @@ impl Inner {
                         }
                     };
                     let _ = tx.send(r);
+                }
+                if noscript {
+                    // Redis lost its scripts (SCRIPT FLUSH, or a restart behind a proxy): load
+                    // them again; the publishes that failed got error 5000.
+                    tracing::warn!("Redis lost the publish script; loading it again");
+                    let _ = scripts::PUBLISH.load_async(&mut conn).await;
                 }
             }
             Err(e) => {
@@ -659,6 +683,9 @@ impl Inner {
     /// (P)SUBSCRIBE on the pub/sub connection.
     async fn listen(&self, channel: String, glob: bool) -> Result<(), BrokerError> {
         let _g = self.sub_lock.lock().await;
+        if !self.up.load(Ordering::Acquire) {
+            return Err(self.unavailable());
+        }
         let mut ps = self.pubsub()?;
         let r = if glob { ps.psubscribe(&channel).await } else { ps.subscribe(&channel).await };
         r.map_err(|e| self.failed(e))
@@ -720,63 +747,95 @@ impl Inner {
     }
 
     /// Make sure this node listens to `topic` and knows its position; waits while another
-    /// subscription is setting it up.
+    /// subscription is setting it up. The caller counts as joining until it calls
+    /// [`joined`](Self::joined), so the entry is not removed meanwhile.
     async fn ensure_topic(self: &Arc<Self>, topic: &str) -> Result<(), BrokerError> {
-        loop {
-            let wait = {
-                let mut shard = self.shard(topic);
-                match shard.get(topic) {
-                    Some(l) if l.phase == Phase::Init => Some(Arc::clone(&l.ready)),
-                    Some(_) => return Ok(()),
-                    None => {
-                        if self.topics.fetch_add(1, Ordering::Relaxed) >= self.settings.max_topics {
-                            self.topics.fetch_sub(1, Ordering::Relaxed);
-                            self.metrics.topics_refused.fetch_add(1, Ordering::Relaxed);
-                            return Err(BrokerError::too_many_topics(self.settings.max_topics));
-                        }
-                        let name: Arc<str> = topic.into();
-                        shard.insert(
-                            Arc::clone(&name),
-                            Local {
-                                policy: self.policy_for(topic),
-                                name,
-                                subs: HashMap::new(),
-                                epoch: "".into(),
-                                last: 0,
-                                phase: Phase::Init,
-                                pending: VecDeque::new(),
-                                ready: Arc::new(Notify::new()),
-                            },
-                        );
-                        None
-                    }
-                }
-            };
-            match wait {
-                Some(ready) => {
-                    // Another subscription is setting the topic up.
-                    let notified = ready.notified();
-                    if self.shard(topic).get(topic).is_some_and(|l| l.phase == Phase::Init) {
-                        let _ = tokio::time::timeout(self.settings.command_timeout * 2, notified).await;
-                    }
-                    continue;
+        let created = {
+            let mut shard = self.shard(topic);
+            match shard.get_mut(topic) {
+                Some(l) => {
+                    l.joining += 1;
+                    false
                 }
                 None => {
-                    let r = self.setup(topic).await;
-                    let mut shard = self.shard(topic);
-                    let Some(l) = shard.get_mut(topic) else { return r };
-                    l.ready.notify_waiters();
-                    if r.is_err() {
-                        if l.subs.is_empty() {
-                            shard.remove(topic);
-                            self.topics.fetch_sub(1, Ordering::Relaxed);
-                        } else {
-                            l.phase = Phase::Ready;
-                        }
+                    if self.topics.fetch_add(1, Ordering::Relaxed) >= self.settings.max_topics {
+                        self.topics.fetch_sub(1, Ordering::Relaxed);
+                        self.metrics.topics_refused.fetch_add(1, Ordering::Relaxed);
+                        return Err(BrokerError::too_many_topics(self.settings.max_topics));
                     }
-                    return r;
+                    let name: Arc<str> = topic.into();
+                    shard.insert(
+                        Arc::clone(&name),
+                        Local {
+                            id: self.next_local.fetch_add(1, Ordering::Relaxed),
+                            policy: self.policy_for(topic),
+                            name,
+                            subs: HashMap::new(),
+                            joining: 1,
+                            suspect: None,
+                            epoch: "".into(),
+                            last: 0,
+                            phase: Phase::Init,
+                            pending: VecDeque::new(),
+                            ready: Arc::new(Notify::new()),
+                        },
+                    );
+                    true
                 }
             }
+        };
+        if created {
+            let r = self.setup(topic).await;
+            // Waiters go on: to the ready topic, or to try the setup themselves.
+            let ready = self.shard(topic).get(topic).map(|l| Arc::clone(&l.ready));
+            if let Some(ready) = ready {
+                ready.notify_waiters();
+            }
+            return r;
+        }
+        // Another subscription is setting the topic up: wait for it (or take over if it failed).
+        let deadline = tokio::time::Instant::now() + self.settings.command_timeout * 2;
+        loop {
+            let ready = {
+                let shard = self.shard(topic);
+                match shard.get(topic) {
+                    Some(l) if l.phase == Phase::Init => Arc::clone(&l.ready),
+                    Some(_) => return Ok(()),
+                    None => return Err(BrokerError::failed("topic state vanished during subscribe")),
+                }
+            };
+            let notified = ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shard(topic).get(topic).is_some_and(|l| l.phase != Phase::Init) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(self.unavailable());
+            }
+            if self.shard(topic).get(topic).is_some_and(|l| l.phase == Phase::Init) {
+                // The setup failed: try it ourselves.
+                match self.setup(topic).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// The end of a subscription attempt that went through `ensure_topic`: it joined `subs`
+    /// (or failed). An entry nobody uses any more is removed and its channel released.
+    fn joined(self: &Arc<Self>, topic: &str) {
+        let mut shard = self.shard(topic);
+        let Some(l) = shard.get_mut(topic) else { return };
+        l.joining = l.joining.saturating_sub(1);
+        if l.joining == 0 && l.subs.is_empty() {
+            shard.remove(topic);
+            self.topics.fetch_sub(1, Ordering::Relaxed);
+            drop(shard);
+            let me = Arc::clone(self);
+            let topic = topic.to_owned();
+            tokio::spawn(async move { me.unlisten_topic(&topic).await });
         }
     }
 
@@ -787,14 +846,19 @@ impl Inner {
         let (offset, epoch) = self.position(topic).await?;
         let mut shard = self.shard(topic);
         let Some(l) = shard.get_mut(topic) else { return Ok(()) };
+        if l.phase != Phase::Init {
+            return Ok(());
+        }
         l.epoch = epoch.into();
         l.last = offset;
         l.phase = Phase::Ready;
+        l.ready.notify_waiters();
         if !l.drain_pending(&self.metrics) {
             l.phase = Phase::Refilling;
             self.metrics.cluster_gaps.fetch_add(1, Ordering::Relaxed);
+            let id = l.id;
             drop(shard);
-            tokio::spawn(refill(Arc::clone(self), topic.into(), 0));
+            tokio::spawn(refill(Arc::clone(self), topic.into(), id, 0));
         }
         Ok(())
     }
@@ -831,76 +895,124 @@ impl Inner {
             return Ok(SubscribeOutcome { position: None, replayed: None });
         }
         let topic: Arc<str> = target.as_str().into();
-        self.ensure_topic(&topic).await?;
-        let replay: Option<Vec<Arc<Event>>> = match start {
-            Start::Live => None,
-            Start::Recent(n) => Some(if n == 0 { Vec::new() } else { self.recent(&topic, n).await? }),
-            Start::Resume(pos) => {
-                let current = self.shard(&topic).get(&*topic).map(|l| (Arc::clone(&l.epoch), l.last));
-                match current {
-                    Some((epoch, last)) if *epoch == *pos.epoch && pos.offset <= last => {
-                        if pos.offset == last {
-                            Some(Vec::new())
-                        } else {
-                            let events = self.range(&topic, pos.offset + 1).await?;
-                            // Exact or nothing: the first event must follow the position.
-                            if events.first().is_some_and(|e| e.offset == pos.offset + 1 && *e.epoch == *pos.epoch) {
-                                Some(events)
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                    _ => None,
+        if let Err(e) = self.ensure_topic(&topic).await {
+            if e.code != crate::wire::ErrorCode::TooManyTopics {
+                self.joined(&topic);
+            }
+            return Err(e);
+        }
+        let r = self.subscribe_exact(sub, &topic, start, presence).await;
+        self.joined(&topic);
+        let outcome = r?;
+        let _p = self.presence_lock.read().await;
+        if self.shard(&topic).get(&*topic).is_some_and(|l| l.subs.contains_key(&sub.id)) {
+            if let Err(e) = self.join(&topic, &sub.member).await {
+                tracing::warn!(error = %e, topic = %topic, "presence join failed; it is redone when the broker is back");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Replay what `start` asks for, up to what this node has delivered, and add the
+    /// subscriber, atomically with respect to live delivery: no gap, no duplicate.
+    async fn subscribe_exact(
+        &self,
+        sub: &Arc<Subscriber>,
+        topic: &Arc<str>,
+        start: Start<'_>,
+        presence: bool,
+    ) -> Result<SubscribeOutcome, BrokerError> {
+        // A client that saw more than this node has delivered (it came from a node ahead of
+        // this one) waits briefly for this node to catch up.
+        if let Start::Resume(pos) = start {
+            let deadline = Instant::now() + self.settings.command_timeout;
+            while Instant::now() < deadline {
+                let behind = self
+                    .shard(topic)
+                    .get(&**topic)
+                    .is_some_and(|l| *l.epoch == *pos.epoch && l.last < pos.offset && l.phase != Phase::Init);
+                if !behind {
+                    break;
                 }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // What to read first: from the resume position, or the n most recent.
+        let mut events: Vec<Arc<Event>> = match start {
+            Start::Live => Vec::new(),
+            Start::Recent(0) => Vec::new(),
+            Start::Recent(n) => self.recent(topic, n).await?,
+            Start::Resume(pos) => {
+                let ok =
+                    self.shard(topic).get(&**topic).is_some_and(|l| *l.epoch == *pos.epoch && pos.offset <= l.last);
+                if ok { self.range(topic, pos.offset + 1).await? } else { Vec::new() }
             }
         };
-        let outcome = {
-            let mut shard = self.shard(&topic);
-            let Some(l) = shard.get_mut(&*topic) else {
-                return Err(BrokerError::failed("topic state vanished during subscribe"));
+        // Read further until the events reach what this node has delivered (a page limit, or
+        // live events that arrived during the read); a few rounds at most.
+        for _ in 0..64 {
+            let need_more = {
+                let shard = self.shard(topic);
+                let Some(l) = shard.get(&**topic) else { break };
+                !matches!(start, Start::Live) && events.last().is_some_and(|e| e.epoch == l.epoch && e.offset < l.last)
             };
-            let replayed = match (start, replay) {
-                (Start::Live, _) => None,
-                (_, None) => {
+            if !need_more {
+                break;
+            }
+            let from = events.last().map_or(1, |e| e.offset + 1);
+            let more = self.range(topic, from).await?;
+            if more.is_empty() {
+                break;
+            }
+            events.extend(more);
+        }
+        let mut shard = self.shard(topic);
+        let Some(l) = shard.get_mut(&**topic) else {
+            return Err(BrokerError::failed("topic state vanished during subscribe"));
+        };
+        // Exact or nothing: the events must run without a hole from where the client stands
+        // (the resume position, or the first event replayed) to what this node delivered.
+        let mut upto: Vec<Arc<Event>> =
+            events.into_iter().filter(|e| e.offset <= l.last && e.epoch == l.epoch).collect();
+        if let Start::Recent(n) = start {
+            let skip = upto.len().saturating_sub(n);
+            upto.drain(..skip);
+        }
+        let contiguous = upto.windows(2).all(|w| w[1].offset == w[0].offset + 1);
+        let replayed = match start {
+            Start::Live => None,
+            Start::Recent(_) => {
+                let reaches = upto.last().is_none_or(|e| e.offset == l.last);
+                if !(contiguous && reaches) {
+                    upto.clear(); // no history rather than history with a hole before live
+                }
+                Some(upto.len())
+            }
+            Start::Resume(pos) => {
+                let exact = *pos.epoch == *l.epoch
+                    && contiguous
+                    && match (upto.first(), upto.last()) {
+                        (None, _) => pos.offset == l.last,
+                        (Some(f), Some(t)) => f.offset == pos.offset + 1 && t.offset == l.last,
+                        _ => false,
+                    };
+                if exact {
+                    Some(upto.len())
+                } else {
+                    upto.clear();
                     self.metrics.recoveries_failed.fetch_add(1, Ordering::Relaxed);
                     None
                 }
-                (start, Some(events)) => {
-                    // Up to what this node delivered; later ones come live. A page that stops
-                    // short of it (or an epoch that moved on) is not exact: not recovered.
-                    let mut upto: Vec<Arc<Event>> =
-                        events.into_iter().filter(|e| e.offset <= l.last && e.epoch == l.epoch).collect();
-                    if let Start::Recent(n) = start {
-                        let skip = upto.len().saturating_sub(n);
-                        upto.drain(..skip);
-                    }
-                    let reaches = match (start, upto.last()) {
-                        (Start::Resume(pos), None) => pos.offset == l.last && *pos.epoch == *l.epoch,
-                        (Start::Resume(_), Some(e)) => e.offset == l.last,
-                        _ => true,
-                    };
-                    if reaches {
-                        for e in &upto {
-                            sub.deliver(e, SlowConsumerPolicy::Disconnect);
-                        }
-                        self.metrics.replayed_events.fetch_add(upto.len() as u64, Ordering::Relaxed);
-                        Some(upto.len())
-                    } else {
-                        self.metrics.recoveries_failed.fetch_add(1, Ordering::Relaxed);
-                        None
-                    }
-                }
-            };
-            if l.subs.insert(sub.id, Sub { handle: Arc::clone(sub), presence }).is_none() {
-                self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
-            SubscribeOutcome { position: Some(l.position()), replayed }
         };
-        if let Err(e) = self.join(&topic, &sub.member).await {
-            tracing::warn!(error = %e, topic = %topic, "presence join failed; it is retried when the broker is back");
+        for e in &upto {
+            sub.deliver(e, SlowConsumerPolicy::Disconnect);
         }
-        Ok(outcome)
+        self.metrics.replayed_events.fetch_add(upto.len() as u64, Ordering::Relaxed);
+        if l.subs.insert(sub.id, Sub { handle: Arc::clone(sub), presence }).is_none() {
+            self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(SubscribeOutcome { position: Some(l.position()), replayed })
     }
 
     fn forget_glob(&self, glob: &str) -> bool {
@@ -935,7 +1047,7 @@ impl Inner {
         let l = shard.get_mut(topic)?;
         l.subs.remove(&sub.id)?;
         self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        let last = l.subs.is_empty() && l.phase != Phase::Init;
+        let last = l.subs.is_empty() && l.joining == 0;
         if last {
             shard.remove(topic);
             self.topics.fetch_sub(1, Ordering::Relaxed);
@@ -948,6 +1060,7 @@ impl Inner {
             Cleanup::Glob(Some(glob)) => self.unlisten_glob(glob).await,
             Cleanup::Glob(None) => {}
             Cleanup::Topic { topic, session, unlisten } => {
+                let _p = self.presence_lock.read().await;
                 if let Err(e) = self.leave(&topic, &session).await {
                     // Retried when the broker is back (resync removes this node's stale members).
                     tracing::debug!(error = %e, "presence leave failed");
@@ -1010,8 +1123,9 @@ impl Inner {
                     self.metrics.cluster_gaps.fetch_add(1, Ordering::Relaxed);
                     l.phase = Phase::Refilling;
                     l.hold(ev, &self.metrics);
+                    let id = l.id;
                     drop(shard);
-                    tokio::spawn(refill(Arc::clone(self), topic.into(), 0));
+                    tokio::spawn(refill(Arc::clone(self), topic.into(), id, 0));
                 }
             }
             "j" | "l" => {
@@ -1074,20 +1188,33 @@ impl Inner {
         if let Some(Value2::Int(alive)) = it.next() {
             self.nodes_alive.store(alive as usize, Ordering::Relaxed);
         }
+        if let Some(Value2::Int(0)) = it.next() {
+            // Another node took this one for dead (a long stall) and may have swept its members.
+            if self.beaten.swap(true, Ordering::Relaxed) {
+                tracing::warn!("this node's heartbeat had lapsed; registering its presence again");
+                self.reregister_presence().await?;
+            }
+        } else {
+            self.beaten.store(true, Ordering::Relaxed);
+        }
         for dead in it {
             let Value2::Str(dead) = dead else { continue };
             if dead == self.settings.node {
                 continue;
             }
             loop {
-                let n: usize = scripts::SWEEP
+                let n: i64 = scripts::SWEEP
                     .key(&nodes)
                     .key(self.key("nm", &dead))
                     .arg(&dead)
                     .arg(&self.settings.prefix)
+                    .arg(self.settings.node_ttl.as_millis() as u64)
                     .invoke_async(&mut conn)
                     .await
                     .map_err(|e| self.failed(e))?;
+                if n < 0 {
+                    break; // alive again
+                }
                 self.metrics.cluster_members_swept.fetch_add(n as u64, Ordering::Relaxed);
                 if n < 500 {
                     break;
@@ -1121,18 +1248,37 @@ impl Inner {
                 pipe.query_async(&mut conn).await.map_err(|e| self.failed(e))?;
             for ((topic, epoch, last), (e, o)) in chunk.iter().zip(tops) {
                 let (Some(e), Some(o)) = (e, o) else { continue };
-                if *e != **epoch || o > *last {
-                    let mut shard = self.shard(topic);
-                    let Some(l) = shard.get_mut(&**topic) else { continue };
-                    if l.phase != Phase::Ready {
-                        continue;
-                    }
-                    self.metrics.cluster_gaps.fetch_add(1, Ordering::Relaxed);
-                    l.phase = Phase::Refilling;
-                    drop(shard);
-                    let top = if *e == **epoch { o } else { 0 };
-                    tokio::spawn(refill(Arc::clone(self), Arc::clone(topic), top));
+                let mut shard = self.shard(topic);
+                let Some(l) = shard.get_mut(&**topic) else { continue };
+                if l.phase != Phase::Ready || *l.epoch != **epoch || l.last < *last {
+                    continue;
                 }
+                let behind = *e != **epoch || o > l.last;
+                if !behind {
+                    l.suspect = None;
+                    continue;
+                }
+                // Messages may still be on their way through the node's buffer: act only when
+                // the previous check already saw this node short of a top it has not reached.
+                let confirmed = match l.suspect {
+                    Some(prev) => *e != **epoch || l.last < prev.min(o),
+                    None => false,
+                };
+                if !confirmed {
+                    l.suspect = Some(o);
+                    continue;
+                }
+                l.suspect = None;
+                self.metrics.cluster_gaps.fetch_add(1, Ordering::Relaxed);
+                if *e != *l.epoch {
+                    // Redis started the topic again: the new epoch's events are refilled from 1.
+                    l.reset(e.as_str().into(), 0, &self.metrics);
+                    l.pending.clear();
+                }
+                l.phase = Phase::Refilling;
+                let id = l.id;
+                drop(shard);
+                tokio::spawn(refill(Arc::clone(self), Arc::clone(topic), id, o));
             }
         }
         Ok(())
@@ -1151,37 +1297,51 @@ impl Inner {
         for g in globs {
             self.listen(g, true).await?;
         }
-        let mut members: std::collections::HashSet<String> = std::collections::HashSet::new();
         for topic in &topics {
             self.listen(self.key("c", topic), false).await?;
             let (offset, epoch) = self.position(topic).await?;
-            let mut joins = Vec::new();
-            {
-                let mut shard = self.shard(topic);
-                let Some(l) = shard.get_mut(&**topic) else { continue };
-                for s in l.subs.values() {
-                    members.insert(format!("{topic}\n{}", s.handle.member.session));
-                    joins.push(s.handle.member.clone());
-                }
-                if l.phase == Phase::Init {
-                    continue;
-                }
-                if *l.epoch != *epoch {
-                    let epoch: Arc<str> = epoch.into();
-                    l.reset(Arc::clone(&epoch), offset, &self.metrics);
-                    l.pending.clear();
-                    l.phase = Phase::Ready;
-                } else if offset > l.last && l.phase == Phase::Ready {
-                    self.metrics.cluster_gaps.fetch_add(1, Ordering::Relaxed);
-                    l.phase = Phase::Refilling;
-                    tokio::spawn(refill(Arc::clone(self), Arc::clone(topic), offset));
-                }
+            let mut shard = self.shard(topic);
+            let Some(l) = shard.get_mut(&**topic) else { continue };
+            if l.phase == Phase::Init {
+                continue;
             }
-            for m in joins {
-                self.join(topic, &m).await?;
+            let changed = *l.epoch != *epoch;
+            if changed {
+                // Redis lost the topic: what this node had not delivered of the old epoch is
+                // gone; the new epoch's events are refilled from its start.
+                l.reset(epoch.as_str().into(), 0, &self.metrics);
+                l.pending.clear();
+            }
+            if (changed || offset > l.last) && l.phase == Phase::Ready {
+                self.metrics.cluster_gaps.fetch_add(1, Ordering::Relaxed);
+                l.phase = Phase::Refilling;
+                let id = l.id;
+                drop(shard);
+                tokio::spawn(refill(Arc::clone(self), Arc::clone(topic), id, offset));
             }
         }
-        // Members this node registered but no longer holds (left while Redis was away).
+        self.reregister_presence().await
+    }
+
+    /// Make Redis's presence for this node match its connections: join every member (a join is
+    /// announced only when Redis did not have it), leave those it no longer holds. Joins and
+    /// leaves of arriving and departing clients wait meanwhile, so none is undone.
+    async fn reregister_presence(&self) -> Result<(), BrokerError> {
+        let _p = self.presence_lock.write().await;
+        let mut members: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut joins: Vec<(Arc<str>, Member)> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (topic, l) in shard.iter() {
+                for s in l.subs.values() {
+                    members.insert(format!("{topic}\n{}", s.handle.member.session));
+                    joins.push((Arc::clone(topic), s.handle.member.clone()));
+                }
+            }
+        }
+        for (topic, m) in joins {
+            self.join(&topic, &m).await?;
+        }
         let mut conn = self.cmd_any()?;
         let listed: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.key("nm", &self.settings.node))
@@ -1224,36 +1384,32 @@ enum Cleanup {
 /// Refill a topic's gap from its stream, then deliver what waited; `top` is a known stream top
 /// (from the periodic check) that the node must reach even if the stream no longer holds the
 /// events up to it.
-async fn refill(inner: Arc<Inner>, topic: Arc<str>, top: u64) {
+async fn refill(inner: Arc<Inner>, topic: Arc<str>, id: u64, top: u64) {
     let mut backoff = Duration::from_millis(50);
+    // Only the entry this refill was started for, while it is refilling (a topic dropped and
+    // subscribed again meanwhile is a new entry with its own setup).
+    let mine = |l: &Local| l.id == id && l.phase == Phase::Refilling;
     loop {
         let from = {
             let shard = inner.shard(&topic);
             match shard.get(&*topic) {
-                Some(l) => l.last + 1,
-                None => return,
+                Some(l) if mine(l) => l.last + 1,
+                _ => return,
             }
         };
         let events = match inner.range(&topic, from).await {
             Ok(ev) => ev,
             Err(e) => {
+                // Retried until it works (the broker comes back) or the topic goes.
                 tracing::debug!(error = %e, topic = %topic, "refill failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
-                if !inner.up.load(Ordering::Acquire) {
-                    // The reconnection's resync takes the topic over.
-                    let mut shard = inner.shard(&topic);
-                    if let Some(l) = shard.get_mut(&*topic) {
-                        l.phase = Phase::Ready;
-                    }
-                    return;
-                }
                 continue;
             }
         };
         let full_page = events.len() >= PAGE;
         let mut shard = inner.shard(&topic);
-        let Some(l) = shard.get_mut(&*topic) else { return };
+        let Some(l) = shard.get_mut(&*topic).filter(|l| mine(l)) else { return };
         let m = &inner.metrics;
         for ev in &events {
             if ev.epoch != l.epoch || ev.offset > l.last + 1 {
@@ -1310,9 +1466,13 @@ async fn send_publishes(inner: Weak<Inner>) {
 }
 
 /// The fan-out task: reads pushes from the pub/sub connection (bounded channel).
-async fn read_pushes(inner: Weak<Inner>, mut rx: mpsc::Receiver<PushInfo>) {
+async fn read_pushes(inner: Weak<Inner>, mut rx: mpsc::Receiver<PushInfo>, generation: u64) {
     while let Some(info) = rx.recv().await {
         let Some(me) = inner.upgrade() else { return };
+        if me.generation.load(Ordering::Relaxed) != generation {
+            // A replaced connection's leftovers: the resync after the reconnection covers them.
+            return;
+        }
         let text = |v: &redis::Value| -> Option<String> {
             match v {
                 redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
@@ -1387,6 +1547,9 @@ async fn supervise(inner: Weak<Inner>) {
                     }
                     Err(e) => {
                         me.down(&format!("resync after reconnect failed: {e}"));
+                        drop(me);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
             }

@@ -83,16 +83,17 @@ return 0
 });
 
 /// Heartbeat this node and list the nodes whose heartbeat is older than the TTL.
-/// KEYS: nodes hash. ARGV: this node, TTL (ms). Returns `{alive, dead...}`; times are Redis's
-/// own clock, so nodes' clocks do not matter.
+/// KEYS: nodes hash. ARGV: this node, TTL (ms). Returns `{alive, known, dead...}` where `known`
+/// is 0 when this node's entry was missing (another node took it for dead: its members must be
+/// registered again); times are Redis's own clock, so nodes' clocks do not matter.
 pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], now)
+local known = redis.call('HSET', KEYS[1], ARGV[1], now) == 0 and 1 or 0
 local all = redis.call('HGETALL', KEYS[1])
-local out = {0}
+local out = {0, known}
 for i = 1, #all, 2 do
   if now - tonumber(all[i + 1]) > tonumber(ARGV[2]) then
     table.insert(out, all[i])
@@ -107,11 +108,16 @@ return out
 
 /// Remove up to 500 presence members of a dead node, publishing `leave` for each one still
 /// there (a member removed by another node's sweep first is not announced twice). Forgets the
-/// node when its index is empty. KEYS: nodes hash, the node's member index. ARGV: node, key
-/// prefix. Returns how many index entries it took.
+/// node when its index is empty. Does nothing (returns -1) when the node's heartbeat is fresh
+/// again. KEYS: nodes hash, the node's member index. ARGV: node, key prefix, TTL (ms). Returns
+/// how many index entries it took.
 pub(super) static SWEEP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local hb = redis.call('HGET', KEYS[1], ARGV[1])
+if hb and now - tonumber(hb) <= tonumber(ARGV[3]) then return -1 end
 local entries = redis.call('SPOP', KEYS[2], 500)
 for _, e in ipairs(entries) do
   local nl = string.find(e, '\n', 1, true)

@@ -82,6 +82,15 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Close as a slow consumer: what is queued goes, the session is woken to close 1008.
+    fn close_slow(&self, mut st: std::sync::MutexGuard<'_, State>) {
+        st.closing = Some(Closing::SlowConsumer);
+        st.queue.clear();
+        self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
+        drop(st);
+        self.notify.notify_one();
+    }
+
     /// Queue an event. Never waits.
     pub(crate) fn push_event(&self, ev: &Arc<Event>, policy: SlowConsumerPolicy) {
         let mut st = self.lock();
@@ -102,14 +111,7 @@ impl Outbox {
         }
         if st.queue.len() >= self.capacity {
             match policy {
-                SlowConsumerPolicy::Disconnect => {
-                    st.closing = Some(Closing::SlowConsumer);
-                    st.queue.clear();
-                    self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
-                    drop(st);
-                    self.notify.notify_one();
-                    return;
-                }
+                SlowConsumerPolicy::Disconnect => return self.close_slow(st),
                 SlowConsumerPolicy::DropOldest | SlowConsumerPolicy::Latest => {
                     match st.queue.iter().position(|o| matches!(o, Out::Event(..) | Out::Notice(_))) {
                         Some(i) => {
@@ -117,15 +119,8 @@ impl Outbox {
                             st.dropped += 1;
                             self.metrics.dropped_events.fetch_add(1, Ordering::Relaxed);
                         }
-                        None => {
-                            // Only replies queued: the client is not reading its own answers.
-                            st.closing = Some(Closing::SlowConsumer);
-                            st.queue.clear();
-                            self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
-                            drop(st);
-                            self.notify.notify_one();
-                            return;
-                        }
+                        // Only replies queued: the client is not reading its own answers.
+                        None => return self.close_slow(st),
                     }
                 }
             }
@@ -146,12 +141,7 @@ impl Outbox {
             return;
         }
         if st.queue.len() >= self.capacity && n.is_reset() {
-            st.closing = Some(Closing::SlowConsumer);
-            st.queue.clear();
-            self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
-            drop(st);
-            self.notify.notify_one();
-            return;
+            return self.close_slow(st);
         }
         if st.queue.len() >= self.capacity {
             st.dropped += 1;

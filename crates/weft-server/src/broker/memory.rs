@@ -119,12 +119,7 @@ impl MemoryBroker {
     }
 
     fn policy_for(&self, topic: &str) -> SlowConsumerPolicy {
-        self.settings
-            .topic_policies
-            .iter()
-            .find(|(p, _)| p.matches(topic))
-            .map(|(_, pol)| *pol)
-            .unwrap_or(self.settings.policy)
+        super::policy_for(&self.settings.topic_policies, self.settings.policy, topic)
     }
 
     fn topic<'s>(&self, shard: &'s mut Shard, name: &str) -> Result<&'s mut TopicState, BrokerError> {

@@ -105,6 +105,16 @@ impl Subscriber {
     }
 }
 
+/// The slow-consumer policy of `topic`: the first pattern of `policies` that matches, else
+/// `default`.
+pub(crate) fn policy_for(
+    policies: &[(Pattern, SlowConsumerPolicy)],
+    default: SlowConsumerPolicy,
+    topic: &str,
+) -> SlowConsumerPolicy {
+    policies.iter().find(|(p, _)| p.matches(topic)).map(|(_, pol)| *pol).unwrap_or(default)
+}
+
 /// Whether the broker can serve requests now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerHealth {

@@ -419,12 +419,7 @@ impl Inner {
     }
 
     fn policy_for(&self, topic: &str) -> SlowConsumerPolicy {
-        self.settings
-            .topic_policies
-            .iter()
-            .find(|(p, _)| p.matches(topic))
-            .map(|(_, pol)| *pol)
-            .unwrap_or(self.settings.policy)
+        super::policy_for(&self.settings.topic_policies, self.settings.policy, topic)
     }
 
     fn meta_ttl(&self) -> u64 {

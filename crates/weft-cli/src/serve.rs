@@ -122,12 +122,13 @@ pub(crate) struct ServeArgs {
     /// Seconds shutdown waits for connections to drain [default: 5].
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE")]
     shutdown_grace: Option<f64>,
-    /// Cluster broker: redis://[user:password@]host:port[/db] joins every node using that
-    /// Redis (docs/CLUSTER.md); unset (or "memory"): the in-memory broker, one node.
+    /// Cluster broker: redis://[user:password@]host:port[/db] (rediss:// for TLS) or
+    /// nats://[user:password@]host:port (tls:// for TLS; JetStream enabled) joins every node
+    /// using it (docs/CLUSTER.md); unset (or "memory"): the in-memory broker, one node.
     #[arg(long, env = "WEFT_BROKER", hide_env_values = true)]
     broker: Option<String>,
-    /// For a rediss:// broker: PEM file with the CA certificate(s) to trust [default: the
-    /// system's trust store].
+    /// For a rediss:// or tls:// (NATS) broker: PEM file with the CA certificate(s) to trust
+    /// [default: the system's trust store].
     #[arg(long, env = "WEFT_BROKER_CA_FILE")]
     broker_ca_file: Option<PathBuf>,
     /// This node's name in the cluster [default: host name and process id].
@@ -137,7 +138,8 @@ pub(crate) struct ServeArgs {
     /// [default: 30].
     #[arg(long, env = "WEFT_NODE_TTL")]
     node_ttl: Option<f64>,
-    /// Prefix of the broker's Redis keys and channels [default: weft].
+    /// Prefix of the broker's Redis keys and channels, or NATS subjects and streams
+    /// [default: weft].
     #[arg(long, env = "WEFT_BROKER_PREFIX")]
     broker_prefix: Option<String>,
     /// Negotiate permessage-deflate with clients that offer it: true or false [default: true].
@@ -406,7 +408,7 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         if config.broker.is_none() {
             eprintln!(
                 "weft serve: --workers {workers} runs {workers} processes that share topics, history and presence \
-                 only through a cluster broker: add --broker redis://HOST:PORT (docs/CLUSTER.md)"
+                 only through a cluster broker: add --broker redis://HOST:PORT or nats://HOST:PORT (docs/CLUSTER.md)"
             );
             return ExitCode::from(2);
         }

@@ -1,10 +1,11 @@
-//! Cluster mode over a real Redis: several `weft serve` processes joined by a `redis-server`
-//! that each test starts on a free port. Publish on one node, receive on the others in order;
+//! Cluster mode over a real Redis and a real NATS: several `weft serve` processes joined by a
+//! `redis-server` or a `nats-server -js` that each test starts on a free port (most tests run
+//! once per broker). Publish on one node, receive on the others in order;
 //! resume on another node; presence across nodes and after `kill -9`; Redis frozen or
 //! restarted while publishing (no gap or duplicate without a `reset`); a bounded soak.
 //!
-//! Needs `redis-server` (scripts/test.sh installs it); without it these tests fail unless
-//! `WEFT_SKIP_REDIS=1`.
+//! Needs `redis-server` and `nats-server` (scripts/test.sh installs them); without them these
+//! tests fail unless `WEFT_SKIP_REDIS=1` / `WEFT_SKIP_NATS=1`.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -28,35 +29,69 @@ fn wait_port(port: u16, what: &str) {
     }
 }
 
-/// A `redis-server` of the test's own, without persistence.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
+/// Which broker a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Redis,
+    Nats,
 }
 
-impl Redis {
-    fn start() -> Option<Redis> {
-        if std::env::var("WEFT_SKIP_REDIS").is_ok_and(|v| v == "1") {
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Redis => "redis",
+            Kind::Nats => "nats",
+        }
+    }
+}
+
+/// A `redis-server` (without persistence) or a `nats-server -js` (its store in a directory
+/// of its own) of the test's own, on a free port.
+struct Broker {
+    kind: Kind,
+    child: Option<Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Broker {
+    fn start(kind: Kind) -> Option<Broker> {
+        let skip = match kind {
+            Kind::Redis => "WEFT_SKIP_REDIS",
+            Kind::Nats => "WEFT_SKIP_NATS",
+        };
+        if std::env::var(skip).is_ok_and(|v| v == "1") {
             return None;
         }
-        let mut r = Redis { child: None, port: free_port() };
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("weft-broker-{}-{port}", std::process::id()));
+        let mut r = Broker { kind, child: None, port, dir };
         r.launch();
         Some(r)
     }
 
     fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: install it (apt-get install redis-server) or set WEFT_SKIP_REDIS=1");
+        let port = self.port.to_string();
+        let child = match self.kind {
+            Kind::Redis => Command::new("redis-server")
+                .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server not found: install it (apt-get install redis-server) or set WEFT_SKIP_REDIS=1"),
+            Kind::Nats => Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd", self.dir.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server not found: install it (apt-get install nats-server) or set WEFT_SKIP_NATS=1"),
+        };
         self.child = Some(child);
-        wait_port(self.port, "redis-server");
+        wait_port(self.port, self.kind.name());
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.kind.name(), self.port)
     }
 
     fn signal(&self, sig: &str) {
@@ -64,22 +99,25 @@ impl Redis {
         assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
     }
 
-    /// Kill it (losing everything: no persistence) and start a new one on the same port.
+    /// Kill it, losing everything (Redis keeps nothing; NATS's store is deleted), and start a
+    /// new one on the same port.
     fn restart(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
         self.launch();
     }
 }
 
-impl Drop for Redis {
+impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -96,7 +134,7 @@ impl Drop for Node {
     }
 }
 
-fn node(redis: &Redis, name: &str, extra: &[&str]) -> Node {
+fn node(redis: &Broker, name: &str, extra: &[&str]) -> Node {
     let port = free_port();
     let child = Command::new(WEFT)
         .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--threads", "1"])
@@ -225,9 +263,8 @@ impl Seq {
     }
 }
 
-#[tokio::test]
-async fn publish_on_one_node_arrives_in_order_on_every_node_and_resumes_on_another() {
-    let Some(redis) = Redis::start() else { return };
+async fn publish_on_one_node_arrives_in_order_on_every_node_and_resumes_on_another(kind: Kind) {
+    let Some(redis) = Broker::start(kind) else { return };
     let nodes = [node(&redis, "a", &[]), node(&redis, "b", &[]), node(&redis, "c", &[])];
     let mut subs = Vec::new();
     for n in &nodes[1..] {
@@ -313,12 +350,12 @@ async fn publish_on_one_node_arrives_in_order_on_every_node_and_resumes_on_anoth
     assert_eq!(stats["cluster"]["state"], "ok");
     assert_eq!(stats["cluster"]["nodes"], 3, "{stats}");
     let (_, metrics) = http(nodes[1].port, "GET", "/metrics", "").await;
-    assert!(metrics.contains("weft_broker_up{broker=\"redis\",node=\"b\"} 1"), "{metrics}");
+    let up = format!("weft_broker_up{{broker=\"{}\",node=\"b\"}} 1", kind.name());
+    assert!(metrics.contains(&up), "{metrics}");
 }
 
-#[tokio::test]
-async fn presence_spans_nodes_and_a_killed_node_leaves_within_the_bound() {
-    let Some(redis) = Redis::start() else { return };
+async fn presence_spans_nodes_and_a_killed_node_leaves_within_the_bound(kind: Kind) {
+    let Some(redis) = Broker::start(kind) else { return };
     let a = node(&redis, "a", &[]);
     let mut b = node(&redis, "b", &[]);
     let c = node(&redis, "c", &[]);
@@ -357,9 +394,8 @@ async fn presence_spans_nodes_and_a_killed_node_leaves_within_the_bound() {
 
 /// A node that stalls past `node_ttl` (SIGSTOP) is taken for dead and its members leave; when
 /// it runs again it notices and registers them again (a join), so presence matches reality.
-#[tokio::test]
-async fn a_stalled_node_is_swept_then_registers_its_members_again() {
-    let Some(redis) = Redis::start() else { return };
+async fn a_stalled_node_is_swept_then_registers_its_members_again(kind: Kind) {
+    let Some(redis) = Broker::start(kind) else { return };
     let a = node(&redis, "a", &[]);
     let b = node(&redis, "b", &[]);
     let mut watcher = Client::connect(a.port, "watcher").await;
@@ -379,7 +415,7 @@ async fn a_stalled_node_is_swept_then_registers_its_members_again() {
     drop(bob);
 }
 
-fn redis_cli(redis: &Redis, args: &[&str]) -> String {
+fn redis_cli(redis: &Broker, args: &[&str]) -> String {
     let out = Command::new("redis-cli").args(["-p", &redis.port.to_string()]).args(args).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
@@ -391,7 +427,7 @@ fn redis_cli(redis: &Redis, args: &[&str]) -> String {
 /// top. The subscriber sees every event once, in order.
 #[tokio::test]
 async fn lost_pubsub_messages_are_refilled_from_the_stream() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = Broker::start(Kind::Redis) else { return };
     let a = node(&redis, "a", &[]);
     let mut sub = Client::connect(a.port, "s").await;
     let r = sub.subscribe(json!({"type": "subscribe", "topics": ["gap"]})).await;
@@ -440,9 +476,8 @@ async fn lost_pubsub_messages_are_refilled_from_the_stream() {
 /// health is degraded, subscribers stay connected; after SIGCONT everything continues with no
 /// gap and no duplicate. Then Redis is killed and restarted empty: subscribers get a `reset`
 /// (the history is gone) and continue in the new epoch.
-#[tokio::test]
-async fn a_broker_outage_fails_publishes_fast_and_loses_nothing_silently() {
-    let Some(mut redis) = Redis::start() else { return };
+async fn a_broker_outage_fails_publishes_fast_and_loses_nothing_silently(kind: Kind) {
+    let Some(mut redis) = Broker::start(kind) else { return };
     let a = node(&redis, "a", &[]);
     let b = node(&redis, "b", &[]);
     let mut sub = Client::connect(b.port, "s").await;
@@ -541,7 +576,7 @@ async fn nodes_join_over_tls_to_redis() {
     std::fs::write(&cert, c.cert.pem()).unwrap();
     std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
     let port = free_port();
-    let mut redis = Redis { child: None, port };
+    let mut redis = Broker { kind: Kind::Redis, child: None, port, dir: dir.join("unused") };
     redis.child = Some(
         Command::new("redis-server")
             .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
@@ -603,17 +638,20 @@ fn unreachable_or_unsupported_brokers_are_refused_at_start() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot reach Redis at redis://:***@127.0.0.1"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
-    let (code, err) = run("nats://127.0.0.1:4222");
+    let (code, err) = run(&format!("nats://u:s3cret@127.0.0.1:{}", free_port()));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach NATS at nats://u:***@127.0.0.1"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    let (code, err) = run("kafka://127.0.0.1:9092");
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("NATS is not supported yet"), "{err}");
+    assert!(err.contains("unsupported broker"), "{err}");
 }
 
 /// `--workers 2`: two processes share the port, each its own node; clients spread over them
 /// still see one engine. SIGTERM to the parent stops both and exits 0. Without a cluster broker
 /// the flag says what it needs.
-#[tokio::test]
-async fn workers_share_the_port_and_the_topics() {
-    let Some(redis) = Redis::start() else { return };
+async fn workers_share_the_port_and_the_topics(kind: Kind) {
+    let Some(redis) = Broker::start(kind) else { return };
     let port = free_port();
     let mut parent = Command::new(WEFT)
         .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--workers", "2", "--pin"])
@@ -669,9 +707,8 @@ async fn workers_share_the_port_and_the_topics() {
 
 /// A node killed with -9 under load and started again: its clients reconnect to the new node
 /// with their positions and resume exactly while publishing never stopped on the other node.
-#[tokio::test]
-async fn a_node_restarted_under_load_loses_nothing_for_resuming_clients() {
-    let Some(redis) = Redis::start() else { return };
+async fn a_node_restarted_under_load_loses_nothing_for_resuming_clients(kind: Kind) {
+    let Some(redis) = Broker::start(kind) else { return };
     let a = node(&redis, "a", &[]);
     let port_b = free_port();
     let start_b = |name: &str| {
@@ -742,9 +779,8 @@ async fn a_node_restarted_under_load_loses_nothing_for_resuming_clients() {
 
 /// Random publishes on random nodes while clients reconnect to random nodes with their last
 /// position: at the end, every client has seen every event of its topic exactly once, in order.
-#[tokio::test]
-async fn soak_random_nodes_and_reconnects_keep_every_sequence_exact() {
-    let Some(redis) = Redis::start() else { return };
+async fn soak_random_nodes_and_reconnects_keep_every_sequence_exact(kind: Kind) {
+    let Some(redis) = Broker::start(kind) else { return };
     let nodes = [node(&redis, "a", &[]), node(&redis, "b", &[]), node(&redis, "c", &[])];
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut rand = move |n: usize| {
@@ -810,3 +846,31 @@ async fn soak_random_nodes_and_reconnects_keep_every_sequence_exact() {
         assert_eq!(s.seq.resets, 0);
     }
 }
+
+/// The tests above that hold for every cluster broker, once per broker.
+macro_rules! on_every_broker {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Kind::Redis).await
+            })*
+        }
+        mod nats {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Kind::Nats).await
+            })*
+        }
+    };
+}
+
+on_every_broker!(
+    publish_on_one_node_arrives_in_order_on_every_node_and_resumes_on_another,
+    presence_spans_nodes_and_a_killed_node_leaves_within_the_bound,
+    a_stalled_node_is_swept_then_registers_its_members_again,
+    a_broker_outage_fails_publishes_fast_and_loses_nothing_silently,
+    workers_share_the_port_and_the_topics,
+    a_node_restarted_under_load_loses_nothing_for_resuming_clients,
+    soak_random_nodes_and_reconnects_keep_every_sequence_exact,
+);

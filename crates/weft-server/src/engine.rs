@@ -129,8 +129,8 @@ impl Engine {
     }
 
     /// An engine with the broker `config.broker` names: the in-memory broker when unset, or a
-    /// Redis broker (cluster mode), connected before this returns; an unreachable broker is an
-    /// error.
+    /// cluster broker (`redis://`, `rediss://`: Redis; `nats://`, `tls://`: NATS with
+    /// JetStream), connected before this returns; an unreachable broker is an error.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -160,8 +160,12 @@ impl Engine {
                 settings.node_ttl = config.node_ttl;
                 settings.check_interval =
                     (config.node_ttl / 6).clamp(Duration::from_millis(500), Duration::from_secs(5));
-                let broker = crate::broker::RedisBroker::connect(settings, Arc::clone(&metrics)).await?;
-                Self::with_broker(config, Arc::new(broker), metrics)
+                let broker: Arc<dyn Broker> = if url.starts_with("nats://") || url.starts_with("tls://") {
+                    Arc::new(crate::broker::NatsBroker::connect(settings, Arc::clone(&metrics)).await?)
+                } else {
+                    Arc::new(crate::broker::RedisBroker::connect(settings, Arc::clone(&metrics)).await?)
+                };
+                Self::with_broker(config, broker, metrics)
             }
         }
     }

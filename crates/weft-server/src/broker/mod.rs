@@ -1,7 +1,8 @@
 //! The broker: where topics live. It assigns offsets, keeps history and presence, and fans
 //! events out to subscribers.
 //!
-//! [`MemoryBroker`] is the single-node default; [`RedisBroker`] is cluster mode (see
+//! [`MemoryBroker`] is the single-node default; [`RedisBroker`] and [`NatsBroker`] are cluster
+//! mode (see
 //! `docs/CLUSTER.md`). `publish` may cross the network before it knows the position, so
 //! methods return futures. Delivery to this node's connections always goes through the
 //! [`Subscriber`] handles ([`Subscriber::deliver`], [`Subscriber::notify`]), which queue into
@@ -20,11 +21,14 @@ use crate::wire::{ErrorBody, ErrorCode, Event, Member, Notice, Position};
 
 mod memory;
 mod patterns;
-mod redis;
+mod cluster;
 
 pub use memory::{MemoryBroker, TopicSettings};
 pub(crate) use patterns::Patterns;
-pub use redis::{RedisBroker, RedisSettings, default_node_name};
+pub use cluster::{
+    Backend, Cluster, ClusterSettings, Health, Heartbeat, Inbound, NatsBackend, NatsBroker, Outgoing, RedisBackend,
+    RedisBroker, RedisSettings, Reply, default_node_name,
+};
 
 /// A boxed future returned by [`Broker`] methods.
 pub type BrokerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send + 'a>>;

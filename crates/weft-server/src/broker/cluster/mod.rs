@@ -1,0 +1,1368 @@
+//! Cluster mode: many nodes as one engine over a shared broker (Redis or NATS JetStream).
+//!
+//! The broker, not the nodes, assigns every topic's `(epoch, offset)`, keeps its history, and
+//! carries events to the nodes that have subscribers for the topic. Each node keeps its own
+//! subscription table and fans out locally. This module is the node's side, the same for every
+//! broker; a [`Backend`] is the wire to one broker ([`RedisBackend`], [`NatsBackend`]).
+//!
+//! The broker's delivery to nodes is at-most-once; this node turns it into exactly-once, in
+//! order, per topic: it knows the last offset it delivered for each topic, skips duplicates, and
+//! refills any gap from the history before delivering what follows. A gap it cannot refill
+//! (history gone) or a new epoch reaches subscribers as a `reset` notice (`recovered: false`
+//! with the new position), never as a silent hole. `docs/CLUSTER.md` has the guarantees and the
+//! failure modes.
+
+mod nats;
+mod redis;
+mod redis_scripts;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use super::{
+    Broker, BrokerError, BrokerFuture, BrokerHealth, ClusterInfo, Patterns, Start, SubscribeOutcome, Subscriber,
+};
+use crate::metrics::Metrics;
+use crate::outbox::SlowConsumerPolicy;
+use crate::topic::Pattern;
+use crate::wire::{ErrorCode, Event, Member, Notice, Position, now_ms};
+
+pub use nats::NatsBackend;
+pub use redis::RedisBackend;
+
+/// The cluster broker over Redis (see `docs/CLUSTER.md`).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use weft_server::broker::{ClusterSettings, RedisBroker};
+/// use weft_server::metrics::Metrics;
+/// use weft_server::{Engine, EngineConfig};
+///
+/// let metrics = Arc::new(Metrics::default());
+/// let broker = RedisBroker::connect(ClusterSettings::new("redis://127.0.0.1:6379"), Arc::clone(&metrics)).await?;
+/// let engine = Engine::with_broker(EngineConfig::default(), Arc::new(broker), metrics)?;
+/// # Ok(()) }
+/// ```
+pub type RedisBroker = Cluster<RedisBackend>;
+
+/// The cluster broker over NATS with JetStream (see `docs/CLUSTER.md`).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use weft_server::broker::{ClusterSettings, NatsBroker};
+/// use weft_server::metrics::Metrics;
+///
+/// let metrics = Arc::new(Metrics::default());
+/// let broker = NatsBroker::connect(ClusterSettings::new("nats://127.0.0.1:4222"), metrics).await?;
+/// # Ok(()) }
+/// ```
+pub type NatsBroker = Cluster<NatsBackend>;
+
+const SHARDS: usize = 64;
+/// Events a backend returns per history read ([`Backend::range`]); a full page means there may
+/// be more.
+pub(super) const PAGE: usize = 1000;
+/// Events held per topic while it refills a gap; past this they are dropped and refilled too.
+const PENDING_LIMIT: usize = 10_000;
+
+/// Settings of a cluster broker.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS); `nats://host:port`
+    /// (`tls://` for TLS).
+    pub url: String,
+    /// PEM file with the certificate(s) that sign the broker's (TLS URLs); without it, the
+    /// system's trust store.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// This node's name (unique in the cluster; the default is host and pid).
+    pub node: String,
+    /// Prefix of every key, channel, subject and stream.
+    pub prefix: String,
+    /// Events kept per topic.
+    pub history_size: usize,
+    /// How long events are kept: older ones are never replayed, and an idle topic's history
+    /// expires.
+    pub history_ttl: Duration,
+    /// Default slow-consumer policy.
+    pub policy: SlowConsumerPolicy,
+    /// Per-topic policies, first match wins.
+    pub topic_policies: Vec<(Pattern, SlowConsumerPolicy)>,
+    /// Most topics with subscribers on this node.
+    pub max_topics: usize,
+    /// A node whose heartbeat is older than this is dead: its presence members are removed by
+    /// the surviving nodes (heartbeats every third of it).
+    pub node_ttl: Duration,
+    /// How often every topic's top is compared with what this node delivered (catches lost
+    /// pub/sub messages with no later traffic on the topic).
+    pub check_interval: Duration,
+    /// Broker request timeout: past it a request fails (error 5003) instead of hanging.
+    pub command_timeout: Duration,
+    /// Messages buffered between the broker and the fan-out; past it they are dropped,
+    /// counted, and refilled from history.
+    pub pubsub_buffer: usize,
+    /// Bytes of history the broker may keep over all topics, where the broker enforces such a
+    /// cap (the NATS stream's `max_bytes`); the oldest events go first.
+    pub history_bytes: u64,
+}
+
+/// Settings of a [`RedisBroker`] (the same as every cluster broker's).
+pub type RedisSettings = ClusterSettings;
+
+impl ClusterSettings {
+    /// Settings for `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ca_file: None,
+            node: default_node_name(),
+            prefix: "weft".into(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            policy: SlowConsumerPolicy::Disconnect,
+            topic_policies: Vec::new(),
+            max_topics: 100_000,
+            node_ttl: Duration::from_secs(30),
+            check_interval: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(2),
+            pubsub_buffer: 65_536,
+            history_bytes: 1 << 30,
+        }
+    }
+
+    /// How long a topic's position outlives its last publish (at least a day): a topic idle
+    /// for less keeps its epoch, so its subscribers see no reset.
+    pub fn meta_ttl(&self) -> Duration {
+        self.history_ttl.max(Duration::from_secs(86_400))
+    }
+}
+
+/// `host-pid`.
+pub fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// A fresh epoch: eight hex digits.
+pub(super) fn new_epoch() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+/// The URL without its password, for messages and logs.
+pub(super) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let auth = &url[s + 3..at];
+            let user = auth.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Whether the node's link to the broker is up, and why not; shared by the node and its
+/// backend (a backend that loses its link calls [`Health::down`]).
+#[derive(Debug)]
+pub struct Health {
+    up: AtomicBool,
+    reason: Mutex<String>,
+    kick: Notify,
+}
+
+impl Health {
+    fn new() -> Self {
+        Self { up: AtomicBool::new(false), reason: Mutex::new("connecting".into()), kick: Notify::new() }
+    }
+
+    /// Whether the broker is reachable.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn set_up(&self) {
+        self.up.store(true, Ordering::Release);
+        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Why the broker is unreachable.
+    pub fn reason(&self) -> String {
+        self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The link is down for `reason`: requests fail with 5003 and the supervisor reconnects.
+    pub fn down(&self, reason: &str) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = reason.to_owned();
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(reason, "cluster broker degraded");
+        }
+        self.kick.notify_one();
+    }
+
+    /// Error 5003 with the reason.
+    pub fn unavailable(&self) -> BrokerError {
+        BrokerError::unavailable(format!("the cluster broker is unavailable ({}); retry later", self.reason()))
+    }
+}
+
+/// One publish on its way to the broker.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The concrete topic.
+    pub topic: String,
+    /// Milliseconds since the Unix epoch.
+    pub time: u64,
+    /// The publisher's event id (one line), if any.
+    pub id: Option<String>,
+    /// The payload as JSON text.
+    pub payload: String,
+}
+
+/// What a node's heartbeat learned.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    /// Nodes alive, this one included.
+    pub alive: usize,
+    /// This node's heartbeat had lapsed (other nodes may have swept its members).
+    pub lapsed: bool,
+    /// Nodes whose heartbeat stopped.
+    pub dead: Vec<String>,
+}
+
+/// Where a backend hands what arrives from the broker: the node's fan-out.
+pub trait Inbound: Send + Sync {
+    /// The next event of an exact topic this node listens to.
+    fn event(&self, topic: &str, ev: Arc<Event>);
+    /// A member joined (`join`) or left a topic this node listens to.
+    fn presence(&self, topic: &str, join: bool, member: Member);
+    /// An event that arrived through the pattern listen key `key`.
+    fn pattern_event(&self, key: &str, ev: Arc<Event>);
+}
+
+/// A future a [`Backend`] returns.
+pub type Reply<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send + 'a>>;
+
+/// The wire to one broker: what the node logic in this module needs from it. Link failures are
+/// reported with [`Health::down`] and returned as error 5003.
+pub trait Backend: Send + Sync + Sized + 'static {
+    /// `redis`, `nats` (in metrics and stats).
+    const NAME: &'static str;
+    /// `Redis`, `NATS` (in messages).
+    const TITLE: &'static str;
+
+    /// Connect (or reconnect); what arrives goes to `inbound`.
+    fn open(&self, inbound: Weak<dyn Inbound>) -> Reply<'_, ()>;
+
+    /// Whether the broker answers within the command timeout.
+    fn ping(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+
+    /// Queue a publish and return the wait for its position. The queueing happens now: one
+    /// caller's publishes on a topic take effect in call order.
+    fn publish(&self, out: Outgoing) -> BrokerFuture<'static, Position>;
+
+    /// `(offset, epoch)` of a topic, creating its epoch when it has none.
+    fn position<'a>(&'a self, topic: &'a str) -> Reply<'a, (u64, String)>;
+
+    /// Events of `topic` with offsets from `from` on, oldest first, at most 1,000 (a full page
+    /// means there may be more); events
+    /// older than the history TTL are left out (they count as gone).
+    fn range<'a>(&'a self, topic: &'a Arc<str>, from: u64) -> Reply<'a, Vec<Arc<Event>>>;
+
+    /// The `n` most recent events of `topic`, oldest first.
+    fn recent<'a>(&'a self, topic: &'a Arc<str>, n: usize) -> Reply<'a, Vec<Arc<Event>>>;
+
+    /// The current `(epoch, offset)` of each topic (`None` for a topic without one).
+    fn tops<'a>(&'a self, topics: &'a [Arc<str>]) -> Reply<'a, Vec<Option<(String, u64)>>>;
+
+    /// The listen key of a pattern (patterns with one key are listened to once).
+    fn pattern_key(&self, p: &Pattern) -> String;
+
+    /// Whether the pattern listen key `key` covers `topic`.
+    fn key_matches(&self, key: &str, topic: &str) -> bool;
+
+    /// Start receiving a topic's events and presence (`pattern`: a pattern listen key).
+    fn listen<'a>(&'a self, target: &'a str, pattern: bool) -> Reply<'a, ()>;
+
+    /// Stop receiving them.
+    fn unlisten<'a>(&'a self, target: &'a str, pattern: bool) -> Reply<'a, ()>;
+
+    /// Add a member to a topic's presence; announces the join when it is new.
+    fn join<'a>(&'a self, topic: &'a str, member: &'a Member) -> Reply<'a, ()>;
+
+    /// Remove a member; announces the leave when it was there.
+    fn leave<'a>(&'a self, topic: &'a str, session: &'a str) -> Reply<'a, ()>;
+
+    /// Member count and up to `limit` members of a topic.
+    fn members<'a>(&'a self, topic: &'a str, limit: usize) -> Reply<'a, (usize, Vec<Member>)>;
+
+    /// `(topic, session)` of every member the broker holds for this node.
+    fn own_members(&self) -> Reply<'_, Vec<(String, String)>>;
+
+    /// Record this node's heartbeat; report the nodes alive and those whose heartbeat stopped.
+    fn heartbeat(&self) -> Reply<'_, Heartbeat>;
+
+    /// Remove the members of a dead node (announcing each leave); `None` when the node turned
+    /// out alive again.
+    fn sweep<'a>(&'a self, node: &'a str) -> Reply<'a, Option<u64>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Subscribing to the channel and reading the position; events wait in `pending`.
+    Init,
+    Ready,
+    /// Reading a gap from the stream; events wait in `pending`.
+    Refilling,
+}
+
+struct Sub {
+    handle: Arc<Subscriber>,
+    presence: bool,
+}
+
+/// One topic with subscribers on this node.
+struct Local {
+    /// Unique per entry: a refill started for an earlier entry of the same name stops.
+    id: u64,
+    name: Arc<str>,
+    subs: HashMap<u64, Sub>,
+    /// Subscriptions between `ensure_topic` and joining `subs` (the entry stays while > 0).
+    joining: usize,
+    /// A stream top seen ahead of `last` by the previous periodic check.
+    suspect: Option<u64>,
+    epoch: Arc<str>,
+    /// The last offset delivered to this node's subscribers.
+    last: u64,
+    phase: Phase,
+    pending: VecDeque<Arc<Event>>,
+    policy: SlowConsumerPolicy,
+    ready: Arc<Notify>,
+}
+
+/// What happened to one event offered to a topic.
+enum Step {
+    Delivered,
+    Duplicate,
+    Gap,
+}
+
+impl Local {
+    fn position(&self) -> Position {
+        Position { offset: self.last, epoch: self.epoch.to_string() }
+    }
+
+    fn fan_out(&self, ev: &Arc<Event>) {
+        for s in self.subs.values() {
+            s.handle.deliver(ev, self.policy);
+        }
+    }
+
+    /// Tell every subscriber that the stream continues from `(epoch, offset)` and some events
+    /// before it cannot be delivered.
+    fn reset(&mut self, epoch: Arc<str>, offset: u64, metrics: &Metrics) {
+        self.epoch = epoch;
+        self.last = offset;
+        metrics.cluster_unrecovered.fetch_add(1, Ordering::Relaxed);
+        let notice = Arc::new(Notice::reset(Arc::clone(&self.name), self.position()));
+        for s in self.subs.values() {
+            s.handle.notify(&notice);
+        }
+    }
+
+    /// Offer the next event in arrival order.
+    fn offer(&mut self, ev: &Arc<Event>, metrics: &Metrics) -> Step {
+        if ev.epoch != self.epoch {
+            // The topic's history was lost and it started again: what this node had not yet
+            // received of the old epoch cannot be delivered.
+            self.reset(Arc::clone(&ev.epoch), 0, metrics);
+        }
+        if ev.offset <= self.last {
+            metrics.cluster_duplicates.fetch_add(1, Ordering::Relaxed);
+            return Step::Duplicate;
+        }
+        if ev.offset > self.last + 1 {
+            return Step::Gap;
+        }
+        self.last = ev.offset;
+        self.fan_out(ev);
+        Step::Delivered
+    }
+
+    /// Deliver what waited in `pending`; stops at the first gap (returns false).
+    fn drain_pending(&mut self, metrics: &Metrics) -> bool {
+        while let Some(ev) = self.pending.pop_front() {
+            if let Step::Gap = self.offer(&ev, metrics) {
+                self.pending.push_front(ev);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn hold(&mut self, ev: Arc<Event>, metrics: &Metrics) {
+        if self.pending.len() >= PENDING_LIMIT {
+            // Refilled from the stream later, like any gap.
+            metrics.cluster_pubsub_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.pending.push_back(ev);
+    }
+}
+
+
+/// Topics with subscribers on this node, by name.
+type Shard = HashMap<Arc<str>, Local>;
+
+/// The node's side of cluster mode over the backend `B`.
+struct Core<B: Backend> {
+    /// Itself, for tasks started from [`Inbound`] calls.
+    me: Weak<Core<B>>,
+    settings: ClusterSettings,
+    metrics: Arc<Metrics>,
+    backend: B,
+    health: Arc<Health>,
+    shards: Box<[Mutex<Shard>]>,
+    topics: AtomicUsize,
+    patterns: Patterns,
+    /// Pattern listen key → how many of this node's patterns map to it.
+    keys: Mutex<BTreeMap<String, usize>>,
+    /// Serialises listen / unlisten, each checking the interest when it runs.
+    sub_lock: tokio::sync::Mutex<()>,
+    nodes_alive: AtomicUsize,
+    next_local: AtomicU64,
+    /// Presence joins and leaves share it; the resync's re-registration takes it alone, so a
+    /// client arriving or leaving meanwhile is not undone.
+    presence_lock: tokio::sync::RwLock<()>,
+    /// This node has heartbeated before (a lapse afterwards means it may have been swept).
+    beaten: AtomicBool,
+}
+
+/// A cluster broker: this node's subscriptions, fan-out and recovery over the broker that
+/// `B` speaks to ([`RedisBroker`], [`NatsBroker`]).
+pub struct Cluster<B: Backend> {
+    core: Arc<Core<B>>,
+}
+
+impl<B: Backend> std::fmt::Debug for Cluster<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("broker", &B::NAME)
+            .field("node", &self.core.settings.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Cluster<B> {
+    /// Connect the backend (failing when the broker cannot be reached within the command
+    /// timeout) and start this node's upkeep: health checks, reconnection, heartbeats, presence
+    /// of dead nodes, and the periodic check of every topic's top.
+    async fn start(settings: ClusterSettings, metrics: Arc<Metrics>, backend: B, health: Arc<Health>) -> Result<Self, String> {
+        let core = Arc::new_cyclic(|me| Core {
+            me: me.clone(),
+            backend,
+            health,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            topics: AtomicUsize::new(0),
+            patterns: Patterns::default(),
+            keys: Mutex::new(BTreeMap::new()),
+            sub_lock: tokio::sync::Mutex::new(()),
+            nodes_alive: AtomicUsize::new(0),
+            next_local: AtomicU64::new(1),
+            presence_lock: tokio::sync::RwLock::new(()),
+            beaten: AtomicBool::new(false),
+            metrics,
+            settings,
+        });
+        let url = redact(&core.settings.url);
+        let inbound: Weak<dyn Inbound> = Arc::downgrade(&core) as Weak<dyn Inbound>;
+        core.backend.open(inbound).await.map_err(|e| format!("cannot reach {} at {url}: {e}", B::TITLE))?;
+        core.health.set_up();
+        core.heartbeat().await.map_err(|e| format!("{} refused the heartbeat: {e}", B::TITLE))?;
+        tokio::spawn(supervise(Arc::downgrade(&core)));
+        Ok(Self { core })
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.core.settings.node
+    }
+}
+
+fn check_node_name(settings: &ClusterSettings) -> Result<(), String> {
+    if settings.node.is_empty() || settings.node.contains(['\n', '\r']) {
+        return Err("node name must be non-empty and on one line".into());
+    }
+    Ok(())
+}
+
+impl RedisBroker {
+    /// Connect to Redis and start this node (see [`Cluster`]).
+    pub async fn connect(settings: ClusterSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
+        check_node_name(&settings)?;
+        let health = Arc::new(Health::new());
+        let backend = RedisBackend::new(&settings, Arc::clone(&health), Arc::clone(&metrics))?;
+        Self::start(settings, metrics, backend, health).await
+    }
+}
+
+impl NatsBroker {
+    /// Connect to NATS (JetStream must be enabled) and start this node (see [`Cluster`]).
+    pub async fn connect(settings: ClusterSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
+        check_node_name(&settings)?;
+        let health = Arc::new(Health::new());
+        let backend = NatsBackend::new(&settings, Arc::clone(&health), Arc::clone(&metrics))?;
+        Self::start(settings, metrics, backend, health).await
+    }
+}
+
+impl<B: Backend> Core<B> {
+    fn shard(&self, topic: &str) -> MutexGuard<'_, Shard> {
+        let mut h = DefaultHasher::new();
+        topic.hash(&mut h);
+        self.shards[(h.finish() as usize) % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn policy_for(&self, topic: &str) -> SlowConsumerPolicy {
+        super::policy_for(&self.settings.topic_policies, self.settings.policy, topic)
+    }
+
+    fn unavailable(&self) -> BrokerError {
+        self.health.unavailable()
+    }
+
+    fn me(&self) -> Option<Arc<Self>> {
+        self.me.upgrade()
+    }
+
+    /// Hand a publish to the backend (which queues it now, in call order) and count the
+    /// outcome.
+    fn submit(&self, topic: &str, payload: &Value, id: Option<&str>) -> BrokerFuture<'static, Position> {
+        let metrics = Arc::clone(&self.metrics);
+        if !self.health.is_up() {
+            metrics.publishes_refused.fetch_add(1, Ordering::Relaxed);
+            return Box::pin(std::future::ready(Err(self.unavailable())));
+        }
+        if id.is_some_and(|i| i.contains(['\n', '\r'])) {
+            return Box::pin(std::future::ready(Err(BrokerError {
+                code: ErrorCode::BadRequest,
+                message: "an event id may not contain a line break".into(),
+            })));
+        }
+        let payload = match serde_json::to_string(payload) {
+            Ok(p) => p,
+            Err(e) => return Box::pin(std::future::ready(Err(BrokerError::failed(e.to_string())))),
+        };
+        let out = Outgoing { topic: topic.to_owned(), time: now_ms(), id: id.map(str::to_owned), payload };
+        let wait = self.backend.publish(out);
+        Box::pin(async move {
+            let r = wait.await;
+            let counter = if r.is_ok() { &metrics.publishes } else { &metrics.publishes_refused };
+            counter.fetch_add(1, Ordering::Relaxed);
+            r
+        })
+    }
+
+    /// Listen to a topic or pattern key, serialised with unlistens.
+    async fn listen(&self, target: &str, pattern: bool) -> Result<(), BrokerError> {
+        let _g = self.sub_lock.lock().await;
+        if !self.health.is_up() {
+            return Err(self.unavailable());
+        }
+        self.backend.listen(target, pattern).await
+    }
+
+    /// Stop listening to a topic unless someone subscribed again meanwhile.
+    async fn unlisten_topic(&self, topic: &str) {
+        let _g = self.sub_lock.lock().await;
+        if self.shard(topic).contains_key(topic) {
+            return;
+        }
+        if let Err(e) = self.backend.unlisten(topic, false).await {
+            tracing::debug!(error = %e, "unlisten failed");
+        }
+    }
+
+    async fn unlisten_key(&self, key: String) {
+        let _g = self.sub_lock.lock().await;
+        if self.keys.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key) {
+            return;
+        }
+        if let Err(e) = self.backend.unlisten(&key, true).await {
+            tracing::debug!(error = %e, "pattern unlisten failed");
+        }
+    }
+
+    /// Make sure this node listens to `topic` and knows its position; waits while another
+    /// subscription is setting it up. The caller counts as joining until it calls
+    /// [`joined`](Self::joined), so the entry is not removed meanwhile.
+    async fn ensure_topic(self: &Arc<Self>, topic: &str) -> Result<(), BrokerError> {
+        let created = {
+            let mut shard = self.shard(topic);
+            match shard.get_mut(topic) {
+                Some(l) => {
+                    l.joining += 1;
+                    false
+                }
+                None => {
+                    if self.topics.fetch_add(1, Ordering::Relaxed) >= self.settings.max_topics {
+                        self.topics.fetch_sub(1, Ordering::Relaxed);
+                        self.metrics.topics_refused.fetch_add(1, Ordering::Relaxed);
+                        return Err(BrokerError::too_many_topics(self.settings.max_topics));
+                    }
+                    let name: Arc<str> = topic.into();
+                    shard.insert(
+                        Arc::clone(&name),
+                        Local {
+                            id: self.next_local.fetch_add(1, Ordering::Relaxed),
+                            policy: self.policy_for(topic),
+                            name,
+                            subs: HashMap::new(),
+                            joining: 1,
+                            suspect: None,
+                            epoch: "".into(),
+                            last: 0,
+                            phase: Phase::Init,
+                            pending: VecDeque::new(),
+                            ready: Arc::new(Notify::new()),
+                        },
+                    );
+                    true
+                }
+            }
+        };
+        if created {
+            let r = self.setup(topic).await;
+            // Waiters go on: to the ready topic, or to try the setup themselves.
+            let ready = self.shard(topic).get(topic).map(|l| Arc::clone(&l.ready));
+            if let Some(ready) = ready {
+                ready.notify_waiters();
+            }
+            return r;
+        }
+        // Another subscription is setting the topic up: wait for it (or take over if it failed).
+        let deadline = tokio::time::Instant::now() + self.settings.command_timeout * 2;
+        loop {
+            let ready = {
+                let shard = self.shard(topic);
+                match shard.get(topic) {
+                    Some(l) if l.phase == Phase::Init => Arc::clone(&l.ready),
+                    Some(_) => return Ok(()),
+                    None => return Err(BrokerError::failed("topic state vanished during subscribe")),
+                }
+            };
+            let notified = ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shard(topic).get(topic).is_some_and(|l| l.phase != Phase::Init) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(self.unavailable());
+            }
+            if self.shard(topic).get(topic).is_some_and(|l| l.phase == Phase::Init) {
+                // The setup failed: try it ourselves.
+                match self.setup(topic).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// The end of a subscription attempt that went through `ensure_topic`: it joined `subs`
+    /// (or failed). An entry nobody uses any more is removed and its channel released.
+    fn joined(self: &Arc<Self>, topic: &str) {
+        let mut shard = self.shard(topic);
+        let Some(l) = shard.get_mut(topic) else { return };
+        l.joining = l.joining.saturating_sub(1);
+        if l.joining == 0 && l.subs.is_empty() {
+            shard.remove(topic);
+            self.topics.fetch_sub(1, Ordering::Relaxed);
+            drop(shard);
+            let me = Arc::clone(self);
+            let topic = topic.to_owned();
+            tokio::spawn(async move { me.unlisten_topic(&topic).await });
+        }
+    }
+
+    /// Listen first, then read the position: nothing published in between is missed (it
+    /// arrives on the channel and waits in `pending`, or is at or before the position read).
+    async fn setup(self: &Arc<Self>, topic: &str) -> Result<(), BrokerError> {
+        self.listen(topic, false).await?;
+        let (offset, epoch) = self.backend.position(topic).await?;
+        let mut shard = self.shard(topic);
+        let Some(l) = shard.get_mut(topic) else { return Ok(()) };
+        if l.phase != Phase::Init {
+            return Ok(());
+        }
+        l.epoch = epoch.into();
+        l.last = offset;
+        l.phase = Phase::Ready;
+        l.ready.notify_waiters();
+        if !l.drain_pending(&self.metrics) {
+            l.phase = Phase::Refilling;
+            self.metrics.cluster_gaps.fetch_add(1, Ordering::Relaxed);
+            let id = l.id;
+            drop(shard);
+            tokio::spawn(refill(Arc::clone(self), topic.into(), id, 0));
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        self: &Arc<Self>,
+        sub: &Arc<Subscriber>,
+        target: &Pattern,
+        start: Start<'_>,
+        presence: bool,
+    ) -> Result<SubscribeOutcome, BrokerError> {
+        if !self.health.is_up() {
+            return Err(self.unavailable());
+        }
+        if target.is_wildcard() {
+            let key = self.backend.pattern_key(target);
+            let first = {
+                let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+                let n = keys.entry(key.clone()).or_insert(0);
+                *n += 1;
+                *n == 1
+            };
+            if first {
+                if let Err(e) = self.listen(&key, true).await {
+                    self.forget_key(&key);
+                    return Err(e);
+                }
+            }
+            if self.patterns.add(target, sub) {
+                self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.forget_key(&key);
+            }
+            return Ok(SubscribeOutcome { position: None, replayed: None });
+        }
+        let topic: Arc<str> = target.as_str().into();
+        if let Err(e) = self.ensure_topic(&topic).await {
+            if e.code != crate::wire::ErrorCode::TooManyTopics {
+                self.joined(&topic);
+            }
+            return Err(e);
+        }
+        let r = self.subscribe_exact(sub, &topic, start, presence).await;
+        self.joined(&topic);
+        let outcome = r?;
+        let _p = self.presence_lock.read().await;
+        if self.shard(&topic).get(&*topic).is_some_and(|l| l.subs.contains_key(&sub.id)) {
+            if let Err(e) = self.backend.join(&topic, &sub.member).await {
+                tracing::warn!(error = %e, topic = %topic, "presence join failed; it is redone when the broker is back");
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Replay what `start` asks for, up to what this node has delivered, and add the
+    /// subscriber, atomically with respect to live delivery: no gap, no duplicate.
+    async fn subscribe_exact(
+        &self,
+        sub: &Arc<Subscriber>,
+        topic: &Arc<str>,
+        start: Start<'_>,
+        presence: bool,
+    ) -> Result<SubscribeOutcome, BrokerError> {
+        // A client that saw more than this node has delivered (it came from a node ahead of
+        // this one) waits briefly for this node to catch up.
+        if let Start::Resume(pos) = start {
+            let deadline = Instant::now() + self.settings.command_timeout;
+            while Instant::now() < deadline {
+                let behind = self
+                    .shard(topic)
+                    .get(&**topic)
+                    .is_some_and(|l| *l.epoch == *pos.epoch && l.last < pos.offset && l.phase != Phase::Init);
+                if !behind {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // What to read first: from the resume position, or the n most recent.
+        let mut events: Vec<Arc<Event>> = match start {
+            Start::Live => Vec::new(),
+            Start::Recent(0) => Vec::new(),
+            Start::Recent(n) => self.backend.recent(topic, n).await?,
+            Start::Resume(pos) => {
+                let ok =
+                    self.shard(topic).get(&**topic).is_some_and(|l| *l.epoch == *pos.epoch && pos.offset <= l.last);
+                if ok { self.backend.range(topic, pos.offset + 1).await? } else { Vec::new() }
+            }
+        };
+        // Read further until the events reach what this node has delivered (a page limit, or
+        // live events that arrived during the read); a few rounds at most.
+        for _ in 0..64 {
+            let need_more = {
+                let shard = self.shard(topic);
+                let Some(l) = shard.get(&**topic) else { break };
+                !matches!(start, Start::Live) && events.last().is_some_and(|e| e.epoch == l.epoch && e.offset < l.last)
+            };
+            if !need_more {
+                break;
+            }
+            let from = events.last().map_or(1, |e| e.offset + 1);
+            let more = self.backend.range(topic, from).await?;
+            if more.is_empty() {
+                break;
+            }
+            events.extend(more);
+        }
+        let mut shard = self.shard(topic);
+        let Some(l) = shard.get_mut(&**topic) else {
+            return Err(BrokerError::failed("topic state vanished during subscribe"));
+        };
+        // Exact or nothing: the events must run without a hole from where the client stands
+        // (the resume position, or the first event replayed) to what this node delivered.
+        let mut upto: Vec<Arc<Event>> =
+            events.into_iter().filter(|e| e.offset <= l.last && e.epoch == l.epoch).collect();
+        if let Start::Recent(n) = start {
+            let skip = upto.len().saturating_sub(n);
+            upto.drain(..skip);
+        }
+        let contiguous = upto.windows(2).all(|w| w[1].offset == w[0].offset + 1);
+        let replayed = match start {
+            Start::Live => None,
+            Start::Recent(_) => {
+                let reaches = upto.last().is_none_or(|e| e.offset == l.last);
+                if !(contiguous && reaches) {
+                    upto.clear(); // no history rather than history with a hole before live
+                }
+                Some(upto.len())
+            }
+            Start::Resume(pos) => {
+                let exact = *pos.epoch == *l.epoch
+                    && contiguous
+                    && match (upto.first(), upto.last()) {
+                        (None, _) => pos.offset == l.last,
+                        (Some(f), Some(t)) => f.offset == pos.offset + 1 && t.offset == l.last,
+                        _ => false,
+                    };
+                if exact {
+                    Some(upto.len())
+                } else {
+                    upto.clear();
+                    self.metrics.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        };
+        for e in &upto {
+            sub.deliver(e, SlowConsumerPolicy::Disconnect);
+        }
+        self.metrics.replayed_events.fetch_add(upto.len() as u64, Ordering::Relaxed);
+        if l.subs.insert(sub.id, Sub { handle: Arc::clone(sub), presence }).is_none() {
+            self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(SubscribeOutcome { position: Some(l.position()), replayed })
+    }
+
+    fn forget_key(&self, key: &str) -> bool {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        match keys.get_mut(key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                keys.remove(key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Remove a subscription from this node's table; the broker side (listening, presence) is
+    /// returned as work to do.
+    fn unsubscribe_local(&self, sub: &Subscriber, target: &Pattern) -> Option<Cleanup> {
+        if target.is_wildcard() {
+            let (removed, _) = self.patterns.remove(target, sub);
+            if !removed {
+                return None;
+            }
+            self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            let key = self.backend.pattern_key(target);
+            return Some(Cleanup::Pattern(self.forget_key(&key).then_some(key)));
+        }
+        let topic = target.as_str();
+        let mut shard = self.shard(topic);
+        let l = shard.get_mut(topic)?;
+        l.subs.remove(&sub.id)?;
+        self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        let last = l.subs.is_empty() && l.joining == 0;
+        if last {
+            shard.remove(topic);
+            self.topics.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(Cleanup::Topic { topic: topic.to_owned(), session: sub.member.session.to_string(), unlisten: last })
+    }
+
+    async fn cleanup(&self, c: Cleanup) {
+        match c {
+            Cleanup::Pattern(Some(key)) => self.unlisten_key(key).await,
+            Cleanup::Pattern(None) => {}
+            Cleanup::Topic { topic, session, unlisten } => {
+                let _p = self.presence_lock.read().await;
+                if let Err(e) = self.backend.leave(&topic, &session).await {
+                    // Retried when the broker is back (resync removes this node's stale members).
+                    tracing::debug!(error = %e, "presence leave failed");
+                }
+                if unlisten {
+                    self.unlisten_topic(&topic).await;
+                }
+            }
+        }
+    }
+
+    /// Heartbeat, and sweep the presence of nodes whose heartbeat stopped.
+    async fn heartbeat(&self) -> Result<(), BrokerError> {
+        let beat = self.backend.heartbeat().await?;
+        self.nodes_alive.store(beat.alive, Ordering::Relaxed);
+        if beat.lapsed {
+            // Another node took this one for dead (a long stall) and may have swept its members.
+            if self.beaten.swap(true, Ordering::Relaxed) {
+                tracing::warn!("this node's heartbeat had lapsed; registering its presence again");
+                self.reregister_presence().await?;
+            }
+        } else {
+            self.beaten.store(true, Ordering::Relaxed);
+        }
+        for dead in beat.dead {
+            if dead == self.settings.node {
+                continue;
+            }
+            if let Some(n) = self.backend.sweep(&dead).await? {
+                self.metrics.cluster_members_swept.fetch_add(n, Ordering::Relaxed);
+                tracing::info!(node = %dead, members = n, "removed the presence of a node whose heartbeat stopped");
+            }
+        }
+        Ok(())
+    }
+
+    /// Compare every topic's top with what this node delivered; refill what is missing.
+    async fn check_tops(self: &Arc<Self>) -> Result<(), BrokerError> {
+        let topics: Vec<(Arc<str>, Arc<str>, u64)> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.values()
+                    .filter(|l| l.phase == Phase::Ready)
+                    .map(|l| (Arc::clone(&l.name), Arc::clone(&l.epoch), l.last))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for chunk in topics.chunks(500) {
+            let names: Vec<Arc<str>> = chunk.iter().map(|(t, _, _)| Arc::clone(t)).collect();
+            let tops = self.backend.tops(&names).await?;
+            for ((topic, epoch, last), top) in chunk.iter().zip(tops) {
+                let Some((e, o)) = top else { continue };
+                let mut shard = self.shard(topic);
+                let Some(l) = shard.get_mut(&**topic) else { continue };
+                if l.phase != Phase::Ready || *l.epoch != **epoch || l.last < *last {
+                    continue;
+                }
+                let behind = *e != **epoch || o > l.last;
+                if !behind {
+                    l.suspect = None;
+                    continue;
+                }
+                // Messages may still be on their way through the node's buffer: act only when
+                // the previous check already saw this node short of a top it has not reached.
+                let confirmed = match l.suspect {
+                    Some(prev) => *e != **epoch || l.last < prev.min(o),
+                    None => false,
+                };
+                if !confirmed {
+                    l.suspect = Some(o);
+                    continue;
+                }
+                l.suspect = None;
+                self.metrics.cluster_gaps.fetch_add(1, Ordering::Relaxed);
+                if *e != *l.epoch {
+                    // The broker started the topic again: the new epoch's events are refilled
+                    // from 1.
+                    l.reset(e.as_str().into(), 0, &self.metrics);
+                    l.pending.clear();
+                }
+                l.phase = Phase::Refilling;
+                let id = l.id;
+                drop(shard);
+                tokio::spawn(refill(Arc::clone(self), Arc::clone(topic), id, o));
+            }
+        }
+        Ok(())
+    }
+
+    /// After a reconnection: listen again, re-read every topic's position (refilling what was
+    /// published meanwhile, or resetting subscribers when the broker lost the topic), and make
+    /// the broker's presence match this node's connections again.
+    async fn resync(self: &Arc<Self>) -> Result<(), BrokerError> {
+        let topics: Vec<Arc<str>> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect::<Vec<_>>())
+            .collect();
+        let keys: Vec<String> = self.keys.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        for k in keys {
+            self.listen(&k, true).await?;
+        }
+        for topic in &topics {
+            self.listen(topic, false).await?;
+            let (offset, epoch) = self.backend.position(topic).await?;
+            let mut shard = self.shard(topic);
+            let Some(l) = shard.get_mut(&**topic) else { continue };
+            if l.phase == Phase::Init {
+                continue;
+            }
+            let changed = *l.epoch != *epoch;
+            if changed {
+                // The broker lost the topic: what this node had not delivered of the old epoch
+                // is gone; the new epoch's events are refilled from its start.
+                l.reset(epoch.as_str().into(), 0, &self.metrics);
+                l.pending.clear();
+            }
+            if (changed || offset > l.last) && l.phase == Phase::Ready {
+                self.metrics.cluster_gaps.fetch_add(1, Ordering::Relaxed);
+                l.phase = Phase::Refilling;
+                let id = l.id;
+                drop(shard);
+                tokio::spawn(refill(Arc::clone(self), Arc::clone(topic), id, offset));
+            }
+        }
+        self.reregister_presence().await
+    }
+
+    /// Make the broker's presence for this node match its connections: join every member (a
+    /// join is announced only when the broker did not have it), leave those it no longer
+    /// holds. Joins and leaves of arriving and departing clients wait meanwhile, so none is
+    /// undone.
+    async fn reregister_presence(&self) -> Result<(), BrokerError> {
+        let _p = self.presence_lock.write().await;
+        let mut members: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+        let mut joins: Vec<(Arc<str>, Member)> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (topic, l) in shard.iter() {
+                for s in l.subs.values() {
+                    members.insert((topic.to_string(), s.handle.member.session.to_string()));
+                    joins.push((Arc::clone(topic), s.handle.member.clone()));
+                }
+            }
+        }
+        for (topic, m) in joins {
+            self.backend.join(&topic, &m).await?;
+        }
+        for (topic, session) in self.backend.own_members().await? {
+            if !members.contains(&(topic.clone(), session.clone())) {
+                self.backend.leave(&topic, &session).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Inbound for Core<B> {
+    fn event(&self, topic: &str, ev: Arc<Event>) {
+        let mut shard = self.shard(topic);
+        let Some(l) = shard.get_mut(topic) else { return };
+        if l.phase != Phase::Ready {
+            l.hold(ev, &self.metrics);
+            return;
+        }
+        if let Step::Gap = l.offer(&ev, &self.metrics) {
+            self.metrics.cluster_gaps.fetch_add(1, Ordering::Relaxed);
+            l.phase = Phase::Refilling;
+            l.hold(ev, &self.metrics);
+            let id = l.id;
+            drop(shard);
+            // The inbound side holds only a weak handle; the strong one comes from the shard's
+            // owner, which is alive while this runs.
+            if let Some(me) = self.me() {
+                tokio::spawn(refill(me, topic.into(), id, 0));
+            }
+        }
+    }
+
+    fn presence(&self, topic: &str, join: bool, member: Member) {
+        let shard = self.shard(topic);
+        let Some(l) = shard.get(topic) else { return };
+        let session = Arc::clone(&member.session);
+        let notice = Arc::new(if join {
+            Notice::join(Arc::clone(&l.name), member)
+        } else {
+            Notice::leave(Arc::clone(&l.name), member)
+        });
+        for s in l.subs.values().filter(|s| s.presence && !(join && s.handle.member.session == session)) {
+            s.handle.notify(&notice);
+        }
+    }
+
+    /// Delivered to this node's pattern subscribers once, by the first (in order) of this
+    /// node's pattern keys that covers the topic.
+    fn pattern_event(&self, key: &str, ev: Arc<Event>) {
+        if self.patterns.is_empty() {
+            return;
+        }
+        let topic = Arc::clone(&ev.topic);
+        let first = {
+            let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            keys.keys().find(|k| self.backend.key_matches(k, &topic)).is_some_and(|k| k == key)
+        };
+        if !first {
+            return;
+        }
+        let exact: Vec<u64> =
+            self.shard(&topic).get(&*topic).map(|l| l.subs.keys().copied().collect()).unwrap_or_default();
+        self.patterns.deliver(&ev, self.policy_for(&topic), |id| exact.contains(&id));
+    }
+}
+
+enum Cleanup {
+    Pattern(Option<String>),
+    Topic { topic: String, session: String, unlisten: bool },
+}
+
+/// Refill a topic's gap from its history, then deliver what waited; `top` is a known top (from
+/// the periodic check) that the node must reach even if the history no longer holds the events
+/// up to it.
+async fn refill<B: Backend>(inner: Arc<Core<B>>, topic: Arc<str>, id: u64, top: u64) {
+    let mut backoff = Duration::from_millis(50);
+    // Only the entry this refill was started for, while it is refilling (a topic dropped and
+    // subscribed again meanwhile is a new entry with its own setup).
+    let mine = |l: &Local| l.id == id && l.phase == Phase::Refilling;
+    loop {
+        let from = {
+            let shard = inner.shard(&topic);
+            match shard.get(&*topic) {
+                Some(l) if mine(l) => l.last + 1,
+                _ => return,
+            }
+        };
+        let events = match inner.backend.range(&topic, from).await {
+            Ok(ev) => ev,
+            Err(e) => {
+                // Retried until it works (the broker comes back) or the topic goes.
+                tracing::debug!(error = %e, topic = %topic, "refill failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let full_page = events.len() >= PAGE;
+        let mut shard = inner.shard(&topic);
+        let Some(l) = shard.get_mut(&*topic).filter(|l| mine(l)) else { return };
+        let m = &inner.metrics;
+        for ev in &events {
+            if ev.epoch != l.epoch || ev.offset > l.last + 1 {
+                // Events between what was delivered and the oldest kept are gone.
+                l.reset(Arc::clone(&ev.epoch), ev.offset - 1, m);
+            }
+            if ev.offset == l.last + 1 {
+                l.last = ev.offset;
+                l.fan_out(ev);
+            }
+        }
+        if full_page {
+            continue;
+        }
+        if events.is_empty() {
+            // Nothing after `last` in the history: whatever lies between it and the next event
+            // that arrived (or the known top) is gone.
+            let next = l.pending.iter().find(|e| e.epoch == l.epoch && e.offset > l.last).map(|e| e.offset - 1);
+            match next.or((top > l.last).then_some(top)) {
+                Some(to) if to > l.last => {
+                    let epoch = Arc::clone(&l.epoch);
+                    l.reset(epoch, to, m);
+                }
+                _ => {}
+            }
+        }
+        if l.drain_pending(m) {
+            l.phase = Phase::Ready;
+            m.cluster_refilled.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        drop(shard);
+        backoff = Duration::from_millis(50);
+    }
+}
+
+/// Health checks, reconnection with backoff, heartbeats and the periodic top check.
+async fn supervise<B: Backend>(inner: Weak<Core<B>>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut last_beat = Instant::now();
+    let mut last_check = Instant::now();
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        if me.health.is_up() {
+            let period = me.settings.node_ttl / 3;
+            let ok = me.backend.ping().await;
+            if !ok {
+                me.health.down(&format!("{} did not answer a ping in time", B::TITLE));
+            } else {
+                if last_beat.elapsed() >= period {
+                    last_beat = Instant::now();
+                    if let Err(e) = me.heartbeat().await {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                    }
+                }
+                if last_check.elapsed() >= me.settings.check_interval {
+                    last_check = Instant::now();
+                    if let Err(e) = me.check_tops().await {
+                        tracing::warn!(error = %e, "top check failed");
+                    }
+                }
+            }
+            // Holds the broker for at most a second after its last user dropped it.
+            let kick = Arc::clone(&me.health);
+            drop(me);
+            let _ = tokio::time::timeout(Duration::from_secs(1).min(period), kick.kick.notified()).await;
+            continue;
+        }
+        // Down: reconnect with backoff.
+        let inbound: Weak<dyn Inbound> = Arc::downgrade(&me) as Weak<dyn Inbound>;
+        match me.backend.open(inbound).await {
+            Ok(()) => {
+                me.health.up.store(true, Ordering::Release);
+                match me.resync().await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(100);
+                        me.metrics.cluster_reconnects.fetch_add(1, Ordering::Relaxed);
+                        me.health.set_up();
+                        let _ = me.heartbeat().await;
+                        tracing::info!(broker = B::NAME, "cluster broker reconnected");
+                    }
+                    Err(e) => {
+                        me.health.down(&format!("resync after reconnect failed: {e}"));
+                        drop(me);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            Err(e) => {
+                me.health.down(&format!("{}: {e}", B::TITLE));
+                drop(me);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+impl<B: Backend> Broker for Cluster<B> {
+    fn publish<'a>(&'a self, topic: &'a str, payload: Value, id: Option<String>) -> BrokerFuture<'a, Position> {
+        self.core.submit(topic, &payload, id.as_deref())
+    }
+
+    fn publish_owned(
+        self: Arc<Self>,
+        topic: String,
+        payload: Value,
+        id: Option<String>,
+    ) -> BrokerFuture<'static, Position> {
+        self.core.submit(&topic, &payload, id.as_deref())
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        sub: &'a Arc<Subscriber>,
+        target: &'a Pattern,
+        start: Start<'a>,
+        presence: bool,
+    ) -> BrokerFuture<'a, SubscribeOutcome> {
+        Box::pin(self.core.subscribe(sub, target, start, presence))
+    }
+
+    fn unsubscribe<'a>(&'a self, sub: &'a Arc<Subscriber>, target: &'a Pattern) -> BrokerFuture<'a, bool> {
+        Box::pin(async move {
+            match self.core.unsubscribe_local(sub, target) {
+                Some(c) => {
+                    self.core.cleanup(c).await;
+                    Ok(true)
+                }
+                None => Ok(false),
+            }
+        })
+    }
+
+    fn presence<'a>(&'a self, topic: &'a str, limit: usize) -> BrokerFuture<'a, (usize, Vec<Member>)> {
+        self.core.backend.members(topic, limit)
+    }
+
+    fn remove_all(&self, sub: &Arc<Subscriber>, targets: &[Pattern]) {
+        let work: Vec<Cleanup> = targets.iter().filter_map(|t| self.core.unsubscribe_local(sub, t)).collect();
+        if work.is_empty() {
+            return;
+        }
+        let core = Arc::clone(&self.core);
+        tokio::spawn(async move {
+            for c in work {
+                core.cleanup(c).await;
+            }
+        });
+    }
+
+    fn topic_count(&self) -> usize {
+        self.core.topics.load(Ordering::Relaxed)
+    }
+
+    fn maintain(&self, _now: Instant) -> BrokerFuture<'_, ()> {
+        // The broker trims history itself (caps and TTLs); the node's own upkeep runs in its
+        // supervisor task.
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn pipelined(&self) -> bool {
+        true
+    }
+
+    fn health(&self) -> BrokerHealth {
+        if self.core.health.is_up() {
+            BrokerHealth::Ok
+        } else {
+            BrokerHealth::Degraded(self.core.health.reason())
+        }
+    }
+
+    fn cluster(&self) -> Option<ClusterInfo> {
+        Some(ClusterInfo {
+            broker: B::NAME,
+            node: self.core.settings.node.clone(),
+            state: match self.health() {
+                BrokerHealth::Ok => "ok".into(),
+                BrokerHealth::Degraded(r) => format!("degraded: {r}"),
+            },
+            nodes: self.core.nodes_alive.load(Ordering::Relaxed),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://user:***@host:6379/0");
+        assert_eq!(redact("redis://:secret@host"), "redis://:***@host");
+        assert_eq!(redact("nats://host:4222"), "nats://host:4222");
+    }
+}

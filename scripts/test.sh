@@ -2,8 +2,9 @@
 # Run every test weft has, installing what it needs on a fresh machine.
 #
 #   scripts/test.sh            fmt, clippy, cargo deny, Rust tests (unit, integration, interop,
-#                              doc, cluster mode over redis-server), the engine's integration
-#                              tests again on the Redis broker, every fuzz target for FUZZ_SECONDS (40) each, the Python
+#                              doc, cluster mode over redis-server and nats-server), the
+#                              engine's integration tests again on the Redis and on the NATS
+#                              broker, every fuzz target for FUZZ_SECONDS (40) each, the Python
 #                              package (built into a venv, pytest), the browser pages, the full
 #                              Autobahn suite as server and as client (517 cases each), the
 #                              client suite also with the Python sync and asyncio clients
@@ -19,7 +20,7 @@
 # Python venv (~/.cache/weft-py) with pytest, websockets, uvloop and the `weft` package built
 # from bindings/python by maturin (pip fetches it as the PEP 517 build backend); cargo-deny and
 # cargo-fuzz (cargo install, when missing; the fuzzers build with RUSTC_BOOTSTRAP=1 on stable);
-# redis-server (apt-get, when missing; the tests start their own on free ports).
+# redis-server and nats-server (apt-get, when missing; the tests start their own on free ports).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -48,21 +49,39 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --manifest-path bindings/python/Cargo.toml --locked -- -D warnings
 
-step "cargo test (unit, integration, interop, doc; cluster mode over redis-server)"
+step "cargo test (unit, integration, interop, doc; cluster mode over redis-server and nats-server)"
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null
 fi
+if ! command -v nats-server >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null
+fi
 cargo test --workspace --locked
 
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; }
+
 step "the engine's integration tests again, on the Redis broker (a redis-server of their own)"
-RPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+RPORT=$(free_port)
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no > "$OUT/redis.log" 2>&1 &
 REDIS_PID=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$RPORT") 2>/dev/null && break; sleep 0.05; done
+wait_port "$RPORT"
 r_rc=0
-WEFT_TEST_REDIS="redis://127.0.0.1:$RPORT" cargo test --locked -p weft-server --test engine || r_rc=$?
+WEFT_TEST_BROKER="redis://127.0.0.1:$RPORT" cargo test --locked -p weft-server --test engine || r_rc=$?
 kill $REDIS_PID; wait $REDIS_PID 2>/dev/null || true
 [[ $r_rc -eq 0 ]] || { echo "engine tests on Redis FAILED" >&2; exit 1; }
+
+step "the engine's integration tests again, on the NATS broker (a nats-server -js of their own)"
+NPORT=$(free_port)
+NSTORE=$(mktemp -d)
+nats-server -js -a 127.0.0.1 -p "$NPORT" -sd "$NSTORE" > "$OUT/nats.log" 2>&1 &
+NATS_PID=$!
+wait_port "$NPORT"
+n_rc=0
+WEFT_TEST_BROKER="nats://127.0.0.1:$NPORT" cargo test --locked -p weft-server --test engine || n_rc=$?
+kill $NATS_PID; wait $NATS_PID 2>/dev/null || true
+rm -rf "$NSTORE"
+[[ $n_rc -eq 0 ]] || { echo "engine tests on NATS FAILED" >&2; exit 1; }
 
 step "cargo deny: licenses, duplicate crates, sources (and advisories where the database is reachable)"
 command -v cargo-deny >/dev/null || cargo install --locked cargo-deny

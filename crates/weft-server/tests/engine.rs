@@ -12,11 +12,12 @@ use weft_server::{Engine, EngineConfig, JwtAuth, SlowConsumerPolicy};
 
 const T: Duration = Duration::from_secs(5);
 
-/// The broker these tests run against: the in-memory one, or the Redis at `WEFT_TEST_REDIS`
-/// (each engine with its own key prefix, so tests never share state).
+/// The broker these tests run against: the in-memory one, or the cluster broker at
+/// `WEFT_TEST_BROKER` (`redis://…` or `nats://…`; each engine with its own prefix, so tests
+/// never share state).
 fn broker(cfg: EngineConfig) -> EngineConfig {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    match std::env::var("WEFT_TEST_REDIS") {
+    match std::env::var("WEFT_TEST_BROKER") {
         Ok(url) if !url.is_empty() => {
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             EngineConfig { broker: Some(url), broker_prefix: format!("t{}-{n}", std::process::id()), ..cfg }
@@ -25,9 +26,9 @@ fn broker(cfg: EngineConfig) -> EngineConfig {
     }
 }
 
-/// Whether the tests run against Redis (a few check the memory broker's own budgets).
-fn on_redis() -> bool {
-    std::env::var("WEFT_TEST_REDIS").is_ok_and(|u| !u.is_empty())
+/// Whether the tests run against a cluster broker (a few check the memory broker's own budgets).
+fn on_cluster() -> bool {
+    std::env::var("WEFT_TEST_BROKER").is_ok_and(|u| !u.is_empty())
 }
 
 async fn start(cfg: EngineConfig) -> (SocketAddr, Engine, tokio::task::JoinHandle<std::io::Result<()>>) {
@@ -784,7 +785,7 @@ async fn topic_limits_refuse_with_4008_and_unused_topics_are_forgotten() {
     let r = c.request(json!({"type": "subscribe", "id": 11, "topics": ["b.1"]})).await;
     assert_eq!(r["results"][0]["error"]["code"], 4008, "{r}");
     assert_eq!(c.request(json!({"type": "publish", "topic": "a.3", "payload": 2})).await["offset"], 2);
-    if on_redis() {
+    if on_cluster() {
         // Topics live in Redis there (bounded by its TTLs and memory policy); max_topics
         // bounds the topics this node follows, tested in tests/cluster.rs.
         return;
@@ -824,7 +825,7 @@ async fn history_memory_is_bounded_and_recovery_stays_exact() {
         topic_churn_limit: 10_000,
         ..Default::default()
     };
-    if on_redis() {
+    if on_cluster() {
         return; // the memory broker's own budget; Redis streams are capped by count and age
     }
     let (addr, engine, _h) = start(cfg).await;

@@ -389,6 +389,10 @@ impl Inner {
                 }
             }
         }
+        // The stream keeps one message more per topic than the history (room for the epoch
+        // marker); once the marker is gone, that one is over the history size.
+        let over = out.len().saturating_sub(self.settings.history_size);
+        out.drain(..over);
         Ok(out)
     }
 

@@ -267,7 +267,8 @@ impl Server {
     /// `history_size`, `history_ttl`, `slow_consumer`, `rate_limit`, `rate_burst`, `heartbeat`,
     /// `ping_timeout`, `idle_timeout`, `shutdown_grace`, `max_topics`, `topic_churn_limit`,
     /// `history_memory`, `history_topic_bytes` (bytes), `http_header_timeout`,
-    /// `http_body_timeout`, `max_token_size`, `deflate`, `broker` (`"redis://host:port"`:
+    /// `http_body_timeout`, `max_token_size`, `deflate`, `broker` (`"redis://host:port"` or
+    /// `"nats://host:port"`:
     /// cluster mode, docs/CLUSTER.md), `broker_ca_file`, `broker_prefix`, `node_name`,
     /// `node_ttl` (seconds where a time), `threads`
     /// (engine worker threads, default 2), `inbound_capacity` (default 4096),

@@ -1,5 +1,5 @@
-"""Cluster mode from Python: two ``weft.Server`` nodes joined by a ``redis-server`` the test
-starts on a free port. Publish from Python on one node, receive on the other; resume on the
+"""Cluster mode from Python: two ``weft.Server`` nodes joined by a ``redis-server`` or a
+``nats-server -js`` the test starts on a free port. Publish from Python on one node, receive on the other; resume on the
 other node; an unreachable broker raises ``ConnectionError`` at start."""
 
 from __future__ import annotations
@@ -15,28 +15,32 @@ from conftest import free_port, wait_port
 from weft import engine_client
 
 
-@pytest.fixture()
-def redis_url():
-    exe = shutil.which("redis-server")
+@pytest.fixture(params=["redis", "nats"])
+def broker_url(request, tmp_path):
+    exe = shutil.which(f"{request.param}-server")
     if exe is None:
-        pytest.fail("redis-server not found (scripts/test.sh installs it)")
+        pytest.fail(f"{request.param}-server not found (scripts/test.sh installs it)")
     port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    if request.param == "redis":
+        args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    else:
+        args = [exe, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        yield f"redis://127.0.0.1:{port}"
+        yield f"{request.param}://127.0.0.1:{port}"
     finally:
         proc.kill()
         proc.wait()
 
 
-def test_two_nodes_share_topics_and_positions(redis_url):
-    with weft.Server(broker=redis_url, node_name="py-a") as a, weft.Server(broker=redis_url, node_name="py-b") as b:
+def test_two_nodes_share_topics_and_positions(broker_url):
+    with (
+        weft.Server(broker=broker_url, node_name="py-a") as a,
+        weft.Server(broker=broker_url, node_name="py-b") as b,
+    ):
         assert a.stats()["cluster"]["node"] == "py-a"
+        assert a.stats()["cluster"]["broker"] == broker_url.split(":")[0]
 
         async def main() -> None:
             async with engine_client.connect(f"ws://127.0.0.1:{b.port}/ws?user=bea") as c:
@@ -61,8 +65,11 @@ def test_an_unreachable_broker_raises_connection_error():
     server = weft.Server(broker=f"redis://127.0.0.1:{free_port()}")
     with pytest.raises(ConnectionError, match="cannot reach Redis"):
         server.start()
-    with pytest.raises(ValueError, match="NATS is not supported yet"):
-        weft.Server(broker="nats://127.0.0.1:4222").start()
+    server = weft.Server(broker=f"nats://127.0.0.1:{free_port()}")
+    with pytest.raises(ConnectionError, match="cannot reach NATS"):
+        server.start()
+    with pytest.raises(ValueError, match="unsupported broker"):
+        weft.Server(broker="kafka://127.0.0.1:9092").start()
 
 
 def test_a_reset_moves_the_resume_position():

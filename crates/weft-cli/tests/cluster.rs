@@ -99,6 +99,16 @@ impl Broker {
         assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
     }
 
+    /// Kill it and start it again on the same port, keeping its data (NATS's store; Redis here
+    /// keeps nothing).
+    fn restart_keeping(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.launch();
+    }
+
     /// Kill it, losing everything (Redis keeps nothing; NATS's store is deleted), and start a
     /// new one on the same port.
     fn restart(&mut self) {
@@ -562,6 +572,105 @@ async fn a_broker_outage_fails_publishes_fast_and_loses_nothing_silently(kind: K
     assert!(seq.resets >= 1, "no reset after the history was lost");
 }
 
+/// Two nodes publish to the same topic at the same time, each with many publishes in flight:
+/// every event gets its own offset (NATS: publishes refused by the last-sequence check are
+/// retried), and a subscriber on a third node sees all of them once, in order.
+async fn concurrent_publishers_on_one_topic_share_one_sequence(kind: Kind) {
+    let Some(redis) = Broker::start(kind) else { return };
+    let nodes = [node(&redis, "a", &[]), node(&redis, "b", &[]), node(&redis, "c", &[])];
+    let mut sub = Client::connect(nodes[2].port, "s").await;
+    let r = sub.subscribe(json!({"type": "subscribe", "topics": ["race"]})).await;
+    let mut seq = Seq::start(&r);
+    let mut tasks = Vec::new();
+    for (k, n) in nodes[..2].iter().enumerate() {
+        let port = n.port;
+        tasks.push(tokio::spawn(async move {
+            let mut p = Client::connect(port, &format!("p{k}")).await;
+            for i in 0..200 {
+                p.send(json!({"type": "publish", "topic": "race", "payload": format!("{k}-{i}")})).await;
+            }
+            let mut offsets = Vec::new();
+            for _ in 0..200 {
+                let m = p.next("published").await;
+                offsets.push(m["offset"].as_u64().unwrap());
+            }
+            offsets
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let offsets = t.await.unwrap();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "one connection's publishes out of order");
+        all.extend(offsets);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=400).collect::<Vec<u64>>(), "every publish its own offset");
+    let mut payloads = std::collections::HashSet::new();
+    while seq.events < 400 {
+        let m = sub.next_item().await;
+        seq.see(&m);
+        assert!(payloads.insert(m["payload"].as_str().unwrap().to_owned()), "{m}");
+    }
+    assert_eq!(seq.resets, 0);
+}
+
+/// NATS restarted with its store: history and positions survive, so subscribers see no reset
+/// and a client resumes across the restart; presence (kept in memory) is registered again.
+#[tokio::test]
+async fn nats_restarted_with_its_store_keeps_positions_and_history() {
+    let Some(mut nats) = Broker::start(Kind::Nats) else { return };
+    let a = node(&nats, "a", &[]);
+    let b = node(&nats, "b", &[]);
+    let mut sub = Client::connect(b.port, "s").await;
+    let r = sub.subscribe(json!({"type": "subscribe", "topics": ["kept"], "presence": true})).await;
+    let mut seq = Seq::start(&r);
+    for i in 0..10 {
+        let (status, _) = http(a.port, "POST", "/api/publish", &format!(r#"{{"topic":"kept","payload":{i}}}"#)).await;
+        assert_eq!(status, 200);
+    }
+    while seq.events < 10 {
+        seq.see(&sub.next_item().await);
+    }
+    nats.restart_keeping();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (sa, _) = http(a.port, "GET", "/healthz", "").await;
+        let (sb, _) = http(b.port, "GET", "/healthz", "").await;
+        if sa == 200 && sb == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "health did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 10..20 {
+        let (status, body) =
+            http(a.port, "POST", "/api/publish", &format!(r#"{{"topic":"kept","payload":{i}}}"#)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    while seq.events < 20 {
+        seq.see(&sub.next_item().await);
+    }
+    assert_eq!((seq.last, seq.resets), (20, 0));
+    // A resume from before the restart is exact.
+    let mut again = Client::connect(a.port, "again").await;
+    let r = again
+        .subscribe(json!({"type": "subscribe", "topics": ["kept"],
+            "resume": {"kept": {"offset": 5, "epoch": seq.epoch}}}))
+        .await;
+    assert_eq!((r["results"][0]["recovered"].as_bool(), r["results"][0]["replayed"].as_u64()), (Some(true), Some(15)));
+    // Presence came back: both members are listed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        again.send(json!({"type": "presence", "topic": "kept"})).await;
+        let p = again.next("presence").await;
+        if p["count"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "presence not registered again: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `rediss://`: nodes reach a TLS-only Redis, trusting a private CA; a node that does not
 /// trust it does not start, and says why (without the password).
 #[tokio::test]
@@ -620,6 +729,67 @@ async fn nodes_join_over_tls_to_redis() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot reach Redis at rediss://u:***@localhost"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tls://` NATS: nodes reach a TLS-only `nats-server`, trusting a private CA; a node that does
+/// not trust it does not start, and says why (without the password).
+#[tokio::test]
+async fn nodes_join_over_tls_to_nats() {
+    if std::env::var("WEFT_SKIP_NATS").is_ok_and(|v| v == "1") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("weft-natstls-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let mut nats = Broker { kind: Kind::Nats, child: None, port, dir: dir.join("store") };
+    nats.child = Some(
+        Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", dir.join("store").to_str().unwrap()])
+            .args(["--tls", "--tlscert", cert.to_str().unwrap(), "--tlskey", key.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(port, "nats-server (TLS)");
+    let url = format!("tls://localhost:{port}");
+    let ca = cert.to_str().unwrap();
+    let start = |name: &str| {
+        let p = free_port();
+        let child = Command::new(WEFT)
+            .args(["serve", "--addr", &format!("127.0.0.1:{p}"), "--threads", "1", "--broker", &url])
+            .args(["--broker-ca-file", ca, "--node-name", name])
+            .env_remove("WEFT_JWT_SECRET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(p, "weft serve");
+        Node { child, port: p }
+    };
+    let (a, b) = (start("a"), start("b"));
+    let mut sub = Client::connect(b.port, "s").await;
+    sub.subscribe(json!({"type": "subscribe", "topics": ["secure"]})).await;
+    let (status, body) = http(a.port, "POST", "/api/publish", r#"{"topic":"secure","payload":"over tls"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sub.next("event").await["payload"], "over tls");
+    // Without the CA (system roots only): refused at start with the reason, no password shown.
+    let out = Command::new(WEFT)
+        .args(["serve", "--addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--broker", &format!("tls://u:hunter2@localhost:{port}")])
+        .env_remove("WEFT_JWT_SECRET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach NATS at tls://u:***@localhost"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    drop((a, b, nats));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -873,4 +1043,5 @@ on_every_broker!(
     workers_share_the_port_and_the_topics,
     a_node_restarted_under_load_loses_nothing_for_resuming_clients,
     soak_random_nodes_and_reconnects_keep_every_sequence_exact,
+    concurrent_publishers_on_one_topic_share_one_sequence,
 );

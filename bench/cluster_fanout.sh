@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Cluster mode fan-out: `weft bench fanout` against 1, 2 and 3 `weft serve` nodes joined by one
-# redis-server (publisher on the first node, subscribers spread over the others; with one node,
-# everything on it), and the in-memory broker on one node as the baseline. Then publish →
-# delivery latency at a low rate, one subscriber, memory vs Redis across nodes. Reports
-# deliveries/s, latency, gaps/duplicates, and the CPU (cores) of every weft process, of Redis and
-# of the generator, from /proc.
+# redis-server or one nats-server -js (publisher on the first node, subscribers spread over the
+# others; with one node, everything on it), and the in-memory broker on one node as the
+# baseline. Then publish-bound runs and publish → delivery latency at a low rate, one
+# subscriber. Reports deliveries/s, latency, gaps/duplicates, and the CPU (cores) of every weft
+# process, of the broker and of the generator, from /proc.
 #
 #   bench/cluster_fanout.sh [WEFT] [SUBSCRIBERS] [SECONDS]
 set -euo pipefail
@@ -19,16 +19,26 @@ wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 RPORT=$BASE
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
 REDIS=$!; pids+=("$REDIS"); wait_port "$RPORT"
+NPORT=$(( BASE + 1 ))
+nats-server -js -a 127.0.0.1 -p "$NPORT" -sd "$D/nats" >/dev/null 2>&1 &
+NATS=$!; pids+=("$NATS"); wait_port "$NPORT"
 HZ=$(getconf CLK_TCK)
-echo "| setup | subscribers | deliveries/s | p50 µs | p99 µs | gaps+dups+missing | weft CPU (cores, per node) | Redis CPU | generator CPU |"
-echo "|---|---|---|---|---|---|---|---|---|"
-run() { # name nodes(0 = memory broker) subscribers extra-bench-args...
-  local name=$1 n=$2 subs=$3; shift 3
+header() {
+  echo "| setup | subscribers | deliveries/s | p50 µs | p99 µs | gaps+dups+missing | weft CPU (cores, per node) | broker CPU | generator CPU |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+}
+header
+run() { # name broker(memory|redis|nats) nodes subscribers extra-bench-args...
+  local name=$1 kind=$2 n=$3 subs=$4; shift 4
   local nodes=() ports=() k
-  local count=$(( n == 0 ? 1 : n )) prefix="b$RANDOM"
+  local count=$n prefix="b$RANDOM" url="" bpid=$REDIS
+  case $kind in
+    redis) url="redis://127.0.0.1:$RPORT" ;;
+    nats) url="nats://127.0.0.1:$NPORT"; bpid=$NATS ;;
+  esac
   for k in $(seq "$count"); do
     local port=$(( BASE + 10 + k ))
-    local broker=(); (( n > 0 )) && broker=(--broker "redis://127.0.0.1:$RPORT" --broker-prefix "$prefix" --node-name "n$k")
+    local broker=(); [[ -n $url ]] && broker=(--broker "$url" --broker-prefix "$prefix" --node-name "n$k")
     "$WEFT" serve --addr "127.0.0.1:$port" --threads 1 --rate-limit 1000000 --rate-burst 1000000 \
       --max-connections 100000 "${broker[@]}" >/dev/null 2>&1 &
     nodes+=($!); pids+=($!); ports+=("$port"); wait_port "$port"
@@ -37,14 +47,14 @@ run() { # name nodes(0 = memory broker) subscribers extra-bench-args...
   if (( count == 1 )); then urls=(--subscriber-url "ws://127.0.0.1:${ports[0]}/ws")
   else for i in $(seq 1 $(( count - 1 ))); do urls+=(--subscriber-url "ws://127.0.0.1:${ports[$i]}/ws"); done; fi
   local before=() p
-  for p in "${nodes[@]}" "$REDIS"; do before+=("$(ticks "$p")"); done
+  for p in "${nodes[@]}" "$bpid"; do before+=("$(ticks "$p")"); done
   local t0; t0=$(date +%s.%N)
   local json
   json=$("$WEFT" bench fanout --url "ws://127.0.0.1:${ports[0]}/ws" "${urls[@]}" --subscribers "$subs" -d "$SECS" \
            --topic "t$RANDOM" "$@" --json) || true
   local t1; t1=$(date +%s.%N)
   local after=()
-  for p in "${nodes[@]}" "$REDIS"; do after+=("$(ticks "$p")"); done
+  for p in "${nodes[@]}" "$bpid"; do after+=("$(ticks "$p")"); done
   for p in "${nodes[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   python3 - "$name" "$subs" "$HZ" "$t0" "$t1" "$json" "${before[*]}" "${after[*]}" <<'PY'
 import json, sys
@@ -56,25 +66,31 @@ cores = [(y - x) / int(hz) / secs for x, y in zip(b, a)]
 weft = " + ".join(f"{c:.2f}" for c in cores[:-1])
 bad = j["gaps"] + j["duplicates"] + j["missing"]
 l = j["latency_us"]
-print(f"| {name} | {subs} | {j['deliveries_per_sec']:,.0f} | {l['p50']:.0f} | {l['p99']:.0f} | {bad} | {weft} | {cores[-1]:.2f} | {j['generator_cpu_cores'] or 0:.2f} |")
+broker = "—" if name.startswith("memory") else f"{cores[-1]:.2f}"
+print(f"| {name} | {subs} | {j['deliveries_per_sec']:,.0f} | {l['p50']:.0f} | {l['p99']:.0f} | {bad} | {weft} | {broker} | {j['generator_cpu_cores'] or 0:.2f} |")
 PY
 }
-run "memory, 1 node" 0 "$SUBS"
-run "redis, 1 node" 1 "$SUBS"
-run "redis, 2 nodes" 2 "$SUBS"
-run "redis, 3 nodes" 3 "$SUBS"
+MODE="${CLUSTER_BROKERS:-redis nats}"
+run "memory, 1 node" memory 1 "$SUBS"
+for b in $MODE; do
+  run "$b, 1 node" "$b" 1 "$SUBS"
+  run "$b, 2 nodes" "$b" 2 "$SUBS"
+  run "$b, 3 nodes" "$b" 3 "$SUBS"
+done
 echo
 echo "Publish-bound: 10 subscribers, 256 events in flight (publisher on node 1):"
 echo
-echo "| setup | subscribers | deliveries/s | p50 µs | p99 µs | gaps+dups+missing | weft CPU (cores, per node) | Redis CPU | generator CPU |"
-echo "|---|---|---|---|---|---|---|---|---|"
-run "memory, 1 node" 0 10 --window 256
-run "redis, 1 node" 1 10 --window 256
-run "redis, 2 nodes" 2 10 --window 256
+header
+run "memory, 1 node" memory 1 10 --window 256
+for b in $MODE; do
+  run "$b, 1 node" "$b" 1 10 --window 256
+  run "$b, 2 nodes" "$b" 2 10 --window 256
+done
 echo
-echo "Publish → delivery latency, 1 subscriber, 500 events/s (publisher on node 1, subscriber on node 2 with Redis):"
+echo "Publish → delivery latency, 1 subscriber, 500 events/s (publisher on node 1, subscriber on node 2):"
 echo
-echo "| setup | subscribers | deliveries/s | p50 µs | p99 µs | gaps+dups+missing | weft CPU (cores, per node) | Redis CPU | generator CPU |"
-echo "|---|---|---|---|---|---|---|---|---|"
-run "memory, 1 node" 0 1 --rate 500
-run "redis, 2 nodes" 2 1 --rate 500
+header
+run "memory, 1 node" memory 1 1 --rate 500
+for b in $MODE; do
+  run "$b, 2 nodes" "$b" 2 1 --rate 500
+done

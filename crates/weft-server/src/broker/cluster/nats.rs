@@ -32,6 +32,10 @@ use crate::wire::{Event, Member, Position, now_ms};
 const PUBLISH_QUEUE: usize = 100_000;
 /// Attempts at one publish while other nodes keep getting there first.
 const PUBLISH_TRIES: usize = 32;
+/// Most bytes of events stored as one message (NATS's default `max_payload` is 1 MiB).
+const BATCH_BYTES: usize = 512 * 1024;
+/// Most events stored as one message.
+const BATCH_EVENTS: usize = 1024;
 /// Topics whose last position this node remembers between publishes.
 const LAST_CACHE: usize = 10_000;
 /// JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence` check.
@@ -39,8 +43,7 @@ const WRONG_LAST_SEQUENCE: u64 = 10071;
 
 const H_EPOCH: &str = "Weft-Epoch";
 const H_OFFSET: &str = "Weft-Offset";
-const H_TIME: &str = "Weft-Time";
-const H_ID: &str = "Weft-Id";
+const H_COUNT: &str = "Weft-Count";
 const H_PRESENCE: &str = "Weft-Presence";
 const H_EXPECT: &str = "Nats-Expected-Last-Subject-Sequence";
 
@@ -109,22 +112,53 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).map(|v| v.as_str())
 }
 
-/// The event a stored or republished message carries (`None` for an epoch marker, offset 0).
-fn event_of(topic: &Arc<str>, h: &HeaderMap, payload: &[u8]) -> Option<Arc<Event>> {
-    let offset: u64 = header(h, H_OFFSET)?.parse().ok()?;
-    if offset == 0 {
-        return None;
+/// The events one stored or republished message carries: `Weft-Count` events from
+/// `Weft-Offset` on, each record `time\nid\nlength\n` + the payload's JSON (an epoch marker
+/// has offset 0 and none).
+fn events_of(topic: &Arc<str>, h: &HeaderMap, body: &[u8]) -> Option<Vec<Arc<Event>>> {
+    let first: u64 = header(h, H_OFFSET)?.parse().ok()?;
+    let count: u64 = header(h, H_COUNT)?.parse().ok()?;
+    let epoch: Arc<str> = header(h, H_EPOCH)?.into();
+    let mut out = Vec::with_capacity(count as usize);
+    let mut rest = body;
+    for k in 0..count {
+        let mut line = || -> Option<&[u8]> {
+            let at = rest.iter().position(|&b| b == b'\n')?;
+            let (l, r) = rest.split_at(at);
+            rest = &r[1..];
+            Some(l)
+        };
+        let time: u64 = std::str::from_utf8(line()?).ok()?.parse().ok()?;
+        let id = std::str::from_utf8(line()?).ok()?;
+        let len: usize = std::str::from_utf8(line()?).ok()?.parse().ok()?;
+        if rest.len() < len {
+            return None;
+        }
+        let (payload, r) = rest.split_at(len);
+        rest = r;
+        let payload = std::str::from_utf8(payload).ok()?;
+        let id = (!id.is_empty()).then(|| Box::from(id));
+        let ev = Event::from_cluster(Arc::clone(topic), first + k, Arc::clone(&epoch), id, time, payload).ok()?;
+        out.push(Arc::new(ev));
     }
-    let epoch = header(h, H_EPOCH)?;
-    let time = header(h, H_TIME)?.parse().ok()?;
-    let id = header(h, H_ID).map(Box::from);
-    let payload = std::str::from_utf8(payload).ok()?;
-    Event::from_cluster(Arc::clone(topic), offset, epoch.into(), id, time, payload).ok().map(Arc::new)
+    Some(out)
 }
 
-/// `(seq, epoch, offset)` of a stored message (markers included).
+/// The records of [`events_of`] for `batch`.
+fn encode_batch(batch: &[(Outgoing, PublishReply)]) -> Bytes {
+    let mut b = Vec::with_capacity(batch.iter().map(|(o, _)| o.payload.len() + 40).sum());
+    for (o, _) in batch {
+        b.extend_from_slice(format!("{}\n{}\n{}\n", o.time, o.id.as_deref().unwrap_or(""), o.payload.len()).as_bytes());
+        b.extend_from_slice(o.payload.as_bytes());
+    }
+    Bytes::from(b)
+}
+
+/// `(seq, epoch, last offset)` of a stored message (markers included).
 fn last_of_message(seq: u64, h: &HeaderMap) -> Option<Last> {
-    Some(Last { seq, epoch: header(h, H_EPOCH)?.to_owned(), offset: header(h, H_OFFSET)?.parse().ok()? })
+    let first: u64 = header(h, H_OFFSET)?.parse().ok()?;
+    let count: u64 = header(h, H_COUNT)?.parse().ok()?;
+    Some(Last { seq, epoch: header(h, H_EPOCH)?.to_owned(), offset: (first + count).saturating_sub(1) })
 }
 
 /// A JetStream API reply to a publish: `{"seq": N}` or `{"error": {"err_code": C, ...}}`.
@@ -257,30 +291,33 @@ impl Inner {
         }
     }
 
-    /// Publish one event: the offset after the topic's last, checked by JetStream against the
-    /// subject's last sequence; retried when another publish got there first.
-    async fn publish_one(&self, out: &Outgoing, cache: &mut Option<Last>) -> Result<Position, BrokerError> {
+    /// Store a batch of a topic's events as one message: offsets from the one after the
+    /// topic's last, checked by JetStream against the subject's last sequence; retried when
+    /// another publish got there first. Returns the epoch and the first offset.
+    async fn publish_batch(
+        &self,
+        topic: &str,
+        batch: &[(Outgoing, PublishReply)],
+        cache: &mut Option<Last>,
+    ) -> Result<(String, u64), BrokerError> {
+        let body = encode_batch(batch);
         for _ in 0..PUBLISH_TRIES {
             let last = match cache.take() {
                 Some(l) => Some(l),
-                None => self.last(&out.topic).await?,
+                None => self.last(topic).await?,
             };
-            let (expect, epoch, offset) = match &last {
+            let (expect, epoch, first) = match &last {
                 Some(l) => (l.seq, l.epoch.clone(), l.offset + 1),
                 None => (0, new_epoch(), 1),
             };
             let mut h = HeaderMap::new();
             h.insert(H_EPOCH, epoch.as_str());
-            h.insert(H_OFFSET, offset.to_string().as_str());
-            h.insert(H_TIME, out.time.to_string().as_str());
-            if let Some(id) = &out.id {
-                h.insert(H_ID, id.as_str());
-            }
-            let payload = Bytes::from(out.payload.clone());
-            match self.store(self.subject("h", &out.topic), h, payload, Some(expect)).await? {
+            h.insert(H_OFFSET, first.to_string().as_str());
+            h.insert(H_COUNT, batch.len().to_string().as_str());
+            match self.store(self.subject("h", topic), h, body.clone(), Some(expect)).await? {
                 Sent::Stored(seq) => {
-                    *cache = Some(Last { seq, epoch: epoch.clone(), offset });
-                    return Ok(Position { offset, epoch });
+                    *cache = Some(Last { seq, epoch: epoch.clone(), offset: first + batch.len() as u64 - 1 });
+                    return Ok((epoch, first));
                 }
                 Sent::Raced => continue,
             }
@@ -288,32 +325,48 @@ impl Inner {
         Err(BrokerError::unavailable("too many concurrent publishes on this topic; retry later"))
     }
 
-    /// Publish the topic's queued events one after the other, then stop.
+    /// Publish the topic's queued events, what queued meanwhile as one message each round, then
+    /// stop.
     async fn drain(self: Arc<Self>, topic: String) {
         loop {
-            let (out, reply, mut cache) = {
+            let (batch, mut cache) = {
                 let mut p = self.publishes.lock().unwrap_or_else(|e| e.into_inner());
+                let p = &mut *p;
                 let Some(q) = p.topics.get_mut(&topic) else { return };
-                match q.queue.pop_front() {
-                    Some((out, reply)) => {
-                        let cache = q.last.take();
-                        p.queued -= 1;
-                        (out, reply, cache)
+                if q.queue.is_empty() {
+                    q.running = false;
+                    if p.topics.len() > LAST_CACHE {
+                        p.topics.remove(&topic);
                     }
-                    None => {
-                        q.running = false;
-                        if p.topics.len() > LAST_CACHE {
-                            p.topics.remove(&topic);
-                        }
-                        return;
-                    }
+                    return;
                 }
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                while let Some((out, _)) = q.queue.front() {
+                    let size = out.payload.len() + out.id.as_ref().map_or(0, |i| i.len()) + 32;
+                    if !batch.is_empty() && (bytes + size > BATCH_BYTES || batch.len() >= BATCH_EVENTS) {
+                        break;
+                    }
+                    bytes += size;
+                    batch.extend(q.queue.pop_front());
+                }
+                p.queued -= batch.len();
+                (batch, q.last.take())
             };
-            let r = if self.health.is_up() { self.publish_one(&out, &mut cache).await } else { Err(self.health.unavailable()) };
+            let r = if self.health.is_up() {
+                self.publish_batch(&topic, &batch, &mut cache).await
+            } else {
+                Err(self.health.unavailable())
+            };
             if let Some(q) = self.publishes.lock().unwrap_or_else(|e| e.into_inner()).topics.get_mut(&topic) {
                 q.last = cache;
             }
-            let _ = reply.send(r);
+            for (k, (_, reply)) in batch.into_iter().enumerate() {
+                let _ = reply.send(match &r {
+                    Ok((epoch, first)) => Ok(Position { offset: first + k as u64, epoch: epoch.clone() }),
+                    Err(e) => Err(e.clone()),
+                });
+            }
         }
     }
 
@@ -381,7 +434,7 @@ impl Inner {
         let mut out = Vec::with_capacity(msgs.len());
         for m in msgs {
             let Some(h) = &m.headers else { continue };
-            if let Some(ev) = event_of(topic, h, &m.payload) {
+            for ev in events_of(topic, h, &m.payload).unwrap_or_default() {
                 if ev.time >= oldest {
                     out.push(ev);
                 } else {
@@ -574,10 +627,15 @@ async fn read_subscription(inner: Weak<Inner>, mut sub: async_nats::Subscriber, 
             continue;
         }
         let t: Arc<str> = topic.into();
-        let Some(ev) = event_of(&t, h, &msg.payload) else { continue };
-        match &pattern_key {
-            None => node.event(topic, ev),
-            Some(key) => node.pattern_event(key, ev),
+        let Some(events) = events_of(&t, h, &msg.payload) else {
+            tracing::warn!(topic, "unreadable event from NATS");
+            continue;
+        };
+        for ev in events {
+            match &pattern_key {
+                None => node.event(topic, ev),
+                Some(key) => node.pattern_event(key, ev),
+            }
         }
     }
 }
@@ -641,7 +699,7 @@ impl Backend for NatsBackend {
                 let mut h = HeaderMap::new();
                 h.insert(H_EPOCH, epoch.as_str());
                 h.insert(H_OFFSET, "0");
-                h.insert(H_TIME, now_ms().to_string().as_str());
+                h.insert(H_COUNT, "0");
                 if let Sent::Stored(_) = me.store(me.subject("h", topic), h, Bytes::new(), Some(0)).await? {
                     return Ok((0, epoch));
                 }
@@ -837,18 +895,37 @@ mod tests {
     }
 
     #[test]
-    fn events_come_from_headers() {
+    fn batches_round_trip() {
         let t: Arc<str> = "chat.a".into();
+        let out = |time: u64, id: Option<&str>, payload: &str| {
+            let (tx, _) = tokio::sync::oneshot::channel();
+            (Outgoing { topic: "chat.a".into(), time, id: id.map(Into::into), payload: payload.into() }, tx)
+        };
+        let batch = vec![out(1, None, r#"{"x":1}"#), out(2, Some("my-id"), "\"a\\nb\""), out(3, None, "[]")];
+        let body = encode_batch(&batch);
         let mut h = HeaderMap::new();
         h.insert(H_EPOCH, "ab12");
         h.insert(H_OFFSET, "7");
-        h.insert(H_TIME, "1700000000000");
-        let ev = event_of(&t, &h, br#"{"x": 1}"#).unwrap();
-        assert_eq!((ev.offset, &*ev.epoch, ev.time), (7, "ab12", 1_700_000_000_000));
+        h.insert(H_COUNT, "3");
+        let evs = events_of(&t, &h, &body).unwrap();
+        let got: Vec<_> = evs.iter().map(|e| (e.offset, e.time, e.payload.clone())).collect();
+        assert_eq!(
+            got,
+            [(7, 1, serde_json::json!({"x": 1})), (8, 2, serde_json::json!("a\nb")), (9, 3, serde_json::json!([]))]
+        );
+        assert_eq!(&*evs[0].epoch, "ab12");
+        assert_eq!(evs[1].wire_id(), "my-id");
+        assert_eq!(last_of_message(40, &h).map(|l| (l.seq, l.offset)), Some((40, 9)));
+        // A marker: an epoch, no events, offset 0.
         h.insert(H_OFFSET, "0");
-        assert!(event_of(&t, &h, b"").is_none(), "markers are not events");
-        h.insert(H_OFFSET, "x");
-        assert!(event_of(&t, &h, b"1").is_none());
+        h.insert(H_COUNT, "0");
+        assert_eq!(events_of(&t, &h, b"").map(|v| v.len()), Some(0));
+        assert_eq!(last_of_message(41, &h).map(|l| l.offset), Some(0));
+        // Truncated or malformed bodies are refused, not half-read.
+        h.insert(H_OFFSET, "7");
+        h.insert(H_COUNT, "3");
+        assert!(events_of(&t, &h, &body[..body.len() - 1]).is_none());
+        h.insert(H_COUNT, "x");
+        assert!(events_of(&t, &h, &body).is_none());
     }
-
 }

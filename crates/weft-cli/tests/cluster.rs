@@ -671,39 +671,55 @@ async fn nats_restarted_with_its_store_keeps_positions_and_history() {
     }
 }
 
-/// `rediss://`: nodes reach a TLS-only Redis, trusting a private CA; a node that does not
+/// TLS to the broker: nodes reach a TLS-only server, trusting a private CA; a node that does not
 /// trust it does not start, and says why (without the password).
-#[tokio::test]
-async fn nodes_join_over_tls_to_redis() {
-    if std::env::var("WEFT_SKIP_REDIS").is_ok_and(|v| v == "1") {
+async fn nodes_join_over_tls(kind: Kind) {
+    let skip = if kind == Kind::Redis { "WEFT_SKIP_REDIS" } else { "WEFT_SKIP_NATS" };
+    if std::env::var(skip).is_ok_and(|v| v == "1") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("weft-rediss-{}-{}", std::process::id(), free_port()));
+    let dir = std::env::temp_dir().join(format!("weft-{}-tls-{}-{}", kind.name(), std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, c.cert.pem()).unwrap();
     std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let port = free_port();
-    let mut redis = Broker { kind: Kind::Redis, child: None, port, dir: dir.join("unused") };
-    redis.child = Some(
-        Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--tls-cert-file", cert.to_str().unwrap(), "--tls-key-file", key.to_str().unwrap()])
-            .args(["--tls-ca-cert-file", cert.to_str().unwrap(), "--tls-auth-clients", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(port, "redis-server (TLS)");
-    let url = format!("rediss://localhost:{port}");
-    let ca = cert.to_str().unwrap();
+    let p = port.to_string();
+    let (mut cmd, scheme) = match kind {
+        Kind::Redis => {
+            let mut c = Command::new("redis-server");
+            c.args(["--port", "0", "--tls-port", &p, "--bind", "127.0.0.1", "--save", ""])
+                .args(["--tls-cert-file", cert_s, "--tls-key-file", key_s])
+                .args(["--tls-ca-cert-file", cert_s, "--tls-auth-clients", "no"]);
+            (c, "rediss")
+        }
+        Kind::Nats => {
+            let mut c = Command::new("nats-server");
+            c.args(["-js", "-a", "127.0.0.1", "-p", &p, "-sd", dir.join("store").to_str().unwrap()]).args([
+                "--tls",
+                "--tlscert",
+                cert_s,
+                "--tlskey",
+                key_s,
+            ]);
+            (c, "tls")
+        }
+    };
+    let server = Broker {
+        kind,
+        child: Some(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()),
+        port,
+        dir: dir.join("store"),
+    };
+    wait_port(port, "the TLS broker");
+    let url = format!("{scheme}://localhost:{port}");
     let start = |name: &str| {
         let p = free_port();
         let child = Command::new(WEFT)
             .args(["serve", "--addr", &format!("127.0.0.1:{p}"), "--threads", "1", "--broker", &url])
-            .args(["--broker-ca-file", ca, "--node-name", name])
+            .args(["--broker-ca-file", cert_s, "--node-name", name])
             .env_remove("WEFT_JWT_SECRET")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -721,75 +737,16 @@ async fn nodes_join_over_tls_to_redis() {
     // Without the CA (system roots only): refused at start with the reason, no password shown.
     let out = Command::new(WEFT)
         .args(["serve", "--addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--broker", &format!("rediss://u:hunter2@localhost:{port}")])
+        .args(["--broker", &format!("{scheme}://u:hunter2@localhost:{port}")])
         .env_remove("WEFT_JWT_SECRET")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("cannot reach Redis at rediss://u:***@localhost"), "{err}");
+    let title = if kind == Kind::Redis { "Redis" } else { "NATS" };
+    assert!(err.contains(&format!("cannot reach {title} at {scheme}://u:***@localhost")), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `tls://` NATS: nodes reach a TLS-only `nats-server`, trusting a private CA; a node that does
-/// not trust it does not start, and says why (without the password).
-#[tokio::test]
-async fn nodes_join_over_tls_to_nats() {
-    if std::env::var("WEFT_SKIP_NATS").is_ok_and(|v| v == "1") {
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("weft-natstls-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, c.cert.pem()).unwrap();
-    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
-    let port = free_port();
-    let mut nats = Broker { kind: Kind::Nats, child: None, port, dir: dir.join("store") };
-    nats.child = Some(
-        Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", dir.join("store").to_str().unwrap()])
-            .args(["--tls", "--tlscert", cert.to_str().unwrap(), "--tlskey", key.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(port, "nats-server (TLS)");
-    let url = format!("tls://localhost:{port}");
-    let ca = cert.to_str().unwrap();
-    let start = |name: &str| {
-        let p = free_port();
-        let child = Command::new(WEFT)
-            .args(["serve", "--addr", &format!("127.0.0.1:{p}"), "--threads", "1", "--broker", &url])
-            .args(["--broker-ca-file", ca, "--node-name", name])
-            .env_remove("WEFT_JWT_SECRET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_port(p, "weft serve");
-        Node { child, port: p }
-    };
-    let (a, b) = (start("a"), start("b"));
-    let mut sub = Client::connect(b.port, "s").await;
-    sub.subscribe(json!({"type": "subscribe", "topics": ["secure"]})).await;
-    let (status, body) = http(a.port, "POST", "/api/publish", r#"{"topic":"secure","payload":"over tls"}"#).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(sub.next("event").await["payload"], "over tls");
-    // Without the CA (system roots only): refused at start with the reason, no password shown.
-    let out = Command::new(WEFT)
-        .args(["serve", "--addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--broker", &format!("tls://u:hunter2@localhost:{port}")])
-        .env_remove("WEFT_JWT_SECRET")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("cannot reach NATS at tls://u:***@localhost"), "{err}");
-    assert!(!err.contains("hunter2"), "{err}");
-    drop((a, b, nats));
+    drop((a, b, server));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1044,4 +1001,5 @@ on_every_broker!(
     a_node_restarted_under_load_loses_nothing_for_resuming_clients,
     soak_random_nodes_and_reconnects_keep_every_sequence_exact,
     concurrent_publishers_on_one_topic_share_one_sequence,
+    nodes_join_over_tls,
 );

@@ -19,16 +19,16 @@ use crate::outbox::{Outbox, SlowConsumerPolicy};
 use crate::topic::Pattern;
 use crate::wire::{ErrorBody, ErrorCode, Event, Member, Notice, Position};
 
+mod cluster;
 mod memory;
 mod patterns;
-mod cluster;
 
-pub use memory::{MemoryBroker, TopicSettings};
-pub(crate) use patterns::Patterns;
 pub use cluster::{
     Backend, Cluster, ClusterSettings, Health, Heartbeat, Inbound, NatsBackend, NatsBroker, Outgoing, RedisBackend,
     RedisBroker, RedisSettings, Reply, default_node_name,
 };
+pub use memory::{MemoryBroker, TopicSettings};
+pub(crate) use patterns::Patterns;
 
 /// A boxed future returned by [`Broker`] methods.
 pub type BrokerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send + 'a>>;

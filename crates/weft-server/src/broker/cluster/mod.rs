@@ -421,7 +421,6 @@ impl Local {
     }
 }
 
-
 /// Topics with subscribers on this node, by name.
 type Shard = HashMap<Arc<str>, Local>;
 
@@ -468,7 +467,12 @@ impl<B: Backend> Cluster<B> {
     /// Connect the backend (failing when the broker cannot be reached within the command
     /// timeout) and start this node's upkeep: health checks, reconnection, heartbeats, presence
     /// of dead nodes, and the periodic check of every topic's top.
-    async fn start(settings: ClusterSettings, metrics: Arc<Metrics>, backend: B, health: Arc<Health>) -> Result<Self, String> {
+    async fn start(
+        settings: ClusterSettings,
+        metrics: Arc<Metrics>,
+        backend: B,
+        health: Arc<Health>,
+    ) -> Result<Self, String> {
         let core = Arc::new_cyclic(|me| Core {
             me: me.clone(),
             backend,
@@ -1335,11 +1339,7 @@ impl<B: Backend> Broker for Cluster<B> {
     }
 
     fn health(&self) -> BrokerHealth {
-        if self.core.health.is_up() {
-            BrokerHealth::Ok
-        } else {
-            BrokerHealth::Degraded(self.core.health.reason())
-        }
+        if self.core.health.is_up() { BrokerHealth::Ok } else { BrokerHealth::Degraded(self.core.health.reason()) }
     }
 
     fn cluster(&self) -> Option<ClusterInfo> {

@@ -1,10 +1,11 @@
 //! The NATS backend, over JetStream. One stream holds every topic's history (subject
 //! `{prefix}.h.{topic}`, capped per subject by count and by age, and over all topics by
 //! bytes). JetStream numbers messages across the whole stream, so a topic's consecutive offsets
-//! come from an optimistic check: a publish carries the offset after the topic's last one and
+//! come from an optimistic check: a message carries the offsets after the topic's last one and
 //! `Nats-Expected-Last-Subject-Sequence` (the stream sequence of that last message), and the
 //! server refuses it when another publish got there first; the node then reads the new last
-//! message and tries again. Stored events are republished by the stream to
+//! message and tries again. The publishes that queue for a topic while one is stored go
+//! together as the next message (a batch of events with consecutive offsets). Stored events are republished by the stream to
 //! `{prefix}.e.{topic}`, which the nodes with subscribers listen to (interest-routed by NATS).
 //! Presence lives in a second stream, one subject per member and one per node heartbeat.
 //! `docs/CLUSTER.md` has the subjects, the guarantees and the costs.
@@ -263,7 +264,13 @@ impl Inner {
 
     /// Store one message on `subject` when the subject's last sequence is `expect` (`None`:
     /// whatever it is).
-    async fn store(&self, subject: String, mut headers: HeaderMap, payload: Bytes, expect: Option<u64>) -> Result<Sent, BrokerError> {
+    async fn store(
+        &self,
+        subject: String,
+        mut headers: HeaderMap,
+        payload: Bytes,
+        expect: Option<u64>,
+    ) -> Result<Sent, BrokerError> {
         if let Some(seq) = expect {
             headers.insert(H_EXPECT, seq.to_string().as_str());
         }
@@ -597,13 +604,21 @@ impl Inner {
         }
     }
 
-    async fn ensure_stream(&self, js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, BrokerError> {
+    async fn ensure_stream(
+        &self,
+        js: &jetstream::Context,
+        config: stream::Config,
+    ) -> Result<stream::Stream, BrokerError> {
         let name = config.name.clone();
         let r = tokio::time::timeout(self.settings.command_timeout, js.get_or_create_stream(config)).await;
         match r {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(BrokerError::unavailable(format!("JetStream stream {name}: {e} (is JetStream enabled?)"))),
-            Err(_) => Err(BrokerError::unavailable(format!("JetStream stream {name}: timed out (is JetStream enabled?)"))),
+            Ok(Err(e)) => {
+                Err(BrokerError::unavailable(format!("JetStream stream {name}: {e} (is JetStream enabled?)")))
+            }
+            Err(_) => {
+                Err(BrokerError::unavailable(format!("JetStream stream {name}: timed out (is JetStream enabled?)")))
+            }
         }
     }
 }
@@ -757,7 +772,8 @@ impl Backend for NatsBackend {
                 return Ok(());
             }
             let link = me.link()?;
-            let sub = link.client.subscribe(me.subject("e", target)).await.map_err(|e| me.failed("subscribing", e, true))?;
+            let sub =
+                link.client.subscribe(me.subject("e", target)).await.map_err(|e| me.failed("subscribing", e, true))?;
             // The subscription is registered once the server has seen it.
             tokio::time::timeout(me.settings.command_timeout, link.client.flush())
                 .await

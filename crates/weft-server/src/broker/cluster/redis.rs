@@ -414,7 +414,8 @@ impl Backend for RedisBackend {
             for t in topics {
                 pipe.cmd("HMGET").arg(me.key("m", t)).arg("e").arg("o");
             }
-            let tops: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut conn).await.map_err(|e| me.failed(e))?;
+            let tops: Vec<(Option<String>, Option<u64>)> =
+                pipe.query_async(&mut conn).await.map_err(|e| me.failed(e))?;
             Ok(tops.into_iter().map(|(e, o)| e.zip(o)).collect())
         })
     }
@@ -473,8 +474,7 @@ impl Backend for RedisBackend {
             let me = &self.inner;
             let mut conn = me.cmd()?;
             let key = me.key("p", topic);
-            let count: usize =
-                redis::cmd("HLEN").arg(&key).query_async(&mut conn).await.map_err(|e| me.failed(e))?;
+            let count: usize = redis::cmd("HLEN").arg(&key).query_async(&mut conn).await.map_err(|e| me.failed(e))?;
             let mut members = Vec::new();
             let mut cursor: u64 = 0;
             loop {
@@ -606,7 +606,12 @@ async fn send_publishes(inner: Weak<Inner>) {
 }
 
 /// The fan-out task: reads pushes from the pub/sub connection (bounded channel).
-async fn read_pushes(inner: Weak<Inner>, inbound: Weak<dyn Inbound>, mut rx: mpsc::Receiver<PushInfo>, generation: u64) {
+async fn read_pushes(
+    inner: Weak<Inner>,
+    inbound: Weak<dyn Inbound>,
+    mut rx: mpsc::Receiver<PushInfo>,
+    generation: u64,
+) {
     while let Some(info) = rx.recv().await {
         let (Some(me), Some(node)) = (inner.upgrade(), inbound.upgrade()) else { return };
         if me.generation.load(Ordering::Relaxed) != generation {

@@ -671,6 +671,29 @@ async fn nats_restarted_with_its_store_keeps_positions_and_history() {
     }
 }
 
+/// A node killed with -9 and started again at once under the same name (a fixed
+/// `--node-name`): its heartbeat never stops, so no sweep would remove the members of its
+/// previous run; the new process removes them itself at start (with their leave notices).
+async fn a_node_restarted_under_its_name_leaves_no_ghosts(kind: Kind) {
+    let Some(redis) = Broker::start(kind) else { return };
+    let w = node(&redis, "w", &[]);
+    let mut fixed = node(&redis, "fixed", &[]);
+    let mut watcher = Client::connect(w.port, "watcher").await;
+    watcher.subscribe(json!({"type": "subscribe", "topics": ["lobby"], "presence": true})).await;
+    let mut bob = Client::connect(fixed.port, "bob").await;
+    bob.subscribe(json!({"type": "subscribe", "topics": ["lobby"]})).await;
+    assert_eq!(watcher.next("join").await["member"]["user"], "bob");
+    Command::new("kill").args(["-9", &fixed.child.id().to_string()]).status().unwrap();
+    let _ = fixed.child.wait();
+    drop(bob);
+    fixed = node(&redis, "fixed", &[]);
+    let l = tokio::time::timeout(Duration::from_secs(10), watcher.next("leave")).await.expect("bob stayed a ghost");
+    assert_eq!(l["member"]["user"], "bob", "{l}");
+    watcher.send(json!({"type": "presence", "topic": "lobby"})).await;
+    assert_eq!(watcher.next("presence").await["count"], 1);
+    drop(fixed);
+}
+
 /// TLS to the broker: nodes reach a TLS-only server, trusting a private CA; a node that does not
 /// trust it does not start, and says why (without the password).
 async fn nodes_join_over_tls(kind: Kind) {
@@ -1002,4 +1025,5 @@ on_every_broker!(
     soak_random_nodes_and_reconnects_keep_every_sequence_exact,
     concurrent_publishers_on_one_topic_share_one_sequence,
     nodes_join_over_tls,
+    a_node_restarted_under_its_name_leaves_no_ghosts,
 );

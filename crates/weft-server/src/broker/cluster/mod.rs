@@ -446,6 +446,11 @@ struct Core<B: Backend> {
     presence_lock: tokio::sync::RwLock<()>,
     /// This node has heartbeated before (a lapse afterwards means it may have been swept).
     beaten: AtomicBool,
+    /// Register presence again at the next heartbeat too (a sweep may have been finishing
+    /// while this node registered after a lapse).
+    again: AtomicBool,
+    /// Dead nodes this node is sweeping now.
+    sweeping: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A cluster broker: this node's subscriptions, fan-out and recovery over the broker that
@@ -486,6 +491,8 @@ impl<B: Backend> Cluster<B> {
             next_local: AtomicU64::new(1),
             presence_lock: tokio::sync::RwLock::new(()),
             beaten: AtomicBool::new(false),
+            again: AtomicBool::new(false),
+            sweeping: Mutex::new(std::collections::HashSet::new()),
             metrics,
             settings,
         });
@@ -494,6 +501,9 @@ impl<B: Backend> Cluster<B> {
         core.backend.open(inbound).await.map_err(|e| format!("cannot reach {} at {url}: {e}", B::TITLE))?;
         core.health.set_up();
         core.heartbeat().await.map_err(|e| format!("{} refused the heartbeat: {e}", B::TITLE))?;
+        // A node restarted under the same name leaves members of its previous run behind:
+        // they go now (with their leave notices), not never.
+        core.reregister_presence().await.map_err(|e| format!("{} refused the presence cleanup: {e}", B::TITLE))?;
         tokio::spawn(supervise(Arc::downgrade(&core)));
         Ok(Self { core })
     }
@@ -934,7 +944,8 @@ impl<B: Backend> Core<B> {
         }
     }
 
-    /// Heartbeat, and sweep the presence of nodes whose heartbeat stopped.
+    /// Heartbeat, and sweep the presence of nodes whose heartbeat stopped (in tasks of their
+    /// own: a large sweep does not hold up this node's pings and heartbeats).
     async fn heartbeat(&self) -> Result<(), BrokerError> {
         let beat = self.backend.heartbeat().await?;
         self.nodes_alive.store(beat.alive, Ordering::Relaxed);
@@ -943,18 +954,32 @@ impl<B: Backend> Core<B> {
             if self.beaten.swap(true, Ordering::Relaxed) {
                 tracing::warn!("this node's heartbeat had lapsed; registering its presence again");
                 self.reregister_presence().await?;
+                self.again.store(true, Ordering::Relaxed);
             }
         } else {
             self.beaten.store(true, Ordering::Relaxed);
+            if self.again.swap(false, Ordering::Relaxed) {
+                self.reregister_presence().await?;
+            }
         }
         for dead in beat.dead {
-            if dead == self.settings.node {
+            if dead == self.settings.node
+                || !self.sweeping.lock().unwrap_or_else(|e| e.into_inner()).insert(dead.clone())
+            {
                 continue;
             }
-            if let Some(n) = self.backend.sweep(&dead).await? {
-                self.metrics.cluster_members_swept.fetch_add(n, Ordering::Relaxed);
-                tracing::info!(node = %dead, members = n, "removed the presence of a node whose heartbeat stopped");
-            }
+            let Some(me) = self.me() else { break };
+            tokio::spawn(async move {
+                match me.backend.sweep(&dead).await {
+                    Ok(Some(n)) => {
+                        me.metrics.cluster_members_swept.fetch_add(n, Ordering::Relaxed);
+                        tracing::info!(node = %dead, members = n, "removed the presence of a node whose heartbeat stopped");
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(node = %dead, error = %e, "sweeping a dead node failed; retried"),
+                }
+                me.sweeping.lock().unwrap_or_else(|e| e.into_inner()).remove(&dead);
+            });
         }
         Ok(())
     }

@@ -33,10 +33,11 @@ use crate::wire::{Event, Member, Position, now_ms};
 const PUBLISH_QUEUE: usize = 100_000;
 /// Attempts at one publish while other nodes keep getting there first.
 const PUBLISH_TRIES: usize = 32;
-/// Most bytes of events stored as one message (NATS's default `max_payload` is 1 MiB).
-const BATCH_BYTES: usize = 512 * 1024;
+/// Most bytes of events stored as one message (a topic's history is read whole: at most
+/// `history_size + 1` such messages).
+const BATCH_BYTES: usize = 64 * 1024;
 /// Most events stored as one message.
-const BATCH_EVENTS: usize = 1024;
+const BATCH_EVENTS: usize = 256;
 /// Topics whose last position this node remembers between publishes.
 const LAST_CACHE: usize = 10_000;
 /// JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence` check.
@@ -47,6 +48,8 @@ const H_OFFSET: &str = "Weft-Offset";
 const H_COUNT: &str = "Weft-Count";
 const H_PRESENCE: &str = "Weft-Presence";
 const H_EXPECT: &str = "Nats-Expected-Last-Subject-Sequence";
+/// Written over a dead node's heartbeat by the node that sweeps it.
+const SWEEP_MARK: &str = "swept by ";
 
 type PublishReply = tokio::sync::oneshot::Sender<Result<Position, BrokerError>>;
 
@@ -89,6 +92,8 @@ struct Inner {
     publishes: Mutex<Publishes>,
     /// Sequence of this node's last heartbeat (0: none yet).
     beat_seq: Mutex<u64>,
+    /// Nodes the last heartbeat round found dead, with the sequence of their stale heartbeat.
+    dead: Mutex<HashMap<String, u64>>,
     node_hex: String,
 }
 
@@ -102,10 +107,15 @@ fn hex(s: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect();
+    let digit = |b: u8| (b as char).to_digit(16);
+    let bytes: Option<Vec<u8>> = s
+        .as_bytes()
+        .chunks(2)
+        .map(|p| match p {
+            [h, l] => Some((digit(*h)? * 16 + digit(*l)?) as u8),
+            _ => None,
+        })
+        .collect();
     String::from_utf8(bytes?).ok()
 }
 
@@ -120,7 +130,7 @@ fn events_of(topic: &Arc<str>, h: &HeaderMap, body: &[u8]) -> Option<Vec<Arc<Eve
     let first: u64 = header(h, H_OFFSET)?.parse().ok()?;
     let count: u64 = header(h, H_COUNT)?.parse().ok()?;
     let epoch: Arc<str> = header(h, H_EPOCH)?.into();
-    let mut out = Vec::with_capacity(count as usize);
+    let mut out = Vec::with_capacity(count.min(BATCH_EVENTS as u64) as usize);
     let mut rest = body;
     for k in 0..count {
         let mut line = || -> Option<&[u8]> {
@@ -207,6 +217,7 @@ impl NatsBackend {
                 inbound: Mutex::new(None),
                 publishes: Mutex::new(Publishes::default()),
                 beat_seq: Mutex::new(0),
+                dead: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -456,6 +467,17 @@ impl Inner {
         Ok(out)
     }
 
+    /// Sequence of the last message on a subject of `stream` (`None`: there is none).
+    async fn last_seq(&self, stream: &stream::Stream, subject: &str) -> Result<Option<u64>, BrokerError> {
+        match tokio::time::timeout(self.settings.command_timeout, stream.get_last_raw_message_by_subject(subject)).await
+        {
+            Ok(Ok(m)) => Ok(Some(m.sequence)),
+            Ok(Err(e)) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Ok(Err(e)) => Err(self.failed("reading a heartbeat", e, true)),
+            Err(_) => Err(self.failed("reading a heartbeat", "timed out", true)),
+        }
+    }
+
     /// Announce a join or leave to the nodes listening to the topic.
     async fn announce(&self, topic: &str, what: &str, member_json: Bytes) -> Result<(), BrokerError> {
         let link = self.link()?;
@@ -530,6 +552,11 @@ impl Inner {
             let presence = self.ensure_stream(&js, self.presence_config()).await?;
             let client = link.client.clone();
             *self.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Link { client, history, presence }));
+            // The server may have lost its store: cached positions could name sequences that
+            // now belong to other messages.
+            for q in self.publishes.lock().unwrap_or_else(|e| e.into_inner()).topics.values_mut() {
+                q.last = None;
+            }
             return Ok(());
         }
         let timeout = self.settings.command_timeout;
@@ -844,8 +871,8 @@ impl Backend for NatsBackend {
             let now = Bytes::from(now_ms().to_string());
             let mut beat = Heartbeat::default();
             let prev = *me.beat_seq.lock().unwrap_or_else(|e| e.into_inner());
-            // The previous heartbeat must still be the last: otherwise another node swept this
-            // one (its subject purged) and its members with it.
+            // The previous heartbeat must still be the last: otherwise another node marked this
+            // one swept (or purged it) and may have removed its members.
             let expect = (prev > 0).then_some(prev);
             let seq = match me.store(subject.clone(), HeaderMap::new(), now.clone(), expect).await? {
                 Sent::Stored(seq) => seq,
@@ -861,17 +888,34 @@ impl Backend for NatsBackend {
             let link = me.link()?;
             let (_, msgs) =
                 me.read(&link.presence, me.subject("hb", "*"), consumer::DeliverPolicy::All, usize::MAX).await?;
-            let oldest = now_ms().saturating_sub(me.settings.node_ttl.as_millis() as u64);
+            // Ages by the NATS server's clock (each message's store time against that of this
+            // node's own heartbeat just stored), so node clocks need not agree.
+            let stamp = |m: &jetstream::Message| {
+                m.info().ok().map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i128)
+            };
+            let reference = msgs.iter().find(|m| m.info().is_ok_and(|i| i.stream_sequence == seq)).and_then(stamp);
+            let reference = reference.unwrap_or(now_ms() as i128);
+            let ttl = me.settings.node_ttl.as_millis() as i128;
             let head = me.subject("hb", "");
-            for m in msgs {
+            let mut dead = HashMap::new();
+            for m in &msgs {
                 let Some(name) = m.subject.strip_prefix(&head).and_then(unhex) else { continue };
-                let at: u64 = std::str::from_utf8(&m.payload).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-                if at >= oldest {
-                    beat.alive += 1;
-                } else {
-                    beat.dead.push(name);
+                let Some(at) = stamp(m) else { continue };
+                let Ok(info) = m.info() else { continue };
+                let fresh = reference - at < ttl;
+                let swept_mark = m.payload.starts_with(SWEEP_MARK.as_bytes());
+                match (fresh, swept_mark) {
+                    (true, false) => beat.alive += 1,
+                    // Being swept by a node that marked it within the TTL.
+                    (true, true) => {}
+                    // Dead, or a sweep that never finished: sweepable.
+                    (false, _) => {
+                        dead.insert(name.clone(), info.stream_sequence);
+                        beat.dead.push(name);
+                    }
                 }
             }
+            *me.dead.lock().unwrap_or_else(|e| e.into_inner()) = dead;
             Ok(beat)
         })
     }
@@ -879,22 +923,41 @@ impl Backend for NatsBackend {
     fn sweep<'a>(&'a self, node: &'a str) -> Reply<'a, Option<u64>> {
         Box::pin(async move {
             let me = &self.inner;
+            let Some(seen) = me.dead.lock().unwrap_or_else(|e| e.into_inner()).get(node).copied() else {
+                return Ok(None);
+            };
             let node_hex = hex(node);
             let hb = me.subject("hb", &node_hex);
-            // Purged first: if the node comes back, its next heartbeat finds its subject changed
-            // and it registers its members again.
-            if !me.purge(&hb).await? {
-                return Ok(None); // another node swept it
-            }
+            // Claim the sweep with a mark stored only if the heartbeat seen stale is still the
+            // last: a node that came back (or another sweeper) got there first otherwise. The
+            // mark also tells the node, should it come back, that its members may be gone.
+            let mark = Bytes::from(format!("{SWEEP_MARK}{}", me.settings.node));
+            let claim = match me.store(hb.clone(), HeaderMap::new(), mark, Some(seen)).await? {
+                Sent::Stored(seq) => seq,
+                Sent::Raced => return Ok(None),
+            };
             let mut n = 0;
             for (subject, topic, _) in me.members_of(&node_hex).await? {
+                // The node came back meanwhile (its heartbeat replaced the mark): it registers
+                // its members again itself; stop.
+                if me.last_seq(&link_presence(me)?, &hb).await? != Some(claim) {
+                    return Ok(Some(n));
+                }
                 if me.remove_member(&subject, &topic).await? {
                     n += 1;
                 }
             }
+            // Done: the mark goes, unless the node came back.
+            if me.last_seq(&link_presence(me)?, &hb).await? == Some(claim) {
+                me.purge(&hb).await?;
+            }
             Ok(Some(n))
         })
     }
+}
+
+fn link_presence(me: &Inner) -> Result<stream::Stream, BrokerError> {
+    Ok(me.link()?.presence.clone())
 }
 
 #[cfg(test)]
@@ -908,6 +971,7 @@ mod tests {
         }
         assert_eq!(unhex("6"), None);
         assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("żó"), None, "foreign subjects are refused, not a panic");
     }
 
     #[test]

@@ -890,9 +890,7 @@ impl Backend for NatsBackend {
                 me.read(&link.presence, me.subject("hb", "*"), consumer::DeliverPolicy::All, usize::MAX).await?;
             // Ages by the NATS server's clock (each message's store time against that of this
             // node's own heartbeat just stored), so node clocks need not agree.
-            let stamp = |m: &jetstream::Message| {
-                m.info().ok().map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i128)
-            };
+            let stamp = |m: &jetstream::Message| m.info().ok().map(|i| i.published.unix_timestamp_nanos() / 1_000_000);
             let reference = msgs.iter().find(|m| m.info().is_ok_and(|i| i.stream_sequence == seq)).and_then(stamp);
             let reference = reference.unwrap_or(now_ms() as i128);
             let ttl = me.settings.node_ttl.as_millis() as i128;

@@ -24,7 +24,7 @@ fn free_port() -> u16 {
 fn wait_port(port: u16, what: &str) {
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "{what} did not start");
+        assert!(start.elapsed() < Duration::from_secs(30), "{what} did not start within 30 s");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -145,20 +145,54 @@ impl Drop for Node {
 }
 
 fn node(redis: &Broker, name: &str, extra: &[&str]) -> Node {
-    let port = free_port();
-    let child = Command::new(WEFT)
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--threads", "1"])
-        .args(["--broker", &redis.url(), "--node-name", name, "--node-ttl", "3"])
-        .args(["--rate-limit", "100000", "--rate-burst", "100000", "--topic-churn-limit", "100000"])
-        .args(extra)
-        .env_remove("WEFT_JWT_SECRET")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port, "weft serve");
-    Node { child, port }
+    let url = redis.url();
+    spawn_node(name, |port| {
+        let mut cmd = Command::new(WEFT);
+        cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--threads", "1"])
+            .args(["--broker", &url, "--node-name", name, "--node-ttl", "3"])
+            .args(["--rate-limit", "100000", "--rate-burst", "100000", "--topic-churn-limit", "100000"])
+            .args(extra);
+        cmd
+    })
+}
+
+/// Starts `weft serve` (the command `make` builds for a port) on a free port and waits until
+/// it listens. Its log goes to a file that a failed start prints; a start that lost its port
+/// to another process in between (free when chosen, not when bound) is retried on another.
+fn spawn_node(name: &str, make: impl Fn(u16) -> Command) -> Node {
+    for _ in 0..3 {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("weft-node-{}-{port}.log", std::process::id()));
+        let mut child = make(port)
+            .env_remove("WEFT_JWT_SECRET")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let text = || std::fs::read_to_string(&log).unwrap_or_default();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let _ = std::fs::remove_file(&log);
+                return Node { child, port };
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let text = text();
+                let _ = std::fs::remove_file(&log);
+                if text.contains("Address already in use") || text.contains("address already in use") {
+                    break;
+                }
+                panic!("weft serve {name} exited at start ({status}):\n{text}");
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("weft serve {name} did not listen within 30 s:\n{}", text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("weft serve {name}: its port was taken three times");
 }
 
 struct Client {
@@ -739,17 +773,12 @@ async fn nodes_join_over_tls(kind: Kind) {
     wait_port(port, "the TLS broker");
     let url = format!("{scheme}://localhost:{port}");
     let start = |name: &str| {
-        let p = free_port();
-        let child = Command::new(WEFT)
-            .args(["serve", "--addr", &format!("127.0.0.1:{p}"), "--threads", "1", "--broker", &url])
-            .args(["--broker-ca-file", cert_s, "--node-name", name])
-            .env_remove("WEFT_JWT_SECRET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_port(p, "weft serve");
-        Node { child, port: p }
+        spawn_node(name, |p| {
+            let mut c = Command::new(WEFT);
+            c.args(["serve", "--addr", &format!("127.0.0.1:{p}"), "--threads", "1", "--broker", &url])
+                .args(["--broker-ca-file", cert_s, "--node-name", name]);
+            c
+        })
     };
     let (a, b) = (start("a"), start("b"));
     let mut sub = Client::connect(b.port, "s").await;

@@ -1,0 +1,316 @@
+import { WeftError } from "./errors.js";
+/** Where a topic's stream stands: the offset of an event and the epoch its offsets belong to. */
+export interface Position {
+    offset: number;
+    epoch: string;
+}
+/** An event published on a topic. */
+export interface WeftEvent<T = unknown> extends Position {
+    topic: string;
+    /** Unique per event: `epoch-offset`, or the publisher's own id given through the HTTP API. */
+    id: string;
+    /** Server time of the publish, milliseconds since the Unix epoch. */
+    time: number;
+    payload: T;
+}
+/** A connection present on a topic. */
+export interface Member {
+    user: string;
+    session: string;
+    info?: unknown;
+}
+export type State = "connecting" | "connected" | "reconnecting" | "closed";
+export interface StateChange {
+    state: State;
+    /** Why the state changed, in words (for `reconnecting` and `closed`). */
+    reason?: string;
+    /** The WebSocket close code that caused it, when there was one. */
+    code?: number;
+}
+export interface Quality {
+    /** Mean round trip of the last pings, in milliseconds. */
+    rtt: number;
+    /** Mean difference between consecutive round trips, in milliseconds. */
+    jitter: number;
+    /** Pings without a pong within `pongTimeout` among the last ones. */
+    missed: number;
+    level: "excellent" | "good" | "fair" | "poor";
+}
+/** What the server said about a subscription (also after each reconnect). */
+export interface SubscribedInfo {
+    topic: string;
+    /** The stream's position when the subscription was made (exact topics). */
+    position?: Position;
+    /** With a resume position: whether every missed event follows. */
+    recovered?: boolean;
+    /** How many missed or recent events follow. */
+    replayed?: number;
+}
+/**
+ * Events may have been missed and cannot be replayed: the epoch changed (history was lost),
+ * they fell out of history, or the server reset the topic. The subscription continues from
+ * `position`; fetch the state elsewhere if it matters.
+ */
+export interface Unrecovered {
+    topic: string;
+    /** The last position this client had seen. */
+    from?: Position;
+    /** Where the subscription continues. */
+    position: Position;
+}
+/** The WebSocket constructor the client uses: the platform's, `ws` in Node, or a test's. */
+export type WebSocketLike = {
+    new (url: string, protocols?: string | string[]): WebSocketInstance;
+};
+interface WebSocketInstance {
+    binaryType: string;
+    readyState: number;
+    send(data: string | Uint8Array): void;
+    close(code?: number, reason?: string): void;
+    onopen: ((ev: unknown) => void) | null;
+    onclose: ((ev: {
+        code: number;
+        reason: string;
+    }) => void) | null;
+    onerror: ((ev: unknown) => void) | null;
+    onmessage: ((ev: {
+        data: unknown;
+    }) => void) | null;
+}
+export interface ClientOptions {
+    /** A JWT sent in the `token` query parameter at each connect. */
+    token?: string;
+    /**
+     * Called for a token before connecting when there is none or it is about to expire, after the
+     * server ended the session for an expired token (close 4401) or refused the upgrade, and
+     * before expiry on an open connection, whose session is then extended in-band (`refresh`).
+     */
+    getToken?: () => string | Promise<string>;
+    /** Wire encoding: `json` (text frames, the default) or `msgpack` (binary frames). */
+    protocol?: "json" | "msgpack";
+    /** Full-jitter exponential backoff between attempts, in ms (default 250 to 15,000); `false`: never reconnect. */
+    reconnect?: {
+        minDelay?: number;
+        maxDelay?: number;
+    } | false;
+    /** Extra query parameters, e.g. `{ user: "alice" }` for an anonymous demo server. */
+    params?: Record<string, string>;
+    /** Milliseconds between pings that measure the connection (default 10,000). */
+    pingInterval?: number;
+    /** A ping without a pong this long counts as missed (default 5,000); two in a row: reconnect. */
+    pongTimeout?: number;
+    /** How long a request waits for its answer (default 10,000 ms). */
+    requestTimeout?: number;
+    /**
+     * Publishes made while disconnected, kept and sent in order after reconnect. `maxSize`
+     * (default 1,000) and `maxAge` (ms, default 60,000) bound it; `persist` names an IndexedDB
+     * store (browsers) so a reload does not lose them; `false` rejects such publishes at once.
+     */
+    offlineQueue?: {
+        maxSize?: number;
+        maxAge?: number;
+        persist?: string | false;
+    } | false;
+    /** The WebSocket implementation; default: the global one, else the `ws` package. */
+    WebSocket?: WebSocketLike;
+}
+/** The answer to a publish. */
+export interface Published extends Position {
+    topic: string;
+}
+/** An entry of the offline queue restored from a previous page, and what became of it. */
+export interface OutboxResult {
+    topic: string;
+    payload: unknown;
+    result?: Published;
+    error?: WeftError;
+}
+export interface PresenceInfo {
+    topic: string;
+    count: number;
+    members: Member[];
+}
+interface ClientEvents {
+    state: StateChange;
+    error: WeftError;
+    quality: Quality;
+    welcome: {
+        session: string;
+        user: string;
+        time: number;
+        heartbeat: number;
+    };
+    outbox: OutboxResult;
+}
+type Listener<T> = (value: T) => void;
+/** A minimal typed event emitter; `on` returns the function that removes the listener. */
+declare class Emitter<E> {
+    private readonly l;
+    on<K extends keyof E>(name: K, fn: Listener<E[K]>): () => void;
+    protected emit<K extends keyof E>(name: K, value: E[K]): void;
+}
+export interface SubscribeOptions<T> {
+    /** Also receive join and leave on this topic. */
+    presence?: boolean;
+    /** The last position seen (e.g. saved before a reload): missed events are replayed first. */
+    resume?: Position;
+    /** Without `resume`: start with up to this many recent events from the topic's history. */
+    history?: number;
+    onJoin?: (member: Member, topic: string) => void;
+    onLeave?: (member: Member, topic: string) => void;
+    onSubscribed?: (info: SubscribedInfo) => void;
+    onUnrecovered?: (info: Unrecovered) => void;
+    onError?: (error: WeftError) => void;
+    /** For TypeScript: the payload type the events carry. */
+    _payload?: T;
+}
+interface SubscriptionEvents<T> {
+    event: WeftEvent<T>;
+    subscribed: SubscribedInfo;
+    unrecovered: Unrecovered;
+    join: Member;
+    leave: Member;
+    error: WeftError;
+}
+/** One `subscribe` call. Several may share a topic; the server sees one subscription. */
+export declare class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
+    readonly topic: string;
+    private readonly channel;
+    private readonly client;
+    readonly options: SubscribeOptions<T>;
+    /** @internal */
+    constructor(topic: string, channel: Channel, client: WeftClient, options: SubscribeOptions<T>);
+    /** The position of the last event delivered on this topic (exact topics). */
+    get position(): Position | undefined;
+    /** Whether the server currently has this subscription. */
+    get active(): boolean;
+    set onJoin(fn: ((member: Member, topic: string) => void) | undefined);
+    set onLeave(fn: ((member: Member, topic: string) => void) | undefined);
+    /** Stops this subscription; the server's ends when no other shares its topic. */
+    unsubscribe(): Promise<void>;
+    /** @internal */
+    _emit<K extends keyof SubscriptionEvents<T>>(name: K, value: SubscriptionEvents<T>[K]): void;
+}
+/** The client's state for one topic or pattern, shared by its subscriptions. */
+interface Channel {
+    topic: string;
+    exact: boolean;
+    subs: Set<Subscription<never>>;
+    position?: Position;
+    state: "idle" | "subscribing" | "subscribed" | "recovering";
+    /** The history depth asked for on the first subscribe (not again on resubscribes). */
+    history: number;
+}
+/** Does the NATS-style `pattern` (`*` one segment, a final `>` one or more) match `topic`? */
+export declare function matches(pattern: string, topic: string): boolean;
+/**
+ * A connection to a weft engine (`weft serve`) that survives: it reconnects with backoff,
+ * resubscribes with resume positions, detects gaps by offset, queues publishes while offline,
+ * refreshes its token in-band and measures the connection.
+ *
+ * ```ts
+ * const client = new WeftClient("ws://localhost:8080/ws");
+ * client.subscribe("chat.lobby", (ev) => console.log(ev.offset, ev.payload));
+ * await client.connect();
+ * await client.publish("chat.lobby", { text: "hi" });
+ * ```
+ */
+export declare class WeftClient extends Emitter<ClientEvents> {
+    readonly url: string;
+    private readonly options;
+    private _state;
+    private ws?;
+    private wsCtor?;
+    private token?;
+    private attempt;
+    private seq;
+    private readonly pending;
+    private readonly channels;
+    private readonly queue;
+    private readonly store?;
+    private readonly owner;
+    private readonly timers;
+    private pingTimer?;
+    private refreshTimer?;
+    private rtts;
+    private misses;
+    private missedInARow;
+    private connectWaiters;
+    private opened;
+    private everConnecting;
+    /** The session's details from the server's `welcome`. */
+    session?: {
+        session: string;
+        user: string;
+        heartbeat: number;
+    };
+    /** The latest connection quality, after the first ping. */
+    quality?: Quality;
+    constructor(url: string, options?: ClientOptions);
+    /** The connection's state now. */
+    get state(): StateChange;
+    /**
+     * Opens the connection (and keeps it open until `close()`). Resolves when the server has
+     * welcomed it; rejects only when `close()` is called first or reconnecting is off and the
+     * attempt failed.
+     */
+    connect(): Promise<void>;
+    /** Closes the connection for good: pending requests and queued publishes are rejected. */
+    close(): void;
+    /**
+     * Receives the events of a topic, or of every topic a pattern (`chat.*`, `prices.>`)
+     * matches. Made now if connected, else at connect; remade after every reconnect, resuming
+     * from the last event seen so that nothing is missed or seen twice — or, when that is not
+     * possible, `onUnrecovered` says so.
+     */
+    subscribe<T = unknown>(topic: string, onEvent?: (event: WeftEvent<T>) => void, options?: SubscribeOptions<T>): Subscription<T>;
+    /**
+     * Publishes on a topic; resolves with the event's position. While disconnected the publish
+     * waits in the offline queue and is sent, in order, after reconnect. Rejects with a
+     * `ServerError` (e.g. 4003 forbidden, 5003 unavailable), a `QueueError`, or a
+     * `ConnectionError` when the connection ended while the publish was in flight (its outcome
+     * is then unknown).
+     */
+    publish(topic: string, payload: unknown): Promise<Published>;
+    /** Sends a message to the application hosting the engine; resolves when it has taken it. */
+    send(payload: unknown): Promise<void>;
+    /** Who is present on a topic now. */
+    presence(topic: string): Promise<PresenceInfo>;
+    /** A round trip to the server; resolves with its time in milliseconds. */
+    ping(): Promise<number>;
+    private setState;
+    private open;
+    private needsToken;
+    private detach;
+    private onClose;
+    private retry;
+    private later;
+    private stopTimers;
+    private failPending;
+    private failQueue;
+    private forget;
+    private onWelcome;
+    private measure;
+    private scheduleRefresh;
+    private write;
+    private request;
+    /**
+     * Sends a request; `ok` runs as soon as its answer is read, before the next message (a
+     * subscribe's replayed events follow its answer at once, and must find it handled).
+     */
+    private call;
+    private sendPublish;
+    private expire;
+    /** Sends the offline queue in order (each publish is answered on its own). */
+    private flush;
+    private subscribeChannels;
+    private subscribeBatch;
+    private onSubscribed;
+    /** @internal */
+    _drop(sub: Subscription<never> | Subscription<unknown>): Promise<void>;
+    private onData;
+    private onEvent;
+    private onPresence;
+    private onReset;
+}
+export {};

@@ -1,0 +1,16 @@
+/** A publish kept while disconnected, as stored. */
+export interface Stored {
+    key?: number;
+    owner: string;
+    topic: string;
+    payload: unknown;
+    time: number;
+}
+export interface Store {
+    add(e: Stored): Promise<number | undefined>;
+    remove(key: number | undefined): void;
+    /** Entries left by clients that no longer run, oldest first; they now belong to `owner`. */
+    adopt(owner: string): Promise<Stored[]>;
+}
+/** IndexedDB when the platform has it, else nothing (the queue stays in memory). */
+export declare function openStore(name: string, owner: string): Store | undefined;

@@ -1,0 +1,57 @@
+// The offline queue's storage. In memory always; in browsers also in IndexedDB, so publishes
+// made while disconnected survive a reload: a page that starts takes over the entries left by
+// pages that are gone (each live page holds a Web Lock named after it, so a second open tab
+// does not take a live tab's entries).
+const LOCK = "weft-outbox:";
+/** IndexedDB when the platform has it, else nothing (the queue stays in memory). */
+export function openStore(name, owner) {
+    const idb = globalThis.indexedDB;
+    if (!idb)
+        return undefined;
+    const locks = globalThis.navigator?.locks;
+    // Held for this client's life: other pages see that its entries are not orphans.
+    locks?.request(LOCK + owner, () => new Promise(() => { })).catch(() => { });
+    let db;
+    const open = () => (db ??= new Promise((resolve, reject) => {
+        const r = idb.open("weft-client:" + name, 1);
+        r.onupgradeneeded = () => r.result.createObjectStore("outbox", { keyPath: "key", autoIncrement: true });
+        r.onsuccess = () => resolve(r.result);
+        r.onerror = () => reject(r.error);
+    }));
+    const tx = async (f) => {
+        const t = (await open()).transaction("outbox", "readwrite");
+        const req = f(t.objectStore("outbox"));
+        return new Promise((resolve, reject) => {
+            t.oncomplete = () => resolve(req ? req.result : undefined);
+            t.onerror = t.onabort = () => reject(t.error);
+        });
+    };
+    return {
+        add: (e) => tx((s) => s.add(e)).catch(() => undefined),
+        remove: (key) => {
+            if (key !== undefined)
+                tx((s) => void s.delete(key)).catch(() => { });
+        },
+        adopt: async (me) => {
+            const held = new Set();
+            try {
+                const q = await locks?.query();
+                for (const l of [...(q?.held ?? []), ...(q?.pending ?? [])])
+                    if (l.name)
+                        held.add(l.name);
+            }
+            catch {
+                /* no lock manager: take everything */
+            }
+            const all = (await tx((s) => s.getAll()).catch(() => undefined)) ?? [];
+            const orphans = all.filter((e) => e.owner !== me && !held.has(LOCK + e.owner));
+            if (orphans.length > 0) {
+                await tx((s) => {
+                    for (const e of orphans)
+                        s.put({ ...e, owner: me });
+                }).catch(() => { });
+            }
+            return orphans.sort((a, b) => (a.key ?? 0) - (b.key ?? 0)).map((e) => ({ ...e, owner: me }));
+        },
+    };
+}

@@ -1,0 +1,926 @@
+import { ClosedError, ConnectionError, ProtocolError, QueueError, ServerError, TimeoutError, WeftError } from "./errors.js";
+import { decode, encode } from "./msgpack.js";
+import { openStore, type Store } from "./outbox.js";
+
+/** Where a topic's stream stands: the offset of an event and the epoch its offsets belong to. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+/** An event published on a topic. */
+export interface WeftEvent<T = unknown> extends Position {
+  topic: string;
+  /** Unique per event: `epoch-offset`, or the publisher's own id given through the HTTP API. */
+  id: string;
+  /** Server time of the publish, milliseconds since the Unix epoch. */
+  time: number;
+  payload: T;
+}
+
+/** A connection present on a topic. */
+export interface Member {
+  user: string;
+  session: string;
+  info?: unknown;
+}
+
+export type State = "connecting" | "connected" | "reconnecting" | "closed";
+
+export interface StateChange {
+  state: State;
+  /** Why the state changed, in words (for `reconnecting` and `closed`). */
+  reason?: string;
+  /** The WebSocket close code that caused it, when there was one. */
+  code?: number;
+}
+
+export interface Quality {
+  /** Mean round trip of the last pings, in milliseconds. */
+  rtt: number;
+  /** Mean difference between consecutive round trips, in milliseconds. */
+  jitter: number;
+  /** Pings without a pong within `pongTimeout` among the last ones. */
+  missed: number;
+  level: "excellent" | "good" | "fair" | "poor";
+}
+
+/** What the server said about a subscription (also after each reconnect). */
+export interface SubscribedInfo {
+  topic: string;
+  /** The stream's position when the subscription was made (exact topics). */
+  position?: Position;
+  /** With a resume position: whether every missed event follows. */
+  recovered?: boolean;
+  /** How many missed or recent events follow. */
+  replayed?: number;
+}
+
+/**
+ * Events may have been missed and cannot be replayed: the epoch changed (history was lost),
+ * they fell out of history, or the server reset the topic. The subscription continues from
+ * `position`; fetch the state elsewhere if it matters.
+ */
+export interface Unrecovered {
+  topic: string;
+  /** The last position this client had seen. */
+  from?: Position;
+  /** Where the subscription continues. */
+  position: Position;
+}
+
+/** The WebSocket constructor the client uses: the platform's, `ws` in Node, or a test's. */
+export type WebSocketLike = {
+  new (url: string, protocols?: string | string[]): WebSocketInstance;
+};
+
+interface WebSocketInstance {
+  binaryType: string;
+  readyState: number;
+  send(data: string | Uint8Array): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: unknown) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+}
+
+export interface ClientOptions {
+  /** A JWT sent in the `token` query parameter at each connect. */
+  token?: string;
+  /**
+   * Called for a token before connecting when there is none or it is about to expire, after the
+   * server ended the session for an expired token (close 4401) or refused the upgrade, and
+   * before expiry on an open connection, whose session is then extended in-band (`refresh`).
+   */
+  getToken?: () => string | Promise<string>;
+  /** Wire encoding: `json` (text frames, the default) or `msgpack` (binary frames). */
+  protocol?: "json" | "msgpack";
+  /** Full-jitter exponential backoff between attempts, in ms (default 250 to 15,000); `false`: never reconnect. */
+  reconnect?: { minDelay?: number; maxDelay?: number } | false;
+  /** Extra query parameters, e.g. `{ user: "alice" }` for an anonymous demo server. */
+  params?: Record<string, string>;
+  /** Milliseconds between pings that measure the connection (default 10,000). */
+  pingInterval?: number;
+  /** A ping without a pong this long counts as missed (default 5,000); two in a row: reconnect. */
+  pongTimeout?: number;
+  /** How long a request waits for its answer (default 10,000 ms). */
+  requestTimeout?: number;
+  /**
+   * Publishes made while disconnected, kept and sent in order after reconnect. `maxSize`
+   * (default 1,000) and `maxAge` (ms, default 60,000) bound it; `persist` names an IndexedDB
+   * store (browsers) so a reload does not lose them; `false` rejects such publishes at once.
+   */
+  offlineQueue?: { maxSize?: number; maxAge?: number; persist?: string | false } | false;
+  /** The WebSocket implementation; default: the global one, else the `ws` package. */
+  WebSocket?: WebSocketLike;
+}
+
+/** The answer to a publish. */
+export interface Published extends Position {
+  topic: string;
+}
+
+/** An entry of the offline queue restored from a previous page, and what became of it. */
+export interface OutboxResult {
+  topic: string;
+  payload: unknown;
+  result?: Published;
+  error?: WeftError;
+}
+
+export interface PresenceInfo {
+  topic: string;
+  count: number;
+  members: Member[];
+}
+
+interface ClientEvents {
+  state: StateChange;
+  error: WeftError;
+  quality: Quality;
+  welcome: { session: string; user: string; time: number; heartbeat: number };
+  outbox: OutboxResult;
+}
+
+type Listener<T> = (value: T) => void;
+
+/** A minimal typed event emitter; `on` returns the function that removes the listener. */
+class Emitter<E> {
+  private readonly l = new Map<keyof E, Set<Listener<never>>>();
+
+  on<K extends keyof E>(name: K, fn: Listener<E[K]>): () => void {
+    let s = this.l.get(name);
+    if (!s) this.l.set(name, (s = new Set()));
+    s.add(fn as Listener<never>);
+    return () => void s.delete(fn as Listener<never>);
+  }
+
+  protected emit<K extends keyof E>(name: K, value: E[K]): void {
+    for (const fn of [...(this.l.get(name) ?? [])]) {
+      try {
+        (fn as Listener<E[K]>)(value);
+      } catch (e) {
+        // A listener's bug must not break the client's state machine.
+        setTimeout(() => {
+          throw e;
+        });
+      }
+    }
+  }
+}
+
+export interface SubscribeOptions<T> {
+  /** Also receive join and leave on this topic. */
+  presence?: boolean;
+  /** The last position seen (e.g. saved before a reload): missed events are replayed first. */
+  resume?: Position;
+  /** Without `resume`: start with up to this many recent events from the topic's history. */
+  history?: number;
+  onJoin?: (member: Member, topic: string) => void;
+  onLeave?: (member: Member, topic: string) => void;
+  onSubscribed?: (info: SubscribedInfo) => void;
+  onUnrecovered?: (info: Unrecovered) => void;
+  onError?: (error: WeftError) => void;
+  /** For TypeScript: the payload type the events carry. */
+  _payload?: T;
+}
+
+interface SubscriptionEvents<T> {
+  event: WeftEvent<T>;
+  subscribed: SubscribedInfo;
+  unrecovered: Unrecovered;
+  join: Member;
+  leave: Member;
+  error: WeftError;
+}
+
+/** One `subscribe` call. Several may share a topic; the server sees one subscription. */
+export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
+  /** @internal */
+  constructor(
+    readonly topic: string,
+    private readonly channel: Channel,
+    private readonly client: WeftClient,
+    readonly options: SubscribeOptions<T>,
+  ) {
+    super();
+  }
+
+  /** The position of the last event delivered on this topic (exact topics). */
+  get position(): Position | undefined {
+    return this.channel.position && { ...this.channel.position };
+  }
+
+  /** Whether the server currently has this subscription. */
+  get active(): boolean {
+    return this.channel.state === "subscribed";
+  }
+
+  set onJoin(fn: ((member: Member, topic: string) => void) | undefined) {
+    this.options.onJoin = fn;
+  }
+
+  set onLeave(fn: ((member: Member, topic: string) => void) | undefined) {
+    this.options.onLeave = fn;
+  }
+
+  /** Stops this subscription; the server's ends when no other shares its topic. */
+  unsubscribe(): Promise<void> {
+    return this.client._drop(this);
+  }
+
+  /** @internal */
+  _emit<K extends keyof SubscriptionEvents<T>>(name: K, value: SubscriptionEvents<T>[K]): void {
+    const o = this.options;
+    if (name === "join") o.onJoin?.(value as Member, this.topic);
+    else if (name === "leave") o.onLeave?.(value as Member, this.topic);
+    else if (name === "subscribed") o.onSubscribed?.(value as SubscribedInfo);
+    else if (name === "unrecovered") o.onUnrecovered?.(value as Unrecovered);
+    else if (name === "error") o.onError?.(value as WeftError);
+    this.emit(name, value);
+  }
+}
+
+/** The client's state for one topic or pattern, shared by its subscriptions. */
+interface Channel {
+  topic: string;
+  exact: boolean;
+  subs: Set<Subscription<never>>;
+  position?: Position;
+  state: "idle" | "subscribing" | "subscribed" | "recovering";
+  /** The history depth asked for on the first subscribe (not again on resubscribes). */
+  history: number;
+}
+
+interface Pending {
+  resolve: (m: Msg) => void;
+  reject: (e: WeftError) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+interface Queued {
+  topic: string;
+  payload: unknown;
+  time: number;
+  key?: number | Promise<number | undefined>;
+  resolve: (p: Published) => void;
+  reject: (e: WeftError) => void;
+}
+
+type Msg = Record<string, unknown> & { type: string };
+
+const SUBPROTOCOL = { json: "weft.v1.json", msgpack: "weft.v1.msgpack" } as const;
+const OPEN = 1;
+
+/** Does the NATS-style `pattern` (`*` one segment, a final `>` one or more) match `topic`? */
+export function matches(pattern: string, topic: string): boolean {
+  const p = pattern.split(".");
+  const t = topic.split(".");
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === ">") return i === p.length - 1 && t.length > i;
+    if (i >= t.length || (p[i] !== "*" && p[i] !== t[i])) return false;
+  }
+  return p.length === t.length;
+}
+
+const isPattern = (t: string) => t.split(".").some((s) => s === "*" || s === ">");
+
+/** Seconds since the Unix epoch at which a JWT expires, and when it was issued, if it says. */
+function claims(token: string): { exp?: number; iat?: number } {
+  try {
+    const part = token.split(".")[1] ?? "";
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((part.length + 3) % 4);
+    const json = decodeURIComponent(
+      Array.from(atob(b64), (c) => "%" + c.charCodeAt(0).toString(16).padStart(2, "0")).join(""),
+    );
+    const v = JSON.parse(json) as { exp?: unknown; iat?: unknown };
+    return { exp: typeof v.exp === "number" ? v.exp : undefined, iat: typeof v.iat === "number" ? v.iat : undefined };
+  } catch {
+    return {};
+  }
+}
+
+/**
+ * A connection to a weft engine (`weft serve`) that survives: it reconnects with backoff,
+ * resubscribes with resume positions, detects gaps by offset, queues publishes while offline,
+ * refreshes its token in-band and measures the connection.
+ *
+ * ```ts
+ * const client = new WeftClient("ws://localhost:8080/ws");
+ * client.subscribe("chat.lobby", (ev) => console.log(ev.offset, ev.payload));
+ * await client.connect();
+ * await client.publish("chat.lobby", { text: "hi" });
+ * ```
+ */
+export class WeftClient extends Emitter<ClientEvents> {
+  private _state: StateChange = { state: "closed", reason: "not connected" };
+  private ws?: WebSocketInstance;
+  private wsCtor?: WebSocketLike;
+  private token?: string;
+  private attempt = 0;
+  private seq = 0;
+  private readonly pending = new Map<number, Pending>();
+  private readonly channels = new Map<string, Channel>();
+  private readonly queue: Queued[] = [];
+  private readonly store?: Store;
+  private readonly owner = Math.random().toString(36).slice(2) + Date.now().toString(36);
+  private readonly timers = new Set<ReturnType<typeof setTimeout>>();
+  private pingTimer?: ReturnType<typeof setInterval>;
+  private refreshTimer?: ReturnType<typeof setTimeout>;
+  private rtts: number[] = [];
+  private misses: boolean[] = [];
+  private missedInARow = 0;
+  private connectWaiters: { resolve: () => void; reject: (e: WeftError) => void }[] = [];
+  private opened = false;
+  private everConnecting = false;
+  /** The session's details from the server's `welcome`. */
+  session?: { session: string; user: string; heartbeat: number };
+  /** The latest connection quality, after the first ping. */
+  quality?: Quality;
+
+  constructor(
+    readonly url: string,
+    private readonly options: ClientOptions = {},
+  ) {
+    super();
+    this.token = options.token;
+    const q = options.offlineQueue;
+    if (q !== false && q?.persist) {
+      this.store = openStore(q.persist, this.owner);
+      this.store?.adopt(this.owner).then(
+        (left) => {
+          // Older than anything published since this page started: in front, in their order.
+          const restored: Queued[] = left.map((e) => ({
+            topic: e.topic,
+            payload: e.payload,
+            time: e.time,
+            key: e.key,
+            resolve: (result) => this.emit("outbox", { topic: e.topic, payload: e.payload, result }),
+            reject: (error) => this.emit("outbox", { topic: e.topic, payload: e.payload, error }),
+          }));
+          this.queue.unshift(...restored);
+          if (this._state.state === "connected") this.flush();
+        },
+        () => {},
+      );
+    }
+  }
+
+  /** The connection's state now. */
+  get state(): StateChange {
+    return this._state;
+  }
+
+  /**
+   * Opens the connection (and keeps it open until `close()`). Resolves when the server has
+   * welcomed it; rejects only when `close()` is called first or reconnecting is off and the
+   * attempt failed.
+   */
+  connect(): Promise<void> {
+    if (this._state.state === "connected") return Promise.resolve();
+    const p = new Promise<void>((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
+    p.catch(() => {}); // only a caller that awaits it hears of a close() before connecting
+    if (this._state.state === "closed") {
+      this.attempt = 0;
+      this.setState({ state: "connecting" });
+      void this.open();
+    }
+    return p;
+  }
+
+  /** Closes the connection for good: pending requests and queued publishes are rejected. */
+  close(): void {
+    if (this._state.state === "closed" && !this.ws) return;
+    this.stopTimers();
+    const ws = this.ws;
+    this.ws = undefined;
+    if (ws) {
+      this.detach(ws);
+      try {
+        ws.close(1000, "client closed");
+      } catch {
+        /* already closed */
+      }
+    }
+    this.failPending(new ClosedError());
+    for (const q of this.queue.splice(0)) q.reject(new ClosedError());
+    for (const ch of this.channels.values()) ch.state = "idle";
+    this.setState({ state: "closed", reason: "closed by the client", code: 1000 });
+    for (const w of this.connectWaiters.splice(0)) w.reject(new ClosedError());
+  }
+
+  /**
+   * Receives the events of a topic, or of every topic a pattern (`chat.*`, `prices.>`)
+   * matches. Made now if connected, else at connect; remade after every reconnect, resuming
+   * from the last event seen so that nothing is missed or seen twice — or, when that is not
+   * possible, `onUnrecovered` says so.
+   */
+  subscribe<T = unknown>(
+    topic: string,
+    onEvent?: (event: WeftEvent<T>) => void,
+    options: SubscribeOptions<T> = {},
+  ): Subscription<T> {
+    let ch = this.channels.get(topic);
+    const fresh = !ch;
+    if (!ch) {
+      ch = { topic, exact: !isPattern(topic), subs: new Set(), state: "idle", history: options.history ?? 0 };
+      if (options.resume && ch.exact) ch.position = { ...options.resume };
+      this.channels.set(topic, ch);
+    }
+    const sub = new Subscription<T>(topic, ch, this, options);
+    if (onEvent) sub.on("event", onEvent);
+    const wantsPresence = options.presence && ![...ch.subs].some((s) => s.options.presence);
+    ch.subs.add(sub as Subscription<never>);
+    if (this._state.state === "connected") {
+      if (fresh || wantsPresence || ch.state === "idle") this.subscribeChannels([ch]);
+      else if (ch.state === "subscribed") {
+        const info: SubscribedInfo = { topic, ...(ch.position ? { position: { ...ch.position } } : {}) };
+        queueMicrotask(() => sub._emit("subscribed", info));
+      }
+    }
+    return sub;
+  }
+
+  /**
+   * Publishes on a topic; resolves with the event's position. While disconnected the publish
+   * waits in the offline queue and is sent, in order, after reconnect. Rejects with a
+   * `ServerError` (e.g. 4003 forbidden, 5003 unavailable), a `QueueError`, or a
+   * `ConnectionError` when the connection ended while the publish was in flight (its outcome
+   * is then unknown).
+   */
+  publish(topic: string, payload: unknown): Promise<Published> {
+    if (this._state.state === "connected") return this.sendPublish(topic, payload);
+    const q = this.options.offlineQueue;
+    if (q === false) return Promise.reject(new ConnectionError("not connected"));
+    if (this._state.state === "closed") {
+      return Promise.reject(this.everConnecting ? new ClosedError() : new ConnectionError("not connected: call connect() first"));
+    }
+    this.expire();
+    if (this.queue.length >= (q?.maxSize ?? 1000)) {
+      return Promise.reject(new QueueError("queue_full", `the offline queue holds ${this.queue.length} publishes`));
+    }
+    return new Promise<Published>((resolve, reject) => {
+      const e: Queued = { topic, payload, time: Date.now(), resolve, reject };
+      if (this.store) e.key = this.store.add({ owner: this.owner, topic, payload, time: e.time });
+      this.queue.push(e);
+    });
+  }
+
+  /** Sends a message to the application hosting the engine; resolves when it has taken it. */
+  async send(payload: unknown): Promise<void> {
+    await this.request({ type: "send", payload });
+  }
+
+  /** Who is present on a topic now. */
+  async presence(topic: string): Promise<PresenceInfo> {
+    const m = await this.request({ type: "presence", topic });
+    return { topic, count: m.count as number, members: (m.members as Member[]) ?? [] };
+  }
+
+  /** A round trip to the server; resolves with its time in milliseconds. */
+  async ping(): Promise<number> {
+    const t0 = now();
+    await this.request({ type: "ping" }, this.options.pongTimeout ?? 5000);
+    return now() - t0;
+  }
+
+  // ---- connection ----
+
+  private setState(s: StateChange): void {
+    const prev = this._state;
+    if (prev.state === s.state && prev.reason === s.reason && prev.code === s.code) return;
+    this._state = s;
+    this.emit("state", s);
+  }
+
+  private async open(): Promise<void> {
+    this.everConnecting = true;
+    try {
+      if (this.options.getToken && this.needsToken()) this.token = await this.options.getToken();
+      this.wsCtor ??= this.options.WebSocket ?? (await defaultWebSocket());
+    } catch (e) {
+      const err = e instanceof WeftError ? e : new WeftError("token", `getToken failed: ${String(e)}`);
+      this.emit("error", err);
+      return this.retry(err.message);
+    }
+    if (this._state.state === "closed") return;
+    const params = new URLSearchParams(this.options.params ?? {});
+    if (this.token) params.set("token", this.token);
+    const qs = params.toString();
+    const url = qs ? this.url + (this.url.includes("?") ? "&" : "?") + qs : this.url;
+    let ws: WebSocketInstance;
+    try {
+      ws = new this.wsCtor(url, [SUBPROTOCOL[this.options.protocol ?? "json"]]);
+    } catch (e) {
+      this.emit("error", new ConnectionError(`cannot open ${this.url}: ${String(e)}`));
+      return this.retry("cannot open the connection");
+    }
+    this.ws = ws;
+    this.opened = false;
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => {
+      this.opened = true;
+    };
+    ws.onerror = () => {};
+    ws.onclose = (ev) => this.onClose(ws, ev.code, ev.reason);
+    ws.onmessage = (ev) => this.onData(ev.data);
+  }
+
+  private needsToken(): boolean {
+    if (!this.token) return true;
+    const { exp } = claims(this.token);
+    return exp !== undefined && exp * 1000 - Date.now() < 5000;
+  }
+
+  private detach(ws: WebSocketInstance): void {
+    ws.onopen = ws.onclose = ws.onerror = ws.onmessage = null;
+  }
+
+  private onClose(ws: WebSocketInstance, code: number, reason: string): void {
+    if (ws !== this.ws) return;
+    this.detach(ws);
+    this.ws = undefined;
+    this.stopTimers();
+    const wasOpen = this.opened;
+    this.failPending(new ConnectionError(`the connection closed (${code}${reason ? " " + reason : ""})`, code));
+    for (const ch of this.channels.values()) ch.state = "idle";
+    // An expired session, or an upgrade refused (a browser shows only 1006): ask for a token.
+    if (code === 4401 || (!wasOpen && this.options.getToken)) this.token = undefined;
+    const why = !wasOpen
+      ? "could not connect" + (code === 1006 ? "" : ` (${code})`)
+      : code === 4401
+        ? "token expired"
+        : reason || `connection lost (${code})`;
+    this.retry(why, code);
+  }
+
+  private retry(reason: string, code?: number): void {
+    if (this._state.state === "closed") return;
+    const r = this.options.reconnect;
+    if (r === false) {
+      this.failQueue(new ConnectionError(reason, code));
+      this.setState({ state: "closed", reason, code });
+      for (const w of this.connectWaiters.splice(0)) w.reject(new ConnectionError(reason, code));
+      return;
+    }
+    const min = r?.minDelay ?? 250;
+    const max = r?.maxDelay ?? 15000;
+    // Full jitter: anywhere between 0 and the exponential ceiling, so clients cut off together
+    // do not come back together.
+    const delay = Math.random() * Math.min(max, min * 2 ** Math.min(this.attempt, 30));
+    this.attempt++;
+    this.setState({ state: "reconnecting", reason, ...(code !== undefined ? { code } : {}) });
+    this.later(delay, () => void this.open());
+  }
+
+  private later(ms: number, f: () => void): void {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      f();
+    }, ms);
+    this.timers.add(t);
+  }
+
+  private stopTimers(): void {
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    clearInterval(this.pingTimer);
+    clearTimeout(this.refreshTimer);
+    this.pingTimer = this.refreshTimer = undefined;
+  }
+
+  private failPending(e: WeftError): void {
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(e);
+    }
+    this.pending.clear();
+  }
+
+  private failQueue(e: WeftError): void {
+    for (const q of this.queue.splice(0)) {
+      this.forget(q);
+      q.reject(e);
+    }
+  }
+
+  private forget(q: Queued): void {
+    if (this.store && q.key !== undefined) void Promise.resolve(q.key).then((k) => this.store?.remove(k));
+  }
+
+  private onWelcome(m: Msg): void {
+    this.session = { session: String(m.session), user: String(m.user), heartbeat: Number(m.heartbeat) };
+    this.attempt = 0;
+    this.missedInARow = 0;
+    this.setState({ state: "connected" });
+    this.emit("welcome", { ...this.session, time: Number(m.time) });
+    for (const w of this.connectWaiters.splice(0)) w.resolve();
+    this.subscribeChannels([...this.channels.values()]);
+    this.flush();
+    const every = this.options.pingInterval ?? 10000;
+    this.pingTimer = setInterval(() => void this.measure(), every);
+    this.scheduleRefresh();
+  }
+
+  private async measure(): Promise<void> {
+    let rtt: number | undefined;
+    try {
+      rtt = await this.ping();
+      this.missedInARow = 0;
+    } catch (e) {
+      if (!(e instanceof TimeoutError)) return;
+      this.missedInARow++;
+    }
+    this.rtts = rtt === undefined ? this.rtts : [...this.rtts, rtt].slice(-5);
+    this.misses = [...this.misses, rtt === undefined].slice(-5);
+    const n = this.rtts.length;
+    const mean = n ? this.rtts.reduce((a, b) => a + b, 0) / n : 0;
+    let jitter = 0;
+    for (let i = 1; i < n; i++) jitter += Math.abs(this.rtts[i]! - this.rtts[i - 1]!);
+    jitter = n > 1 ? jitter / (n - 1) : 0;
+    const missed = this.misses.filter(Boolean).length;
+    const level: Quality["level"] =
+      missed >= 2 || mean >= 1000
+        ? "poor"
+        : missed === 1 || mean >= 300
+          ? "fair"
+          : mean >= 100 || jitter >= 50
+            ? "good"
+            : "excellent";
+    this.quality = { rtt: Math.round(mean * 10) / 10, jitter: Math.round(jitter * 10) / 10, missed, level };
+    this.emit("quality", this.quality);
+    if (this.missedInARow >= 2 && this.ws) {
+      // Two pongs missed in a row: the connection is dead even if the socket has not noticed.
+      const ws = this.ws;
+      try {
+        ws.close(4000, "no pong");
+      } catch {
+        /* closing anyway */
+      }
+      this.onClose(ws, 4000, "no pong");
+    }
+  }
+
+  private scheduleRefresh(): void {
+    clearTimeout(this.refreshTimer);
+    const get = this.options.getToken;
+    if (!get || !this.token) return;
+    const { exp, iat } = claims(this.token);
+    if (exp === undefined) return;
+    const left = exp * 1000 - Date.now();
+    const life = iat !== undefined ? (exp - iat) * 1000 : left;
+    const margin = Math.max(500, Math.min(60000, life / 10));
+    this.refreshTimer = setTimeout(
+      async () => {
+        try {
+          const token = await get();
+          const m = await this.request({ type: "refresh", token });
+          this.token = token;
+          if (m.type === "refreshed") this.scheduleRefresh();
+        } catch (e) {
+          // The session ends at exp (close 4401); the reconnect then asks for a token again.
+          this.emit("error", e instanceof WeftError ? e : new WeftError("token", `getToken failed: ${String(e)}`));
+        }
+      },
+      Math.max(0, left - margin),
+    );
+  }
+
+  // ---- requests ----
+
+  private write(m: Record<string, unknown>): void {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== OPEN) throw new ConnectionError("not connected");
+    ws.send(this.options.protocol === "msgpack" ? encode(m) : JSON.stringify(m));
+  }
+
+  private request(m: Record<string, unknown>, timeout = this.options.requestTimeout ?? 10000): Promise<Msg> {
+    return new Promise<Msg>((resolve, reject) => this.call(m, timeout, resolve, reject));
+  }
+
+  /**
+   * Sends a request; `ok` runs as soon as its answer is read, before the next message (a
+   * subscribe's replayed events follow its answer at once, and must find it handled).
+   */
+  private call(m: Record<string, unknown>, timeout: number, ok: (m: Msg) => void, fail: (e: WeftError) => void): void {
+    if (this._state.state !== "connected") return fail(new ConnectionError("not connected"));
+    const id = ++this.seq;
+    const timer = setTimeout(() => {
+      this.pending.delete(id);
+      fail(new TimeoutError(`no answer to ${String(m.type)} within ${timeout} ms`));
+    }, timeout);
+    this.pending.set(id, { resolve: ok, reject: fail, timer });
+    try {
+      this.write({ ...m, id });
+    } catch (e) {
+      clearTimeout(timer);
+      this.pending.delete(id);
+      fail(e as WeftError);
+    }
+  }
+
+  private async sendPublish(topic: string, payload: unknown): Promise<Published> {
+    const m = await this.request({ type: "publish", topic, payload });
+    return { topic, offset: m.offset as number, epoch: m.epoch as string };
+  }
+
+  private expire(): void {
+    const age = (this.options.offlineQueue || undefined)?.maxAge ?? 60000;
+    const cutoff = Date.now() - age;
+    while (this.queue.length > 0 && this.queue[0]!.time < cutoff) {
+      const q = this.queue.shift()!;
+      this.forget(q);
+      q.reject(new QueueError("expired", `not sent within ${age} ms`));
+    }
+  }
+
+  /** Sends the offline queue in order (each publish is answered on its own). */
+  private flush(): void {
+    this.expire();
+    for (const q of this.queue.splice(0)) {
+      this.sendPublish(q.topic, q.payload).then(
+        (r) => {
+          this.forget(q);
+          q.resolve(r);
+        },
+        (e: WeftError) => {
+          // The connection fell again before the answer: the outcome is unknown, so it is not
+          // sent twice; an answer from the server is final either way.
+          this.forget(q);
+          q.reject(e);
+        },
+      );
+    }
+  }
+
+  private subscribeChannels(chs: Channel[]): void {
+    // One request per kind (presence or not, history depth), in chunks that keep each request
+    // well under the server's message size limit.
+    const groups = new Map<string, Channel[]>();
+    for (const c of chs) {
+      if (c.subs.size === 0) continue;
+      const presence = [...c.subs].some((s) => s.options.presence);
+      const history = c.exact && !c.position ? c.history : 0;
+      const key = `${presence}/${history}`;
+      groups.set(key, [...(groups.get(key) ?? []), c]);
+    }
+    for (const [key, group] of groups) {
+      const [presence, history] = [key.startsWith("true"), Number(key.split("/")[1])];
+      for (let i = 0; i < group.length; i += 100) this.subscribeBatch(group.slice(i, i + 100), presence, history);
+    }
+  }
+
+  private subscribeBatch(batch: Channel[], presence: boolean, history: number): void {
+    const resume: Record<string, Position> = {};
+    for (const c of batch) {
+      c.state = c.state === "subscribed" ? "recovering" : "subscribing";
+      if (c.exact && c.position) resume[c.topic] = c.position;
+    }
+    const m: Record<string, unknown> = { type: "subscribe", topics: batch.map((c) => c.topic), presence };
+    if (Object.keys(resume).length) m.resume = resume;
+    if (history) m.history = history;
+    this.call(
+      m,
+      this.options.requestTimeout ?? 10000,
+      (reply) => {
+        const results = (reply.results as Msg[] | undefined) ?? [];
+        for (const c of batch) this.onSubscribed(c, results.find((r) => r.topic === c.topic), resume[c.topic]);
+      },
+      (e) => {
+        // Disconnected: every channel is remade at the next welcome. A timeout: ask again.
+        if (e instanceof TimeoutError && this._state.state === "connected") this.subscribeChannels(batch);
+      },
+    );
+  }
+
+  private onSubscribed(c: Channel, r: Msg | undefined, asked: Position | undefined): void {
+    if (this.channels.get(c.topic) !== c) return;
+    if (!r || r.ok !== true) {
+      const err = r?.error as { code?: number; message?: string } | undefined;
+      const e = new ServerError(err?.code ?? 5000, err?.message ?? `no result for ${c.topic}`);
+      this.channels.delete(c.topic);
+      c.state = "idle";
+      for (const s of c.subs) s._emit("error", e);
+      return;
+    }
+    c.state = "subscribed";
+    const info: SubscribedInfo = { topic: c.topic };
+    if (typeof r.offset === "number") {
+      const server = { offset: r.offset, epoch: String(r.epoch) };
+      info.position = server;
+      const replayed = typeof r.replayed === "number" ? r.replayed : 0;
+      if (replayed) info.replayed = replayed;
+      if (asked) {
+        info.recovered = r.recovered === true;
+        if (!info.recovered) {
+          c.position = server;
+          for (const s of c.subs) s._emit("unrecovered", { topic: c.topic, from: asked, position: server });
+        }
+      } else {
+        // Recent history follows the reply; the events before it were never seen.
+        c.position = { offset: server.offset - replayed, epoch: server.epoch };
+      }
+    }
+    for (const s of c.subs) s._emit("subscribed", info);
+  }
+
+  /** @internal */
+  async _drop(sub: Subscription<never> | Subscription<unknown>): Promise<void> {
+    const c = this.channels.get(sub.topic);
+    if (!c || !c.subs.delete(sub as Subscription<never>)) return;
+    if (c.subs.size > 0) return;
+    this.channels.delete(sub.topic);
+    if (this._state.state === "connected" && c.state !== "idle") {
+      await this.request({ type: "unsubscribe", topics: [sub.topic] }).catch(() => {});
+    }
+  }
+
+  // ---- incoming ----
+
+  private onData(data: unknown): void {
+    let m: Msg;
+    try {
+      const v = typeof data === "string" ? JSON.parse(data) : decode(new Uint8Array(data as ArrayBuffer));
+      if (typeof v !== "object" || v === null || typeof (v as Msg).type !== "string") throw new Error("no type");
+      m = v as Msg;
+    } catch (e) {
+      this.emit("error", new ProtocolError(`unreadable message: ${String(e)}`));
+      return;
+    }
+    switch (m.type) {
+      case "welcome":
+        return this.onWelcome(m);
+      case "event":
+        return this.onEvent(m as unknown as WeftEvent);
+      case "join":
+      case "leave":
+        return this.onPresence(m);
+      case "reset":
+        return this.onReset(m);
+      case "lagged":
+        return this.emit("error", new WeftError("lagged", `the server dropped ${String(m.dropped)} events for this slow connection`));
+    }
+    const id = m.id;
+    const p = typeof id === "number" ? this.pending.get(id) : undefined;
+    if (p) {
+      this.pending.delete(id as number);
+      clearTimeout(p.timer);
+      if (m.type === "error") p.reject(new ServerError(Number(m.code), String(m.message)));
+      else p.resolve(m);
+    } else if (m.type === "error") {
+      this.emit("error", new ServerError(Number(m.code), String(m.message)));
+    }
+  }
+
+  private onEvent(ev: WeftEvent): void {
+    const c = this.channels.get(ev.topic);
+    if (c && c.exact) {
+      const p = c.position;
+      if (p && p.epoch === ev.epoch && ev.offset <= p.offset) return; // seen already
+      if (!p || (p.epoch === ev.epoch && ev.offset === p.offset + 1)) {
+        c.position = { offset: ev.offset, epoch: ev.epoch };
+        for (const s of c.subs) s._emit("event", ev as WeftEvent<never>);
+      } else if (c.state === "subscribed") {
+        // A gap or another epoch: ask for what is missing (or to be told it is gone). Later
+        // events are in that replay, so the ones arriving meanwhile are dropped.
+        this.subscribeChannels([c]);
+      }
+    }
+    for (const pc of this.channels.values()) {
+      if (!pc.exact && matches(pc.topic, ev.topic)) for (const s of pc.subs) s._emit("event", ev as WeftEvent<never>);
+    }
+  }
+
+  private onPresence(m: Msg): void {
+    const topic = String(m.topic);
+    const member = m.member as Member;
+    for (const c of this.channels.values()) {
+      if (c.topic === topic || (!c.exact && matches(c.topic, topic))) {
+        for (const s of c.subs) if (s.options.presence) s._emit(m.type as "join" | "leave", member);
+      }
+    }
+  }
+
+  private onReset(m: Msg): void {
+    const c = this.channels.get(String(m.topic));
+    if (!c) return;
+    const position = { offset: Number(m.offset), epoch: String(m.epoch) };
+    const from = c.position;
+    c.position = position;
+    for (const s of c.subs) s._emit("unrecovered", { topic: c.topic, ...(from ? { from } : {}), position });
+  }
+}
+
+const now = () => (typeof performance !== "undefined" ? performance.now() : Date.now());
+
+async function defaultWebSocket(): Promise<WebSocketLike> {
+  const g = (globalThis as { WebSocket?: WebSocketLike }).WebSocket;
+  if (g) return g;
+  try {
+    const ws = "ws"; // a variable: bundlers for browsers leave it alone
+    return ((await import(/* @vite-ignore */ ws)) as { default: WebSocketLike }).default;
+  } catch {
+    throw new WeftError("no_websocket", "no WebSocket here: install the `ws` package (Node < 22) or pass options.WebSocket");
+  }
+}

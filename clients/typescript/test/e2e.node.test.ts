@@ -1,0 +1,165 @@
+// End to end in Node against a real `weft serve`, through a proxy that cuts connections: every
+// event exactly once and in order across cuts, queued publishes delivered after the cut, a
+// server restart reported as not recovered, msgpack, in-band token refresh.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import WebSocket from "ws";
+import { WeftClient, type Subscription, type Unrecovered, type WebSocketLike } from "../src/index.js";
+import { CutProxy, httpPublish, jwt, sleep, startServe, until, type Serve } from "./harness.js";
+
+const WS = WebSocket as unknown as WebSocketLike;
+const fast = { minDelay: 100, maxDelay: 500 };
+/** Resolves when the server has made the subscription. */
+const made = (sub: Subscription<never> | Subscription<any>) => new Promise((resolve) => sub.on("subscribed", resolve));
+
+describe("against weft serve", () => {
+  let serve: Serve;
+  let proxy: CutProxy;
+
+  beforeAll(async () => {
+    serve = await startServe();
+    proxy = await new CutProxy(serve.port).listen();
+  });
+
+  afterAll(async () => {
+    await proxy?.close();
+    await serve?.stop();
+  });
+
+  const client = (user: string, opts: ConstructorParameters<typeof WeftClient>[1] = {}) =>
+    new WeftClient(`ws://127.0.0.1:${proxy.port}/ws`, { WebSocket: WS, params: { user }, reconnect: fast, ...opts });
+
+  it("a cut mid-stream: every event exactly once, in order; publishes made while cut off arrive after", async () => {
+    const a = client("a");
+    const b = client("b");
+    const seen: Record<string, number[]> = { a: [], b: [] };
+    const lost: Unrecovered[] = [];
+    const subs = [];
+    for (const [name, c] of [["a", a], ["b", b]] as const) {
+      subs.push(made(c.subscribe<number>("feed", (ev) => seen[name]!.push(ev.payload), { onUnrecovered: (u) => lost.push(u) })));
+    }
+    const states: string[] = [];
+    a.on("state", (s) => states.push(s.state));
+    await Promise.all([a.connect(), b.connect(), ...subs]);
+
+    // A backend publishes steadily, straight to the server, while the clients are cut off.
+    let n = 0;
+    const publishing = (async () => {
+      for (; n < 60; n++) {
+        await httpPublish(serve.url, "feed", n);
+        await sleep(25);
+      }
+    })();
+    await until(() => seen.a.length >= 10 && seen.b.length >= 10, 10000, "first events");
+    proxy.cut();
+    await until(() => a.state.state === "reconnecting" && b.state.state === "reconnecting", 5000, "both notice the cut");
+    // Made while disconnected: queued, sent in order after the connection returns.
+    const queued = [a.publish("feed", 1000), a.publish("feed", 1001)];
+    await sleep(1500);
+    proxy.restore();
+    await publishing;
+    const answers = await Promise.all(queued);
+    expect(answers[1]!.offset).toBe(answers[0]!.offset + 1);
+    const all = [...Array(60).keys(), 1000, 1001].sort((x, y) => x - y);
+    await until(() => seen.a.length >= 62 && seen.b.length >= 62, 10000, "every event");
+    await sleep(200);
+    for (const name of ["a", "b"]) expect([...seen[name]!].sort((x, y) => x - y), name).toEqual(all);
+    // In publish order: the HTTP events in order, the queued two adjacent and in order.
+    for (const name of ["a", "b"]) {
+      const s = seen[name]!;
+      expect(s.filter((x) => x < 1000)).toEqual([...Array(60).keys()]);
+      expect(s.indexOf(1001)).toBe(s.indexOf(1000) + 1);
+    }
+    expect(lost).toEqual([]);
+    expect(states).toContain("reconnecting");
+    expect(a.state.state).toBe("connected");
+    a.close();
+    b.close();
+  });
+
+  it("a server restart loses history: the application hears not-recovered, then live events", async () => {
+    const c = client("r");
+    const lost: Unrecovered[] = [];
+    const seen: string[] = [];
+    let subscribed = 0;
+    c.subscribe<string>("restart", (ev) => seen.push(ev.payload), {
+      onUnrecovered: (u) => lost.push(u),
+      onSubscribed: () => subscribed++,
+    });
+    await c.connect();
+    await until(() => subscribed === 1, 5000, "subscribed");
+    await httpPublish(serve.url, "restart", "before");
+    await until(() => seen.length === 1, 5000, "the first event");
+    const port = serve.port;
+    await serve.stop();
+    serve = await startServe([], port);
+    await until(() => c.state.state === "connected" && lost.length === 1, 15000, "reconnected and told");
+    expect(lost[0]!.from).toMatchObject({ offset: 1 });
+    expect(lost[0]!.position.epoch).not.toBe(lost[0]!.from!.epoch);
+    await httpPublish(serve.url, "restart", "after");
+    await until(() => seen.length === 2, 5000, "the live event");
+    expect(seen).toEqual(["before", "after"]);
+    c.close();
+  });
+
+  it("msgpack and json clients see the same events", async () => {
+    const m = client("m", { protocol: "msgpack" });
+    const j = client("j");
+    const got: unknown[][] = [[], []];
+    const subs = [made(m.subscribe("mixed", (ev) => got[0]!.push(ev.payload))), made(j.subscribe("mixed", (ev) => got[1]!.push(ev.payload)))];
+    await Promise.all([m.connect(), j.connect(), ...subs]);
+    const payload = { text: "héllo ✓", n: 2 ** 40, f: -1.25, list: [1, null, true], nested: { a: "b".repeat(300) } };
+    await m.publish("mixed", payload);
+    await j.publish("mixed", "plain");
+    await until(() => got[0]!.length === 2 && got[1]!.length === 2, 5000, "both events on both");
+    expect(got[0]).toEqual([payload, "plain"]);
+    expect(got[1]).toEqual(got[0]);
+    expect(await m.ping()).toBeGreaterThanOrEqual(0);
+    const p = await j.presence("mixed");
+    expect(p.members.map((x) => x.user).sort()).toEqual(["j", "m"]);
+    m.close();
+    j.close();
+  });
+});
+
+describe("with tokens", () => {
+  const secret = "a-test-secret-that-is-at-least-32-bytes-long";
+  let serve: Serve;
+  beforeAll(async () => {
+    serve = await startServe([], undefined, { WEFT_JWT_SECRET: secret });
+  });
+  afterAll(async () => serve?.stop());
+
+  it("refreshes in-band before expiry: the session outlives its first token", async () => {
+    let issued = 0;
+    const getToken = () => {
+      issued++;
+      const now = Math.floor(Date.now() / 1000);
+      return jwt(secret, { sub: "tess", iat: now, exp: now + 3, publish: ["t.>"] });
+    };
+    const c = new WeftClient(`ws://127.0.0.1:${serve.port}/ws`, { WebSocket: WS, getToken, reconnect: fast });
+    const states: string[] = [];
+    c.on("state", (s) => states.push(s.state));
+    await c.connect();
+    expect(c.session?.user).toBe("tess");
+    await sleep(5000);
+    expect(issued).toBeGreaterThanOrEqual(3);
+    expect(states).toEqual(["connecting", "connected"]); // never dropped
+    await expect(c.publish("t.x", 1)).resolves.toMatchObject({ offset: 1 });
+    await expect(c.publish("other", 1)).rejects.toMatchObject({ name: "ServerError", code: 4003 });
+    c.close();
+  });
+
+  it("a refused token: it keeps asking for a new one and connects when it gets a good one", async () => {
+    let calls = 0;
+    const getToken = () => {
+      calls++;
+      const now = Math.floor(Date.now() / 1000);
+      return calls < 3 ? "not-a-token" : jwt(secret, { sub: "late", exp: now + 60 });
+    };
+    const c = new WeftClient(`ws://127.0.0.1:${serve.port}/ws`, { WebSocket: WS, getToken, reconnect: { minDelay: 50, maxDelay: 100 } });
+    await c.connect();
+    expect(calls).toBe(3);
+    expect(c.session?.user).toBe("late");
+    c.close();
+  });
+});

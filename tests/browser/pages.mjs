@@ -1,7 +1,8 @@
 // Headless Chromium (Debian's package) against `weft serve`: the dashboard shows live numbers
 // and its chart, and chat users see each other, the room's history, HTTP-published payloads,
 // survive a dropped connection and a server restart without missing or repeated messages, and
-// see what a JWT server wants. Both pages load without a 404 and fit a 390 px wide phone.
+// see what a JWT server wants, and see who is typing. Both pages load without a 404 and fit a
+// 390 px wide phone (screenshots in target/test-reports).
 //
 // usage: node pages.mjs http://127.0.0.1:PORT
 //
@@ -11,6 +12,7 @@ import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
+import { mkdirSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -18,6 +20,8 @@ import { fileURLToPath } from "node:url";
 const base = process.argv[2];
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const WEFT = process.env.WEFT || path.join(ROOT, "target/ci/weft");
+const REPORTS = path.join(ROOT, "target/test-reports");
+mkdirSync(REPORTS, { recursive: true });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // ---- helpers: own servers, a TCP proxy that can drop connections, JWTs
@@ -158,6 +162,31 @@ try {
     await alice.waitForSelector('#log >> text={"price":3,"sym":"EUR"}', { timeout: 3000 });
   });
 
+  await step("10 typing indicator: the other page sees who is typing, never oneself, and it goes away", async () => {
+    const erin = await ctx.newPage();
+    const frank = await ctx.newPage();
+    try {
+      for (const p of [erin, frank]) watch(p);
+      for (const [p, n] of [[erin, "erin"], [frank, "frank"]]) {
+        await join(p, base, n, "typing-test");
+        await p.waitForSelector("text=connected to chat.typing-test");
+      }
+      await frank.waitForSelector("#log >> text=erin joined").catch(() => {});
+      await erin.locator("#text").pressSequentially("hel", { delay: 50 });
+      await frank.waitForFunction(() => /erin is typing/.test(document.getElementById("typing").textContent), null, { timeout: 3000 });
+      assert.equal((await erin.textContent("#typing")).trim(), "", "one's own typing is not shown");
+      await frank.waitForFunction(() => document.getElementById("typing").textContent === "", null, { timeout: 5000 });
+      await erin.locator("#text").pressSequentially("lo", { delay: 50 });
+      await frank.waitForFunction(() => /erin is typing/.test(document.getElementById("typing").textContent), null, { timeout: 3000 });
+      await erin.press("#text", "Enter");
+      await frank.waitForSelector("#log >> text=hello");
+      await frank.waitForFunction(() => document.getElementById("typing").textContent === "", null, { timeout: 1000 });
+    } finally {
+      await erin.close();
+      await frank.close();
+    }
+  });
+
   await step("7 chat and dashboard fit a 390 px wide screen", async () => {
     const phone = await browser.newContext({ viewport: { width: 390, height: 844 } });
     phone.setDefaultTimeout(8000);
@@ -170,7 +199,7 @@ try {
       await ph.press("#text", "Enter");
       await ph.waitForSelector("#log >> text=a-very-long-word");
       await ph.waitForFunction(() => document.getElementById("count").textContent !== "0");
-      await ph.screenshot({ path: path.join(ROOT, "target/chat-390.png"), fullPage: true }).catch(() => {});
+      await ph.screenshot({ path: path.join(REPORTS, "chat-390.png"), fullPage: true }).catch(() => {});
       const fit = await ph.evaluate(() => ({
         scroll: document.documentElement.scrollWidth,
         inner: innerWidth,
@@ -183,6 +212,7 @@ try {
       await dph.waitForFunction(() => Number(document.body.dataset.updates) >= 1);
       const dfit = await dph.evaluate(() => [document.documentElement.scrollWidth, innerWidth]);
       assert.ok(dfit[0] <= dfit[1], `dashboard at 390 px: scrollWidth ${dfit[0]} > ${dfit[1]}`);
+      await dph.screenshot({ path: path.join(REPORTS, "dashboard-390.png"), fullPage: true }).catch(() => {});
     } finally {
       await phone.close();
     }
@@ -296,7 +326,7 @@ try {
       assert.ok(/unreachable/i.test(st) && !/TypeError/.test(st), `dashboard status while down: ${st}`);
       const stale = await d.$eval("#connections", (e) => Number(getComputedStyle(e).opacity));
       assert.ok(stale < 1, "stale numbers are greyed out");
-      await d.screenshot({ path: path.join(ROOT, "target/dashboard-down.png") }).catch(() => {});
+      await d.screenshot({ path: path.join(REPORTS, "dashboard-down.png") }).catch(() => {});
     });
     await step("2 chat pages say they are reconnecting while the server is down", async () => {
       for (const p of [a, b]) await p.waitForFunction(() => /reconnecting/.test(document.getElementById("status").textContent), null, { timeout: 5000 });
@@ -309,6 +339,7 @@ try {
     await step("2 chat pages reconnect after a server restart and talk again", async () => {
       for (const p of [a, b]) await p.waitForFunction(() => document.getElementById("status").textContent.startsWith("connected to chat.rc"), null, { timeout: 15000 });
       await b.waitForFunction(() => document.getElementById("count").textContent === "2", null, { timeout: 5000 });
+      assert.ok(/could not be recovered/.test(await b.textContent("#log")), "the lost history after a restart is said in the log");
       await a.fill("#text", "after restart");
       await a.press("#text", "Enter");
       await b.waitForSelector("#log >> text=after restart");

@@ -26,6 +26,10 @@ export interface StateChange {
     reason?: string;
     /** The WebSocket close code that caused it, when there was one. */
     code?: number;
+    /** `reconnecting`: milliseconds until the next attempt. */
+    delay?: number;
+    /** The attempt failed before the WebSocket opened: server unreachable, or the upgrade refused (a browser cannot tell which; e.g. 401 for a bad token). */
+    refused?: boolean;
 }
 export interface Quality {
     /** Mean round trip of the last pings, in milliseconds. */
@@ -247,6 +251,11 @@ export declare class WeftClient extends Emitter<ClientEvents> {
     /** The latest connection quality, after the first ping. */
     quality?: Quality;
     constructor(url: string, options?: ClientOptions);
+    /**
+     * Takes over publishes that pages no longer running left in the store (at start, and at each
+     * connect: a page that was closing when this one started has let go by then).
+     */
+    private adopt;
     /** The connection's state now. */
     get state(): StateChange;
     /**

@@ -148,21 +148,30 @@ export class WeftClient extends Emitter {
         const q = options.offlineQueue;
         if (q !== false && q?.persist) {
             this.store = openStore(q.persist, this.owner);
-            this.store?.adopt(this.owner).then((left) => {
-                // Older than anything published since this page started: in front, in their order.
-                const restored = left.map((e) => ({
-                    topic: e.topic,
-                    payload: e.payload,
-                    time: e.time,
-                    key: e.key,
-                    resolve: (result) => this.emit("outbox", { topic: e.topic, payload: e.payload, result }),
-                    reject: (error) => this.emit("outbox", { topic: e.topic, payload: e.payload, error }),
-                }));
-                this.queue.unshift(...restored);
-                if (this._state.state === "connected")
-                    this.flush();
-            }, () => { });
+            this.adopt();
         }
+    }
+    /**
+     * Takes over publishes that pages no longer running left in the store (at start, and at each
+     * connect: a page that was closing when this one started has let go by then).
+     */
+    adopt() {
+        this.store?.adopt(this.owner).then((left) => {
+            // Older than anything published since this page started: in front, in their order.
+            const restored = left.map((e) => ({
+                topic: e.topic,
+                payload: e.payload,
+                time: e.time,
+                key: e.key,
+                resolve: (result) => this.emit("outbox", { topic: e.topic, payload: e.payload, result }),
+                reject: (error) => this.emit("outbox", { topic: e.topic, payload: e.payload, error }),
+            }));
+            if (restored.length === 0)
+                return;
+            this.queue.unshift(...restored);
+            if (this._state.state === "connected")
+                this.flush();
+        }, () => { });
     }
     /** The connection's state now. */
     get state() {
@@ -285,7 +294,7 @@ export class WeftClient extends Emitter {
     // ---- connection ----
     setState(s) {
         const prev = this._state;
-        if (prev.state === s.state && prev.reason === s.reason && prev.code === s.code)
+        if (prev.state === s.state && prev.reason === s.reason && prev.code === s.code && s.state !== "reconnecting")
             return;
         this._state = s;
         this.emit("state", s);
@@ -354,15 +363,15 @@ export class WeftClient extends Emitter {
             : code === 4401
                 ? "token expired"
                 : reason || `connection lost (${code})`;
-        this.retry(why, code);
+        this.retry(why, code, !wasOpen);
     }
-    retry(reason, code) {
+    retry(reason, code, refused = false) {
         if (this._state.state === "closed")
             return;
         const r = this.options.reconnect;
         if (r === false) {
             this.failQueue(new ConnectionError(reason, code));
-            this.setState({ state: "closed", reason, code });
+            this.setState({ state: "closed", reason, code, ...(refused ? { refused } : {}) });
             for (const w of this.connectWaiters.splice(0))
                 w.reject(new ConnectionError(reason, code));
             return;
@@ -373,7 +382,7 @@ export class WeftClient extends Emitter {
         // do not come back together.
         const delay = Math.random() * Math.min(max, min * 2 ** Math.min(this.attempt, 30));
         this.attempt++;
-        this.setState({ state: "reconnecting", reason, ...(code !== undefined ? { code } : {}) });
+        this.setState({ state: "reconnecting", reason, delay: Math.round(delay), ...(code !== undefined ? { code } : {}), ...(refused ? { refused } : {}) });
         this.later(delay, () => void this.open());
     }
     later(ms, f) {
@@ -418,6 +427,7 @@ export class WeftClient extends Emitter {
             w.resolve();
         this.subscribeChannels([...this.channels.values()]);
         this.flush();
+        this.adopt();
         const every = this.options.pingInterval ?? 10000;
         this.pingTimer = setInterval(() => void this.measure(), every);
         this.scheduleRefresh();

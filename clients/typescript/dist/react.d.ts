@@ -1,5 +1,5 @@
 import type { ReactNode } from "react";
-import type { Member, Position, Published, StateChange, Unrecovered, WeftClient, WeftEvent } from "./client.js";
+import type { Member, Position, Published, StateChange, SubscribedInfo, Unrecovered, WeftClient, WeftEvent } from "./client.js";
 /** Makes `client` available to the hooks below it. Connects it when mounted. */
 export declare function WeftProvider(props: {
     client: WeftClient;
@@ -17,8 +17,10 @@ export interface TopicState<T> {
     events: WeftEvent<T>[];
     /** The position of the latest event seen. */
     position?: Position;
-    /** Set when events may have been missed and could not be replayed (until the next event). */
+    /** The latest report that events may have been missed and could not be replayed. */
     unrecovered?: Unrecovered;
+    /** Set once the server has made the subscription (again after each reconnect). */
+    subscribed?: SubscribedInfo;
     /** The subscription was refused (e.g. 4003 forbidden). */
     error?: Error;
 }

@@ -34,11 +34,13 @@ export function useTopic(topic, options = {}) {
     useEffect(() => {
         setState({ events: [] });
         const sub = client.subscribe(topic, (ev) => setState((s) => ({
+            ...s,
             last: ev,
             events: s.events.length >= limit ? [...s.events.slice(s.events.length - limit + 1), ev] : [...s.events, ev],
             position: { offset: ev.offset, epoch: ev.epoch },
         })), {
             ...(history ? { history } : {}),
+            onSubscribed: (subscribed) => setState((s) => ({ ...s, subscribed })),
             onUnrecovered: (u) => setState((s) => ({ ...s, unrecovered: u, position: u.position })),
             onError: (error) => setState((s) => ({ ...s, error })),
         });

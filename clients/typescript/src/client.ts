@@ -33,6 +33,10 @@ export interface StateChange {
   reason?: string;
   /** The WebSocket close code that caused it, when there was one. */
   code?: number;
+  /** `reconnecting`: milliseconds until the next attempt. */
+  delay?: number;
+  /** The attempt failed before the WebSocket opened: server unreachable, or the upgrade refused (a browser cannot tell which; e.g. 401 for a bad token). */
+  refused?: boolean;
 }
 
 export interface Quality {
@@ -348,23 +352,32 @@ export class WeftClient extends Emitter<ClientEvents> {
     const q = options.offlineQueue;
     if (q !== false && q?.persist) {
       this.store = openStore(q.persist, this.owner);
-      this.store?.adopt(this.owner).then(
-        (left) => {
-          // Older than anything published since this page started: in front, in their order.
-          const restored: Queued[] = left.map((e) => ({
-            topic: e.topic,
-            payload: e.payload,
-            time: e.time,
-            key: e.key,
-            resolve: (result) => this.emit("outbox", { topic: e.topic, payload: e.payload, result }),
-            reject: (error) => this.emit("outbox", { topic: e.topic, payload: e.payload, error }),
-          }));
-          this.queue.unshift(...restored);
-          if (this._state.state === "connected") this.flush();
-        },
-        () => {},
-      );
+      this.adopt();
     }
+  }
+
+  /**
+   * Takes over publishes that pages no longer running left in the store (at start, and at each
+   * connect: a page that was closing when this one started has let go by then).
+   */
+  private adopt(): void {
+    this.store?.adopt(this.owner).then(
+      (left) => {
+        // Older than anything published since this page started: in front, in their order.
+        const restored: Queued[] = left.map((e) => ({
+          topic: e.topic,
+          payload: e.payload,
+          time: e.time,
+          key: e.key,
+          resolve: (result) => this.emit("outbox", { topic: e.topic, payload: e.payload, result }),
+          reject: (error) => this.emit("outbox", { topic: e.topic, payload: e.payload, error }),
+        }));
+        if (restored.length === 0) return;
+        this.queue.unshift(...restored);
+        if (this._state.state === "connected") this.flush();
+      },
+      () => {},
+    );
   }
 
   /** The connection's state now. */
@@ -489,7 +502,7 @@ export class WeftClient extends Emitter<ClientEvents> {
 
   private setState(s: StateChange): void {
     const prev = this._state;
-    if (prev.state === s.state && prev.reason === s.reason && prev.code === s.code) return;
+    if (prev.state === s.state && prev.reason === s.reason && prev.code === s.code && s.state !== "reconnecting") return;
     this._state = s;
     this.emit("state", s);
   }
@@ -552,15 +565,15 @@ export class WeftClient extends Emitter<ClientEvents> {
       : code === 4401
         ? "token expired"
         : reason || `connection lost (${code})`;
-    this.retry(why, code);
+    this.retry(why, code, !wasOpen);
   }
 
-  private retry(reason: string, code?: number): void {
+  private retry(reason: string, code?: number, refused = false): void {
     if (this._state.state === "closed") return;
     const r = this.options.reconnect;
     if (r === false) {
       this.failQueue(new ConnectionError(reason, code));
-      this.setState({ state: "closed", reason, code });
+      this.setState({ state: "closed", reason, code, ...(refused ? { refused } : {}) });
       for (const w of this.connectWaiters.splice(0)) w.reject(new ConnectionError(reason, code));
       return;
     }
@@ -570,7 +583,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     // do not come back together.
     const delay = Math.random() * Math.min(max, min * 2 ** Math.min(this.attempt, 30));
     this.attempt++;
-    this.setState({ state: "reconnecting", reason, ...(code !== undefined ? { code } : {}) });
+    this.setState({ state: "reconnecting", reason, delay: Math.round(delay), ...(code !== undefined ? { code } : {}), ...(refused ? { refused } : {}) });
     this.later(delay, () => void this.open());
   }
 
@@ -618,6 +631,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     for (const w of this.connectWaiters.splice(0)) w.resolve();
     this.subscribeChannels([...this.channels.values()]);
     this.flush();
+    this.adopt();
     const every = this.options.pingInterval ?? 10000;
     this.pingTimer = setInterval(() => void this.measure(), every);
     this.scheduleRefresh();

@@ -2,7 +2,7 @@
 // connection's state and publishing. React is a peer dependency; nothing here runs without it.
 import { createContext, createElement, useCallback, useContext, useEffect, useRef, useState, useSyncExternalStore } from "react";
 import type { ReactNode } from "react";
-import type { Member, Position, Published, StateChange, Unrecovered, WeftClient, WeftEvent } from "./client.js";
+import type { Member, Position, Published, StateChange, SubscribedInfo, Unrecovered, WeftClient, WeftEvent } from "./client.js";
 
 const Ctx = createContext<WeftClient | null>(null);
 
@@ -39,8 +39,10 @@ export interface TopicState<T> {
   events: WeftEvent<T>[];
   /** The position of the latest event seen. */
   position?: Position;
-  /** Set when events may have been missed and could not be replayed (until the next event). */
+  /** The latest report that events may have been missed and could not be replayed. */
   unrecovered?: Unrecovered;
+  /** Set once the server has made the subscription (again after each reconnect). */
+  subscribed?: SubscribedInfo;
   /** The subscription was refused (e.g. 4003 forbidden). */
   error?: Error;
 }
@@ -59,12 +61,14 @@ export function useTopic<T = unknown>(topic: string, options: { limit?: number; 
       topic,
       (ev) =>
         setState((s) => ({
+          ...s,
           last: ev,
           events: s.events.length >= limit ? [...s.events.slice(s.events.length - limit + 1), ev] : [...s.events, ev],
           position: { offset: ev.offset, epoch: ev.epoch },
         })),
       {
         ...(history ? { history } : {}),
+        onSubscribed: (subscribed) => setState((s) => ({ ...s, subscribed })),
         onUnrecovered: (u) => setState((s) => ({ ...s, unrecovered: u, position: u.position })),
         onError: (error) => setState((s) => ({ ...s, error })),
       },

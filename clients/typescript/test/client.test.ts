@@ -47,7 +47,7 @@ describe("connecting", () => {
     const gaps = server.attempts.slice(1).map((t, i) => t - server.attempts[i]!);
     // 100, 200, 400, 800, then the cap (each delay is random() × the ceiling).
     expect(gaps.slice(0, 5).map((g) => Math.round(g / 100) * 100)).toEqual([100, 200, 400, 800, 1000]);
-    expect(states.at(-1)).toMatchObject({ state: "reconnecting", reason: "could not connect" });
+    expect(states.at(-1)).toMatchObject({ state: "reconnecting", reason: "could not connect", refused: true, delay: 1000 });
     server.refuse = false;
     await tick(1000);
     expect(c.state.state).toBe("connected");

@@ -152,12 +152,12 @@ export class FakeServer {
         for (const topic of m.topics as string[]) {
           s.subs.add(topic);
           if (topic.includes("*") || topic.includes(">")) {
-            results.push({ topic, ok: true } as Msg);
+            results.push({ topic, ok: true } as unknown as Msg);
             continue;
           }
           const t = this.topic(topic);
           const top = t.events.length;
-          const r: Msg = { topic, ok: true, offset: top, epoch: t.epoch } as Msg;
+          const r = { topic, ok: true, offset: top, epoch: t.epoch } as unknown as Msg;
           const from = m.resume?.[topic];
           if (from) {
             r.recovered = from.epoch === t.epoch && from.offset <= top;

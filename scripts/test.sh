@@ -5,7 +5,8 @@
 #                              doc, cluster mode over redis-server and nats-server), the
 #                              engine's integration tests again on the Redis and on the NATS
 #                              broker, every fuzz target for FUZZ_SECONDS (40) each, the Python
-#                              package (built into a venv, pytest), the browser pages, the full
+#                              package (built into a venv, pytest), the browser pages, the
+#                              TypeScript client (vitest: unit, Node and Chromium end to end), the full
 #                              Autobahn suite as server and as client (517 cases each), the
 #                              client suite also with the Python sync and asyncio clients
 #                              (without the permessage-deflate cases 12.*/13.*: same codec)
@@ -16,7 +17,9 @@
 # virtualenv with the Autobahn TestSuite and a Python 3 venv with `websockets` (both cached in
 # ~/.cache, reused when present); qemu-user and the aarch64 cross linker (apt-get) and the
 # aarch64 Rust target (rustup), to run the NEON masking kernel's tests under emulation; Debian's
-# chromium (apt-get) and playwright-core (npm, tests/browser) for the pages of `weft serve`; a
+# chromium (apt-get) and playwright-core (npm, tests/browser) for the pages of `weft serve`; the
+# TypeScript client's dev dependencies (npm ci in clients/typescript: typescript, vitest,
+# esbuild, ws, react, playwright-core), whose tests run in Node and in that Chromium; a
 # Python venv (~/.cache/weft-py) with pytest, websockets, uvloop and the `weft` package built
 # from bindings/python by maturin (pip fetches it as the PEP 517 build backend); cargo-deny and
 # cargo-fuzz (cargo install, when missing; the fuzzers build with RUSTC_BOOTSTRAP=1 on stable);
@@ -137,6 +140,11 @@ b_rc=0
 node tests/browser/pages.mjs "http://127.0.0.1:$WPORT" || b_rc=$?
 kill -TERM $SERVE_PID; wait $SERVE_PID || b_rc=$?   # graceful shutdown must exit 0
 [[ $b_rc -eq 0 ]] || { echo "browser test FAILED (rc=$b_rc); server log in $OUT/serve.log" >&2; exit 1; }
+
+step "TypeScript client (clients/typescript): built output current, types, unit tests, end to end in Node and in Chromium"
+(cd clients/typescript && npm ci --no-audit --no-fund --silent)
+(cd clients/typescript && npm run --silent check && npm run --silent typecheck)
+(cd clients/typescript && WEFT_BIN="$WEFT" WEFT_REQUIRE_BROWSER=1 npx vitest run --reporter=dot)
 
 step "Autobahn: server suite against weft echo, client suite with weft's Rust, Python sync and Python asyncio clients (in parallel)"
 SPORT=$(pick_port 19001); CPORT=$(pick_port $(( SPORT + 1 )))

@@ -208,6 +208,7 @@ impl Engine {
             self.shared.config.anonymous(),
         );
         s.cluster = self.shared.broker.cluster();
+        s.busiest_topics = self.shared.broker.busiest(10);
         s
     }
 

@@ -1,8 +1,9 @@
 //! Counters, rates, `/metrics` (Prometheus text format) and `/api/stats` (JSON).
 
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -48,16 +49,193 @@ pub struct Metrics {
     pub cluster_pubsub_dropped: AtomicU64,
     /// Presence members of dead nodes removed by this node.
     pub cluster_members_swept: AtomicU64,
+    /// How long live events took from publish to being written to a client's socket.
+    pub delivery_latency: Latency,
     rates: Mutex<Rates>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+/// Upper bounds, in ms, of the delivery latency buckets; one more bucket holds the rest.
+pub const LATENCY_BOUNDS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+const BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// A histogram of delivery latencies: from an event's publish (its `time`, on the publishing
+/// node's clock) to the moment its frame is handed to a client's socket. Replayed events are
+/// not counted. Sessions count a batch locally and add it here once per write.
+#[derive(Debug, Default)]
+pub struct Latency {
+    counts: [AtomicU64; BUCKETS],
+    sum_ms: AtomicU64,
+}
+
+/// One write's worth of latencies, counted without touching shared state.
+#[derive(Debug, Default)]
+pub struct LatencyBatch {
+    counts: [u32; BUCKETS],
+    sum_ms: u64,
+    any: bool,
+}
+
+impl LatencyBatch {
+    /// Count one event that is `ms` old.
+    #[inline]
+    pub fn add(&mut self, ms: u64) {
+        let i = LATENCY_BOUNDS_MS.iter().position(|&b| ms <= b).unwrap_or(BUCKETS - 1);
+        self.counts[i] += 1;
+        self.sum_ms += ms;
+        self.any = true;
+    }
+}
+
+impl Latency {
+    /// Add a batch (and clear it).
+    pub fn record(&self, b: &mut LatencyBatch) {
+        if !b.any {
+            return;
+        }
+        for (c, n) in self.counts.iter().zip(b.counts.iter_mut()) {
+            if *n > 0 {
+                c.fetch_add(u64::from(*n), Ordering::Relaxed);
+                *n = 0;
+            }
+        }
+        self.sum_ms.fetch_add(b.sum_ms, Ordering::Relaxed);
+        b.sum_ms = 0;
+        b.any = false;
+    }
+
+    fn snapshot(&self) -> [u64; BUCKETS] {
+        std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
+    }
+}
+
+/// Delivery latency over the last few seconds (`/api/stats`). A percentile is the upper bound
+/// of the bucket it falls in (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 ms); 10000
+/// means more than 5 s.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct LatencySummary {
+    /// Live events written in the window.
+    pub count: u64,
+    /// Median, in ms (absent without events).
+    pub p50_ms: Option<u64>,
+    /// 99th percentile, in ms.
+    pub p99_ms: Option<u64>,
+    /// The window's length.
+    pub window_seconds: u64,
+}
+
+fn summarize(window: &VecDeque<(Instant, [u64; BUCKETS])>) -> LatencySummary {
+    let (Some((t0, first)), Some((t1, last))) = (window.front(), window.back()) else {
+        return LatencySummary::default();
+    };
+    let d: [u64; BUCKETS] = std::array::from_fn(|i| last[i] - first[i]);
+    let count: u64 = d.iter().sum();
+    let quantile = |q: f64| -> Option<u64> {
+        if count == 0 {
+            return None;
+        }
+        let want = (q * count as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in d.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return Some(LATENCY_BOUNDS_MS.get(i).copied().unwrap_or(10_000));
+            }
+        }
+        None
+    };
+    LatencySummary {
+        count,
+        p50_ms: quantile(0.50),
+        p99_ms: quantile(0.99),
+        window_seconds: t1.duration_since(*t0).as_secs_f64().round() as u64,
+    }
+}
+
+/// How busy one topic has been lately: events counted in windows of [`ACTIVITY_WINDOW`]
+/// seconds, the current and the one before.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Activity {
+    window: u64,
+    cur: u32,
+    prev: u32,
+}
+
+/// Seconds per [`Activity`] window.
+pub const ACTIVITY_WINDOW: f64 = 5.0;
+
+fn since_start(at: Instant) -> f64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    at.saturating_duration_since(*START.get_or_init(Instant::now)).as_secs_f64()
+}
+
+impl Activity {
+    /// Count one event published (or received) at `at`.
+    pub fn hit(&mut self, at: Instant) {
+        let w = (since_start(at) / ACTIVITY_WINDOW) as u64;
+        if w != self.window {
+            self.prev = if w == self.window + 1 { self.cur } else { 0 };
+            self.cur = 0;
+            self.window = w;
+        }
+        self.cur = self.cur.saturating_add(1);
+    }
+
+    /// Events per second over the last one to two windows.
+    pub fn per_sec(&self, now: Instant) -> f64 {
+        let t = since_start(now);
+        let w = (t / ACTIVITY_WINDOW) as u64;
+        let into = t - w as f64 * ACTIVITY_WINDOW;
+        let n = if w == self.window {
+            self.cur + self.prev
+        } else if w == self.window + 1 {
+            self.cur
+        } else {
+            0
+        };
+        f64::from(n) / (ACTIVITY_WINDOW + into)
+    }
+}
+
+/// One of the busiest topics (`/api/stats`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TopicActivity {
+    /// The topic's name.
+    pub topic: String,
+    /// Events per second over the last 5 to 10 seconds.
+    pub events_per_sec: f64,
+    /// Subscriptions to it on this node (exact ones; patterns not counted).
+    pub subscribers: usize,
+}
+
+/// The `n` busiest of `topics`, busiest first (ties by name).
+pub fn busiest(mut topics: Vec<TopicActivity>, n: usize) -> Vec<TopicActivity> {
+    topics.retain(|t| t.events_per_sec > 0.0);
+    topics.sort_by(|a, b| b.events_per_sec.total_cmp(&a.events_per_sec).then_with(|| a.topic.cmp(&b.topic)));
+    topics.truncate(n);
+    for t in &mut topics {
+        t.events_per_sec = (t.events_per_sec * 10.0).round() / 10.0;
+    }
+    topics
+}
+
+/// This process's resident memory in bytes (Linux: `VmRSS` of /proc/self/status).
+pub fn resident_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
 struct Rates {
     messages_in_per_sec: f64,
     publishes_per_sec: f64,
     deliveries_per_sec: f64,
     #[serde(skip)]
     last: Option<(Instant, [u64; 3])>,
+    /// Latency histogram snapshots of the last ten or so seconds.
+    #[serde(skip)]
+    latency: VecDeque<(Instant, [u64; BUCKETS])>,
 }
 
 /// What `/api/stats` returns.
@@ -89,6 +267,13 @@ pub struct Stats {
     pub cluster_duplicates_total: u64,
     pub cluster_pubsub_dropped_total: u64,
     pub anonymous: bool,
+    /// Live events from publish to a client's socket, over the last ten seconds or so.
+    pub delivery_latency: LatencySummary,
+    /// This process's resident memory (absent where it cannot be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_rss_bytes: Option<u64>,
+    /// The busiest topics on this node, busiest first (at most 10).
+    pub busiest_topics: Vec<TopicActivity>,
     /// The cluster broker's node and state (absent on a single node).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::broker::ClusterInfo>,
@@ -113,11 +298,25 @@ impl Metrics {
             }
         }
         r.last = Some((now, cur));
+        r.latency.push_back((now, self.delivery_latency.snapshot()));
+        while r.latency.len() > 11 {
+            r.latency.pop_front();
+        }
     }
 
     /// A snapshot for `/api/stats`.
     pub fn stats(&self, topics: usize, started: Instant, anonymous: bool) -> Stats {
-        let r = *self.rates.lock().unwrap_or_else(|e| e.into_inner());
+        let (r, delivery_latency) = {
+            let r = self.rates.lock().unwrap_or_else(|e| e.into_inner());
+            let mut window = r.latency.clone();
+            if window.is_empty() {
+                // Not sampled yet: everything since the start.
+                window.push_back((started, [0; BUCKETS]));
+            }
+            // Up to now, not only to the last sample.
+            window.push_back((Instant::now(), self.delivery_latency.snapshot()));
+            (r.clone(), summarize(&window))
+        };
         Stats {
             uptime_seconds: started.elapsed().as_secs(),
             connections: Self::get(&self.connections),
@@ -144,6 +343,9 @@ impl Metrics {
             cluster_duplicates_total: Self::get(&self.cluster_duplicates),
             cluster_pubsub_dropped_total: Self::get(&self.cluster_pubsub_dropped),
             anonymous,
+            delivery_latency,
+            memory_rss_bytes: resident_memory(),
+            busiest_topics: Vec::new(),
             cluster: None,
         }
     }
@@ -268,6 +470,25 @@ impl Metrics {
             "Sessions closed because their token expired without a refresh.",
             Self::get(&self.token_expiries),
         );
+        if let Some(rss) = resident_memory() {
+            put("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss);
+        }
+        let counts = self.delivery_latency.snapshot();
+        let name = "weft_delivery_latency_seconds";
+        let _ = writeln!(
+            s,
+            "# HELP {name} Live events from publish to a client's socket (replays not counted).\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (i, n) in counts.iter().enumerate() {
+            cumulative += n;
+            match LATENCY_BOUNDS_MS.get(i) {
+                Some(ms) => _ = writeln!(s, "{name}_bucket{{le=\"{}\"}} {cumulative}", *ms as f64 / 1000.0),
+                None => _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {cumulative}"),
+            }
+        }
+        let sum = self.delivery_latency.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        let _ = writeln!(s, "{name}_sum {sum}\n{name}_count {cumulative}");
         s
     }
 }
@@ -284,10 +505,54 @@ mod tests {
         assert!(text.contains("\nweft_publishes_total 3\n"));
         assert!(text.contains("\nweft_topics 2\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let (name, value) = line.split_once(' ').unwrap();
-            assert!(name.starts_with("weft_"));
-            value.parse::<u64>().unwrap();
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("weft_") || name.starts_with("process_"), "{line}");
+            value.parse::<f64>().unwrap();
         }
+        assert!(text.contains("weft_delivery_latency_seconds_bucket{le=\"+Inf\"} 0\n"));
+    }
+
+    #[test]
+    fn latency_percentiles_over_the_window() {
+        let m = Metrics::default();
+        let t0 = Instant::now();
+        m.sample(t0);
+        let mut b = LatencyBatch::default();
+        for _ in 0..98 {
+            b.add(0);
+        }
+        b.add(30);
+        b.add(7000);
+        m.delivery_latency.record(&mut b);
+        let s = m.stats(0, t0, true).delivery_latency;
+        assert_eq!((s.count, s.p50_ms, s.p99_ms), (100, Some(1), Some(50)));
+        b.add(7000);
+        m.delivery_latency.record(&mut b);
+        assert_eq!(m.stats(0, t0, true).delivery_latency.p99_ms, Some(10_000));
+        // Older than the window: forgotten.
+        for k in 1..=12 {
+            m.sample(t0 + std::time::Duration::from_secs(k));
+        }
+        assert_eq!(m.stats(0, t0, true).delivery_latency.count, 0);
+        let text = m.render_prometheus(0);
+        assert!(text.contains("weft_delivery_latency_seconds_bucket{le=\"0.001\"} 98\n"), "{text}");
+        assert!(text.contains("weft_delivery_latency_seconds_count 101\n"));
+    }
+
+    #[test]
+    fn topic_activity_and_the_busiest() {
+        let t0 = Instant::now();
+        let mut a = Activity::default();
+        for _ in 0..50 {
+            a.hit(t0);
+        }
+        let rate = a.per_sec(t0);
+        assert!(rate > 4.9 && rate <= 10.0, "{rate}");
+        // Two windows later it is quiet again.
+        assert_eq!(a.per_sec(t0 + std::time::Duration::from_secs(11)), 0.0);
+        let t = |name: &str, r: f64| TopicActivity { topic: name.into(), events_per_sec: r, subscribers: 0 };
+        let top = busiest(vec![t("a", 1.0), t("b", 0.0), t("c", 3.04), t("d", 1.0)], 2);
+        assert_eq!(top, vec![t("c", 3.0), t("a", 1.0)]);
     }
 
     #[test]

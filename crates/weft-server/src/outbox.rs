@@ -43,7 +43,9 @@ impl std::str::FromStr for SlowConsumerPolicy {
 /// One queued item.
 #[derive(Debug)]
 pub(crate) enum Out {
-    Event(Arc<Event>, SlowConsumerPolicy),
+    /// An event, and whether it is live (`false`: replayed from history, so its age is not a
+    /// delivery latency).
+    Event(Arc<Event>, SlowConsumerPolicy, bool),
     Notice(Arc<Notice>),
     Reply(EncodedMessage),
     /// A reply whose content is not known yet; draining stops here until it is filled.
@@ -91,15 +93,25 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Queue an event. Never waits.
+    /// Queue a live event. Never waits.
     pub(crate) fn push_event(&self, ev: &Arc<Event>, policy: SlowConsumerPolicy) {
+        self.push(ev, policy, true);
+    }
+
+    /// Queue an event replayed from history (a resume or recent history). Never waits; a full
+    /// queue closes the connection as a slow consumer.
+    pub(crate) fn push_replay(&self, ev: &Arc<Event>) {
+        self.push(ev, SlowConsumerPolicy::Disconnect, false);
+    }
+
+    fn push(&self, ev: &Arc<Event>, policy: SlowConsumerPolicy, live: bool) {
         let mut st = self.lock();
         if st.closing.is_some() {
             return;
         }
         if policy == SlowConsumerPolicy::Latest {
             let same = st.queue.iter_mut().rev().find_map(|o| match o {
-                Out::Event(e, SlowConsumerPolicy::Latest) if e.topic == ev.topic => Some(e),
+                Out::Event(e, SlowConsumerPolicy::Latest, _) if e.topic == ev.topic => Some(e),
                 _ => None,
             });
             if let Some(slot) = same {
@@ -126,7 +138,7 @@ impl Outbox {
             }
         }
         let was_empty = st.queue.is_empty();
-        st.queue.push_back(Out::Event(Arc::clone(ev), policy));
+        st.queue.push_back(Out::Event(Arc::clone(ev), policy, live));
         drop(st);
         if was_empty {
             self.notify.notify_one();
@@ -241,7 +253,7 @@ mod tests {
     fn offsets(b: &[Out]) -> Vec<(String, u64)> {
         b.iter()
             .filter_map(|o| match o {
-                Out::Event(e, _) => Some((e.topic.to_string(), e.offset)),
+                Out::Event(e, ..) => Some((e.topic.to_string(), e.offset)),
                 _ => None,
             })
             .collect()

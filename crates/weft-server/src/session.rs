@@ -270,9 +270,16 @@ impl Session {
             }
             let mut bytes = 0;
             let n = batch.len() as u64;
+            let now = crate::wire::now_ms();
+            let mut latency = crate::metrics::LatencyBatch::default();
             for o in batch.drain(..) {
                 let m = match &o {
-                    Out::Event(e, _) => e.encoded_for(self.format, self.deflate),
+                    Out::Event(e, _, live) => {
+                        if *live {
+                            latency.add(now.saturating_sub(e.time));
+                        }
+                        e.encoded_for(self.format, self.deflate)
+                    }
                     Out::Notice(n) => n.encoded(self.format),
                     Out::Reply(m) => m,
                     Out::Slot(_) => unreachable!("drain stops at slots"),
@@ -286,6 +293,7 @@ impl Session {
                 }
             }
             let m = &self.shared.metrics;
+            m.delivery_latency.record(&mut latency);
             m.deliveries.fetch_add(n, Ordering::Relaxed);
             m.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
             let flush = ws.flush();

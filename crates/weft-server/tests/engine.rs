@@ -548,6 +548,44 @@ async fn http_api_stats_health_metrics_and_pages() {
 }
 
 #[tokio::test]
+async fn stats_show_delivery_latency_memory_and_the_busiest_topics() {
+    let (addr, engine, _h) = start(EngineConfig::default()).await;
+    let mut c = Client::connect(addr, "").await;
+    subscribe(&mut c, &["hot", "cold"]).await;
+    for i in 0..30 {
+        engine.publish("hot", json!(i)).await.unwrap();
+    }
+    engine.publish("cold", json!("x")).await.unwrap();
+    for _ in 0..31 {
+        assert_eq!(c.recv().await["type"], "event");
+    }
+    // A late joiner's replayed history is not a delivery latency.
+    let mut late = Client::connect(addr, "").await;
+    late.send(json!({"type": "subscribe", "id": 1, "topics": ["hot"], "history": 20})).await;
+    assert_eq!(late.recv().await["results"][0]["replayed"], 20);
+    for _ in 0..20 {
+        assert_eq!(late.recv().await["type"], "event");
+    }
+    let (s, b) = http(addr, "GET", "/api/stats", &[], "").await;
+    assert_eq!(s, 200);
+    let st: Value = serde_json::from_str(&b).unwrap();
+    let lat = &st["delivery_latency"];
+    assert_eq!(lat["count"], 31, "{st}");
+    assert!(lat["p50_ms"].as_u64().unwrap() <= lat["p99_ms"].as_u64().unwrap(), "{lat}");
+    assert!(lat["p99_ms"].as_u64().unwrap() <= 1000, "{lat}");
+    if cfg!(target_os = "linux") {
+        assert!(st["memory_rss_bytes"].as_u64().unwrap() > 1 << 20, "{st}");
+    }
+    let top = st["busiest_topics"].as_array().unwrap();
+    assert_eq!(top.len(), 2, "{st}");
+    assert_eq!((top[0]["topic"].as_str(), top[0]["subscribers"].as_u64()), (Some("hot"), Some(2)));
+    assert_eq!(top[1]["topic"], "cold");
+    assert!(top[0]["events_per_sec"].as_f64().unwrap() > top[1]["events_per_sec"].as_f64().unwrap());
+    let (_, b) = http(addr, "GET", "/metrics", &[], "").await;
+    assert!(b.contains("weft_delivery_latency_seconds_count 31\n"), "{b}");
+}
+
+#[tokio::test]
 async fn max_connections_503() {
     let cfg = EngineConfig { max_connections: 1, ..Default::default() };
     let (addr, _engine, _h) = start(cfg).await;

@@ -69,6 +69,7 @@ struct TopicState {
     subs: HashMap<u64, Sub>,
     policy: SlowConsumerPolicy,
     touched: Instant,
+    activity: crate::metrics::Activity,
 }
 
 #[derive(Default)]
@@ -141,6 +142,7 @@ impl MemoryBroker {
                     history: History::default(),
                     subs: HashMap::new(),
                     touched: Instant::now(),
+                    activity: Default::default(),
                 },
             );
         }
@@ -198,6 +200,7 @@ impl MemoryBroker {
                 evicted += 1;
             }
             self.account(added, freed, evicted);
+            t.activity.hit(ev.published_at);
             for s in t.subs.values() {
                 s.handle.outbox.push_event(&ev, t.policy);
             }
@@ -286,7 +289,7 @@ impl MemoryBroker {
             Start::Recent(n) => {
                 let events = t.history.recent(n);
                 for e in &events {
-                    sub.outbox.push_event(e, SlowConsumerPolicy::Disconnect);
+                    sub.outbox.push_replay(e);
                 }
                 self.metrics.replayed_events.fetch_add(events.len() as u64, Ordering::Relaxed);
                 Some(Some(events.len()))
@@ -294,7 +297,7 @@ impl MemoryBroker {
             Start::Resume(pos) => Some(match t.history.resume(pos.offset, &pos.epoch, t.offset, &t.epoch) {
                 Resume::Replay(events) => {
                     for e in &events {
-                        sub.outbox.push_event(e, SlowConsumerPolicy::Disconnect);
+                        sub.outbox.push_replay(e);
                     }
                     self.metrics.replayed_events.fetch_add(events.len() as u64, Ordering::Relaxed);
                     Some(events.len())
@@ -376,6 +379,25 @@ impl Broker for MemoryBroker {
         for t in targets {
             self.unsubscribe_now(sub, t);
         }
+    }
+
+    fn busiest(&self, n: usize) -> Vec<crate::metrics::TopicActivity> {
+        let now = Instant::now();
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for t in shard.topics.values() {
+                let events_per_sec = t.activity.per_sec(now);
+                if events_per_sec > 0.0 {
+                    all.push(crate::metrics::TopicActivity {
+                        topic: t.name.to_string(),
+                        events_per_sec,
+                        subscribers: t.subs.len(),
+                    });
+                }
+            }
+        }
+        crate::metrics::busiest(all, n)
     }
 
     fn topic_count(&self) -> usize {

@@ -103,6 +103,13 @@ impl Subscriber {
         self.outbox.push_event(ev, policy);
     }
 
+    /// Queue an event replayed from history (resume or recent history): never dropped; a full
+    /// queue closes the connection as a slow consumer. Its age is not counted as delivery
+    /// latency.
+    pub fn replay(&self, ev: &Arc<Event>) {
+        self.outbox.push_replay(ev);
+    }
+
     /// Queue a join/leave notice (dropped and counted when the queue is full).
     pub fn notify(&self, notice: &Arc<Notice>) {
         self.outbox.push_notice(notice);
@@ -227,5 +234,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Cluster state, for a broker that joins nodes (`None` for a single node).
     fn cluster(&self) -> Option<ClusterInfo> {
         None
+    }
+
+    /// The `n` busiest topics on this node lately (events per second), busiest first. Reads
+    /// every topic: for `/api/stats`, not for a hot path.
+    fn busiest(&self, n: usize) -> Vec<crate::metrics::TopicActivity> {
+        let _ = n;
+        Vec::new()
     }
 }

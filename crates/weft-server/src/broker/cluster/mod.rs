@@ -348,6 +348,8 @@ struct Local {
     phase: Phase,
     pending: VecDeque<Arc<Event>>,
     policy: SlowConsumerPolicy,
+    /// Events delivered to this node's subscribers lately (the busiest topics).
+    activity: crate::metrics::Activity,
     ready: Arc<Notify>,
 }
 
@@ -363,7 +365,8 @@ impl Local {
         Position { offset: self.last, epoch: self.epoch.to_string() }
     }
 
-    fn fan_out(&self, ev: &Arc<Event>) {
+    fn fan_out(&mut self, ev: &Arc<Event>) {
+        self.activity.hit(ev.published_at);
         for s in self.subs.values() {
             s.handle.deliver(ev, self.policy);
         }
@@ -649,6 +652,7 @@ impl<B: Backend> Core<B> {
                             last: 0,
                             phase: Phase::Init,
                             pending: VecDeque::new(),
+                            activity: Default::default(),
                             ready: Arc::new(Notify::new()),
                         },
                     );
@@ -878,7 +882,7 @@ impl<B: Backend> Core<B> {
             }
         };
         for e in &upto {
-            sub.deliver(e, SlowConsumerPolicy::Disconnect);
+            sub.replay(e);
         }
         self.metrics.replayed_events.fetch_add(upto.len() as u64, Ordering::Relaxed);
         if l.subs.insert(sub.id, Sub { handle: Arc::clone(sub), presence }).is_none() {
@@ -1351,6 +1355,25 @@ impl<B: Backend> Broker for Cluster<B> {
 
     fn topic_count(&self) -> usize {
         self.core.topics.load(Ordering::Relaxed)
+    }
+
+    fn busiest(&self, n: usize) -> Vec<crate::metrics::TopicActivity> {
+        let now = Instant::now();
+        let mut all = Vec::new();
+        for shard in self.core.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for l in shard.values() {
+                let events_per_sec = l.activity.per_sec(now);
+                if events_per_sec > 0.0 {
+                    all.push(crate::metrics::TopicActivity {
+                        topic: l.name.to_string(),
+                        events_per_sec,
+                        subscribers: l.subs.len(),
+                    });
+                }
+            }
+        }
+        crate::metrics::busiest(all, n)
     }
 
     fn maintain(&self, _now: Instant) -> BrokerFuture<'_, ()> {

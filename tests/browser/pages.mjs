@@ -241,7 +241,13 @@ try {
     return colored;
   });
   assert.ok(drawn > 50, `chart has ${drawn} coloured pixels`);
-  console.log(`dashboard: ${connections} connections, ${topics} topics, chart drawn (${drawn} px)`);
+  // The server's own view: the chat room is among the busiest topics, the delivery latency and
+  // the process's memory are shown.
+  await dash.waitForSelector("#busiest >> text=chat.browser-test", { timeout: 10000 });
+  await dash.waitForFunction(() => /ms/.test(document.getElementById("latency").textContent), null, { timeout: 10000 });
+  const memory = await dash.textContent("#memory");
+  assert.ok(/MiB|GiB/.test(memory), `memory shows ${memory}`);
+  console.log(`dashboard: ${connections} connections, ${topics} topics, chart drawn (${drawn} px), latency ${await dash.textContent("#latency")}, memory ${memory}`);
 
   await step("9 no 404s or console errors on either page", async () => {
     assert.deepEqual(failed, [], failed.join("; "));

@@ -1,9 +1,10 @@
 // The live dashboard `weft serve` ships at /: it polls /api/stats once a second (one request at
 // a time, 3 s limit each) and, when the server does not answer, says so plainly, greys out the
-// last numbers (they are stale) and keeps trying. Where it may connect (anonymous mode, or a
-// token given as #token=JWT in the address) it also opens a WebSocket with the weft-client SDK:
-// its round trip, and the busiest topics sampled live through a `>` subscription.
-import { WeftClient, type Subscription, type WeftEvent } from "../src/index.js";
+// last numbers (they are stale) and keeps trying. Everything it shows comes from the server's
+// own counters (rates, delivery latency, memory, the busiest topics, the cluster); where it may
+// connect (anonymous mode, or a token given as #token=JWT in the address) it also opens a
+// WebSocket with the weft-client SDK to show its own round trip.
+import { WeftClient } from "../src/index.js";
 
 interface Stats {
   uptime_seconds: number;
@@ -31,13 +32,13 @@ interface Stats {
   cluster_duplicates_total?: number;
   cluster_pubsub_dropped_total?: number;
   anonymous: boolean;
+  delivery_latency?: { count: number; p50_ms: number | null; p99_ms: number | null; window_seconds: number };
+  memory_rss_bytes?: number;
+  busiest_topics?: { topic: string; events_per_sec: number; subscribers: number }[];
   cluster?: { broker: string; node: string; state: string; nodes: number };
 }
 
 const N = 60; // chart points
-const WINDOW = 10; // seconds of live topic sampling shown
-const TOP = 8;
-const SAMPLE_LIMIT = 20000; // deliveries / s above which live sampling pauses itself
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => document.getElementById(id) as T;
 const set = (id: string, v: string | number) => {
@@ -144,8 +145,18 @@ function show(s: Stats): void {
   set("slow", s.slow_consumer_disconnects_total);
   set("rate-limited", s.rate_limited_total ? `${fmt(s.rate_limited_total)} rate-limited` : "");
   set("dropped", s.dropped_events_total);
-  set("memory", bytes(s.history_bytes));
-  set("evicted", `${fmt(s.history_evicted_total)} events evicted`);
+  set("memory", s.memory_rss_bytes !== undefined ? bytes(s.memory_rss_bytes) : bytes(s.history_bytes));
+  set(
+    "evicted",
+    (s.memory_rss_bytes !== undefined ? `history ${bytes(s.history_bytes)} · ` : "history · ") +
+      `${fmt(s.history_evicted_total)} evicted`,
+  );
+  const lat = s.delivery_latency;
+  // Bucket bounds: "≤ 1 ms" rather than a false precision; 10000 means more than 5 s.
+  const ms = (x: number | null) => (x === null ? "–" : x >= 10000 ? "> 5 s" : x <= 1 ? "≤ 1 ms" : `≤ ${x} ms`);
+  set("latency", lat && lat.count ? `${ms(lat.p50_ms)} / ${ms(lat.p99_ms)}` : "–");
+  set("latency-sub", lat ? `publish → socket · ${fmt(lat.count)} events in ${lat.window_seconds} s` : "");
+  showBusiest(s);
   const st = $("status");
   st.textContent = "up " + duration(s.uptime_seconds) + (s.anonymous ? " · anonymous mode" : "");
   st.className = "status" + (s.anonymous ? " warn" : "");
@@ -220,14 +231,39 @@ async function tick(): Promise<void> {
   setTimeout(() => void tick(), s ? 1000 : 2000);
 }
 
-// ---- the page's own connection: round trip and live topic sampling
+// ---- the busiest topics, as the server counts them
+
+function showBusiest(s: Stats): void {
+  const top = s.busiest_topics ?? [];
+  const max = top.length ? top[0]!.events_per_sec : 1;
+  set("busiest-window", "events / s, last 5–10 s");
+  $("busiest").replaceChildren(
+    ...top.map((t) => {
+      const tr = document.createElement("tr");
+      const name = document.createElement("td");
+      name.textContent = t.topic;
+      const rate = document.createElement("td");
+      rate.className = "n";
+      rate.textContent = fmt(t.events_per_sec) + " / s";
+      const subs = document.createElement("td");
+      subs.className = "n";
+      subs.textContent = `${fmt(t.subscribers)} sub${t.subscribers === 1 ? "" : "s"}`;
+      const bar = document.createElement("td");
+      bar.className = "bar";
+      const i = document.createElement("i");
+      i.style.width = ((100 * t.events_per_sec) / max).toFixed(1) + "%";
+      bar.append(i);
+      tr.append(name, rate, subs, bar);
+      return tr;
+    }),
+  );
+  set("busiest-note", top.length ? "" : "No events in the last few seconds.");
+}
+
+// ---- the page's own connection: its round trip
 
 const token = new URLSearchParams(location.hash.slice(1)).get("token") ?? "";
 let client: WeftClient | null = null;
-let all: Subscription | null = null;
-const buckets: Map<string, number>[] = [new Map()];
-let sampledSince = 0;
-const sample = $<HTMLInputElement>("sample");
 
 function showRtt(): void {
   const q = client?.quality;
@@ -240,98 +276,19 @@ function showRtt(): void {
   }
 }
 
-function note(s: string): void {
-  set("busiest-note", s);
-}
-
 function live(s: Stats): void {
-  if (!client && (s.anonymous || token)) {
-    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
-    client = new WeftClient(url, {
-      ...(token ? { token } : { params: { user: "dashboard" } }),
-      pingInterval: 2000,
-      reconnect: { minDelay: 500, maxDelay: 5000 },
-      offlineQueue: false,
-    });
-    client.on("quality", showRtt);
-    client.on("state", showRtt);
-    client.on("error", (e) => {
-      if (e.code === "lagged") pause("paused: the server dropped events for this page (too busy to sample)");
-    });
-    void client.connect();
-    setSampling();
-  } else if (!client) {
-    sample.disabled = true;
-    note("Live sampling and the WebSocket round trip need anonymous mode or a token in the address (#token=JWT).");
-  }
-  if (all && s.deliveries_per_sec > SAMPLE_LIMIT) pause(`paused: more than ${fmt(SAMPLE_LIMIT)} deliveries / s`);
+  if (client || !(s.anonymous || token)) return;
+  const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+  client = new WeftClient(url, {
+    ...(token ? { token } : { params: { user: "dashboard" } }),
+    pingInterval: 2000,
+    reconnect: { minDelay: 500, maxDelay: 5000 },
+    offlineQueue: false,
+  });
+  client.on("quality", showRtt);
+  client.on("state", showRtt);
+  void client.connect();
 }
 
-function pause(why: string): void {
-  sample.checked = false;
-  setSampling();
-  note(why + "; tick “sample live” to resume.");
-}
-
-function setSampling(): void {
-  if (!client) return;
-  if (sample.checked && !all) {
-    buckets.splice(0, buckets.length, new Map());
-    sampledSince = Date.now();
-    all = client.subscribe(">", (ev: WeftEvent) => {
-      const b = buckets[buckets.length - 1]!;
-      b.set(ev.topic, (b.get(ev.topic) ?? 0) + 1);
-    }, {
-      onError: (e) => {
-        all = null;
-        sample.checked = false;
-        note("cannot sample: " + e.message);
-      },
-    });
-    note("Seen by this page through a “>” subscription (its deliveries count in the totals).");
-  } else if (!sample.checked && all) {
-    void all.unsubscribe();
-    all = null;
-    buckets.splice(0, buckets.length, new Map());
-    $("busiest").replaceChildren();
-    set("busiest-window", "");
-  }
-}
-sample.addEventListener("change", setSampling);
-
-function renderBusiest(): void {
-  if (!all) return;
-  const total = new Map<string, number>();
-  for (const b of buckets) for (const [t, n] of b) total.set(t, (total.get(t) ?? 0) + n);
-  const secs = Math.max(1, Math.min(WINDOW, (Date.now() - sampledSince) / 1000));
-  const top = [...total].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, TOP);
-  const max = top.length ? top[0]![1] : 1;
-  set("busiest-window", `last ${Math.round(secs)} s`);
-  $("busiest").replaceChildren(
-    ...top.map(([t, n]) => {
-      const tr = document.createElement("tr");
-      const name = document.createElement("td");
-      name.textContent = t;
-      const rate = document.createElement("td");
-      rate.className = "n";
-      rate.textContent = fmt(n / secs) + " / s";
-      const bar = document.createElement("td");
-      bar.className = "bar";
-      const i = document.createElement("i");
-      i.style.width = ((100 * n) / max).toFixed(1) + "%";
-      bar.append(i);
-      tr.append(name, rate, bar);
-      return tr;
-    }),
-  );
-  if (!top.length) note("No events in the last " + Math.round(secs) + " s.");
-  else note("Seen by this page through a “>” subscription (its deliveries count in the totals).");
-}
 addEventListener("resize", draw);
-setInterval(() => {
-  renderBusiest();
-  buckets.push(new Map());
-  if (buckets.length > WINDOW) buckets.shift();
-}, 1000);
-
 void tick();

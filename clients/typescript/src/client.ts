@@ -73,10 +73,11 @@ export interface Unrecovered {
   position: Position;
 }
 
-/** The WebSocket constructor the client uses: the platform's, `ws` in Node, or a test's. */
-export type WebSocketLike = {
-  new (url: string, protocols?: string | string[]): WebSocketInstance;
-};
+/**
+ * The WebSocket constructor the client uses: the platform's, `ws` in Node, or a test's. Loosely
+ * typed on purpose, so that the browser's class and `ws`'s both fit as they are.
+ */
+export type WebSocketLike = new (url: string, protocols?: string | string[]) => object;
 
 interface WebSocketInstance {
   binaryType: string;
@@ -524,7 +525,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     const url = qs ? this.url + (this.url.includes("?") ? "&" : "?") + qs : this.url;
     let ws: WebSocketInstance;
     try {
-      ws = new this.wsCtor(url, [SUBPROTOCOL[this.options.protocol ?? "json"]]);
+      ws = new this.wsCtor(url, [SUBPROTOCOL[this.options.protocol ?? "json"]]) as WebSocketInstance;
     } catch (e) {
       this.emit("error", new ConnectionError(`cannot open ${this.url}: ${String(e)}`));
       return this.retry("cannot open the connection");

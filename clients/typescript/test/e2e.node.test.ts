@@ -6,7 +6,7 @@ import WebSocket from "ws";
 import { WeftClient, type Subscription, type Unrecovered, type WebSocketLike } from "../src/index.js";
 import { CutProxy, httpPublish, jwt, sleep, startServe, until, type Serve } from "./harness.js";
 
-const WS = WebSocket as unknown as WebSocketLike;
+const WS: WebSocketLike = WebSocket; // ws's class fits the option as it is
 const fast = { minDelay: 100, maxDelay: 500 };
 /** Resolves when the server has made the subscription. */
 const made = (sub: Subscription<never> | Subscription<any>) => new Promise((resolve) => sub.on("subscribed", resolve));

@@ -2,7 +2,8 @@
 // "weft-client", the package referring to itself), the React one is type-checked and bundled.
 import { build } from "esbuild";
 import { execFile } from "node:child_process";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, expect, it } from "vitest";
@@ -58,5 +59,30 @@ it("the React example type-checks and bundles", async () => {
     expect(out.outputFiles[0]!.text).toContain("WeftProvider");
   } finally {
     rmSync(file, { force: true });
+  }
+});
+
+it("installed into an app as the README says, the React example bundles with one React", async () => {
+  const app = mkdtempSync(tmpdir() + "/weft-client-app-");
+  try {
+    writeFileSync(app + "/package.json", JSON.stringify({ name: "app", private: true, type: "module" }));
+    const npm = ["install", "--install-links", "--prefer-offline", "--no-audit", "--no-fund", "--silent"];
+    await run("npm", [...npm, pkg.replace(/\/$/, ""), "react@19.3.1", "react-dom@19.3.1"], { cwd: app, timeout: 180000 });
+    writeFileSync(app + "/app.tsx", block("tsx", "## React"));
+    const out = await build({
+      absWorkingDir: app,
+      entryPoints: ["app.tsx"],
+      bundle: true,
+      write: false,
+      metafile: true,
+      jsx: "automatic",
+      external: ["ws"],
+      logLevel: "silent",
+      define: { "process.env.NODE_ENV": '"production"' },
+    });
+    const reacts = Object.keys(out.metafile.inputs).filter((p) => /(^|\/)node_modules\/react\/index\.js$/.test(p));
+    expect(reacts).toEqual(["node_modules/react/index.js"]);
+  } finally {
+    rmSync(app, { recursive: true, force: true });
   }
 });

@@ -207,15 +207,38 @@ pub struct TopicActivity {
     pub subscribers: usize,
 }
 
-/// The `n` busiest of `topics`, busiest first (ties by name).
-pub fn busiest(mut topics: Vec<TopicActivity>, n: usize) -> Vec<TopicActivity> {
-    topics.retain(|t| t.events_per_sec > 0.0);
-    topics.sort_by(|a, b| b.events_per_sec.total_cmp(&a.events_per_sec).then_with(|| a.topic.cmp(&b.topic)));
-    topics.truncate(n);
-    for t in &mut topics {
-        t.events_per_sec = (t.events_per_sec * 10.0).round() / 10.0;
+/// Collects the busiest topics of a broker's scan: [`add`](Self::add) each topic, then
+/// [`top`](Self::top).
+#[derive(Debug)]
+pub struct Busiest {
+    now: Instant,
+    topics: Vec<TopicActivity>,
+}
+
+impl Busiest {
+    /// A scan at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self { now, topics: Vec::new() }
     }
-    topics
+
+    /// One topic, if it had events lately.
+    pub fn add(&mut self, topic: &str, activity: &Activity, subscribers: usize) {
+        let events_per_sec = activity.per_sec(self.now);
+        if events_per_sec > 0.0 {
+            self.topics.push(TopicActivity { topic: topic.to_owned(), events_per_sec, subscribers });
+        }
+    }
+
+    /// The `n` busiest, busiest first (ties by name), rates to one decimal.
+    pub fn top(mut self, n: usize) -> Vec<TopicActivity> {
+        let topics = &mut self.topics;
+        topics.sort_by(|a, b| b.events_per_sec.total_cmp(&a.events_per_sec).then_with(|| a.topic.cmp(&b.topic)));
+        topics.truncate(n);
+        for t in topics.iter_mut() {
+            t.events_per_sec = (t.events_per_sec * 10.0).round() / 10.0;
+        }
+        self.topics
+    }
 }
 
 /// This process's resident memory in bytes (Linux: `VmRSS` of /proc/self/status).
@@ -551,8 +574,17 @@ mod tests {
         // Two windows later it is quiet again.
         assert_eq!(a.per_sec(t0 + std::time::Duration::from_secs(11)), 0.0);
         let t = |name: &str, r: f64| TopicActivity { topic: name.into(), events_per_sec: r, subscribers: 0 };
-        let top = busiest(vec![t("a", 1.0), t("b", 0.0), t("c", 3.04), t("d", 1.0)], 2);
-        assert_eq!(top, vec![t("c", 3.0), t("a", 1.0)]);
+        let mut b = Busiest::new(t0);
+        let quiet = Activity::default();
+        let mut one = Activity::default();
+        for _ in 0..10 {
+            one.hit(t0);
+        }
+        for (name, act) in [("b", &quiet), ("d", &one), ("c", &a), ("a", &one)] {
+            b.add(name, act, 0);
+        }
+        let r = |x: f64| (x * 10.0).round() / 10.0;
+        assert_eq!(b.top(2), vec![t("c", r(rate)), t("a", r(one.per_sec(t0)))]);
     }
 
     #[test]

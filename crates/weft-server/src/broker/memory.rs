@@ -382,22 +382,14 @@ impl Broker for MemoryBroker {
     }
 
     fn busiest(&self, n: usize) -> Vec<crate::metrics::TopicActivity> {
-        let now = Instant::now();
-        let mut all = Vec::new();
+        let mut b = crate::metrics::Busiest::new(Instant::now());
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             for t in shard.topics.values() {
-                let events_per_sec = t.activity.per_sec(now);
-                if events_per_sec > 0.0 {
-                    all.push(crate::metrics::TopicActivity {
-                        topic: t.name.to_string(),
-                        events_per_sec,
-                        subscribers: t.subs.len(),
-                    });
-                }
+                b.add(&t.name, &t.activity, t.subs.len());
             }
         }
-        crate::metrics::busiest(all, n)
+        b.top(n)
     }
 
     fn topic_count(&self) -> usize {

@@ -1358,22 +1358,14 @@ impl<B: Backend> Broker for Cluster<B> {
     }
 
     fn busiest(&self, n: usize) -> Vec<crate::metrics::TopicActivity> {
-        let now = Instant::now();
-        let mut all = Vec::new();
+        let mut b = crate::metrics::Busiest::new(Instant::now());
         for shard in self.core.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             for l in shard.values() {
-                let events_per_sec = l.activity.per_sec(now);
-                if events_per_sec > 0.0 {
-                    all.push(crate::metrics::TopicActivity {
-                        topic: l.name.to_string(),
-                        events_per_sec,
-                        subscribers: l.subs.len(),
-                    });
-                }
+                b.add(&l.name, &l.activity, l.subs.len());
             }
         }
-        crate::metrics::busiest(all, n)
+        b.top(n)
     }
 
     fn maintain(&self, _now: Instant) -> BrokerFuture<'_, ()> {

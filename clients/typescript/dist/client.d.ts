@@ -190,6 +190,12 @@ interface Channel {
     state: "idle" | "subscribing" | "subscribed" | "recovering";
     /** The history depth asked for on the first subscribe (not again on resubscribes). */
     history: number;
+    /** A subscribe request is on its way. */
+    inFlight: boolean;
+    /** Another subscribe is due once the one in flight is answered (one at a time per channel). */
+    again: boolean;
+    /** Failed attempts in a row (a server error that may pass): the retry backs off. */
+    failures: number;
 }
 /** Does the NATS-style `pattern` (`*` one segment, a final `>` one or more) match `topic`? */
 export declare function matches(pattern: string, topic: string): boolean;
@@ -228,6 +234,10 @@ export declare class WeftClient extends Emitter<ClientEvents> {
     private connectWaiters;
     private opened;
     private everConnecting;
+    /** Incremented by close(): an open() that was waiting (for a token) gives up. */
+    private generation;
+    private expiryTimer?;
+    private adopting?;
     /** The session's details from the server's `welcome`. */
     session?: {
         session: string;
@@ -242,6 +252,7 @@ export declare class WeftClient extends Emitter<ClientEvents> {
      * connect: a page that was closing when this one started has let go by then).
      */
     private adopt;
+    private queueOptions;
     /** The connection's state now. */
     get state(): StateChange;
     /**
@@ -256,7 +267,9 @@ export declare class WeftClient extends Emitter<ClientEvents> {
      * Receives the events of a topic, or of every topic a pattern (`chat.*`, `prices.>`)
      * matches. Made now if connected, else at connect; remade after every reconnect, resuming
      * from the last event seen so that nothing is missed or seen twice — or, when that is not
-     * possible, `onUnrecovered` says so.
+     * possible, `onUnrecovered` says so. `resume` and `history` apply when this call starts the
+     * client's subscription to the topic; another `subscribe` on a topic the client already has
+     * shares that subscription and starts from its current position.
      */
     subscribe<T = unknown>(topic: string, onEvent?: (event: WeftEvent<T>) => void, options?: SubscribeOptions<T>): Subscription<T>;
     /**
@@ -275,6 +288,8 @@ export declare class WeftClient extends Emitter<ClientEvents> {
     ping(): Promise<number>;
     private setState;
     private open;
+    /** `getToken()`, given at most `requestTimeout` to answer. */
+    private fetchToken;
     private needsToken;
     private detach;
     private onClose;
@@ -296,11 +311,17 @@ export declare class WeftClient extends Emitter<ClientEvents> {
     private call;
     private sendPublish;
     private expire;
+    /** While publishes wait, expire each when its time is up (not only when the connection returns). */
+    private armExpiry;
     /** Sends the offline queue in order (each publish is answered on its own). */
     private flush;
     private subscribeChannels;
     private subscribeBatch;
+    /** A subscribe that may work later: the subscriptions hear why; it is retried with backoff. */
+    private failed;
     private onSubscribed;
+    /** The server ended or refused a subscription for good. */
+    private ended;
     /** @internal */
     _drop(sub: Subscription<never> | Subscription<unknown>): Promise<void>;
     private onData;

@@ -12,17 +12,21 @@ class Emitter {
         return () => void s.delete(fn);
     }
     emit(name, value) {
-        for (const fn of [...(this.l.get(name) ?? [])]) {
-            try {
-                fn(value);
-            }
-            catch (e) {
-                // A listener's bug must not break the client's state machine.
-                setTimeout(() => {
-                    throw e;
-                });
-            }
-        }
+        for (const fn of [...(this.l.get(name) ?? [])])
+            safely(fn, value);
+    }
+}
+/** Calls an application's callback; its exception is rethrown later, outside the client's state machine. */
+function safely(fn, value) {
+    if (!fn)
+        return;
+    try {
+        fn(value);
+    }
+    catch (e) {
+        setTimeout(() => {
+            throw e;
+        });
     }
 }
 /** One `subscribe` call. Several may share a topic; the server sees one subscription. */
@@ -60,16 +64,17 @@ export class Subscription extends Emitter {
     /** @internal */
     _emit(name, value) {
         const o = this.options;
+        const t = this.topic;
         if (name === "join")
-            o.onJoin?.(value, this.topic);
+            safely((m) => o.onJoin?.(m, t), value);
         else if (name === "leave")
-            o.onLeave?.(value, this.topic);
+            safely((m) => o.onLeave?.(m, t), value);
         else if (name === "subscribed")
-            o.onSubscribed?.(value);
+            safely(o.onSubscribed, value);
         else if (name === "unrecovered")
-            o.onUnrecovered?.(value);
+            safely(o.onUnrecovered, value);
         else if (name === "error")
-            o.onError?.(value);
+            safely(o.onError, value);
         this.emit(name, value);
     }
 }
@@ -136,6 +141,10 @@ export class WeftClient extends Emitter {
     connectWaiters = [];
     opened = false;
     everConnecting = false;
+    /** Incremented by close(): an open() that was waiting (for a token) gives up. */
+    generation = 0;
+    expiryTimer;
+    adopting;
     /** The session's details from the server's `welcome`. */
     session;
     /** The latest connection quality, after the first ping. */
@@ -156,7 +165,10 @@ export class WeftClient extends Emitter {
      * connect: a page that was closing when this one started has let go by then).
      */
     adopt() {
-        this.store?.adopt(this.owner).then((left) => {
+        if (!this.store || this.adopting)
+            return;
+        this.adopting = this.store.adopt(this.owner).then((left) => {
+            this.adopting = undefined;
             // Older than anything published since this page started: in front, in their order.
             const restored = left.map((e) => ({
                 topic: e.topic,
@@ -168,10 +180,28 @@ export class WeftClient extends Emitter {
             }));
             if (restored.length === 0)
                 return;
+            if (this._state.state === "closed" && this.everConnecting) {
+                for (const q of restored)
+                    this.store?.remove(q.key);
+                return;
+            }
             this.queue.unshift(...restored);
+            // The bound holds for what was left behind too: the oldest go first.
+            const max = this.queueOptions().maxSize ?? 1000;
+            for (const q of this.queue.splice(0, Math.max(0, this.queue.length - max))) {
+                this.forget(q);
+                q.reject(new QueueError("queue_full", `the offline queue holds ${max} publishes`));
+            }
             if (this._state.state === "connected")
                 this.flush();
-        }, () => { });
+            else
+                this.armExpiry();
+        }, () => {
+            this.adopting = undefined;
+        });
+    }
+    queueOptions() {
+        return this.options.offlineQueue || {};
     }
     /** The connection's state now. */
     get state() {
@@ -198,6 +228,7 @@ export class WeftClient extends Emitter {
     close() {
         if (this._state.state === "closed" && !this.ws)
             return;
+        this.generation++;
         this.stopTimers();
         const ws = this.ws;
         this.ws = undefined;
@@ -211,10 +242,11 @@ export class WeftClient extends Emitter {
             }
         }
         this.failPending(new ClosedError());
-        for (const q of this.queue.splice(0))
-            q.reject(new ClosedError());
+        // Told they failed, so they must not be sent by a later page either.
+        this.failQueue(new ClosedError());
+        this.store?.release();
         for (const ch of this.channels.values())
-            ch.state = "idle";
+            Object.assign(ch, { state: "idle", inFlight: false, again: false });
         this.setState({ state: "closed", reason: "closed by the client", code: 1000 });
         for (const w of this.connectWaiters.splice(0))
             w.reject(new ClosedError());
@@ -223,13 +255,15 @@ export class WeftClient extends Emitter {
      * Receives the events of a topic, or of every topic a pattern (`chat.*`, `prices.>`)
      * matches. Made now if connected, else at connect; remade after every reconnect, resuming
      * from the last event seen so that nothing is missed or seen twice — or, when that is not
-     * possible, `onUnrecovered` says so.
+     * possible, `onUnrecovered` says so. `resume` and `history` apply when this call starts the
+     * client's subscription to the topic; another `subscribe` on a topic the client already has
+     * shares that subscription and starts from its current position.
      */
     subscribe(topic, onEvent, options = {}) {
         let ch = this.channels.get(topic);
         const fresh = !ch;
         if (!ch) {
-            ch = { topic, exact: !isPattern(topic), subs: new Set(), state: "idle", history: options.history ?? 0 };
+            ch = { topic, exact: !isPattern(topic), subs: new Set(), state: "idle", history: options.history ?? 0, inFlight: false, again: false, failures: 0 };
             if (options.resume && ch.exact)
                 ch.position = { ...options.resume };
             this.channels.set(topic, ch);
@@ -274,6 +308,7 @@ export class WeftClient extends Emitter {
             if (this.store)
                 e.key = this.store.add({ owner: this.owner, topic, payload, time: e.time });
             this.queue.push(e);
+            this.armExpiry();
         });
     }
     /** Sends a message to the application hosting the engine; resolves when it has taken it. */
@@ -301,17 +336,21 @@ export class WeftClient extends Emitter {
     }
     async open() {
         this.everConnecting = true;
+        const generation = this.generation;
         try {
             if (this.options.getToken && this.needsToken())
-                this.token = await this.options.getToken();
+                this.token = await this.fetchToken();
             this.wsCtor ??= this.options.WebSocket ?? (await defaultWebSocket());
         }
         catch (e) {
+            if (generation !== this.generation)
+                return;
             const err = e instanceof WeftError ? e : new WeftError("token", `getToken failed: ${String(e)}`);
             this.emit("error", err);
             return this.retry(err.message);
         }
-        if (this._state.state === "closed")
+        // close() (and perhaps connect() again) while waiting: that newer attempt owns the client.
+        if (generation !== this.generation || this._state.state === "closed")
             return;
         const params = new URLSearchParams(this.options.params ?? {});
         if (this.token)
@@ -336,6 +375,17 @@ export class WeftClient extends Emitter {
         ws.onclose = (ev) => this.onClose(ws, ev.code, ev.reason);
         ws.onmessage = (ev) => this.onData(ev.data);
     }
+    /** `getToken()`, given at most `requestTimeout` to answer. */
+    fetchToken() {
+        const get = this.options.getToken;
+        const ms = this.options.requestTimeout ?? 10000;
+        return new Promise((resolve, reject) => {
+            const t = setTimeout(() => reject(new TimeoutError(`getToken did not answer within ${ms} ms`)), ms);
+            Promise.resolve()
+                .then(get)
+                .then((v) => (clearTimeout(t), resolve(v)), (e) => (clearTimeout(t), reject(e)));
+        });
+    }
     needsToken() {
         if (!this.token)
             return true;
@@ -354,7 +404,7 @@ export class WeftClient extends Emitter {
         const wasOpen = this.opened;
         this.failPending(new ConnectionError(`the connection closed (${code}${reason ? " " + reason : ""})`, code));
         for (const ch of this.channels.values())
-            ch.state = "idle";
+            Object.assign(ch, { state: "idle", inFlight: false, again: false });
         // An expired session, or an upgrade refused (a browser shows only 1006): ask for a token.
         if (code === 4401 || (!wasOpen && this.options.getToken))
             this.token = undefined;
@@ -383,6 +433,7 @@ export class WeftClient extends Emitter {
         const delay = Math.random() * Math.min(max, min * 2 ** Math.min(this.attempt, 30));
         this.attempt++;
         this.setState({ state: "reconnecting", reason, delay: Math.round(delay), ...(code !== undefined ? { code } : {}), ...(refused ? { refused } : {}) });
+        this.armExpiry();
         this.later(delay, () => void this.open());
     }
     later(ms, f) {
@@ -398,7 +449,8 @@ export class WeftClient extends Emitter {
         this.timers.clear();
         clearInterval(this.pingTimer);
         clearTimeout(this.refreshTimer);
-        this.pingTimer = this.refreshTimer = undefined;
+        clearTimeout(this.expiryTimer);
+        this.pingTimer = this.refreshTimer = this.expiryTimer = undefined;
     }
     failPending(e) {
         for (const p of this.pending.values()) {
@@ -429,6 +481,7 @@ export class WeftClient extends Emitter {
         this.flush();
         this.adopt();
         const every = this.options.pingInterval ?? 10000;
+        clearInterval(this.pingTimer);
         this.pingTimer = setInterval(() => void this.measure(), every);
         this.scheduleRefresh();
     }
@@ -484,9 +537,18 @@ export class WeftClient extends Emitter {
         const left = exp * 1000 - Date.now();
         const life = iat !== undefined ? (exp - iat) * 1000 : left;
         const margin = Math.max(500, Math.min(60000, life / 10));
+        // setTimeout fires at once past 2^31-1 ms (24.8 days): wake then and look again.
+        const delay = Math.min(Math.max(0, left - margin), 2 ** 31 - 1);
         this.refreshTimer = setTimeout(async () => {
+            if (left - margin > 2 ** 31 - 1)
+                return this.scheduleRefresh();
             try {
-                const token = await get();
+                const token = await this.fetchToken();
+                if ((claims(token).exp ?? 0) <= exp) {
+                    // The token source gave the same (cached) token: ask again a little later, not in a loop.
+                    this.refreshTimer = setTimeout(() => this.scheduleRefresh(), Math.max(1000, Math.min(margin / 4, 15000)));
+                    return;
+                }
                 const m = await this.request({ type: "refresh", token });
                 this.token = token;
                 if (m.type === "refreshed")
@@ -496,14 +558,21 @@ export class WeftClient extends Emitter {
                 // The session ends at exp (close 4401); the reconnect then asks for a token again.
                 this.emit("error", e instanceof WeftError ? e : new WeftError("token", `getToken failed: ${String(e)}`));
             }
-        }, Math.max(0, left - margin));
+        }, delay);
     }
     // ---- requests ----
     write(m) {
         const ws = this.ws;
         if (!ws || ws.readyState !== OPEN)
             throw new ConnectionError("not connected");
-        ws.send(this.options.protocol === "msgpack" ? encode(m) : JSON.stringify(m));
+        let data;
+        try {
+            data = this.options.protocol === "msgpack" ? encode(m) : JSON.stringify(m);
+        }
+        catch (e) {
+            throw new ProtocolError(`cannot encode the ${String(m.type)} message: ${String(e)}`);
+        }
+        ws.send(data);
     }
     request(m, timeout = this.options.requestTimeout ?? 10000) {
         return new Promise((resolve, reject) => this.call(m, timeout, resolve, reject));
@@ -535,16 +604,30 @@ export class WeftClient extends Emitter {
         return { topic, offset: m.offset, epoch: m.epoch };
     }
     expire() {
-        const age = (this.options.offlineQueue || undefined)?.maxAge ?? 60000;
+        const age = this.queueOptions().maxAge ?? 60000;
         const cutoff = Date.now() - age;
-        while (this.queue.length > 0 && this.queue[0].time < cutoff) {
+        while (this.queue.length > 0 && this.queue[0].time <= cutoff) {
             const q = this.queue.shift();
             this.forget(q);
             q.reject(new QueueError("expired", `not sent within ${age} ms`));
         }
     }
+    /** While publishes wait, expire each when its time is up (not only when the connection returns). */
+    armExpiry() {
+        clearTimeout(this.expiryTimer);
+        this.expiryTimer = undefined;
+        if (this.queue.length === 0 || this._state.state === "connected")
+            return;
+        const age = this.queueOptions().maxAge ?? 60000;
+        const due = Math.max(0, this.queue[0].time + age - Date.now());
+        this.expiryTimer = setTimeout(() => {
+            this.expire();
+            this.armExpiry();
+        }, due + 1);
+    }
     /** Sends the offline queue in order (each publish is answered on its own). */
     flush() {
+        clearTimeout(this.expiryTimer);
         this.expire();
         for (const q of this.queue.splice(0)) {
             this.sendPublish(q.topic, q.payload).then((r) => {
@@ -560,11 +643,15 @@ export class WeftClient extends Emitter {
     }
     subscribeChannels(chs) {
         // One request per kind (presence or not, history depth), in chunks that keep each request
-        // well under the server's message size limit.
+        // well under the server's message size limit; one request at a time per channel.
         const groups = new Map();
         for (const c of chs) {
-            if (c.subs.size === 0)
+            if (c.subs.size === 0 || this.channels.get(c.topic) !== c)
                 continue;
+            if (c.inFlight) {
+                c.again = true;
+                continue;
+            }
             const presence = [...c.subs].some((s) => s.options.presence);
             const history = c.exact && !c.position ? c.history : 0;
             const key = `${presence}/${history}`;
@@ -579,7 +666,12 @@ export class WeftClient extends Emitter {
     subscribeBatch(batch, presence, history) {
         const resume = {};
         for (const c of batch) {
-            c.state = c.state === "subscribed" ? "recovering" : "subscribing";
+            if (c.state === "idle")
+                c.state = "subscribing";
+            else if (c.state === "subscribed")
+                c.state = "recovering";
+            c.inFlight = true;
+            c.again = false;
             if (c.exact && c.position)
                 resume[c.topic] = c.position;
         }
@@ -590,13 +682,30 @@ export class WeftClient extends Emitter {
             m.history = history;
         this.call(m, this.options.requestTimeout ?? 10000, (reply) => {
             const results = reply.results ?? [];
-            for (const c of batch)
+            for (const c of batch) {
+                c.inFlight = false;
                 this.onSubscribed(c, results.find((r) => r.topic === c.topic), resume[c.topic]);
+            }
+            this.subscribeChannels(batch.filter((c) => c.again));
         }, (e) => {
-            // Disconnected: every channel is remade at the next welcome. A timeout: ask again.
-            if (e instanceof TimeoutError && this._state.state === "connected")
-                this.subscribeChannels(batch);
+            for (const c of batch)
+                c.inFlight = false;
+            // Disconnected: every channel is remade at the next welcome. Anything else (a timeout,
+            // 4005 rate limited, 5003 unavailable): tell, and ask again after a while.
+            if (e instanceof ConnectionError || e instanceof ClosedError)
+                return;
+            for (const c of batch)
+                this.failed(c, e);
         });
+    }
+    /** A subscribe that may work later: the subscriptions hear why; it is retried with backoff. */
+    failed(c, e) {
+        if (this.channels.get(c.topic) !== c)
+            return;
+        for (const s of c.subs)
+            s._emit("error", e);
+        const ceiling = Math.min(30000, 500 * 2 ** Math.min(c.failures++, 16));
+        this.later(ceiling / 2 + (Math.random() * ceiling) / 2, () => this.subscribeChannels([c]));
     }
     onSubscribed(c, r, asked) {
         if (this.channels.get(c.topic) !== c)
@@ -604,13 +713,13 @@ export class WeftClient extends Emitter {
         if (!r || r.ok !== true) {
             const err = r?.error;
             const e = new ServerError(err?.code ?? 5000, err?.message ?? `no result for ${c.topic}`);
-            this.channels.delete(c.topic);
-            c.state = "idle";
-            for (const s of c.subs)
-                s._emit("error", e);
-            return;
+            // Refused for good (a bad name, not allowed, too many): the subscription ends.
+            if (e.code === 4002 || e.code === 4003 || e.code === 4004)
+                return this.ended(c, e);
+            return this.failed(c, e);
         }
         c.state = "subscribed";
+        c.failures = 0;
         const info = { topic: c.topic };
         if (typeof r.offset === "number") {
             const server = { offset: r.offset, epoch: String(r.epoch) };
@@ -627,12 +736,23 @@ export class WeftClient extends Emitter {
                 }
             }
             else {
-                // Recent history follows the reply; the events before it were never seen.
-                c.position = { offset: server.offset - replayed, epoch: server.epoch };
+                // Recent history follows the reply; the events before it were never seen (and a
+                // position already reached is never moved back).
+                const start = { offset: server.offset - replayed, epoch: server.epoch };
+                const p = c.position;
+                if (!p || p.epoch !== start.epoch || p.offset < start.offset)
+                    c.position = start;
             }
         }
         for (const s of c.subs)
             s._emit("subscribed", info);
+    }
+    /** The server ended or refused a subscription for good. */
+    ended(c, e) {
+        this.channels.delete(c.topic);
+        c.state = "idle";
+        for (const s of c.subs)
+            s._emit("error", e);
     }
     /** @internal */
     async _drop(sub) {
@@ -683,7 +803,15 @@ export class WeftClient extends Emitter {
                 p.resolve(m);
         }
         else if (m.type === "error") {
-            this.emit("error", new ServerError(Number(m.code), String(m.message)));
+            const e = new ServerError(Number(m.code), String(m.message));
+            // A refreshed token that no longer allows some subscriptions: the server ended them.
+            const ended = e.code === 4003 ? /which ended: (.*)$/.exec(e.message) : null;
+            for (const t of ended ? ended[1].split(", ") : []) {
+                const c = this.channels.get(t);
+                if (c)
+                    this.ended(c, e);
+            }
+            this.emit("error", e);
         }
     }
     onEvent(ev) {
@@ -692,7 +820,11 @@ export class WeftClient extends Emitter {
             const p = c.position;
             if (p && p.epoch === ev.epoch && ev.offset <= p.offset)
                 return; // seen already
-            if (!p || (p.epoch === ev.epoch && ev.offset === p.offset + 1)) {
+            if (!p && c.state !== "subscribed") {
+                // Before the subscribe's answer (left over from an earlier subscription of the topic,
+                // or through a pattern): the answer and its replay say where the stream starts.
+            }
+            else if (!p || (p.epoch === ev.epoch && ev.offset === p.offset + 1)) {
                 c.position = { offset: ev.offset, epoch: ev.epoch };
                 for (const s of c.subs)
                     s._emit("event", ev);

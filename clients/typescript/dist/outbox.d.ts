@@ -11,6 +11,8 @@ export interface Store {
     remove(key: number | undefined): void;
     /** Entries left by clients that no longer run, oldest first; they now belong to `owner`. */
     adopt(owner: string): Promise<Stored[]>;
+    /** This client is done: its lock goes, so a later page may take what it left. */
+    release(): void;
 }
 /** IndexedDB when the platform has it, else nothing (the queue stays in memory). */
 export declare function openStore(name: string, owner: string): Store | undefined;

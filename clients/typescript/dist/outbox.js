@@ -10,7 +10,8 @@ export function openStore(name, owner) {
         return undefined;
     const locks = globalThis.navigator?.locks;
     // Held for this client's life: other pages see that its entries are not orphans.
-    locks?.request(LOCK + owner, () => new Promise(() => { })).catch(() => { });
+    let release = () => { };
+    locks?.request(LOCK + owner, () => new Promise((done) => (release = done))).catch(() => { });
     let db;
     const open = () => (db ??= new Promise((resolve, reject) => {
         const r = idb.open("weft-client:" + name, 1);
@@ -43,15 +44,23 @@ export function openStore(name, owner) {
             catch {
                 /* no lock manager: take everything */
             }
-            const all = (await tx((s) => s.getAll()).catch(() => undefined)) ?? [];
-            const orphans = all.filter((e) => e.owner !== me && !held.has(LOCK + e.owner));
-            if (orphans.length > 0) {
-                await tx((s) => {
-                    for (const e of orphans)
-                        s.put({ ...e, owner: me });
-                }).catch(() => { });
-            }
-            return orphans.sort((a, b) => (a.key ?? 0) - (b.key ?? 0)).map((e) => ({ ...e, owner: me }));
+            // Read and take over in one transaction: IndexedDB runs them one at a time, so of two
+            // pages starting together only one takes an entry.
+            const taken = [];
+            await tx((s) => {
+                const all = s.getAll();
+                all.onsuccess = () => {
+                    for (const e of all.result) {
+                        if (e.owner === me || held.has(LOCK + e.owner))
+                            continue;
+                        const mine = { ...e, owner: me };
+                        s.put(mine);
+                        taken.push(mine);
+                    }
+                };
+            }).catch(() => { });
+            return taken.sort((a, b) => (a.key ?? 0) - (b.key ?? 0));
         },
+        release: () => release(),
     };
 }

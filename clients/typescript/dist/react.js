@@ -31,12 +31,15 @@ export function useTopic(topic, options = {}) {
     const client = useWeftClient();
     const { limit = 100, history } = options;
     const [state, setState] = useState({ events: [] });
+    // Read when an event arrives: a new limit does not subscribe again.
+    const max = useRef(limit);
+    max.current = limit;
     useEffect(() => {
         setState({ events: [] });
         const sub = client.subscribe(topic, (ev) => setState((s) => ({
             ...s,
             last: ev,
-            events: s.events.length >= limit ? [...s.events.slice(s.events.length - limit + 1), ev] : [...s.events, ev],
+            events: [...s.events, ev].slice(-Math.max(1, max.current)),
             position: { offset: ev.offset, epoch: ev.epoch },
         })), {
             ...(history ? { history } : {}),
@@ -45,7 +48,7 @@ export function useTopic(topic, options = {}) {
             onError: (error) => setState((s) => ({ ...s, error })),
         });
         return () => void sub.unsubscribe();
-    }, [client, topic, limit, history]);
+    }, [client, topic, history]);
     return state;
 }
 /** Who is on a topic, kept current by join and leave (subscribes with presence while mounted). */
@@ -54,6 +57,7 @@ export function usePresence(topic) {
     const [members, setMembers] = useState([]);
     useEffect(() => {
         let live = true;
+        setMembers([]);
         const refresh = () => client.presence(topic).then((p) => live && setMembers(p.members), () => { });
         const sub = client.subscribe(topic, undefined, {
             presence: true,

@@ -162,16 +162,19 @@ class Emitter<E> {
   }
 
   protected emit<K extends keyof E>(name: K, value: E[K]): void {
-    for (const fn of [...(this.l.get(name) ?? [])]) {
-      try {
-        (fn as Listener<E[K]>)(value);
-      } catch (e) {
-        // A listener's bug must not break the client's state machine.
-        setTimeout(() => {
-          throw e;
-        });
-      }
-    }
+    for (const fn of [...(this.l.get(name) ?? [])]) safely(fn as Listener<E[K]>, value);
+  }
+}
+
+/** Calls an application's callback; its exception is rethrown later, outside the client's state machine. */
+function safely<T>(fn: ((value: T) => void) | undefined, value: T): void {
+  if (!fn) return;
+  try {
+    fn(value);
+  } catch (e) {
+    setTimeout(() => {
+      throw e;
+    });
   }
 }
 
@@ -238,11 +241,12 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   /** @internal */
   _emit<K extends keyof SubscriptionEvents<T>>(name: K, value: SubscriptionEvents<T>[K]): void {
     const o = this.options;
-    if (name === "join") o.onJoin?.(value as Member, this.topic);
-    else if (name === "leave") o.onLeave?.(value as Member, this.topic);
-    else if (name === "subscribed") o.onSubscribed?.(value as SubscribedInfo);
-    else if (name === "unrecovered") o.onUnrecovered?.(value as Unrecovered);
-    else if (name === "error") o.onError?.(value as WeftError);
+    const t = this.topic;
+    if (name === "join") safely((m: Member) => o.onJoin?.(m, t), value as Member);
+    else if (name === "leave") safely((m: Member) => o.onLeave?.(m, t), value as Member);
+    else if (name === "subscribed") safely(o.onSubscribed, value as SubscribedInfo);
+    else if (name === "unrecovered") safely(o.onUnrecovered, value as Unrecovered);
+    else if (name === "error") safely(o.onError, value as WeftError);
     this.emit(name, value);
   }
 }
@@ -256,6 +260,12 @@ interface Channel {
   state: "idle" | "subscribing" | "subscribed" | "recovering";
   /** The history depth asked for on the first subscribe (not again on resubscribes). */
   history: number;
+  /** A subscribe request is on its way. */
+  inFlight: boolean;
+  /** Another subscribe is due once the one in flight is answered (one at a time per channel). */
+  again: boolean;
+  /** Failed attempts in a row (a server error that may pass): the retry backs off. */
+  failures: number;
 }
 
 interface Pending {
@@ -339,6 +349,10 @@ export class WeftClient extends Emitter<ClientEvents> {
   private connectWaiters: { resolve: () => void; reject: (e: WeftError) => void }[] = [];
   private opened = false;
   private everConnecting = false;
+  /** Incremented by close(): an open() that was waiting (for a token) gives up. */
+  private generation = 0;
+  private expiryTimer?: ReturnType<typeof setTimeout>;
+  private adopting?: Promise<void>;
   /** The session's details from the server's `welcome`. */
   session?: { session: string; user: string; heartbeat: number };
   /** The latest connection quality, after the first ping. */
@@ -362,8 +376,10 @@ export class WeftClient extends Emitter<ClientEvents> {
    * connect: a page that was closing when this one started has let go by then).
    */
   private adopt(): void {
-    this.store?.adopt(this.owner).then(
+    if (!this.store || this.adopting) return;
+    this.adopting = this.store.adopt(this.owner).then(
       (left) => {
+        this.adopting = undefined;
         // Older than anything published since this page started: in front, in their order.
         const restored: Queued[] = left.map((e) => ({
           topic: e.topic,
@@ -374,11 +390,28 @@ export class WeftClient extends Emitter<ClientEvents> {
           reject: (error) => this.emit("outbox", { topic: e.topic, payload: e.payload, error }),
         }));
         if (restored.length === 0) return;
+        if (this._state.state === "closed" && this.everConnecting) {
+          for (const q of restored) this.store?.remove(q.key as number | undefined);
+          return;
+        }
         this.queue.unshift(...restored);
+        // The bound holds for what was left behind too: the oldest go first.
+        const max = this.queueOptions().maxSize ?? 1000;
+        for (const q of this.queue.splice(0, Math.max(0, this.queue.length - max))) {
+          this.forget(q);
+          q.reject(new QueueError("queue_full", `the offline queue holds ${max} publishes`));
+        }
         if (this._state.state === "connected") this.flush();
+        else this.armExpiry();
       },
-      () => {},
+      () => {
+        this.adopting = undefined;
+      },
     );
+  }
+
+  private queueOptions(): { maxSize?: number; maxAge?: number } {
+    return this.options.offlineQueue || {};
   }
 
   /** The connection's state now. */
@@ -406,6 +439,7 @@ export class WeftClient extends Emitter<ClientEvents> {
   /** Closes the connection for good: pending requests and queued publishes are rejected. */
   close(): void {
     if (this._state.state === "closed" && !this.ws) return;
+    this.generation++;
     this.stopTimers();
     const ws = this.ws;
     this.ws = undefined;
@@ -418,8 +452,10 @@ export class WeftClient extends Emitter<ClientEvents> {
       }
     }
     this.failPending(new ClosedError());
-    for (const q of this.queue.splice(0)) q.reject(new ClosedError());
-    for (const ch of this.channels.values()) ch.state = "idle";
+    // Told they failed, so they must not be sent by a later page either.
+    this.failQueue(new ClosedError());
+    this.store?.release();
+    for (const ch of this.channels.values()) Object.assign(ch, { state: "idle", inFlight: false, again: false });
     this.setState({ state: "closed", reason: "closed by the client", code: 1000 });
     for (const w of this.connectWaiters.splice(0)) w.reject(new ClosedError());
   }
@@ -428,7 +464,9 @@ export class WeftClient extends Emitter<ClientEvents> {
    * Receives the events of a topic, or of every topic a pattern (`chat.*`, `prices.>`)
    * matches. Made now if connected, else at connect; remade after every reconnect, resuming
    * from the last event seen so that nothing is missed or seen twice — or, when that is not
-   * possible, `onUnrecovered` says so.
+   * possible, `onUnrecovered` says so. `resume` and `history` apply when this call starts the
+   * client's subscription to the topic; another `subscribe` on a topic the client already has
+   * shares that subscription and starts from its current position.
    */
   subscribe<T = unknown>(
     topic: string,
@@ -438,7 +476,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     let ch = this.channels.get(topic);
     const fresh = !ch;
     if (!ch) {
-      ch = { topic, exact: !isPattern(topic), subs: new Set(), state: "idle", history: options.history ?? 0 };
+      ch = { topic, exact: !isPattern(topic), subs: new Set(), state: "idle", history: options.history ?? 0, inFlight: false, again: false, failures: 0 };
       if (options.resume && ch.exact) ch.position = { ...options.resume };
       this.channels.set(topic, ch);
     }
@@ -478,6 +516,7 @@ export class WeftClient extends Emitter<ClientEvents> {
       const e: Queued = { topic, payload, time: Date.now(), resolve, reject };
       if (this.store) e.key = this.store.add({ owner: this.owner, topic, payload, time: e.time });
       this.queue.push(e);
+      this.armExpiry();
     });
   }
 
@@ -510,15 +549,18 @@ export class WeftClient extends Emitter<ClientEvents> {
 
   private async open(): Promise<void> {
     this.everConnecting = true;
+    const generation = this.generation;
     try {
-      if (this.options.getToken && this.needsToken()) this.token = await this.options.getToken();
+      if (this.options.getToken && this.needsToken()) this.token = await this.fetchToken();
       this.wsCtor ??= this.options.WebSocket ?? (await defaultWebSocket());
     } catch (e) {
+      if (generation !== this.generation) return;
       const err = e instanceof WeftError ? e : new WeftError("token", `getToken failed: ${String(e)}`);
       this.emit("error", err);
       return this.retry(err.message);
     }
-    if (this._state.state === "closed") return;
+    // close() (and perhaps connect() again) while waiting: that newer attempt owns the client.
+    if (generation !== this.generation || this._state.state === "closed") return;
     const params = new URLSearchParams(this.options.params ?? {});
     if (this.token) params.set("token", this.token);
     const qs = params.toString();
@@ -541,6 +583,21 @@ export class WeftClient extends Emitter<ClientEvents> {
     ws.onmessage = (ev) => this.onData(ev.data);
   }
 
+  /** `getToken()`, given at most `requestTimeout` to answer. */
+  private fetchToken(): Promise<string> {
+    const get = this.options.getToken!;
+    const ms = this.options.requestTimeout ?? 10000;
+    return new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new TimeoutError(`getToken did not answer within ${ms} ms`)), ms);
+      Promise.resolve()
+        .then(get)
+        .then(
+          (v) => (clearTimeout(t), resolve(v)),
+          (e) => (clearTimeout(t), reject(e)),
+        );
+    });
+  }
+
   private needsToken(): boolean {
     if (!this.token) return true;
     const { exp } = claims(this.token);
@@ -558,7 +615,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     this.stopTimers();
     const wasOpen = this.opened;
     this.failPending(new ConnectionError(`the connection closed (${code}${reason ? " " + reason : ""})`, code));
-    for (const ch of this.channels.values()) ch.state = "idle";
+    for (const ch of this.channels.values()) Object.assign(ch, { state: "idle", inFlight: false, again: false });
     // An expired session, or an upgrade refused (a browser shows only 1006): ask for a token.
     if (code === 4401 || (!wasOpen && this.options.getToken)) this.token = undefined;
     const why = !wasOpen
@@ -585,6 +642,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     const delay = Math.random() * Math.min(max, min * 2 ** Math.min(this.attempt, 30));
     this.attempt++;
     this.setState({ state: "reconnecting", reason, delay: Math.round(delay), ...(code !== undefined ? { code } : {}), ...(refused ? { refused } : {}) });
+    this.armExpiry();
     this.later(delay, () => void this.open());
   }
 
@@ -601,7 +659,8 @@ export class WeftClient extends Emitter<ClientEvents> {
     this.timers.clear();
     clearInterval(this.pingTimer);
     clearTimeout(this.refreshTimer);
-    this.pingTimer = this.refreshTimer = undefined;
+    clearTimeout(this.expiryTimer);
+    this.pingTimer = this.refreshTimer = this.expiryTimer = undefined;
   }
 
   private failPending(e: WeftError): void {
@@ -634,6 +693,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     this.flush();
     this.adopt();
     const every = this.options.pingInterval ?? 10000;
+    clearInterval(this.pingTimer);
     this.pingTimer = setInterval(() => void this.measure(), every);
     this.scheduleRefresh();
   }
@@ -686,20 +746,25 @@ export class WeftClient extends Emitter<ClientEvents> {
     const left = exp * 1000 - Date.now();
     const life = iat !== undefined ? (exp - iat) * 1000 : left;
     const margin = Math.max(500, Math.min(60000, life / 10));
-    this.refreshTimer = setTimeout(
-      async () => {
-        try {
-          const token = await get();
-          const m = await this.request({ type: "refresh", token });
-          this.token = token;
-          if (m.type === "refreshed") this.scheduleRefresh();
-        } catch (e) {
-          // The session ends at exp (close 4401); the reconnect then asks for a token again.
-          this.emit("error", e instanceof WeftError ? e : new WeftError("token", `getToken failed: ${String(e)}`));
+    // setTimeout fires at once past 2^31-1 ms (24.8 days): wake then and look again.
+    const delay = Math.min(Math.max(0, left - margin), 2 ** 31 - 1);
+    this.refreshTimer = setTimeout(async () => {
+      if (left - margin > 2 ** 31 - 1) return this.scheduleRefresh();
+      try {
+        const token = await this.fetchToken();
+        if ((claims(token).exp ?? 0) <= exp) {
+          // The token source gave the same (cached) token: ask again a little later, not in a loop.
+          this.refreshTimer = setTimeout(() => this.scheduleRefresh(), Math.max(1000, Math.min(margin / 4, 15000)));
+          return;
         }
-      },
-      Math.max(0, left - margin),
-    );
+        const m = await this.request({ type: "refresh", token });
+        this.token = token;
+        if (m.type === "refreshed") this.scheduleRefresh();
+      } catch (e) {
+        // The session ends at exp (close 4401); the reconnect then asks for a token again.
+        this.emit("error", e instanceof WeftError ? e : new WeftError("token", `getToken failed: ${String(e)}`));
+      }
+    }, delay);
   }
 
   // ---- requests ----
@@ -707,7 +772,13 @@ export class WeftClient extends Emitter<ClientEvents> {
   private write(m: Record<string, unknown>): void {
     const ws = this.ws;
     if (!ws || ws.readyState !== OPEN) throw new ConnectionError("not connected");
-    ws.send(this.options.protocol === "msgpack" ? encode(m) : JSON.stringify(m));
+    let data: string | Uint8Array;
+    try {
+      data = this.options.protocol === "msgpack" ? encode(m) : JSON.stringify(m);
+    } catch (e) {
+      throw new ProtocolError(`cannot encode the ${String(m.type)} message: ${String(e)}`);
+    }
+    ws.send(data);
   }
 
   private request(m: Record<string, unknown>, timeout = this.options.requestTimeout ?? 10000): Promise<Msg> {
@@ -741,17 +812,31 @@ export class WeftClient extends Emitter<ClientEvents> {
   }
 
   private expire(): void {
-    const age = (this.options.offlineQueue || undefined)?.maxAge ?? 60000;
+    const age = this.queueOptions().maxAge ?? 60000;
     const cutoff = Date.now() - age;
-    while (this.queue.length > 0 && this.queue[0]!.time < cutoff) {
+    while (this.queue.length > 0 && this.queue[0]!.time <= cutoff) {
       const q = this.queue.shift()!;
       this.forget(q);
       q.reject(new QueueError("expired", `not sent within ${age} ms`));
     }
   }
 
+  /** While publishes wait, expire each when its time is up (not only when the connection returns). */
+  private armExpiry(): void {
+    clearTimeout(this.expiryTimer);
+    this.expiryTimer = undefined;
+    if (this.queue.length === 0 || this._state.state === "connected") return;
+    const age = this.queueOptions().maxAge ?? 60000;
+    const due = Math.max(0, this.queue[0]!.time + age - Date.now());
+    this.expiryTimer = setTimeout(() => {
+      this.expire();
+      this.armExpiry();
+    }, due + 1);
+  }
+
   /** Sends the offline queue in order (each publish is answered on its own). */
   private flush(): void {
+    clearTimeout(this.expiryTimer);
     this.expire();
     for (const q of this.queue.splice(0)) {
       this.sendPublish(q.topic, q.payload).then(
@@ -771,10 +856,14 @@ export class WeftClient extends Emitter<ClientEvents> {
 
   private subscribeChannels(chs: Channel[]): void {
     // One request per kind (presence or not, history depth), in chunks that keep each request
-    // well under the server's message size limit.
+    // well under the server's message size limit; one request at a time per channel.
     const groups = new Map<string, Channel[]>();
     for (const c of chs) {
-      if (c.subs.size === 0) continue;
+      if (c.subs.size === 0 || this.channels.get(c.topic) !== c) continue;
+      if (c.inFlight) {
+        c.again = true;
+        continue;
+      }
       const presence = [...c.subs].some((s) => s.options.presence);
       const history = c.exact && !c.position ? c.history : 0;
       const key = `${presence}/${history}`;
@@ -789,7 +878,10 @@ export class WeftClient extends Emitter<ClientEvents> {
   private subscribeBatch(batch: Channel[], presence: boolean, history: number): void {
     const resume: Record<string, Position> = {};
     for (const c of batch) {
-      c.state = c.state === "subscribed" ? "recovering" : "subscribing";
+      if (c.state === "idle") c.state = "subscribing";
+      else if (c.state === "subscribed") c.state = "recovering";
+      c.inFlight = true;
+      c.again = false;
       if (c.exact && c.position) resume[c.topic] = c.position;
     }
     const m: Record<string, unknown> = { type: "subscribe", topics: batch.map((c) => c.topic), presence };
@@ -800,13 +892,28 @@ export class WeftClient extends Emitter<ClientEvents> {
       this.options.requestTimeout ?? 10000,
       (reply) => {
         const results = (reply.results as Msg[] | undefined) ?? [];
-        for (const c of batch) this.onSubscribed(c, results.find((r) => r.topic === c.topic), resume[c.topic]);
+        for (const c of batch) {
+          c.inFlight = false;
+          this.onSubscribed(c, results.find((r) => r.topic === c.topic), resume[c.topic]);
+        }
+        this.subscribeChannels(batch.filter((c) => c.again));
       },
       (e) => {
-        // Disconnected: every channel is remade at the next welcome. A timeout: ask again.
-        if (e instanceof TimeoutError && this._state.state === "connected") this.subscribeChannels(batch);
+        for (const c of batch) c.inFlight = false;
+        // Disconnected: every channel is remade at the next welcome. Anything else (a timeout,
+        // 4005 rate limited, 5003 unavailable): tell, and ask again after a while.
+        if (e instanceof ConnectionError || e instanceof ClosedError) return;
+        for (const c of batch) this.failed(c, e);
       },
     );
+  }
+
+  /** A subscribe that may work later: the subscriptions hear why; it is retried with backoff. */
+  private failed(c: Channel, e: WeftError): void {
+    if (this.channels.get(c.topic) !== c) return;
+    for (const s of c.subs) s._emit("error", e);
+    const ceiling = Math.min(30000, 500 * 2 ** Math.min(c.failures++, 16));
+    this.later(ceiling / 2 + (Math.random() * ceiling) / 2, () => this.subscribeChannels([c]));
   }
 
   private onSubscribed(c: Channel, r: Msg | undefined, asked: Position | undefined): void {
@@ -814,12 +921,12 @@ export class WeftClient extends Emitter<ClientEvents> {
     if (!r || r.ok !== true) {
       const err = r?.error as { code?: number; message?: string } | undefined;
       const e = new ServerError(err?.code ?? 5000, err?.message ?? `no result for ${c.topic}`);
-      this.channels.delete(c.topic);
-      c.state = "idle";
-      for (const s of c.subs) s._emit("error", e);
-      return;
+      // Refused for good (a bad name, not allowed, too many): the subscription ends.
+      if (e.code === 4002 || e.code === 4003 || e.code === 4004) return this.ended(c, e);
+      return this.failed(c, e);
     }
     c.state = "subscribed";
+    c.failures = 0;
     const info: SubscribedInfo = { topic: c.topic };
     if (typeof r.offset === "number") {
       const server = { offset: r.offset, epoch: String(r.epoch) };
@@ -833,11 +940,21 @@ export class WeftClient extends Emitter<ClientEvents> {
           for (const s of c.subs) s._emit("unrecovered", { topic: c.topic, from: asked, position: server });
         }
       } else {
-        // Recent history follows the reply; the events before it were never seen.
-        c.position = { offset: server.offset - replayed, epoch: server.epoch };
+        // Recent history follows the reply; the events before it were never seen (and a
+        // position already reached is never moved back).
+        const start = { offset: server.offset - replayed, epoch: server.epoch };
+        const p = c.position;
+        if (!p || p.epoch !== start.epoch || p.offset < start.offset) c.position = start;
       }
     }
     for (const s of c.subs) s._emit("subscribed", info);
+  }
+
+  /** The server ended or refused a subscription for good. */
+  private ended(c: Channel, e: WeftError): void {
+    this.channels.delete(c.topic);
+    c.state = "idle";
+    for (const s of c.subs) s._emit("error", e);
   }
 
   /** @internal */
@@ -884,7 +1001,14 @@ export class WeftClient extends Emitter<ClientEvents> {
       if (m.type === "error") p.reject(new ServerError(Number(m.code), String(m.message)));
       else p.resolve(m);
     } else if (m.type === "error") {
-      this.emit("error", new ServerError(Number(m.code), String(m.message)));
+      const e = new ServerError(Number(m.code), String(m.message));
+      // A refreshed token that no longer allows some subscriptions: the server ended them.
+      const ended = e.code === 4003 ? /which ended: (.*)$/.exec(e.message) : null;
+      for (const t of ended ? ended[1]!.split(", ") : []) {
+        const c = this.channels.get(t);
+        if (c) this.ended(c, e);
+      }
+      this.emit("error", e);
     }
   }
 
@@ -893,7 +1017,10 @@ export class WeftClient extends Emitter<ClientEvents> {
     if (c && c.exact) {
       const p = c.position;
       if (p && p.epoch === ev.epoch && ev.offset <= p.offset) return; // seen already
-      if (!p || (p.epoch === ev.epoch && ev.offset === p.offset + 1)) {
+      if (!p && c.state !== "subscribed") {
+        // Before the subscribe's answer (left over from an earlier subscription of the topic,
+        // or through a pattern): the answer and its replay say where the stream starts.
+      } else if (!p || (p.epoch === ev.epoch && ev.offset === p.offset + 1)) {
         c.position = { offset: ev.offset, epoch: ev.epoch };
         for (const s of c.subs) s._emit("event", ev as WeftEvent<never>);
       } else if (c.state === "subscribed") {

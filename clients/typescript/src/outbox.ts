@@ -17,6 +17,8 @@ export interface Store {
   remove(key: number | undefined): void;
   /** Entries left by clients that no longer run, oldest first; they now belong to `owner`. */
   adopt(owner: string): Promise<Stored[]>;
+  /** This client is done: its lock goes, so a later page may take what it left. */
+  release(): void;
 }
 
 const LOCK = "weft-outbox:";
@@ -27,7 +29,8 @@ export function openStore(name: string, owner: string): Store | undefined {
   if (!idb) return undefined;
   const locks = (globalThis as { navigator?: { locks?: LockManager } }).navigator?.locks;
   // Held for this client's life: other pages see that its entries are not orphans.
-  locks?.request(LOCK + owner, () => new Promise<void>(() => {})).catch(() => {});
+  let release = () => {};
+  locks?.request(LOCK + owner, () => new Promise<void>((done) => (release = done))).catch(() => {});
   let db: Promise<IDBDatabase> | undefined;
   const open = () =>
     (db ??= new Promise<IDBDatabase>((resolve, reject) => {
@@ -57,14 +60,22 @@ export function openStore(name: string, owner: string): Store | undefined {
       } catch {
         /* no lock manager: take everything */
       }
-      const all = (await tx((s) => s.getAll() as IDBRequest<Stored[]>).catch(() => undefined)) ?? [];
-      const orphans = all.filter((e) => e.owner !== me && !held.has(LOCK + e.owner));
-      if (orphans.length > 0) {
-        await tx((s) => {
-          for (const e of orphans) s.put({ ...e, owner: me });
-        }).catch(() => {});
-      }
-      return orphans.sort((a, b) => (a.key ?? 0) - (b.key ?? 0)).map((e) => ({ ...e, owner: me }));
+      // Read and take over in one transaction: IndexedDB runs them one at a time, so of two
+      // pages starting together only one takes an entry.
+      const taken: Stored[] = [];
+      await tx((s) => {
+        const all = s.getAll() as IDBRequest<Stored[]>;
+        all.onsuccess = () => {
+          for (const e of all.result) {
+            if (e.owner === me || held.has(LOCK + e.owner)) continue;
+            const mine = { ...e, owner: me };
+            s.put(mine);
+            taken.push(mine);
+          }
+        };
+      }).catch(() => {});
+      return taken.sort((a, b) => (a.key ?? 0) - (b.key ?? 0));
     },
+    release: () => release(),
   };
 }

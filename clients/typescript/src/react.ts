@@ -55,6 +55,9 @@ export function useTopic<T = unknown>(topic: string, options: { limit?: number; 
   const client = useWeftClient();
   const { limit = 100, history } = options;
   const [state, setState] = useState<TopicState<T>>({ events: [] });
+  // Read when an event arrives: a new limit does not subscribe again.
+  const max = useRef(limit);
+  max.current = limit;
   useEffect(() => {
     setState({ events: [] });
     const sub = client.subscribe<T>(
@@ -63,7 +66,7 @@ export function useTopic<T = unknown>(topic: string, options: { limit?: number; 
         setState((s) => ({
           ...s,
           last: ev,
-          events: s.events.length >= limit ? [...s.events.slice(s.events.length - limit + 1), ev] : [...s.events, ev],
+          events: [...s.events, ev].slice(-Math.max(1, max.current)),
           position: { offset: ev.offset, epoch: ev.epoch },
         })),
       {
@@ -74,7 +77,7 @@ export function useTopic<T = unknown>(topic: string, options: { limit?: number; 
       },
     );
     return () => void sub.unsubscribe();
-  }, [client, topic, limit, history]);
+  }, [client, topic, history]);
   return state;
 }
 
@@ -84,6 +87,7 @@ export function usePresence(topic: string): Member[] {
   const [members, setMembers] = useState<Member[]>([]);
   useEffect(() => {
     let live = true;
+    setMembers([]);
     const refresh = () =>
       client.presence(topic).then(
         (p) => live && setMembers(p.members),

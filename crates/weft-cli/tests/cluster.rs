@@ -775,8 +775,12 @@ async fn nodes_join_over_tls(kind: Kind) {
     let start = |name: &str| {
         spawn_node(name, |p| {
             let mut c = Command::new(WEFT);
-            c.args(["serve", "--addr", &format!("127.0.0.1:{p}"), "--threads", "1", "--broker", &url])
-                .args(["--broker-ca-file", cert_s, "--node-name", name]);
+            c.args(["serve", "--addr", &format!("127.0.0.1:{p}"), "--threads", "1", "--broker", &url]).args([
+                "--broker-ca-file",
+                cert_s,
+                "--node-name",
+                name,
+            ]);
             c
         })
     };

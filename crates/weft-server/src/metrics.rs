@@ -1,7 +1,7 @@
 //! Counters, rates, `/metrics` (Prometheus text format) and `/api/stats` (JSON).
 
-use std::fmt::Write;
 use std::collections::VecDeque;
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;

@@ -203,8 +203,9 @@ function onState(c: WeftClient, s: StateChange, prev: StateChange["state"], toke
   if (s.code === 4401) return needToken("Your token expired (close 4401): paste a new one into the token field and press join.");
   if (prev === "connected") notice(`connection lost (${s.reason ?? "?"})`);
   setSendable(everConnected);
-  setStatus(`reconnecting… (${s.reason ?? "connection lost"})`, "warn");
-  if (!s.reason?.startsWith("could not connect")) return;
+  const next = s.delay !== undefined && s.delay >= 1000 ? `, next try in ${Math.round(s.delay / 1000)} s` : "";
+  setStatus(`reconnecting… (${s.reason ?? "connection lost"}${next})`, "warn");
+  if (!s.refused) return;
   // The upgrade failed, and a browser does not say why: ask the server whether it wants a token.
   void serverInfo().then((info) => {
     if (c !== client || c.state.state !== "reconnecting") return;

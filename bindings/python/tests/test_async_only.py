@@ -113,10 +113,14 @@ def test_a_burst_of_sends_is_written_in_one_go_and_answers_at_once(weft_echo):
         t.write = counting
         for i in range(300):
             await ws.send(f"m{i}")
-        assert 1 <= len(writes) <= 2, writes  # the first at once; the rest not yet written
+        # The first sends go out at once; once they come within the burst window (50 µs) of
+        # each other, the rest wait. How many go out first depends on how busy the machine is
+        # (a loaded VM has taken a dozen), not on the logic: far fewer writes than sends.
+        corked = len(writes)
+        assert 1 <= corked <= 30, writes
         got = [await ws.recv() for _ in range(300)]  # yielding flushes the burst
         assert got == [f"m{i}" for i in range(300)]
-        assert len(writes) <= 3, writes
+        assert len(writes) <= corked + 1, writes
         writes.clear()
         await ws.send("answer")  # after input: written before send returns
         assert len(writes) == 1

@@ -19,20 +19,55 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Starts `weft echo` on a port the kernel picks (see [`spawn_listening`]).
 fn start_echo(extra: &[&str]) -> (Kill, u16) {
-    let port = free_port();
-    let child = Command::new(WEFT)
-        .args(["echo", "--addr", &format!("127.0.0.1:{port}")])
-        .args(extra)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "weft echo did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut args = vec!["echo", "--addr", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let (child, port) = spawn_listening(&args);
     (Kill(child), port)
+}
+
+/// Starts `weft ARGS` (listening on `127.0.0.1:0`) and reads the port the kernel chose from
+/// its "listening" log line, so two tests running at once can never race for one port (a
+/// probe that connects to *a* listener cannot tell whose it is).
+fn spawn_listening(args: &[&str]) -> (Child, u16) {
+    let mut child =
+        Command::new(WEFT).args(args).env("NO_COLOR", "1").stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let port = loop {
+        let line = match lines.next() {
+            Some(Ok(l)) => strip_ansi(&l),
+            _ => panic!("weft {args:?} exited before listening:\n{seen}"),
+        };
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("listening") {
+            let at = line.find("127.0.0.1:").expect("an address in the listening line") + "127.0.0.1:".len();
+            let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+            break digits.parse::<u16>().expect("a port");
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, port)
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[test]
@@ -117,7 +152,12 @@ fn weft_accept(key: &str) -> String {
 
 fn bench_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(WEFT).arg("bench").args(args).arg("--json").output().unwrap();
-    assert!(out.status.success(), "weft bench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "weft bench {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
 }
 
@@ -187,17 +227,15 @@ fn bench_connections_holds_them_and_measures_rss_with_several_processes() {
 /// missing), then SIGTERM ends it gracefully with exit 0.
 #[test]
 fn serve_fans_out_and_stops_on_sigterm() {
-    let port = free_port();
-    let mut serve = Command::new(WEFT)
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--rate-limit", "1000000", "--rate-burst", "1000000"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "weft serve did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut serve, port) = spawn_listening(&[
+        "serve",
+        "--addr",
+        "127.0.0.1:0",
+        "--rate-limit",
+        "1000000",
+        "--rate-burst",
+        "1000000",
+    ]);
     let url = format!("ws://127.0.0.1:{port}/ws");
     let pid = serve.id().to_string();
     let r = bench_json(&["fanout", "--url", &url, "--subscribers", "50", "--duration", "1", "--server-pid", &pid]);
@@ -220,18 +258,9 @@ fn serve_fans_out_and_stops_on_sigterm() {
 }
 
 fn start_serve(extra: &[&str]) -> (Kill, u16) {
-    let port = free_port();
-    let child = Command::new(WEFT)
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .args(extra)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "weft serve did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut args = vec!["serve", "--addr", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let (child, port) = spawn_listening(&args);
     (Kill(child), port)
 }
 

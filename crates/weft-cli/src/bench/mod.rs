@@ -45,6 +45,9 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
                 } else {
                     r.print();
                 }
+                if let (false, Some(e)) = (r.connected > 0 && r.messages > 0, &r.first_error) {
+                    eprintln!("weft bench: first error: {e}");
+                }
                 r.connected > 0 && r.messages > 0
             })
         }

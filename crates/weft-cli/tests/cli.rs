@@ -31,8 +31,7 @@ fn start_echo(extra: &[&str]) -> (Kill, u16) {
 /// its "listening" log line, so two tests running at once can never race for one port (a
 /// probe that connects to *a* listener cannot tell whose it is).
 fn spawn_listening(args: &[&str]) -> (Child, u16) {
-    let mut child =
-        Command::new(WEFT).args(args).env("NO_COLOR", "1").stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(WEFT).args(args).env("NO_COLOR", "1").stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut seen = String::new();
     let port = loop {
@@ -227,15 +226,8 @@ fn bench_connections_holds_them_and_measures_rss_with_several_processes() {
 /// missing), then SIGTERM ends it gracefully with exit 0.
 #[test]
 fn serve_fans_out_and_stops_on_sigterm() {
-    let (mut serve, port) = spawn_listening(&[
-        "serve",
-        "--addr",
-        "127.0.0.1:0",
-        "--rate-limit",
-        "1000000",
-        "--rate-burst",
-        "1000000",
-    ]);
+    let (mut serve, port) =
+        spawn_listening(&["serve", "--addr", "127.0.0.1:0", "--rate-limit", "1000000", "--rate-burst", "1000000"]);
     let url = format!("ws://127.0.0.1:{port}/ws");
     let pid = serve.id().to_string();
     let r = bench_json(&["fanout", "--url", &url, "--subscribers", "50", "--duration", "1", "--server-pid", &pid]);

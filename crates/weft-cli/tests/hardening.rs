@@ -2,7 +2,7 @@
 //! weak configuration is refused at start, and what happens is logged without secrets.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,39 +11,58 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 struct Server {
     child: Child,
     port: u16,
+    /// Copies the server's log; ends when the server has exited, so after a drop the log
+    /// file is complete.
+    log: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(t) = self.log.take() {
+            let _ = t.join();
+        }
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
+/// Starts `weft serve` on a port the kernel picks and reads it from the "listening" log line
+/// (a free-port probe could find another test's server); the log goes on to `log` if given.
 fn serve(args: &[&str], log: Option<&std::path::Path>) -> Server {
-    let port = free_port();
-    let stderr = match log {
-        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
-        None => Stdio::null(),
-    };
-    let child = Command::new(WEFT)
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--threads", "2"])
+    use std::io::BufRead;
+    let mut child = Command::new(WEFT)
+        .args(["serve", "--addr", "127.0.0.1:0", "--threads", "2"])
         .args(args)
         .env_remove("WEFT_JWT_SECRET")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(stderr)
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "weft serve did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server { child, port }
+    let mut out: Box<dyn Write + Send> = match log {
+        Some(p) => Box::new(std::fs::File::create(p).unwrap()),
+        None => Box::new(std::io::sink()),
+    };
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let port = loop {
+        let Some(Ok(line)) = lines.next() else { panic!("weft serve exited before listening:\n{seen}") };
+        let _ = writeln!(out, "{line}");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("listening on") {
+            let at = line.find("127.0.0.1:").expect("an address in the listening line") + "127.0.0.1:".len();
+            let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+            break digits.parse::<u16>().expect("a port");
+        }
+    };
+    let log = std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    });
+    Server { child, port, log: Some(log) }
 }
 
 /// Resident set size of a process, in bytes.

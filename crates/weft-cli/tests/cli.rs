@@ -5,6 +5,8 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 struct Kill(Child);
@@ -27,46 +29,9 @@ fn start_echo(extra: &[&str]) -> (Kill, u16) {
     (Kill(child), port)
 }
 
-/// Starts `weft ARGS` (listening on `127.0.0.1:0`) and reads the port the kernel chose from
-/// its "listening" log line, so two tests running at once can never race for one port (a
-/// probe that connects to *a* listener cannot tell whose it is).
 fn spawn_listening(args: &[&str]) -> (Child, u16) {
-    let mut child = Command::new(WEFT).args(args).env("NO_COLOR", "1").stderr(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    let port = loop {
-        let line = match lines.next() {
-            Some(Ok(l)) => strip_ansi(&l),
-            _ => panic!("weft {args:?} exited before listening:\n{seen}"),
-        };
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("listening") {
-            let at = line.find("127.0.0.1:").expect("an address in the listening line") + "127.0.0.1:".len();
-            let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
-            break digits.parse::<u16>().expect("a port");
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, port)
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    let l = common::spawn_listening(Command::new(WEFT).args(args), Box::new(std::io::sink()));
+    (l.child, l.port)
 }
 
 #[test]

@@ -6,6 +6,8 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 struct Server {
@@ -26,43 +28,16 @@ impl Drop for Server {
     }
 }
 
-/// Starts `weft serve` on a port the kernel picks and reads it from the "listening" log line
-/// (a free-port probe could find another test's server); the log goes on to `log` if given.
+/// Starts `weft serve` on a port the kernel picks; its log goes to `log` if given.
 fn serve(args: &[&str], log: Option<&std::path::Path>) -> Server {
-    use std::io::BufRead;
-    let mut child = Command::new(WEFT)
-        .args(["serve", "--addr", "127.0.0.1:0", "--threads", "2"])
-        .args(args)
-        .env_remove("WEFT_JWT_SECRET")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out: Box<dyn Write + Send> = match log {
+    let out: Box<dyn Write + Send> = match log {
         Some(p) => Box::new(std::fs::File::create(p).unwrap()),
         None => Box::new(std::io::sink()),
     };
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    let port = loop {
-        let Some(Ok(line)) = lines.next() else { panic!("weft serve exited before listening:\n{seen}") };
-        let _ = writeln!(out, "{line}");
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("listening on") {
-            let at = line.find("127.0.0.1:").expect("an address in the listening line") + "127.0.0.1:".len();
-            let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
-            break digits.parse::<u16>().expect("a port");
-        }
-    };
-    let log = std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = writeln!(out, "{line}");
-        }
-        let _ = out.flush();
-    });
-    Server { child, port, log: Some(log) }
+    let mut cmd = Command::new(WEFT);
+    cmd.args(["serve", "--addr", "127.0.0.1:0", "--threads", "2"]).args(args).env_remove("WEFT_JWT_SECRET");
+    let l = common::spawn_listening(cmd.stdout(Stdio::null()), out);
+    Server { child: l.child, port: l.port, log: Some(l.log) }
 }
 
 /// Resident set size of a process, in bytes.

@@ -2,10 +2,12 @@
 //! reload on SIGHUP, and clear refusals of bad or mismatched keys at start.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
@@ -38,20 +40,11 @@ fn write(p: &Path, s: &str) {
 }
 
 fn start(cmd: &str, args: &[&str]) -> (Kill, u16) {
-    let port = free_port();
-    let child = Command::new(WEFT)
-        .arg(cmd)
-        .args(["--addr", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "weft {cmd} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Kill(child), port)
+    let l = common::spawn_listening(
+        Command::new(WEFT).arg(cmd).args(["--addr", "127.0.0.1:0"]).args(args),
+        Box::new(std::io::sink()),
+    );
+    (Kill(l.child), l.port)
 }
 
 /// `weft client URL --ca-file CA`: send `line` (if any), return the first line it prints, or

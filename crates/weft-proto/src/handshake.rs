@@ -81,21 +81,39 @@ impl HandshakeError {
         }
     }
 
-    /// The full HTTP response a server sends for this error (head and a short text body).
-    pub fn rejection_response(&self) -> Vec<u8> {
+    /// The status a server answers an extended CONNECT (HTTP/2, HTTP/3) with for this error:
+    /// as [`status`](Self::status), but 400 where HTTP/1.1 says 426, which needs the
+    /// connection-level `Upgrade` header HTTP/2 forbids. A wrong version still gets
+    /// `Sec-WebSocket-Version: 13` (see [`rejection_headers`](Self::rejection_headers)).
+    pub fn connect_status(&self) -> StatusCode {
+        match self.status() {
+            StatusCode::UPGRADE_REQUIRED => StatusCode::BAD_REQUEST,
+            s => s,
+        }
+    }
+
+    /// Headers that belong on the refusal over any transport (`Sec-WebSocket-Version: 13` for a
+    /// wrong version, `Allow: GET` for a wrong method).
+    pub fn rejection_headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         match self {
             Self::UnsupportedVersion => {
                 headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
             }
-            Self::NotUpgrade => {
-                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-            }
             Self::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
             }
             _ => {}
+        }
+        headers
+    }
+
+    /// The full HTTP response a server sends for this error (head and a short text body).
+    pub fn rejection_response(&self) -> Vec<u8> {
+        let mut headers = self.rejection_headers();
+        if let Self::NotUpgrade = self {
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         }
         rejection(self.status(), &headers, &format!("{self}\n"))
     }
@@ -256,14 +274,33 @@ pub fn server_accept<B>(
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept_key(key.as_bytes())).expect("base64 is a valid header value"),
     );
-    let offered = offered_subprotocols(req);
+    let (subprotocol, deflate) = negotiate(h, subprotocols, deflate_cfg, rh)?;
+    Ok(Accepted { response: resp, subprotocol, deflate })
+}
+
+/// The transport-independent half of the server's answer: select the subprotocol and
+/// negotiate permessage-deflate from the request `headers`, adding the answering
+/// `Sec-WebSocket-Protocol` / `Sec-WebSocket-Extensions` headers to `response`.
+///
+/// HTTP/1.1 upgrades ([`server_accept`]) and extended CONNECT over HTTP/2 or HTTP/3
+/// ([`server_accept_connect`]) share it, so every transport agrees to the same things.
+pub fn negotiate(
+    headers: &HeaderMap,
+    subprotocols: &[String],
+    deflate_cfg: Option<&DeflateConfig>,
+    response: &mut HeaderMap,
+) -> Result<(Option<String>, Option<DeflateParams>), HandshakeError> {
+    let offered = header_tokens(headers, &header::SEC_WEBSOCKET_PROTOCOL);
     let subprotocol = subprotocols.iter().find(|p| offered.iter().any(|o| o == *p)).cloned();
     if let Some(p) = &subprotocol {
-        rh.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(p).map_err(|_| HandshakeError::InvalidKey)?);
+        response.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_str(p).map_err(|_| HandshakeError::Malformed("subprotocol".into()))?,
+        );
     }
     let deflate = match deflate_cfg {
         Some(cfg) if cfg!(feature = "deflate") => {
-            let offers: Vec<_> = h
+            let offers: Vec<_> = headers
                 .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
@@ -271,12 +308,52 @@ pub fn server_accept<B>(
                 .filter_map(Result::ok)
                 .collect();
             deflate::server_negotiate(&offers, cfg).map(|(params, value)| {
-                rh.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_str(&value).expect("ascii"));
+                response.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_str(&value).expect("ascii"));
                 params
             })
         }
         _ => None,
     };
+    Ok((subprotocol, deflate))
+}
+
+/// Check an extended CONNECT request (RFC 8441 for HTTP/2, RFC 9220 for HTTP/3) and build the
+/// `200` response. `protocol` is the request's `:protocol` pseudo-header, which HTTP libraries
+/// keep outside the header map.
+///
+/// There is no `Sec-WebSocket-Key` / `Sec-WebSocket-Accept` on these transports; version,
+/// subprotocol and permessage-deflate are negotiated exactly as over HTTP/1.1 ([`negotiate`]).
+/// Errors map to statuses HTTP/2 allows (no 426: `Upgrade` does not exist there), see
+/// [`HandshakeError::connect_status`].
+///
+/// ```
+/// use weft_proto::handshake::server_accept_connect;
+/// let req = http::Request::connect("https://example.com/chat")
+///     .header("sec-websocket-version", "13")
+///     .header("sec-websocket-protocol", "v2, v1")
+///     .body(())
+///     .unwrap();
+/// let ok = server_accept_connect(&req, Some("websocket"), &["v1".into()], None).unwrap();
+/// assert_eq!(ok.response.status(), 200);
+/// assert_eq!(ok.subprotocol.as_deref(), Some("v1"));
+/// assert!(server_accept_connect(&req, None, &[], None).is_err());
+/// ```
+pub fn server_accept_connect<B>(
+    req: &Request<B>,
+    protocol: Option<&str>,
+    subprotocols: &[String],
+    deflate_cfg: Option<&DeflateConfig>,
+) -> Result<Accepted, HandshakeError> {
+    if req.method() != Method::CONNECT || !protocol.is_some_and(|p| p.eq_ignore_ascii_case("websocket")) {
+        return Err(HandshakeError::NotUpgrade);
+    }
+    let h = req.headers();
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(HandshakeError::UnsupportedVersion);
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::OK;
+    let (subprotocol, deflate) = negotiate(h, subprotocols, deflate_cfg, resp.headers_mut())?;
     Ok(Accepted { response: resp, subprotocol, deflate })
 }
 
@@ -350,23 +427,7 @@ pub fn client_request(
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_str(&key).expect("base64"));
-    h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-    if !subprotocols.is_empty() {
-        let v = subprotocols.join(", ");
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_str(&v).map_err(|_| HandshakeError::InvalidUri("subprotocol".into()))?,
-        );
-    }
-    if let Some(cfg) = deflate_cfg.filter(|_| cfg!(feature = "deflate")) {
-        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_str(&deflate::client_offer(cfg)).expect("ascii"));
-    }
-    for (k, v) in extra_headers {
-        // The application may override anything but the handshake's own fields.
-        if k != header::SEC_WEBSOCKET_KEY && k != header::UPGRADE && k != header::CONNECTION {
-            h.insert(k.clone(), v.clone());
-        }
-    }
+    client_headers(subprotocols, deflate_cfg, extra_headers, &mut h, false)?;
     write_headers(&h, &mut out);
     out.extend_from_slice(b"\r\n");
     Ok(ClientRequest { bytes: out, key })
@@ -421,6 +482,16 @@ pub fn client_verify(
     if h.get(header::SEC_WEBSOCKET_ACCEPT).map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
         return Err(HandshakeError::InvalidAccept);
     }
+    client_check_negotiated(h, subprotocols, deflate_cfg)
+}
+
+/// The transport-independent half of checking a server's answer: the subprotocol it chose
+/// must be one we offered, and its extensions ones we offered with acceptable parameters.
+pub fn client_check_negotiated(
+    h: &HeaderMap,
+    subprotocols: &[String],
+    deflate_cfg: Option<&DeflateConfig>,
+) -> Result<Negotiated, HandshakeError> {
     let chosen = header_tokens(h, &header::SEC_WEBSOCKET_PROTOCOL);
     let subprotocol = match chosen.as_slice() {
         [] => None,
@@ -446,6 +517,90 @@ pub fn client_verify(
     Ok(negotiated)
 }
 
+/// Headers a WebSocket client sends on every transport: version 13, the offered subprotocols
+/// and permessage-deflate, then the application's own (except those the handshake owns and,
+/// for HTTP/2 and HTTP/3, the connection-specific ones those protocols forbid).
+fn client_headers(
+    subprotocols: &[String],
+    deflate_cfg: Option<&DeflateConfig>,
+    extra_headers: &HeaderMap,
+    h: &mut HeaderMap,
+    connect: bool,
+) -> Result<(), HandshakeError> {
+    h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if !subprotocols.is_empty() {
+        let v = subprotocols.join(", ");
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_str(&v).map_err(|_| HandshakeError::InvalidUri("subprotocol".into()))?,
+        );
+    }
+    if let Some(cfg) = deflate_cfg.filter(|_| cfg!(feature = "deflate")) {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_str(&deflate::client_offer(cfg)).expect("ascii"));
+    }
+    for (k, v) in extra_headers {
+        // The application may override anything but the handshake's own fields.
+        let owned = k == header::SEC_WEBSOCKET_KEY || k == header::UPGRADE || k == header::CONNECTION;
+        let hop = connect
+            && (k == header::HOST
+                || k == header::TRANSFER_ENCODING
+                || k == header::TE
+                || k.as_str() == "keep-alive"
+                || k.as_str() == "proxy-connection");
+        if !owned && !hop {
+            h.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Build an extended CONNECT request (RFC 8441 / RFC 9220) for `uri` (`ws://` or `wss://`):
+/// method `CONNECT`, an `http`/`https` URI carrying `:scheme`, `:authority` and `:path`, and the
+/// WebSocket headers. The HTTP/2 or HTTP/3 library adds `:protocol = websocket`.
+///
+/// ```
+/// let uri: http::Uri = "wss://example.com/chat?x=1".parse().unwrap();
+/// let req = weft_proto::handshake::client_request_connect(&uri, &["v1".into()], None, &Default::default()).unwrap();
+/// assert_eq!(req.method(), http::Method::CONNECT);
+/// assert_eq!(req.uri().to_string(), "https://example.com/chat?x=1");
+/// assert_eq!(req.headers()["sec-websocket-version"], "13");
+/// ```
+pub fn client_request_connect(
+    uri: &Uri,
+    subprotocols: &[String],
+    deflate_cfg: Option<&DeflateConfig>,
+    extra_headers: &HeaderMap,
+) -> Result<Request<()>, HandshakeError> {
+    let (host, port) = host_port(uri)?;
+    let tls = is_tls(uri);
+    let default_port = if tls { 443 } else { 80 };
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    let authority = if port == default_port { host } else { format!("{host}:{port}") };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = if path.is_empty() { "/" } else { path };
+    let target: Uri = format!("{}://{authority}{path}", if tls { "https" } else { "http" })
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| HandshakeError::InvalidUri(e.to_string()))?;
+    let mut req = Request::new(());
+    *req.method_mut() = Method::CONNECT;
+    *req.uri_mut() = target;
+    client_headers(subprotocols, deflate_cfg, extra_headers, req.headers_mut(), true)?;
+    Ok(req)
+}
+
+/// Check the answer to an extended CONNECT: any 2xx accepts (RFC 8441 §5), then the same
+/// subprotocol and extension checks as over HTTP/1.1.
+pub fn client_verify_connect(
+    resp: &Response<()>,
+    subprotocols: &[String],
+    deflate_cfg: Option<&DeflateConfig>,
+) -> Result<Negotiated, HandshakeError> {
+    if !resp.status().is_success() {
+        return Err(HandshakeError::Status(resp.status()));
+    }
+    client_check_negotiated(resp.headers(), subprotocols, deflate_cfg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +611,49 @@ Sec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
     fn accept(req: &Request<()>, protos: &[String]) -> Result<Accepted, HandshakeError> {
         server_accept(req, protos, None)
+    }
+
+    /// Extended CONNECT (HTTP/2, HTTP/3): what the client builds the server accepts, and both
+    /// ends agree on the same subprotocol and deflate parameters as over HTTP/1.1.
+    #[test]
+    fn extended_connect_round_trip_negotiates_like_http1() {
+        let uri: Uri = "ws://h:8080/p?q=1".parse().unwrap();
+        let mut extra = HeaderMap::new();
+        extra.insert(header::HOST, HeaderValue::from_static("ignored"));
+        extra.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        let protos = vec!["b".to_owned(), "a".to_owned()];
+        let cfg = DeflateConfig::default();
+        let req = client_request_connect(&uri, &protos, Some(&cfg), &extra).unwrap();
+        assert_eq!(req.uri().to_string(), "http://h:8080/p?q=1");
+        assert!(req.headers().get(header::HOST).is_none(), "no Host over HTTP/2");
+        assert!(req.headers().get(header::SEC_WEBSOCKET_KEY).is_none());
+        assert_eq!(req.headers()[header::AUTHORIZATION], "Bearer t");
+        let ok = server_accept_connect(&req, Some("websocket"), &["a".into()], Some(&cfg)).unwrap();
+        assert_eq!(ok.response.status(), StatusCode::OK);
+        assert_eq!(ok.subprotocol.as_deref(), Some("a"));
+        let n = client_verify_connect(&ok.response, &protos, Some(&cfg)).unwrap();
+        assert_eq!(n.subprotocol.as_deref(), Some("a"));
+        assert_eq!(n.deflate.is_some(), cfg!(feature = "deflate"));
+        assert_eq!(n.deflate.is_some(), ok.deflate.is_some());
+        // Errors: not websocket, not CONNECT, wrong version; a refusal status.
+        assert_eq!(server_accept_connect(&req, Some("chat"), &[], None).unwrap_err(), HandshakeError::NotUpgrade);
+        let mut get = Request::new(());
+        *get.headers_mut() = req.headers().clone();
+        assert_eq!(server_accept_connect(&get, Some("websocket"), &[], None).unwrap_err(), HandshakeError::NotUpgrade);
+        let mut old = req;
+        old.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+        let e = server_accept_connect(&old, Some("websocket"), &[], None).unwrap_err();
+        assert_eq!((e.status(), e.connect_status()), (StatusCode::UPGRADE_REQUIRED, StatusCode::BAD_REQUEST));
+        assert_eq!(e.rejection_headers()[header::SEC_WEBSOCKET_VERSION], "13");
+        let mut refused = Response::new(());
+        *refused.status_mut() = StatusCode::FORBIDDEN;
+        assert_eq!(
+            client_verify_connect(&refused, &protos, None).unwrap_err(),
+            HandshakeError::Status(StatusCode::FORBIDDEN)
+        );
+        let mut odd = Response::new(());
+        odd.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("c"));
+        assert!(matches!(client_verify_connect(&odd, &protos, None), Err(HandshakeError::UnexpectedSubprotocol(_))));
     }
 
     #[test]

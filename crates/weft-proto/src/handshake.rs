@@ -67,6 +67,9 @@ pub enum HandshakeError {
     UnexpectedExtension(String),
     /// Client: the URL cannot be used (scheme, host).
     InvalidUri(String),
+    /// Client: the HTTP/2 or HTTP/3 server did not announce extended CONNECT
+    /// (`SETTINGS_ENABLE_CONNECT_PROTOCOL`, RFC 8441 / RFC 9220), so it takes no WebSockets.
+    ExtendedConnectDisabled,
 }
 
 impl HandshakeError {
@@ -135,6 +138,9 @@ impl fmt::Display for HandshakeError {
             Self::UnexpectedSubprotocol(p) => write!(f, "server chose subprotocol {p:?}, which was not offered"),
             Self::UnexpectedExtension(e) => write!(f, "server answered with extension {e:?}, which was not offered"),
             Self::InvalidUri(m) => write!(f, "invalid WebSocket URL: {m}"),
+            Self::ExtendedConnectDisabled => {
+                f.write_str("the server did not enable extended CONNECT (RFC 8441/9220): no WebSockets over it")
+            }
         }
     }
 }

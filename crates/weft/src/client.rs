@@ -42,6 +42,8 @@ pub struct ClientBuilder {
     roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     #[cfg(feature = "tls")]
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    #[cfg(feature = "http2")]
+    http2: Option<crate::h2::Http2Config>,
 }
 
 impl ClientBuilder {
@@ -58,7 +60,57 @@ impl ClientBuilder {
             roots: Vec::new(),
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "http2")]
+            http2: None,
         }
+    }
+
+    /// Connect over HTTP/2 (RFC 8441) with these settings: [`connect`](Self::connect) then
+    /// offers ALPN `h2` before `http/1.1` for `wss://` and uses HTTP/2 when the server chooses
+    /// it (HTTP/1.1 otherwise); for `ws://` it speaks cleartext HTTP/2 with prior knowledge.
+    /// The WebSocket gets an HTTP/2 connection of its own; to put many on one, use
+    /// [`H2Client`](crate::h2::H2Client).
+    #[cfg(feature = "http2")]
+    pub fn http2(mut self, cfg: crate::h2::Http2Config) -> Self {
+        self.http2 = Some(cfg);
+        self
+    }
+
+    #[cfg(feature = "http2")]
+    pub(crate) fn http2_config(&self) -> crate::h2::Http2Config {
+        self.http2.unwrap_or_default()
+    }
+
+    pub(crate) fn connect_timeout_value(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    pub(crate) fn config_ref(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn subprotocol_list(&self) -> &[String] {
+        &self.subprotocols
+    }
+
+    pub(crate) fn header_map(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    pub(crate) fn parsed_uri(&self) -> Result<Uri> {
+        self.uri()
+    }
+
+    /// The same options for another path and query on the same server.
+    #[cfg(feature = "http2")]
+    pub(crate) fn path(mut self, path_and_query: &str) -> Result<Self> {
+        let uri = self.uri()?;
+        let mut parts = uri.into_parts();
+        parts.path_and_query =
+            Some(path_and_query.parse().map_err(|e: http::uri::InvalidUri| HandshakeError::InvalidUri(e.to_string()))?);
+        let uri = Uri::from_parts(parts).map_err(|e| HandshakeError::InvalidUri(e.to_string()))?;
+        self.url = uri.to_string();
+        Ok(self)
     }
 
     /// Connection settings (limits, timers, deflate).
@@ -127,24 +179,57 @@ impl ClientBuilder {
 
     async fn connect_inner(self) -> Result<ClientStream> {
         let uri = self.uri()?;
+        #[cfg(feature = "http2")]
+        if self.http2.is_some() {
+            let io = self.connect_transport(&[b"h2", b"http/1.1"]).await?;
+            let h2 = match &io {
+                #[cfg(feature = "tls")]
+                MaybeTlsStream::Rustls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+                _ => true,
+            };
+            if h2 {
+                let client = crate::h2::H2Client::handshake(io, self.clone()).await?;
+                let (stream, negotiated) = client.open_stream(&self).await?;
+                let config = std::sync::Arc::new(self.config.clone());
+                let io = MaybeTlsStream::H2(Box::new(stream));
+                return Ok(crate::h2::websocket_on(io, Role::Client, config, negotiated));
+            }
+            return self.handshake_inner(io, &uri).await;
+        }
+        let io = self.connect_transport(&[b"http/1.1"]).await?;
+        self.handshake_inner(io, &uri).await
+    }
+
+    /// TCP, then TLS for `wss://` offering `alpn`.
+    pub(crate) async fn connect_transport(&self, alpn: &[&[u8]]) -> Result<MaybeTlsStream<TcpStream>> {
+        let uri = self.uri()?;
         let (host, port) = handshake::host_port(&uri)?;
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
-        let io = if handshake::is_tls(&uri) {
+        if handshake::is_tls(&uri) {
             #[cfg(feature = "tls")]
             {
                 let cfg = match &self.tls {
                     Some(c) => c.clone(),
                     None => crate::tls::client_config(&self.roots)?,
                 };
-                MaybeTlsStream::Rustls(Box::new(crate::tls::wrap(tcp, host, cfg).await?))
+                let cfg = if cfg.alpn_protocols.iter().map(Vec::as_slice).eq(alpn.iter().copied()) {
+                    cfg
+                } else {
+                    let mut c = (*cfg).clone();
+                    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+                    std::sync::Arc::new(c)
+                };
+                Ok(MaybeTlsStream::Rustls(Box::new(crate::tls::wrap(tcp, host, cfg).await?)))
             }
             #[cfg(not(feature = "tls"))]
-            return Err(HandshakeError::InvalidUri("wss:// needs weft's `tls` feature".into()).into());
+            {
+                let _ = alpn;
+                Err(HandshakeError::InvalidUri("wss:// needs weft's `tls` feature".into()).into())
+            }
         } else {
-            MaybeTlsStream::Plain(tcp)
-        };
-        self.handshake_inner(io, &uri).await
+            Ok(MaybeTlsStream::Plain(tcp))
+        }
     }
 
     /// Run the handshake over a transport you connected yourself.

@@ -46,6 +46,8 @@
 
 mod client;
 mod error;
+#[cfg(feature = "http2")]
+pub mod h2;
 mod server;
 mod split;
 mod stream;

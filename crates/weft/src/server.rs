@@ -34,9 +34,9 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(stream: S) -> Result<WebS
 /// An HTTP answer that refuses the upgrade (from an [`Acceptor::accept_with`] callback).
 #[derive(Debug, Clone)]
 pub struct Rejection {
-    status: StatusCode,
-    headers: Box<HeaderMap>,
-    body: String,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: Box<HeaderMap>,
+    pub(crate) body: String,
 }
 
 impl Rejection {
@@ -65,6 +65,8 @@ pub struct Acceptor {
     config: std::sync::Arc<Config>,
     subprotocols: Vec<String>,
     handshake_timeout: Duration,
+    #[cfg(feature = "http2")]
+    http2: crate::h2::Http2Config,
 }
 
 impl Default for Acceptor {
@@ -76,7 +78,41 @@ impl Default for Acceptor {
 impl Acceptor {
     /// Defaults: [`Config::default`], no subprotocols, 10 s to complete the handshake.
     pub fn new() -> Self {
-        Self { config: Default::default(), subprotocols: Vec::new(), handshake_timeout: Duration::from_secs(10) }
+        Self {
+            config: Default::default(),
+            subprotocols: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            #[cfg(feature = "http2")]
+            http2: Default::default(),
+        }
+    }
+
+    /// HTTP/2 settings for [`H2Server`](crate::h2::H2Server) connections (windows, stream limit).
+    #[cfg(feature = "http2")]
+    pub fn http2(mut self, cfg: crate::h2::Http2Config) -> Self {
+        self.http2 = cfg;
+        self
+    }
+
+    #[cfg(feature = "http2")]
+    pub(crate) fn http2_config(&self) -> crate::h2::Http2Config {
+        self.http2
+    }
+
+    pub(crate) fn handshake_timeout_value(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    pub(crate) fn subprotocol_list(&self) -> &[String] {
+        &self.subprotocols
+    }
+
+    pub(crate) fn config_ref(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn config_arc(&self) -> &std::sync::Arc<Config> {
+        &self.config
     }
 
     /// Connection settings; `config.deflate` enables accepting permessage-deflate.

@@ -15,6 +15,9 @@ pub enum MaybeTlsStream<S> {
     /// TLS via rustls (`wss://`).
     #[cfg(feature = "tls")]
     Rustls(Box<tokio_rustls::client::TlsStream<S>>),
+    /// One stream of an HTTP/2 connection ([`ClientBuilder::http2`](crate::ClientBuilder::http2)).
+    #[cfg(feature = "http2")]
+    H2(Box<crate::h2::H2Stream>),
 }
 
 macro_rules! delegate {
@@ -26,6 +29,11 @@ macro_rules! delegate {
             }
             #[cfg(feature = "tls")]
             MaybeTlsStream::Rustls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            #[cfg(feature = "http2")]
+            MaybeTlsStream::H2($s) => {
                 let $s = Pin::new($s.as_mut());
                 $e
             }
@@ -55,6 +63,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTlsStream<S> {
             Self::Plain(s) => s.is_write_vectored(),
             #[cfg(feature = "tls")]
             Self::Rustls(s) => s.is_write_vectored(),
+            #[cfg(feature = "http2")]
+            Self::H2(_) => false,
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

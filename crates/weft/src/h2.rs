@@ -1,0 +1,558 @@
+//! WebSockets over HTTP/2 (RFC 8441): a server that accepts extended CONNECT streams, and a
+//! client that opens many WebSockets over one HTTP/2 connection.
+//!
+//! Every WebSocket here is the same [`WebSocket`] as over HTTP/1.1, driving the same sans-IO
+//! [`Connection`] over an [`H2Stream`] (one HTTP/2 stream seen as a byte stream): limits,
+//! keep-alive, close handshake, backpressure, permessage-deflate and split halves behave
+//! identically. Negotiation is weft-proto's
+//! [`server_accept_connect`](weft_proto::handshake::server_accept_connect) /
+//! [`client_request_connect`](weft_proto::handshake::client_request_connect).
+//!
+//! ```
+//! use weft::h2::{H2Client, H2Server};
+//! use weft::{Acceptor, ClientBuilder, Message};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> weft::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! // Server: HTTP/2 with prior knowledge (over TLS, ALPN "h2" picks it); each WebSocket on its
+//! // own task, while `accept` keeps driving the connection.
+//! tokio::spawn(async move {
+//!     let (tcp, _) = listener.accept().await.unwrap();
+//!     let mut h2 = H2Server::handshake(tcp, &Acceptor::new()).await.unwrap();
+//!     while let Some(Ok(req)) = h2.accept().await {
+//!         tokio::spawn(async move {
+//!             let mut ws = req.accept().unwrap();
+//!             while let Some(Ok(msg)) = ws.recv().await {
+//!                 if msg.is_data() {
+//!                     ws.send(msg).await.unwrap();
+//!                 }
+//!             }
+//!         });
+//!     }
+//! });
+//!
+//! // Client: one HTTP/2 connection, two WebSockets on it.
+//! let client = H2Client::connect(ClientBuilder::new(format!("ws://{addr}/"))).await?;
+//! let mut a = client.open("/a").await?;
+//! let mut b = client.open("/b").await?;
+//! a.send("to a").await?;
+//! b.send("to b").await?;
+//! assert_eq!(b.recv().await.unwrap()?, Message::text("to b"));
+//! assert_eq!(a.recv().await.unwrap()?, Message::text("to a"));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **Bounded everywhere:** what a peer may have in flight per stream is the stream window
+//! (default 256 KiB, [`Http2Config::stream_window`]), per connection the connection window
+//! (1 MiB); data we send waits in h2's send buffer only up to [`Http2Config::send_buffer`] per
+//! stream and only as flow control lets it; request heads are limited to 16 KiB and concurrent
+//! streams to [`Http2Config::max_streams`] (100). A WebSocket that stops reading stops releasing
+//! window, so its sender stalls on that stream alone.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::{RecvStream, SendStream};
+use http::{Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use weft_proto::handshake::{self, HandshakeError};
+use weft_proto::{Config, Connection, Role};
+
+use crate::client::ClientBuilder;
+use crate::error::{Error, Kind, Result};
+use crate::server::{Acceptor, Rejection};
+use crate::websocket::WebSocket;
+
+/// HTTP/2 settings for [`H2Server`] and [`H2Client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Http2Config {
+    /// Flow-control window of each stream (bytes the peer may send before we read them).
+    pub stream_window: u32,
+    /// Flow-control window of the whole connection.
+    pub connection_window: u32,
+    /// Concurrent streams (WebSockets and requests) the peer may open.
+    pub max_streams: u32,
+    /// Largest HTTP/2 frame payload we accept.
+    pub max_frame_size: u32,
+    /// Bytes of one stream's outgoing data h2 holds before our writes wait.
+    pub send_buffer: usize,
+    /// Largest request or response head (decoded header list), like HTTP/1.1's limit.
+    pub max_header_list_size: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            stream_window: 128 * 1024,
+            connection_window: 16 * 1024 * 1024,
+            max_streams: 100,
+            max_frame_size: 16 * 1024,
+            send_buffer: 256 * 1024,
+            max_header_list_size: handshake::MAX_HEAD_SIZE as u32,
+        }
+    }
+}
+
+impl Http2Config {
+    /// Set [`stream_window`](Self::stream_window).
+    pub fn stream_window(mut self, bytes: u32) -> Self {
+        self.stream_window = bytes;
+        self
+    }
+    /// Set [`connection_window`](Self::connection_window).
+    pub fn connection_window(mut self, bytes: u32) -> Self {
+        self.connection_window = bytes;
+        self
+    }
+    /// Set [`max_streams`](Self::max_streams).
+    pub fn max_streams(mut self, n: u32) -> Self {
+        self.max_streams = n;
+        self
+    }
+    /// Set [`send_buffer`](Self::send_buffer).
+    pub fn send_buffer(mut self, bytes: usize) -> Self {
+        self.send_buffer = bytes;
+        self
+    }
+}
+
+/// The client connection preface: a cleartext HTTP/2 connection (prior knowledge) starts with
+/// these bytes, so a server listening for both can tell HTTP/2 from HTTP/1.1 by peeking.
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn h2_error(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e.into_io().unwrap_or_else(|| io::Error::other("h2"));
+    }
+    let kind = if e.is_reset() || e.is_go_away() { io::ErrorKind::ConnectionReset } else { io::ErrorKind::Other };
+    io::Error::new(kind, e)
+}
+
+impl From<h2::Error> for Error {
+    fn from(e: h2::Error) -> Self {
+        h2_error(e).into()
+    }
+}
+
+/// One HTTP/2 stream as a byte stream: what a [`WebSocket`] runs on over HTTP/2.
+///
+/// Reading returns the stream's DATA and releases flow-control window only for bytes handed
+/// out; writing waits for window and copies into DATA frames; shutting down ends the stream
+/// (`END_STREAM`). A reset stream reads and writes as `ConnectionReset`.
+#[derive(Debug)]
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    pending: Bytes,
+    ended: bool,
+}
+
+impl H2Stream {
+    fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self { send, recv, pending: Bytes::new(), ended: false }
+    }
+
+    /// This stream's HTTP/2 stream id.
+    pub fn stream_id(&self) -> u32 {
+        self.send.stream_id().as_u32()
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.pending.is_empty() {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => this.pending = data,
+                Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending.split_to(n));
+        // The window reopens only for what the application has taken.
+        let _ = this.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.ended {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        this.send.reserve_capacity(buf.len());
+        loop {
+            let granted = this.send.capacity();
+            if granted > 0 {
+                let n = granted.min(buf.len());
+                this.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(h2_error)?;
+                return Poll::Ready(Ok(n));
+            }
+            match ready!(this.send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection's task writes what h2 holds; nothing waits here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.ended {
+            self.ended = true;
+            self.send.reserve_capacity(0);
+            // A stream the peer already reset cannot be ended twice; that is not an error here.
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A [`WebSocket`] on a transport whose extended CONNECT has been answered.
+pub(crate) fn websocket_on<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    role: Role,
+    config: Arc<Config>,
+    negotiated: handshake::Negotiated,
+) -> WebSocket<S> {
+    let mut conn = Connection::new(role, config, Instant::now());
+    #[cfg(feature = "deflate")]
+    if let Some(p) = negotiated.deflate {
+        conn.set_deflate(p);
+    }
+    WebSocket::from_connection(io, conn, negotiated.subprotocol)
+}
+
+/// The server side of one HTTP/2 connection.
+///
+/// [`accept`](Self::accept) drives the whole connection — every stream's I/O included — so keep
+/// calling it (handle each request on its own task) until it returns `None`.
+pub struct H2Server<S> {
+    conn: h2::server::Connection<S, Bytes>,
+    acceptor: Acceptor,
+}
+
+impl<S> std::fmt::Debug for H2Server<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Server").finish_non_exhaustive()
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> H2Server<S> {
+    /// Run the HTTP/2 connection preface and settings exchange on `io` (after TLS with ALPN
+    /// `h2`, or cleartext with prior knowledge), within the acceptor's handshake timeout.
+    /// Extended CONNECT is announced (`SETTINGS_ENABLE_CONNECT_PROTOCOL`).
+    pub async fn handshake(io: S, acceptor: &Acceptor) -> Result<Self> {
+        let c = acceptor.http2_config();
+        let mut b = h2::server::Builder::new();
+        b.enable_connect_protocol()
+            .initial_window_size(c.stream_window)
+            .initial_connection_window_size(c.connection_window)
+            .max_concurrent_streams(c.max_streams)
+            .max_frame_size(c.max_frame_size)
+            .max_send_buffer_size(c.send_buffer)
+            .max_header_list_size(c.max_header_list_size);
+        let conn = tokio::time::timeout(acceptor.handshake_timeout_value(), b.handshake(io))
+            .await
+            .map_err(|_| Error::new(Kind::Timeout("HTTP/2 handshake")))??;
+        Ok(Self { conn, acceptor: acceptor.clone() })
+    }
+
+    /// The next request on this connection, `None` once the connection has ended. Requests
+    /// that are not WebSockets are yours to answer ([`H2Request::respond`]).
+    pub async fn accept(&mut self) -> Option<Result<H2Request>> {
+        let (req, respond) = match self.conn.accept().await? {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let protocol = req.extensions().get::<h2::ext::Protocol>().map(|p| p.as_str().to_owned());
+        let (parts, recv) = req.into_parts();
+        Some(Ok(H2Request {
+            request: Request::from_parts(parts, ()),
+            protocol,
+            recv,
+            respond,
+            acceptor: self.acceptor.clone(),
+        }))
+    }
+
+    /// Stop taking new streams (GOAWAY) and let open ones finish; keep calling
+    /// [`accept`](Self::accept) until it returns `None`.
+    pub fn graceful_shutdown(&mut self) {
+        self.conn.graceful_shutdown();
+    }
+}
+
+/// Serve every WebSocket on one HTTP/2 connection: each accepted one goes to `handler` on its
+/// own task; other requests are answered 404. Returns when the connection ends.
+///
+/// `callback` sees each WebSocket request like [`Acceptor::accept_with`]'s does (and may refuse
+/// it with a status).
+pub async fn serve<S, C, H, Fut>(io: S, acceptor: &Acceptor, callback: C, handler: H) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    C: Fn(&Request<()>, &mut Response<()>) -> std::result::Result<(), Rejection>,
+    H: Fn(WebSocket<H2Stream>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut server = H2Server::handshake(io, acceptor).await?;
+    while let Some(req) = server.accept().await {
+        let req = req?;
+        if !req.is_websocket() {
+            let _ = req.respond(StatusCode::NOT_FOUND, "not found: this server speaks WebSocket (RFC 8441)\n");
+            continue;
+        }
+        if let Ok(ws) = req.accept_with(&callback) {
+            tokio::spawn(handler(ws));
+        }
+    }
+    Ok(())
+}
+
+/// A request on an HTTP/2 connection: a WebSocket's extended CONNECT, or anything else.
+#[derive(Debug)]
+pub struct H2Request {
+    request: Request<()>,
+    protocol: Option<String>,
+    recv: RecvStream,
+    respond: h2::server::SendResponse<Bytes>,
+    acceptor: Acceptor,
+}
+
+impl H2Request {
+    /// The request head: method, URI (`:scheme`, `:authority`, `:path`), headers.
+    pub fn request(&self) -> &Request<()> {
+        &self.request
+    }
+
+    /// The `:protocol` pseudo-header of an extended CONNECT.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    /// Whether this is an extended CONNECT for `websocket`.
+    pub fn is_websocket(&self) -> bool {
+        self.request.method() == http::Method::CONNECT
+            && self.protocol.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("websocket"))
+    }
+
+    /// Accept the WebSocket (answer `200`).
+    pub fn accept(self) -> Result<WebSocket<H2Stream>> {
+        self.accept_with(|_, _| Ok(()))
+    }
+
+    /// Accept after `callback` has seen the request and may add response headers or refuse it
+    /// with a status, as [`Acceptor::accept_with`]. Bad requests are answered with 400 (no
+    /// 426 over HTTP/2) before the callback runs.
+    pub fn accept_with<F>(mut self, callback: F) -> Result<WebSocket<H2Stream>>
+    where
+        F: FnOnce(&Request<()>, &mut Response<()>) -> std::result::Result<(), Rejection>,
+    {
+        let a = &self.acceptor;
+        let accepted = handshake::server_accept_connect(
+            &self.request,
+            self.protocol.as_deref(),
+            a.subprotocol_list(),
+            a.config_ref().deflate.as_ref(),
+        );
+        let mut accepted = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                let body = format!("{e}\n");
+                let _ = self.send_refusal(e.connect_status(), e.rejection_headers(), body);
+                return Err(e.into());
+            }
+        };
+        if let Err(r) = callback(&self.request, &mut accepted.response) {
+            let status = r.status;
+            let _ = self.send_refusal(status, *r.headers, r.body);
+            return Err(HandshakeError::Rejected(status).into());
+        }
+        let send = self.respond.send_response(accepted.response, false)?;
+        let negotiated = handshake::Negotiated { subprotocol: accepted.subprotocol, deflate: accepted.deflate };
+        let config = Arc::clone(a.config_arc());
+        Ok(websocket_on(H2Stream::new(send, self.recv), Role::Server, config, negotiated))
+    }
+
+    /// Answer a request that is not a WebSocket with `status` and a text body.
+    pub fn respond(mut self, status: StatusCode, body: impl Into<String>) -> Result<()> {
+        self.send_refusal(status, http::HeaderMap::new(), body.into())
+    }
+
+    /// Answer with a full response (status, headers, body).
+    pub fn respond_with(mut self, response: Response<Bytes>) -> Result<()> {
+        let (parts, body) = response.into_parts();
+        let empty = body.is_empty();
+        let mut send = self.respond.send_response(Response::from_parts(parts, ()), empty)?;
+        if !empty {
+            send.send_data(body, true)?;
+        }
+        Ok(())
+    }
+
+    fn send_refusal(&mut self, status: StatusCode, headers: http::HeaderMap, body: String) -> Result<()> {
+        let mut resp = Response::new(());
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+        let mut send = self.respond.send_response(resp, false)?;
+        send.send_data(Bytes::from(body), true)?;
+        Ok(())
+    }
+}
+
+/// One HTTP/2 connection to a server, for opening WebSockets on it (cheap to clone; every
+/// clone shares the connection).
+///
+/// The connection runs on a task of its own; it closes when the last clone and the last
+/// WebSocket on it are dropped.
+#[derive(Debug, Clone)]
+pub struct H2Client {
+    send: h2::client::SendRequest<Bytes>,
+    options: ClientBuilder,
+}
+
+impl H2Client {
+    /// Connect to the builder's URL over HTTP/2: TCP, then for `wss://` TLS with ALPN `h2`
+    /// (the server must choose it), and for `ws://` cleartext HTTP/2 with prior knowledge. The
+    /// builder's headers, subprotocols and config apply to every [`open`](Self::open).
+    pub async fn connect(options: ClientBuilder) -> Result<Self> {
+        let limit = options.connect_timeout_value();
+        tokio::time::timeout(limit, async {
+            let io = options.connect_transport(&[b"h2"]).await?;
+            if let crate::MaybeTlsStream::Rustls(tls) = &io
+                && tls.get_ref().1.alpn_protocol() != Some(b"h2")
+            {
+                return Err(Error::new(Kind::Tls("the server did not choose HTTP/2 (ALPN h2)".into())));
+            }
+            Self::handshake_inner(io, options).await
+        })
+        .await
+        .map_err(|_| Error::new(Kind::Timeout("HTTP/2 connect")))?
+    }
+
+    /// Start HTTP/2 on a transport you connected yourself.
+    pub async fn handshake<S>(io: S, options: ClientBuilder) -> Result<Self>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let limit = options.connect_timeout_value();
+        tokio::time::timeout(limit, Self::handshake_inner(io, options))
+            .await
+            .map_err(|_| Error::new(Kind::Timeout("HTTP/2 handshake")))?
+    }
+
+    async fn handshake_inner<S>(io: S, options: ClientBuilder) -> Result<Self>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let c = options.http2_config();
+        let mut b = h2::client::Builder::new();
+        b.initial_window_size(c.stream_window)
+            .initial_connection_window_size(c.connection_window)
+            .max_concurrent_streams(c.max_streams)
+            .max_frame_size(c.max_frame_size)
+            .max_send_buffer_size(c.send_buffer)
+            .max_header_list_size(c.max_header_list_size)
+            .enable_push(false);
+        let (send, conn) = b.handshake::<_, Bytes>(io).await?;
+        // The connection's end reaches every stream as a reset or EOF: nothing else to report.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) is its first frame; wait for it.
+        let mut send = send.ready().await?;
+        let mut waited = Duration::ZERO;
+        while !send.is_extended_connect_protocol_enabled() {
+            if waited >= Duration::from_secs(5) {
+                return Err(HandshakeError::ExtendedConnectDisabled.into());
+            }
+            let step = Duration::from_millis(if waited < Duration::from_millis(10) { 1 } else { 10 });
+            tokio::time::sleep(step).await;
+            waited += step;
+            send = send.ready().await?;
+        }
+        Ok(Self { send, options })
+    }
+
+    /// Open a WebSocket on `path_and_query` (e.g. `"/chat?room=1"`) with the options given to
+    /// [`connect`](Self::connect).
+    pub async fn open(&self, path_and_query: &str) -> Result<WebSocket<H2Stream>> {
+        self.open_with(self.options.clone().path(path_and_query)?).await
+    }
+
+    /// Open a WebSocket with its own options (URL path, headers, subprotocols, config); the
+    /// URL's scheme and authority are only put in the request.
+    pub async fn open_with(&self, options: ClientBuilder) -> Result<WebSocket<H2Stream>> {
+        let limit = options.connect_timeout_value();
+        tokio::time::timeout(limit, self.open_inner(options))
+            .await
+            .map_err(|_| Error::new(Kind::Timeout("HTTP/2 WebSocket open")))?
+    }
+
+    async fn open_inner(&self, options: ClientBuilder) -> Result<WebSocket<H2Stream>> {
+        let (stream, negotiated) = self.open_stream(&options).await?;
+        Ok(websocket_on(stream, Role::Client, Arc::new(options.config_ref().clone()), negotiated))
+    }
+
+    /// Send the extended CONNECT and check the answer: the stream and what was agreed.
+    pub(crate) async fn open_stream(&self, options: &ClientBuilder) -> Result<(H2Stream, handshake::Negotiated)> {
+        let uri = options.parsed_uri()?;
+        let config = options.config_ref();
+        let deflate = config.deflate.as_ref();
+        let subprotocols = options.subprotocol_list();
+        let mut req = handshake::client_request_connect(&uri, subprotocols, deflate, options.header_map())?;
+        req.extensions_mut().insert(h2::ext::Protocol::from_static("websocket"));
+        let mut send = self.send.clone().ready().await?;
+        let (response, stream) = send.send_request(req, false)?;
+        let response = response.await?;
+        let (parts, mut recv) = response.into_parts();
+        let head = Response::from_parts(parts, ());
+        let negotiated = match handshake::client_verify_connect(&head, subprotocols, deflate) {
+            Ok(n) => n,
+            Err(e @ HandshakeError::Status(_)) => {
+                let mut body = bytes::BytesMut::new();
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while body.len() < crate::error::MAX_REFUSAL_BODY {
+                        match std::future::poll_fn(|cx| recv.poll_data(cx)).await {
+                            Some(Ok(d)) => {
+                                let _ = recv.flow_control().release_capacity(d.len());
+                                body.extend_from_slice(&d);
+                            }
+                            _ => break,
+                        }
+                    }
+                })
+                .await;
+                body.truncate(crate::error::MAX_REFUSAL_BODY);
+                return Err(Error::new(Kind::Refused(e, body.freeze())));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok((H2Stream::new(stream, recv), negotiated))
+    }
+
+    /// How many streams the server lets this connection have open at once (its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`); further opens wait for one to end.
+    pub fn max_streams(&self) -> usize {
+        self.send.current_max_send_streams()
+    }
+}

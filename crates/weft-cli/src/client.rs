@@ -37,11 +37,19 @@ pub(crate) struct ClientArgs {
     /// Connect timeout in seconds.
     #[arg(long, default_value_t = 30.0)]
     connect_timeout: f64,
+    /// WebSocket over HTTP/2 (RFC 8441): for wss:// offer ALPN h2 (HTTP/1.1 if the server
+    /// declines), for ws:// cleartext HTTP/2 with prior knowledge.
+    #[arg(long)]
+    http2: bool,
 }
 
 pub(crate) fn run(args: ClientArgs) -> ExitCode {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    ExitCode::from(rt.block_on(client(args)))
+    let code = rt.block_on(client(args));
+    // The stdin reader sits in a blocking read that cannot be cancelled: do not wait for it
+    // (dropping the runtime would, until the user pressed Enter).
+    rt.shutdown_background();
+    ExitCode::from(code)
 }
 
 /// Only WebSocket URLs (the library refuses the others too; this says so before anything else,
@@ -74,6 +82,9 @@ async fn client(args: ClientArgs) -> u8 {
     if args.deflate {
         b = b.deflate(DeflateConfig::default());
     }
+    if args.http2 {
+        b = b.http2(weft::h2::Http2Config::default());
+    }
     if let Some(path) = &args.ca_file {
         match std::fs::read(path).map_err(weft::Error::from).and_then(|pem| weft::tls::certs_from_pem(&pem)) {
             Ok(certs) => {
@@ -88,7 +99,10 @@ async fn client(args: ClientArgs) -> u8 {
         }
     }
     match b.connect().await {
-        Ok(ws) => session(ws, &args).await,
+        Ok(ws) => {
+            let over = if matches!(ws.get_ref(), weft::MaybeTlsStream::H2(_)) { " over HTTP/2" } else { "" };
+            session(ws, &args, over).await
+        }
         Err(e) => {
             match (e.status(), e.response_body()) {
                 // A refused upgrade (401, 403, 503…): its body says why.
@@ -106,11 +120,11 @@ async fn client(args: ClientArgs) -> u8 {
 }
 
 /// Run the interactive session on a connected WebSocket; returns the exit status.
-async fn session<S>(ws: WebSocket<S>, args: &ClientArgs) -> u8
+async fn session<S>(ws: WebSocket<S>, args: &ClientArgs, over: &str) -> u8
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    eprintln!("connected to {}{}", args.url, ws.subprotocol().map(|p| format!(" ({p})")).unwrap_or_default());
+    eprintln!("connected to {}{over}{}", args.url, ws.subprotocol().map(|p| format!(" ({p})")).unwrap_or_default());
     let (mut rx, mut tx) = ws.split();
     let binary = args.binary;
     let sender = tokio::spawn(async move {

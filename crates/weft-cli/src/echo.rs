@@ -95,9 +95,15 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
     let acceptor = std::sync::Arc::new(Acceptor::new().config(config));
     let tls = tls.map(|cert| {
         crate::serve::reload_on_sighup(cert.clone());
-        weft::tls::TlsAcceptor::from(weft::tls::server_config(cert))
+        weft::tls::TlsAcceptor::from(weft::tls::server_config_alpn(cert, &[b"h2", b"http/1.1"]))
     });
-    tracing::info!(addr = %listener.local_addr()?, deflate = args.deflate, tls = tls.is_some(), "weft echo listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        deflate = args.deflate,
+        tls = tls.is_some(),
+        http2 = true,
+        "weft echo listening"
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let shutdown = crate::serve::shutdown_signal();
@@ -117,16 +123,25 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
                 };
                 let acceptor = acceptor.clone();
                 let tls = tls.clone();
-                let mut stop = stop_rx.clone();
+                let stop = stop_rx.clone();
                 conns.spawn(async move {
-                    let stop = async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    };
                     let _ = tcp.set_nodelay(true);
                     let res = match tls {
-                        None => echo_one(&acceptor, tcp, stop).await,
+                        None => {
+                            // Cleartext HTTP/2 (prior knowledge) or HTTP/1.1, told apart by the
+                            // first bytes; a peer that sends nothing for 10 s is dropped.
+                            match tokio::time::timeout(Duration::from_secs(10), weft::h2::starts_with_preface(&tcp)).await {
+                                Ok(Ok(true)) => echo_h2(&acceptor, tcp, stop).await,
+                                Ok(Ok(false)) => echo_one(&acceptor, tcp, stopped(stop)).await,
+                                Ok(Err(e)) => Err(e.into()),
+                                Err(_) => Ok(()),
+                            }
+                        }
                         Some(tls) => match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
-                            Ok(Ok(io)) => echo_one(&acceptor, io, stop).await,
+                            Ok(Ok(io)) if io.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                                echo_h2(&acceptor, io, stop).await
+                            }
+                            Ok(Ok(io)) => echo_one(&acceptor, io, stopped(stop)).await,
                             Ok(Err(e)) => Err(e.into()),
                             Err(_) => Ok(()), // TLS handshake not finished in 10 s: dropped
                         },
@@ -147,6 +162,48 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
         tracing::warn!(left = conns.len(), "shutdown grace over: dropping the connections left");
     }
     tracing::info!("bye");
+    Ok(())
+}
+
+/// Completes once the shutdown flag is set.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Echo every WebSocket of one HTTP/2 connection, each on its own task, while this task keeps
+/// driving the connection. On shutdown: GOAWAY (no new streams), every WebSocket closed with
+/// 1001, and the connection ends when the last stream has.
+async fn echo_h2<I>(acceptor: &Acceptor, io: I, stop: watch::Receiver<bool>) -> weft::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut h2 = weft::h2::H2Server::handshake(io, acceptor).await?;
+    let mut streams = JoinSet::new();
+    let mut stopping = false;
+    let mut watch_stop = stop.clone();
+    loop {
+        tokio::select! {
+            req = h2.accept() => match req {
+                None => break,
+                Some(Err(e)) => return Err(e),
+                Some(Ok(req)) if !req.is_websocket() => {
+                    let _ = req.respond(weft::http::StatusCode::NOT_FOUND, "weft echo: WebSocket (RFC 8441 extended CONNECT) only\n");
+                }
+                Some(Ok(req)) => {
+                    let Ok(mut ws) = req.accept() else { continue };
+                    let stop = stopped(stop.clone());
+                    streams.spawn(async move {
+                        let _ = echo_until(&mut ws, stop).await;
+                    });
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            _ = watch_stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                h2.graceful_shutdown();
+            }
+        }
+    }
     Ok(())
 }
 

@@ -316,6 +316,62 @@ fn echo_closes_connections_with_1001_on_sigterm_and_exits_0() {
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
 }
 
+/// `weft echo` also speaks cleartext HTTP/2 (prior knowledge) on the same port: `weft client
+/// --http2` and `weft bench echo --http2` (many WebSockets as streams of one connection) get
+/// their echoes, and SIGTERM closes HTTP/2 WebSockets with 1001 like HTTP/1.1 ones.
+#[test]
+fn echo_serves_http2_streams_on_the_same_port() {
+    let (mut echo, port) = start_echo(&["--threads", "1"]);
+    let url = format!("ws://127.0.0.1:{port}/");
+    let pid = echo.0.id().to_string();
+    let r = bench_json(&[
+        "echo",
+        "--url",
+        &url,
+        "--http2",
+        "-c",
+        "20",
+        "-d",
+        "0.5",
+        "--warmup",
+        "0.1",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(
+        (r["connected"].as_u64(), r["errors"].as_u64(), r["http2"].as_bool()),
+        (Some(20), Some(0), Some(true)),
+        "{r}"
+    );
+    assert!(r["messages"].as_u64().unwrap() > 100, "{r}");
+    // HTTP/1.1 still works on the same port.
+    let r = bench_json(&["echo", "--url", &url, "-c", "2", "-d", "0.3", "--warmup", "0.1"]);
+    assert_eq!(r["connected"], 2, "{r}");
+
+    let mut client = Command::new(WEFT)
+        .args(["client", &url, "--http2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    writeln!(stdin, "over h2").unwrap();
+    let mut got = String::new();
+    stdout.read_line(&mut got).unwrap();
+    assert_eq!(got, "over h2\n");
+    // SIGTERM: the server closes the stream's WebSocket with 1001 and exits 0.
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = wait_exit(&mut client, Duration::from_secs(10));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("1001"), "client saw: {err}");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(wait_exit(&mut echo.0, Duration::from_secs(10)).code(), Some(0));
+    drop(stdin);
+}
+
 /// `weft client` takes only ws:// and wss:// URLs, and shows why an upgrade was refused.
 #[test]
 fn client_refuses_http_urls_and_shows_refused_upgrades() {

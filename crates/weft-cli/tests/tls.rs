@@ -129,6 +129,26 @@ fn serve_and_echo_over_tls_with_reload_on_sighup() {
     write(&key, &key_b);
     let (_echo, port) = start("echo", &tls);
     assert_eq!(client(&format!("wss://localhost:{port}/"), &ca_b, Some("hello tls")).unwrap(), "hello tls\n");
+    // weft echo offers ALPN h2: `--http2` gets a WebSocket over HTTP/2 on the same port; weft
+    // serve offers only http/1.1 (its routes are HTTP/1.1), so `--http2` falls back to it.
+    let over = |url: &str| {
+        let mut c = Command::new(WEFT)
+            .args(["client", url, "--http2", "--ca-file", ca_b.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(c.stdin.take().unwrap(), "hi").unwrap();
+        let out = c.wait_with_output().unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (out, err) = over(&format!("wss://localhost:{port}/"));
+    assert_eq!(out, "hi\n", "{err}");
+    assert!(err.contains("over HTTP/2"), "{err}");
+    let (out, err) = over(&url);
+    assert!(out.contains("\"welcome\""), "{out} {err}");
+    assert!(!err.contains("over HTTP/2"), "{err}");
     let _ = std::fs::remove_dir_all(&d);
 }
 

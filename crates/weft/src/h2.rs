@@ -128,6 +128,30 @@ impl Http2Config {
 /// these bytes, so a server listening for both can tell HTTP/2 from HTTP/1.1 by peeking.
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Whether a fresh TCP connection starts with the HTTP/2 [`PREFACE`] (cleartext HTTP/2 with
+/// prior knowledge) rather than an HTTP/1.1 request, by peeking without consuming anything.
+/// `false` as soon as the bytes differ (an HTTP/1.1 request differs in its first two bytes).
+/// Bound it with a timeout: a peer that sends nothing is waited for.
+pub async fn starts_with_preface(tcp: &tokio::net::TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; PREFACE.len()];
+    loop {
+        tcp.readable().await?;
+        let n = match tcp.peek(&mut buf).await {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 || buf[..n] != PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == PREFACE.len() {
+            return Ok(true);
+        }
+        // A preface split across segments: wait for the rest (peek would return the same bytes).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 fn h2_error(e: h2::Error) -> io::Error {
     if e.is_io() {
         return e.into_io().unwrap_or_else(|| io::Error::other("h2"));
@@ -438,6 +462,7 @@ impl H2Client {
         let limit = options.connect_timeout_value();
         tokio::time::timeout(limit, async {
             let io = options.connect_transport(&[b"h2"]).await?;
+            #[cfg(feature = "tls")]
             if let crate::MaybeTlsStream::Rustls(tls) = &io
                 && tls.get_ref().1.alpn_protocol() != Some(b"h2")
             {

@@ -131,11 +131,18 @@ fn load_certified_key(cert_path: &std::path::Path, key_path: &std::path::Path) -
 /// A server configuration (TLS 1.2 and 1.3, ALPN `http/1.1`) whose certificate comes from
 /// `cert` at each handshake.
 pub fn server_config(cert: Arc<ReloadableCert>) -> Arc<rustls::ServerConfig> {
+    server_config_alpn(cert, &[b"http/1.1"])
+}
+
+/// [`server_config`] offering these ALPN protocols, most preferred first: `[b"h2",
+/// b"http/1.1"]` for a server that also speaks HTTP/2 ([`crate::h2`]); check
+/// `alpn_protocol()` on the accepted stream to see which one the client chose.
+pub fn server_config_alpn(cert: Arc<ReloadableCert>, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(cert);
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(cfg)
 }

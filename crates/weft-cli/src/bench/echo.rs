@@ -61,6 +61,11 @@ pub(crate) struct EchoArgs {
     /// Generator threads.
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
+    /// WebSockets over HTTP/2 (RFC 8441): each generator thread opens one HTTP/2 connection
+    /// (ALPN h2 for `wss://`, prior knowledge for `ws://`) and multiplexes its share of the
+    /// `--connections` on it as streams.
+    #[arg(long)]
+    pub(crate) http2: bool,
     /// Server process to measure (CPU per message, RSS) from /proc; without it the server's
     /// CPU and RSS are unknown (null in `--json`).
     #[arg(long)]
@@ -91,6 +96,10 @@ impl Shared {
 
 pub(crate) fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
     anyhow::ensure!(args.connections > 0 && args.in_flight > 0 && args.threads > 0, "counts must be positive");
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
+        weft::tls::certs_from_pem(&pem).map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
+    }
     procfs::raise_nofile_limit();
     let shared = Arc::new(Shared {
         measuring: AtomicBool::new(false),
@@ -169,6 +178,7 @@ pub(crate) fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
         in_flight: args.in_flight,
         text: args.text,
         deflate: args.deflate,
+        http2: args.http2,
         threads: args.threads,
         seconds,
         messages,
@@ -192,11 +202,35 @@ fn worker(args: EchoArgs, n: usize, shared: Arc<Shared>, payload: Bytes) -> Hist
     let local = tokio::task::LocalSet::new();
     let per_conn_interval = args.rate.map(|r| Duration::from_secs_f64(args.connections as f64 / r.max(1e-9)));
     local.block_on(&rt, async {
+        let h2 = if args.http2 && n > 0 {
+            match weft::h2::H2Client::connect(builder(&args)).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    for _ in 0..n {
+                        shared.error(weft::Error::from(std::io::Error::other(e.to_string())));
+                    }
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let mut tasks = Vec::with_capacity(n);
         for _ in 0..n {
             let (args, shared, payload, hist) = (args.clone(), shared.clone(), payload.clone(), hist.clone());
+            let h2 = h2.clone();
             tasks.push(tokio::task::spawn_local(async move {
-                if let Err(e) = connection(&args, &shared, payload, &hist, per_conn_interval).await {
+                let res = match h2 {
+                    Some(c) => match c.open_with(builder(&args)).await {
+                        Ok(ws) => connection(ws, &args, &shared, payload, &hist, per_conn_interval).await,
+                        Err(e) => Err(e),
+                    },
+                    None => match builder(&args).connect().await {
+                        Ok(ws) => connection(ws, &args, &shared, payload, &hist, per_conn_interval).await,
+                        Err(e) => Err(e),
+                    },
+                };
+                if let Err(e) = res {
                     shared.error(e);
                 }
             }));
@@ -208,24 +242,34 @@ fn worker(args: EchoArgs, n: usize, shared: Arc<Shared>, payload: Bytes) -> Hist
     Rc::try_unwrap(hist).map(RefCell::into_inner).unwrap_or_else(|h| h.borrow().clone())
 }
 
-async fn connection(
-    args: &EchoArgs,
-    shared: &Shared,
-    payload: Bytes,
-    hist: &RefCell<Histogram<u64>>,
-    pace: Option<Duration>,
-) -> weft::Result<()> {
+/// The client options every benchmark connection uses.
+fn builder(args: &EchoArgs) -> ClientBuilder {
     let mut cfg = Config::default().max_message_size(256 << 20).max_frame_size(256 << 20);
     if args.deflate {
         cfg = cfg.deflate(Some(DeflateConfig::default()));
     }
     let mut b = ClientBuilder::new(&args.url).config(cfg);
     if let Some(path) = &args.ca_file {
-        for c in weft::tls::certs_from_pem(&std::fs::read(path)?)? {
+        // Read and checked once in `run` before any connection: here it cannot fail.
+        let pem = std::fs::read(path).unwrap_or_default();
+        for c in weft::tls::certs_from_pem(&pem).unwrap_or_default() {
             b = b.add_root_certificate(c.to_vec());
         }
     }
-    let mut ws = b.connect().await?;
+    b
+}
+
+async fn connection<S>(
+    mut ws: weft::WebSocket<S>,
+    args: &EchoArgs,
+    shared: &Shared,
+    payload: Bytes,
+    hist: &RefCell<Histogram<u64>>,
+    pace: Option<Duration>,
+) -> weft::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let make = || {
         if args.text {

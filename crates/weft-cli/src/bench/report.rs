@@ -38,6 +38,8 @@ pub(crate) struct EchoReport {
     pub(crate) in_flight: usize,
     pub(crate) text: bool,
     pub(crate) deflate: bool,
+    /// WebSockets over HTTP/2, one connection per generator thread.
+    pub(crate) http2: bool,
     pub(crate) threads: usize,
     pub(crate) seconds: f64,
     pub(crate) messages: u64,
@@ -60,7 +62,8 @@ impl EchoReport {
         let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
         println!("weft bench {} — {}", self.scenario, self.url);
         println!(
-            "  connections {}/{}  size {} B {}  in flight {}  deflate {}  threads {}",
+            "  {} {}/{}  size {} B {}  in flight {}  deflate {}  threads {}",
+            if self.http2 { "HTTP/2 streams" } else { "connections" },
             self.connected,
             self.connections,
             self.size,

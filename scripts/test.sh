@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run every test weft has, installing what it needs on a fresh machine.
 #
-#   scripts/test.sh            fmt, clippy, cargo deny, Rust tests (unit, integration, interop,
-#                              doc, cluster mode over redis-server and nats-server), the
+#   scripts/test.sh            fmt, clippy, cargo deny, Rust tests (unit, integration, interop —
+#                              over HTTP/1.1 and HTTP/2 —, doc, cluster mode over redis-server and nats-server), the
 #                              engine's integration tests again on the Redis and on the NATS
 #                              broker, every fuzz target for FUZZ_SECONDS (40) each, the Python
 #                              package (built into a venv, pytest), the browser pages, the
@@ -14,7 +14,7 @@
 #
 # Needs: the Rust toolchain, python3, and the shared Autobahn tooling beside the repository
 # (../shared/tools/autobahn, override with WEFT_SHARED=/path/to/shared). Installs: a Python 2.7
-# virtualenv with the Autobahn TestSuite and a Python 3 venv with `websockets` (both cached in
+# virtualenv with the Autobahn TestSuite and a Python 3 venv with `websockets`, `h2` and `wsproto` (both cached in
 # ~/.cache, reused when present); qemu-user and the aarch64 cross linker (apt-get) and the
 # aarch64 Rust target (rustup), to run the NEON masking kernel's tests under emulation; Debian's
 # chromium (apt-get) and playwright-core (npm, tests/browser) for the pages of `weft serve`; the
@@ -42,7 +42,9 @@ step "install: Autobahn TestSuite (Python 2.7) and websockets (Python 3)"
 bash "$AB/install.sh" wstest peers
 export WEFT_PYTHON="${WEFT_PYTHON:-$HOME/.cache/autobahn-peers/bin/python}"
 export WEFT_REQUIRE_PYTHON=1  # the interop tests must not skip here
-"$WEFT_PYTHON" -c 'import websockets; print("websockets", websockets.__version__)'
+# The independent HTTP/2 peers of the interop tests: h2 (HTTP/2) + wsproto (WebSocket frames).
+"$WEFT_PYTHON" -m pip install -q h2==4.4.1 wsproto==1.3.2
+"$WEFT_PYTHON" -c 'import websockets, h2, wsproto; print("websockets", websockets.__version__, "h2", h2.__version__, "wsproto", wsproto.__version__)'
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,5 +1,6 @@
 //! Interop over real loopback sockets: weft against Python `websockets` and tokio-tungstenite,
-//! both directions, with and without permessage-deflate.
+//! both directions, with and without permessage-deflate; over HTTP/2 (RFC 8441) against Python
+//! `h2` + `wsproto`, both directions, several WebSockets per connection.
 
 mod support;
 
@@ -23,7 +24,10 @@ async fn weft_client_roundtrip(url: String, deflate: bool) {
     if deflate {
         b = b.deflate(DeflateConfig::default());
     }
-    let mut ws = b.connect().await.unwrap();
+    roundtrip(b.connect().await.unwrap(), deflate).await;
+}
+
+async fn roundtrip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut ws: weft::WebSocket<S>, deflate: bool) {
     assert_eq!(ws.deflate_params().is_some(), deflate, "deflate negotiated as requested");
     for m in payloads() {
         ws.send(m.clone()).await.unwrap();
@@ -111,5 +115,79 @@ async fn tungstenite_client_to_weft_server() {
         if m.is_err() {
             break;
         }
+    }
+}
+
+/// weft's HTTP/2 client against an independent server (Python `h2` + `wsproto`): three
+/// WebSockets at once on one connection, every payload size, pipelining, clean close.
+#[tokio::test]
+async fn weft_h2_client_to_python_h2_server() {
+    for deflate in [false, true] {
+        let Some(py) = python_with(&["h2", "wsproto"]) else { return };
+        let (_server, port) =
+            python_server(py, "h2ws.py", if deflate { &["server", "--deflate"] } else { &["server"] });
+        let mut b =
+            ClientBuilder::new(format!("ws://127.0.0.1:{port}/")).config(Config::default().max_message_size(1 << 24));
+        if deflate {
+            b = b.deflate(DeflateConfig::default());
+        }
+        let client = weft::h2::H2Client::connect(b).await.unwrap();
+        let tasks: Vec<_> = (0..3)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move { roundtrip(client.open(&format!("/s{i}")).await.unwrap(), deflate).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
+/// An independent HTTP/2 client (Python `h2` + `wsproto`) against weft's HTTP/2 server: five
+/// WebSockets on one connection, payloads up to 1 MiB, with and without permessage-deflate.
+#[tokio::test]
+async fn python_h2_client_to_weft_h2_server() {
+    for deflate in [false, true] {
+        let Some(py) = python_with(&["h2", "wsproto"]) else { return };
+        let acceptor = Acceptor::new().config(Config::default().deflate(deflate.then(DeflateConfig::default)));
+        let (l, addr) = listener().await;
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = weft::h2::serve(
+                        tcp,
+                        &acceptor,
+                        |_, _| Ok(()),
+                        |mut ws| async move {
+                            while let Some(Ok(m)) = ws.recv().await {
+                                if m.is_data() && ws.send(m).await.is_err() {
+                                    break;
+                                }
+                            }
+                        },
+                    )
+                    .await;
+                });
+            }
+        });
+        let url = format!("ws://{addr}/");
+        let out = tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(py);
+            cmd.arg(py_script("h2ws.py")).args(["client", &url, "--streams", "5"]);
+            if deflate {
+                cmd.arg("--deflate");
+            }
+            cmd.output().unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "python h2 client failed (deflate={deflate}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

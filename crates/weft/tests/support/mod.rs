@@ -33,6 +33,26 @@ pub fn python() -> Option<PathBuf> {
     Some(p)
 }
 
+/// [`python`], when it can also import `modules` (e.g. `h2`, `wsproto` for the HTTP/2 peers);
+/// skips (or fails under `WEFT_REQUIRE_PYTHON`) like it.
+pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
+    let p = python()?;
+    let ok = Command::new(&p)
+        .args(["-c", &format!("import {}", modules.join(", "))])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        let msg =
+            format!("{} cannot import {}: run scripts/test.sh (it installs them)", p.display(), modules.join(", "));
+        assert!(std::env::var_os("WEFT_REQUIRE_PYTHON").is_none(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    Some(p)
+}
+
 pub fn py_script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(name)
 }
@@ -60,6 +80,17 @@ pub fn python_echo_server(deflate: bool) -> Option<(Proc, u16)> {
     std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let port = line.trim().parse().expect("port from echo_server.py");
     Some((Proc(child), port))
+}
+
+/// Start a Python server script that prints its port first; returns it and the port.
+pub fn python_server(py: PathBuf, script: &str, args: &[&str]) -> (Proc, u16) {
+    use std::io::BufRead;
+    let mut child =
+        Command::new(py).arg(py_script(script)).args(args).stdout(Stdio::piped()).spawn().expect("spawn python");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().parse().unwrap_or_else(|_| panic!("port from {script}: {line:?}"));
+    (Proc(child), port)
 }
 
 /// A listener on a free loopback port.

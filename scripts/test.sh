@@ -6,7 +6,8 @@
 #                              engine's integration tests again on the Redis and on the NATS
 #                              broker, every fuzz target for FUZZ_SECONDS (40) each, the Python
 #                              package (built into a venv, pytest), the browser pages, the
-#                              TypeScript client (vitest: unit, Node and Chromium end to end), the full
+#                              TypeScript client (vitest: unit, Node and Chromium end to end), WebSockets
+#                              over HTTP/2 with Node's http2 module both ways, the full
 #                              Autobahn suite as server and as client (517 cases each), the
 #                              client suite also with the Python sync and asyncio clients
 #                              (without the permessage-deflate cases 12.*/13.*: same codec)
@@ -147,6 +148,9 @@ step "TypeScript client (clients/typescript): built output current, types, unit 
 (cd clients/typescript && npm ci --no-audit --no-fund --silent)
 (cd clients/typescript && npm run --silent check && npm run --silent typecheck)
 (cd clients/typescript && WEFT_BIN="$WEFT" WEFT_REQUIRE_BROWSER=1 npx vitest run --reporter=dot)
+
+step "HTTP/2 interop with Node: its http2 module (extended CONNECT) and ws's frame codec, against weft client/bench and weft echo"
+node tests/http2/node-h2.mjs "$WEFT"
 
 step "Autobahn: server suite against weft echo, client suite with weft's Rust, Python sync and Python asyncio clients (in parallel)"
 SPORT=$(pick_port 19001); CPORT=$(pick_port $(( SPORT + 1 )))

@@ -8,7 +8,8 @@
 #                              package (built into a venv, pytest), the browser pages, the
 #                              TypeScript client (vitest: unit, Node and Chromium end to end), WebSockets
 #                              over HTTP/2 with Node's http2 module both ways, the full
-#                              Autobahn suite as server and as client (517 cases each), the
+#                              Autobahn suite as server and as client (517 cases each) and
+#                              again over HTTP/2 through a bridge (without 12.*/13.*), the
 #                              client suite also with the Python sync and asyncio clients
 #                              (without the permessage-deflate cases 12.*/13.*: same codec)
 #   scripts/test.sh --quick    the same without the slow permessage-deflate cases 12.*/13.*
@@ -117,8 +118,9 @@ CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
   cargo test --locked -p weft-proto --lib --target aarch64-unknown-linux-gnu -- mask utf8
 
-step "build weft (profile ci: release optimisations, quicker to build)"
+step "build weft (profile ci: release optimisations, quicker to build) and the HTTP/2 bridge for Autobahn"
 cargo build --locked --profile ci -p weft-cli
+cargo build --locked --profile ci -p weft --example h2_bridge
 WEFT="$ROOT/target/ci/weft"
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_port() { local p; for p in $(seq "$1" $(( $1 + 200 ))); do port_free "$p" && { echo "$p"; return; }; done; return 1; }
@@ -152,7 +154,7 @@ step "TypeScript client (clients/typescript): built output current, types, unit 
 step "HTTP/2 interop with Node: its http2 module (extended CONNECT) and ws's frame codec, against weft client/bench and weft echo"
 node tests/http2/node-h2.mjs "$WEFT"
 
-step "Autobahn: server suite against weft echo, client suite with weft's Rust, Python sync and Python asyncio clients (in parallel)"
+step "Autobahn: server suite against weft echo, client suite with weft's Rust, Python sync and Python asyncio clients, and both over HTTP/2 (in parallel)"
 SPORT=$(pick_port 19001); CPORT=$(pick_port $(( SPORT + 1 )))
 export AUTOBAHN_TIMEOUT=3600  # four suites share two cores: ~35 min each with compression
 [[ $QUICK == 1 ]] && export AUTOBAHN_NO_DEFLATE=1
@@ -178,15 +180,38 @@ AUTOBAHN_NO_DEFLATE=1 AUTOBAHN_OUTDIR="$OUT/autobahn-py-async" AUTOBAHN_AGENT=we
   "$PYVENV/bin/python" bindings/python/tests/autobahn_client.py {url} {agent} --mode async --uvloop "${py_deflate[@]}" \
   > "$OUT/autobahn-py-async.txt" 2>&1 &
 PA_PID=$!
-s_rc=0; c_rc=0; ps_rc=0; pa_rc=0
+# Over HTTP/2 (RFC 8441), both directions, through the byte-for-byte bridge (the suite speaks
+# HTTP/1.1 only): fuzzingclient -> bridge -> weft echo's HTTP/2, and weft's HTTP/2 client ->
+# bridge -> fuzzingserver. permessage-deflate (12/13) is left to the HTTP/1.1 runs: the codec
+# is the same on every transport and those sections are most of the suite's time.
+BRIDGE="$ROOT/target/ci/examples/h2_bridge"
+HSPORT=$(pick_port $(( PAPORT + 1 ))); HCPORT=$(pick_port $(( HSPORT + 1 ))); HBPORT=$(pick_port $(( HCPORT + 1 )))
+"$BRIDGE" to-h2 "127.0.0.1:$HSPORT" "ws://127.0.0.1:$SPORT/" > "$OUT/bridge-to-h2.log" 2>&1 &
+B1_PID=$!
+"$BRIDGE" from-h2 "127.0.0.1:$HBPORT" "ws://127.0.0.1:$HCPORT/" > "$OUT/bridge-from-h2.log" 2>&1 &
+B2_PID=$!
+trap 'kill $ECHO_PID $B1_PID $B2_PID 2>/dev/null || true' EXIT
+wait_port "$HSPORT"; wait_port "$HBPORT"
+AUTOBAHN_NO_DEFLATE=1 AUTOBAHN_AGENT=weft-echo-h2 AUTOBAHN_OUTDIR="$OUT/autobahn-server-h2" \
+  bash "$AB/run-server-suite.sh" "ws://127.0.0.1:$HSPORT" > "$OUT/autobahn-server-h2.txt" 2>&1 &
+HS_PID=$!
+AUTOBAHN_NO_DEFLATE=1 AUTOBAHN_OUTDIR="$OUT/autobahn-client-h2" AUTOBAHN_AGENT=weft-h2 bash "$AB/run-client-suite.sh" "$HCPORT" -- \
+  "$WEFT" autobahn-client "ws://127.0.0.1:$HBPORT" --agent {agent} --http2 --no-deflate > "$OUT/autobahn-client-h2.txt" 2>&1 &
+HC_PID=$!
+s_rc=0; c_rc=0; ps_rc=0; pa_rc=0; hs_rc=0; hc_rc=0
 wait $S_PID || s_rc=$?
 wait $C_PID || c_rc=$?
 wait $PS_PID || ps_rc=$?
 wait $PA_PID || pa_rc=$?
-cat "$OUT/autobahn-server.txt" "$OUT/autobahn-client.txt" "$OUT/autobahn-py-sync.txt" "$OUT/autobahn-py-async.txt"
-kill $ECHO_PID 2>/dev/null || true
-if [[ $s_rc -ne 0 || $c_rc -ne 0 || $ps_rc -ne 0 || $pa_rc -ne 0 ]]; then
-  echo "Autobahn FAILED (server rc=$s_rc, client rc=$c_rc, python sync rc=$ps_rc, python async rc=$pa_rc); reports in $OUT" >&2
+wait $HS_PID || hs_rc=$?
+wait $HC_PID || hc_rc=$?
+for f in server client py-sync py-async server-h2 client-h2; do
+  echo "--- autobahn-$f"; cat "$OUT/autobahn-$f.txt"
+done
+kill $ECHO_PID $B1_PID $B2_PID 2>/dev/null || true
+if [[ $s_rc -ne 0 || $c_rc -ne 0 || $ps_rc -ne 0 || $pa_rc -ne 0 || $hs_rc -ne 0 || $hc_rc -ne 0 ]]; then
+  echo "Autobahn FAILED (server rc=$s_rc, client rc=$c_rc, python sync rc=$ps_rc, python async rc=$pa_rc," \
+       "server over HTTP/2 rc=$hs_rc, client over HTTP/2 rc=$hc_rc); reports in $OUT" >&2
   exit 1
 fi
 

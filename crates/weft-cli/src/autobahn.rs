@@ -15,6 +15,10 @@ pub(crate) struct AutobahnArgs {
     /// Do not offer permessage-deflate.
     #[arg(long)]
     no_deflate: bool,
+    /// Every connection over HTTP/2 (RFC 8441; cleartext prior knowledge for ws://), e.g. to
+    /// the suite through the HTTP/2 bridge (crates/weft/examples/h2_bridge.rs).
+    #[arg(long)]
+    http2: bool,
 }
 
 pub(crate) fn run(args: AutobahnArgs) -> ExitCode {
@@ -38,7 +42,12 @@ fn config(deflate: bool) -> Config {
 
 async fn dance(args: AutobahnArgs) -> anyhow::Result<()> {
     let base = args.url.trim_end_matches('/');
-    let mut ws = ClientBuilder::new(format!("{base}/getCaseCount")).connect().await?;
+    let http2 = args.http2;
+    let builder = move |url: String| {
+        let b = ClientBuilder::new(url);
+        if http2 { b.http2(weft::h2::Http2Config::default()) } else { b }
+    };
+    let mut ws = builder(format!("{base}/getCaseCount")).connect().await?;
     let count: usize = match ws.recv().await {
         Some(Ok(Message::Text(t))) => t.trim().parse()?,
         other => anyhow::bail!("getCaseCount: unexpected {other:?}"),
@@ -47,16 +56,16 @@ async fn dance(args: AutobahnArgs) -> anyhow::Result<()> {
     eprintln!("{count} cases");
     for case in 1..=count {
         let url = format!("{base}/runCase?case={case}&agent={}", args.agent);
-        if let Err(e) = run_case(&url, !args.no_deflate).await {
+        if let Err(e) = run_case(builder(url), !args.no_deflate).await {
             eprintln!("case {case}: {e}");
         }
     }
-    let mut ws = ClientBuilder::new(format!("{base}/updateReports?agent={}", args.agent)).connect().await?;
+    let mut ws = builder(format!("{base}/updateReports?agent={}", args.agent)).connect().await?;
     let _ = ws.close(None).await;
     Ok(())
 }
 
-async fn run_case(url: &str, deflate: bool) -> weft::Result<()> {
-    let mut ws = ClientBuilder::new(url).config(config(deflate)).connect().await?;
+async fn run_case(builder: ClientBuilder, deflate: bool) -> weft::Result<()> {
+    let mut ws = builder.config(config(deflate)).connect().await?;
     crate::echo::echo_messages(&mut ws).await
 }

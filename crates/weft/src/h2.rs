@@ -59,6 +59,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+pub use h2::ext::Protocol;
 use h2::{RecvStream, SendStream};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -415,6 +416,13 @@ impl H2Request {
         Ok(websocket_on(H2Stream::new(send, self.recv), Role::Server, config, negotiated))
     }
 
+    /// Answer with `response` (a 2xx for a tunnel) and hand over the stream as bytes, with no
+    /// WebSocket negotiation or framing: for proxies and bridges that relay frames unchanged.
+    pub fn respond_stream(mut self, response: Response<()>) -> Result<H2Stream> {
+        let send = self.respond.send_response(response, false)?;
+        Ok(H2Stream::new(send, self.recv))
+    }
+
     /// Answer a request that is not a WebSocket with `status` and a text body.
     pub fn respond(mut self, status: StatusCode, body: impl Into<String>) -> Result<()> {
         self.send_refusal(status, http::HeaderMap::new(), body.into())
@@ -536,6 +544,16 @@ impl H2Client {
     async fn open_inner(&self, options: ClientBuilder) -> Result<WebSocket<H2Stream>> {
         let (stream, negotiated) = self.open_stream(&options).await?;
         Ok(websocket_on(stream, Role::Client, Arc::new(options.config_ref().clone()), negotiated))
+    }
+
+    /// Send an extended CONNECT request as it is (add `h2::ext::Protocol` yourself for
+    /// `:protocol`) and return the response head with the stream as bytes, with no WebSocket
+    /// checks or framing: for proxies and bridges that relay frames unchanged.
+    pub async fn send_connect(&self, req: Request<()>) -> Result<(Response<()>, H2Stream)> {
+        let mut send = self.send.clone().ready().await?;
+        let (response, stream) = send.send_request(req, false)?;
+        let (parts, recv) = response.await?.into_parts();
+        Ok((Response::from_parts(parts, ()), H2Stream::new(stream, recv)))
     }
 
     /// Send the extended CONNECT and check the answer: the stream and what was agreed.

@@ -46,11 +46,20 @@
 //! ```
 //!
 //! **Bounded everywhere:** what a peer may have in flight per stream is the stream window
-//! (default 256 KiB, [`Http2Config::stream_window`]), per connection the connection window
-//! (1 MiB); data we send waits in h2's send buffer only up to [`Http2Config::send_buffer`] per
-//! stream and only as flow control lets it; request heads are limited to 16 KiB and concurrent
-//! streams to [`Http2Config::max_streams`] (100). A WebSocket that stops reading stops releasing
-//! window, so its sender stalls on that stream alone.
+//! (default 1 MiB, [`Http2Config::stream_window`]), per connection the connection window
+//! (32 MiB); data we send waits in h2's send buffer only up to [`Http2Config::send_buffer`]
+//! (1 MiB) per stream and only as flow control lets it; request heads are limited to 16 KiB
+//! and concurrent streams to [`Http2Config::max_streams`] (100). A WebSocket that stops reading
+//! stops releasing window, so its sender stalls on that stream — and, once 32 streams have
+//! stalled with full windows, on the whole connection.
+//!
+//! **Why windows this large:** a WebSocket stops reading while more than its write high-water
+//! mark waits to be written (a peer that does not read is not read either). Two such endpoints
+//! pipelining more than the path holds both ways stop reading each other: over TCP the kernel's
+//! socket buffers (megabytes on Linux) hold it, over HTTP/2 only the windows do. 1 MiB per
+//! stream keeps a client with 16 messages of 64 KiB outstanding flowing, as over TCP; smaller
+//! windows (less memory per connection) make such a client wait forever. Tested in
+//! `tests/http2.rs`.
 
 use std::io;
 use std::pin::Pin;
@@ -92,11 +101,11 @@ pub struct Http2Config {
 impl Default for Http2Config {
     fn default() -> Self {
         Self {
-            stream_window: 128 * 1024,
-            connection_window: 16 * 1024 * 1024,
+            stream_window: 1024 * 1024,
+            connection_window: 32 * 1024 * 1024,
             max_streams: 100,
             max_frame_size: 16 * 1024,
-            send_buffer: 256 * 1024,
+            send_buffer: 1024 * 1024,
             max_header_list_size: handshake::MAX_HEAD_SIZE as u32,
         }
     }

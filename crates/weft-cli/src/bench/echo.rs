@@ -278,6 +278,9 @@ where
             Message::Binary(payload.clone())
         }
     };
+    if pace.is_none() && args.in_flight > 1 {
+        return pipelined(ws, args, shared, &make, hist).await;
+    }
     let mut sent: VecDeque<Instant> = VecDeque::with_capacity(args.in_flight);
     let mut next_at = Instant::now();
     let in_flight = if pace.is_some() { 1 } else { args.in_flight };
@@ -325,5 +328,66 @@ where
         ws.flush().await?;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    Ok(())
+}
+
+/// `--in-flight N > 1`: a writer and a reader on the split halves, so the generator reads echoes
+/// while its writes wait. (Writing N messages before reading any deadlocks once N × size is
+/// more than the transport holds both ways — an HTTP/2 stream's windows are far smaller than a
+/// TCP socket's buffers; weft, like any server with backpressure, stops reading a peer that
+/// does not read.) The writer keeps exactly N messages outstanding and flushes whenever it has
+/// no credit left; each echo returns one credit.
+async fn pipelined<S>(
+    ws: weft::WebSocket<S>,
+    args: &EchoArgs,
+    shared: &Shared,
+    make: &dyn Fn() -> Message,
+    hist: &RefCell<Histogram<u64>>,
+) -> weft::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut rx, mut tx) = ws.split();
+    let sent: RefCell<VecDeque<Instant>> = RefCell::new(VecDeque::with_capacity(args.in_flight));
+    let credit = tokio::sync::Semaphore::new(args.in_flight);
+    let writer = async {
+        loop {
+            credit.acquire().await.expect("never closed").forget();
+            sent.borrow_mut().push_back(Instant::now());
+            tx.feed(make()).await?;
+            if credit.available_permits() == 0 {
+                tx.flush().await?;
+            }
+        }
+    };
+    let reader = async {
+        loop {
+            match rx.recv().await {
+                Some(Ok(m)) if m.is_data() => {
+                    let now = Instant::now();
+                    let t = sent.borrow_mut().pop_front().unwrap_or(now);
+                    if shared.measuring.load(Ordering::Relaxed) {
+                        let _ = hist.borrow_mut().record(now.duration_since(t).as_nanos().max(1) as u64);
+                        shared.measured.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if shared.stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    credit.add_permits(1);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            }
+        }
+    };
+    let res: weft::Result<()> = tokio::select! {
+        r = writer => r,
+        r = reader => r,
+    };
+    res?;
+    if let Ok(mut ws) = rx.reunite(tx) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    }
     Ok(())
 }

@@ -90,7 +90,9 @@ pub struct Http2Config {
     pub connection_window: u32,
     /// Concurrent streams (WebSockets and requests) the peer may open.
     pub max_streams: u32,
-    /// Largest HTTP/2 frame payload we accept.
+    /// Largest HTTP/2 frame payload we accept (the peer sends DATA frames up to this size):
+    /// 256 KiB by default, where h2's 16 KiB made a 16 KiB message two frames and doubled the
+    /// server's CPU per message when pipelining (bench/RESULTS.md).
     pub max_frame_size: u32,
     /// Bytes of one stream's outgoing data h2 holds before our writes wait.
     pub send_buffer: usize,
@@ -104,7 +106,7 @@ impl Default for Http2Config {
             stream_window: 1024 * 1024,
             connection_window: 32 * 1024 * 1024,
             max_streams: 100,
-            max_frame_size: 16 * 1024,
+            max_frame_size: 256 * 1024,
             send_buffer: 1024 * 1024,
             max_header_list_size: handshake::MAX_HEAD_SIZE as u32,
         }

@@ -67,7 +67,8 @@ impl ClientBuilder {
 
     /// Connect over HTTP/2 (RFC 8441) with these settings: [`connect`](Self::connect) then
     /// offers ALPN `h2` before `http/1.1` for `wss://` and uses HTTP/2 when the server chooses
-    /// it (HTTP/1.1 otherwise); for `ws://` it speaks cleartext HTTP/2 with prior knowledge.
+    /// it and announces extended CONNECT (HTTP/1.1 otherwise, on a new connection if needed);
+    /// for `ws://` it speaks cleartext HTTP/2 with prior knowledge.
     /// The WebSocket gets an HTTP/2 connection of its own; to put many on one, use
     /// [`H2Client`](crate::h2::H2Client).
     #[cfg(feature = "http2")]
@@ -187,8 +188,18 @@ impl ClientBuilder {
                 MaybeTlsStream::Rustls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
                 _ => true,
             };
+            let tls = !matches!(io, MaybeTlsStream::Plain(_));
             if h2 {
-                let client = crate::h2::H2Client::handshake(io, self.clone()).await?;
+                let client = match crate::h2::H2Client::handshake(io, self.clone()).await {
+                    Ok(c) => c,
+                    // HTTP/2 without RFC 8441 (many proxies and CDNs): HTTP/1.1 on a new
+                    // connection, as if the server had not offered h2.
+                    Err(e) if tls && matches!(e.handshake_error(), Some(HandshakeError::ExtendedConnectDisabled)) => {
+                        let io = self.connect_transport(&[b"http/1.1"]).await?;
+                        return self.handshake_inner(io, &uri).await;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let (stream, negotiated) = client.open_stream(&self).await?;
                 let config = std::sync::Arc::new(self.config.clone());
                 let io = MaybeTlsStream::H2(Box::new(stream));

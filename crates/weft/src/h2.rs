@@ -98,6 +98,9 @@ pub struct Http2Config {
     pub send_buffer: usize,
     /// Largest request or response head (decoded header list), like HTTP/1.1's limit.
     pub max_header_list_size: u32,
+    /// A server connection with no stream open for this long is closed (GOAWAY): an HTTP/2
+    /// connection that carries nothing holds a socket, like an unfinished HTTP/1.1 upgrade.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Http2Config {
@@ -109,6 +112,7 @@ impl Default for Http2Config {
             max_frame_size: 256 * 1024,
             send_buffer: 1024 * 1024,
             max_header_list_size: handshake::MAX_HEAD_SIZE as u32,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -129,6 +133,20 @@ impl Http2Config {
         self.max_streams = n;
         self
     }
+    /// Set [`idle_timeout`](Self::idle_timeout).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// h2's budget for small DATA frames waiting to be read (each pins its read buffer): enough
+    /// for one stream's whole window of the smallest WebSocket frames (6 bytes), so a stream
+    /// whose reader stopped stalls its sender instead of ending the connection; many such
+    /// streams at once do end it (GOAWAY `ENHANCE_YOUR_CALM`).
+    fn data_frame_budget(&self) -> usize {
+        (self.stream_window as usize).saturating_mul(64)
+    }
+
     /// Set [`send_buffer`](Self::send_buffer).
     pub fn send_buffer(mut self, bytes: usize) -> Self {
         self.send_buffer = bytes;
@@ -146,6 +164,7 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bound it with a timeout: a peer that sends nothing is waited for.
 pub async fn starts_with_preface(tcp: &tokio::net::TcpStream) -> io::Result<bool> {
     let mut buf = [0u8; PREFACE.len()];
+    let mut wait = Duration::from_millis(1);
     loop {
         tcp.readable().await?;
         let n = match tcp.peek(&mut buf).await {
@@ -159,8 +178,24 @@ pub async fn starts_with_preface(tcp: &tokio::net::TcpStream) -> io::Result<bool
         if n == PREFACE.len() {
             return Ok(true);
         }
-        // A preface split across segments: wait for the rest (peek would return the same bytes).
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // A preface split across segments: wait for the rest. Peeking leaves the socket
+        // readable, so back off instead of spinning on the same bytes.
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Remove the connection-specific headers HTTP/2 forbids (RFC 9113 §8.2.2), which a callback
+/// shared with HTTP/1.1 may add (`Connection: close` on a refusal): h2 would refuse to send the
+/// whole response.
+fn strip_connection_headers(h: &mut http::HeaderMap) {
+    for name in [http::header::CONNECTION, http::header::UPGRADE, http::header::TRANSFER_ENCODING] {
+        h.remove(name);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+    if h.get(http::header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(http::header::TE);
     }
 }
 
@@ -189,11 +224,15 @@ pub struct H2Stream {
     recv: RecvStream,
     pending: Bytes,
     ended: bool,
+    /// The most window one write asks for (h2's send buffer): asking for more would hold
+    /// connection window this stream cannot use yet.
+    max_reserve: usize,
+    _live: Option<Live>,
 }
 
 impl H2Stream {
-    fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self { send, recv, pending: Bytes::new(), ended: false }
+    fn new(send: SendStream<Bytes>, recv: RecvStream, max_reserve: usize, live: Option<Live>) -> Self {
+        Self { send, recv, pending: Bytes::new(), ended: false, max_reserve: max_reserve.max(1), _live: live }
     }
 
     /// This stream's HTTP/2 stream id.
@@ -229,7 +268,7 @@ impl AsyncWrite for H2Stream {
         if this.ended {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        this.send.reserve_capacity(buf.len());
+        this.send.reserve_capacity(buf.len().min(this.max_reserve));
         loop {
             let granted = this.send.capacity();
             if granted > 0 {
@@ -240,7 +279,8 @@ impl AsyncWrite for H2Stream {
             match ready!(this.send.poll_capacity(cx)) {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                // The stream was reset (or the connection went away).
+                None => return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
             }
         }
     }
@@ -258,6 +298,47 @@ impl AsyncWrite for H2Stream {
             let _ = self.send.send_data(Bytes::new(), true);
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Streams (requests, then their WebSockets) open on one server connection, and since when
+/// none has been.
+#[derive(Debug)]
+struct LiveCount {
+    open: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<Instant>,
+}
+
+/// One open stream of a server connection; dropping it may make the connection idle.
+#[derive(Debug)]
+struct Live(Arc<LiveCount>);
+
+impl Live {
+    fn new(count: &Arc<LiveCount>) -> Self {
+        count.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+    }
+}
+
+impl LiveCount {
+    /// Completes once no stream has been open for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        let step = (limit / 4).max(Duration::from_millis(10));
+        loop {
+            let since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+            if self.open.load(std::sync::atomic::Ordering::SeqCst) == 0 && since.elapsed() >= limit {
+                return;
+            }
+            tokio::time::sleep(step).await;
+        }
     }
 }
 
@@ -283,6 +364,8 @@ pub(crate) fn websocket_on<S: AsyncRead + AsyncWrite + Unpin>(
 pub struct H2Server<S> {
     conn: h2::server::Connection<S, Bytes>,
     acceptor: Acceptor,
+    live: Arc<LiveCount>,
+    closing: bool,
 }
 
 impl<S> std::fmt::Debug for H2Server<S> {
@@ -304,17 +387,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H2Server<S> {
             .max_concurrent_streams(c.max_streams)
             .max_frame_size(c.max_frame_size)
             .max_send_buffer_size(c.send_buffer)
-            .max_header_list_size(c.max_header_list_size);
+            .max_header_list_size(c.max_header_list_size)
+            .data_frame_budget(c.data_frame_budget());
         let conn = tokio::time::timeout(acceptor.handshake_timeout_value(), b.handshake(io))
             .await
             .map_err(|_| Error::new(Kind::Timeout("HTTP/2 handshake")))??;
-        Ok(Self { conn, acceptor: acceptor.clone() })
+        let live = Arc::new(LiveCount { open: 0.into(), idle_since: std::sync::Mutex::new(Instant::now()) });
+        Ok(Self { conn, acceptor: acceptor.clone(), live, closing: false })
     }
 
     /// The next request on this connection, `None` once the connection has ended. Requests
     /// that are not WebSockets are yours to answer ([`H2Request::respond`]).
     pub async fn accept(&mut self) -> Option<Result<H2Request>> {
-        let (req, respond) = match self.conn.accept().await? {
+        let idle_limit = self.acceptor.http2_config().idle_timeout;
+        let next = loop {
+            if self.closing {
+                break self.conn.accept().await?;
+            }
+            tokio::select! {
+                r = self.conn.accept() => break r?,
+                () = self.live.idle_for(idle_limit) => {
+                    // Nothing open for the idle timeout: GOAWAY, then the connection ends.
+                    self.conn.graceful_shutdown();
+                    self.closing = true;
+                }
+            }
+        };
+        let (req, respond) = match next {
             Ok(r) => r,
             Err(e) => return Some(Err(e.into())),
         };
@@ -326,6 +425,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H2Server<S> {
             recv,
             respond,
             acceptor: self.acceptor.clone(),
+            live: Live::new(&self.live),
         }))
     }
 
@@ -333,6 +433,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H2Server<S> {
     /// [`accept`](Self::accept) until it returns `None`.
     pub fn graceful_shutdown(&mut self) {
         self.conn.graceful_shutdown();
+        self.closing = true;
     }
 }
 
@@ -340,7 +441,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H2Server<S> {
 /// own task; other requests are answered 404. Returns when the connection ends.
 ///
 /// `callback` sees each WebSocket request like [`Acceptor::accept_with`]'s does (and may refuse
-/// it with a status).
+/// it with a status). It runs on the task that drives the connection: keep it quick (a slow
+/// callback holds up every stream of the connection); do slow checks in `handler`.
 pub async fn serve<S, C, H, Fut>(io: S, acceptor: &Acceptor, callback: C, handler: H) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -370,6 +472,7 @@ pub struct H2Request {
     recv: RecvStream,
     respond: h2::server::SendResponse<Bytes>,
     acceptor: Acceptor,
+    live: Live,
 }
 
 impl H2Request {
@@ -421,17 +524,22 @@ impl H2Request {
             let _ = self.send_refusal(status, *r.headers, r.body);
             return Err(HandshakeError::Rejected(status).into());
         }
+        strip_connection_headers(accepted.response.headers_mut());
         let send = self.respond.send_response(accepted.response, false)?;
         let negotiated = handshake::Negotiated { subprotocol: accepted.subprotocol, deflate: accepted.deflate };
         let config = Arc::clone(a.config_arc());
-        Ok(websocket_on(H2Stream::new(send, self.recv), Role::Server, config, negotiated))
+        let send_buffer = a.http2_config().send_buffer;
+        let stream = H2Stream::new(send, self.recv, send_buffer, Some(self.live));
+        Ok(websocket_on(stream, Role::Server, config, negotiated))
     }
 
     /// Answer with `response` (a 2xx for a tunnel) and hand over the stream as bytes, with no
     /// WebSocket negotiation or framing: for proxies and bridges that relay frames unchanged.
-    pub fn respond_stream(mut self, response: Response<()>) -> Result<H2Stream> {
+    pub fn respond_stream(mut self, mut response: Response<()>) -> Result<H2Stream> {
+        strip_connection_headers(response.headers_mut());
         let send = self.respond.send_response(response, false)?;
-        Ok(H2Stream::new(send, self.recv))
+        let send_buffer = self.acceptor.http2_config().send_buffer;
+        Ok(H2Stream::new(send, self.recv, send_buffer, Some(self.live)))
     }
 
     /// Answer a request that is not a WebSocket with `status` and a text body.
@@ -441,7 +549,8 @@ impl H2Request {
 
     /// Answer with a full response (status, headers, body).
     pub fn respond_with(mut self, response: Response<Bytes>) -> Result<()> {
-        let (parts, body) = response.into_parts();
+        let (mut parts, body) = response.into_parts();
+        strip_connection_headers(&mut parts.headers);
         let empty = body.is_empty();
         let mut send = self.respond.send_response(Response::from_parts(parts, ()), empty)?;
         if !empty {
@@ -454,6 +563,7 @@ impl H2Request {
         let mut resp = Response::new(());
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
+        strip_connection_headers(resp.headers_mut());
         resp.headers_mut()
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
         let mut send = self.respond.send_response(resp, false)?;
@@ -516,23 +626,28 @@ impl H2Client {
             .max_frame_size(c.max_frame_size)
             .max_send_buffer_size(c.send_buffer)
             .max_header_list_size(c.max_header_list_size)
-            .enable_push(false);
-        let (send, conn) = b.handshake::<_, Bytes>(io).await?;
+            .enable_push(false)
+            .data_frame_budget(c.data_frame_budget());
+        let (send, mut conn) = b.handshake::<_, Bytes>(io).await?;
+        let mut ping = conn.ping_pong().expect("the first call has it");
         // The connection's end reaches every stream as a reset or EOF: nothing else to report.
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) is its first frame; wait for it.
+        // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL, or without) is its first frame,
+        // so once our PING is answered we know; h2 applies settings as it acknowledges them,
+        // hence a short grace after the PONG before concluding.
+        ping.ping(h2::Ping::opaque()).await?;
         let mut send = send.ready().await?;
-        let mut waited = Duration::ZERO;
-        while !send.is_extended_connect_protocol_enabled() {
-            if waited >= Duration::from_secs(5) {
-                return Err(HandshakeError::ExtendedConnectDisabled.into());
+        for _ in 0..20 {
+            if send.is_extended_connect_protocol_enabled() {
+                break;
             }
-            let step = Duration::from_millis(if waited < Duration::from_millis(10) { 1 } else { 10 });
-            tokio::time::sleep(step).await;
-            waited += step;
+            tokio::time::sleep(Duration::from_millis(5)).await;
             send = send.ready().await?;
+        }
+        if !send.is_extended_connect_protocol_enabled() {
+            return Err(HandshakeError::ExtendedConnectDisabled.into());
         }
         Ok(Self { send, options })
     }
@@ -561,10 +676,18 @@ impl H2Client {
     /// `:protocol`) and return the response head with the stream as bytes, with no WebSocket
     /// checks or framing: for proxies and bridges that relay frames unchanged.
     pub async fn send_connect(&self, req: Request<()>) -> Result<(Response<()>, H2Stream)> {
+        let limit = self.options.connect_timeout_value();
+        tokio::time::timeout(limit, self.send_connect_inner(req))
+            .await
+            .map_err(|_| Error::new(Kind::Timeout("HTTP/2 CONNECT")))?
+    }
+
+    async fn send_connect_inner(&self, req: Request<()>) -> Result<(Response<()>, H2Stream)> {
         let mut send = self.send.clone().ready().await?;
         let (response, stream) = send.send_request(req, false)?;
         let (parts, recv) = response.await?.into_parts();
-        Ok((Response::from_parts(parts, ()), H2Stream::new(stream, recv)))
+        let send_buffer = self.options.http2_config().send_buffer;
+        Ok((Response::from_parts(parts, ()), H2Stream::new(stream, recv, send_buffer, None)))
     }
 
     /// Send the extended CONNECT and check the answer: the stream and what was agreed.
@@ -601,7 +724,7 @@ impl H2Client {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok((H2Stream::new(stream, recv), negotiated))
+        Ok((H2Stream::new(stream, recv, options.http2_config().send_buffer, None), negotiated))
     }
 
     /// How many streams the server lets this connection have open at once (its

@@ -31,7 +31,10 @@ async fn h2_echo(acceptor: Acceptor) -> SocketAddr {
                     let path = req.request().uri().path().to_owned();
                     let ws = req.accept_with(|r, resp| {
                         if r.uri().path() == "/private" {
-                            return Err(Rejection::new(StatusCode::FORBIDDEN, "no entry for you"));
+                            // A callback written for HTTP/1.1 may add headers HTTP/2 forbids.
+                            return Err(
+                                Rejection::new(StatusCode::FORBIDDEN, "no entry for you").header("Connection", "close")
+                            );
                         }
                         resp.headers_mut().insert("x-served-by", "weft-h2".parse().unwrap());
                         Ok(())
@@ -177,7 +180,12 @@ async fn tls_alpn_chooses_h2_or_falls_back_to_http1() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let der = cert.cert.der().to_vec();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    for alpn in [vec![b"h2".to_vec(), b"http/1.1".to_vec()], vec![b"http/1.1".to_vec()]] {
+    // h2 with extended CONNECT; http/1.1 only; h2 *without* extended CONNECT (a proxy's HTTP/2).
+    for (alpn, connect_protocol) in [
+        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], true),
+        (vec![b"http/1.1".to_vec()], true),
+        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], false),
+    ] {
         let mut cfg = rustls::ServerConfig::builder_with_provider(weft::tls::crypto_provider())
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -195,7 +203,10 @@ async fn tls_alpn_chooses_h2_or_falls_back_to_http1() {
                 tokio::spawn(async move {
                     // H2Client offers only h2: an http/1.1-only server fails its TLS handshake.
                     let Ok(s) = tls.accept(tcp).await else { return };
-                    if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    if s.get_ref().1.alpn_protocol() == Some(b"h2") && !connect_protocol {
+                        let mut c = h2::server::handshake(s).await.unwrap();
+                        while c.accept().await.is_some() {}
+                    } else if s.get_ref().1.alpn_protocol() == Some(b"h2") {
                         weft::h2::serve(s, &Acceptor::new(), |_, _| Ok(()), echo).await.unwrap();
                     } else {
                         echo(Acceptor::new().accept(s).await.unwrap()).await;
@@ -211,12 +222,12 @@ async fn tls_alpn_chooses_h2_or_falls_back_to_http1() {
             .await
             .unwrap();
         let over_h2 = matches!(ws.get_ref(), weft::MaybeTlsStream::H2(_));
-        assert_eq!(over_h2, alpn.len() == 2, "ALPN {alpn:?}");
+        assert_eq!(over_h2, alpn.len() == 2 && connect_protocol, "ALPN {alpn:?}, extended CONNECT {connect_protocol}");
         ws.send(Message::binary(vec![1u8; 200_000])).await.unwrap();
         assert_eq!(ws.recv().await.unwrap().unwrap(), Message::binary(vec![1u8; 200_000]));
         // H2Client insists on h2.
         let r = H2Client::connect(ClientBuilder::new(&url).add_root_certificate(der.clone())).await;
-        assert_eq!(r.is_ok(), alpn.len() == 2);
+        assert_eq!(r.is_ok(), alpn.len() == 2 && connect_protocol);
     }
 }
 
@@ -256,4 +267,68 @@ async fn pipelined_messages_larger_than_the_windows_flow() {
         }
     };
     tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(writer, reader) }).await.expect("stalled");
+}
+
+/// A server connection that carries no stream is closed after the idle timeout: at once if
+/// nothing is ever opened, and again after its last WebSocket has closed.
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let cfg = Http2Config::default().idle_timeout(Duration::from_millis(300));
+    let addr = h2_echo(Acceptor::new().http2(cfg)).await;
+    // Nothing opened: a raw HTTP/2 client sees the connection end.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (_send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), conn).await.expect("an idle connection was kept");
+    assert!(end.is_ok(), "closed with GOAWAY(NO_ERROR), not an error: {end:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(250), "closed before the idle timeout");
+    // A WebSocket keeps it open past the timeout; after it closes, the connection ends.
+    let client = H2Client::connect(ClientBuilder::new(format!("ws://{addr}/"))).await.unwrap();
+    let mut ws = client.open("/a").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    ws.send("still open").await.unwrap();
+    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("still open"));
+    ws.close(None).await.unwrap();
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(client.open("/b").await.is_err(), "the connection outlived its last WebSocket");
+}
+
+/// Tiny messages to a WebSocket whose reader stopped: the sender stalls on that stream's
+/// window, the connection is not ended by h2's small-frame protection (a whole window of the
+/// smallest frames fits its budget), and another WebSocket on it keeps working.
+#[tokio::test]
+async fn a_window_of_tiny_frames_to_a_stalled_reader_does_not_end_the_connection() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut h2 = H2Server::handshake(tcp, &Acceptor::new()).await.unwrap();
+        let mut held = Vec::new();
+        while let Some(Ok(req)) = h2.accept().await {
+            let path = req.request().uri().path().to_owned();
+            let ws = req.accept().unwrap();
+            if path == "/stalled" {
+                held.push(ws); // never read
+            } else {
+                tokio::spawn(echo(ws));
+            }
+        }
+    });
+    let client = H2Client::connect(ClientBuilder::new(format!("ws://{addr}/"))).await.unwrap();
+    let mut stalled = client.open("/stalled").await.unwrap();
+    let mut sent = 0u64;
+    // Each `send` is one DATA frame of 7 bytes (2 header, 4 mask, 1 payload).
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), stalled.send("x")).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(e)) => panic!("the connection ended after {sent} tiny frames: {e}"),
+            Err(_) => break,
+        }
+        assert!(sent < 1_000_000, "never stalled");
+    }
+    assert!(sent > 100_000, "stalled after only {sent} frames");
+    let mut live = client.open("/live").await.unwrap();
+    live.send("alive").await.unwrap();
+    assert_eq!(live.recv().await.unwrap().unwrap(), Message::text("alive"));
 }

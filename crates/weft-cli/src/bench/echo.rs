@@ -96,6 +96,13 @@ impl Shared {
 
 pub(crate) fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
     anyhow::ensure!(args.connections > 0 && args.in_flight > 0 && args.threads > 0, "counts must be positive");
+    let per_thread = args.connections.div_ceil(args.threads);
+    anyhow::ensure!(
+        !args.http2 || per_thread <= 100,
+        "--http2 puts each generator thread's connections on one HTTP/2 connection, and servers allow \
+         100 streams on one by default: {per_thread} per thread is too many (use --threads {})",
+        args.connections.div_ceil(100)
+    );
     if let Some(path) = &args.ca_file {
         let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
         weft::tls::certs_from_pem(&pem).map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;

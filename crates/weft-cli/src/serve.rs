@@ -480,7 +480,7 @@ async fn serve(
         let engine = engine.clone();
         let acceptor = tls.map(|cert| {
             reload_on_sighup(cert.clone());
-            weft::tls::TlsAcceptor::from(weft::tls::server_config(cert))
+            weft::tls::TlsAcceptor::from(weft::tls::server_config_alpn(cert, &[b"h2", b"http/1.1"]))
         });
         async move {
             match acceptor {

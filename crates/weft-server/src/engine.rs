@@ -316,24 +316,35 @@ impl Engine {
         Ok(())
     }
 
-    /// Serve one accepted TCP connection (HTTP/1.1, upgrading to WebSocket when asked).
+    /// Serve one accepted TCP connection: HTTP/1.1 (upgrading to WebSocket when asked) or
+    /// cleartext HTTP/2 with prior knowledge (WebSockets as extended CONNECT, RFC 8441).
     pub async fn serve_connection(&self, tcp: TcpStream) {
         let _ = tcp.set_nodelay(true);
-        self.serve_io(tcp).await
+        // Cleartext HTTP/2 (prior knowledge) or HTTP/1.1, told apart by the first bytes.
+        match tokio::time::timeout(self.shared.config.http_header_timeout, weft::h2::starts_with_preface(&tcp)).await {
+            Ok(Ok(h2)) => self.serve_io(tcp, h2).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "connection failed before its first request"),
+            Err(_) => tracing::debug!("no request within the header timeout"),
+        }
     }
 
     /// Serve one accepted TCP connection over TLS: the handshake (bounded by
-    /// `http_header_timeout`), then HTTP/1.1 as [`serve_connection`](Self::serve_connection).
+    /// `http_header_timeout`), then HTTP/2 when ALPN chose `h2` (offer it with
+    /// [`weft::tls::server_config_alpn`]), else HTTP/1.1, as
+    /// [`serve_connection`](Self::serve_connection).
     pub async fn serve_tls_connection(&self, tcp: TcpStream, acceptor: weft::tls::TlsAcceptor) {
         let _ = tcp.set_nodelay(true);
         match tokio::time::timeout(self.shared.config.http_header_timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => self.serve_io(tls).await,
+            Ok(Ok(tls)) => {
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                self.serve_io(tls, h2).await
+            }
             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!("TLS handshake timed out"),
         }
     }
 
-    async fn serve_io<I>(&self, io: I)
+    async fn serve_io<I>(&self, io: I, http2: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -342,6 +353,27 @@ impl Engine {
             let engine = engine.clone();
             async move { Ok::<_, Infallible>(crate::http::route(&engine, req).await) }
         });
+        if http2 {
+            // WebSockets as extended CONNECT streams (RFC 8441) beside the HTTP routes, with
+            // weft's HTTP/2 bounds (weft::h2::Http2Config): windows, streams, header size.
+            let c = weft::h2::Http2Config::default();
+            let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .enable_connect_protocol()
+                .initial_stream_window_size(c.stream_window)
+                .initial_connection_window_size(c.connection_window)
+                .max_concurrent_streams(c.max_streams)
+                .max_frame_size(c.max_frame_size)
+                .max_send_buf_size(c.send_buffer)
+                .max_header_list_size(c.max_header_list_size)
+                .keep_alive_interval(Some(self.shared.config.http_header_timeout))
+                .keep_alive_timeout(self.shared.config.http_header_timeout)
+                .serve_connection(TokioIo::new(io), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http/2 connection ended");
+            }
+            return;
+        }
         // The header timeout also bounds an idle keep-alive connection and a stalled upgrade
         // request; the small read buffer bounds what a pending request can hold (headers
         // larger than this get 431).
@@ -377,12 +409,21 @@ impl Engine {
             m.connections_rejected.fetch_add(1, Ordering::Relaxed);
             return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
         }
-        let (resp, pending) = match shared.acceptor.upgrade(&req) {
+        // HTTP/1.1 upgrade, or extended CONNECT over HTTP/2 (RFC 8441): the same checks.
+        let connect = req.method() == http::Method::CONNECT;
+        let accepted = if connect {
+            let protocol = req.extensions().get::<hyper::ext::Protocol>().map(|p| p.as_str().to_owned());
+            shared.acceptor.upgrade_connect(&req, protocol.as_deref())
+        } else {
+            shared.acceptor.upgrade(&req)
+        };
+        let (resp, pending) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 m.connections_rejected.fetch_add(1, Ordering::Relaxed);
-                let mut r = text(e.status(), &format!("{e}\n"));
-                if e.status() == StatusCode::UPGRADE_REQUIRED {
+                let status = if connect { e.connect_status() } else { e.status() };
+                let mut r = text(status, &format!("{e}\n"));
+                if matches!(e, weft::proto::handshake::HandshakeError::UnsupportedVersion) {
                     r.headers_mut().insert(http::header::SEC_WEBSOCKET_VERSION, http::HeaderValue::from_static("13"));
                 }
                 return r;

@@ -24,7 +24,9 @@ where
     B::Data: Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    if weft::proto::handshake::header_has_token(req.headers(), &header::UPGRADE, "websocket") {
+    let h2_websocket = req.method() == Method::CONNECT
+        && req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if h2_websocket || weft::proto::handshake::header_has_token(req.headers(), &header::UPGRADE, "websocket") {
         if req.uri().path() != WS_PATH {
             engine.metrics().connections_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return text(StatusCode::NOT_FOUND, "WebSocket connections are served on /ws only\n");

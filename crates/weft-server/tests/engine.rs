@@ -51,7 +51,19 @@ impl Client {
     }
 
     async fn try_connect(addr: SocketAddr, query: &str, bearer: Option<&str>, proto: &str) -> weft::Result<Client> {
-        let mut b = ClientBuilder::new(format!("ws://{addr}/ws{query}")).subprotocol(proto);
+        Self::try_connect_with(ClientBuilder::new(format!("ws://{addr}/ws{query}")), bearer, proto).await
+    }
+
+    /// Over HTTP/2 (RFC 8441): a cleartext HTTP/2 connection of its own (prior knowledge).
+    async fn try_connect_h2(addr: SocketAddr, query: &str, bearer: Option<&str>, proto: &str) -> weft::Result<Client> {
+        let b = ClientBuilder::new(format!("ws://{addr}/ws{query}")).http2(weft::h2::Http2Config::default());
+        let c = Self::try_connect_with(b, bearer, proto).await?;
+        assert!(matches!(c.ws.get_ref(), weft::MaybeTlsStream::H2(_)), "not over HTTP/2");
+        Ok(c)
+    }
+
+    async fn try_connect_with(b: ClientBuilder, bearer: Option<&str>, proto: &str) -> weft::Result<Client> {
+        let mut b = b.subprotocol(proto);
         if let Some(t) = bearer {
             b = b.header("authorization", &format!("Bearer {t}"));
         }
@@ -246,6 +258,48 @@ async fn subscription_limit() {
     assert_eq!(r["results"][2]["error"]["code"], 4004);
     // Re-subscribing to one already held is fine.
     assert_eq!(subscribe(&mut c, &["a"]).await["results"][0]["ok"], true);
+}
+
+/// The same `/ws` over HTTP/2 (extended CONNECT, RFC 8441) on the same port as HTTP/1.1:
+/// events cross between the transports, both wire formats work, the HTTP routes answer over
+/// HTTP/2 too, and authentication refuses with the same status and reason.
+#[tokio::test]
+async fn websockets_over_http2_on_the_same_port() {
+    let secret = b"s3cret-s3cret-s3cret-s3cret-s3cret";
+    let cfg = EngineConfig { jwt: Some(JwtAuth::hs256(secret).unwrap()), ..Default::default() };
+    let (addr, engine, _h) = start(cfg).await;
+    let claims = json!({"sub": "alice", "exp": exp(), "subscribe": [">"], "publish": [">"]});
+    let t = token(claims, secret);
+    let mut a = Client::try_connect_h2(addr, "", Some(&t), "weft.v1.json").await.unwrap();
+    let mut m = Client::try_connect_h2(addr, "", Some(&t), "weft.v1.msgpack").await.unwrap();
+    let mut b = Client::try_connect(addr, "", Some(&t), "weft.v1.json").await.unwrap();
+    subscribe(&mut a, &["chat.lobby"]).await;
+    subscribe(&mut m, &["chat.lobby"]).await;
+    let p = b.request(json!({"type": "publish", "id": 1, "topic": "chat.lobby", "payload": "from h1"})).await;
+    assert_eq!(p["type"], "published", "{p}");
+    assert_eq!(a.recv().await["payload"], "from h1");
+    assert_eq!(m.recv().await["payload"], "from h1");
+    subscribe(&mut b, &["chat.h2"]).await;
+    let p = a.request(json!({"type": "publish", "id": 2, "topic": "chat.h2", "payload": "from h2"})).await;
+    assert_eq!(p["type"], "published", "{p}");
+    assert_eq!(b.recv().await["payload"], "from h2");
+    // Refused without a token: 401 and the reason, as over HTTP/1.1.
+    let err = Client::try_connect_h2(addr, "", None, "weft.v1.json").await.err().expect("refused");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(401), "{err}");
+    assert_eq!(err.response_body(), Some(&b"missing token\n"[..]));
+    // Plain HTTP routes over a prior-knowledge HTTP/2 connection.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::get(format!("http://{addr}/healthz")).body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let chunk = body.data().await.unwrap().unwrap();
+    assert_eq!(&chunk[..], b"ok\n");
+    assert_eq!(engine.metrics().connections.load(std::sync::atomic::Ordering::Relaxed), 3);
 }
 
 #[tokio::test]

@@ -185,6 +185,26 @@ impl Acceptor {
         Ok((accepted.response, pending))
     }
 
+    /// [`upgrade`](Self::upgrade) for an extended CONNECT (RFC 8441, WebSockets over HTTP/2)
+    /// that an HTTP/2 server (hyper with `enable_connect_protocol`) has read: `protocol` is
+    /// the request's `:protocol` (hyper: `req.extensions().get::<hyper::ext::Protocol>()`).
+    /// The response is `200`; on error, answer [`HandshakeError::connect_status`].
+    pub fn upgrade_connect<B>(
+        &self,
+        req: &Request<B>,
+        protocol: Option<&str>,
+    ) -> std::result::Result<(Response<()>, PendingUpgrade), HandshakeError> {
+        let accepted =
+            handshake::server_accept_connect(req, protocol, &self.subprotocols, self.config.deflate.as_ref())?;
+        let pending = PendingUpgrade {
+            config: std::sync::Arc::clone(&self.config),
+            subprotocol: accepted.subprotocol,
+            #[cfg(feature = "deflate")]
+            deflate: accepted.deflate,
+        };
+        Ok((accepted.response, pending))
+    }
+
     async fn handshake<S, F>(&self, mut io: S, callback: F) -> Result<WebSocket<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,

@@ -132,7 +132,7 @@ PYVENV="${WEFT_PY_VENV:-$HOME/.cache/weft-py}"
 "$PYVENV/bin/pip" install -q --force-reinstall --no-deps ./bindings/python
 WEFT_BIN="$WEFT" "$PYVENV/bin/python" -m pytest -q -p no:cacheprovider bindings/python/tests
 
-step "browser: weft serve's dashboard and chat pages in headless Chromium (playwright-core)"
+step "browser: weft serve's dashboard and chat pages in headless Chromium (playwright-core), also over TLS (HTTP/2 and HTTP/1.1)"
 if ! command -v chromium >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
 fi
@@ -145,6 +145,10 @@ b_rc=0
 node tests/browser/pages.mjs "http://127.0.0.1:$WPORT" || b_rc=$?
 kill -TERM $SERVE_PID; wait $SERVE_PID || b_rc=$?   # graceful shutdown must exit 0
 [[ $b_rc -eq 0 ]] || { echo "browser test FAILED (rc=$b_rc); server log in $OUT/serve.log" >&2; exit 1; }
+# Over TLS with a test CA: the chat with Chromium's defaults (it takes HTTP/2 extended CONNECT
+# for the WebSocket when offered) and with HTTP/2 off (HTTP/1.1 upgrade); both must work.
+command -v openssl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl >/dev/null
+WEFT="$WEFT" node tests/browser/tls.mjs
 
 step "TypeScript client (clients/typescript): built output current, types, unit tests, end to end in Node and in Chromium"
 (cd clients/typescript && npm ci --no-audit --no-fund --silent)

@@ -462,6 +462,9 @@ impl Engine {
         };
         m.connections.fetch_add(1, Ordering::Relaxed);
         m.connections_total.fetch_add(1, Ordering::Relaxed);
+        if connect {
+            m.connections_http2_total.fetch_add(1, Ordering::Relaxed);
+        }
         let on_upgrade = hyper::upgrade::on(&mut req);
         let shared = Arc::clone(shared);
         tokio::spawn(async move {

@@ -14,6 +14,8 @@ use serde::Serialize;
 pub struct Metrics {
     pub connections: AtomicU64,
     pub connections_total: AtomicU64,
+    /// Of `connections_total`, those over HTTP/2 (extended CONNECT, RFC 8441).
+    pub connections_http2_total: AtomicU64,
     pub connections_rejected: AtomicU64,
     pub auth_failures: AtomicU64,
     pub messages_in: AtomicU64,
@@ -268,6 +270,7 @@ pub struct Stats {
     pub uptime_seconds: u64,
     pub connections: u64,
     pub connections_total: u64,
+    pub connections_http2_total: u64,
     pub topics: usize,
     pub subscriptions: u64,
     pub messages_in_total: u64,
@@ -344,6 +347,7 @@ impl Metrics {
             uptime_seconds: started.elapsed().as_secs(),
             connections: Self::get(&self.connections),
             connections_total: Self::get(&self.connections_total),
+            connections_http2_total: Self::get(&self.connections_http2_total),
             topics,
             subscriptions: Self::get(&self.subscriptions),
             messages_in_total: Self::get(&self.messages_in),
@@ -381,6 +385,12 @@ impl Metrics {
         };
         put("weft_connections", "gauge", "Open WebSocket connections.", Self::get(&self.connections));
         put("weft_connections_total", "counter", "WebSocket connections accepted.", Self::get(&self.connections_total));
+        put(
+            "weft_connections_http2_total",
+            "counter",
+            "WebSocket connections accepted over HTTP/2 (extended CONNECT).",
+            Self::get(&self.connections_http2_total),
+        );
         put(
             "weft_connections_rejected_total",
             "counter",

@@ -300,6 +300,8 @@ async fn websockets_over_http2_on_the_same_port() {
     let chunk = body.data().await.unwrap().unwrap();
     assert_eq!(&chunk[..], b"ok\n");
     assert_eq!(engine.metrics().connections.load(std::sync::atomic::Ordering::Relaxed), 3);
+    let stats = engine.stats();
+    assert_eq!((stats.connections_total, stats.connections_http2_total), (3, 2));
 }
 
 #[tokio::test]

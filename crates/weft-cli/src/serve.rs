@@ -122,8 +122,10 @@ pub(crate) struct ServeArgs {
     /// Seconds shutdown waits for connections to drain [default: 5].
     #[arg(long, env = "WEFT_SHUTDOWN_GRACE")]
     shutdown_grace: Option<f64>,
-    /// Cluster broker: redis://[user:password@]host:port[/db] (rediss:// for TLS) or
-    /// nats://[user:password@]host:port (tls:// for TLS; JetStream enabled) joins every node
+    /// Cluster broker: redis://[user:password@]host:port[/db] (rediss:// for TLS),
+    /// redis+sentinel://[user:password@]host:port[,host:port...]/MASTER[/db] (the master found
+    /// through Redis Sentinel) or nats://[user:password@]host:port (tls:// for TLS; JetStream
+    /// enabled) joins every node
     /// using it (docs/CLUSTER.md); unset (or "memory"): the in-memory broker, one node.
     #[arg(long, env = "WEFT_BROKER", hide_env_values = true)]
     broker: Option<String>,

@@ -75,6 +75,11 @@ impl Broker {
         let child = match self.kind {
             Kind::Redis => Command::new("redis-server")
                 .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                // Its snapshot (written only when a test asks with SAVE) is the test's own.
+                .args(["--dir", {
+                    std::fs::create_dir_all(&self.dir).unwrap();
+                    self.dir.to_str().unwrap()
+                }])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -99,8 +104,8 @@ impl Broker {
         assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
     }
 
-    /// Kill it and start it again on the same port, keeping its data (NATS's store; Redis here
-    /// keeps nothing).
+    /// Kill it and start it again on the same port, keeping its data (NATS's store; Redis's
+    /// last snapshot, if a test made one with SAVE).
     fn restart_keeping(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -516,6 +521,272 @@ async fn lost_pubsub_messages_are_refilled_from_the_stream() {
     assert_eq!((m["offset"].as_u64(), m["payload"].as_str()), (Some(10), Some("ten")));
 }
 
+/// Redis is killed and restarted from a snapshot older than its last acknowledged publishes
+/// (as after a failover to a replica that had not received them): the offsets it handed out
+/// after the snapshot must never be handed out again to other events, or subscribers that saw
+/// the lost ones would drop the new ones as duplicates. The restarted server is a new era:
+/// every topic starts a new epoch, subscribers hear `reset`, and a client resuming from a lost
+/// position is told `recovered: false`.
+#[tokio::test]
+async fn a_redis_restart_that_lost_acknowledged_publishes_starts_new_epochs() {
+    let Some(mut redis) = Broker::start(Kind::Redis) else { return };
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let mut sub = Client::connect(b.port, "s").await;
+    let r = sub.subscribe(json!({"type": "subscribe", "topics": ["ledger"]})).await;
+    let mut seq = Seq::start(&r);
+    let publish = |payload: &str| {
+        let body = json!({"topic": "ledger", "payload": payload}).to_string();
+        async move {
+            let (status, body) = http(a.port, "POST", "/api/publish", &body).await;
+            (status, body)
+        }
+    };
+    for i in 1..=3 {
+        assert_eq!(publish(&format!("kept {i}")).await.0, 200);
+    }
+    assert_eq!(redis_cli(&redis, &["SAVE"]), "OK");
+    for i in 4..=5 {
+        assert_eq!(publish(&format!("lost {i}")).await.0, 200);
+    }
+    while seq.last < 5 {
+        seq.see(&sub.next_item().await);
+    }
+    let lost_epoch = seq.epoch.clone();
+
+    redis.restart_keeping();
+    assert_eq!(redis_cli(&redis, &["HGET", "weft:m:ledger", "o"]), "3", "the snapshot holds offsets up to 3");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pos: Value = loop {
+        let (status, body) = publish("after").await;
+        if status == 200 {
+            break serde_json::from_str(&body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "publishing did not resume after the restart: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_ne!(
+        pos["epoch"].as_str().unwrap(),
+        lost_epoch,
+        "offset {} handed out again in the old epoch",
+        pos["offset"]
+    );
+    // The subscriber is told, then gets the new event.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = None;
+    while after.is_none() {
+        let m = sub.next_item().await;
+        seq.see(&m);
+        if m["payload"] == "after" {
+            after = Some(m);
+        }
+        assert!(Instant::now() < deadline, "the event after the restart did not arrive");
+    }
+    assert!(seq.resets >= 1, "no reset after the server lost publishes");
+    assert_eq!(seq.epoch, pos["epoch"].as_str().unwrap());
+    // A client that saw the lost offsets cannot resume from them.
+    let mut late = Client::connect(a.port, "late").await;
+    let r = late
+        .subscribe(json!({"type": "subscribe", "topics": ["ledger"],
+            "resume": {"ledger": {"offset": 5, "epoch": lost_epoch}}}))
+        .await;
+    assert_eq!(r["results"][0]["recovered"], false, "{r}");
+    assert_eq!(r["results"][0]["epoch"], pos["epoch"], "{r}");
+}
+
+/// One `redis-server` process (a master, a replica or a sentinel) for the Sentinel test.
+struct RedisProc {
+    child: Child,
+    port: u16,
+}
+
+impl RedisProc {
+    fn start(args: &[&str], dir: &std::path::Path) -> RedisProc {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(args)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir", dir.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found");
+        wait_port(port, "redis-server");
+        RedisProc { child, port }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `redis+sentinel://`: the nodes find the master through Redis Sentinel. The master is killed
+/// (-9) while a subscriber listens: publishes fail fast with 5003 until Sentinel promotes the
+/// replica, the nodes follow it, health returns to ok, and the subscriber sees every event
+/// once in order, or a `reset` where the failover may have lost some (a promoted replica starts
+/// a new era). Never a silent gap or duplicate.
+#[tokio::test]
+async fn nodes_follow_a_sentinel_failover_without_silent_loss() {
+    if std::env::var("WEFT_SKIP_REDIS").is_ok_and(|v| v == "1") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("weft-sentinel-{}-{}", std::process::id(), free_port()));
+    let (mdir, rdir, sdir) = (dir.join("m"), dir.join("r"), dir.join("s"));
+    for d in [&mdir, &rdir, &sdir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let master = RedisProc::start(&["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"], &mdir);
+    let mport = master.port.to_string();
+    let replica = RedisProc::start(&["--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", &mport], &rdir);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !replica.cli(&["INFO", "replication"]).contains("master_link_status:up") {
+        assert!(Instant::now() < deadline, "the replica did not sync with the master");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A replica's address given as the broker is refused at start with the reason.
+    let out = Command::new(WEFT)
+        .args(["serve", "--addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--broker", &format!("redis://127.0.0.1:{}", replica.port)])
+        .env_remove("WEFT_JWT_SECRET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is a replica (role slave), not the master"), "{err}");
+    let conf = sdir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "sentinel monitor weftm 127.0.0.1 {mport} 1\n\
+             sentinel down-after-milliseconds weftm 1000\n\
+             sentinel failover-timeout weftm 10000\n\
+             sentinel parallel-syncs weftm 1\n"
+        ),
+    )
+    .unwrap();
+    let sentinel = RedisProc::start(&[conf.to_str().unwrap(), "--sentinel"], &sdir);
+    // The sentinel knows the replica before the test goes on (it learns it from the master).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sentinel.cli(&["SENTINEL", "replicas", "weftm"]).contains(&replica.port.to_string()) {
+        assert!(Instant::now() < deadline, "the sentinel did not discover the replica");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!("redis+sentinel://127.0.0.1:{}/weftm", sentinel.port);
+    let start = |name: &'static str| {
+        let url = url.clone();
+        spawn_node(name, move |port| {
+            let mut cmd = Command::new(WEFT);
+            cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--threads", "1"])
+                .args(["--broker", &url, "--node-name", name, "--node-ttl", "3"])
+                .args(["--rate-limit", "100000", "--rate-burst", "100000"]);
+            cmd
+        })
+    };
+    let (a, b) = (start("a"), start("b"));
+    let mut sub = Client::connect(b.port, "s").await;
+    let r = sub.subscribe(json!({"type": "subscribe", "topics": ["orders"], "presence": true})).await;
+    let mut seq = Seq::start(&r);
+    let mut publisher = Client::connect(a.port, "p").await;
+    let mut published = Vec::new();
+    for i in 0..20 {
+        publisher.send(json!({"type": "publish", "topic": "orders", "payload": i})).await;
+        published.push(publisher.next("published").await);
+    }
+
+    // The replica loses its link and cannot get it back (a wrong master password): the next
+    // publishes, acknowledged by the master, are never replicated before the master dies.
+    replica.cli(&["CONFIG", "SET", "masterauth", "wrong"]);
+    master.cli(&["CLIENT", "KILL", "TYPE", "replica"]);
+    for i in 20..25 {
+        publisher.send(json!({"type": "publish", "topic": "orders", "payload": i})).await;
+        published.push(publisher.next("published").await);
+    }
+    assert_eq!(replica.cli(&["HGET", "weft:m:orders", "o"]), "20", "the replica was not to have the last 5");
+    drop(master); // kill -9
+    let t0 = Instant::now();
+    let mut refused = 0;
+    let mut next = 25;
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        publisher.send(json!({"type": "publish", "topic": "orders", "payload": next})).await;
+        let t = Instant::now();
+        let m = publisher.recv().await;
+        assert!(t.elapsed() < Duration::from_secs(6), "a publish hung for {:?} during the failover", t.elapsed());
+        if m["type"] == "published" {
+            published.push(m);
+            next += 1;
+            if refused > 0 {
+                break;
+            }
+        } else {
+            assert_eq!(m["code"], 5003, "{m}");
+            refused += 1;
+        }
+        assert!(Instant::now() < deadline, "no failover within 45 s (refused {refused})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused > 0, "publishes did not fail during the failover");
+    eprintln!("failover: publishing again after {:?} ({refused} refused)", t0.elapsed());
+    assert_eq!(replica.cli(&["ROLE"]).lines().next(), Some("master"), "the replica was promoted");
+    for i in 0..20 {
+        publisher.send(json!({"type": "publish", "topic": "orders", "payload": 1000 + i})).await;
+        published.push(publisher.next("published").await);
+    }
+    let last = published.last().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut received = std::collections::HashSet::new();
+    while seq.epoch != last["epoch"].as_str().unwrap() || seq.last < last["offset"].as_u64().unwrap() {
+        let m = sub.next_item().await;
+        seq.see(&m);
+        if m["type"] == "event" {
+            received.insert((m["epoch"].as_str().unwrap().to_owned(), m["offset"].as_u64().unwrap()));
+        }
+        assert!(Instant::now() < deadline, "the subscriber did not reach {last}");
+    }
+    assert_eq!(seq.last, last["offset"].as_u64().unwrap());
+    // Everything acknowledged by the new master arrived: none was taken for a duplicate of an
+    // event the old master acknowledged and lost.
+    let new_epoch = last["epoch"].as_str().unwrap();
+    for p in published.iter().filter(|p| p["epoch"] == new_epoch) {
+        let key = (new_epoch.to_owned(), p["offset"].as_u64().unwrap());
+        assert!(received.contains(&key), "{p} was acknowledged after the failover but never delivered");
+    }
+    assert!(seq.resets >= 1, "the promoted replica is a new era: subscribers must hear a reset");
+    let lost = published.iter().filter(|p| p["epoch"] != new_epoch).count();
+    eprintln!("failover: {lost} publishes acknowledged before it, {} after", published.len() - lost);
+    for n in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, body) = http(n.port, "GET", "/healthz", "").await;
+            if status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "health did not return: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Presence was registered again on the new master.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        publisher.send(json!({"type": "presence", "topic": "orders"})).await;
+        let p = publisher.next("presence").await;
+        if p["count"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "presence not on the new master: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop((a, b, sentinel, replica));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Redis stops answering (SIGSTOP) while events are published: publishes fail fast with 5003,
 /// health is degraded, subscribers stay connected; after SIGCONT everything continues with no
 /// gap and no duplicate. Then Redis is killed and restarted empty: subscribers get a `reset`
@@ -825,6 +1096,12 @@ fn unreachable_or_unsupported_brokers_are_refused_at_start() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot reach NATS at nats://u:***@127.0.0.1"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
+    let (code, err) = run(&format!("redis+sentinel://127.0.0.1:{}/main", free_port()));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no master \"main\" from Redis Sentinel"), "{err}");
+    let (code, err) = run(&format!("redis+sentinel://127.0.0.1:{}", free_port()));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the master's name is missing"), "{err}");
     let (code, err) = run("kafka://127.0.0.1:9092");
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("unsupported broker"), "{err}");

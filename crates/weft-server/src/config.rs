@@ -155,10 +155,10 @@ impl EngineConfig {
             return Err("max_token_size must be at least 256 bytes".into());
         }
         if let Some(b) = &self.broker {
-            let known = ["redis://", "rediss://", "nats://", "tls://"];
+            let known = ["redis://", "rediss://", "redis+sentinel://", "nats://", "tls://"];
             if !(known.iter().any(|k| b.starts_with(k)) || b == "memory") {
                 return Err(format!(
-                    "unsupported broker {:?}: use redis://host:port, rediss://, nats://host:port or tls:// (NATS with TLS), or leave it unset for the in-memory broker",
+                    "unsupported broker {:?}: use redis://host:port, rediss://, redis+sentinel://host:port[,host:port...]/MASTER, nats://host:port or tls:// (NATS with TLS), or leave it unset for the in-memory broker",
                     b.split('@').next_back().unwrap_or(b)
                 ));
             }

@@ -39,13 +39,119 @@ struct Link {
     cmd: Option<MultiplexedConnection>,
     /// Pub/sub (RESP3 pushes into a bounded channel).
     pubsub: Option<MultiplexedConnection>,
+    /// The era of the Redis server both connections reach (see [`era_of`]).
+    era: Arc<str>,
+}
+
+/// Where the Redis master is.
+enum Target {
+    /// One address.
+    Direct(redis::Client),
+    /// Asked of Redis Sentinel at every (re)connection, so the node follows a failover.
+    Sentinel {
+        sentinel: tokio::sync::Mutex<redis::sentinel::Sentinel>,
+        master: String,
+        node: redis::sentinel::SentinelNodeConnectionInfo,
+    },
+}
+
+impl Target {
+    /// `redis+sentinel://[user:password@]host:port[,host:port...]/MASTER[/db][?sentinel_password=P]`:
+    /// the sentinels' addresses and the master's name; the credentials and database are the
+    /// master's.
+    fn sentinel(url: &str) -> Result<Target, String> {
+        let bad = |why: &str| format!("bad Redis Sentinel URL {}: {why}", redact(url));
+        let rest = url.strip_prefix("redis+sentinel://").ok_or_else(|| bad("it must start with redis+sentinel://"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (auth, rest) = match rest.rfind('@') {
+            Some(at) => (&rest[..=at], &rest[at + 1..]),
+            None => ("", rest),
+        };
+        let (hosts, path) = rest.split_once('/').ok_or_else(|| bad("the master's name is missing (…/MASTER)"))?;
+        let (master, db) = path.split_once('/').unwrap_or((path, "0"));
+        if master.is_empty() {
+            return Err(bad("the master's name is missing (…/MASTER)"));
+        }
+        let mut sentinel_auth = String::new();
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            match kv.split_once('=') {
+                Some(("sentinel_password", p)) => sentinel_auth = format!(":{p}@"),
+                _ => {
+                    return Err(bad(&format!(
+                        "unknown parameter {:?} (sentinel_password is known)",
+                        kv.split('=').next().unwrap_or(kv)
+                    )));
+                }
+            }
+        }
+        let sentinels: Vec<redis::ConnectionInfo> = hosts
+            .split(',')
+            .map(|h| redis::IntoConnectionInfo::into_connection_info(format!("redis://{sentinel_auth}{h}").as_str()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(&e.to_string()))?;
+        let first = hosts.split(',').next().unwrap_or(hosts);
+        let master_info =
+            redis::IntoConnectionInfo::into_connection_info(format!("redis://{auth}{first}/{db}").as_str())
+                .map_err(|e| bad(&e.to_string()))?;
+        let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(master_info.redis_settings().clone())
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let sentinel = redis::sentinel::Sentinel::build(sentinels).map_err(|e| bad(&e.to_string()))?;
+        Ok(Target::Sentinel { sentinel: tokio::sync::Mutex::new(sentinel), master: master.to_owned(), node })
+    }
+
+    /// A client for the master (asking the sentinels where it is now).
+    async fn client(&self) -> Result<redis::Client, String> {
+        match self {
+            Target::Direct(c) => Ok(c.clone()),
+            Target::Sentinel { sentinel, master, node } => sentinel
+                .lock()
+                .await
+                .async_master_for(master, Some(node))
+                .await
+                .map_err(|e| format!("no master {master:?} from Redis Sentinel: {e}")),
+        }
+    }
+}
+
+/// The era of a Redis server: its run id (new at every start) and replication id (new at every
+/// promotion of a replica). Positions assigned in one era are trusted in that era only: after a
+/// restart or a failover the server may lack publishes it acknowledged (asynchronous
+/// replication, or persistence behind the last writes), so every topic starts a new epoch
+/// rather than hand the lost offsets to other events. Refuses a server that is not a master.
+async fn era_of(conn: &mut MultiplexedConnection) -> Result<Arc<str>, String> {
+    let mut fields = std::collections::HashMap::new();
+    for section in ["server", "replication"] {
+        let info: String =
+            redis::cmd("INFO").arg(section).query_async(conn).await.map_err(|e| format!("INFO {section}: {e}"))?;
+        for line in info.lines() {
+            if let Some((k, v)) = line.split_once(':') {
+                fields.insert(k.to_owned(), v.trim().to_owned());
+            }
+        }
+    }
+    match fields.get("role").map(String::as_str) {
+        Some("master") => {}
+        role => {
+            return Err(format!(
+                "the server is a replica (role {}), not the master; give the master's address, or its sentinels with redis+sentinel://",
+                role.unwrap_or("unknown")
+            ));
+        }
+    }
+    let id = |k: &str| fields.get(k).map(|v| v.chars().take(16).collect::<String>()).unwrap_or_default();
+    let (run, repl) = (id("run_id"), id("master_replid"));
+    if run.is_empty() {
+        return Err("INFO has no run_id".into());
+    }
+    Ok(format!("{run}{repl}").into())
 }
 
 struct Inner {
     settings: ClusterSettings,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    client: redis::Client,
+    target: Target,
     link: RwLock<Link>,
     generation: AtomicU64,
     publishes: PublishQueue,
@@ -54,6 +160,29 @@ struct Inner {
 /// The wire to Redis (see [`RedisBroker`](super::RedisBroker)).
 pub struct RedisBackend {
     inner: Arc<Inner>,
+}
+
+/// Why a connection to Redis could not be opened.
+#[derive(Debug)]
+enum OpenError {
+    Redis(RedisError),
+    /// The server answered but cannot be this node's broker (a replica).
+    Refused(String),
+}
+
+impl From<RedisError> for OpenError {
+    fn from(e: RedisError) -> Self {
+        OpenError::Redis(e)
+    }
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Redis(e) => e.fmt(f),
+            OpenError::Refused(why) => f.write_str(why),
+        }
+    }
 }
 
 fn is_link_error(e: &RedisError) -> bool {
@@ -106,6 +235,30 @@ fn parse_event(topic: &Arc<str>, offset: u64, body: &str) -> Option<Arc<Event>> 
 
 impl RedisBackend {
     pub(super) fn new(settings: &ClusterSettings, health: Arc<Health>, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let target = if settings.url.starts_with("redis+sentinel://") {
+            if settings.ca_file.is_some() {
+                return Err(
+                    "a broker CA file is for rediss:// (TLS) URLs; TLS through Redis Sentinel is not supported".into(),
+                );
+            }
+            Target::sentinel(&settings.url)?
+        } else {
+            Target::Direct(Self::direct_client(settings)?)
+        };
+        let inner = Arc::new(Inner {
+            settings: settings.clone(),
+            metrics,
+            health,
+            target,
+            link: RwLock::new(Link::default()),
+            generation: AtomicU64::new(0),
+            publishes: PublishQueue::default(),
+        });
+        tokio::spawn(send_publishes(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    fn direct_client(settings: &ClusterSettings) -> Result<redis::Client, String> {
         let info = redis::IntoConnectionInfo::into_connection_info(settings.url.as_str())
             .map_err(|e| format!("bad Redis URL {}: {e}", redact(&settings.url)))?
             // Requests are small and latency-bound: no Nagle delay.
@@ -122,17 +275,7 @@ impl RedisBackend {
             }
         }
         .map_err(|e| format!("bad Redis URL {}: {e}", redact(&settings.url)))?;
-        let inner = Arc::new(Inner {
-            settings: settings.clone(),
-            metrics,
-            health,
-            client,
-            link: RwLock::new(Link::default()),
-            generation: AtomicU64::new(0),
-            publishes: PublishQueue::default(),
-        });
-        tokio::spawn(send_publishes(Arc::downgrade(&inner)));
-        Ok(Self { inner })
+        Ok(client)
     }
 }
 
@@ -152,6 +295,17 @@ impl Inner {
         self.cmd_any()
     }
 
+    /// The command connection with the era of the server it reaches (captured together: a
+    /// reconnection replaces both).
+    fn cmd_era(&self, any: bool) -> Result<(MultiplexedConnection, Arc<str>), BrokerError> {
+        if !any && !self.health.is_up() {
+            return Err(self.health.unavailable());
+        }
+        let l = self.link.read().unwrap_or_else(|e| e.into_inner());
+        let cmd = l.cmd.clone().ok_or_else(|| self.health.unavailable())?;
+        Ok((cmd, Arc::clone(&l.era)))
+    }
+
     /// The command connection, even while the node counts as down (the supervisor's own
     /// requests during reconnection).
     fn cmd_any(&self) -> Result<MultiplexedConnection, BrokerError> {
@@ -168,6 +322,11 @@ impl Inner {
         if is_link_error(&e) {
             self.health.down(&format!("Redis: {e}"));
             self.health.unavailable()
+        } else if matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING")) {
+            // A failover demoted the server (or it is loading its data after a restart): find
+            // the master again (through the sentinels) and start over from its era.
+            self.health.down(&format!("Redis is not a master it can write to now ({e})"));
+            self.health.unavailable()
         } else {
             BrokerError::failed(format!("Redis: {e}"))
         }
@@ -175,10 +334,18 @@ impl Inner {
 
     /// Open both connections, the pub/sub one with its pushes into a bounded channel read by a
     /// fan-out task.
-    async fn open(self: &Arc<Self>, inbound: Weak<dyn Inbound>) -> Result<(), RedisError> {
+    async fn open(self: &Arc<Self>, inbound: Weak<dyn Inbound>) -> Result<(), String> {
+        let client = tokio::time::timeout(self.settings.command_timeout * 2, self.target.client())
+            .await
+            .map_err(|_| "timed out asking Redis Sentinel for the master".to_owned())??;
+        self.open_on(&client, inbound).await.map_err(|e| e.to_string())
+    }
+
+    async fn open_on(self: &Arc<Self>, client: &redis::Client, inbound: Weak<dyn Inbound>) -> Result<(), OpenError> {
         let timeout = Some(self.settings.command_timeout);
         let cfg = AsyncConnectionConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
-        let mut cmd = self.client.get_multiplexed_async_connection_with_config(&cfg).await?;
+        let mut cmd = client.get_multiplexed_async_connection_with_config(&cfg).await?;
+        let era = era_of(&mut cmd).await.map_err(OpenError::Refused)?;
         // Loaded up front: publishes are sent as EVALSHA in pipelines.
         for s in [
             &*scripts::PUBLISH,
@@ -213,13 +380,13 @@ impl Inner {
                 Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
             }
         };
-        let info = self.client.get_connection_info().clone();
+        let info = client.get_connection_info().clone();
         let redis_info = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
         let ps_client = redis::Client::open(info.set_redis_settings(redis_info))?;
         let pcfg = cfg.set_push_sender(push);
         let pubsub = ps_client.get_multiplexed_async_connection_with_config(&pcfg).await?;
         tokio::spawn(read_pushes(Arc::downgrade(self), inbound, rx, generation));
-        *self.link.write().unwrap_or_else(|e| e.into_inner()) = Link { cmd: Some(cmd), pubsub: Some(pubsub) };
+        *self.link.write().unwrap_or_else(|e| e.into_inner()) = Link { cmd: Some(cmd), pubsub: Some(pubsub), era };
         Ok(())
     }
 
@@ -248,7 +415,7 @@ impl Inner {
 
     /// Send one batch of queued publishes as one pipeline and answer each.
     async fn send_batch(&self, batch: Vec<(Outgoing, PublishReply)>) {
-        let mut conn = match self.cmd() {
+        let (mut conn, era) = match self.cmd_era(false) {
             Ok(c) => c,
             Err(e) => {
                 for (_, tx) in batch {
@@ -272,7 +439,8 @@ impl Inner {
                 .arg(self.settings.history_size)
                 .arg(ttl)
                 .arg(meta_ttl)
-                .arg(new_epoch());
+                .arg(new_epoch())
+                .arg(&*era);
         }
         let results: Result<Vec<redis::RedisResult<(u64, String)>>, _> = pipe.query_async(&mut conn).await;
         match results {
@@ -333,7 +501,7 @@ impl Backend for RedisBackend {
     const TITLE: &'static str = "Redis";
 
     fn open(&self, inbound: Weak<dyn Inbound>) -> Reply<'_, ()> {
-        Box::pin(async move { self.inner.open(inbound).await.map_err(|e| BrokerError::unavailable(e.to_string())) })
+        Box::pin(async move { self.inner.open(inbound).await.map_err(BrokerError::unavailable) })
     }
 
     fn ping(&self) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
@@ -359,12 +527,13 @@ impl Backend for RedisBackend {
     fn position<'a>(&'a self, topic: &'a str) -> Reply<'a, (u64, String)> {
         Box::pin(async move {
             let me = &self.inner;
-            let mut conn = me.cmd_any()?;
+            let (mut conn, era) = me.cmd_era(true)?;
             scripts::POSITION
                 .key(me.key("m", topic))
                 .key(me.key("s", topic))
                 .arg(new_epoch())
                 .arg(me.meta_ttl())
+                .arg(&*era)
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| me.failed(e))
@@ -677,6 +846,28 @@ fn on_message(node: &dyn Inbound, topic: &str, body: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_the_master_and_its_credentials() {
+        let Target::Sentinel { master, node, .. } =
+            Target::sentinel("redis+sentinel://u:p%40ss@10.0.0.1:26379,10.0.0.2:26380/main/3?sentinel_password=s")
+                .unwrap()
+        else {
+            panic!("not a sentinel target")
+        };
+        assert_eq!(master, "main");
+        let dbg = format!("{node:?}");
+        assert!(dbg.contains("db: 3") && dbg.contains("\"u\""), "{dbg}");
+        let err = |url: &str| match Target::sentinel(url) {
+            Err(e) => e,
+            Ok(_) => panic!("{url} accepted"),
+        };
+        assert!(err("redis+sentinel://127.0.0.1:26379").contains("master's name is missing"));
+        assert!(err("redis+sentinel://127.0.0.1:26379/").contains("master's name is missing"));
+        assert!(err("redis+sentinel://127.0.0.1:26379/m?tls=1").contains("unknown parameter \"tls\""));
+        let e = err("redis+sentinel://:secret@127.0.0.1:26379");
+        assert!(!e.contains("secret"), "{e}");
+    }
 
     #[test]
     fn globs_cover_their_patterns() {

@@ -8,17 +8,20 @@ use redis::Script;
 /// Assign the next position of a topic, keep the event in its capped stream and publish it.
 ///
 /// KEYS: meta hash, stream. ARGV: channel, body after the epoch (`time\nid\npayload`), history
-/// size, stream TTL (s), meta TTL (s), a fresh epoch (used when the topic has none).
-/// Returns `{offset, epoch}`. A topic without meta gets a new epoch, and its stream (from an
-/// older epoch, if any survived) is dropped: history never mixes epochs.
+/// size, stream TTL (s), meta TTL (s), a fresh epoch (used when the topic needs one), the
+/// server's era. Returns `{offset, epoch}`. A topic without meta, or whose epoch began in
+/// another era (before a restart or failover of Redis, which may have lost its last
+/// publishes), gets a new epoch, and its stream is dropped: history never mixes epochs, and no
+/// offset is ever handed out twice.
 pub(super) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
+local m = redis.call('HMGET', KEYS[1], 'e', 'r')
+local epoch = m[1]
+if not epoch or m[2] ~= ARGV[7] then
   epoch = ARGV[6]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'r', ARGV[7])
 end
 local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
@@ -34,16 +37,18 @@ return {off, epoch}
 });
 
 /// A topic's current position, creating its epoch when it has none (so a subscriber always
-/// gets a position it can resume from). KEYS: meta hash, stream. ARGV: fresh epoch, meta TTL.
+/// gets a position it can resume from), or a new one when it began in another era (as in
+/// [`PUBLISH`]). KEYS: meta hash, stream. ARGV: fresh epoch, meta TTL, the server's era.
 /// Returns `{offset, epoch}`.
 pub(super) static POSITION: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
+local m = redis.call('HMGET', KEYS[1], 'e', 'r')
+local epoch = m[1]
+if not epoch or m[2] ~= ARGV[3] then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'r', ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 return {tonumber(redis.call('HGET', KEYS[1], 'o')), epoch}

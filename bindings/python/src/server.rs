@@ -97,6 +97,7 @@ fn config_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, us
                 "broker_prefix" => cfg.broker_prefix = v.extract()?,
                 "node_name" => cfg.node_name = v.extract()?,
                 "node_ttl" => cfg.node_ttl = secs(&v, &key)?,
+                "broker_buffer_bytes" => cfg.broker_buffer_bytes = v.extract()?,
                 "threads" => threads = v.extract::<usize>()?.max(1),
                 "inbound_capacity" => inbound_capacity = v.extract::<usize>()?.max(1),
                 "publish_capacity" => publish_capacity = v.extract::<usize>()?.max(1),
@@ -267,10 +268,10 @@ impl Server {
     /// `history_size`, `history_ttl`, `slow_consumer`, `rate_limit`, `rate_burst`, `heartbeat`,
     /// `ping_timeout`, `idle_timeout`, `shutdown_grace`, `max_topics`, `topic_churn_limit`,
     /// `history_memory`, `history_topic_bytes` (bytes), `http_header_timeout`,
-    /// `http_body_timeout`, `max_token_size`, `deflate`, `broker` (`"redis://host:port"` or
-    /// `"nats://host:port"`:
+    /// `http_body_timeout`, `max_token_size`, `deflate`, `broker` (`"redis://host:port"`,
+    /// `"redis+sentinel://host:port/MASTER"` or `"nats://host:port"`:
     /// cluster mode, docs/CLUSTER.md), `broker_ca_file`, `broker_prefix`, `node_name`,
-    /// `node_ttl` (seconds where a time), `threads`
+    /// `node_ttl` (seconds where a time), `broker_buffer_bytes`, `threads`
     /// (engine worker threads, default 2), `inbound_capacity` (default 4096),
     /// `publish_capacity` (publishes queued from Python, default 65536).
     #[new]

@@ -144,6 +144,11 @@ pub(crate) struct ServeArgs {
     /// [default: weft].
     #[arg(long, env = "WEFT_BROKER_PREFIX")]
     broker_prefix: Option<String>,
+    /// Bytes a cluster node may buffer of broker messages not yet fanned out, and half as much
+    /// for events held while topics refill and for publishes waiting for the broker
+    /// [default: 134217728 (128 MiB)].
+    #[arg(long, env = "WEFT_BROKER_BUFFER_BYTES")]
+    broker_buffer_bytes: Option<usize>,
     /// Negotiate permessage-deflate with clients that offer it: true or false [default: true].
     #[arg(long, env = "WEFT_DEFLATE", value_name = "BOOL")]
     deflate: Option<bool>,
@@ -237,6 +242,7 @@ struct FileConfig {
     node_name: Option<String>,
     node_ttl: Option<f64>,
     broker_prefix: Option<String>,
+    broker_buffer_bytes: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
 }
@@ -380,6 +386,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         c.node_ttl = secs(v, "node_ttl")?;
     }
     c.broker_prefix = pick!(broker_prefix).unwrap_or(d.broker_prefix.clone());
+    c.broker_buffer_bytes = pick!(broker_buffer_bytes).unwrap_or(d.broker_buffer_bytes);
     let tls = TlsArgs::load(
         args.tls.tls_cert.clone().or(file.tls_cert.clone()),
         args.tls.tls_key.clone().or(file.tls_key.clone()),

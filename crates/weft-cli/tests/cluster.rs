@@ -877,6 +877,72 @@ async fn a_broker_outage_fails_publishes_fast_and_loses_nothing_silently(kind: K
     assert!(seq.resets >= 1, "no reset after the history was lost");
 }
 
+/// The value of one metric line (`name{labels} value`) in a `/metrics` text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+/// The publishes a node holds for a broker that does not answer are bounded in bytes
+/// (`--broker-buffer-bytes`, half of it for them): past it a publish fails at once with 5003
+/// and says why; the gauge never passes the budget and returns to 0 once the broker answers,
+/// and what was accepted is delivered in order.
+async fn publishes_waiting_for_the_broker_are_bounded_in_bytes(kind: Kind) {
+    let Some(redis) = Broker::start(kind) else { return };
+    let a = node(&redis, "a", &["--broker-buffer-bytes", "1048576", "--max-message-size", "262144"]);
+    let mut sub = Client::connect(a.port, "s").await;
+    let r = sub.subscribe(json!({"type": "subscribe", "topics": ["big"]})).await;
+    let mut seq = Seq::start(&r);
+    let mut publisher = Client::connect(a.port, "p").await;
+    let blob = "x".repeat(100_000);
+    redis.signal("-STOP");
+    for i in 0..12 {
+        publisher.send(json!({"type": "publish", "id": i, "topic": "big", "payload": blob})).await;
+    }
+    let (mut ok, mut full) = (0, 0);
+    let (_, metrics) = http(a.port, "GET", "/metrics", "").await;
+    let held = metric(&metrics, "weft_cluster_publish_queue_bytes");
+    assert!(held <= 524_288.0, "{held} bytes queued past the 512 KiB budget");
+    assert!(held > 0.0, "nothing queued while the broker is frozen");
+    redis.signal("-CONT");
+    for _ in 0..12 {
+        let m = publisher.recv().await;
+        match m["type"].as_str() {
+            Some("published") => ok += 1,
+            _ => {
+                assert_eq!(m["code"], 5003, "{m}");
+                let why = m["message"].as_str().unwrap_or_default();
+                if why.contains("too many publishes waiting") {
+                    full += 1;
+                }
+            }
+        }
+    }
+    assert!(full >= 1, "no publish was refused for the byte budget ({ok} published)");
+    assert!(ok >= 1, "nothing was published");
+    while seq.events < ok {
+        let m = sub.next_item().await;
+        seq.see(&m);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = http(a.port, "GET", "/metrics", "").await;
+        let held: f64 =
+            ["weft_cluster_publish_queue_bytes", "weft_cluster_inbound_bytes", "weft_cluster_pending_bytes"]
+                .iter()
+                .map(|m| metric(&metrics, m))
+                .sum();
+        if held == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "buffers did not drain:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Two nodes publish to the same topic at the same time, each with many publishes in flight:
 /// every event gets its own offset (NATS: publishes refused by the last-sequence check are
 /// retried), and a subscriber on a third node sees all of them once, in order.
@@ -1336,4 +1402,5 @@ on_every_broker!(
     concurrent_publishers_on_one_topic_share_one_sequence,
     nodes_join_over_tls,
     a_node_restarted_under_its_name_leaves_no_ghosts,
+    publishes_waiting_for_the_broker_are_bounded_in_bytes,
 );

@@ -88,6 +88,10 @@ pub struct EngineConfig {
     /// A node whose heartbeat stopped this long ago is dead; its presence members are removed
     /// (cluster mode).
     pub node_ttl: Duration,
+    /// Bytes a cluster node may hold of broker messages not yet fanned out; half as much again
+    /// for events held while topics refill, and for publishes waiting for the broker. Past
+    /// them: dropped and refilled from history, or the publish fails with 5003.
+    pub broker_buffer_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -123,6 +127,7 @@ impl Default for EngineConfig {
             node_name: None,
             broker_prefix: "weft".into(),
             node_ttl: Duration::from_secs(30),
+            broker_buffer_bytes: 128 << 20,
         }
     }
 }
@@ -167,6 +172,9 @@ impl EngineConfig {
             || !self.broker_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
         {
             return Err("broker_prefix must be letters, digits, '_', '-' or '.'".into());
+        }
+        if self.broker_buffer_bytes < 1 << 20 {
+            return Err("broker_buffer_bytes must be at least 1 MiB".into());
         }
         if self.node_ttl < Duration::from_secs(1) {
             return Err("node_ttl must be at least 1 s".into());

@@ -158,6 +158,9 @@ impl Engine {
                 settings.topic_policies = config.topic_policies.clone();
                 settings.max_topics = config.max_topics;
                 settings.node_ttl = config.node_ttl;
+                settings.inbound_bytes = config.broker_buffer_bytes;
+                settings.pending_bytes = config.broker_buffer_bytes / 2;
+                settings.publish_queue_bytes = config.broker_buffer_bytes / 2;
                 settings.check_interval =
                     (config.node_ttl / 6).clamp(Duration::from_millis(500), Duration::from_secs(5));
                 let broker: Arc<dyn Broker> = if url.starts_with("nats://") || url.starts_with("tls://") {

@@ -51,6 +51,13 @@ pub struct Metrics {
     pub cluster_pubsub_dropped: AtomicU64,
     /// Presence members of dead nodes removed by this node.
     pub cluster_members_swept: AtomicU64,
+    /// Bytes of broker messages received and not yet fanned out (gauge; Redis's pub/sub
+    /// buffer).
+    pub cluster_inbound_bytes: AtomicU64,
+    /// Bytes of events held while their topics are set up or refilled (gauge).
+    pub cluster_pending_bytes: AtomicU64,
+    /// Bytes of publishes waiting for the broker (gauge).
+    pub cluster_publish_queue_bytes: AtomicU64,
     /// How long live events took from publish to being written to a client's socket.
     pub delivery_latency: Latency,
     rates: Mutex<Rates>,
@@ -292,6 +299,9 @@ pub struct Stats {
     pub cluster_unrecovered_total: u64,
     pub cluster_duplicates_total: u64,
     pub cluster_pubsub_dropped_total: u64,
+    pub cluster_inbound_bytes: u64,
+    pub cluster_pending_bytes: u64,
+    pub cluster_publish_queue_bytes: u64,
     pub anonymous: bool,
     /// Live events from publish to a client's socket, over the last ten seconds or so.
     pub delivery_latency: LatencySummary,
@@ -369,6 +379,9 @@ impl Metrics {
             cluster_unrecovered_total: Self::get(&self.cluster_unrecovered),
             cluster_duplicates_total: Self::get(&self.cluster_duplicates),
             cluster_pubsub_dropped_total: Self::get(&self.cluster_pubsub_dropped),
+            cluster_inbound_bytes: Self::get(&self.cluster_inbound_bytes),
+            cluster_pending_bytes: Self::get(&self.cluster_pending_bytes),
+            cluster_publish_queue_bytes: Self::get(&self.cluster_publish_queue_bytes),
             anonymous,
             delivery_latency,
             memory_rss_bytes: resident_memory(),
@@ -496,6 +509,24 @@ impl Metrics {
             "counter",
             "Presence members of dead nodes removed by this node.",
             Self::get(&self.cluster_members_swept),
+        );
+        put(
+            "weft_cluster_inbound_bytes",
+            "gauge",
+            "Bytes of broker messages received and not yet fanned out (bounded by inbound_bytes).",
+            Self::get(&self.cluster_inbound_bytes),
+        );
+        put(
+            "weft_cluster_pending_bytes",
+            "gauge",
+            "Bytes of events held while their topics are set up or refilled (bounded by pending_bytes).",
+            Self::get(&self.cluster_pending_bytes),
+        );
+        put(
+            "weft_cluster_publish_queue_bytes",
+            "gauge",
+            "Bytes of publishes waiting for the broker (bounded by publish_queue_bytes).",
+            Self::get(&self.cluster_publish_queue_bytes),
         );
         put(
             "weft_token_expiries_total",

@@ -313,6 +313,12 @@ impl Event {
         }
     }
 
+    /// Roughly the memory an event received from another node holds: its JSON text and the
+    /// decoded payload (estimated at twice the text), for the byte budgets of the node's queues.
+    pub fn size_estimate(&self) -> usize {
+        3 * self.raw_json.as_ref().map_or(0, |r| r.len()) + 256
+    }
+
     /// An event published on another node and carried here as `payload_json` (the payload's
     /// JSON text, as the publisher encoded it). The JSON frame is assembled around those bytes
     /// without re-encoding the payload; the payload is decoded once, for MessagePack

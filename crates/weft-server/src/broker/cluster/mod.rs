@@ -113,6 +113,17 @@ pub struct ClusterSettings {
     /// Bytes of history the broker may keep over all topics, where the broker enforces such a
     /// cap (the NATS stream's `max_bytes`); the oldest events go first.
     pub history_bytes: u64,
+    /// Bytes of broker messages received and not yet fanned out; past it they are dropped,
+    /// counted, and refilled from history. Redis: over the node's one pub/sub buffer. NATS:
+    /// the client buffers per subscription, in messages, so each topic's buffer holds this
+    /// divided by NATS's largest message (1 MiB), within [64, `pubsub_buffer`] messages.
+    pub inbound_bytes: usize,
+    /// Bytes of events held over all topics while they are set up or refilled; past it they
+    /// are dropped, counted, and refilled afterwards.
+    pub pending_bytes: usize,
+    /// Bytes of publishes waiting for the broker on this node; past it a publish fails with
+    /// 5003.
+    pub publish_queue_bytes: usize,
 }
 
 /// Settings of a [`RedisBroker`] (the same as every cluster broker's).
@@ -136,6 +147,9 @@ impl ClusterSettings {
             command_timeout: Duration::from_secs(2),
             pubsub_buffer: 65_536,
             history_bytes: 1 << 30,
+            inbound_bytes: 128 << 20,
+            pending_bytes: 64 << 20,
+            publish_queue_bytes: 64 << 20,
         }
     }
 
@@ -228,6 +242,54 @@ pub struct Outgoing {
     pub id: Option<String>,
     /// The payload as JSON text.
     pub payload: String,
+}
+
+impl Outgoing {
+    /// The bytes it holds while queued (for `publish_queue_bytes`).
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.topic.len() + self.id.as_ref().map_or(0, String::len) + 96
+    }
+}
+
+/// Publishes a node holds for its broker, within `PUBLISH_QUEUE` and `publish_queue_bytes`
+/// (shared by the backends, which keep their own queues).
+#[derive(Debug, Default)]
+pub(super) struct QueueBudget {
+    count: usize,
+    bytes: usize,
+}
+
+/// Most publishes queued for the broker on one node; past it a publish fails with 5003.
+pub(super) const PUBLISH_QUEUE: usize = 100_000;
+
+impl QueueBudget {
+    /// Take room for `out`, or say why there is none (error 5003).
+    pub(super) fn take(
+        &mut self,
+        out: &Outgoing,
+        settings: &ClusterSettings,
+        metrics: &Metrics,
+    ) -> Result<(), BrokerError> {
+        let size = out.size();
+        if self.count >= PUBLISH_QUEUE || self.bytes + size > settings.publish_queue_bytes {
+            return Err(BrokerError::unavailable(format!(
+                "too many publishes waiting for the broker on this node ({} publishes, {} bytes); retry later",
+                self.count, self.bytes
+            )));
+        }
+        self.count += 1;
+        self.bytes += size;
+        metrics.cluster_publish_queue_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Give back the room of `out` (sent, or failed).
+    pub(super) fn give(&mut self, out: &Outgoing, metrics: &Metrics) {
+        let size = out.size();
+        self.count = self.count.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(size);
+        metrics.cluster_publish_queue_bytes.fetch_sub(size as u64, Ordering::Relaxed);
+    }
 }
 
 /// What a node's heartbeat learned.
@@ -346,11 +408,69 @@ struct Local {
     /// The last offset delivered to this node's subscribers.
     last: u64,
     phase: Phase,
-    pending: VecDeque<Arc<Event>>,
+    pending: Pending,
     policy: SlowConsumerPolicy,
     /// Events delivered to this node's subscribers lately (the busiest topics).
     activity: crate::metrics::Activity,
     ready: Arc<Notify>,
+}
+
+/// Events one topic holds while it is set up or refilled, counted in the node's
+/// `cluster_pending_bytes` (bounded by `pending_bytes` over all topics).
+struct Pending {
+    q: VecDeque<Arc<Event>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pending {
+    fn new(metrics: &Arc<Metrics>) -> Self {
+        Self { q: VecDeque::new(), metrics: Arc::clone(metrics) }
+    }
+
+    fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<Event>> {
+        self.q.iter()
+    }
+
+    fn gauge(&self) -> &AtomicU64 {
+        &self.metrics.cluster_pending_bytes
+    }
+
+    /// Hold `ev` unless the node's budget is spent (false).
+    fn push_back(&mut self, ev: Arc<Event>, budget: usize) -> bool {
+        let size = ev.size_estimate() as u64;
+        if self.gauge().load(Ordering::Relaxed) + size > budget as u64 {
+            return false;
+        }
+        self.gauge().fetch_add(size, Ordering::Relaxed);
+        self.q.push_back(ev);
+        true
+    }
+
+    /// Put back what [`pop_front`](Self::pop_front) took.
+    fn push_front(&mut self, ev: Arc<Event>) {
+        self.gauge().fetch_add(ev.size_estimate() as u64, Ordering::Relaxed);
+        self.q.push_front(ev);
+    }
+
+    fn pop_front(&mut self) -> Option<Arc<Event>> {
+        let ev = self.q.pop_front()?;
+        self.gauge().fetch_sub(ev.size_estimate() as u64, Ordering::Relaxed);
+        Some(ev)
+    }
+
+    fn clear(&mut self) {
+        while self.pop_front().is_some() {}
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// What happened to one event offered to a topic.
@@ -414,13 +534,11 @@ impl Local {
         true
     }
 
-    fn hold(&mut self, ev: Arc<Event>, metrics: &Metrics) {
-        if self.pending.len() >= PENDING_LIMIT {
+    fn hold(&mut self, ev: Arc<Event>, metrics: &Metrics, budget: usize) {
+        if self.pending.len() >= PENDING_LIMIT || !self.pending.push_back(ev, budget) {
             // Refilled from the stream later, like any gap.
             metrics.cluster_pubsub_dropped.fetch_add(1, Ordering::Relaxed);
-            return;
         }
-        self.pending.push_back(ev);
     }
 }
 
@@ -651,7 +769,7 @@ impl<B: Backend> Core<B> {
                             epoch: "".into(),
                             last: 0,
                             phase: Phase::Init,
-                            pending: VecDeque::new(),
+                            pending: Pending::new(&self.metrics),
                             activity: Default::default(),
                             ready: Arc::new(Notify::new()),
                         },
@@ -1115,14 +1233,15 @@ impl<B: Backend> Inbound for Core<B> {
     fn event(&self, topic: &str, ev: Arc<Event>) {
         let mut shard = self.shard(topic);
         let Some(l) = shard.get_mut(topic) else { return };
+        let budget = self.settings.pending_bytes;
         if l.phase != Phase::Ready {
-            l.hold(ev, &self.metrics);
+            l.hold(ev, &self.metrics, budget);
             return;
         }
         if let Step::Gap = l.offer(&ev, &self.metrics) {
             self.metrics.cluster_gaps.fetch_add(1, Ordering::Relaxed);
             l.phase = Phase::Refilling;
-            l.hold(ev, &self.metrics);
+            l.hold(ev, &self.metrics, budget);
             let id = l.id;
             drop(shard);
             // The inbound side holds only a weak handle; the strong one comes from the shard's
@@ -1398,6 +1517,57 @@ impl<B: Backend> Broker for Cluster<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(n: usize) -> Arc<Event> {
+        let payload = serde_json::to_string(&"x".repeat(n)).unwrap();
+        Arc::new(Event::from_cluster("t".into(), 1, "e".into(), None, 0, &payload).unwrap())
+    }
+
+    /// Events held while topics refill count against one node-wide byte budget; every byte is
+    /// given back when they are delivered, cleared or dropped with their topic.
+    #[test]
+    fn held_events_are_bounded_in_bytes_over_all_topics() {
+        let metrics = Arc::new(Metrics::default());
+        let (mut a, mut b) = (Pending::new(&metrics), Pending::new(&metrics));
+        let budget = 10 * event(1000).size_estimate();
+        let mut held = 0;
+        for _ in 0..8 {
+            held += usize::from(a.push_back(event(1000), budget));
+            held += usize::from(b.push_back(event(1000), budget));
+        }
+        assert_eq!(held, 10, "the budget is shared by both topics");
+        assert!(metrics.cluster_pending_bytes.load(Ordering::Relaxed) as usize <= budget);
+        let ev = a.pop_front().unwrap();
+        a.push_front(ev);
+        a.clear();
+        assert_eq!(
+            metrics.cluster_pending_bytes.load(Ordering::Relaxed) as usize,
+            b.len() * event(1000).size_estimate()
+        );
+        drop(b);
+        assert_eq!(metrics.cluster_pending_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    /// Publishes waiting for the broker are refused past the byte budget (5003) and give their
+    /// bytes back when sent.
+    #[test]
+    fn the_publish_queue_is_bounded_in_bytes() {
+        let metrics = Metrics::default();
+        let mut settings = ClusterSettings::new("redis://127.0.0.1:1");
+        settings.publish_queue_bytes = 10_000;
+        let out = Outgoing { topic: "t".into(), time: 0, id: None, payload: "x".repeat(3000) };
+        let mut q = QueueBudget::default();
+        assert!(q.take(&out, &settings, &metrics).is_ok());
+        assert!(q.take(&out, &settings, &metrics).is_ok());
+        assert!(q.take(&out, &settings, &metrics).is_ok());
+        let e = q.take(&out, &settings, &metrics).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(e.message.contains("too many publishes waiting"), "{}", e.message);
+        for _ in 0..3 {
+            q.give(&out, &metrics);
+        }
+        assert_eq!(metrics.cluster_publish_queue_bytes.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn passwords_stay_out_of_messages() {

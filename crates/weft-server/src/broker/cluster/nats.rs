@@ -23,14 +23,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::{Backend, ClusterSettings, Health, Heartbeat, Inbound, Outgoing, PAGE, Reply, new_epoch};
+use super::{Backend, ClusterSettings, Health, Heartbeat, Inbound, Outgoing, PAGE, QueueBudget, Reply, new_epoch};
 use crate::broker::{BrokerError, BrokerFuture};
 use crate::metrics::Metrics;
 use crate::topic::Pattern;
 use crate::wire::{Event, Member, Position, now_ms};
 
-/// Most publishes queued for NATS on one node; past it a publish fails with 5003.
-const PUBLISH_QUEUE: usize = 100_000;
 /// Attempts at one publish while other nodes keep getting there first.
 const PUBLISH_TRIES: usize = 32;
 /// Most bytes of events stored as one message (a topic's history is read whole: at most
@@ -72,7 +70,7 @@ struct TopicQueue {
 #[derive(Default)]
 struct Publishes {
     topics: HashMap<String, TopicQueue>,
-    queued: usize,
+    budget: QueueBudget,
 }
 
 struct Link {
@@ -368,7 +366,9 @@ impl Inner {
                     bytes += size;
                     batch.extend(q.queue.pop_front());
                 }
-                p.queued -= batch.len();
+                for (out, _) in &batch {
+                    p.budget.give(out, &self.metrics);
+                }
                 (batch, q.last.take())
             };
             let r = if self.health.is_up() {
@@ -564,7 +564,7 @@ impl Inner {
         let mut opts = async_nats::ConnectOptions::new()
             .connection_timeout(timeout)
             .request_timeout(Some(timeout))
-            .subscription_capacity(self.settings.pubsub_buffer.max(16))
+            .subscription_capacity(subscription_capacity(&self.settings))
             .name(format!("weft {}", self.settings.node))
             .event_callback(move |ev| {
                 let weak = weak.clone();
@@ -650,6 +650,13 @@ impl Inner {
     }
 }
 
+/// Messages each subscription may buffer: async-nats counts them per subscription, so the
+/// node's `inbound_bytes` is spread as messages of NATS's largest size (1 MiB by default),
+/// within [64, `pubsub_buffer`].
+fn subscription_capacity(settings: &ClusterSettings) -> usize {
+    (settings.inbound_bytes >> 20).clamp(64, settings.pubsub_buffer.max(64))
+}
+
 /// Read one subscription (a topic's or a pattern's) into the node.
 async fn read_subscription(inner: Weak<Inner>, mut sub: async_nats::Subscriber, pattern_key: Option<String>) {
     while let Some(msg) = sub.next().await {
@@ -704,12 +711,9 @@ impl Backend for NatsBackend {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = {
             let mut p = self.inner.publishes.lock().unwrap_or_else(|e| e.into_inner());
-            if p.queued >= PUBLISH_QUEUE {
-                return Box::pin(std::future::ready(Err(BrokerError::unavailable(
-                    "too many publishes waiting for NATS; retry later",
-                ))));
+            if let Err(e) = p.budget.take(&out, &self.inner.settings, &self.inner.metrics) {
+                return Box::pin(std::future::ready(Err(e)));
             }
-            p.queued += 1;
             let topic = out.topic.clone();
             let q = p.topics.entry(topic.clone()).or_default();
             q.queue.push_back((out, tx));

@@ -12,24 +12,24 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, RedisError};
 use tokio::sync::{Notify, mpsc};
 
 use super::redis_scripts as scripts;
-use super::{Backend, ClusterSettings, Health, Heartbeat, Inbound, Outgoing, PAGE, Reply, new_epoch, redact};
+use super::{
+    Backend, ClusterSettings, Health, Heartbeat, Inbound, Outgoing, PAGE, QueueBudget, Reply, new_epoch, redact,
+};
 use crate::broker::{BrokerError, BrokerFuture};
 use crate::metrics::Metrics;
 use crate::topic::Pattern;
 use crate::wire::{Event, Member, Position, now_ms};
 
-/// Most publishes queued for Redis on one node; past it a publish fails with 5003 (each
-/// connection has at most 64 in flight, so this is reached only under a flood of connections).
-const PUBLISH_QUEUE: usize = 100_000;
 /// Most publishes sent in one pipeline.
 const PUBLISH_BATCH: usize = 256;
 
 type PublishReply = tokio::sync::oneshot::Sender<Result<Position, BrokerError>>;
 
-/// Publishes waiting for the node's publisher task, in call order.
+/// Publishes waiting for the node's publisher task, in call order (within `PUBLISH_QUEUE`
+/// and `publish_queue_bytes`).
 #[derive(Default)]
 struct PublishQueue {
-    queue: Mutex<VecDeque<(Outgoing, PublishReply)>>,
+    queue: Mutex<(VecDeque<(Outgoing, PublishReply)>, QueueBudget)>,
     ready: Notify,
 }
 
@@ -360,6 +360,8 @@ impl Inner {
         let (tx, rx) = mpsc::channel::<PushInfo>(self.settings.pubsub_buffer.max(16));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let weak = Arc::downgrade(self);
+        let buffer =
+            InboundBuffer { tx, metrics: Arc::clone(&self.metrics), budget: self.settings.inbound_bytes as u64 };
         let push = move |info: PushInfo| -> Result<(), ()> {
             if info.kind == PushKind::Disconnection {
                 if let Some(me) = weak.upgrade() {
@@ -369,23 +371,14 @@ impl Inner {
                 }
                 return Ok(());
             }
-            match tx.try_send(info) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if let Some(me) = weak.upgrade() {
-                        me.metrics.cluster_pubsub_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(())
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
-            }
+            buffer.offer(info)
         };
         let info = client.get_connection_info().clone();
         let redis_info = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
         let ps_client = redis::Client::open(info.set_redis_settings(redis_info))?;
         let pcfg = cfg.set_push_sender(push);
         let pubsub = ps_client.get_multiplexed_async_connection_with_config(&pcfg).await?;
-        tokio::spawn(read_pushes(Arc::downgrade(self), inbound, rx, generation));
+        tokio::spawn(read_pushes(Arc::downgrade(self), inbound, rx, generation, Arc::clone(&self.metrics)));
         *self.link.write().unwrap_or_else(|e| e.into_inner()) = Link { cmd: Some(cmd), pubsub: Some(pubsub), era };
         Ok(())
     }
@@ -396,13 +389,11 @@ impl Inner {
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
             let mut q = self.publishes.queue.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= PUBLISH_QUEUE {
-                drop(q);
-                return Box::pin(std::future::ready(Err(BrokerError::unavailable(
-                    "too many publishes waiting for Redis; retry later",
-                ))));
+            let (items, budget) = &mut *q;
+            if let Err(e) = budget.take(&out, &self.settings, &self.metrics) {
+                return Box::pin(std::future::ready(Err(e)));
             }
-            q.push_back((out, tx));
+            items.push_back((out, tx));
         }
         self.publishes.ready.notify_one();
         Box::pin(async move {
@@ -762,8 +753,13 @@ async fn send_publishes(inner: Weak<Inner>) {
         let Some(me) = inner.upgrade() else { return };
         let batch: Vec<_> = {
             let mut q = me.publishes.queue.lock().unwrap_or_else(|e| e.into_inner());
-            let n = q.len().min(PUBLISH_BATCH);
-            q.drain(..n).collect()
+            let (items, budget) = &mut *q;
+            let n = items.len().min(PUBLISH_BATCH);
+            let batch: Vec<_> = items.drain(..n).collect();
+            for (out, _) in &batch {
+                budget.give(out, &me.metrics);
+            }
+            batch
         };
         if batch.is_empty() {
             // Wakes for the next publish, or once a second to notice the broker was dropped.
@@ -774,52 +770,113 @@ async fn send_publishes(inner: Weak<Inner>) {
     }
 }
 
-/// The fan-out task: reads pushes from the pub/sub connection (bounded channel).
+/// The pub/sub buffer's sending side, bounded in messages and in bytes (`inbound_bytes`, over
+/// what waits in it, in `cluster_inbound_bytes`): a message past either bound is dropped,
+/// counted, and refilled from history. [`read_pushes`] gives the bytes back.
+struct InboundBuffer {
+    tx: mpsc::Sender<PushInfo>,
+    metrics: Arc<Metrics>,
+    budget: u64,
+}
+
+impl InboundBuffer {
+    /// Err when the reader is gone (the connection is being replaced).
+    fn offer(&self, info: PushInfo) -> Result<(), ()> {
+        let size = push_size(&info);
+        let held = &self.metrics.cluster_inbound_bytes;
+        if held.load(Ordering::Relaxed) + size > self.budget {
+            self.metrics.cluster_pubsub_dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        held.fetch_add(size, Ordering::Relaxed);
+        match self.tx.try_send(info) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                held.fetch_sub(size, Ordering::Relaxed);
+                self.metrics.cluster_pubsub_dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                held.fetch_sub(size, Ordering::Relaxed);
+                Err(())
+            }
+        }
+    }
+}
+
+/// The bytes a pub/sub message holds while it waits for the fan-out.
+fn push_size(info: &PushInfo) -> u64 {
+    let data: usize = info
+        .data
+        .iter()
+        .map(|v| match v {
+            redis::Value::BulkString(b) => b.len(),
+            redis::Value::SimpleString(s) => s.len(),
+            _ => 16,
+        })
+        .sum();
+    (data + 64) as u64
+}
+
+/// The fan-out task: reads pushes from the pub/sub connection (bounded channel), giving back
+/// their bytes as it goes and for what is left when it stops.
 async fn read_pushes(
     inner: Weak<Inner>,
     inbound: Weak<dyn Inbound>,
     mut rx: mpsc::Receiver<PushInfo>,
     generation: u64,
+    metrics: Arc<Metrics>,
 ) {
     while let Some(info) = rx.recv().await {
-        let (Some(me), Some(node)) = (inner.upgrade(), inbound.upgrade()) else { return };
-        if me.generation.load(Ordering::Relaxed) != generation {
-            // A replaced connection's leftovers: the resync after the reconnection covers them.
-            return;
-        }
-        let text = |v: &redis::Value| -> Option<String> {
-            match v {
-                redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-                redis::Value::SimpleString(s) => Some(s.clone()),
-                _ => None,
-            }
-        };
-        let channel_prefix = format!("{}:c:", me.settings.prefix);
-        match info.kind {
-            PushKind::Message => {
-                if let [ch, body] = &info.data[..] {
-                    if let (Some(ch), Some(body)) = (text(ch), text(body)) {
-                        if let Some(topic) = ch.strip_prefix(&channel_prefix) {
-                            on_message(&*node, topic, &body);
-                        }
-                    }
-                }
-            }
-            PushKind::PMessage => {
-                if let [glob, ch, body] = &info.data[..] {
-                    if let (Some(glob), Some(ch), Some(body)) = (text(glob), text(ch), text(body)) {
-                        let Some(topic) = ch.strip_prefix(&channel_prefix) else { continue };
-                        let Some(("e", rest)) = body.split_once('\n') else { continue };
-                        let Some((offset, rest)) = rest.split_once('\n') else { continue };
-                        let Ok(offset) = offset.parse::<u64>() else { continue };
-                        let Some(ev) = parse_event(&Arc::from(topic), offset, rest) else { continue };
-                        node.pattern_event(&glob, ev);
-                    }
-                }
-            }
-            _ => {}
+        let size = push_size(&info);
+        let go_on = fan_out(&inner, &inbound, &info, generation);
+        metrics.cluster_inbound_bytes.fetch_sub(size, Ordering::Relaxed);
+        if !go_on {
+            break;
         }
     }
+    rx.close();
+    while let Ok(info) = rx.try_recv() {
+        metrics.cluster_inbound_bytes.fetch_sub(push_size(&info), Ordering::Relaxed);
+    }
+}
+
+/// Hand one pub/sub message to the node; false when this connection's reader should stop.
+fn fan_out(inner: &Weak<Inner>, inbound: &Weak<dyn Inbound>, info: &PushInfo, generation: u64) -> bool {
+    let (Some(me), Some(node)) = (inner.upgrade(), inbound.upgrade()) else { return false };
+    if me.generation.load(Ordering::Relaxed) != generation {
+        // A replaced connection's leftovers: the resync after the reconnection covers them.
+        return false;
+    }
+    fn text(v: &redis::Value) -> Option<&str> {
+        match v {
+            redis::Value::BulkString(b) => std::str::from_utf8(b).ok(),
+            redis::Value::SimpleString(s) => Some(s),
+            _ => None,
+        }
+    }
+    let channel_prefix = format!("{}:c:", me.settings.prefix);
+    match (info.kind.clone(), &info.data[..]) {
+        (PushKind::Message, [ch, body]) => {
+            if let (Some(ch), Some(body)) = (text(ch), text(body)) {
+                if let Some(topic) = ch.strip_prefix(&channel_prefix) {
+                    on_message(&*node, topic, body);
+                }
+            }
+        }
+        (PushKind::PMessage, [glob, ch, body]) => {
+            let (Some(glob), Some(ch), Some(body)) = (text(glob), text(ch), text(body)) else { return true };
+            let Some(topic) = ch.strip_prefix(&channel_prefix) else { return true };
+            let Some(("e", rest)) = body.split_once('\n') else { return true };
+            let Some((offset, rest)) = rest.split_once('\n') else { return true };
+            let Ok(offset) = offset.parse::<u64>() else { return true };
+            if let Some(ev) = parse_event(&Arc::from(topic), offset, rest) {
+                node.pattern_event(glob, ev);
+            }
+        }
+        _ => {}
+    }
+    true
 }
 
 /// One pub/sub message for `topic`: an event (`e`), a join (`j`) or a leave (`l`).
@@ -867,6 +924,38 @@ mod tests {
         assert!(err("redis+sentinel://127.0.0.1:26379/m?tls=1").contains("unknown parameter \"tls\""));
         let e = err("redis+sentinel://:secret@127.0.0.1:26379");
         assert!(!e.contains("secret"), "{e}");
+    }
+
+    /// The pub/sub buffer holds at most `inbound_bytes` (drops past it are counted, to be
+    /// refilled), and the reader gives back every byte, also for what is left when it stops.
+    #[tokio::test]
+    async fn the_pubsub_buffer_is_bounded_in_bytes_and_gives_them_back() {
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = mpsc::channel(1000);
+        let buffer = InboundBuffer { tx, metrics: Arc::clone(&metrics), budget: 100_000 };
+        let msg = |n: usize| PushInfo {
+            kind: PushKind::Message,
+            data: vec![redis::Value::BulkString(b"weft:c:t".to_vec()), redis::Value::BulkString(vec![b'x'; n])],
+        };
+        for _ in 0..50 {
+            buffer.offer(msg(10_000)).unwrap();
+        }
+        let held = metrics.cluster_inbound_bytes.load(Ordering::Relaxed);
+        assert!(held <= 100_000 && held > 80_000, "{held}");
+        assert_eq!(metrics.cluster_pubsub_dropped.load(Ordering::Relaxed), 41);
+        let (inner, inbound): (Weak<Inner>, Weak<dyn Inbound>) = (Weak::new(), Weak::<Nobody>::new());
+        // A reader whose node is gone stops at the first message and gives back all of them.
+        read_pushes(inner, inbound, rx, 1, Arc::clone(&metrics)).await;
+        assert_eq!(metrics.cluster_inbound_bytes.load(Ordering::Relaxed), 0);
+        assert!(buffer.offer(msg(10)).is_err(), "the reader is gone");
+        assert_eq!(metrics.cluster_inbound_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    struct Nobody;
+    impl Inbound for Nobody {
+        fn event(&self, _: &str, _: Arc<Event>) {}
+        fn presence(&self, _: &str, _: bool, _: Member) {}
+        fn pattern_event(&self, _: &str, _: Arc<Event>) {}
     }
 
     #[test]

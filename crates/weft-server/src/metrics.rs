@@ -51,6 +51,9 @@ pub struct Metrics {
     pub cluster_pubsub_dropped: AtomicU64,
     /// Presence members of dead nodes removed by this node.
     pub cluster_members_swept: AtomicU64,
+    /// Events of topics seen only through a pattern, past `max_topics` such topics, delivered
+    /// without gap detection.
+    pub cluster_pattern_untracked: AtomicU64,
     /// Bytes of broker messages received and not yet fanned out (gauge; Redis's pub/sub
     /// buffer).
     pub cluster_inbound_bytes: AtomicU64,
@@ -299,6 +302,7 @@ pub struct Stats {
     pub cluster_unrecovered_total: u64,
     pub cluster_duplicates_total: u64,
     pub cluster_pubsub_dropped_total: u64,
+    pub cluster_pattern_untracked_total: u64,
     pub cluster_inbound_bytes: u64,
     pub cluster_pending_bytes: u64,
     pub cluster_publish_queue_bytes: u64,
@@ -379,6 +383,7 @@ impl Metrics {
             cluster_unrecovered_total: Self::get(&self.cluster_unrecovered),
             cluster_duplicates_total: Self::get(&self.cluster_duplicates),
             cluster_pubsub_dropped_total: Self::get(&self.cluster_pubsub_dropped),
+            cluster_pattern_untracked_total: Self::get(&self.cluster_pattern_untracked),
             cluster_inbound_bytes: Self::get(&self.cluster_inbound_bytes),
             cluster_pending_bytes: Self::get(&self.cluster_pending_bytes),
             cluster_publish_queue_bytes: Self::get(&self.cluster_publish_queue_bytes),
@@ -509,6 +514,12 @@ impl Metrics {
             "counter",
             "Presence members of dead nodes removed by this node.",
             Self::get(&self.cluster_members_swept),
+        );
+        put(
+            "weft_cluster_pattern_untracked_total",
+            "counter",
+            "Events of topics seen only through a pattern, past max_topics such topics, delivered without gap detection.",
+            Self::get(&self.cluster_pattern_untracked),
         );
         put(
             "weft_cluster_inbound_bytes",

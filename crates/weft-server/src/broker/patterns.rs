@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use super::Subscriber;
 use crate::outbox::SlowConsumerPolicy;
 use crate::topic::Pattern;
-use crate::wire::Event;
+use crate::wire::{Event, Notice};
 
 /// Pattern → subscribers, read by every publish (a relaxed count skips the lock when empty).
 #[derive(Default)]
@@ -47,6 +47,29 @@ impl Patterns {
     /// Whether any pattern subscription exists.
     pub(crate) fn is_empty(&self) -> bool {
         self.count.load(Ordering::Relaxed) == 0
+    }
+
+    /// Whether a pattern subscription on this node covers `topic`.
+    pub(crate) fn covers(&self, topic: &str) -> bool {
+        !self.is_empty() && self.table.read().unwrap_or_else(|e| e.into_inner()).keys().any(|p| p.matches(topic))
+    }
+
+    /// Tell every pattern subscriber whose pattern covers `topic` (once per connection, except
+    /// those for which `skip` is true) that the topic's stream moved on (cluster mode).
+    pub(crate) fn notify(&self, topic: &str, notice: &Arc<Notice>, skip: impl Fn(u64) -> bool) {
+        if self.is_empty() {
+            return;
+        }
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut seen: Vec<u64> = Vec::new();
+        for subs in t.iter().filter(|(p, _)| p.matches(topic)).map(|(_, subs)| subs) {
+            for (id, s) in subs {
+                if !skip(*id) && !seen.contains(id) {
+                    seen.push(*id);
+                    s.notify(notice);
+                }
+            }
+        }
     }
 
     /// Queue `ev` to every pattern subscriber matching its topic, once per connection, except

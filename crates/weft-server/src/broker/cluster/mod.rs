@@ -394,7 +394,10 @@ struct Sub {
     presence: bool,
 }
 
-/// One topic with subscribers on this node.
+/// One topic with subscribers on this node: exact subscribers (the node listens to the topic's
+/// channel), or only pattern subscribers whose patterns cover it (a *pattern-only* entry: the
+/// events come through the pattern's listen key). Either way the node delivers the topic's
+/// events once each, in order, refilling gaps.
 struct Local {
     /// Unique per entry: a refill started for an earlier entry of the same name stops.
     id: u64,
@@ -402,6 +405,12 @@ struct Local {
     subs: HashMap<u64, Sub>,
     /// Subscriptions between `ensure_topic` and joining `subs` (the entry stays while > 0).
     joining: usize,
+    /// The node listens to the topic's own channel (not only through a pattern).
+    listening: bool,
+    /// This node's pattern subscriptions, which get the topic's events too.
+    patterns: Arc<Patterns>,
+    /// When an event was last delivered (idle pattern-only entries are forgotten).
+    seen: Instant,
     /// A stream top seen ahead of `last` by the previous periodic check.
     suspect: Option<u64>,
     epoch: Arc<str>,
@@ -485,11 +494,19 @@ impl Local {
         Position { offset: self.last, epoch: self.epoch.to_string() }
     }
 
+    /// A pattern-only entry (no exact subscriber, none joining).
+    fn pattern_only(&self) -> bool {
+        self.subs.is_empty() && self.joining == 0
+    }
+
     fn fan_out(&mut self, ev: &Arc<Event>) {
         self.activity.hit(ev.published_at);
+        self.seen = ev.published_at;
         for s in self.subs.values() {
             s.handle.deliver(ev, self.policy);
         }
+        let subs = &self.subs;
+        self.patterns.deliver(ev, self.policy, |id| subs.contains_key(&id));
     }
 
     /// Tell every subscriber that the stream continues from `(epoch, offset)` and some events
@@ -502,6 +519,8 @@ impl Local {
         for s in self.subs.values() {
             s.handle.notify(&notice);
         }
+        let subs = &self.subs;
+        self.patterns.notify(&self.name, &notice, |id| subs.contains_key(&id));
     }
 
     /// Offer the next event in arrival order.
@@ -554,8 +573,12 @@ struct Core<B: Backend> {
     backend: B,
     health: Arc<Health>,
     shards: Box<[Mutex<Shard>]>,
+    /// Entries with exact subscribers (at most `max_topics`).
     topics: AtomicUsize,
-    patterns: Patterns,
+    /// Pattern-only entries (at most `max_topics` too; past it, topics first seen through a
+    /// pattern are delivered as they arrive, without gap detection).
+    pattern_topics: AtomicUsize,
+    patterns: Arc<Patterns>,
     /// Pattern listen key → how many of this node's patterns map to it.
     keys: Mutex<BTreeMap<String, usize>>,
     /// Serialises listen / unlisten, each checking the interest when it runs.
@@ -605,7 +628,8 @@ impl<B: Backend> Cluster<B> {
             health,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             topics: AtomicUsize::new(0),
-            patterns: Patterns::default(),
+            pattern_topics: AtomicUsize::new(0),
+            patterns: Arc::new(Patterns::default()),
             keys: Mutex::new(BTreeMap::new()),
             sub_lock: tokio::sync::Mutex::new(()),
             nodes_alive: AtomicUsize::new(0),
@@ -721,7 +745,7 @@ impl<B: Backend> Core<B> {
     /// Stop listening to a topic unless someone subscribed again meanwhile.
     async fn unlisten_topic(&self, topic: &str) {
         let _g = self.sub_lock.lock().await;
-        if self.shard(topic).contains_key(topic) {
+        if self.shard(topic).get(topic).is_some_and(|l| !l.pattern_only()) {
             return;
         }
         if let Err(e) = self.backend.unlisten(topic, false).await {
@@ -743,12 +767,21 @@ impl<B: Backend> Core<B> {
     /// subscription is setting it up. The caller counts as joining until it calls
     /// [`joined`](Self::joined), so the entry is not removed meanwhile.
     async fn ensure_topic(self: &Arc<Self>, topic: &str) -> Result<(), BrokerError> {
-        let created = {
+        let (created, needs_listen) = {
             let mut shard = self.shard(topic);
             match shard.get_mut(topic) {
                 Some(l) => {
+                    if l.pattern_only() {
+                        // Followed for pattern subscribers so far: it becomes an exact topic.
+                        if self.topics.fetch_add(1, Ordering::Relaxed) >= self.settings.max_topics {
+                            self.topics.fetch_sub(1, Ordering::Relaxed);
+                            self.metrics.topics_refused.fetch_add(1, Ordering::Relaxed);
+                            return Err(BrokerError::too_many_topics(self.settings.max_topics));
+                        }
+                        self.pattern_topics.fetch_sub(1, Ordering::Relaxed);
+                    }
                     l.joining += 1;
-                    false
+                    (false, !l.listening && l.phase != Phase::Init)
                 }
                 None => {
                     if self.topics.fetch_add(1, Ordering::Relaxed) >= self.settings.max_topics {
@@ -765,6 +798,9 @@ impl<B: Backend> Core<B> {
                             name,
                             subs: HashMap::new(),
                             joining: 1,
+                            listening: false,
+                            patterns: Arc::clone(&self.patterns),
+                            seen: Instant::now(),
                             suspect: None,
                             epoch: "".into(),
                             last: 0,
@@ -774,10 +810,20 @@ impl<B: Backend> Core<B> {
                             ready: Arc::new(Notify::new()),
                         },
                     );
-                    true
+                    (true, false)
                 }
             }
         };
+        if needs_listen {
+            // Its events came through a pattern until now; from here on through its channel
+            // too (duplicates are dropped by offset), so the exact subscriber does not depend
+            // on the pattern staying.
+            self.listen(topic, false).await?;
+            if let Some(l) = self.shard(topic).get_mut(topic) {
+                l.listening = true;
+            }
+            return Ok(());
+        }
         if created {
             let r = self.setup(topic).await;
             // Waiters go on: to the ready topic, or to try the setup themselves.
@@ -823,13 +869,47 @@ impl<B: Backend> Core<B> {
         let mut shard = self.shard(topic);
         let Some(l) = shard.get_mut(topic) else { return };
         l.joining = l.joining.saturating_sub(1);
-        if l.joining == 0 && l.subs.is_empty() {
-            shard.remove(topic);
-            self.topics.fetch_sub(1, Ordering::Relaxed);
+        if l.pattern_only() && self.release(&mut shard, topic) {
             drop(shard);
             let me = Arc::clone(self);
             let topic = topic.to_owned();
             tokio::spawn(async move { me.unlisten_topic(&topic).await });
+        }
+    }
+
+    /// An entry whose last exact subscriber left (and none is joining) stays for the pattern
+    /// subscribers that cover it, or goes. Returns whether its channel is to be released.
+    fn release(&self, shard: &mut Shard, topic: &str) -> bool {
+        let Some(l) = shard.get_mut(topic) else { return false };
+        let listening = std::mem::replace(&mut l.listening, false);
+        self.topics.fetch_sub(1, Ordering::Relaxed);
+        if !(self.patterns.covers(topic) && self.count_pattern_topic()) {
+            shard.remove(topic);
+        }
+        listening
+    }
+
+    /// Count one more pattern-only entry, if there is room.
+    fn count_pattern_topic(&self) -> bool {
+        if self.pattern_topics.fetch_add(1, Ordering::Relaxed) >= self.settings.max_topics {
+            self.pattern_topics.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Forget the pattern-only entries that no pattern of this node covers any more, and
+    /// (with `idle`) those that have delivered nothing for that long.
+    fn forget_pattern_topics(&self, idle: Option<Duration>) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let before = shard.len();
+            shard.retain(|topic, l| {
+                !l.pattern_only()
+                    || (self.patterns.covers(topic) && idle.is_none_or(|d| now.duration_since(l.seen) < d))
+            });
+            self.pattern_topics.fetch_sub(before - shard.len(), Ordering::Relaxed);
         }
     }
 
@@ -840,6 +920,7 @@ impl<B: Backend> Core<B> {
         let (offset, epoch) = self.backend.position(topic).await?;
         let mut shard = self.shard(topic);
         let Some(l) = shard.get_mut(topic) else { return Ok(()) };
+        l.listening = true;
         if l.phase != Phase::Init {
             return Ok(());
         }
@@ -1028,9 +1109,12 @@ impl<B: Backend> Core<B> {
     /// returned as work to do.
     fn unsubscribe_local(&self, sub: &Subscriber, target: &Pattern) -> Option<Cleanup> {
         if target.is_wildcard() {
-            let (removed, _) = self.patterns.remove(target, sub);
+            let (removed, last) = self.patterns.remove(target, sub);
             if !removed {
                 return None;
+            }
+            if last {
+                self.forget_pattern_topics(None);
             }
             self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
             let key = self.backend.pattern_key(target);
@@ -1041,12 +1125,8 @@ impl<B: Backend> Core<B> {
         let l = shard.get_mut(topic)?;
         l.subs.remove(&sub.id)?;
         self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        let last = l.subs.is_empty() && l.joining == 0;
-        if last {
-            shard.remove(topic);
-            self.topics.fetch_sub(1, Ordering::Relaxed);
-        }
-        Some(Cleanup::Topic { topic: topic.to_owned(), session: sub.member.session.to_string(), unlisten: last })
+        let unlisten = l.pattern_only() && self.release(&mut shard, topic);
+        Some(Cleanup::Topic { topic: topic.to_owned(), session: sub.member.session.to_string(), unlisten })
     }
 
     async fn cleanup(&self, c: Cleanup) {
@@ -1107,7 +1187,10 @@ impl<B: Backend> Core<B> {
     }
 
     /// Compare every topic's top with what this node delivered; refill what is missing.
+    /// Pattern-only topics idle past the history TTL (when nothing could be refilled anyway)
+    /// are forgotten first.
     async fn check_tops(self: &Arc<Self>) -> Result<(), BrokerError> {
+        self.forget_pattern_topics(Some(self.settings.history_ttl.max(Duration::from_secs(60))));
         let topics: Vec<(Arc<str>, Arc<str>, u64)> = self
             .shards
             .iter()
@@ -1165,17 +1248,22 @@ impl<B: Backend> Core<B> {
     /// published meanwhile, or resetting subscribers when the broker lost the topic), and make
     /// the broker's presence match this node's connections again.
     async fn resync(self: &Arc<Self>) -> Result<(), BrokerError> {
-        let topics: Vec<Arc<str>> = self
+        let topics: Vec<(Arc<str>, bool)> = self
             .shards
             .iter()
-            .flat_map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect::<Vec<_>>())
+            .flat_map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.iter().map(|(t, l)| (Arc::clone(t), l.listening)).collect::<Vec<_>>()
+            })
             .collect();
         let keys: Vec<String> = self.keys.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
         for k in keys {
             self.listen(&k, true).await?;
         }
-        for topic in &topics {
-            self.listen(topic, false).await?;
+        for (topic, listening) in &topics {
+            if *listening {
+                self.listen(topic, false).await?;
+            }
             let (offset, epoch) = self.backend.position(topic).await?;
             let mut shard = self.shard(topic);
             let Some(l) = shard.get_mut(&**topic) else { continue };
@@ -1229,9 +1317,10 @@ impl<B: Backend> Core<B> {
     }
 }
 
-impl<B: Backend> Inbound for Core<B> {
-    fn event(&self, topic: &str, ev: Arc<Event>) {
-        let mut shard = self.shard(topic);
+impl<B: Backend> Core<B> {
+    /// Offer the next event of a followed topic (from its channel or a pattern's): delivered,
+    /// dropped as a duplicate, or held while the gap before it is refilled.
+    fn accept(&self, mut shard: MutexGuard<'_, Shard>, topic: &str, ev: Arc<Event>) {
         let Some(l) = shard.get_mut(topic) else { return };
         let budget = self.settings.pending_bytes;
         if l.phase != Phase::Ready {
@@ -1251,6 +1340,12 @@ impl<B: Backend> Inbound for Core<B> {
             }
         }
     }
+}
+
+impl<B: Backend> Inbound for Core<B> {
+    fn event(&self, topic: &str, ev: Arc<Event>) {
+        self.accept(self.shard(topic), topic, ev);
+    }
 
     fn presence(&self, topic: &str, join: bool, member: Member) {
         let shard = self.shard(topic);
@@ -1266,13 +1361,48 @@ impl<B: Backend> Inbound for Core<B> {
         }
     }
 
-    /// Delivered to this node's pattern subscribers once, by the first (in order) of this
-    /// node's pattern keys that covers the topic.
+    /// A topic seen through a pattern is followed like an exact one (a pattern-only entry from
+    /// its first event on), so pattern subscribers get its events once each, in order, with
+    /// gaps refilled. Past `max_topics` such entries, events of topics not yet followed are
+    /// delivered as they come, once, by the first (in order) of this node's pattern keys that
+    /// covers the topic.
     fn pattern_event(&self, key: &str, ev: Arc<Event>) {
         if self.patterns.is_empty() {
             return;
         }
         let topic = Arc::clone(&ev.topic);
+        let mut shard = self.shard(&topic);
+        if shard.contains_key(&*topic) {
+            return self.accept(shard, &topic, ev);
+        }
+        if !self.patterns.covers(&topic) {
+            return;
+        }
+        if self.count_pattern_topic() {
+            shard.insert(
+                Arc::clone(&topic),
+                Local {
+                    id: self.next_local.fetch_add(1, Ordering::Relaxed),
+                    policy: self.policy_for(&topic),
+                    name: Arc::clone(&topic),
+                    subs: HashMap::new(),
+                    joining: 0,
+                    listening: false,
+                    patterns: Arc::clone(&self.patterns),
+                    seen: Instant::now(),
+                    suspect: None,
+                    epoch: Arc::clone(&ev.epoch),
+                    last: ev.offset.saturating_sub(1),
+                    phase: Phase::Ready,
+                    pending: Pending::new(&self.metrics),
+                    activity: Default::default(),
+                    ready: Arc::new(Notify::new()),
+                },
+            );
+            return self.accept(shard, &topic, ev);
+        }
+        drop(shard);
+        self.metrics.cluster_pattern_untracked.fetch_add(1, Ordering::Relaxed);
         let first = {
             let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
             keys.keys().find(|k| self.backend.key_matches(k, &topic)).is_some_and(|k| k == key)

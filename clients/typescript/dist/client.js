@@ -853,14 +853,22 @@ export class WeftClient extends Emitter {
         }
     }
     onReset(m) {
-        const c = this.channels.get(String(m.topic));
-        if (!c)
-            return;
+        const topic = String(m.topic);
         const position = { offset: Number(m.offset), epoch: String(m.epoch) };
-        const from = c.position;
-        c.position = position;
-        for (const s of c.subs)
-            s._emit("unrecovered", { topic: c.topic, ...(from ? { from } : {}), position });
+        const c = this.channels.get(topic);
+        if (c) {
+            const from = c.position;
+            c.position = position;
+            for (const s of c.subs)
+                s._emit("unrecovered", { topic: c.topic, ...(from ? { from } : {}), position });
+        }
+        // Pattern subscriptions that cover the topic hear it too (cluster mode follows topics seen
+        // through a pattern by position, and says so when a hole cannot be refilled).
+        for (const pc of this.channels.values()) {
+            if (!pc.exact && matches(pc.topic, topic))
+                for (const s of pc.subs)
+                    s._emit("unrecovered", { topic, position });
+        }
     }
 }
 const now = () => (typeof performance !== "undefined" ? performance.now() : Date.now());

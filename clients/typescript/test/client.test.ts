@@ -161,6 +161,17 @@ describe("subscriptions", () => {
     c.close();
   });
 
+  it("a server `reset` of a topic under a pattern reaches the pattern's subscribers", async () => {
+    const c = client();
+    const lost: unknown[] = [];
+    c.subscribe("feed.*", () => {}, { onUnrecovered: (u) => lost.push(u) });
+    c.subscribe("other.*", () => {}, { onUnrecovered: (u) => lost.push(u) });
+    await Promise.all([c.connect(), tick()]);
+    server.last.push({ type: "reset", topic: "feed.x", offset: 9, epoch: "zz", recovered: false });
+    expect(lost).toEqual([{ topic: "feed.x", position: { offset: 9, epoch: "zz" } }]);
+    c.close();
+  });
+
   it("history: recent events first, then live ones, no gap and no duplicate", async () => {
     server.publish("h", 1);
     server.publish("h", 2);

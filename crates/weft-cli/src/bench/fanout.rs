@@ -36,6 +36,10 @@ pub(crate) struct FanoutArgs {
     /// Topic name.
     #[arg(long, default_value = "bench")]
     topic: String,
+    /// What the subscribers subscribe to: a pattern covering `--topic` (`bench.>`, `*`)
+    /// measures pattern subscriptions. Default: the topic itself. Engine protocol only.
+    #[arg(long, value_name = "TOPIC_OR_PATTERN")]
+    subscribe: Option<String>,
     /// Publish rate (events/s); without it, as fast as the subscribers keep up.
     #[arg(long)]
     rate: Option<f64>,
@@ -302,9 +306,13 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             .map_err(|e| e.context("publisher connection"))?;
     let rss0 = args.server_pid.and_then(procfs::rss_bytes);
     let gate = Arc::new(Semaphore::new(256));
-    let subscribe = match args.protocol {
-        Protocol::Weft => format!(r#"{{"type":"subscribe","topics":["{}"]}}"#, args.topic),
-        Protocol::Plain => format!("S {}", args.topic),
+    let subscribe = match (args.protocol, &args.subscribe) {
+        (Protocol::Weft, target) => {
+            let target = target.as_deref().unwrap_or(&args.topic);
+            format!(r#"{{"type":"subscribe","topics":[{}]}}"#, serde_json::to_string(target)?)
+        }
+        (Protocol::Plain, None) => format!("S {}", args.topic),
+        (Protocol::Plain, Some(_)) => anyhow::bail!("--subscribe is for the engine protocol (--protocol weft)"),
     };
     let (protocol, deflate) = (args.protocol, args.deflate);
     let mut tasks = Vec::with_capacity(n);

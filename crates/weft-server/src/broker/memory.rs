@@ -202,7 +202,7 @@ impl MemoryBroker {
             self.account(added, freed, evicted);
             t.activity.hit(ev.published_at);
             for s in t.subs.values() {
-                s.handle.outbox.push_event(&ev, t.policy);
+                s.handle.deliver(&ev, t.policy);
             }
             self.patterns.deliver(&ev, t.policy, |id| t.subs.contains_key(&id));
             let pos = Position { offset: t.offset, epoch: t.epoch.to_string() };
@@ -287,20 +287,17 @@ impl MemoryBroker {
         let replayed = match start {
             Start::Live => None,
             Start::Recent(n) => {
-                let events = t.history.recent(n);
-                for e in &events {
-                    sub.outbox.push_replay(e);
-                }
-                self.metrics.replayed_events.fetch_add(events.len() as u64, Ordering::Relaxed);
-                Some(Some(events.len()))
+                // Those of the n most recent events that pass the subscription's filter.
+                let replayed = t.history.recent(n).iter().filter(|e| sub.replay(e)).count();
+                self.metrics.replayed_events.fetch_add(replayed as u64, Ordering::Relaxed);
+                Some(Some(replayed))
             }
             Start::Resume(pos) => Some(match t.history.resume(pos.offset, &pos.epoch, t.offset, &t.epoch) {
                 Resume::Replay(events) => {
-                    for e in &events {
-                        sub.outbox.push_replay(e);
-                    }
-                    self.metrics.replayed_events.fetch_add(events.len() as u64, Ordering::Relaxed);
-                    Some(events.len())
+                    // Filtered events count as seen: the position still moves past them.
+                    let replayed = events.iter().filter(|e| sub.replay(e)).count();
+                    self.metrics.replayed_events.fetch_add(replayed as u64, Ordering::Relaxed);
+                    Some(replayed)
                 }
                 Resume::NotRecoverable => {
                     self.metrics.recoveries_failed.fetch_add(1, Ordering::Relaxed);

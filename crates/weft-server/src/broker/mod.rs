@@ -80,6 +80,68 @@ pub struct Subscriber {
     pub(crate) id: u64,
     pub(crate) member: Member,
     pub(crate) outbox: Arc<Outbox>,
+    /// The connection's subscription filters, by topic or pattern (empty for most).
+    pub(crate) filters: SubFilters,
+}
+
+/// A connection's subscription filters: for each exact topic with a filter, and — once the
+/// connection has any filter — for each of its patterns, filtered or not.
+#[derive(Debug, Default)]
+pub(crate) struct SubFilters {
+    any: std::sync::atomic::AtomicBool,
+    table: std::sync::RwLock<Vec<(Pattern, Option<Arc<crate::filter::Filter>>)>>,
+}
+
+impl SubFilters {
+    /// Set (or with `None`, clear) the filter of the subscription to `target`.
+    pub(crate) fn set(&self, target: &Pattern, filter: Option<Arc<crate::filter::Filter>>) {
+        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        t.retain(|(p, _)| p != target);
+        if filter.is_some() || target.is_wildcard() {
+            t.push((target.clone(), filter));
+        }
+        let any = t.iter().any(|(_, f)| f.is_some());
+        if !any {
+            t.clear();
+        }
+        self.any.store(any, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The filter of the subscription to `target`, if any.
+    pub(crate) fn get(&self, target: &Pattern) -> Option<Arc<crate::filter::Filter>> {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.iter().find(|(p, _)| p == target).and_then(|(_, f)| f.clone())
+    }
+
+    /// The subscription to `target` ended.
+    pub(crate) fn remove(&self, target: &Pattern) {
+        if self.any.load(std::sync::atomic::Ordering::Acquire) {
+            self.set(target, None);
+        }
+    }
+
+    /// Whether an event through the exact subscription to its topic passes.
+    fn exact(&self, ev: &Event) -> bool {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        match t.iter().find(|(p, _)| !p.is_wildcard() && p.as_str() == &*ev.topic) {
+            Some((_, Some(f))) => f.matches(ev),
+            _ => true,
+        }
+    }
+
+    /// Whether an event that reached the connection through its patterns passes: some pattern
+    /// covering the topic has no filter, or a filter the event passes.
+    fn pattern(&self, ev: &Event) -> bool {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut covering = t.iter().filter(|(p, _)| p.is_wildcard() && p.matches(&ev.topic)).peekable();
+        covering.peek().is_none() || covering.any(|(_, f)| f.as_ref().is_none_or(|f| f.matches(ev)))
+    }
 }
 
 impl Subscriber {
@@ -98,16 +160,32 @@ impl Subscriber {
         &self.member
     }
 
-    /// Queue an event to this connection. When its queue is full, `policy` decides.
+    /// Queue an event of a topic this connection subscribed to exactly, unless the
+    /// subscription's filter refuses it. When its queue is full, `policy` decides.
     pub fn deliver(&self, ev: &Arc<Event>, policy: SlowConsumerPolicy) {
-        self.outbox.push_event(ev, policy);
+        if self.filters.exact(ev) {
+            self.outbox.push_event(ev, policy);
+        }
     }
 
-    /// Queue an event replayed from history (resume or recent history): never dropped; a full
+    /// Queue an event that reached this connection through its pattern subscriptions, unless
+    /// their filters refuse it.
+    pub fn deliver_via_pattern(&self, ev: &Arc<Event>, policy: SlowConsumerPolicy) {
+        if self.filters.pattern(ev) {
+            self.outbox.push_event(ev, policy);
+        }
+    }
+
+    /// Queue an event replayed from history (resume or recent history) unless the
+    /// subscription's filter refuses it; returns whether it was queued. Never dropped; a full
     /// queue closes the connection as a slow consumer. Its age is not counted as delivery
     /// latency.
-    pub fn replay(&self, ev: &Arc<Event>) {
-        self.outbox.push_replay(ev);
+    pub fn replay(&self, ev: &Arc<Event>) -> bool {
+        let pass = self.filters.exact(ev);
+        if pass {
+            self.outbox.push_replay(ev);
+        }
+        pass
     }
 
     /// Queue a join/leave notice (dropped and counted when the queue is full).

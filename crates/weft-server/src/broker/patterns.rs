@@ -92,7 +92,7 @@ impl Patterns {
                     continue;
                 }
                 seen.push(*id);
-                s.deliver(ev, policy);
+                s.deliver_via_pattern(ev, policy);
             }
         }
         seen.len()

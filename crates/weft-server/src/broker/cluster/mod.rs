@@ -175,16 +175,36 @@ pub(super) fn new_epoch() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
-/// The URL without its password, for messages and logs.
+/// The URL without its secrets, for messages and logs: the password (or a token given alone
+/// before `@`) and every query parameter's value.
 pub(super) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let auth = &url[s + 3..at];
-            let user = auth.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+    let start = url.find("://").map_or(0, |s| s + 3);
+    let mut out = url[..start].to_owned();
+    // The credentials end at the last '@' (a password may hold '?', '/' or ':').
+    let rest = match url[start..].rfind('@') {
+        Some(at) => {
+            let auth = &url[start..start + at];
+            match auth.split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:***")),
+                None => out.push_str("***"),
+            }
+            &url[start + at..]
         }
-        _ => url.to_owned(),
+        None => &url[start..],
+    };
+    match rest.split_once('?') {
+        Some((base, query)) => {
+            out.push_str(base);
+            out.push('?');
+            let masked: Vec<String> = query
+                .split('&')
+                .map(|kv| kv.split_once('=').map_or("***".to_owned(), |(k, _)| format!("{k}=***")))
+                .collect();
+            out.push_str(&masked.join("&"));
+        }
+        None => out.push_str(rest),
     }
+    out
 }
 
 /// Whether the node's link to the broker is up, and why not; shared by the node and its
@@ -283,12 +303,11 @@ impl QueueBudget {
         Ok(())
     }
 
-    /// Give back the room of `out` (sent, or failed).
-    pub(super) fn give(&mut self, out: &Outgoing, metrics: &Metrics) {
-        let size = out.size();
-        self.count = self.count.saturating_sub(1);
-        self.bytes = self.bytes.saturating_sub(size);
-        metrics.cluster_publish_queue_bytes.fetch_sub(size as u64, Ordering::Relaxed);
+    /// Give back the room of `count` publishes of `bytes` in all (answered).
+    pub(super) fn give_sized(&mut self, count: usize, bytes: usize, metrics: &Metrics) {
+        self.count = self.count.saturating_sub(count);
+        self.bytes = self.bytes.saturating_sub(bytes);
+        metrics.cluster_publish_queue_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -882,8 +901,11 @@ impl<B: Backend> Core<B> {
     fn release(&self, shard: &mut Shard, topic: &str) -> bool {
         let Some(l) = shard.get_mut(topic) else { return false };
         let listening = std::mem::replace(&mut l.listening, false);
+        // One whose setup never finished has no position to follow from: it goes (a pattern
+        // event makes a fresh pattern-only entry).
+        let set_up = l.phase != Phase::Init;
         self.topics.fetch_sub(1, Ordering::Relaxed);
-        if !(self.patterns.covers(topic) && self.count_pattern_topic()) {
+        if !(set_up && self.patterns.covers(topic) && self.count_pattern_topic()) {
             shard.remove(topic);
         }
         listening
@@ -917,12 +939,25 @@ impl<B: Backend> Core<B> {
     /// arrives on the channel and waits in `pending`, or is at or before the position read).
     async fn setup(self: &Arc<Self>, topic: &str) -> Result<(), BrokerError> {
         self.listen(topic, false).await?;
+        if let Some(l) = self.shard(topic).get_mut(topic) {
+            // Listening now, whatever happens next: a release unlistens it.
+            l.listening = true;
+        }
         let (offset, epoch) = self.backend.position(topic).await?;
         let mut shard = self.shard(topic);
         let Some(l) = shard.get_mut(topic) else { return Ok(()) };
-        l.listening = true;
         if l.phase != Phase::Init {
             return Ok(());
+        }
+        // Events that came through a pattern while the topic was set up, at or before the
+        // position: the exact subscribers start after them, but the pattern subscribers were
+        // following the topic and get them now, in order, once.
+        let mut before: Vec<Arc<Event>> =
+            l.pending.iter().filter(|e| *e.epoch == *epoch && e.offset <= offset).cloned().collect();
+        before.sort_by_key(|e| e.offset);
+        before.dedup_by_key(|e| e.offset);
+        for ev in &before {
+            l.patterns.deliver(ev, l.policy, |_| false);
         }
         l.epoch = epoch.into();
         l.last = offset;
@@ -1061,7 +1096,7 @@ impl<B: Backend> Core<B> {
                 if !(contiguous && reaches) {
                     upto.clear(); // no history rather than history with a hole before live
                 }
-                Some(upto.len())
+                Some(())
             }
             Start::Resume(pos) => {
                 let exact = *pos.epoch == *l.epoch
@@ -1072,7 +1107,7 @@ impl<B: Backend> Core<B> {
                         _ => false,
                     };
                 if exact {
-                    Some(upto.len())
+                    Some(())
                 } else {
                     upto.clear();
                     self.metrics.recoveries_failed.fetch_add(1, Ordering::Relaxed);
@@ -1080,14 +1115,13 @@ impl<B: Backend> Core<B> {
                 }
             }
         };
-        for e in &upto {
-            sub.replay(e);
-        }
-        self.metrics.replayed_events.fetch_add(upto.len() as u64, Ordering::Relaxed);
+        // Filtered events count as seen: the position still moves past them.
+        let passed = upto.iter().filter(|e| sub.replay(e)).count();
+        self.metrics.replayed_events.fetch_add(passed as u64, Ordering::Relaxed);
         if l.subs.insert(sub.id, Sub { handle: Arc::clone(sub), presence }).is_none() {
             self.metrics.subscriptions.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(SubscribeOutcome { position: Some(l.position()), replayed })
+        Ok(SubscribeOutcome { position: Some(l.position()), replayed: replayed.map(|()| passed) })
     }
 
     fn forget_key(&self, key: &str) -> bool {
@@ -1693,9 +1727,7 @@ mod tests {
         let e = q.take(&out, &settings, &metrics).unwrap_err();
         assert_eq!(e.code, ErrorCode::Unavailable);
         assert!(e.message.contains("too many publishes waiting"), "{}", e.message);
-        for _ in 0..3 {
-            q.give(&out, &metrics);
-        }
+        q.give_sized(3, 3 * out.size(), &metrics);
         assert_eq!(metrics.cluster_publish_queue_bytes.load(Ordering::Relaxed), 0);
     }
 
@@ -1704,5 +1736,11 @@ mod tests {
         assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://user:***@host:6379/0");
         assert_eq!(redact("redis://:secret@host"), "redis://:***@host");
         assert_eq!(redact("nats://host:4222"), "nats://host:4222");
+        assert_eq!(redact("nats://s3cret@host:4222"), "nats://***@host:4222");
+        assert_eq!(
+            redact("redis+sentinel://:pw@s1:26379/m?sentinel_password=S3CRET"),
+            "redis+sentinel://:***@s1:26379/m?sentinel_password=***"
+        );
+        assert_eq!(redact("redis+sentinel://u:ab?cd@h:1/m"), "redis+sentinel://u:***@h:1/m");
     }
 }

@@ -366,9 +366,7 @@ impl Inner {
                     bytes += size;
                     batch.extend(q.queue.pop_front());
                 }
-                for (out, _) in &batch {
-                    p.budget.give(out, &self.metrics);
-                }
+
                 (batch, q.last.take())
             };
             let r = if self.health.is_up() {
@@ -379,12 +377,17 @@ impl Inner {
             if let Some(q) = self.publishes.lock().unwrap_or_else(|e| e.into_inner()).topics.get_mut(&topic) {
                 q.last = cache;
             }
+            // Their room is given back once they are answered: what is on its way to NATS
+            // counts too.
+            let held: usize = batch.iter().map(|(o, _)| o.size()).sum();
+            let n = batch.len();
             for (k, (_, reply)) in batch.into_iter().enumerate() {
                 let _ = reply.send(match &r {
                     Ok((epoch, first)) => Ok(Position { offset: first + k as u64, epoch: epoch.clone() }),
                     Err(e) => Err(e.clone()),
                 });
             }
+            self.publishes.lock().unwrap_or_else(|e| e.into_inner()).budget.give_sized(n, held, &self.metrics);
         }
     }
 

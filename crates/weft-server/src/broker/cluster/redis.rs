@@ -76,12 +76,8 @@ impl Target {
         for kv in query.split('&').filter(|kv| !kv.is_empty()) {
             match kv.split_once('=') {
                 Some(("sentinel_password", p)) => sentinel_auth = format!(":{p}@"),
-                _ => {
-                    return Err(bad(&format!(
-                        "unknown parameter {:?} (sentinel_password is known)",
-                        kv.split('=').next().unwrap_or(kv)
-                    )));
-                }
+                // Not echoed: a password with an unencoded '?' would end up here.
+                _ => return Err(bad("unknown parameter (sentinel_password is the only one)")),
             }
         }
         let sentinels: Vec<redis::ConnectionInfo> = hosts
@@ -753,20 +749,20 @@ async fn send_publishes(inner: Weak<Inner>) {
         let Some(me) = inner.upgrade() else { return };
         let batch: Vec<_> = {
             let mut q = me.publishes.queue.lock().unwrap_or_else(|e| e.into_inner());
-            let (items, budget) = &mut *q;
-            let n = items.len().min(PUBLISH_BATCH);
-            let batch: Vec<_> = items.drain(..n).collect();
-            for (out, _) in &batch {
-                budget.give(out, &me.metrics);
-            }
-            batch
+            let n = q.0.len().min(PUBLISH_BATCH);
+            q.0.drain(..n).collect()
         };
         if batch.is_empty() {
             // Wakes for the next publish, or once a second to notice the broker was dropped.
             let _ = tokio::time::timeout(Duration::from_secs(1), me.publishes.ready.notified()).await;
             continue;
         }
+        // Their room is given back once they are answered, not when they leave the queue:
+        // what is on its way to Redis counts too.
+        let held: usize = batch.iter().map(|(o, _)| o.size()).sum();
+        let n = batch.len();
         me.send_batch(batch).await;
+        me.publishes.queue.lock().unwrap_or_else(|e| e.into_inner()).1.give_sized(n, held, &me.metrics);
     }
 }
 
@@ -921,7 +917,9 @@ mod tests {
         };
         assert!(err("redis+sentinel://127.0.0.1:26379").contains("master's name is missing"));
         assert!(err("redis+sentinel://127.0.0.1:26379/").contains("master's name is missing"));
-        assert!(err("redis+sentinel://127.0.0.1:26379/m?tls=1").contains("unknown parameter \"tls\""));
+        assert!(err("redis+sentinel://127.0.0.1:26379/m?tls=1").contains("unknown parameter"));
+        let e = err("redis+sentinel://u:ab?cd@h:26379/m");
+        assert!(!e.contains("cd@"), "{e}");
         let e = err("redis+sentinel://:secret@127.0.0.1:26379");
         assert!(!e.contains("secret"), "{e}");
     }

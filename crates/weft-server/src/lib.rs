@@ -19,6 +19,7 @@ pub mod auth;
 pub mod broker;
 mod config;
 mod engine;
+pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
 mod history;

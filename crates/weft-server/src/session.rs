@@ -93,7 +93,7 @@ where
     let outbox = Arc::new(Outbox::new(shared.config.queue_size, Arc::clone(&shared.metrics)));
     let member =
         Member { user: Arc::clone(&identity.user), session: Arc::clone(&session), info: identity.info.clone() };
-    let sub = Arc::new(Subscriber { id, member, outbox: Arc::clone(&outbox) });
+    let sub = Arc::new(Subscriber { id, member, outbox: Arc::clone(&outbox), filters: Default::default() });
     let leeway = shared.config.jwt.as_ref().map_or(0, |j| j.leeway_secs());
     let expires_at = identity.expires.map(|exp| expiry_instant(exp, leeway));
     tracing::debug!(session = %session, user = %identity.user, "session started");
@@ -399,7 +399,14 @@ impl Session {
             self.finish_publishes().await;
         }
         match req {
-            Request::Subscribe { id, topics, resume, presence, history } => {
+            Request::Subscribe { id, topics, resume, presence, history, filter } => {
+                let filter = match filter.as_ref().map(crate::filter::intern).transpose() {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.error(id.as_ref(), &ErrorBody::new(ErrorCode::BadFilter, format!("bad filter: {e}")));
+                        return Flow::Continue;
+                    }
+                };
                 let slot = self.sub.outbox.reserve();
                 let mut results = Vec::with_capacity(topics.len());
                 for t in &topics {
@@ -408,7 +415,7 @@ impl Session {
                         None if history > 0 => Start::Recent(history),
                         None => Start::Live,
                     };
-                    results.push(self.subscribe_one(t, start, presence).await);
+                    results.push(self.subscribe_one(t, start, presence, filter.as_ref()).await);
                 }
                 self.sub
                     .outbox
@@ -425,6 +432,7 @@ impl Session {
                         if let Err(e) = self.shared.broker.unsubscribe(&self.sub, &p).await {
                             tracing::warn!(error = %e, "unsubscribe failed");
                         }
+                        self.sub.filters.remove(&p);
                     }
                 }
                 self.reply(&Reply::Unsubscribed { id: id.as_ref(), topics: &topics });
@@ -505,7 +513,13 @@ impl Session {
         Flow::Continue
     }
 
-    async fn subscribe_one(&mut self, topic: &str, start: Start<'_>, presence: bool) -> SubscribeResult {
+    async fn subscribe_one(
+        &mut self,
+        topic: &str,
+        start: Start<'_>,
+        presence: bool,
+        filter: Option<&Arc<crate::filter::Filter>>,
+    ) -> SubscribeResult {
         let p = match Pattern::parse(topic) {
             Ok(p) => p,
             Err(e) => return SubscribeResult::failed(topic, ErrorBody::new(ErrorCode::InvalidTopic, e.to_string())),
@@ -525,6 +539,10 @@ impl Session {
             return SubscribeResult::failed(topic, e);
         }
         let start = if p.is_wildcard() { Start::Live } else { start };
+        // In place before the broker replays or delivers anything; a subscribe again replaces
+        // the filter (or removes it, without one).
+        let before = self.subscriptions.contains_key(topic).then(|| self.sub.filters.get(&p));
+        self.sub.filters.set(&p, filter.cloned());
         match self.shared.broker.subscribe(&self.sub, &p, start, presence).await {
             Ok(out) => {
                 self.subscriptions.insert(topic.to_owned(), p);
@@ -538,7 +556,13 @@ impl Session {
                     error: None,
                 }
             }
-            Err(e) => SubscribeResult::failed(topic, e.body()),
+            Err(e) => {
+                match before {
+                    Some(f) => self.sub.filters.set(&p, f),
+                    None => self.sub.filters.remove(&p),
+                }
+                SubscribeResult::failed(topic, e.body())
+            }
         }
     }
 
@@ -573,6 +597,7 @@ impl Session {
         for t in &revoked {
             if let Some(p) = self.subscriptions.remove(t) {
                 let _ = self.shared.broker.unsubscribe(&self.sub, &p).await;
+                self.sub.filters.remove(&p);
             }
         }
         let leeway = jwt.leeway_secs();

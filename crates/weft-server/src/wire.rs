@@ -101,6 +101,8 @@ pub enum ErrorCode {
     TooManyTopics = 4008,
     /// A `refresh` token was refused (bad, expired, or for another user).
     BadToken = 4009,
+    /// A subscription filter is malformed, too large, or uses an unknown operator.
+    BadFilter = 4010,
     /// The server failed (for example the broker).
     Internal = 5000,
     /// The cluster broker cannot be reached: nothing was done; retry later (HTTP 503).
@@ -281,6 +283,8 @@ pub struct Event {
     /// The same, also compressed once for every subscriber with permessage-deflate.
     json_z: OnceLock<EncodedMessage>,
     msgpack_z: OnceLock<EncodedMessage>,
+    /// Subscription filters' verdicts on this event, one per distinct filter.
+    pub(crate) verdicts: crate::filter::Verdicts,
 }
 
 #[derive(Serialize)]
@@ -310,6 +314,7 @@ impl Event {
             msgpack: OnceLock::new(),
             json_z: OnceLock::new(),
             msgpack_z: OnceLock::new(),
+            verdicts: OnceLock::new(),
         }
     }
 
@@ -487,6 +492,8 @@ pub enum Request {
         /// Start exact topics without a resume position with up to this many recent events
         /// (0: live only).
         history: usize,
+        /// A filter over the events of every topic and pattern of this request.
+        filter: Option<Value>,
     },
     /// Unsubscribe.
     Unsubscribe {
@@ -550,6 +557,8 @@ struct SubscribeBody {
     presence: bool,
     #[serde(default)]
     history: usize,
+    #[serde(default)]
+    filter: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -634,7 +643,14 @@ impl Request {
                 if b.topics.is_empty() {
                     return Err(fail(ErrorCode::BadRequest, "subscribe needs at least one topic".into(), &id));
                 }
-                Request::Subscribe { id, topics: b.topics, resume: b.resume, presence: b.presence, history: b.history }
+                Request::Subscribe {
+                    id,
+                    topics: b.topics,
+                    resume: b.resume,
+                    presence: b.presence,
+                    history: b.history,
+                    filter: b.filter.filter(|f| !f.is_null()),
+                }
             }
             "unsubscribe" => {
                 let b: UnsubscribeBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;

@@ -1173,3 +1173,123 @@ async fn subscribe_with_history_starts_from_the_most_recent_events() {
     );
     assert_eq!(e.recv().await["offset"], 6);
 }
+
+/// Subscription filters: only matching events are delivered (live, through patterns, replayed
+/// on resume and in recent history), a resume still proves there is no gap (the position moves
+/// past filtered events), identical filters are evaluated once per event, a subscribe again
+/// replaces the filter, and bad filters get error 4010 while the connection keeps working.
+#[tokio::test]
+async fn subscription_filters_deliver_only_matching_events_live_and_on_recovery() {
+    let (addr, engine, _h) = start(EngineConfig::default()).await;
+    let mut cheap = Client::connect(addr, "").await;
+    let r = cheap
+        .request(json!({"type": "subscribe", "id": 1, "topics": ["trades"],
+            "filter": {"payload.price": {"$lt": 100}, "payload.side": {"$in": ["buy", "sell"]}}}))
+        .await;
+    assert_eq!(r["results"][0]["ok"], true, "{r}");
+    let epoch = r["results"][0]["epoch"].as_str().unwrap().to_owned();
+    let mut big = Client::connect(addr, "").await;
+    let r = big
+        .request(json!({"type": "subscribe", "id": 1, "topics": ["trades.*"],
+            "filter": {"$or": [{"payload.price": {"$gte": 100}}, {"payload.note": {"$regex": "^urgent"}}]}}))
+        .await;
+    assert_eq!(r["results"][0]["ok"], true, "{r}");
+    let mut all = Client::connect(addr, "").await;
+    subscribe(&mut all, &["trades", "trades.*"]).await;
+    let events = [
+        ("trades", json!({"price": 50, "side": "buy"})),
+        ("trades", json!({"price": 150, "side": "buy"})),
+        ("trades.eu", json!({"price": 120, "side": "sell"})),
+        ("trades.eu", json!({"price": 10, "side": "sell", "note": "urgent: halt"})),
+        ("trades", json!({"price": 70, "side": "hold"})),
+        ("trades", json!({"price": 99, "side": "sell"})),
+    ];
+    for (t, p) in &events {
+        engine.publish(t, p.clone()).await.unwrap();
+    }
+    let mut cheap_got = Vec::new();
+    for _ in 0..2 {
+        let m = cheap.recv().await;
+        cheap_got.push((m["payload"]["price"].as_u64().unwrap(), m["offset"].as_u64().unwrap()));
+    }
+    assert_eq!(cheap_got, [(50, 1), (99, 4)], "only the cheap buys and sells of `trades`");
+    // The pattern subscriber: events of trades.* at or above 100, or urgent.
+    let mut big_got = Vec::new();
+    for _ in 0..2 {
+        let m = big.recv().await;
+        big_got.push((m["topic"].as_str().unwrap().to_owned(), m["payload"]["price"].as_u64().unwrap()));
+    }
+    assert_eq!(big_got, [("trades.eu".to_owned(), 120), ("trades.eu".to_owned(), 10)]);
+    for _ in 0..6 {
+        all.recv().await;
+    }
+    drop(all);
+    // Nothing else arrives for the filtered ones.
+    engine.publish("trades.us", json!({"price": 500, "side": "buy"})).await.unwrap();
+    let m = big.recv().await;
+    assert_eq!(m["payload"]["price"], 500, "{m}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), cheap.ws.recv()).await.is_err(),
+        "a filtered event arrived"
+    );
+
+    // Resume from offset 1: the replay holds the matching events only (4), and the position
+    // reaches the topic's top (4: offsets 2 and 3 did not match).
+    drop(cheap);
+    let mut again = Client::connect(addr, "").await;
+    let r = again
+        .request(json!({"type": "subscribe", "id": 2, "topics": ["trades"],
+            "resume": {"trades": {"offset": 1, "epoch": epoch}},
+            "filter": {"payload.price": {"$lt": 100}, "payload.side": {"$in": ["buy", "sell"]}}}))
+        .await;
+    let res = &r["results"][0];
+    assert_eq!(
+        (res["recovered"].as_bool(), res["replayed"].as_u64(), res["offset"].as_u64()),
+        (Some(true), Some(1), Some(4)),
+        "{r}"
+    );
+    let m = again.recv().await;
+    assert_eq!((m["offset"].as_u64(), m["payload"]["price"].as_u64()), (Some(4), Some(99)));
+    // Recent history through the filter: of the last 3 events (2, 3, 4), the one that passes.
+    let mut hist = Client::connect(addr, "").await;
+    let r = hist
+        .request(json!({"type": "subscribe", "id": 3, "topics": ["trades"], "history": 3,
+            "filter": {"payload.side": "sell"}}))
+        .await;
+    assert_eq!(r["results"][0]["replayed"], 1, "{r}");
+    assert_eq!(hist.recv().await["payload"]["price"], 99);
+    // Subscribing again replaces the filter; without one, everything flows.
+    let r = hist
+        .request(
+            json!({"type": "subscribe", "id": 4, "topics": ["trades"], "filter": {"payload.price": {"$gt": 1000}}}),
+        )
+        .await;
+    assert_eq!(r["results"][0]["ok"], true);
+    engine.publish("trades", json!({"price": 5, "side": "sell"})).await.unwrap();
+    engine.publish("trades", json!({"price": 5000, "side": "buy"})).await.unwrap();
+    assert_eq!(hist.recv().await["payload"]["price"], 5000);
+    let r = hist.request(json!({"type": "subscribe", "id": 5, "topics": ["trades"]})).await;
+    assert_eq!(r["results"][0]["ok"], true);
+    engine.publish("trades", json!({"price": 6, "side": "sell"})).await.unwrap();
+    assert_eq!(hist.recv().await["payload"]["price"], 6);
+
+    // Bad filters: 4010 with the reason, nothing subscribed, the connection goes on.
+    let mut all = Client::connect(addr, "").await;
+    for (filter, why) in [
+        (json!({"payload.p": {"$near": 1}}), "unknown operator $near"),
+        (json!({"price": 1}), "must start with payload"),
+        (json!({"payload.p": {"$regex": "("}}), "bad $regex"),
+        (json!([1, 2]), "JSON object"),
+        (json!({"payload.p": {"$in": (0..300).collect::<Vec<_>>()}}), "at most 256"),
+    ] {
+        let r = all.request(json!({"type": "subscribe", "id": 9, "topics": ["other"], "filter": filter})).await;
+        assert_eq!(
+            (r["type"].as_str(), r["code"].as_u64(), r["id"].as_u64()),
+            (Some("error"), Some(4010), Some(9)),
+            "{r}"
+        );
+        assert!(r["message"].as_str().unwrap().contains(why), "{r}");
+    }
+    let r = all.request(json!({"type": "ping", "id": 10})).await;
+    assert_eq!(r["type"], "pong");
+}

@@ -150,6 +150,34 @@ def test_reconnect_resubscribes_and_recovers_missed_events():
         asyncio.run(main())
 
 
+def test_filtered_subscription_survives_a_reconnect_with_only_matching_events():
+    with weft.Server("127.0.0.1", 0, history_size=100) as server:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+
+        async def main() -> None:
+            async with engine_client.connect(url, min_delay=0.05, max_delay=0.2) as c:
+                with pytest.raises(engine_client.EngineError) as e:
+                    await c.subscribe(["orders"], filter={"payload.qty": {"$between": [1, 2]}})
+                assert e.value.code == 4010 and "unknown operator $between" in str(e.value)
+                await c.subscribe(["orders"], filter={"payload.qty": {"$gte": 10}})
+                for q in (5, 10, 1, 20):
+                    server.publish("orders", {"qty": q})
+                seen = [(await next_event(c)).payload["qty"] for _ in range(2)]
+                c._ws._p.abort()
+                for q in (30, 2, 40):
+                    server.publish("orders", {"qty": q})
+                for _ in range(2):
+                    seen.append((await next_event(c)).payload["qty"])
+                assert seen == [10, 20, 30, 40]
+                # The resume replayed the matching events only, and the position is the topic's.
+                assert c.last_resume[0]["recovered"] is True and c.last_resume[0]["replayed"] == 2
+                server.publish("orders", {"qty": 3})
+                server.publish("orders", {"qty": 50})
+                assert (await next_event(c)).payload["qty"] == 50
+
+        asyncio.run(main())
+
+
 def test_reconnect_after_server_restart_continues_live():
     port = free_port()
     server = weft.Server("127.0.0.1", port)

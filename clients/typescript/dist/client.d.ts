@@ -146,6 +146,14 @@ export interface SubscribeOptions<T> {
     resume?: Position;
     /** Without `resume`: start with up to this many recent events from the topic's history. */
     history?: number;
+    /**
+     * Only events that pass this filter arrive, live and when resuming (MongoDB-style operators
+     * over `payload.…` paths, e.g. `{ "payload.price": { $gt: 100 } }`; see docs/PROTOCOL.md,
+     * "Filters"). Applies when this call starts the client's subscription to the topic. Offsets
+     * of a filtered topic skip the events filtered out; the server's resume still proves that
+     * none that passes was missed.
+     */
+    filter?: Record<string, unknown>;
     onJoin?: (member: Member, topic: string) => void;
     onLeave?: (member: Member, topic: string) => void;
     onSubscribed?: (info: SubscribedInfo) => void;
@@ -190,6 +198,8 @@ interface Channel {
     state: "idle" | "subscribing" | "subscribed" | "recovering";
     /** The history depth asked for on the first subscribe (not again on resubscribes). */
     history: number;
+    /** The filter of the first subscribe, sent again on every resubscribe. */
+    filter?: Record<string, unknown>;
     /** A subscribe request is on its way. */
     inFlight: boolean;
     /** Another subscribe is due once the one in flight is answered (one at a time per channel). */

@@ -264,6 +264,8 @@ export class WeftClient extends Emitter {
         const fresh = !ch;
         if (!ch) {
             ch = { topic, exact: !isPattern(topic), subs: new Set(), state: "idle", history: options.history ?? 0, inFlight: false, again: false, failures: 0 };
+            if (options.filter)
+                ch.filter = options.filter;
             if (options.resume && ch.exact)
                 ch.position = { ...options.resume };
             this.channels.set(topic, ch);
@@ -654,16 +656,17 @@ export class WeftClient extends Emitter {
             }
             const presence = [...c.subs].some((s) => s.options.presence);
             const history = c.exact && !c.position ? c.history : 0;
-            const key = `${presence}/${history}`;
+            const key = `${presence}/${history}/${c.filter ? JSON.stringify(c.filter) : ""}`;
             groups.set(key, [...(groups.get(key) ?? []), c]);
         }
         for (const [key, group] of groups) {
             const [presence, history] = [key.startsWith("true"), Number(key.split("/")[1])];
+            const filter = group[0].filter;
             for (let i = 0; i < group.length; i += 100)
-                this.subscribeBatch(group.slice(i, i + 100), presence, history);
+                this.subscribeBatch(group.slice(i, i + 100), presence, history, filter);
         }
     }
-    subscribeBatch(batch, presence, history) {
+    subscribeBatch(batch, presence, history, filter) {
         const resume = {};
         for (const c of batch) {
             if (c.state === "idle")
@@ -680,6 +683,8 @@ export class WeftClient extends Emitter {
             m.resume = resume;
         if (history)
             m.history = history;
+        if (filter)
+            m.filter = filter;
         this.call(m, this.options.requestTimeout ?? 10000, (reply) => {
             const results = reply.results ?? [];
             for (const c of batch) {
@@ -824,7 +829,9 @@ export class WeftClient extends Emitter {
                 // Before the subscribe's answer (left over from an earlier subscription of the topic,
                 // or through a pattern): the answer and its replay say where the stream starts.
             }
-            else if (!p || (p.epoch === ev.epoch && ev.offset === p.offset + 1)) {
+            else if (!p || (p.epoch === ev.epoch && (ev.offset === p.offset + 1 || (c.filter !== undefined && ev.offset > p.offset)))) {
+                // (A filtered topic's offsets skip what the filter refused; the server's resume checks
+                // that nothing passing was lost.)
                 c.position = { offset: ev.offset, epoch: ev.epoch };
                 for (const s of c.subs)
                     s._emit("event", ev);

@@ -185,6 +185,14 @@ export interface SubscribeOptions<T> {
   resume?: Position;
   /** Without `resume`: start with up to this many recent events from the topic's history. */
   history?: number;
+  /**
+   * Only events that pass this filter arrive, live and when resuming (MongoDB-style operators
+   * over `payload.…` paths, e.g. `{ "payload.price": { $gt: 100 } }`; see docs/PROTOCOL.md,
+   * "Filters"). Applies when this call starts the client's subscription to the topic. Offsets
+   * of a filtered topic skip the events filtered out; the server's resume still proves that
+   * none that passes was missed.
+   */
+  filter?: Record<string, unknown>;
   onJoin?: (member: Member, topic: string) => void;
   onLeave?: (member: Member, topic: string) => void;
   onSubscribed?: (info: SubscribedInfo) => void;
@@ -260,6 +268,8 @@ interface Channel {
   state: "idle" | "subscribing" | "subscribed" | "recovering";
   /** The history depth asked for on the first subscribe (not again on resubscribes). */
   history: number;
+  /** The filter of the first subscribe, sent again on every resubscribe. */
+  filter?: Record<string, unknown>;
   /** A subscribe request is on its way. */
   inFlight: boolean;
   /** Another subscribe is due once the one in flight is answered (one at a time per channel). */
@@ -477,6 +487,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     const fresh = !ch;
     if (!ch) {
       ch = { topic, exact: !isPattern(topic), subs: new Set(), state: "idle", history: options.history ?? 0, inFlight: false, again: false, failures: 0 };
+      if (options.filter) ch.filter = options.filter;
       if (options.resume && ch.exact) ch.position = { ...options.resume };
       this.channels.set(topic, ch);
     }
@@ -866,16 +877,17 @@ export class WeftClient extends Emitter<ClientEvents> {
       }
       const presence = [...c.subs].some((s) => s.options.presence);
       const history = c.exact && !c.position ? c.history : 0;
-      const key = `${presence}/${history}`;
+      const key = `${presence}/${history}/${c.filter ? JSON.stringify(c.filter) : ""}`;
       groups.set(key, [...(groups.get(key) ?? []), c]);
     }
     for (const [key, group] of groups) {
       const [presence, history] = [key.startsWith("true"), Number(key.split("/")[1])];
-      for (let i = 0; i < group.length; i += 100) this.subscribeBatch(group.slice(i, i + 100), presence, history);
+      const filter = group[0]!.filter;
+      for (let i = 0; i < group.length; i += 100) this.subscribeBatch(group.slice(i, i + 100), presence, history, filter);
     }
   }
 
-  private subscribeBatch(batch: Channel[], presence: boolean, history: number): void {
+  private subscribeBatch(batch: Channel[], presence: boolean, history: number, filter?: Record<string, unknown>): void {
     const resume: Record<string, Position> = {};
     for (const c of batch) {
       if (c.state === "idle") c.state = "subscribing";
@@ -887,6 +899,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     const m: Record<string, unknown> = { type: "subscribe", topics: batch.map((c) => c.topic), presence };
     if (Object.keys(resume).length) m.resume = resume;
     if (history) m.history = history;
+    if (filter) m.filter = filter;
     this.call(
       m,
       this.options.requestTimeout ?? 10000,
@@ -1020,7 +1033,9 @@ export class WeftClient extends Emitter<ClientEvents> {
       if (!p && c.state !== "subscribed") {
         // Before the subscribe's answer (left over from an earlier subscription of the topic,
         // or through a pattern): the answer and its replay say where the stream starts.
-      } else if (!p || (p.epoch === ev.epoch && ev.offset === p.offset + 1)) {
+      } else if (!p || (p.epoch === ev.epoch && (ev.offset === p.offset + 1 || (c.filter !== undefined && ev.offset > p.offset)))) {
+        // (A filtered topic's offsets skip what the filter refused; the server's resume checks
+        // that nothing passing was lost.)
         c.position = { offset: ev.offset, epoch: ev.epoch };
         for (const s of c.subs) s._emit("event", ev as WeftEvent<never>);
       } else if (c.state === "subscribed") {

@@ -28,6 +28,30 @@ describe("against weft serve", () => {
   const client = (user: string, opts: ConstructorParameters<typeof WeftClient>[1] = {}) =>
     new WeftClient(`ws://127.0.0.1:${proxy.port}/ws`, { WebSocket: WS, params: { user }, reconnect: fast, ...opts });
 
+  it("a filtered subscription: only matching events, across a cut, with no false gap", async () => {
+    const c = client("f");
+    const got: number[] = [];
+    const lost: Unrecovered[] = [];
+    const sub = c.subscribe<{ n: number }>("filtered", (ev) => got.push(ev.payload.n), {
+      filter: { "payload.n": { $gte: 10 } },
+      onUnrecovered: (u) => lost.push(u),
+    });
+    await Promise.all([c.connect(), made(sub)]);
+    for (const n of [1, 10, 2, 11]) await httpPublish(serve.url, "filtered", { n });
+    await until(() => got.length >= 2, 5000, "first matching events");
+    proxy.cut();
+    await until(() => c.state.state === "reconnecting", 5000, "the cut is noticed");
+    for (const n of [3, 12, 4, 13]) await httpPublish(serve.url, "filtered", { n });
+    proxy.restore();
+    await until(() => got.length >= 4, 10000, "events missed during the cut");
+    await httpPublish(serve.url, "filtered", { n: 5 });
+    await httpPublish(serve.url, "filtered", { n: 14 });
+    await until(() => got.length >= 5, 5000, "live again");
+    expect(got).toEqual([10, 11, 12, 13, 14]);
+    expect(lost).toEqual([]);
+    c.close();
+  });
+
   it("a cut mid-stream: every event exactly once, in order; publishes made while cut off arrive after", async () => {
     const a = client("a");
     const b = client("b");

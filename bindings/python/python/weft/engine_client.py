@@ -34,6 +34,11 @@ from .exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 __all__ = ["connect", "EngineClient", "Event", "EngineError"]
 
 
+
+def _filter_key(flt: dict[str, Any] | None) -> str:
+    """A filter as a grouping key ("" for none)."""
+    return "" if flt is None else json.dumps(flt, sort_keys=True, separators=(",", ":"))
+
 class EngineError(Exception):
     """An ``error`` reply: ``code`` (see the protocol's error codes) and ``message``."""
 
@@ -121,6 +126,7 @@ class EngineClient:
         self._pending: dict[int, asyncio.Future] = {}
         self._next_id = 0
         self._topics: dict[str, bool] = {}  # subscribed topic or pattern -> presence flag
+        self._filters: dict[str, dict[str, Any]] = {}  # topic or pattern -> its filter, if any
         self._positions: dict[str, dict[str, Any]] = {}  # exact topic -> {"offset", "epoch"}
         self._reader: asyncio.Task | None = None
         self._connected = asyncio.Event()
@@ -251,18 +257,23 @@ class EngineClient:
         # delivers an event once per connection even when both match.
         implicit = [t for t in self._positions if t not in self._topics and any(topic_matches(p, t) for p in patterns)]
         results: list[dict[str, Any]] = []
-        groups = (
-            (False, implicit + [t for t, p in self._topics.items() if not p]),
-            (True, [t for t, p in self._topics.items() if p]),
-        )
+        # One request per presence flag and filter; a concrete topic seen through a pattern
+        # takes the first covering pattern's filter, and its request comes first.
+        groups: dict[tuple[bool, str], list[str]] = {}
+        for t in implicit:
+            flt = next((self._filters.get(p) for p in patterns if topic_matches(p, t)), None)
+            groups.setdefault((False, _filter_key(flt)), []).append(t)
+        for t, p in self._topics.items():
+            groups.setdefault((p, _filter_key(self._filters.get(t))), []).append(t)
         patterns_reported = False
-        for presence, topics in groups:
+        for (presence, fkey), topics in groups.items():
             if not topics:
                 continue
             had = {t: self._positions.get(t, {}).get("offset", 0) for t in topics}
-            reply = await self._request_inline(
-                {"type": "subscribe", "topics": topics, "presence": presence, "resume": self._resume_for(topics)}
-            )
+            req: dict[str, Any] = {"type": "subscribe", "topics": topics, "presence": presence, "resume": self._resume_for(topics)}
+            if fkey:
+                req["filter"] = json.loads(fkey)
+            reply = await self._request_inline(req)
             results.extend(self._record(reply))
             by_topic = {r.get("topic"): r for r in results}
             notices: list[tuple[str, list[str], list[str]]] = []
@@ -401,17 +412,27 @@ class EngineClient:
 
     # ---- API -----------------------------------------------------------------------------------
 
-    async def subscribe(self, topics: Iterable[str], *, presence: bool = False) -> list[dict[str, Any]]:
+    async def subscribe(
+        self, topics: Iterable[str], *, presence: bool = False, filter: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         """Subscribe to topics or patterns; returns the per-topic results. Raises
-        :class:`EngineError` if any topic was refused (the others stay subscribed)."""
+        :class:`EngineError` if any topic was refused (the others stay subscribed), or 4010
+        for a bad ``filter``. With ``filter`` (docs/PROTOCOL.md, "Filters": MongoDB-style
+        operators over ``payload.…`` paths) only matching events arrive, also when resuming;
+        subscribing again replaces it."""
         topics = list(topics)
-        reply = await self._request(
-            {"type": "subscribe", "topics": topics, "presence": presence, "resume": self._resume_for(topics)}
-        )
+        req: dict[str, Any] = {"type": "subscribe", "topics": topics, "presence": presence, "resume": self._resume_for(topics)}
+        if filter is not None:
+            req["filter"] = filter
+        reply = await self._request(req)
         results = self._record(reply)
         for r in results:
             if r.get("ok"):
                 self._topics[r["topic"]] = presence
+                if filter is None:
+                    self._filters.pop(r["topic"], None)
+                else:
+                    self._filters[r["topic"]] = filter
         failed = [r for r in results if not r.get("ok")]
         if failed:
             e = failed[0]["error"]
@@ -423,6 +444,7 @@ class EngineClient:
         await self._request({"type": "unsubscribe", "topics": topics})
         for t in topics:
             self._topics.pop(t, None)
+            self._filters.pop(t, None)
             self._positions.pop(t, None)
 
     async def publish(self, topic: str, payload: Any) -> dict[str, Any]:

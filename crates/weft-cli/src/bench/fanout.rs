@@ -40,6 +40,11 @@ pub(crate) struct FanoutArgs {
     /// measures pattern subscriptions. Default: the topic itself. Engine protocol only.
     #[arg(long, value_name = "TOPIC_OR_PATTERN")]
     subscribe: Option<String>,
+    /// Subscribe with subscription filters, N distinct ones spread over the subscribers
+    /// (`{"payload.t": {"$gt": k}}`, k < N: every event passes each, so deliveries stay the
+    /// same and what changes is the cost of evaluating them). Engine protocol only.
+    #[arg(long, value_name = "N")]
+    filters: Option<usize>,
     /// Publish rate (events/s); without it, as fast as the subscribers keep up.
     #[arg(long)]
     rate: Option<f64>,
@@ -309,9 +314,10 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     let subscribe = match (args.protocol, &args.subscribe) {
         (Protocol::Weft, target) => {
             let target = target.as_deref().unwrap_or(&args.topic);
-            format!(r#"{{"type":"subscribe","topics":[{}]}}"#, serde_json::to_string(target)?)
+            format!(r#"{{"type":"subscribe","topics":[{}]"#, serde_json::to_string(target)?)
         }
-        (Protocol::Plain, None) => format!("S {}", args.topic),
+        (Protocol::Plain, None) if args.filters.is_none() => format!("S {}", args.topic),
+        (Protocol::Plain, None) => anyhow::bail!("--filters is for the engine protocol (--protocol weft)"),
         (Protocol::Plain, Some(_)) => anyhow::bail!("--subscribe is for the engine protocol (--protocol weft)"),
     };
     let (protocol, deflate) = (args.protocol, args.deflate);
@@ -321,7 +327,14 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     for i in 0..n {
         let ip = Ipv4Addr::new(127, 0, 0, 1 + (i % args.source_ips.max(1) as usize) as u8);
         let (url, target) = sub_urls[i % sub_urls.len()].clone();
-        let (gate, sh, sub, ready) = (gate.clone(), sh.clone(), subscribe.clone(), ready_tx.clone());
+        let sub = match (protocol, args.filters) {
+            (Protocol::Plain, _) => subscribe.clone(),
+            (Protocol::Weft, None) => format!("{subscribe}}}"),
+            (Protocol::Weft, Some(k)) => {
+                format!(r#"{subscribe},"filter":{{"payload.t":{{"$gt":{}}}}}}}"#, i % k.max(1))
+            }
+        };
+        let (gate, sh, ready) = (gate.clone(), sh.clone(), ready_tx.clone());
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await.expect("open");

@@ -252,17 +252,6 @@ enum Got<'a> {
     Num(u64),
 }
 
-impl Got<'_> {
-    fn as_value(&self) -> Option<Value> {
-        match self {
-            Got::Missing => None,
-            Got::Value(v) => Some((*v).clone()),
-            Got::Str(s) => Some(Value::String((*s).to_owned())),
-            Got::Num(n) => Some(Value::from(*n)),
-        }
-    }
-}
-
 /// The fields a filter reads.
 struct View<'a> {
     topic: &'a str,
@@ -323,7 +312,21 @@ impl Node {
             Node::Any(n) => n.iter().any(|n| n.eval(view)),
             Node::Cond { path, op } => {
                 let got = view.get(path);
-                let value = got.as_value();
+                // Payload fields are compared where they are; only the other roots (topic, id,
+                // time, offset) are made into a JSON value for it.
+                let owned;
+                let value: Option<&Value> = match &got {
+                    Got::Missing => None,
+                    Got::Value(v) => Some(v),
+                    Got::Str(s) => {
+                        owned = Value::String((*s).to_owned());
+                        Some(&owned)
+                    }
+                    Got::Num(n) => {
+                        owned = Value::from(*n);
+                        Some(&owned)
+                    }
+                };
                 let text = match &got {
                     Got::Str(s) => Some(*s),
                     Got::Value(Value::String(s)) => Some(s.as_str()),
@@ -331,14 +334,14 @@ impl Node {
                 };
                 use std::cmp::Ordering::*;
                 match op {
-                    Op::Eq(x) => value.is_some_and(|v| equal(&v, x)),
-                    Op::Ne(x) => !value.is_some_and(|v| equal(&v, x)),
-                    Op::Gt(x) => value.is_some_and(|v| order(&v, x) == Some(Greater)),
-                    Op::Lt(x) => value.is_some_and(|v| order(&v, x) == Some(Less)),
-                    Op::Gte(x) => value.is_some_and(|v| matches!(order(&v, x), Some(Greater | Equal))),
-                    Op::Lte(x) => value.is_some_and(|v| matches!(order(&v, x), Some(Less | Equal))),
-                    Op::In(xs) => value.is_some_and(|v| xs.iter().any(|x| equal(&v, x))),
-                    Op::Nin(xs) => !value.is_some_and(|v| xs.iter().any(|x| equal(&v, x))),
+                    Op::Eq(x) => value.is_some_and(|v| equal(v, x)),
+                    Op::Ne(x) => !value.is_some_and(|v| equal(v, x)),
+                    Op::Gt(x) => value.is_some_and(|v| order(v, x) == Some(Greater)),
+                    Op::Lt(x) => value.is_some_and(|v| order(v, x) == Some(Less)),
+                    Op::Gte(x) => value.is_some_and(|v| matches!(order(v, x), Some(Greater | Equal))),
+                    Op::Lte(x) => value.is_some_and(|v| matches!(order(v, x), Some(Less | Equal))),
+                    Op::In(xs) => value.is_some_and(|v| xs.iter().any(|x| equal(v, x))),
+                    Op::Nin(xs) => !value.is_some_and(|v| xs.iter().any(|x| equal(v, x))),
                     Op::Regex(re) => text.is_some_and(|t| re.is_match(t)),
                     Op::Exists(want) => !matches!(got, Got::Missing) == *want,
                     Op::Contains(x) => match (&got, x) {

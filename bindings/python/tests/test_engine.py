@@ -178,6 +178,92 @@ def test_filtered_subscription_survives_a_reconnect_with_only_matching_events():
         asyncio.run(main())
 
 
+def test_connection_quality_is_measured_and_a_silent_server_is_left():
+    """Application-level pings measure rtt, jitter and missed answers (the TypeScript client's
+    levels); a server that stops answering them is dropped after two, and the client
+    reconnects."""
+    from websockets.asyncio.server import serve
+
+    with weft.Server("127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+
+        async def measured() -> None:
+            seen: list[engine_client.Quality] = []
+            async with engine_client.connect(url, quality_interval=0.05, on_quality=seen.append) as c:
+                while len(seen) < 3:
+                    await asyncio.sleep(0.05)
+                q = c.quality
+                # (A loaded machine may make it "good"; never worse with no ping missed.)
+                assert q is not None and q.level in ("excellent", "good") and q.missed == 0, q
+                assert 0 < q.rtt < 1000 and q.jitter >= 0, q
+
+        asyncio.run(measured())
+
+    async def silent() -> None:
+        connections = 0
+
+        async def handler(ws) -> None:
+            nonlocal connections
+            connections += 1
+            await ws.send(json.dumps({"type": "welcome", "version": 1, "session": "s", "user": "u", "time": 0, "heartbeat": 25000}))
+            async for _ in ws:
+                pass  # never answers anything
+
+        async with serve(handler, "127.0.0.1", 0) as srv:
+            port = srv.sockets[0].getsockname()[1]
+            levels: list[str] = []
+            c = await engine_client.connect(
+                f"ws://127.0.0.1:{port}/ws", quality_interval=0.05, pong_timeout=0.05,
+                min_delay=0.01, max_delay=0.05, on_quality=lambda q: levels.append(q.level),
+            )
+            deadline = time.monotonic() + 5
+            while c.reconnects < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert c.reconnects >= 1 and connections >= 2, (c.reconnects, connections)
+            assert levels[:2] == ["fair", "poor"], levels
+            await c.close()
+
+    asyncio.run(silent())
+
+
+def test_sync_engine_client_for_threaded_code():
+    with weft.Server("127.0.0.1", 0, history_size=100) as server:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        with engine_client.connect_sync(url, min_delay=0.05, max_delay=0.2, quality_interval=0.05) as c:
+            assert c.welcome["type"] == "welcome"
+            c.subscribe(["sync.t"], filter={"payload.n": {"$gt": 1}})
+            with pytest.raises(engine_client.EngineError) as e:
+                c.subscribe(["sync.u"], filter={"payload.n": {"$gt": [1]}})
+            assert e.value.code == 4010
+            with pytest.raises(TimeoutError):
+                c.recv(timeout=0.1)
+            for n in (1, 2, 3):
+                server.publish("sync.t", {"n": n})
+            assert [c.recv(timeout=5).payload["n"] for _ in range(2)] == [2, 3]
+            # Cut from the client's own thread; events published meanwhile are resumed.
+            c._loop.call_soon_threadsafe(c._client._ws._p.abort)
+            time.sleep(0.05)
+            server.publish("sync.t", {"n": 4})
+            server.publish("sync.t", {"n": 0})
+            server.publish("sync.t", {"n": 5})
+            got = []
+            for ev in c:
+                got.append(ev.payload["n"])
+                if len(got) == 2:
+                    break
+            assert got == [4, 5]
+            assert c.reconnects == 1 and c.positions["sync.t"]["offset"] == 6
+            assert c.publish("sync.t", {"n": 9})["offset"] == 7
+            assert c.recv(timeout=5).payload["n"] == 9
+            deadline = time.monotonic() + 5
+            while c.quality is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert c.quality is not None and c.quality.level in ("excellent", "good"), c.quality
+        with pytest.raises(ConnectionError):
+            c.publish("sync.t", 1)
+        assert not c._thread.is_alive()
+
+
 def test_reconnect_after_server_restart_continues_live():
     port = free_port()
     server = weft.Server("127.0.0.1", port)

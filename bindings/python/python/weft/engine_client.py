@@ -25,13 +25,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 from . import async_client
 from .exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 
-__all__ = ["connect", "EngineClient", "Event", "EngineError"]
+__all__ = ["connect", "connect_sync", "EngineClient", "SyncEngineClient", "Event", "EngineError", "Quality"]
 
 
 
@@ -82,6 +84,37 @@ class Event:
 _END = object()
 
 
+@dataclass(frozen=True)
+class Quality:
+    """The connection's quality, measured with application-level pings every
+    ``quality_interval`` seconds over the last five: ``rtt`` (mean round trip, ms), ``jitter``
+    (mean difference between consecutive round trips, ms), ``missed`` (pings without an answer
+    within ``pong_timeout``) and ``level``: ``poor`` (2+ missed, or rtt ≥ 1 s), ``fair`` (1
+    missed, or rtt ≥ 300 ms), ``good`` (rtt ≥ 100 ms or jitter ≥ 50 ms), else ``excellent`` —
+    the same rules as the TypeScript client."""
+
+    rtt: float
+    jitter: float
+    missed: int
+    level: str
+
+
+def _quality(rtts: list[float], misses: list[bool]) -> Quality:
+    n = len(rtts)
+    mean = sum(rtts) / n if n else 0.0
+    jitter = sum(abs(rtts[i] - rtts[i - 1]) for i in range(1, n)) / (n - 1) if n > 1 else 0.0
+    missed = sum(misses)
+    if missed >= 2 or mean >= 1000:
+        level = "poor"
+    elif missed == 1 or mean >= 300:
+        level = "fair"
+    elif mean >= 100 or jitter >= 50:
+        level = "good"
+    else:
+        level = "excellent"
+    return Quality(round(mean, 1), round(jitter, 1), missed, level)
+
+
 def topic_matches(pattern: str, topic: str) -> bool:
     """Whether ``pattern`` (NATS convention: ``*`` one segment, a final ``>`` one or more)
     matches the concrete ``topic``."""
@@ -113,6 +146,9 @@ class EngineClient:
         max_queue: int,
         connect_timeout: float | None,
         options: dict[str, Any],
+        quality_interval: float | None = 10.0,
+        pong_timeout: float = 5.0,
+        on_quality: Callable[[Quality], None] | None = None,
     ) -> None:
         self.url = url
         self.token = token
@@ -139,6 +175,15 @@ class EngineClient:
         self.reconnects = 0
         #: The ``subscribed`` results of the last resubscription after a reconnect.
         self.last_resume: list[dict[str, Any]] = []
+        #: The latest :class:`Quality`, after the first measurement (``None`` before).
+        self.quality: Quality | None = None
+        self.quality_interval = quality_interval
+        self.pong_timeout = pong_timeout
+        self._on_quality = on_quality
+        self._rtts: list[float] = []
+        self._misses: list[bool] = []
+        self._missed_in_a_row = 0
+        self._measurer: asyncio.Task | None = None
 
     # ---- connection --------------------------------------------------------------------------
 
@@ -168,8 +213,44 @@ class EngineClient:
 
     async def _start(self) -> EngineClient:
         await self._open()
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read_loop())
+        if self.quality_interval:
+            self._measurer = loop.create_task(self._measure_loop())
         return self
+
+    async def _measure_loop(self) -> None:
+        """Ping every ``quality_interval`` while connected and keep :attr:`quality` current;
+        two pings in a row without an answer mean the connection is dead even if the socket has
+        not noticed: it is dropped, and the client reconnects."""
+        interval = self.quality_interval or 10.0
+        while not self._closing and not self._ended:
+            await asyncio.sleep(interval)
+            ws = self._ws
+            if not self._connected.is_set() or ws is None:
+                continue
+            t0 = time.monotonic()
+            try:
+                await asyncio.wait_for(self._request_now({"type": "ping"}), self.pong_timeout)
+                rtt: float | None = (time.monotonic() - t0) * 1000
+                self._missed_in_a_row = 0
+            except (asyncio.TimeoutError, TimeoutError):
+                rtt = None
+                self._missed_in_a_row += 1
+            except Exception:
+                continue  # the connection went meanwhile: the reconnect starts over
+            if rtt is not None:
+                self._rtts = (self._rtts + [rtt])[-5:]
+            self._misses = (self._misses + [rtt is None])[-5:]
+            self.quality = _quality(self._rtts, self._misses)
+            if self._on_quality is not None:
+                try:
+                    self._on_quality(self.quality)
+                except Exception:
+                    pass  # the application's callback must not stop the measurements
+            if self._missed_in_a_row >= 2 and ws is self._ws:
+                self._missed_in_a_row = 0
+                ws._p.abort()
 
     async def _read_loop(self) -> None:
         try:
@@ -513,6 +594,8 @@ class EngineClient:
     async def close(self) -> None:
         """Close for good (no reconnect)."""
         self._closing = True
+        if self._measurer is not None:
+            self._measurer.cancel()
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
@@ -562,6 +645,9 @@ def connect(
     max_delay: float = 30.0,
     max_queue: int = 10_000,
     connect_timeout: float | None = 10.0,
+    quality_interval: float | None = 10.0,
+    pong_timeout: float = 5.0,
+    on_quality: Callable[[Quality], None] | None = None,
     **options: Any,
 ) -> _Connect:
     """Connect to the engine at ``url`` (``ws://host:port/ws``), with an optional JWT ``token``
@@ -571,8 +657,12 @@ def connect(
     ``max_delay`` seconds, full jitter); a refused token (401/403) ends the client instead.
     ``max_queue``: events buffered for the application before reading pauses (replies are read
     on the same connection, so an application that never consumes events should not wait for
-    requests once this many are buffered). Other keywords
-    go to :func:`weft.async_client.connect` (``headers``, ``ssl``, ``ping_interval``, ...).
+    requests once this many are buffered). ``quality_interval``: seconds between the
+    application-level pings that measure :attr:`EngineClient.quality` (``None``: no
+    measurement), each answered within ``pong_timeout`` or counted missed; two missed in a row
+    drop the connection and reconnect. ``on_quality`` is called with each new :class:`Quality`.
+    Other keywords go to :func:`weft.async_client.connect` (``headers``, ``ssl``,
+    ``ping_interval``, ...).
     """
     client = EngineClient(
         url,
@@ -583,5 +673,144 @@ def connect(
         max_queue=max_queue,
         connect_timeout=connect_timeout,
         options=options,
+        quality_interval=quality_interval,
+        pong_timeout=pong_timeout,
+        on_quality=on_quality,
     )
     return _Connect(client)
+
+
+class SyncEngineClient:
+    """The engine client for threaded code: the same client (reconnects, resumes, filters,
+    :attr:`quality`) driven by an event loop on a thread of its own, with blocking methods.
+    Made by :func:`connect_sync`. Methods may be called from any thread; ``on_quality`` runs on
+    the client's thread.
+
+    >>> from weft.engine_client import connect_sync
+    >>> with connect_sync("ws://127.0.0.1:8080/ws") as c:          # doctest: +SKIP
+    ...     c.subscribe(["chat.lobby"])
+    ...     c.publish("chat.lobby", {"text": "hi"})
+    ...     for event in c:
+    ...         print(event.topic, event.offset, event.payload)
+    """
+
+    def __init__(self, client: EngineClient, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        self._client = client
+        self._loop = loop
+        self._thread = thread
+        self._closed = False
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        if self._closed:
+            coro.close()
+            raise ConnectionError("the client is closed")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise
+
+    def subscribe(
+        self, topics: Iterable[str], *, presence: bool = False, filter: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """As :meth:`EngineClient.subscribe`."""
+        return self._run(self._client.subscribe(list(topics), presence=presence, filter=filter))
+
+    def unsubscribe(self, topics: Iterable[str]) -> None:
+        """As :meth:`EngineClient.unsubscribe`."""
+        self._run(self._client.unsubscribe(list(topics)))
+
+    def publish(self, topic: str, payload: Any) -> dict[str, Any]:
+        """As :meth:`EngineClient.publish`."""
+        return self._run(self._client.publish(topic, payload))
+
+    def send(self, payload: Any) -> None:
+        """As :meth:`EngineClient.send`."""
+        self._run(self._client.send(payload))
+
+    def presence(self, topic: str) -> dict[str, Any]:
+        """As :meth:`EngineClient.presence`."""
+        return self._run(self._client.presence(topic))
+
+    def ping(self) -> int:
+        """As :meth:`EngineClient.ping`."""
+        return self._run(self._client.ping())
+
+    def recv(self, timeout: float | None = None) -> Event:
+        """The next pushed event, waiting at most ``timeout`` seconds (``TimeoutError``);
+        raises the connection's error (or ``ConnectionError``) at the end."""
+        return self._run(self._client.recv(), timeout)
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            ev = self._run(self._client._next())
+            if ev is _END:
+                if self._client._error is not None:
+                    raise self._client._error
+                return
+            yield ev
+
+    def close(self) -> None:
+        """Close for good (no reconnect) and stop the client's thread."""
+        if self._closed:
+            return
+        try:
+            self._run(self._client.close(), 10)
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            if not self._loop.is_running():
+                self._loop.close()
+
+    def __enter__(self) -> SyncEngineClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    @property
+    def positions(self) -> dict[str, dict[str, Any]]:
+        return self._client.positions
+
+    @property
+    def quality(self) -> Quality | None:
+        return self._client.quality
+
+    @property
+    def reconnects(self) -> int:
+        return self._client.reconnects
+
+    @property
+    def last_resume(self) -> list[dict[str, Any]]:
+        return list(self._client.last_resume)
+
+    @property
+    def welcome(self) -> dict[str, Any]:
+        return dict(self._client.welcome)
+
+
+def connect_sync(url: str, token: str | None = None, **kwargs: Any) -> SyncEngineClient:
+    """Connect like :func:`connect` (same arguments), for threaded code: returns a
+    :class:`SyncEngineClient` once the server's ``welcome`` arrived; raises what the first
+    connection attempt raised."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="weft-engine-client", daemon=True)
+    thread.start()
+
+    async def start() -> EngineClient:
+        return await connect(url, token, **kwargs)
+
+    try:
+        client = asyncio.run_coroutine_threadsafe(start(), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        raise
+    return SyncEngineClient(client, loop, thread)

@@ -89,3 +89,31 @@ def test_a_reset_moves_the_resume_position():
     # The next event continues from there; one at or before it is a duplicate.
     assert c._dispatch({"type": "event", "topic": "t", "offset": 9, "epoch": "e2", "payload": 1}) is None
     assert c._dispatch({"type": "event", "topic": "t", "offset": 10, "epoch": "e2", "payload": 1}).offset == 10
+
+
+def test_a_client_with_several_endpoints_rides_through_the_loss_of_a_node(broker_url):
+    """The client is given both nodes; the one it is on stops: it reconnects to the other
+    and resumes there, so it gets every event once, in order."""
+    a = weft.Server(broker=broker_url, node_name="fo-a")
+    a.start()
+    with weft.Server(broker=broker_url, node_name="fo-b") as b:
+        urls = [f"ws://127.0.0.1:{a.port}/ws?user=f", f"ws://127.0.0.1:{b.port}/ws?user=f"]
+
+        async def main() -> None:
+            async with engine_client.connect(urls, min_delay=0.05, max_delay=0.2) as c:
+                assert c.url == urls[0]
+                await c.subscribe(["fo"])
+                for i in range(3):
+                    b.publish("fo", i)
+                got = [(await asyncio.wait_for(c.recv(), 5)).payload for _ in range(3)]
+                await asyncio.to_thread(a.stop)
+                for i in range(3, 6):
+                    b.publish("fo", i)
+                got += [(await asyncio.wait_for(c.recv(), 10)).payload for _ in range(3)]
+                assert got == [0, 1, 2, 3, 4, 5]
+                assert c.url == urls[1] and c.reconnects == 1
+                assert c.last_resume[0]["recovered"] is True, c.last_resume
+                first, second = c.endpoints
+                assert first.failures >= 1 and second.failures == 0 and second.latency is not None
+
+        asyncio.run(main())

@@ -226,6 +226,63 @@ def test_connection_quality_is_measured_and_a_silent_server_is_left():
     asyncio.run(silent())
 
 
+def test_circuit_breaker_stops_a_reconnection_storm_and_the_rate_limiter_paces_requests():
+    import socket
+    import threading
+
+    # An endpoint that accepts and closes at once (counted), beside a real engine.
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    attempts: list[float] = []
+
+    def accept_and_close() -> None:
+        while True:
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            attempts.append(time.monotonic())
+            conn.close()
+
+    threading.Thread(target=accept_and_close, daemon=True).start()
+    bad = f"ws://127.0.0.1:{lsock.getsockname()[1]}/ws"
+    server = weft.Server("127.0.0.1", 0)
+    server.start()
+    good = f"ws://127.0.0.1:{server.port}/ws"
+
+    async def main() -> None:
+        c = await engine_client.connect(
+            [good, bad], min_delay=0.01, max_delay=0.02, breaker_threshold=4, breaker_cooldown=0.6,
+            quality_interval=None, rate_limit=20, rate_burst=5,
+        )
+        # 25 requests at 20/s with a burst of 5: at least a second.
+        t0 = time.monotonic()
+        for i in range(25):
+            await c.publish("paced", i)
+        assert time.monotonic() - t0 >= 0.9
+        # Every endpoint down: a few attempts, then the breaker opens and nothing is tried
+        # until the cool-down ends, then one round (half-open).
+        await asyncio.to_thread(server.stop)
+        deadline = time.monotonic() + 5
+        while c.breaker != "open" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert c.breaker == "open" and c.breaker_trips == 1
+        tried = len(attempts)
+        assert 1 <= tried <= 4, tried
+        await asyncio.sleep(0.4)
+        assert len(attempts) == tried, "attempts while the breaker was open"
+        while len(attempts) == tried and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert len(attempts) == tried + 1
+        await c.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        lsock.close()
+
+
 def test_sync_engine_client_for_threaded_code():
     with weft.Server("127.0.0.1", 0, history_size=100) as server:
         url = f"ws://127.0.0.1:{server.port}/ws"

@@ -33,7 +33,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 from . import async_client
 from .exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 
-__all__ = ["connect", "connect_sync", "EngineClient", "SyncEngineClient", "Event", "EngineError", "Quality"]
+__all__ = ["connect", "connect_sync", "EngineClient", "SyncEngineClient", "Event", "EngineError", "Quality", "Endpoint"]
 
 
 
@@ -82,6 +82,41 @@ class Event:
 
 
 _END = object()
+
+
+@dataclass
+class Endpoint:
+    """One URL of the client's endpoints and how it has fared: ``failures`` in a row (0 once a
+    connection succeeds) and ``latency``, a moving average of how long connecting took (ms),
+    ``None`` until it has been reached. The client reconnects to the healthiest: fewest
+    failures, then lowest latency, then the order given."""
+
+    url: str
+    failures: int = 0
+    latency: float | None = None
+
+    def _score(self, index: int) -> tuple[int, float, int]:
+        return (self.failures, self.latency if self.latency is not None else 1e9, index)
+
+
+class _TokenBucket:
+    """Outbound requests at most ``rate`` per second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self.tokens = float(self.burst)
+        self.at = time.monotonic()
+
+    async def take(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
 @dataclass(frozen=True)
@@ -137,7 +172,7 @@ class EngineClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Iterable[str],
         token: str | None,
         *,
         reconnect: bool,
@@ -149,8 +184,28 @@ class EngineClient:
         quality_interval: float | None = 10.0,
         pong_timeout: float = 5.0,
         on_quality: Callable[[Quality], None] | None = None,
+        rate_limit: float | None = None,
+        rate_burst: int = 10,
+        breaker_threshold: int = 10,
+        breaker_cooldown: float = 30.0,
     ) -> None:
-        self.url = url
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("connect() needs at least one URL")
+        #: The endpoints, in the order given, with their health.
+        self.endpoints = [Endpoint(u) for u in urls]
+        #: The URL of the current (or last) connection.
+        self.url = urls[0]
+        #: ``closed`` (connecting normally), ``open`` (every endpoint failed
+        #: ``breaker_threshold`` times in a row: no attempt for ``breaker_cooldown`` seconds)
+        #: or ``half-open`` (one attempt after the pause).
+        self.breaker = "closed"
+        #: How often the breaker opened.
+        self.breaker_trips = 0
+        self.breaker_threshold = max(1, breaker_threshold)
+        self.breaker_cooldown = breaker_cooldown
+        self._failed_in_a_row = 0
+        self._bucket = _TokenBucket(rate_limit, rate_burst) if rate_limit else None
         self.token = token
         self.reconnect = reconnect
         self.min_delay = min_delay
@@ -187,13 +242,42 @@ class EngineClient:
 
     # ---- connection --------------------------------------------------------------------------
 
-    async def _open(self) -> None:
+    def _ranked(self) -> list[Endpoint]:
+        return [e for _, e in sorted((e._score(i), e) for i, e in enumerate(self.endpoints))]
+
+    async def _open_best(self) -> None:
+        """Connect to the healthiest endpoint that answers, trying each once in order of
+        health; raises the last failure when none does (a refused token at once)."""
+        last: BaseException | None = None
+        for ep in self._ranked():
+            t0 = time.monotonic()
+            try:
+                await self._open(ep.url)
+            except InvalidStatus as e:
+                ep.failures += 1
+                if e.status_code in (401, 403):
+                    raise
+                last = e
+                continue
+            except Exception as e:
+                ep.failures += 1
+                last = e
+                continue
+            ms = (time.monotonic() - t0) * 1000
+            ep.latency = ms if ep.latency is None else 0.7 * ep.latency + 0.3 * ms
+            ep.failures = 0
+            self.url = ep.url
+            return
+        assert last is not None
+        raise last
+
+    async def _open(self, url: str | None = None) -> None:
         headers = dict(self._options.pop("headers", None) or {})
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
         self._options["headers"] = headers
         ws = await async_client.connect(
-            self.url,
+            url or self.url,
             self.connect_timeout,
             None,
             subprotocols=["weft.v1.json"],
@@ -212,7 +296,7 @@ class EngineClient:
         self._connected.set()
 
     async def _start(self) -> EngineClient:
-        await self._open()
+        await self._open_best()
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read_loop())
         if self.quality_interval:
@@ -279,6 +363,10 @@ class EngineClient:
                         break
                 self._connected.clear()
                 self._fail_pending(ConnectionError("connection lost; the request may not have been processed"))
+                # The endpoint just lost counts as failed once: another healthy one goes first.
+                for ep in self.endpoints:
+                    if ep.url == self.url:
+                        ep.failures += 1
                 if not await self._reconnect():
                     break
         except BaseException as e:
@@ -306,9 +394,20 @@ class EngineClient:
             bound = min(self.max_delay, self.min_delay * (2**attempt))
             await asyncio.sleep(random.uniform(0, bound))
             attempt += 1
+            if self._failed_in_a_row >= self.breaker_threshold:
+                # Every endpoint keeps failing: stop the reconnection storm for a while, then
+                # let one attempt through (half-open).
+                self.breaker = "open"
+                self.breaker_trips += 1
+                await asyncio.sleep(self.breaker_cooldown)
+                if self._closing:
+                    return False
+                self.breaker = "half-open"
+                self._failed_in_a_row = self.breaker_threshold - 1
             try:
-                await self._open()
+                await self._open_best()
             except InvalidStatus as e:
+                self._failed_in_a_row += len(self.endpoints)
                 if e.status_code in (401, 403):  # the token is refused: retrying cannot help
                     self._error = e
                     return False
@@ -316,7 +415,10 @@ class EngineClient:
             except Exception:
                 # Everything else is retried: refused or reset connections, timeouts, a
                 # handshake cut short (InvalidMessage), TLS errors, 5xx, a bad welcome.
+                self._failed_in_a_row += len(self.endpoints)
                 continue
+            self._failed_in_a_row = 0
+            self.breaker = "closed"
             self.reconnects += 1
             if self._topics:
                 try:
@@ -470,6 +572,8 @@ class EngineClient:
             raise ConnectionError("the client is closed")
         if self._reader is not None and self._reader.done():
             raise self._error or ConnectionError("connection closed")
+        if self._bucket is not None:
+            await self._bucket.take()
         await self._connected.wait()
         return await self._request_now(msg)
 
@@ -637,7 +741,7 @@ class _Connect:
 
 
 def connect(
-    url: str,
+    url: str | Iterable[str],
     token: str | None = None,
     *,
     reconnect: bool = True,
@@ -648,6 +752,10 @@ def connect(
     quality_interval: float | None = 10.0,
     pong_timeout: float = 5.0,
     on_quality: Callable[[Quality], None] | None = None,
+    rate_limit: float | None = None,
+    rate_burst: int = 10,
+    breaker_threshold: int = 10,
+    breaker_cooldown: float = 30.0,
     **options: Any,
 ) -> _Connect:
     """Connect to the engine at ``url`` (``ws://host:port/ws``), with an optional JWT ``token``
@@ -661,6 +769,14 @@ def connect(
     application-level pings that measure :attr:`EngineClient.quality` (``None``: no
     measurement), each answered within ``pong_timeout`` or counted missed; two missed in a row
     drop the connection and reconnect. ``on_quality`` is called with each new :class:`Quality`.
+
+    ``url`` may be a list of endpoints (the nodes of a cluster): the client connects to the
+    healthiest that answers (:class:`Endpoint`: fewest failures in a row, then lowest connect
+    latency) and, when a connection is lost, reconnects to the best other one and resumes
+    there. After ``breaker_threshold`` failed attempts in a row on every endpoint the circuit
+    breaker opens (:attr:`EngineClient.breaker`): no attempt for ``breaker_cooldown`` seconds,
+    then one. ``rate_limit``: at most that many requests per second (``rate_burst`` at once)
+    leave the client, so it stays under the server's rate limit instead of being cut off.
     Other keywords go to :func:`weft.async_client.connect` (``headers``, ``ssl``,
     ``ping_interval``, ...).
     """
@@ -676,6 +792,10 @@ def connect(
         quality_interval=quality_interval,
         pong_timeout=pong_timeout,
         on_quality=on_quality,
+        rate_limit=rate_limit,
+        rate_burst=rate_burst,
+        breaker_threshold=breaker_threshold,
+        breaker_cooldown=breaker_cooldown,
     )
     return _Connect(client)
 
@@ -794,8 +914,20 @@ class SyncEngineClient:
     def welcome(self) -> dict[str, Any]:
         return dict(self._client.welcome)
 
+    @property
+    def url(self) -> str:
+        return self._client.url
 
-def connect_sync(url: str, token: str | None = None, **kwargs: Any) -> SyncEngineClient:
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._client.endpoints)
+
+    @property
+    def breaker(self) -> str:
+        return self._client.breaker
+
+
+def connect_sync(url: str | Iterable[str], token: str | None = None, **kwargs: Any) -> SyncEngineClient:
     """Connect like :func:`connect` (same arguments), for threaded code: returns a
     :class:`SyncEngineClient` once the server's ``welcome`` arrived; raises what the first
     connection attempt raised."""

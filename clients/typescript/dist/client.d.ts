@@ -103,6 +103,28 @@ export interface ClientOptions {
     } | false;
     /** The WebSocket implementation; default: the global one, else the `ws` package. */
     WebSocket?: WebSocketLike;
+    /**
+     * With several endpoints: after `threshold` failed attempts in a row (default 10) the circuit
+     * opens — no attempt for `cooldown` ms (default 30,000), then one (half-open) — so a client
+     * facing a cluster that is entirely down does not hammer it. `false`: back off only.
+     */
+    breaker?: {
+        threshold?: number;
+        cooldown?: number;
+    } | false;
+    /** At most `rate` publishes and sends per second leave the client (`burst` at once, default 10), in order. */
+    rateLimit?: {
+        rate: number;
+        burst?: number;
+    };
+}
+/** One of the client's endpoints and how it has fared. */
+export interface Endpoint {
+    url: string;
+    /** Failed or lost connections in a row (0 once one succeeds). */
+    failures: number;
+    /** Moving average of how long connecting took, in ms (after the first success). */
+    latency?: number;
 }
 /** The answer to a publish. */
 export interface Published extends Position {
@@ -222,7 +244,6 @@ export declare function matches(pattern: string, topic: string): boolean;
  * ```
  */
 export declare class WeftClient extends Emitter<ClientEvents> {
-    readonly url: string;
     private readonly options;
     private _state;
     private ws?;
@@ -256,7 +277,23 @@ export declare class WeftClient extends Emitter<ClientEvents> {
     };
     /** The latest connection quality, after the first ping. */
     quality?: Quality;
-    constructor(url: string, options?: ClientOptions);
+    /** The endpoints, in the order given, with their health; the client connects to the best. */
+    readonly endpoints: Endpoint[];
+    /** `closed`, `open` (every endpoint kept failing: pausing) or `half-open` (one attempt). */
+    breaker: "closed" | "open" | "half-open";
+    private current;
+    private openedAt;
+    private failedInARow;
+    private tokens;
+    private tokensAt;
+    private paced;
+    constructor(url: string | string[], options?: ClientOptions);
+    /** The URL of the current (or last) connection. */
+    get url(): string;
+    /** The healthiest endpoint: fewest failures in a row, then lowest latency, then the order given. */
+    private best;
+    /** Waits for the rate limiter's next token (in call order). */
+    private pace;
     /**
      * Takes over publishes that pages no longer running left in the store (at start, and at each
      * connect: a page that was closing when this one started has let go by then).

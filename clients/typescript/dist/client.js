@@ -119,7 +119,6 @@ function claims(token) {
  * ```
  */
 export class WeftClient extends Emitter {
-    url;
     options;
     _state = { state: "closed", reason: "not connected" };
     ws;
@@ -149,16 +148,64 @@ export class WeftClient extends Emitter {
     session;
     /** The latest connection quality, after the first ping. */
     quality;
+    /** The endpoints, in the order given, with their health; the client connects to the best. */
+    endpoints;
+    /** `closed`, `open` (every endpoint kept failing: pausing) or `half-open` (one attempt). */
+    breaker = "closed";
+    current;
+    openedAt = 0;
+    failedInARow = 0;
+    tokens = 0;
+    tokensAt = 0;
+    paced = Promise.resolve();
     constructor(url, options = {}) {
         super();
-        this.url = url;
         this.options = options;
+        const urls = typeof url === "string" ? [url] : [...url];
+        if (urls.length === 0)
+            throw new TypeError("WeftClient needs at least one URL");
+        this.endpoints = urls.map((u) => ({ url: u, failures: 0 }));
+        this.current = this.endpoints[0];
+        this.tokens = options.rateLimit?.burst ?? 10;
+        this.tokensAt = Date.now();
         this.token = options.token;
         const q = options.offlineQueue;
         if (q !== false && q?.persist) {
             this.store = openStore(q.persist, this.owner);
             this.adopt();
         }
+    }
+    /** The URL of the current (or last) connection. */
+    get url() {
+        return this.current.url;
+    }
+    /** The healthiest endpoint: fewest failures in a row, then lowest latency, then the order given. */
+    best() {
+        const score = (e, i) => [e.failures, e.latency ?? Infinity, i];
+        const ranked = this.endpoints.map((e, i) => [score(e, i), e]);
+        ranked.sort(([a], [b]) => a[0] - b[0] || a[1] - b[1] || a[2] - b[2]);
+        return ranked[0][1];
+    }
+    /** Waits for the rate limiter's next token (in call order). */
+    pace() {
+        const limit = this.options.rateLimit;
+        if (!limit)
+            return Promise.resolve();
+        const burst = limit.burst ?? 10;
+        const take = async () => {
+            for (;;) {
+                const t = Date.now();
+                this.tokens = Math.min(burst, this.tokens + ((t - this.tokensAt) / 1000) * limit.rate);
+                this.tokensAt = t;
+                if (this.tokens >= 1) {
+                    this.tokens -= 1;
+                    return;
+                }
+                await new Promise((r) => setTimeout(r, ((1 - this.tokens) / limit.rate) * 1000));
+            }
+        };
+        this.paced = this.paced.then(take, take);
+        return this.paced;
     }
     /**
      * Takes over publishes that pages no longer running left in the store (at start, and at each
@@ -315,6 +362,7 @@ export class WeftClient extends Emitter {
     }
     /** Sends a message to the application hosting the engine; resolves when it has taken it. */
     async send(payload) {
+        await this.pace();
         await this.request({ type: "send", payload });
     }
     /** Who is present on a topic now. */
@@ -354,6 +402,8 @@ export class WeftClient extends Emitter {
         // close() (and perhaps connect() again) while waiting: that newer attempt owns the client.
         if (generation !== this.generation || this._state.state === "closed")
             return;
+        this.current = this.best();
+        this.openedAt = now();
         const params = new URLSearchParams(this.options.params ?? {});
         if (this.token)
             params.set("token", this.token);
@@ -404,6 +454,10 @@ export class WeftClient extends Emitter {
         this.ws = undefined;
         this.stopTimers();
         const wasOpen = this.opened;
+        // This endpoint failed (or was lost): another healthy one goes first next time.
+        this.current.failures++;
+        if (!wasOpen)
+            this.failedInARow++;
         this.failPending(new ConnectionError(`the connection closed (${code}${reason ? " " + reason : ""})`, code));
         for (const ch of this.channels.values())
             Object.assign(ch, { state: "idle", inFlight: false, again: false });
@@ -426,6 +480,21 @@ export class WeftClient extends Emitter {
             this.setState({ state: "closed", reason, code, ...(refused ? { refused } : {}) });
             for (const w of this.connectWaiters.splice(0))
                 w.reject(new ConnectionError(reason, code));
+            return;
+        }
+        const b = this.options.breaker;
+        const threshold = b === false ? Infinity : (b?.threshold ?? 10);
+        if (this.failedInARow >= threshold) {
+            // Every endpoint keeps failing: pause, then let one attempt through.
+            const cooldown = (b || undefined)?.cooldown ?? 30000;
+            this.breaker = "open";
+            this.setState({ state: "reconnecting", reason: `circuit open after ${this.failedInARow} failed attempts: ${reason}`, delay: cooldown, ...(code !== undefined ? { code } : {}), ...(refused ? { refused } : {}) });
+            this.armExpiry();
+            this.later(cooldown, () => {
+                this.breaker = "half-open";
+                this.failedInARow = threshold - 1;
+                void this.open();
+            });
             return;
         }
         const min = r?.minDelay ?? 250;
@@ -474,6 +543,11 @@ export class WeftClient extends Emitter {
     onWelcome(m) {
         this.session = { session: String(m.session), user: String(m.user), heartbeat: Number(m.heartbeat) };
         this.attempt = 0;
+        const ms = now() - this.openedAt;
+        this.current.latency = this.current.latency === undefined ? ms : 0.7 * this.current.latency + 0.3 * ms;
+        this.current.failures = 0;
+        this.failedInARow = 0;
+        this.breaker = "closed";
         this.missedInARow = 0;
         this.setState({ state: "connected" });
         this.emit("welcome", { ...this.session, time: Number(m.time) });
@@ -602,6 +676,7 @@ export class WeftClient extends Emitter {
         }
     }
     async sendPublish(topic, payload) {
+        await this.pace();
         const m = await this.request({ type: "publish", topic, payload });
         return { topic, offset: m.offset, epoch: m.epoch };
     }

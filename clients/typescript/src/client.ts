@@ -119,6 +119,23 @@ export interface ClientOptions {
   offlineQueue?: { maxSize?: number; maxAge?: number; persist?: string | false } | false;
   /** The WebSocket implementation; default: the global one, else the `ws` package. */
   WebSocket?: WebSocketLike;
+  /**
+   * With several endpoints: after `threshold` failed attempts in a row (default 10) the circuit
+   * opens — no attempt for `cooldown` ms (default 30,000), then one (half-open) — so a client
+   * facing a cluster that is entirely down does not hammer it. `false`: back off only.
+   */
+  breaker?: { threshold?: number; cooldown?: number } | false;
+  /** At most `rate` publishes and sends per second leave the client (`burst` at once, default 10), in order. */
+  rateLimit?: { rate: number; burst?: number };
+}
+
+/** One of the client's endpoints and how it has fared. */
+export interface Endpoint {
+  url: string;
+  /** Failed or lost connections in a row (0 once one succeeds). */
+  failures: number;
+  /** Moving average of how long connecting took, in ms (after the first success). */
+  latency?: number;
 }
 
 /** The answer to a publish. */
@@ -367,18 +384,68 @@ export class WeftClient extends Emitter<ClientEvents> {
   session?: { session: string; user: string; heartbeat: number };
   /** The latest connection quality, after the first ping. */
   quality?: Quality;
+  /** The endpoints, in the order given, with their health; the client connects to the best. */
+  readonly endpoints: Endpoint[];
+  /** `closed`, `open` (every endpoint kept failing: pausing) or `half-open` (one attempt). */
+  breaker: "closed" | "open" | "half-open" = "closed";
+  private current: Endpoint;
+  private openedAt = 0;
+  private failedInARow = 0;
+  private tokens = 0;
+  private tokensAt = 0;
+  private paced: Promise<void> = Promise.resolve();
 
   constructor(
-    readonly url: string,
+    url: string | string[],
     private readonly options: ClientOptions = {},
   ) {
     super();
+    const urls = typeof url === "string" ? [url] : [...url];
+    if (urls.length === 0) throw new TypeError("WeftClient needs at least one URL");
+    this.endpoints = urls.map((u) => ({ url: u, failures: 0 }));
+    this.current = this.endpoints[0]!;
+    this.tokens = options.rateLimit?.burst ?? 10;
+    this.tokensAt = Date.now();
     this.token = options.token;
     const q = options.offlineQueue;
     if (q !== false && q?.persist) {
       this.store = openStore(q.persist, this.owner);
       this.adopt();
     }
+  }
+
+  /** The URL of the current (or last) connection. */
+  get url(): string {
+    return this.current.url;
+  }
+
+  /** The healthiest endpoint: fewest failures in a row, then lowest latency, then the order given. */
+  private best(): Endpoint {
+    const score = (e: Endpoint, i: number) => [e.failures, e.latency ?? Infinity, i] as const;
+    const ranked = this.endpoints.map((e, i) => [score(e, i), e] as const);
+    ranked.sort(([a], [b]) => a[0] - b[0] || a[1] - b[1] || a[2] - b[2]);
+    return ranked[0]![1];
+  }
+
+  /** Waits for the rate limiter's next token (in call order). */
+  private pace(): Promise<void> {
+    const limit = this.options.rateLimit;
+    if (!limit) return Promise.resolve();
+    const burst = limit.burst ?? 10;
+    const take = async (): Promise<void> => {
+      for (;;) {
+        const t = Date.now();
+        this.tokens = Math.min(burst, this.tokens + ((t - this.tokensAt) / 1000) * limit.rate);
+        this.tokensAt = t;
+        if (this.tokens >= 1) {
+          this.tokens -= 1;
+          return;
+        }
+        await new Promise((r) => setTimeout(r, ((1 - this.tokens) / limit.rate) * 1000));
+      }
+    };
+    this.paced = this.paced.then(take, take);
+    return this.paced;
   }
 
   /**
@@ -533,6 +600,7 @@ export class WeftClient extends Emitter<ClientEvents> {
 
   /** Sends a message to the application hosting the engine; resolves when it has taken it. */
   async send(payload: unknown): Promise<void> {
+    await this.pace();
     await this.request({ type: "send", payload });
   }
 
@@ -572,6 +640,8 @@ export class WeftClient extends Emitter<ClientEvents> {
     }
     // close() (and perhaps connect() again) while waiting: that newer attempt owns the client.
     if (generation !== this.generation || this._state.state === "closed") return;
+    this.current = this.best();
+    this.openedAt = now();
     const params = new URLSearchParams(this.options.params ?? {});
     if (this.token) params.set("token", this.token);
     const qs = params.toString();
@@ -625,6 +695,9 @@ export class WeftClient extends Emitter<ClientEvents> {
     this.ws = undefined;
     this.stopTimers();
     const wasOpen = this.opened;
+    // This endpoint failed (or was lost): another healthy one goes first next time.
+    this.current.failures++;
+    if (!wasOpen) this.failedInARow++;
     this.failPending(new ConnectionError(`the connection closed (${code}${reason ? " " + reason : ""})`, code));
     for (const ch of this.channels.values()) Object.assign(ch, { state: "idle", inFlight: false, again: false });
     // An expired session, or an upgrade refused (a browser shows only 1006): ask for a token.
@@ -644,6 +717,21 @@ export class WeftClient extends Emitter<ClientEvents> {
       this.failQueue(new ConnectionError(reason, code));
       this.setState({ state: "closed", reason, code, ...(refused ? { refused } : {}) });
       for (const w of this.connectWaiters.splice(0)) w.reject(new ConnectionError(reason, code));
+      return;
+    }
+    const b = this.options.breaker;
+    const threshold = b === false ? Infinity : (b?.threshold ?? 10);
+    if (this.failedInARow >= threshold) {
+      // Every endpoint keeps failing: pause, then let one attempt through.
+      const cooldown = (b || undefined)?.cooldown ?? 30000;
+      this.breaker = "open";
+      this.setState({ state: "reconnecting", reason: `circuit open after ${this.failedInARow} failed attempts: ${reason}`, delay: cooldown, ...(code !== undefined ? { code } : {}), ...(refused ? { refused } : {}) });
+      this.armExpiry();
+      this.later(cooldown, () => {
+        this.breaker = "half-open";
+        this.failedInARow = threshold - 1;
+        void this.open();
+      });
       return;
     }
     const min = r?.minDelay ?? 250;
@@ -696,6 +784,11 @@ export class WeftClient extends Emitter<ClientEvents> {
   private onWelcome(m: Msg): void {
     this.session = { session: String(m.session), user: String(m.user), heartbeat: Number(m.heartbeat) };
     this.attempt = 0;
+    const ms = now() - this.openedAt;
+    this.current.latency = this.current.latency === undefined ? ms : 0.7 * this.current.latency + 0.3 * ms;
+    this.current.failures = 0;
+    this.failedInARow = 0;
+    this.breaker = "closed";
     this.missedInARow = 0;
     this.setState({ state: "connected" });
     this.emit("welcome", { ...this.session, time: Number(m.time) });
@@ -818,6 +911,7 @@ export class WeftClient extends Emitter<ClientEvents> {
   }
 
   private async sendPublish(topic: string, payload: unknown): Promise<Published> {
+    await this.pace();
     const m = await this.request({ type: "publish", topic, payload });
     return { topic, offset: m.offset as number, epoch: m.epoch as string };
   }

@@ -16,6 +16,7 @@ export {
   type PresenceInfo,
   type OutboxResult,
   type WebSocketLike,
+  type Endpoint,
 } from "./client.js";
 export { WeftError, ServerError, TimeoutError, ConnectionError, ClosedError, QueueError, ProtocolError } from "./errors.js";
 export { encode as encodeMsgpack, decode as decodeMsgpack } from "./msgpack.js";

@@ -19,6 +19,71 @@ afterEach(() => {
   vi.restoreAllMocks();
 });
 
+describe("several endpoints, circuit breaker, rate limit", () => {
+  it("a lost node: reconnects to the healthiest other endpoint and resumes there", async () => {
+    const c = new WeftClient(["ws://a/ws", "ws://b/ws"], { WebSocket: server.WebSocket, reconnect: { minDelay: 10, maxDelay: 10 } });
+    const seen: number[] = [];
+    c.subscribe<number>("t", (ev) => seen.push(ev.payload));
+    await Promise.all([c.connect(), tick()]);
+    expect(c.url).toBe("ws://a/ws");
+    server.publish("t", 1);
+    server.refuseHosts.add("a");
+    server.last.drop();
+    server.publish("t", 2, false); // missed while away: comes back through the resume
+    await tick(50);
+    expect(c.state.state).toBe("connected");
+    expect(c.url).toBe("ws://b/ws");
+    server.publish("t", 3);
+    expect(seen).toEqual([1, 2, 3]);
+    expect(c.endpoints.map((e) => e.failures)).toEqual([1, 0]);
+    expect(c.endpoints[1]!.latency).toBeDefined();
+    c.close();
+  });
+
+  it("every endpoint down: the breaker opens after the threshold, pauses, then tries once", async () => {
+    vi.spyOn(Math, "random").mockReturnValue(0);
+    const c = new WeftClient(["ws://a/ws", "ws://b/ws"], {
+      WebSocket: server.WebSocket,
+      reconnect: { minDelay: 10, maxDelay: 10 },
+      breaker: { threshold: 4, cooldown: 5000 },
+    });
+    await Promise.all([c.connect(), tick()]);
+    server.refuse = true;
+    server.last.drop();
+    await tick(100);
+    expect(c.breaker).toBe("open");
+    const tried = server.attempts.length;
+    expect(tried).toBe(1 + 4); // the first connection, then four failed attempts
+    expect(c.state).toMatchObject({ state: "reconnecting", delay: 5000 });
+    expect(c.state.reason).toContain("circuit open");
+    await tick(4800);
+    expect(server.attempts.length).toBe(tried);
+    await tick(300);
+    expect(server.attempts.length).toBe(tried + 1);
+    expect(c.breaker).toBe("open"); // the half-open attempt failed too
+    server.refuse = false;
+    await tick(5100);
+    expect(c.state.state).toBe("connected");
+    expect(c.breaker).toBe("closed");
+    c.close();
+  });
+
+  it("the rate limiter paces publishes in order", async () => {
+    const c = client({ rateLimit: { rate: 10, burst: 2 } });
+    await Promise.all([c.connect(), tick()]);
+    const done = [1, 2, 3, 4, 5, 6].map((n) => c.publish("r", n));
+    await tick(0);
+    const published = () => server.last.received.filter((m) => m.type === "publish").map((m) => m.payload);
+    expect(published()).toEqual([1, 2]);
+    await tick(250);
+    expect(published()).toEqual([1, 2, 3, 4]);
+    await tick(250);
+    expect(published()).toEqual([1, 2, 3, 4, 5, 6]);
+    expect((await Promise.all(done)).map((p) => p.offset)).toEqual([1, 2, 3, 4, 5, 6]);
+    c.close();
+  });
+});
+
 describe("connecting", () => {
   it("goes connecting → connected and speaks the subprotocol", async () => {
     const c = client({ params: { user: "ann" } });

@@ -75,6 +75,8 @@ export class FakeServer {
   readonly topics = new Map<string, Topic>();
   /** Refuse connections: they close (1006) without opening. */
   refuse = false;
+  /** Refuse connections to these hosts only (one fake server standing for a cluster's nodes). */
+  readonly refuseHosts = new Set<string>();
   /** Answer pings (off: the connection seems dead). */
   pong = true;
   /** Replace the answer to a client message; return true when handled. */
@@ -109,7 +111,7 @@ export class FakeServer {
 
   accept(s: FakeSocket): void {
     if (s.readyState !== 0) return;
-    if (this.refuse) return s.drop(1006);
+    if (this.refuse || this.refuseHosts.has(new URL(s.url).host)) return s.drop(1006);
     s.open();
     s.push({ type: "welcome", version: 1, session: `s${this.sockets.length}`, user: s.query.get("user") ?? "anon", time: Date.now(), heartbeat: 25000 });
   }

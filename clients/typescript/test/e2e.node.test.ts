@@ -4,7 +4,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { WeftClient, type Subscription, type Unrecovered, type WebSocketLike } from "../src/index.js";
-import { CutProxy, httpPublish, jwt, sleep, startServe, until, type Serve } from "./harness.js";
+import { spawn } from "node:child_process";
+import { CutProxy, freePort, httpPublish, jwt, listening, sleep, startServe, until, type Serve } from "./harness.js";
 
 const WS: WebSocketLike = WebSocket; // ws's class fits the option as it is
 const fast = { minDelay: 100, maxDelay: 500 };
@@ -187,3 +188,43 @@ describe("with tokens", () => {
     c.close();
   });
 });
+
+describe("a cluster of two nodes over Redis", () => {
+  it("a client given both nodes rides through a node killed with -9: every event once, in order", async () => {
+    const rport = await freePort();
+    const redis = spawn("redis-server", ["--port", String(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+    try {
+      expect(await listening(rport, 10000)).toBe(true);
+      const args = (name: string) => ["--broker", `redis://127.0.0.1:${rport}`, "--node-name", name, "--node-ttl", "3"];
+      const a = await startServe(args("ts-a"));
+      const b = await startServe(args("ts-b"));
+      try {
+        const c = new WeftClient([`ws://127.0.0.1:${a.port}/ws`, `ws://127.0.0.1:${b.port}/ws`], {
+          WebSocket: WS,
+          params: { user: "fo" },
+          reconnect: fast,
+        });
+        const seen: number[] = [];
+        const lost: Unrecovered[] = [];
+        const sub = c.subscribe<number>("failover", (ev) => seen.push(ev.payload), { onUnrecovered: (u) => lost.push(u) });
+        await Promise.all([c.connect(), made(sub)]);
+        expect(c.url).toContain(`:${a.port}/`);
+        for (let n = 0; n < 5; n++) await httpPublish(b.url, "failover", n);
+        await until(() => seen.length >= 5, 5000, "first events");
+        await a.stop(); // kill -9
+        for (let n = 5; n < 10; n++) await httpPublish(b.url, "failover", n);
+        await until(() => seen.length >= 10, 10000, "events after the node was lost");
+        expect(seen).toEqual([...Array(10).keys()]);
+        expect(lost).toEqual([]);
+        expect(c.url).toContain(`:${b.port}/`);
+        c.close();
+      } finally {
+        await a.stop();
+        await b.stop();
+      }
+    } finally {
+      redis.kill("SIGKILL");
+    }
+  });
+});
+

@@ -28,7 +28,8 @@ export async function freePort(): Promise<number> {
   });
 }
 
-async function listening(port: number, ms: number): Promise<boolean> {
+/** Whether something listens on 127.0.0.1:`port` within `ms`. */
+export async function listening(port: number, ms: number): Promise<boolean> {
   const until = Date.now() + ms;
   while (Date.now() < until) {
     const ok = await new Promise<boolean>((resolve) => {

@@ -310,8 +310,9 @@ def test_sync_engine_client_for_threaded_code():
                     break
             assert got == [4, 5]
             assert c.reconnects == 1 and c.positions["sync.t"]["offset"] == 6
-            assert c.publish("sync.t", {"n": 9})["offset"] == 7
-            assert c.recv(timeout=5).payload["n"] == 9
+            assert c.publish("sync.t", {"n": 9}, priority="high")["offset"] == 7
+            ev = c.recv(timeout=5)
+            assert ev.payload["n"] == 9 and ev.raw["priority"] == "high"
             deadline = time.monotonic() + 5
             while c.quality is None and time.monotonic() < deadline:
                 time.sleep(0.02)

@@ -11,6 +11,8 @@ export interface WeftEvent<T = unknown> extends Position {
     id: string;
     /** Server time of the publish, milliseconds since the Unix epoch. */
     time: number;
+    /** The publish's priority, when other than `normal`. */
+    priority?: Priority;
     payload: T;
 }
 /** A connection present on a topic. */
@@ -104,14 +106,15 @@ export interface ClientOptions {
     /** The WebSocket implementation; default: the global one, else the `ws` package. */
     WebSocket?: WebSocketLike;
     /**
-     * With several endpoints: after `threshold` failed attempts in a row (default 10) the circuit
-     * opens — no attempt for `cooldown` ms (default 30,000), then one (half-open) — so a client
-     * facing a cluster that is entirely down does not hammer it. `false`: back off only.
+     * A circuit breaker: after `threshold` failed attempts in a row (default 10; every endpoint
+     * counted) the circuit opens — no attempt for `cooldown` ms (default 30,000), then one
+     * (half-open) — so clients facing a cluster that is entirely down do not hammer it. Off when
+     * not given (the backoff alone spreads attempts).
      */
     breaker?: {
         threshold?: number;
         cooldown?: number;
-    } | false;
+    };
     /** At most `rate` publishes and sends per second leave the client (`burst` at once, default 10), in order. */
     rateLimit?: {
         rate: number;
@@ -229,6 +232,8 @@ interface Channel {
     /** Failed attempts in a row (a server error that may pass): the retry backs off. */
     failures: number;
 }
+/** What a subscriber's `drop-lowest` slow-consumer policy drops first (default `normal`). */
+export type Priority = "background" | "low" | "normal" | "high" | "critical";
 /** Does the NATS-style `pattern` (`*` one segment, a final `>` one or more) match `topic`? */
 export declare function matches(pattern: string, topic: string): boolean;
 /**
@@ -324,9 +329,12 @@ export declare class WeftClient extends Emitter<ClientEvents> {
      * waits in the offline queue and is sent, in order, after reconnect. Rejects with a
      * `ServerError` (e.g. 4003 forbidden, 5003 unavailable), a `QueueError`, or a
      * `ConnectionError` when the connection ended while the publish was in flight (its outcome
-     * is then unknown).
+     * is then unknown). `priority` is what subscribers' `drop-lowest` policy drops first (kept
+     * in the offline queue in memory; not in the persisted store).
      */
-    publish(topic: string, payload: unknown): Promise<Published>;
+    publish(topic: string, payload: unknown, options?: {
+        priority?: Priority;
+    }): Promise<Published>;
     /** Sends a message to the application hosting the engine; resolves when it has taken it. */
     send(payload: unknown): Promise<void>;
     /** Who is present on a topic now. */

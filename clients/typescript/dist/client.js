@@ -337,11 +337,13 @@ export class WeftClient extends Emitter {
      * waits in the offline queue and is sent, in order, after reconnect. Rejects with a
      * `ServerError` (e.g. 4003 forbidden, 5003 unavailable), a `QueueError`, or a
      * `ConnectionError` when the connection ended while the publish was in flight (its outcome
-     * is then unknown).
+     * is then unknown). `priority` is what subscribers' `drop-lowest` policy drops first (kept
+     * in the offline queue in memory; not in the persisted store).
      */
-    publish(topic, payload) {
+    publish(topic, payload, options = {}) {
+        const priority = options.priority;
         if (this._state.state === "connected")
-            return this.sendPublish(topic, payload);
+            return this.sendPublish(topic, payload, priority);
         const q = this.options.offlineQueue;
         if (q === false)
             return Promise.reject(new ConnectionError("not connected"));
@@ -353,7 +355,7 @@ export class WeftClient extends Emitter {
             return Promise.reject(new QueueError("queue_full", `the offline queue holds ${this.queue.length} publishes`));
         }
         return new Promise((resolve, reject) => {
-            const e = { topic, payload, time: Date.now(), resolve, reject };
+            const e = { topic, payload, time: Date.now(), resolve, reject, ...(priority ? { priority } : {}) };
             if (this.store)
                 e.key = this.store.add({ owner: this.owner, topic, payload, time: e.time });
             this.queue.push(e);
@@ -483,10 +485,10 @@ export class WeftClient extends Emitter {
             return;
         }
         const b = this.options.breaker;
-        const threshold = b === false ? Infinity : (b?.threshold ?? 10);
+        const threshold = b ? (b.threshold ?? 10) : Infinity;
         if (this.failedInARow >= threshold) {
             // Every endpoint keeps failing: pause, then let one attempt through.
-            const cooldown = (b || undefined)?.cooldown ?? 30000;
+            const cooldown = b?.cooldown ?? 30000;
             this.breaker = "open";
             this.setState({ state: "reconnecting", reason: `circuit open after ${this.failedInARow} failed attempts: ${reason}`, delay: cooldown, ...(code !== undefined ? { code } : {}), ...(refused ? { refused } : {}) });
             this.armExpiry();
@@ -675,9 +677,9 @@ export class WeftClient extends Emitter {
             fail(e);
         }
     }
-    async sendPublish(topic, payload) {
+    async sendPublish(topic, payload, priority) {
         await this.pace();
-        const m = await this.request({ type: "publish", topic, payload });
+        const m = await this.request({ type: "publish", topic, payload, ...(priority ? { priority } : {}) });
         return { topic, offset: m.offset, epoch: m.epoch };
     }
     expire() {
@@ -707,7 +709,7 @@ export class WeftClient extends Emitter {
         clearTimeout(this.expiryTimer);
         this.expire();
         for (const q of this.queue.splice(0)) {
-            this.sendPublish(q.topic, q.payload).then((r) => {
+            this.sendPublish(q.topic, q.payload, q.priority).then((r) => {
                 this.forget(q);
                 q.resolve(r);
             }, (e) => {

@@ -15,6 +15,8 @@ export interface WeftEvent<T = unknown> extends Position {
   id: string;
   /** Server time of the publish, milliseconds since the Unix epoch. */
   time: number;
+  /** The publish's priority, when other than `normal`. */
+  priority?: Priority;
   payload: T;
 }
 
@@ -120,11 +122,12 @@ export interface ClientOptions {
   /** The WebSocket implementation; default: the global one, else the `ws` package. */
   WebSocket?: WebSocketLike;
   /**
-   * With several endpoints: after `threshold` failed attempts in a row (default 10) the circuit
-   * opens — no attempt for `cooldown` ms (default 30,000), then one (half-open) — so a client
-   * facing a cluster that is entirely down does not hammer it. `false`: back off only.
+   * A circuit breaker: after `threshold` failed attempts in a row (default 10; every endpoint
+   * counted) the circuit opens — no attempt for `cooldown` ms (default 30,000), then one
+   * (half-open) — so clients facing a cluster that is entirely down do not hammer it. Off when
+   * not given (the backoff alone spreads attempts).
    */
-  breaker?: { threshold?: number; cooldown?: number } | false;
+  breaker?: { threshold?: number; cooldown?: number };
   /** At most `rate` publishes and sends per second leave the client (`burst` at once, default 10), in order. */
   rateLimit?: { rate: number; burst?: number };
 }
@@ -301,9 +304,13 @@ interface Pending {
   timer: ReturnType<typeof setTimeout>;
 }
 
+/** What a subscriber's `drop-lowest` slow-consumer policy drops first (default `normal`). */
+export type Priority = "background" | "low" | "normal" | "high" | "critical";
+
 interface Queued {
   topic: string;
   payload: unknown;
+  priority?: Priority;
   time: number;
   key?: number | Promise<number | undefined>;
   resolve: (p: Published) => void;
@@ -577,10 +584,12 @@ export class WeftClient extends Emitter<ClientEvents> {
    * waits in the offline queue and is sent, in order, after reconnect. Rejects with a
    * `ServerError` (e.g. 4003 forbidden, 5003 unavailable), a `QueueError`, or a
    * `ConnectionError` when the connection ended while the publish was in flight (its outcome
-   * is then unknown).
+   * is then unknown). `priority` is what subscribers' `drop-lowest` policy drops first (kept
+   * in the offline queue in memory; not in the persisted store).
    */
-  publish(topic: string, payload: unknown): Promise<Published> {
-    if (this._state.state === "connected") return this.sendPublish(topic, payload);
+  publish(topic: string, payload: unknown, options: { priority?: Priority } = {}): Promise<Published> {
+    const priority = options.priority;
+    if (this._state.state === "connected") return this.sendPublish(topic, payload, priority);
     const q = this.options.offlineQueue;
     if (q === false) return Promise.reject(new ConnectionError("not connected"));
     if (this._state.state === "closed") {
@@ -591,7 +600,7 @@ export class WeftClient extends Emitter<ClientEvents> {
       return Promise.reject(new QueueError("queue_full", `the offline queue holds ${this.queue.length} publishes`));
     }
     return new Promise<Published>((resolve, reject) => {
-      const e: Queued = { topic, payload, time: Date.now(), resolve, reject };
+      const e: Queued = { topic, payload, time: Date.now(), resolve, reject, ...(priority ? { priority } : {}) };
       if (this.store) e.key = this.store.add({ owner: this.owner, topic, payload, time: e.time });
       this.queue.push(e);
       this.armExpiry();
@@ -720,10 +729,10 @@ export class WeftClient extends Emitter<ClientEvents> {
       return;
     }
     const b = this.options.breaker;
-    const threshold = b === false ? Infinity : (b?.threshold ?? 10);
+    const threshold = b ? (b.threshold ?? 10) : Infinity;
     if (this.failedInARow >= threshold) {
       // Every endpoint keeps failing: pause, then let one attempt through.
-      const cooldown = (b || undefined)?.cooldown ?? 30000;
+      const cooldown = b?.cooldown ?? 30000;
       this.breaker = "open";
       this.setState({ state: "reconnecting", reason: `circuit open after ${this.failedInARow} failed attempts: ${reason}`, delay: cooldown, ...(code !== undefined ? { code } : {}), ...(refused ? { refused } : {}) });
       this.armExpiry();
@@ -910,9 +919,9 @@ export class WeftClient extends Emitter<ClientEvents> {
     }
   }
 
-  private async sendPublish(topic: string, payload: unknown): Promise<Published> {
+  private async sendPublish(topic: string, payload: unknown, priority?: Priority): Promise<Published> {
     await this.pace();
-    const m = await this.request({ type: "publish", topic, payload });
+    const m = await this.request({ type: "publish", topic, payload, ...(priority ? { priority } : {}) });
     return { topic, offset: m.offset as number, epoch: m.epoch as string };
   }
 
@@ -944,7 +953,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     clearTimeout(this.expiryTimer);
     this.expire();
     for (const q of this.queue.splice(0)) {
-      this.sendPublish(q.topic, q.payload).then(
+      this.sendPublish(q.topic, q.payload, q.priority).then(
         (r) => {
           this.forget(q);
           q.resolve(r);

@@ -17,6 +17,7 @@ export {
   type OutboxResult,
   type WebSocketLike,
   type Endpoint,
+  type Priority,
 } from "./client.js";
 export { WeftError, ServerError, TimeoutError, ConnectionError, ClosedError, QueueError, ProtocolError } from "./errors.js";
 export { encode as encodeMsgpack, decode as decodeMsgpack } from "./msgpack.js";

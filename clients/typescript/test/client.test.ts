@@ -68,6 +68,23 @@ describe("several endpoints, circuit breaker, rate limit", () => {
     c.close();
   });
 
+  it("a publish carries its priority, also from the offline queue", async () => {
+    const c = client();
+    const connecting = c.connect();
+    const early = c.publish("p", 0, { priority: "critical" }); // queued while connecting
+    await Promise.all([connecting, tick()]);
+    await c.publish("p", 1, { priority: "high" });
+    await c.publish("p", 2);
+    await early;
+    const sent = server.last.received.filter((m) => m.type === "publish").map((m) => [m.payload, m.priority]);
+    expect(sent).toEqual([
+      [0, "critical"],
+      [1, "high"],
+      [2, undefined],
+    ]);
+    c.close();
+  });
+
   it("the rate limiter paces publishes in order", async () => {
     const c = client({ rateLimit: { rate: 10, burst: 2 } });
     await Promise.all([c.connect(), tick()]);

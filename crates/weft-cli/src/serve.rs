@@ -76,7 +76,8 @@ pub(crate) struct ServeArgs {
     /// Seconds events are kept for recovery [default: 300].
     #[arg(long, env = "WEFT_HISTORY_TTL")]
     history_ttl: Option<f64>,
-    /// Slow-consumer policy: disconnect, drop-oldest or latest [default: disconnect].
+    /// Slow-consumer policy: disconnect, drop-oldest, latest or drop-lowest (by publish
+    /// priority) [default: disconnect].
     #[arg(long, env = "WEFT_SLOW_CONSUMER")]
     slow_consumer: Option<SlowConsumerPolicy>,
     /// Per-topic policy, PATTERN=POLICY (repeatable; in the environment, comma-separated),

@@ -264,8 +264,28 @@ impl Engine {
         payload: Value,
         id: Option<String>,
     ) -> Result<Position, PublishError> {
+        self.publish_with(topic, payload, crate::broker::PublishMeta { id, ..Default::default() }).await
+    }
+
+    /// Publish with an event id and a priority ([`PublishMeta`]).
+    ///
+    /// ```no_run
+    /// # async fn run(engine: weft_server::Engine) {
+    /// use weft_server::broker::PublishMeta;
+    /// use weft_server::wire::Priority;
+    ///
+    /// let meta = PublishMeta { priority: Priority::High, ..Default::default() };
+    /// engine.publish_with("alerts", serde_json::json!({"level": "red"}), meta).await.unwrap();
+    /// # }
+    /// ```
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: Value,
+        meta: crate::broker::PublishMeta,
+    ) -> Result<Position, PublishError> {
         validate_topic(topic).map_err(|e| PublishError(ErrorBody::new(ErrorCode::InvalidTopic, e.to_string())))?;
-        self.shared.broker.publish(topic, payload, id).await.map_err(|e| PublishError(e.body()))
+        self.shared.broker.publish(topic, payload, meta).await.map_err(|e| PublishError(e.body()))
     }
 
     /// Start a graceful shutdown: stop accepting, close every connection with 1001 after

@@ -91,6 +91,8 @@ struct PublishBody {
     payload: Value,
     #[serde(default)]
     id: Option<String>,
+    #[serde(default)]
+    priority: crate::wire::Priority,
 }
 
 #[derive(Deserialize)]
@@ -171,7 +173,8 @@ where
             Ok(b) => b,
             Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("bad publish body: {e}")),
         };
-        match engine.publish_with_id(&b.topic, b.payload, b.id).await {
+        let meta = crate::broker::PublishMeta { id: b.id, priority: b.priority };
+        match engine.publish_with(&b.topic, b.payload, meta).await {
             Ok(p) => json_response(StatusCode::OK, &json!({"topic": b.topic, "offset": p.offset, "epoch": p.epoch})),
             Err(e) => json_response(status_of(&e.0), &json!({"error": e.0})),
         }

@@ -431,7 +431,7 @@ impl Metrics {
         put(
             "weft_dropped_events_total",
             "counter",
-            "Events dropped or replaced by the drop-oldest and latest policies.",
+            "Events dropped or replaced by the drop-oldest, latest and drop-lowest policies.",
             Self::get(&self.dropped_events),
         );
         put("weft_rate_limited_total", "counter", "Requests refused by the rate limit.", Self::get(&self.rate_limited));

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use weft::proto::EncodedMessage;
 
 use crate::metrics::Metrics;
-use crate::wire::{Event, Notice};
+use crate::wire::{Event, Notice, Priority};
 
 /// What to do when an event finds a subscriber's queue full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -26,6 +26,11 @@ pub enum SlowConsumerPolicy {
     DropOldest,
     /// Keep only the newest queued event per topic (always, not only when full).
     Latest,
+    /// When full, discard the queued event of the lowest priority (the oldest of those), or
+    /// the new one when it is lower still; `high` and `critical` events are never discarded:
+    /// with only those queued, the connection closes as a slow consumer. The client is told
+    /// with `lagged`.
+    DropLowest,
 }
 
 impl std::str::FromStr for SlowConsumerPolicy {
@@ -35,7 +40,8 @@ impl std::str::FromStr for SlowConsumerPolicy {
             "disconnect" => Ok(Self::Disconnect),
             "drop-oldest" => Ok(Self::DropOldest),
             "latest" => Ok(Self::Latest),
-            _ => Err(format!("unknown slow-consumer policy {s:?} (disconnect, drop-oldest, latest)")),
+            "drop-lowest" => Ok(Self::DropLowest),
+            _ => Err(format!("unknown slow-consumer policy {s:?} (disconnect, drop-oldest, latest, drop-lowest)")),
         }
     }
 }
@@ -134,6 +140,35 @@ impl Outbox {
                         // Only replies queued: the client is not reading its own answers.
                         None => return self.close_slow(st),
                     }
+                }
+                SlowConsumerPolicy::DropLowest => {
+                    // The lowest priority queued, the oldest of those (a join/leave notice
+                    // counts as normal; a reset is never a candidate).
+                    let lowest = st
+                        .queue
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, o)| match o {
+                            Out::Event(e, ..) => Some((e.priority, i)),
+                            Out::Notice(n) if !n.is_reset() => Some((Priority::Normal, i)),
+                            _ => None,
+                        })
+                        .min();
+                    match lowest {
+                        Some((p, i)) if p.droppable() && p <= ev.priority => {
+                            st.queue.remove(i);
+                        }
+                        // The new event is the lowest: it goes.
+                        _ if ev.priority.droppable() => {
+                            st.dropped += 1;
+                            self.metrics.dropped_events.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        // Nothing that may be dropped: high-priority events never are.
+                        _ => return self.close_slow(st),
+                    }
+                    st.dropped += 1;
+                    self.metrics.dropped_events.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

@@ -437,7 +437,7 @@ impl Session {
                 }
                 self.reply(&Reply::Unsubscribed { id: id.as_ref(), topics: &topics });
             }
-            Request::Publish { id, topic, payload } => {
+            Request::Publish { id, topic, payload, priority } => {
                 if let Err(e) = validate_topic(&topic) {
                     self.error(id.as_ref(), &ErrorBody::new(ErrorCode::InvalidTopic, e.to_string()));
                     return Flow::Continue;
@@ -455,11 +455,13 @@ impl Session {
                 if self.shared.broker.pipelined() {
                     // Sent now, in order; the reply takes its place in the queue when it comes.
                     let slot = self.sub.outbox.reserve();
-                    let sent = Arc::clone(&self.shared.broker).publish_owned(topic.clone(), payload, None);
+                    let meta = crate::broker::PublishMeta { id: None, priority };
+                    let sent = Arc::clone(&self.shared.broker).publish_owned(topic.clone(), payload, meta);
                     self.pending().push_back(Box::pin(async move { (slot, id, topic, sent.await) }));
                     return Flow::Continue;
                 }
-                match self.shared.broker.publish(&topic, payload, None).await {
+                let meta = crate::broker::PublishMeta { id: None, priority };
+                match self.shared.broker.publish(&topic, payload, meta).await {
                     Ok(pos) => self.reply(&Reply::Published {
                         id: id.as_ref(),
                         topic: &topic,

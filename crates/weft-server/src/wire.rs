@@ -285,6 +285,98 @@ pub struct Event {
     msgpack_z: OnceLock<EncodedMessage>,
     /// Subscription filters' verdicts on this event, one per distinct filter.
     pub(crate) verdicts: crate::filter::Verdicts,
+    /// What the `drop-lowest` slow-consumer policy drops first.
+    pub priority: Priority,
+}
+
+/// How much an event matters when a connection's queue overflows under the `drop-lowest`
+/// slow-consumer policy: lower priorities are dropped first, `high` and `critical` never (the
+/// levels and their numbers are wse-server's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// 1: dropped first.
+    Background = 1,
+    /// 3.
+    Low = 3,
+    /// 5: the default.
+    #[default]
+    Normal = 5,
+    /// 8: never dropped by `drop-lowest`.
+    High = 8,
+    /// 10: never dropped by `drop-lowest`.
+    Critical = 10,
+}
+
+impl Priority {
+    /// The name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Background => "background",
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Critical => "critical",
+        }
+    }
+
+    /// Its number (1, 3, 5, 8, 10).
+    pub fn level(self) -> u8 {
+        self as u8
+    }
+
+    /// From a number of [`level`](Self::level).
+    pub fn from_level(n: u64) -> Option<Priority> {
+        Some(match n {
+            1 => Priority::Background,
+            3 => Priority::Low,
+            5 => Priority::Normal,
+            8 => Priority::High,
+            10 => Priority::Critical,
+            _ => return None,
+        })
+    }
+
+    /// Whether `drop-lowest` may drop it.
+    pub fn droppable(self) -> bool {
+        self < Priority::High
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "background" => Priority::Background,
+            "low" => Priority::Low,
+            "normal" => Priority::Normal,
+            "high" => Priority::High,
+            "critical" => Priority::Critical,
+            _ => {
+                return Err(format!(
+                    "unknown priority {s:?} (background, low, normal, high, critical, or 1, 3, 5, 8, 10)"
+                ));
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(Priority::from_level)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown priority {n} (1, 3, 5, 8 or 10)"))),
+            other => Err(serde::de::Error::custom(format!("a priority is a name or a number, not {other}"))),
+        }
+    }
+}
+
+impl Serialize for Priority {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
 }
 
 #[derive(Serialize)]
@@ -295,7 +387,13 @@ struct EventWire<'a> {
     epoch: &'a str,
     id: &'a str,
     time: u64,
+    #[serde(skip_serializing_if = "is_normal")]
+    priority: Priority,
     payload: &'a Value,
+}
+
+fn is_normal(p: &Priority) -> bool {
+    *p == Priority::Normal
 }
 
 impl Event {
@@ -315,6 +413,7 @@ impl Event {
             json_z: OnceLock::new(),
             msgpack_z: OnceLock::new(),
             verdicts: OnceLock::new(),
+            priority: Priority::Normal,
         }
     }
 
@@ -334,11 +433,13 @@ impl Event {
         epoch: Arc<str>,
         id: Option<Box<str>>,
         time: u64,
+        priority: Priority,
         payload_json: &str,
     ) -> Result<Self, serde_json::Error> {
         let payload: Value = serde_json::from_str(payload_json)?;
         let mut ev = Self::new(topic, offset, epoch, id, payload);
         ev.time = time;
+        ev.priority = priority;
         let wire_id = ev.wire_id();
         let mut raw = String::with_capacity(payload_json.len() + ev.topic.len() + wire_id.len() + 96);
         raw.push_str("{\"type\":\"event\",\"topic\":");
@@ -351,6 +452,11 @@ impl Event {
         raw.push_str(&serde_json::to_string(&wire_id)?);
         raw.push_str(",\"time\":");
         raw.push_str(&time.to_string());
+        if priority != Priority::Normal {
+            raw.push_str(",\"priority\":\"");
+            raw.push_str(priority.name());
+            raw.push('"');
+        }
         raw.push_str(",\"payload\":");
         raw.push_str(payload_json.trim());
         raw.push('}');
@@ -398,6 +504,7 @@ impl Event {
                 epoch: &self.epoch,
                 id: &id,
                 time: self.time,
+                priority: self.priority,
                 payload: &self.payload,
             };
             if deflate { format.encode_shared_deflated(&wire) } else { format.encode_shared(&wire) }
@@ -510,6 +617,8 @@ pub enum Request {
         topic: String,
         /// Payload.
         payload: Value,
+        /// What the `drop-lowest` slow-consumer policy drops first (default normal).
+        priority: Priority,
     },
     /// Presence query.
     Presence {
@@ -570,6 +679,8 @@ struct UnsubscribeBody {
 struct PublishBody {
     topic: String,
     payload: Value,
+    #[serde(default)]
+    priority: Priority,
 }
 
 #[derive(Deserialize)]
@@ -658,7 +769,7 @@ impl Request {
             }
             "publish" => {
                 let b: PublishBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
-                Request::Publish { id, topic: b.topic, payload: b.payload }
+                Request::Publish { id, topic: b.topic, payload: b.payload, priority: b.priority }
             }
             "presence" => {
                 let b: PresenceBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
@@ -777,7 +888,15 @@ mod tests {
         mp.extend(b"payload");
         mp.extend([0x81, 0xa1, b'b', 0xc4, 3, 1, 2, 255]);
         let r = Request::decode(&Message::binary(mp)).unwrap();
-        assert_eq!(r, Request::Publish { id: None, topic: "t".into(), payload: json!({"b": [1, 2, 255]}) });
+        assert_eq!(
+            r,
+            Request::Publish {
+                id: None,
+                topic: "t".into(),
+                payload: json!({"b": [1, 2, 255]}),
+                priority: Priority::Normal
+            }
+        );
     }
 
     #[test]
@@ -813,7 +932,7 @@ mod tests {
         let mp = rmp_serde::to_vec_named(&json!({"type":"publish","topic":"t","payload":{"a":[1,2]}})).unwrap();
         assert_eq!(
             Request::decode(&Message::binary(mp)).unwrap(),
-            Request::Publish { id: None, topic: "t".into(), payload: json!({"a":[1,2]}) }
+            Request::Publish { id: None, topic: "t".into(), payload: json!({"a":[1,2]}), priority: Priority::Normal }
         );
     }
 

@@ -491,6 +491,76 @@ async fn slow_consumer_is_disconnected_others_keep_receiving() {
     assert_eq!(engine.connection_count(), 1);
 }
 
+/// `drop-lowest`: under backpressure the lowest priorities go first and `high` events never
+/// do; drops are told with `lagged`; events carry their priority on the wire (not when
+/// normal); a bad priority is refused.
+#[tokio::test]
+async fn drop_lowest_keeps_every_high_priority_event() {
+    let cfg = EngineConfig {
+        queue_size: 16,
+        history_size: 10,
+        slow_consumer: SlowConsumerPolicy::DropLowest,
+        ..Default::default()
+    };
+    let (addr, engine, _h) = start(cfg).await;
+    let mut c = Client::connect(addr, "").await;
+    subscribe(&mut c, &["mixed"]).await;
+    let payload = "z".repeat(64 * 1024);
+    let high = weft_server::broker::PublishMeta { priority: weft_server::wire::Priority::High, ..Default::default() };
+    let low = weft_server::broker::PublishMeta { priority: weft_server::wire::Priority::Low, ..Default::default() };
+    for i in 0..400u64 {
+        // 10 high-priority events: fewer than the queue holds, so they never fill it alone.
+        let meta = if i % 40 == 0 { high.clone() } else { low.clone() };
+        engine.publish_with("mixed", json!({"i": i, "pad": payload}), meta).await.unwrap();
+    }
+    let (mut highs, mut lows, mut dropped, mut last) = (0, 0, 0, 0);
+    while last < 400 {
+        let m = match tokio::time::timeout(T, c.ws.recv()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => serde_json::from_str::<Value>(t.as_str()).unwrap(),
+            other => panic!(
+                "{other:?} after {last}; slow disconnects {}",
+                engine.metrics().slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed)
+            ),
+        };
+        match m["type"].as_str().unwrap() {
+            "lagged" => dropped += m["dropped"].as_u64().unwrap(),
+            "event" => {
+                let off = m["offset"].as_u64().unwrap();
+                assert!(off > last);
+                last = off;
+                match m["priority"].as_str() {
+                    Some("high") => highs += 1,
+                    Some("low") => lows += 1,
+                    other => panic!("priority {other:?} in {}", m["offset"]),
+                }
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(highs, 10, "every high-priority event arrives");
+    assert!(dropped > 0 && lows + dropped == 390, "lows {lows}, dropped {dropped}");
+    assert_eq!(engine.metrics().slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Over the protocol: a named or numbered priority, and a bad one refused with 4000. (The
+    // publisher is a subscriber too: its event and its reply may come in either order.)
+    let mut both = async |req: Value| {
+        c.send(req).await;
+        let (a, b) = (c.recv().await, c.recv().await);
+        if a["type"] == "event" { (b, a) } else { (a, b) }
+    };
+    let (r, e) =
+        both(json!({"type": "publish", "id": 1, "topic": "mixed", "payload": 1, "priority": "critical"})).await;
+    assert_eq!(r["type"], "published", "{r}");
+    assert_eq!((e["payload"].as_u64(), e["priority"].as_str()), (Some(1), Some("critical")));
+    let (r, e) = both(json!({"type": "publish", "id": 2, "topic": "mixed", "payload": 2, "priority": 5})).await;
+    assert_eq!(r["type"], "published", "{r}");
+    assert!(e.get("priority").is_none(), "normal is left out: {e}");
+    let r = c.request(json!({"type": "publish", "id": 3, "topic": "mixed", "payload": 3, "priority": "urgent"})).await;
+    assert_eq!((r["type"].as_str(), r["code"].as_u64()), (Some("error"), Some(4000)), "{r}");
+    let (status, body) = http(addr, "POST", "/api/publish", &[], r#"{"topic":"mixed","payload":4,"priority":8}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(c.recv().await["priority"], "high");
+}
+
 #[tokio::test]
 async fn drop_oldest_tells_the_client_and_latest_conflates() {
     let pattern = weft_server::topic::Pattern::parse("prices.>").unwrap();

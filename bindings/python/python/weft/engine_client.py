@@ -186,7 +186,7 @@ class EngineClient:
         on_quality: Callable[[Quality], None] | None = None,
         rate_limit: float | None = None,
         rate_burst: int = 10,
-        breaker_threshold: int = 10,
+        breaker_threshold: int | None = None,
         breaker_cooldown: float = 30.0,
     ) -> None:
         urls = [url] if isinstance(url, str) else list(url)
@@ -196,13 +196,13 @@ class EngineClient:
         self.endpoints = [Endpoint(u) for u in urls]
         #: The URL of the current (or last) connection.
         self.url = urls[0]
-        #: ``closed`` (connecting normally), ``open`` (every endpoint failed
-        #: ``breaker_threshold`` times in a row: no attempt for ``breaker_cooldown`` seconds)
-        #: or ``half-open`` (one attempt after the pause).
+        #: ``closed`` (connecting normally), ``open`` (``breaker_threshold`` failed attempts
+        #: in a row: no attempt for ``breaker_cooldown`` seconds) or ``half-open`` (one round
+        #: after the pause). Off (always ``closed``) without ``breaker_threshold``.
         self.breaker = "closed"
         #: How often the breaker opened.
         self.breaker_trips = 0
-        self.breaker_threshold = max(1, breaker_threshold)
+        self.breaker_threshold = max(1, breaker_threshold) if breaker_threshold else None
         self.breaker_cooldown = breaker_cooldown
         self._failed_in_a_row = 0
         self._bucket = _TokenBucket(rate_limit, rate_burst) if rate_limit else None
@@ -394,7 +394,7 @@ class EngineClient:
             bound = min(self.max_delay, self.min_delay * (2**attempt))
             await asyncio.sleep(random.uniform(0, bound))
             attempt += 1
-            if self._failed_in_a_row >= self.breaker_threshold:
+            if self.breaker_threshold is not None and self._failed_in_a_row >= self.breaker_threshold:
                 # Every endpoint keeps failing: stop the reconnection storm for a while, then
                 # let one attempt through (half-open).
                 self.breaker = "open"
@@ -632,9 +632,14 @@ class EngineClient:
             self._filters.pop(t, None)
             self._positions.pop(t, None)
 
-    async def publish(self, topic: str, payload: Any) -> dict[str, Any]:
-        """Publish; returns ``{"topic", "offset", "epoch"}`` of the stored event."""
-        r = await self._request({"type": "publish", "topic": topic, "payload": payload})
+    async def publish(self, topic: str, payload: Any, *, priority: str | int | None = None) -> dict[str, Any]:
+        """Publish; returns ``{"topic", "offset", "epoch"}`` of the stored event. ``priority``:
+        ``background``, ``low``, ``normal``, ``high`` or ``critical`` (or 1, 3, 5, 8, 10), what
+        a subscriber's ``drop-lowest`` policy drops first."""
+        msg: dict[str, Any] = {"type": "publish", "topic": topic, "payload": payload}
+        if priority is not None:
+            msg["priority"] = priority
+        r = await self._request(msg)
         return {"topic": r["topic"], "offset": r["offset"], "epoch": r["epoch"]}
 
     async def send(self, payload: Any) -> None:
@@ -754,7 +759,7 @@ def connect(
     on_quality: Callable[[Quality], None] | None = None,
     rate_limit: float | None = None,
     rate_burst: int = 10,
-    breaker_threshold: int = 10,
+    breaker_threshold: int | None = None,
     breaker_cooldown: float = 30.0,
     **options: Any,
 ) -> _Connect:
@@ -773,9 +778,10 @@ def connect(
     ``url`` may be a list of endpoints (the nodes of a cluster): the client connects to the
     healthiest that answers (:class:`Endpoint`: fewest failures in a row, then lowest connect
     latency) and, when a connection is lost, reconnects to the best other one and resumes
-    there. After ``breaker_threshold`` failed attempts in a row on every endpoint the circuit
-    breaker opens (:attr:`EngineClient.breaker`): no attempt for ``breaker_cooldown`` seconds,
-    then one. ``rate_limit``: at most that many requests per second (``rate_burst`` at once)
+    there. With ``breaker_threshold``, a circuit breaker opens after that many failed attempts
+    in a row (every endpoint counted; :attr:`EngineClient.breaker`): no attempt for
+    ``breaker_cooldown`` seconds, then one round — against reconnection storms when a whole
+    cluster is down, beyond what the backoff does. ``rate_limit``: at most that many requests per second (``rate_burst`` at once)
     leave the client, so it stays under the server's rate limit instead of being cut off.
     Other keywords go to :func:`weft.async_client.connect` (``headers``, ``ssl``,
     ``ping_interval``, ...).
@@ -841,9 +847,9 @@ class SyncEngineClient:
         """As :meth:`EngineClient.unsubscribe`."""
         self._run(self._client.unsubscribe(list(topics)))
 
-    def publish(self, topic: str, payload: Any) -> dict[str, Any]:
+    def publish(self, topic: str, payload: Any, *, priority: str | int | None = None) -> dict[str, Any]:
         """As :meth:`EngineClient.publish`."""
-        return self._run(self._client.publish(topic, payload))
+        return self._run(self._client.publish(topic, payload, priority=priority))
 
     def send(self, payload: Any) -> None:
         """As :meth:`EngineClient.send`."""

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Broker, BrokerError, BrokerFuture, Patterns, Start, SubscribeOutcome, Subscriber};
+use super::{Broker, BrokerError, BrokerFuture, Patterns, PublishMeta, Start, SubscribeOutcome, Subscriber};
 use crate::history::{History, Resume};
 use crate::metrics::Metrics;
 use crate::outbox::SlowConsumerPolicy;
@@ -171,14 +171,16 @@ impl MemoryBroker {
         self.metrics.history_bytes.store(self.history_bytes.load(Ordering::Relaxed) as u64, Ordering::Relaxed);
     }
 
-    fn publish_now(&self, topic: &str, payload: Value, id: Option<String>) -> Result<Position, BrokerError> {
+    fn publish_now(&self, topic: &str, payload: Value, meta: PublishMeta) -> Result<Position, BrokerError> {
         let pos = {
             let mut shard = self.shard(topic);
             let t = self.topic(&mut shard, topic)?;
             t.offset += 1;
             t.touched = Instant::now();
-            let ev =
-                Arc::new(Event::new(Arc::clone(&t.name), t.offset, Arc::clone(&t.epoch), id.map(Into::into), payload));
+            let mut ev =
+                Event::new(Arc::clone(&t.name), t.offset, Arc::clone(&t.epoch), meta.id.map(Into::into), payload);
+            ev.priority = meta.priority;
+            let ev = Arc::new(ev);
             let (added, mut freed, mut evicted) = if self.settings.history_size > 0 {
                 let size = ev.history_size();
                 let (freed, evicted) = t.history.push(
@@ -348,8 +350,8 @@ impl MemoryBroker {
 }
 
 impl Broker for MemoryBroker {
-    fn publish<'a>(&'a self, topic: &'a str, payload: Value, id: Option<String>) -> BrokerFuture<'a, Position> {
-        Box::pin(std::future::ready(self.publish_now(topic, payload, id)))
+    fn publish<'a>(&'a self, topic: &'a str, payload: Value, meta: PublishMeta) -> BrokerFuture<'a, Position> {
+        Box::pin(std::future::ready(self.publish_now(topic, payload, meta)))
     }
 
     fn subscribe<'a>(

@@ -248,12 +248,21 @@ pub struct SubscribeOutcome {
     pub replayed: Option<usize>,
 }
 
+/// What a publish carries besides its topic and payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishMeta {
+    /// The publisher's event id (one line), if any; otherwise the event's id is `epoch-offset`.
+    pub id: Option<String>,
+    /// What the `drop-lowest` slow-consumer policy drops first.
+    pub priority: crate::wire::Priority,
+}
+
 /// Where topics live: offsets, history, presence, fan-out.
 pub trait Broker: Send + Sync + 'static {
     /// Publish `payload` on the concrete `topic`: assign the next offset, keep it in history,
     /// and queue it to every subscriber (exact and pattern) — in offset order per topic.
     /// Never waits for subscribers.
-    fn publish<'a>(&'a self, topic: &'a str, payload: Value, id: Option<String>) -> BrokerFuture<'a, Position>;
+    fn publish<'a>(&'a self, topic: &'a str, payload: Value, meta: PublishMeta) -> BrokerFuture<'a, Position>;
 
     /// Subscribe `sub` to `target` (a topic or pattern), starting as `start` says (exact
     /// topics; patterns always start live). Events to replay (missed since a resume position, or
@@ -292,9 +301,9 @@ pub trait Broker: Send + Sync + 'static {
         self: Arc<Self>,
         topic: String,
         payload: Value,
-        id: Option<String>,
+        meta: PublishMeta,
     ) -> BrokerFuture<'static, Position> {
-        Box::pin(async move { self.publish(&topic, payload, id).await })
+        Box::pin(async move { self.publish(&topic, payload, meta).await })
     }
 
     /// Whether one connection's consecutive publishes should use

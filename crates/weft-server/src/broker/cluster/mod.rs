@@ -28,12 +28,13 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::{
-    Broker, BrokerError, BrokerFuture, BrokerHealth, ClusterInfo, Patterns, Start, SubscribeOutcome, Subscriber,
+    Broker, BrokerError, BrokerFuture, BrokerHealth, ClusterInfo, Patterns, PublishMeta, Start, SubscribeOutcome,
+    Subscriber,
 };
 use crate::metrics::Metrics;
 use crate::outbox::SlowConsumerPolicy;
 use crate::topic::Pattern;
-use crate::wire::{ErrorCode, Event, Member, Notice, Position, now_ms};
+use crate::wire::{ErrorCode, Event, Member, Notice, Position, Priority, now_ms};
 
 pub use nats::NatsBackend;
 pub use redis::RedisBackend;
@@ -262,6 +263,22 @@ pub struct Outgoing {
     pub id: Option<String>,
     /// The payload as JSON text.
     pub payload: String,
+    /// What the `drop-lowest` policy drops first.
+    pub priority: Priority,
+}
+
+/// The time field of an event between nodes: `time`, or `time:level` for a priority other
+/// than normal (nodes of a version before priorities read only the first form).
+pub(super) fn time_field(time: u64, priority: Priority) -> String {
+    if priority == Priority::Normal { time.to_string() } else { format!("{time}:{}", priority.level()) }
+}
+
+/// The time and priority of a [`time_field`].
+pub(super) fn parse_time_field(f: &str) -> Option<(u64, Priority)> {
+    match f.split_once(':') {
+        None => Some((f.parse().ok()?, Priority::Normal)),
+        Some((t, p)) => Some((t.parse().ok()?, Priority::from_level(p.parse().ok()?)?)),
+    }
 }
 
 impl Outgoing {
@@ -726,13 +743,13 @@ impl<B: Backend> Core<B> {
 
     /// Hand a publish to the backend (which queues it now, in call order) and count the
     /// outcome.
-    fn submit(&self, topic: &str, payload: &Value, id: Option<&str>) -> BrokerFuture<'static, Position> {
+    fn submit(&self, topic: &str, payload: &Value, meta: PublishMeta) -> BrokerFuture<'static, Position> {
         let metrics = Arc::clone(&self.metrics);
         if !self.health.is_up() {
             metrics.publishes_refused.fetch_add(1, Ordering::Relaxed);
             return Box::pin(std::future::ready(Err(self.unavailable())));
         }
-        if id.is_some_and(|i| i.contains(['\n', '\r'])) {
+        if meta.id.as_deref().is_some_and(|i| i.contains(['\n', '\r'])) {
             return Box::pin(std::future::ready(Err(BrokerError {
                 code: ErrorCode::BadRequest,
                 message: "an event id may not contain a line break".into(),
@@ -742,7 +759,7 @@ impl<B: Backend> Core<B> {
             Ok(p) => p,
             Err(e) => return Box::pin(std::future::ready(Err(BrokerError::failed(e.to_string())))),
         };
-        let out = Outgoing { topic: topic.to_owned(), time: now_ms(), id: id.map(str::to_owned), payload };
+        let out = Outgoing { topic: topic.to_owned(), time: now_ms(), id: meta.id, payload, priority: meta.priority };
         let wait = self.backend.publish(out);
         Box::pin(async move {
             let r = wait.await;
@@ -1584,17 +1601,17 @@ async fn supervise<B: Backend>(inner: Weak<Core<B>>) {
 }
 
 impl<B: Backend> Broker for Cluster<B> {
-    fn publish<'a>(&'a self, topic: &'a str, payload: Value, id: Option<String>) -> BrokerFuture<'a, Position> {
-        self.core.submit(topic, &payload, id.as_deref())
+    fn publish<'a>(&'a self, topic: &'a str, payload: Value, meta: PublishMeta) -> BrokerFuture<'a, Position> {
+        self.core.submit(topic, &payload, meta)
     }
 
     fn publish_owned(
         self: Arc<Self>,
         topic: String,
         payload: Value,
-        id: Option<String>,
+        meta: PublishMeta,
     ) -> BrokerFuture<'static, Position> {
-        self.core.submit(&topic, &payload, id.as_deref())
+        self.core.submit(&topic, &payload, meta)
     }
 
     fn subscribe<'a>(
@@ -1684,7 +1701,7 @@ mod tests {
 
     fn event(n: usize) -> Arc<Event> {
         let payload = serde_json::to_string(&"x".repeat(n)).unwrap();
-        Arc::new(Event::from_cluster("t".into(), 1, "e".into(), None, 0, &payload).unwrap())
+        Arc::new(Event::from_cluster("t".into(), 1, "e".into(), None, 0, Priority::Normal, &payload).unwrap())
     }
 
     /// Events held while topics refill count against one node-wide byte budget; every byte is
@@ -1719,7 +1736,8 @@ mod tests {
         let metrics = Metrics::default();
         let mut settings = ClusterSettings::new("redis://127.0.0.1:1");
         settings.publish_queue_bytes = 10_000;
-        let out = Outgoing { topic: "t".into(), time: 0, id: None, payload: "x".repeat(3000) };
+        let out =
+            Outgoing { topic: "t".into(), time: 0, id: None, payload: "x".repeat(3000), priority: Priority::Normal };
         let mut q = QueueBudget::default();
         assert!(q.take(&out, &settings, &metrics).is_ok());
         assert!(q.take(&out, &settings, &metrics).is_ok());

@@ -23,7 +23,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::{Backend, ClusterSettings, Health, Heartbeat, Inbound, Outgoing, PAGE, QueueBudget, Reply, new_epoch};
+use super::{
+    Backend, ClusterSettings, Health, Heartbeat, Inbound, Outgoing, PAGE, QueueBudget, Reply, new_epoch,
+    parse_time_field, time_field,
+};
 use crate::broker::{BrokerError, BrokerFuture};
 use crate::metrics::Metrics;
 use crate::topic::Pattern;
@@ -137,7 +140,7 @@ fn events_of(topic: &Arc<str>, h: &HeaderMap, body: &[u8]) -> Option<Vec<Arc<Eve
             rest = &r[1..];
             Some(l)
         };
-        let time: u64 = std::str::from_utf8(line()?).ok()?.parse().ok()?;
+        let (time, priority) = parse_time_field(std::str::from_utf8(line()?).ok()?)?;
         let id = std::str::from_utf8(line()?).ok()?;
         let len: usize = std::str::from_utf8(line()?).ok()?.parse().ok()?;
         if rest.len() < len {
@@ -147,7 +150,8 @@ fn events_of(topic: &Arc<str>, h: &HeaderMap, body: &[u8]) -> Option<Vec<Arc<Eve
         rest = r;
         let payload = std::str::from_utf8(payload).ok()?;
         let id = (!id.is_empty()).then(|| Box::from(id));
-        let ev = Event::from_cluster(Arc::clone(topic), first + k, Arc::clone(&epoch), id, time, payload).ok()?;
+        let ev =
+            Event::from_cluster(Arc::clone(topic), first + k, Arc::clone(&epoch), id, time, priority, payload).ok()?;
         out.push(Arc::new(ev));
     }
     Some(out)
@@ -157,7 +161,8 @@ fn events_of(topic: &Arc<str>, h: &HeaderMap, body: &[u8]) -> Option<Vec<Arc<Eve
 fn encode_batch(batch: &[(Outgoing, PublishReply)]) -> Bytes {
     let mut b = Vec::with_capacity(batch.iter().map(|(o, _)| o.payload.len() + 40).sum());
     for (o, _) in batch {
-        b.extend_from_slice(format!("{}\n{}\n{}\n", o.time, o.id.as_deref().unwrap_or(""), o.payload.len()).as_bytes());
+        let time = time_field(o.time, o.priority);
+        b.extend_from_slice(format!("{time}\n{}\n{}\n", o.id.as_deref().unwrap_or(""), o.payload.len()).as_bytes());
         b.extend_from_slice(o.payload.as_bytes());
     }
     Bytes::from(b)
@@ -968,6 +973,7 @@ fn link_presence(me: &Inner) -> Result<stream::Stream, BrokerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Priority;
 
     #[test]
     fn names_survive_hex() {
@@ -984,7 +990,8 @@ mod tests {
         let t: Arc<str> = "chat.a".into();
         let out = |time: u64, id: Option<&str>, payload: &str| {
             let (tx, _) = tokio::sync::oneshot::channel();
-            (Outgoing { topic: "chat.a".into(), time, id: id.map(Into::into), payload: payload.into() }, tx)
+            let priority = if time == 3 { Priority::Critical } else { Priority::Normal };
+            (Outgoing { topic: "chat.a".into(), time, id: id.map(Into::into), payload: payload.into(), priority }, tx)
         };
         let batch = vec![out(1, None, r#"{"x":1}"#), out(2, Some("my-id"), "\"a\\nb\""), out(3, None, "[]")];
         let body = encode_batch(&batch);
@@ -1000,6 +1007,10 @@ mod tests {
         );
         assert_eq!(&*evs[0].epoch, "ab12");
         assert_eq!(evs[1].wire_id(), "my-id");
+        assert_eq!(
+            evs.iter().map(|e| e.priority).collect::<Vec<_>>(),
+            [Priority::Normal, Priority::Normal, Priority::Critical]
+        );
         assert_eq!(last_of_message(40, &h).map(|l| (l.seq, l.offset)), Some((40, 9)));
         // A marker: an epoch, no events, offset 0.
         h.insert(H_OFFSET, "0");

@@ -13,7 +13,8 @@ use tokio::sync::{Notify, mpsc};
 
 use super::redis_scripts as scripts;
 use super::{
-    Backend, ClusterSettings, Health, Heartbeat, Inbound, Outgoing, PAGE, QueueBudget, Reply, new_epoch, redact,
+    Backend, ClusterSettings, Health, Heartbeat, Inbound, Outgoing, PAGE, QueueBudget, Reply, new_epoch,
+    parse_time_field, redact, time_field,
 };
 use crate::broker::{BrokerError, BrokerFuture};
 use crate::metrics::Metrics;
@@ -222,11 +223,11 @@ fn glob_matches(glob: &str, channel: &str) -> bool {
 fn parse_event(topic: &Arc<str>, offset: u64, body: &str) -> Option<Arc<Event>> {
     let mut it = body.splitn(4, '\n');
     let epoch = it.next()?;
-    let time = it.next()?.parse().ok()?;
+    let (time, priority) = parse_time_field(it.next()?)?;
     let id = it.next()?;
     let payload = it.next()?;
     let id = (!id.is_empty()).then(|| id.into());
-    Event::from_cluster(Arc::clone(topic), offset, epoch.into(), id, time, payload).ok().map(Arc::new)
+    Event::from_cluster(Arc::clone(topic), offset, epoch.into(), id, time, priority, payload).ok().map(Arc::new)
 }
 
 impl RedisBackend {
@@ -415,7 +416,8 @@ impl Inner {
         pipe.ignore_errors();
         let (ttl, meta_ttl) = (self.settings.history_ttl.as_secs().max(1), self.meta_ttl());
         for (out, _) in &batch {
-            let body = format!("{}\n{}\n{}", out.time, out.id.as_deref().unwrap_or(""), out.payload);
+            let body =
+                format!("{}\n{}\n{}", time_field(out.time, out.priority), out.id.as_deref().unwrap_or(""), out.payload);
             pipe.cmd("EVALSHA")
                 .arg(scripts::PUBLISH.get_hash())
                 .arg(2)

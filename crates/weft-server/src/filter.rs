@@ -15,7 +15,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 
 use serde_json::Value;
@@ -35,6 +35,9 @@ pub const MAX_IN: usize = 256;
 pub const MAX_REGEX: usize = 256;
 /// Most distinct filters alive in the process at once.
 pub const MAX_FILTERS: usize = 10_000;
+/// Filters whose verdicts an event keeps (the first ids; the others are evaluated for each
+/// subscriber): an event's verdict table is at most this many words.
+pub const CACHED_FILTERS: usize = 128;
 
 /// A compiled filter.
 #[derive(Debug)]
@@ -44,7 +47,7 @@ pub struct Filter {
     id: u32,
     /// Unique per registration: a verdict an event kept for an earlier filter of the same slot
     /// is not taken for this one's.
-    generation: u32,
+    generation: u64,
     key: String,
 }
 
@@ -289,17 +292,28 @@ impl View<'_> {
     }
 }
 
-/// JSON equality with numbers compared by value (1 == 1.0).
+/// JSON equality with numbers compared by value (1 == 1.0), integers exactly (large ids).
 fn equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Number(x), Value::Number(y)) => number_order(x, y) == Some(std::cmp::Ordering::Equal),
         _ => a == b,
     }
 }
 
+/// Integers compare exactly, anything else as f64.
+fn number_order(x: &serde_json::Number, y: &serde_json::Number) -> Option<std::cmp::Ordering> {
+    if let (Some(a), Some(b)) = (x.as_i64(), y.as_i64()) {
+        return Some(a.cmp(&b));
+    }
+    if let (Some(a), Some(b)) = (x.as_u64(), y.as_u64()) {
+        return Some(a.cmp(&b));
+    }
+    x.as_f64()?.partial_cmp(&y.as_f64()?)
+}
+
 fn order(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::Number(x), Value::Number(y)) => number_order(x, y),
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
         _ => None,
     }
@@ -389,7 +403,9 @@ impl Filter {
         if self.id == 0 {
             return eval();
         }
-        let slots = ev.verdicts.get_or_init(|| (0..REGISTRY.high_water()).map(|_| AtomicU32::new(0)).collect());
+        let slots = ev
+            .verdicts
+            .get_or_init(|| (0..REGISTRY.high_water().min(CACHED_FILTERS)).map(|_| AtomicU64::new(0)).collect());
         let Some(slot) = slots.get(self.id as usize - 1) else { return eval() };
         let kept = slot.load(Ordering::Relaxed);
         if kept >> 2 == self.generation {
@@ -410,13 +426,13 @@ type Slots = (HashMap<String, usize>, Vec<Weak<Filter>>);
 struct Registry {
     slots: Mutex<Slots>,
     high: std::sync::atomic::AtomicUsize,
-    generation: AtomicU32,
+    generation: AtomicU64,
 }
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
     slots: Mutex::new((HashMap::new(), Vec::new())),
     high: Default::default(),
-    generation: AtomicU32::new(0),
+    generation: AtomicU64::new(0),
 });
 
 impl Registry {
@@ -447,8 +463,9 @@ pub fn intern(v: &Value) -> Result<Arc<Filter>, FilterError> {
         }
         None => return Err(bad(format!("the server holds {MAX_FILTERS} distinct filters; use a common one"))),
     };
-    // 30 bits of generation beside the 2-bit verdict; 0 never names a registered filter.
-    let generation = (REGISTRY.generation.fetch_add(1, Ordering::Relaxed) % ((1 << 30) - 1)) + 1;
+    // 62 bits of generation beside the 2-bit verdict (no wrap in practice); 0 never names a
+    // registered filter.
+    let generation = REGISTRY.generation.fetch_add(1, Ordering::Relaxed) % ((1 << 62) - 1) + 1;
     let f = Arc::new(Filter { id: index as u32 + 1, generation, ..compiled });
     slots[index] = Arc::downgrade(&f);
     by_key.insert(f.key.clone(), index);
@@ -456,9 +473,9 @@ pub fn intern(v: &Value) -> Result<Arc<Filter>, FilterError> {
     Ok(f)
 }
 
-/// Per-event verdicts of registered filters (index = id − 1): the filter's generation << 2,
-/// then 1 (pass) or 2 (fail); anything else is unknown.
-pub(crate) type Verdicts = OnceLock<Box<[AtomicU32]>>;
+/// Per-event verdicts of registered filters (index = id − 1, the first [`CACHED_FILTERS`]):
+/// the filter's generation << 2, then 1 (pass) or 2 (fail); anything else is unknown.
+pub(crate) type Verdicts = OnceLock<Box<[AtomicU64]>>;
 
 #[cfg(test)]
 mod tests {
@@ -500,6 +517,10 @@ mod tests {
         ));
         assert!(!pass(json!({"$or": [{"payload.price": 1}, {"payload.side": "sell"}]}), p.clone()));
         assert!(pass(json!({"payload.user": {"id": 7}}), p));
+        // Large integers compare exactly (as f64 these two are equal).
+        let id = json!({"id": 9_007_199_254_740_993u64});
+        assert!(!pass(json!({"payload.id": 9_007_199_254_740_992u64}), id.clone()));
+        assert!(pass(json!({"payload.id": {"$gt": 9_007_199_254_740_992u64}}), id));
     }
 
     #[test]

@@ -541,6 +541,15 @@ impl Session {
             return SubscribeResult::failed(topic, e);
         }
         let start = if p.is_wildcard() { Start::Live } else { start };
+        if let Some(f) = filter {
+            if self.sub.filters.too_many(&p, f) {
+                let e = ErrorBody::new(
+                    ErrorCode::BadFilter,
+                    format!("at most {} distinct filters per connection", crate::broker::MAX_FILTERS_PER_CONNECTION),
+                );
+                return SubscribeResult::failed(topic, e);
+            }
+        }
         // In place before the broker replays or delivers anything; a subscribe again replaces
         // the filter (or removes it, without one).
         let before = self.subscriptions.contains_key(topic).then(|| self.sub.filters.get(&p));

@@ -1356,4 +1356,58 @@ async fn subscription_filters_deliver_only_matching_events_live_and_on_recovery(
     }
     let r = all.request(json!({"type": "ping", "id": 10})).await;
     assert_eq!(r["type"], "pong");
+    // At most 16 distinct filters per connection.
+    for k in 0..16 {
+        let r = all
+            .request(json!({"type": "subscribe", "id": 11, "topics": [format!("lim.{k}")], "filter": {"payload.k": k}}))
+            .await;
+        assert_eq!(r["results"][0]["ok"], true, "{r}");
+    }
+    let r = all.request(json!({"type": "subscribe", "id": 12, "topics": ["lim.x"], "filter": {"payload.k": 99}})).await;
+    assert_eq!(r["results"][0]["error"]["code"], 4010, "{r}");
+    let r = all.request(json!({"type": "subscribe", "id": 13, "topics": ["lim.y"], "filter": {"payload.k": 3}})).await;
+    assert_eq!(r["results"][0]["ok"], true, "a filter the connection already uses is not a new one: {r}");
+}
+
+/// Several subscriptions of one connection covering a topic: it gets each event once, when any
+/// of them takes it — an unfiltered pattern, or a filter the event passes — whatever the order
+/// of subscribing and unsubscribing.
+#[tokio::test]
+async fn filters_of_overlapping_subscriptions_combine_per_connection() {
+    let (addr, engine, _h) = start(EngineConfig::default()).await;
+    let mut c = Client::connect(addr, "").await;
+    let sub = async |c: &mut Client, req: Value| {
+        let r = c.request(req).await;
+        assert_eq!(r["results"][0]["ok"], true, "{r}");
+    };
+    let unsub = async |c: &mut Client, t: &str| {
+        let r = c.request(json!({"type": "unsubscribe", "id": 2, "topics": [t]})).await;
+        assert_eq!(r["type"], "unsubscribed", "{r}");
+    };
+    // An unfiltered pattern first, then a filtered one: the unfiltered one still takes all.
+    sub(&mut c, json!({"type": "subscribe", "id": 1, "topics": ["a.*"]})).await;
+    sub(&mut c, json!({"type": "subscribe", "id": 1, "topics": ["*.x"], "filter": {"payload.n": 1}})).await;
+    engine.publish("a.x", json!({"n": 2})).await.unwrap();
+    assert_eq!(c.recv().await["payload"]["n"], 2);
+    // Without the unfiltered pattern, only what the filter takes.
+    unsub(&mut c, "a.*").await;
+    engine.publish("a.x", json!({"n": 3})).await.unwrap();
+    engine.publish("a.x", json!({"n": 1})).await.unwrap();
+    assert_eq!(c.recv().await["payload"]["n"], 1);
+    // An unfiltered pattern added and removed again leaves the filter in charge.
+    sub(&mut c, json!({"type": "subscribe", "id": 1, "topics": ["*.*"]})).await;
+    unsub(&mut c, "*.*").await;
+    engine.publish("b.x", json!({"n": 4})).await.unwrap();
+    engine.publish("b.x", json!({"n": 1})).await.unwrap();
+    assert_eq!(c.recv().await["payload"]["n"], 1);
+    // A filtered exact subscription and an unfiltered pattern over it: the pattern takes all.
+    sub(&mut c, json!({"type": "subscribe", "id": 1, "topics": ["c.y"], "filter": {"payload.n": 1}})).await;
+    sub(&mut c, json!({"type": "subscribe", "id": 1, "topics": ["c.*"]})).await;
+    engine.publish("c.y", json!({"n": 5})).await.unwrap();
+    assert_eq!(c.recv().await["payload"]["n"], 5);
+    unsub(&mut c, "c.*").await;
+    engine.publish("c.y", json!({"n": 6})).await.unwrap();
+    engine.publish("c.y", json!({"n": 1})).await.unwrap();
+    let m = c.recv().await;
+    assert_eq!((m["payload"]["n"].as_u64(), m["offset"].as_u64()), (Some(1), Some(3)), "{m}");
 }

@@ -84,13 +84,18 @@ pub struct Subscriber {
     pub(crate) filters: SubFilters,
 }
 
-/// A connection's subscription filters: for each exact topic with a filter, and — once the
-/// connection has any filter — for each of its patterns, filtered or not.
+/// A connection's subscription filters: the filter of each exact topic that has one, and every
+/// pattern the connection holds with its filter or none (what decides an event that reaches it
+/// through several subscriptions).
 #[derive(Debug, Default)]
 pub(crate) struct SubFilters {
+    /// Some subscription has a filter (the fast path skips the table otherwise).
     any: std::sync::atomic::AtomicBool,
     table: std::sync::RwLock<Vec<(Pattern, Option<Arc<crate::filter::Filter>>)>>,
 }
+
+/// Most distinct filters one connection may use at once.
+pub(crate) const MAX_FILTERS_PER_CONNECTION: usize = 16;
 
 impl SubFilters {
     /// Set (or with `None`, clear) the filter of the subscription to `target`.
@@ -100,11 +105,7 @@ impl SubFilters {
         if filter.is_some() || target.is_wildcard() {
             t.push((target.clone(), filter));
         }
-        let any = t.iter().any(|(_, f)| f.is_some());
-        if !any {
-            t.clear();
-        }
-        self.any.store(any, std::sync::atomic::Ordering::Release);
+        self.any.store(t.iter().any(|(_, f)| f.is_some()), std::sync::atomic::Ordering::Release);
     }
 
     /// The filter of the subscription to `target`, if any.
@@ -113,21 +114,35 @@ impl SubFilters {
         t.iter().find(|(p, _)| p == target).and_then(|(_, f)| f.clone())
     }
 
-    /// The subscription to `target` ended.
-    pub(crate) fn remove(&self, target: &Pattern) {
-        if self.any.load(std::sync::atomic::Ordering::Acquire) {
-            self.set(target, None);
-        }
+    /// Whether `filter` on `target` would take this connection past
+    /// [`MAX_FILTERS_PER_CONNECTION`] distinct filters.
+    pub(crate) fn too_many(&self, target: &Pattern, filter: &crate::filter::Filter) -> bool {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut keys: Vec<&str> =
+            t.iter().filter(|(p, _)| p != target).filter_map(|(_, f)| f.as_deref().map(|f| f.key())).collect();
+        keys.push(filter.key());
+        keys.sort_unstable();
+        keys.dedup();
+        keys.len() > MAX_FILTERS_PER_CONNECTION
     }
 
-    /// Whether an event through the exact subscription to its topic passes.
+    /// The subscription to `target` ended.
+    pub(crate) fn remove(&self, target: &Pattern) {
+        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        t.retain(|(p, _)| p != target);
+        self.any.store(t.iter().any(|(_, f)| f.is_some()), std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether an event delivered for the connection's exact subscription to its topic
+    /// passes: its filter passes, or — as the connection gets each event once however many of
+    /// its subscriptions match — a covering pattern without a filter, or whose filter passes.
     fn exact(&self, ev: &Event) -> bool {
         if !self.any.load(std::sync::atomic::Ordering::Acquire) {
             return true;
         }
         let t = self.table.read().unwrap_or_else(|e| e.into_inner());
         match t.iter().find(|(p, _)| !p.is_wildcard() && p.as_str() == &*ev.topic) {
-            Some((_, Some(f))) => f.matches(ev),
+            Some((_, Some(f))) if !f.matches(ev) => Self::any_pattern_passes(&t, ev),
             _ => true,
         }
     }
@@ -141,6 +156,12 @@ impl SubFilters {
         let t = self.table.read().unwrap_or_else(|e| e.into_inner());
         let mut covering = t.iter().filter(|(p, _)| p.is_wildcard() && p.matches(&ev.topic)).peekable();
         covering.peek().is_none() || covering.any(|(_, f)| f.as_ref().is_none_or(|f| f.matches(ev)))
+    }
+
+    fn any_pattern_passes(t: &[(Pattern, Option<Arc<crate::filter::Filter>>)], ev: &Event) -> bool {
+        t.iter()
+            .filter(|(p, _)| p.is_wildcard() && p.matches(&ev.topic))
+            .any(|(_, f)| f.as_ref().is_none_or(|f| f.matches(ev)))
     }
 }
 

@@ -322,6 +322,36 @@ def test_sync_engine_client_for_threaded_code():
         assert not c._thread.is_alive()
 
 
+def test_sync_client_calls_waiting_for_a_connection_end_with_close():
+    """A thread waiting in publish() while the client reconnects is not left hanging when the
+    client closes: it gets ConnectionError."""
+    import threading
+
+    server = weft.Server("127.0.0.1", 0)
+    server.start()
+    c = engine_client.connect_sync(f"ws://127.0.0.1:{server.port}/ws", min_delay=0.05, max_delay=0.1)
+    server.stop()
+    deadline = time.monotonic() + 5
+    while c.connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not c.connected
+    outcome: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            c.publish("t", 1)
+        except BaseException as e:  # noqa: BLE001 - the outcome is the test
+            outcome.append(e)
+
+    t = threading.Thread(target=publish)
+    t.start()
+    time.sleep(0.2)
+    assert t.is_alive(), "publish should wait for the connection"
+    c.close()
+    t.join(5)
+    assert not t.is_alive() and isinstance(outcome[0], ConnectionError), outcome
+
+
 def test_reconnect_after_server_restart_continues_live():
     port = free_port()
     server = weft.Server("127.0.0.1", port)

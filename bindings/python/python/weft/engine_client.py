@@ -23,6 +23,7 @@ wait for their reply; errors raise :class:`EngineError` with the protocol's code
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import random
 import threading
@@ -293,6 +294,7 @@ class EngineClient:
             raise EngineError(4000, f"expected welcome, got {welcome!r}")
         self._ws = ws
         self.welcome = welcome
+        self._missed_in_a_row = 0
         self._connected.set()
 
     async def _start(self) -> EngineClient:
@@ -311,7 +313,9 @@ class EngineClient:
         while not self._closing and not self._ended:
             await asyncio.sleep(interval)
             ws = self._ws
-            if not self._connected.is_set() or ws is None:
+            if not self._connected.is_set() or ws is None or self._events.full():
+                # (A full queue stops the reader: the answer could not be read, which says
+                # nothing about the connection.)
                 continue
             t0 = time.monotonic()
             try:
@@ -444,8 +448,7 @@ class EngineClient:
         # takes the first covering pattern's filter, and its request comes first.
         groups: dict[tuple[bool, str], list[str]] = {}
         for t in implicit:
-            flt = next((self._filters.get(p) for p in patterns if topic_matches(p, t)), None)
-            groups.setdefault((False, _filter_key(flt)), []).append(t)
+            groups.setdefault((False, _filter_key(self._covering_filter(t, patterns))), []).append(t)
         for t, p in self._topics.items():
             groups.setdefault((p, _filter_key(self._filters.get(t))), []).append(t)
         patterns_reported = False
@@ -504,6 +507,15 @@ class EngineClient:
             ev = self._dispatch(reply)
             if ev is not None:
                 await self._events.put(ev)
+
+    def _covering_filter(self, topic: str, patterns: list[str]) -> dict[str, Any] | None:
+        """What the connection's patterns covering ``topic`` let through: none when one of them
+        has no filter, else the ``$or`` of their filters (one alone as it is)."""
+        filters = [self._filters.get(p) for p in patterns if topic_matches(p, topic)]
+        if not filters or any(f is None for f in filters):
+            return None
+        unique = list({_filter_key(f): f for f in filters}.values())
+        return unique[0] if len(unique) == 1 else {"$or": unique}
 
     def _resume_for(self, topics: Iterable[str]) -> dict[str, dict[str, Any]]:
         return {t: self._positions[t] for t in topics if t in self._positions}
@@ -574,7 +586,17 @@ class EngineClient:
             raise self._error or ConnectionError("connection closed")
         if self._bucket is not None:
             await self._bucket.take()
-        await self._connected.wait()
+        if not self._connected.is_set():
+            # Wait for the connection, or for the client to end (close, or a reader that gave
+            # up), whichever comes first.
+            waiter = asyncio.ensure_future(self._connected.wait())
+            others = [t for t in (self._reader,) if t is not None]
+            try:
+                await asyncio.wait([waiter, *others], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if not self._connected.is_set():
+                raise self._error or ConnectionError("the client is closed")
         return await self._request_now(msg)
 
     def _record(self, reply: dict[str, Any]) -> list[dict[str, Any]]:
@@ -825,17 +847,23 @@ class SyncEngineClient:
         self._loop = loop
         self._thread = thread
         self._closed = False
+        self._lock = threading.Lock()
+        self._calls: set[Any] = set()
 
-    def _run(self, coro: Any, timeout: float | None = None) -> Any:
-        if self._closed:
-            coro.close()
-            raise ConnectionError("the client is closed")
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+    def _run(self, coro: Any) -> Any:
+        with self._lock:
+            if self._closed:
+                coro.close()
+                raise ConnectionError("the client is closed")
+            fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            self._calls.add(fut)
         try:
-            return fut.result(timeout)
-        except TimeoutError:
-            fut.cancel()
-            raise
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            raise ConnectionError("the client is closed") from None
+        finally:
+            with self._lock:
+                self._calls.discard(fut)
 
     def subscribe(
         self, topics: Iterable[str], *, presence: bool = False, filter: dict[str, Any] | None = None
@@ -864,9 +892,10 @@ class SyncEngineClient:
         return self._run(self._client.ping())
 
     def recv(self, timeout: float | None = None) -> Event:
-        """The next pushed event, waiting at most ``timeout`` seconds (``TimeoutError``);
-        raises the connection's error (or ``ConnectionError``) at the end."""
-        return self._run(self._client.recv(), timeout)
+        """The next pushed event, waiting at most ``timeout`` seconds (``TimeoutError``; no
+        event is lost by it); raises the connection's error (or ``ConnectionError``) at the
+        end."""
+        return self._run(asyncio.wait_for(self._client.recv(), timeout))
 
     def __iter__(self) -> Iterator[Event]:
         while True:
@@ -878,13 +907,21 @@ class SyncEngineClient:
             yield ev
 
     def close(self) -> None:
-        """Close for good (no reconnect) and stop the client's thread."""
-        if self._closed:
-            return
-        try:
-            self._run(self._client.close(), 10)
-        finally:
+        """Close for good (no reconnect) and stop the client's thread; calls still waiting in
+        other threads raise ``ConnectionError``."""
+        with self._lock:
+            if self._closed:
+                return
             self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(asyncio.wait_for(self._client.close(), 10), self._loop).result()
+        except Exception:
+            pass  # closing anyway
+        finally:
+            with self._lock:
+                calls = list(self._calls)
+            for fut in calls:
+                fut.cancel()
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             if not self._loop.is_running():

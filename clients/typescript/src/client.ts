@@ -589,7 +589,12 @@ export class WeftClient extends Emitter<ClientEvents> {
    */
   publish(topic: string, payload: unknown, options: { priority?: Priority } = {}): Promise<Published> {
     const priority = options.priority;
-    if (this._state.state === "connected") return this.sendPublish(topic, payload, priority);
+    if (this._state.state === "connected") {
+      return this.sendPublish(topic, payload, priority).catch((e: unknown) => {
+        if (e instanceof NotSent) return this.publish(topic, payload, options);
+        throw e;
+      });
+    }
     const q = this.options.offlineQueue;
     if (q === false) return Promise.reject(new ConnectionError("not connected"));
     if (this._state.state === "closed") {
@@ -609,7 +614,7 @@ export class WeftClient extends Emitter<ClientEvents> {
 
   /** Sends a message to the application hosting the engine; resolves when it has taken it. */
   async send(payload: unknown): Promise<void> {
-    await this.pace();
+    if (this.options.rateLimit) await this.pace();
     await this.request({ type: "send", payload });
   }
 
@@ -659,6 +664,8 @@ export class WeftClient extends Emitter<ClientEvents> {
     try {
       ws = new this.wsCtor(url, [SUBPROTOCOL[this.options.protocol ?? "json"]]) as WebSocketInstance;
     } catch (e) {
+      this.current.failures++;
+      this.failedInARow++;
       this.emit("error", new ConnectionError(`cannot open ${this.url}: ${String(e)}`));
       return this.retry("cannot open the connection");
     }
@@ -920,7 +927,11 @@ export class WeftClient extends Emitter<ClientEvents> {
   }
 
   private async sendPublish(topic: string, payload: unknown, priority?: Priority): Promise<Published> {
-    await this.pace();
+    if (this.options.rateLimit) {
+      await this.pace();
+      // The connection went while the rate limiter held it: not sent, so it may wait offline.
+      if (this._state.state !== "connected") throw new NotSent();
+    }
     const m = await this.request({ type: "publish", topic, payload, ...(priority ? { priority } : {}) });
     return { topic, offset: m.offset as number, epoch: m.epoch as string };
   }
@@ -952,17 +963,25 @@ export class WeftClient extends Emitter<ClientEvents> {
   private flush(): void {
     clearTimeout(this.expiryTimer);
     this.expire();
+    let back = 0;
     for (const q of this.queue.splice(0)) {
       this.sendPublish(q.topic, q.payload, q.priority).then(
         (r) => {
           this.forget(q);
           q.resolve(r);
         },
-        (e: WeftError) => {
+        (e: unknown) => {
+          if (e instanceof NotSent) {
+            // Never sent (the rate limiter held it and the connection went): back in the
+            // queue, in order, for the next connection.
+            this.queue.splice(back++, 0, q);
+            this.armExpiry();
+            return;
+          }
           // The connection fell again before the answer: the outcome is unknown, so it is not
           // sent twice; an answer from the server is final either way.
           this.forget(q);
-          q.reject(e);
+          q.reject(e as WeftError);
         },
       );
     }
@@ -1106,8 +1125,13 @@ export class WeftClient extends Emitter<ClientEvents> {
         return this.onPresence(m);
       case "reset":
         return this.onReset(m);
-      case "lagged":
-        return this.emit("error", new WeftError("lagged", `the server dropped ${String(m.dropped)} events for this slow connection`));
+      case "lagged": {
+        this.emit("error", new WeftError("lagged", `the server dropped ${String(m.dropped)} events for this slow connection`));
+        // A filtered topic's offsets skip, so a drop shows no gap: ask for what was missed.
+        const filtered = [...this.channels.values()].filter((c) => c.exact && c.filter !== undefined && c.state === "subscribed");
+        if (filtered.length > 0) this.subscribeChannels(filtered);
+        return;
+      }
     }
     const id = m.id;
     const p = typeof id === "number" ? this.pending.get(id) : undefined;
@@ -1180,6 +1204,9 @@ export class WeftClient extends Emitter<ClientEvents> {
 }
 
 const now = () => (typeof performance !== "undefined" ? performance.now() : Date.now());
+
+/** A publish the rate limiter held until the connection was gone: it was never sent. */
+class NotSent extends Error {}
 
 async function defaultWebSocket(): Promise<WebSocketLike> {
   const g = (globalThis as { WebSocket?: WebSocketLike }).WebSocket;

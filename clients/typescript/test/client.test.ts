@@ -85,6 +85,37 @@ describe("several endpoints, circuit breaker, rate limit", () => {
     c.close();
   });
 
+  it("publishes the rate limiter held when the connection went wait offline and go after", async () => {
+    const c = client({ rateLimit: { rate: 10, burst: 1 }, reconnect: { minDelay: 10, maxDelay: 10 } });
+    await Promise.all([c.connect(), tick()]);
+    const done = [1, 2, 3].map((n) => c.publish("h", n));
+    await tick(0);
+    server.last.drop(); // 2 and 3 are still held by the limiter
+    await tick(500);
+    expect(c.state.state).toBe("connected");
+    // 1 went out on the first connection; 2 and 3, held when it went, on the second.
+    expect((await Promise.all(done)).map((p) => p.offset)).toEqual([1, 2, 3]);
+    const sent = (i: number) => server.sockets[i]!.received.filter((m) => m.type === "publish").map((m) => m.payload);
+    expect([sent(0), sent(server.sockets.length - 1)]).toEqual([[1], [2, 3]]);
+    c.close();
+  });
+
+  it("a lagged notice makes filtered topics ask for what was dropped", async () => {
+    const c = client();
+    c.subscribe("f", () => {}, { filter: { "payload.n": { $gt: 1 } } });
+    c.on("error", () => {});
+    await Promise.all([c.connect(), tick()]);
+    const subscribes = () => server.last.received.filter((m) => m.type === "subscribe");
+    expect(subscribes()).toHaveLength(1);
+    server.publish("f", { n: 5 });
+    server.last.push({ type: "lagged", dropped: 3 });
+    await tick();
+    expect(subscribes()).toHaveLength(2);
+    expect(subscribes()[1]!.resume).toEqual({ f: { offset: 1, epoch: "e1" } });
+    expect(subscribes()[1]!.filter).toEqual({ "payload.n": { $gt: 1 } });
+    c.close();
+  });
+
   it("the rate limiter paces publishes in order", async () => {
     const c = client({ rateLimit: { rate: 10, burst: 2 } });
     await Promise.all([c.connect(), tick()]);

@@ -44,6 +44,8 @@ pub struct ClientBuilder {
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     #[cfg(feature = "http2")]
     http2: Option<crate::h2::Http2Config>,
+    #[cfg(feature = "http3")]
+    http3: Option<crate::h3::Http3Config>,
 }
 
 impl ClientBuilder {
@@ -62,6 +64,8 @@ impl ClientBuilder {
             tls: None,
             #[cfg(feature = "http2")]
             http2: None,
+            #[cfg(feature = "http3")]
+            http3: None,
         }
     }
 
@@ -80,6 +84,27 @@ impl ClientBuilder {
     #[cfg(feature = "http2")]
     pub(crate) fn http2_config(&self) -> crate::h2::Http2Config {
         self.http2.unwrap_or_default()
+    }
+
+    /// Connect over HTTP/3 (RFC 9220) with these settings: [`connect`](Self::connect) opens a
+    /// QUIC connection (UDP) to the URL's host and port and the WebSocket as an extended
+    /// CONNECT stream on it. QUIC is always encrypted: `ws://` and `wss://` both mean TLS 1.3
+    /// here, verified against the added roots and the system's. The WebSocket gets a QUIC
+    /// connection of its own; to put many on one, use [`H3Client`](crate::h3::H3Client).
+    #[cfg(feature = "http3")]
+    pub fn http3(mut self, cfg: crate::h3::Http3Config) -> Self {
+        self.http3 = Some(cfg);
+        self
+    }
+
+    #[cfg(feature = "http3")]
+    pub(crate) fn http3_config(&self) -> crate::h3::Http3Config {
+        self.http3.unwrap_or_default()
+    }
+
+    #[cfg(feature = "http3")]
+    pub(crate) fn root_certificates(&self) -> impl Iterator<Item = &[u8]> {
+        self.roots.iter().map(|c| c.as_ref())
     }
 
     pub(crate) fn connect_timeout_value(&self) -> Duration {
@@ -180,6 +205,14 @@ impl ClientBuilder {
 
     async fn connect_inner(self) -> Result<ClientStream> {
         let uri = self.uri()?;
+        #[cfg(feature = "http3")]
+        if self.http3.is_some() {
+            let client = crate::h3::H3Client::connect(self.clone()).await?;
+            let (stream, negotiated) = client.open_stream(&self).await?;
+            let config = std::sync::Arc::new(self.config.clone());
+            let io = MaybeTlsStream::H3(Box::new(stream));
+            return Ok(crate::server::websocket_on(io, Role::Client, config, negotiated));
+        }
         #[cfg(feature = "http2")]
         if self.http2.is_some() {
             let io = self.connect_transport(&[b"h2", b"http/1.1"]).await?;
@@ -203,7 +236,7 @@ impl ClientBuilder {
                 let (stream, negotiated) = client.open_stream(&self).await?;
                 let config = std::sync::Arc::new(self.config.clone());
                 let io = MaybeTlsStream::H2(Box::new(stream));
-                return Ok(crate::h2::websocket_on(io, Role::Client, config, negotiated));
+                return Ok(crate::server::websocket_on(io, Role::Client, config, negotiated));
             }
             return self.handshake_inner(io, &uri).await;
         }

@@ -73,11 +73,11 @@ use h2::{RecvStream, SendStream};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use weft_proto::handshake::{self, HandshakeError};
-use weft_proto::{Config, Connection, Role};
+use weft_proto::Role;
 
 use crate::client::ClientBuilder;
 use crate::error::{Error, Kind, Result};
-use crate::server::{Acceptor, Rejection};
+use crate::server::{Acceptor, Rejection, strip_connection_headers, websocket_on};
 use crate::websocket::WebSocket;
 
 /// HTTP/2 settings for [`H2Server`] and [`H2Client`].
@@ -182,20 +182,6 @@ pub async fn starts_with_preface(tcp: &tokio::net::TcpStream) -> io::Result<bool
         // readable, so back off instead of spinning on the same bytes.
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_millis(100));
-    }
-}
-
-/// Remove the connection-specific headers HTTP/2 forbids (RFC 9113 §8.2.2), which a callback
-/// shared with HTTP/1.1 may add (`Connection: close` on a refusal): h2 would refuse to send the
-/// whole response.
-fn strip_connection_headers(h: &mut http::HeaderMap) {
-    for name in [http::header::CONNECTION, http::header::UPGRADE, http::header::TRANSFER_ENCODING] {
-        h.remove(name);
-    }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
-    if h.get(http::header::TE).is_some_and(|v| v != "trailers") {
-        h.remove(http::header::TE);
     }
 }
 
@@ -340,21 +326,6 @@ impl LiveCount {
             tokio::time::sleep(step).await;
         }
     }
-}
-
-/// A [`WebSocket`] on a transport whose extended CONNECT has been answered.
-pub(crate) fn websocket_on<S: AsyncRead + AsyncWrite + Unpin>(
-    io: S,
-    role: Role,
-    config: Arc<Config>,
-    negotiated: handshake::Negotiated,
-) -> WebSocket<S> {
-    let mut conn = Connection::new(role, config, Instant::now());
-    #[cfg(feature = "deflate")]
-    if let Some(p) = negotiated.deflate {
-        conn.set_deflate(p);
-    }
-    WebSocket::from_connection(io, conn, negotiated.subprotocol)
 }
 
 /// The server side of one HTTP/2 connection.

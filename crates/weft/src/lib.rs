@@ -48,6 +48,8 @@ mod client;
 mod error;
 #[cfg(feature = "http2")]
 pub mod h2;
+#[cfg(feature = "http3")]
+pub mod h3;
 mod server;
 mod split;
 mod stream;

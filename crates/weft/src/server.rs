@@ -1,5 +1,6 @@
 //! Server: accept a WebSocket on a stream, optionally inspecting (and refusing) the request.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -67,6 +68,8 @@ pub struct Acceptor {
     handshake_timeout: Duration,
     #[cfg(feature = "http2")]
     http2: crate::h2::Http2Config,
+    #[cfg(feature = "http3")]
+    http3: crate::h3::Http3Config,
 }
 
 impl Default for Acceptor {
@@ -84,6 +87,8 @@ impl Acceptor {
             handshake_timeout: Duration::from_secs(10),
             #[cfg(feature = "http2")]
             http2: Default::default(),
+            #[cfg(feature = "http3")]
+            http3: Default::default(),
         }
     }
 
@@ -97,6 +102,19 @@ impl Acceptor {
     #[cfg(feature = "http2")]
     pub(crate) fn http2_config(&self) -> crate::h2::Http2Config {
         self.http2
+    }
+
+    /// HTTP/3 and QUIC settings for [`H3Server`](crate::h3::H3Server) (windows, stream,
+    /// connection and handshake limits).
+    #[cfg(feature = "http3")]
+    pub fn http3(mut self, cfg: crate::h3::Http3Config) -> Self {
+        self.http3 = cfg;
+        self
+    }
+
+    #[cfg(feature = "http3")]
+    pub(crate) fn http3_config(&self) -> crate::h3::Http3Config {
+        self.http3
     }
 
     pub(crate) fn handshake_timeout_value(&self) -> Duration {
@@ -282,4 +300,35 @@ impl PendingUpgrade {
         }
         WebSocket::from_connection(io, conn, self.subprotocol)
     }
+}
+
+/// Remove the connection-specific headers HTTP/2 and HTTP/3 forbid (RFC 9113 §8.2.2, RFC 9114 §4.2), which a callback
+/// shared with HTTP/1.1 may add (`Connection: close` on a refusal): h2 would refuse to send the
+/// whole response.
+#[allow(dead_code)] // used by the http2 and http3 features
+pub(crate) fn strip_connection_headers(h: &mut http::HeaderMap) {
+    for name in [http::header::CONNECTION, http::header::UPGRADE, http::header::TRANSFER_ENCODING] {
+        h.remove(name);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+    if h.get(http::header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(http::header::TE);
+    }
+}
+
+/// A [`WebSocket`] on a transport whose extended CONNECT has been answered.
+#[allow(dead_code)] // used by the http2 and http3 features
+pub(crate) fn websocket_on<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    role: Role,
+    config: Arc<Config>,
+    negotiated: handshake::Negotiated,
+) -> WebSocket<S> {
+    let mut conn = Connection::new(role, config, Instant::now());
+    #[cfg(feature = "deflate")]
+    if let Some(p) = negotiated.deflate {
+        conn.set_deflate(p);
+    }
+    WebSocket::from_connection(io, conn, negotiated.subprotocol)
 }

@@ -18,6 +18,9 @@ pub enum MaybeTlsStream<S> {
     /// One stream of an HTTP/2 connection ([`ClientBuilder::http2`](crate::ClientBuilder::http2)).
     #[cfg(feature = "http2")]
     H2(Box<crate::h2::H2Stream>),
+    /// One stream of an HTTP/3 connection ([`ClientBuilder::http3`](crate::ClientBuilder::http3)).
+    #[cfg(feature = "http3")]
+    H3(Box<crate::h3::H3Stream>),
 }
 
 macro_rules! delegate {
@@ -34,6 +37,11 @@ macro_rules! delegate {
             }
             #[cfg(feature = "http2")]
             MaybeTlsStream::H2($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            #[cfg(feature = "http3")]
+            MaybeTlsStream::H3($s) => {
                 let $s = Pin::new($s.as_mut());
                 $e
             }
@@ -65,6 +73,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTlsStream<S> {
             Self::Rustls(s) => s.is_write_vectored(),
             #[cfg(feature = "http2")]
             Self::H2(_) => false,
+            #[cfg(feature = "http3")]
+            Self::H3(_) => false,
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

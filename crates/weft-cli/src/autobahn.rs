@@ -19,6 +19,13 @@ pub(crate) struct AutobahnArgs {
     /// the suite through the HTTP/2 bridge (crates/weft/examples/h2_bridge.rs).
     #[arg(long)]
     http2: bool,
+    /// Every connection over HTTP/3 (RFC 9220, QUIC), e.g. to the suite through the HTTP/3
+    /// bridge (crates/weft/examples/h3_bridge.rs); trust its certificate with --ca-file.
+    #[arg(long, conflicts_with = "http2")]
+    http3: bool,
+    /// Trust this PEM certificate as a root (the bridge's test certificate).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn run(args: AutobahnArgs) -> ExitCode {
@@ -42,10 +49,24 @@ fn config(deflate: bool) -> Config {
 
 async fn dance(args: AutobahnArgs) -> anyhow::Result<()> {
     let base = args.url.trim_end_matches('/');
-    let http2 = args.http2;
+    let (http2, http3) = (args.http2, args.http3);
+    let mut roots = Vec::new();
+    if let Some(path) = &args.ca_file {
+        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
+        roots = weft::tls::certs_from_pem(&pem)?;
+    }
     let builder = move |url: String| {
-        let b = ClientBuilder::new(url);
-        if http2 { b.http2(weft::h2::Http2Config::default()) } else { b }
+        let mut b = ClientBuilder::new(url);
+        for r in &roots {
+            b = b.add_root_certificate(r.to_vec());
+        }
+        if http2 {
+            b = b.http2(weft::h2::Http2Config::default());
+        }
+        if http3 {
+            b = b.http3(weft::h3::Http3Config::default());
+        }
+        b
     };
     let mut ws = builder(format!("{base}/getCaseCount")).connect().await?;
     let count: usize = match ws.recv().await {

@@ -41,6 +41,10 @@ pub(crate) struct ClientArgs {
     /// declines), for ws:// cleartext HTTP/2 with prior knowledge.
     #[arg(long)]
     http2: bool,
+    /// WebSocket over HTTP/3 (RFC 9220): QUIC (UDP) to the URL's host and port, always TLS
+    /// (ws:// and wss:// alike); trust a test CA with --ca-file.
+    #[arg(long, conflicts_with = "http2")]
+    http3: bool,
 }
 
 pub(crate) fn run(args: ClientArgs) -> ExitCode {
@@ -85,6 +89,9 @@ async fn client(args: ClientArgs) -> u8 {
     if args.http2 {
         b = b.http2(weft::h2::Http2Config::default());
     }
+    if args.http3 {
+        b = b.http3(weft::h3::Http3Config::default());
+    }
     if let Some(path) = &args.ca_file {
         match std::fs::read(path).map_err(weft::Error::from).and_then(|pem| weft::tls::certs_from_pem(&pem)) {
             Ok(certs) => {
@@ -100,7 +107,11 @@ async fn client(args: ClientArgs) -> u8 {
     }
     match b.connect().await {
         Ok(ws) => {
-            let over = if matches!(ws.get_ref(), weft::MaybeTlsStream::H2(_)) { " over HTTP/2" } else { "" };
+            let over = match ws.get_ref() {
+                weft::MaybeTlsStream::H2(_) => " over HTTP/2",
+                weft::MaybeTlsStream::H3(_) => " over HTTP/3",
+                _ => "",
+            };
             session(ws, &args, over).await
         }
         Err(e) => {

@@ -93,19 +93,31 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
         .max_fragments(args.max_fragments)
         .deflate(args.deflate.then(DeflateConfig::default));
     let acceptor = std::sync::Arc::new(Acceptor::new().config(config));
-    let tls = tls.map(|cert| {
-        crate::serve::reload_on_sighup(cert.clone());
-        weft::tls::TlsAcceptor::from(weft::tls::server_config_alpn(cert, &[b"h2", b"http/1.1"]))
-    });
+    // With TLS, HTTP/3 too: QUIC on the same port number (UDP), advertised with Alt-Svc on
+    // every HTTP/1.1 and HTTP/2 answer.
+    let (tls, h3) = match tls {
+        Some(cert) => {
+            let (server, alt_svc) = crate::serve::h3_server(&cert, listener.local_addr()?, &acceptor).await?;
+            crate::serve::reload_on_sighup(cert.clone(), Some(server.tls_reloader()));
+            let tls = weft::tls::TlsAcceptor::from(weft::tls::server_config_alpn(cert, &[b"h2", b"http/1.1"]));
+            (Some(tls), Some((server, alt_svc)))
+        }
+        None => (None, None),
+    };
     tracing::info!(
         addr = %listener.local_addr()?,
         deflate = args.deflate,
         tls = tls.is_some(),
         http2 = true,
+        http3 = h3.is_some(),
         "weft echo listening"
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
+    let alt_svc = h3.as_ref().map(|(_, a)| a.clone());
+    if let Some((server, _)) = h3 {
+        conns.spawn(echo_h3(server, stop_rx.clone()));
+    }
     let shutdown = crate::serve::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -124,6 +136,7 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
                 let acceptor = acceptor.clone();
                 let tls = tls.clone();
                 let stop = stop_rx.clone();
+                let alt_svc = alt_svc.clone();
                 conns.spawn(async move {
                     let _ = tcp.set_nodelay(true);
                     let res = match tls {
@@ -131,7 +144,7 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
                             // Cleartext HTTP/2 (prior knowledge) or HTTP/1.1, told apart by the
                             // first bytes; a peer that sends nothing for 10 s is dropped.
                             match tokio::time::timeout(Duration::from_secs(10), weft::h2::starts_with_preface(&tcp)).await {
-                                Ok(Ok(true)) => echo_h2(&acceptor, tcp, stop).await,
+                                Ok(Ok(true)) => echo_h2(&acceptor, tcp, stop, None).await,
                                 Ok(Ok(false)) => echo_one(&acceptor, tcp, stopped(stop)).await,
                                 Ok(Err(e)) => Err(e.into()),
                                 Err(_) => Ok(()),
@@ -139,9 +152,9 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
                         }
                         Some(tls) => match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
                             Ok(Ok(io)) if io.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                                echo_h2(&acceptor, io, stop).await
+                                echo_h2(&acceptor, io, stop, alt_svc).await
                             }
-                            Ok(Ok(io)) => echo_one(&acceptor, io, stopped(stop)).await,
+                            Ok(Ok(io)) => echo_one_with(&acceptor, io, stopped(stop), alt_svc).await,
                             Ok(Err(e)) => Err(e.into()),
                             Err(_) => Ok(()), // TLS handshake not finished in 10 s: dropped
                         },
@@ -173,7 +186,12 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// Echo every WebSocket of one HTTP/2 connection, each on its own task, while this task keeps
 /// driving the connection. On shutdown: GOAWAY (no new streams), every WebSocket closed with
 /// 1001, and the connection ends when the last stream has.
-async fn echo_h2<I>(acceptor: &Acceptor, io: I, stop: watch::Receiver<bool>) -> weft::Result<()>
+async fn echo_h2<I>(
+    acceptor: &Acceptor,
+    io: I,
+    stop: watch::Receiver<bool>,
+    alt_svc: Option<weft::http::HeaderValue>,
+) -> weft::Result<()>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -190,7 +208,12 @@ where
                     let _ = req.respond(weft::http::StatusCode::NOT_FOUND, "weft echo: WebSocket (RFC 8441 extended CONNECT) only\n");
                 }
                 Some(Ok(req)) => {
-                    let Ok(mut ws) = req.accept() else { continue };
+                    let Ok(mut ws) = req.accept_with(|_, resp| {
+                        if let Some(v) = &alt_svc {
+                            resp.headers_mut().insert(weft::http::header::ALT_SVC, v.clone());
+                        }
+                        Ok(())
+                    }) else { continue };
                     let stop = stopped(stop.clone());
                     streams.spawn(async move {
                         let _ = echo_until(&mut ws, stop).await;
@@ -207,14 +230,68 @@ where
     Ok(())
 }
 
+/// Every WebSocket of the HTTP/3 server, each on its own task, until shutdown: then each is
+/// closed with 1001 and the server (every QUIC connection) once they have.
+async fn echo_h3(mut server: weft::h3::H3Server, stop: watch::Receiver<bool>) {
+    let mut streams = JoinSet::new();
+    let mut watch_stop = stop.clone();
+    loop {
+        tokio::select! {
+            req = server.accept() => match req {
+                None => break,
+                Some(req) if !req.is_websocket() => {
+                    streams.spawn(async move {
+                        let _ = req
+                            .respond(weft::http::StatusCode::NOT_FOUND, "weft echo: WebSocket (RFC 9220 extended CONNECT) only\n")
+                            .await;
+                    });
+                }
+                Some(req) => {
+                    let stop = stopped(stop.clone());
+                    streams.spawn(async move {
+                        if let Ok(mut ws) = req.accept().await {
+                            let _ = echo_until(&mut ws, stop).await;
+                        }
+                    });
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            _ = watch_stop.wait_for(|s| *s) => break,
+        }
+    }
+    while streams.join_next().await.is_some() {}
+    // Let the last close frames and QUIC acknowledgements go out before the endpoint closes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tracing::debug!(dropped_datagrams = server.dropped_datagrams(), "HTTP/3 server closed");
+}
+
 /// Echo one connection until it ends or `stop` completes (then close it with 1001).
 pub(crate) async fn echo_one<I>(acceptor: &Acceptor, io: I, stop: impl Future<Output = ()>) -> weft::Result<()>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    echo_one_with(acceptor, io, stop, None).await
+}
+
+/// [`echo_one`], answering the upgrade with `Alt-Svc` when HTTP/3 is served too.
+async fn echo_one_with<I>(
+    acceptor: &Acceptor,
+    io: I,
+    stop: impl Future<Output = ()>,
+    alt_svc: Option<weft::http::HeaderValue>,
+) -> weft::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     // Boxed: the handshake's state (request buffer, parsed headers) is freed after the upgrade
     // instead of staying part of this long-lived task's future.
-    let mut ws = Box::pin(acceptor.accept(io)).await?;
+    let accept = acceptor.accept_with(io, |_, resp| {
+        if let Some(v) = &alt_svc {
+            resp.headers_mut().insert(weft::http::header::ALT_SVC, v.clone());
+        }
+        Ok(())
+    });
+    let mut ws = Box::pin(accept).await?;
     echo_until(&mut ws, stop).await
 }
 

@@ -183,8 +183,25 @@ impl TlsArgs {
     }
 }
 
-/// Reload the certificate on every SIGHUP, for as long as the process runs.
-pub(crate) fn reload_on_sighup(cert: std::sync::Arc<weft::tls::ReloadableCert>) {
+/// HTTP/3 on UDP at `addr` (the TCP listener's address: the same port number) with the TLS
+/// certificate's files, and the `Alt-Svc` value that advertises it.
+pub(crate) async fn h3_server(
+    cert: &weft::tls::ReloadableCert,
+    addr: SocketAddr,
+    acceptor: &weft::Acceptor,
+) -> anyhow::Result<(weft::h3::H3Server, weft::http::HeaderValue)> {
+    let (c, k) = cert.paths();
+    let tls = weft::h3::H3Tls::from_pem_files(c, k)?;
+    let server = weft::h3::H3Server::bind(addr, tls, acceptor)
+        .await
+        .with_context(|| format!("binding UDP {addr} for HTTP/3"))?;
+    let alt_svc = weft::http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port()))?;
+    Ok((server, alt_svc))
+}
+
+/// Reload the certificate on every SIGHUP, for as long as the process runs (HTTP/3's too when
+/// `h3` is given).
+pub(crate) fn reload_on_sighup(cert: std::sync::Arc<weft::tls::ReloadableCert>, h3: Option<weft::h3::H3TlsReloader>) {
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
             tracing::warn!("cannot listen for SIGHUP: the TLS certificate will not be reloaded");
@@ -193,7 +210,17 @@ pub(crate) fn reload_on_sighup(cert: std::sync::Arc<weft::tls::ReloadableCert>) 
         while hup.recv().await.is_some() {
             match cert.reload() {
                 Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate NOT reloaded, keeping the old one"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS certificate NOT reloaded, keeping the old one");
+                    continue;
+                }
+            }
+            if let Some(h3) = &h3 {
+                let (c, k) = cert.paths();
+                match weft::h3::H3Tls::from_pem_files(c, k).and_then(|t| h3.reload(&t)) {
+                    Ok(()) => tracing::info!("SIGHUP: HTTP/3 certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: HTTP/3 certificate NOT reloaded, keeping the old one"),
+                }
             }
         }
     });
@@ -489,7 +516,7 @@ async fn serve(
     let server = tokio::spawn({
         let engine = engine.clone();
         let acceptor = tls.map(|cert| {
-            reload_on_sighup(cert.clone());
+            reload_on_sighup(cert.clone(), None);
             weft::tls::TlsAcceptor::from(weft::tls::server_config_alpn(cert, &[b"h2", b"http/1.1"]))
         });
         async move {

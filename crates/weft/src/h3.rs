@@ -994,6 +994,25 @@ impl Drop for H3Request {
     }
 }
 
+/// Changes an [`H3Server`]'s certificate for new connections.
+#[derive(Clone)]
+pub struct H3TlsReloader(Arc<Listener>);
+
+impl std::fmt::Debug for H3TlsReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H3TlsReloader").finish_non_exhaustive()
+    }
+}
+
+impl H3TlsReloader {
+    /// Use this certificate for new connections (open ones keep theirs).
+    pub fn reload(&self, tls: &H3Tls) -> Result<()> {
+        let quic = self.0.config.quic(tls.context()?)?;
+        *self.0.quic.lock().unwrap_or_else(|e| e.into_inner()) = quic;
+        Ok(())
+    }
+}
+
 /// Server state shared by the listener task and [`H3Server`].
 struct Listener {
     quic: Mutex<quiche::Config>,
@@ -1060,9 +1079,13 @@ impl H3Server {
 
     /// Use this certificate for new connections (open ones keep theirs): certificate rotation.
     pub fn reload_tls(&self, tls: &H3Tls) -> Result<()> {
-        let quic = self.listener.config.quic(tls.context()?)?;
-        *self.listener.quic.lock().unwrap_or_else(|e| e.into_inner()) = quic;
-        Ok(())
+        self.tls_reloader().reload(tls)
+    }
+
+    /// A handle that changes the certificate from elsewhere (a SIGHUP handler) while
+    /// [`accept`](Self::accept) runs.
+    pub fn tls_reloader(&self) -> H3TlsReloader {
+        H3TlsReloader(Arc::clone(&self.listener))
     }
 
     /// QUIC connections open now.

@@ -72,9 +72,16 @@ pub struct ReloadableCert {
 }
 
 impl ReloadableCert {
+    /// The certificate and key files it loads from (HTTP/3's TLS, which is BoringSSL inside
+    /// quiche, reads the same files).
+    pub fn paths(&self) -> (&std::path::Path, &std::path::Path) {
+        (&self.cert_path, &self.key_path)
+    }
+
     /// Load the certificate chain (PEM, end-entity first) and its private key (PEM: PKCS#8,
     /// PKCS#1 or SEC1). Errors say which file is wrong and why, including a key that does not
     /// belong to the certificate.
+
     pub fn load(cert_path: &std::path::Path, key_path: &std::path::Path) -> Result<Arc<Self>> {
         let key = load_certified_key(cert_path, key_path)?;
         Ok(Arc::new(Self {

@@ -66,6 +66,11 @@ pub(crate) struct EchoArgs {
     /// `--connections` on it as streams.
     #[arg(long)]
     pub(crate) http2: bool,
+    /// WebSockets over HTTP/3 (RFC 9220): each generator thread opens one QUIC connection
+    /// (UDP, TLS; trust the server with --ca-file) and multiplexes its share of the
+    /// `--connections` on it as streams.
+    #[arg(long, conflicts_with = "http2")]
+    pub(crate) http3: bool,
     /// Server process to measure (CPU per message, RSS) from /proc; without it the server's
     /// CPU and RSS are unknown (null in `--json`).
     #[arg(long)]
@@ -98,8 +103,8 @@ pub(crate) fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
     anyhow::ensure!(args.connections > 0 && args.in_flight > 0 && args.threads > 0, "counts must be positive");
     let per_thread = args.connections.div_ceil(args.threads);
     anyhow::ensure!(
-        !args.http2 || per_thread <= 100,
-        "--http2 puts each generator thread's connections on one HTTP/2 connection, and servers allow \
+        !(args.http2 || args.http3) || per_thread <= 100,
+        "--http2/--http3 put each generator thread's connections on one connection, and servers allow \
          100 streams on one by default: {per_thread} per thread is too many (use --threads {})",
         args.connections.div_ceil(100)
     );
@@ -186,6 +191,7 @@ pub(crate) fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
         text: args.text,
         deflate: args.deflate,
         http2: args.http2,
+        http3: args.http3,
         threads: args.threads,
         seconds,
         messages,
@@ -209,26 +215,34 @@ fn worker(args: EchoArgs, n: usize, shared: Arc<Shared>, payload: Bytes) -> Hist
     let local = tokio::task::LocalSet::new();
     let per_conn_interval = args.rate.map(|r| Duration::from_secs_f64(args.connections as f64 / r.max(1e-9)));
     local.block_on(&rt, async {
-        let h2 = if args.http2 && n > 0 {
-            match weft::h2::H2Client::connect(builder(&args)).await {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    for _ in 0..n {
-                        shared.error(weft::Error::from(std::io::Error::other(e.to_string())));
-                    }
-                    return;
-                }
-            }
+        let mux = if args.http2 && n > 0 {
+            weft::h2::H2Client::connect(builder(&args)).await.map(|c| Some(Mux::H2(c)))
+        } else if args.http3 && n > 0 {
+            let b = builder(&args).http3(weft::h3::Http3Config::default());
+            weft::h3::H3Client::connect(b).await.map(|c| Some(Mux::H3(c)))
         } else {
-            None
+            Ok(None)
+        };
+        let mux = match mux {
+            Ok(m) => m,
+            Err(e) => {
+                for _ in 0..n {
+                    shared.error(weft::Error::from(std::io::Error::other(e.to_string())));
+                }
+                return;
+            }
         };
         let mut tasks = Vec::with_capacity(n);
         for _ in 0..n {
             let (args, shared, payload, hist) = (args.clone(), shared.clone(), payload.clone(), hist.clone());
-            let h2 = h2.clone();
+            let mux = mux.clone();
             tasks.push(tokio::task::spawn_local(async move {
-                let res = match h2 {
-                    Some(c) => match c.open_with(builder(&args)).await {
+                let res = match mux {
+                    Some(Mux::H2(c)) => match c.open_with(builder(&args)).await {
+                        Ok(ws) => connection(ws, &args, &shared, payload, &hist, per_conn_interval).await,
+                        Err(e) => Err(e),
+                    },
+                    Some(Mux::H3(c)) => match c.open_with(builder(&args)).await {
                         Ok(ws) => connection(ws, &args, &shared, payload, &hist, per_conn_interval).await,
                         Err(e) => Err(e),
                     },
@@ -247,6 +261,13 @@ fn worker(args: EchoArgs, n: usize, shared: Arc<Shared>, payload: Bytes) -> Hist
         }
     });
     Rc::try_unwrap(hist).map(RefCell::into_inner).unwrap_or_else(|h| h.borrow().clone())
+}
+
+/// One generator thread's multiplexed connection.
+#[derive(Clone)]
+enum Mux {
+    H2(weft::h2::H2Client),
+    H3(weft::h3::H3Client),
 }
 
 /// The client options every benchmark connection uses.

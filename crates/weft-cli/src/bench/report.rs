@@ -40,6 +40,7 @@ pub(crate) struct EchoReport {
     pub(crate) deflate: bool,
     /// WebSockets over HTTP/2, one connection per generator thread.
     pub(crate) http2: bool,
+    pub(crate) http3: bool,
     pub(crate) threads: usize,
     pub(crate) seconds: f64,
     pub(crate) messages: u64,
@@ -63,7 +64,13 @@ impl EchoReport {
         println!("weft bench {} — {}", self.scenario, self.url);
         println!(
             "  {} {}/{}  size {} B {}  in flight {}  deflate {}  threads {}",
-            if self.http2 { "HTTP/2 streams" } else { "connections" },
+            if self.http2 {
+                "HTTP/2 streams"
+            } else if self.http3 {
+                "HTTP/3 streams"
+            } else {
+                "connections"
+            },
             self.connected,
             self.connections,
             self.size,

@@ -1,6 +1,7 @@
 //! Interop over real loopback sockets: weft against Python `websockets` and tokio-tungstenite,
 //! both directions, with and without permessage-deflate; over HTTP/2 (RFC 8441) against Python
-//! `h2` + `wsproto`, both directions, several WebSockets per connection.
+//! `h2` + `wsproto`, and over HTTP/3 (RFC 9220) against Python `aioquic` + `wsproto`, both
+//! directions, several WebSockets per connection.
 
 mod support;
 
@@ -186,6 +187,99 @@ async fn python_h2_client_to_weft_h2_server() {
         assert!(
             out.status.success(),
             "python h2 client failed (deflate={deflate}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A throwaway certificate for localhost in PEM files (for the Python HTTP/3 peer), and its DER.
+#[cfg(feature = "http3")]
+fn h3_cert_files(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>, String, String) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("weft-h3-interop-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert_pem, key_pem) = (c.cert.pem(), c.signing_key.serialize_pem());
+    std::fs::write(&cert, &cert_pem).unwrap();
+    std::fs::write(&key, &key_pem).unwrap();
+    (cert, key, c.cert.der().to_vec(), cert_pem, key_pem)
+}
+
+/// weft's HTTP/3 client against an independent server (Python `aioquic` + `wsproto`): three
+/// WebSockets at once on one QUIC connection, every payload size, pipelining, clean close.
+#[cfg(feature = "http3")]
+#[tokio::test]
+async fn weft_h3_client_to_python_aioquic_server() {
+    for deflate in [false, true] {
+        let Some(py) = python_with(&["aioquic", "wsproto"]) else { return };
+        let (cert, key, der, _, _) = h3_cert_files(if deflate { "client-d" } else { "client" });
+        let (cert_s, key_s) = (cert.to_str().unwrap().to_owned(), key.to_str().unwrap().to_owned());
+        let mut args = vec!["server", cert_s.as_str(), key_s.as_str()];
+        if deflate {
+            args.push("--deflate");
+        }
+        let (_server, port) = python_server(py, "h3ws.py", &args);
+        let mut b = ClientBuilder::new(format!("wss://localhost:{port}/"))
+            .add_root_certificate(der)
+            .config(Config::default().max_message_size(1 << 24));
+        if deflate {
+            b = b.deflate(DeflateConfig::default());
+        }
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let client = weft::h3::H3Client::connect_to(b, addr).await.unwrap();
+        let tasks: Vec<_> = (0..3)
+            .map(|i| {
+                let client = client.clone();
+                tokio::spawn(async move { roundtrip(client.open(&format!("/s{i}")).await.unwrap(), deflate).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
+/// An independent HTTP/3 client (Python `aioquic` + `wsproto`) against weft's HTTP/3 server:
+/// five WebSockets on one QUIC connection, payloads up to 1 MiB, with and without
+/// permessage-deflate.
+#[cfg(feature = "http3")]
+#[tokio::test]
+async fn python_aioquic_client_to_weft_h3_server() {
+    for deflate in [false, true] {
+        let Some(py) = python_with(&["aioquic", "wsproto"]) else { return };
+        let (cert, _key, _, cert_pem, key_pem) = h3_cert_files(if deflate { "server-d" } else { "server" });
+        let acceptor = Acceptor::new().config(Config::default().deflate(deflate.then(DeflateConfig::default)));
+        let tls = weft::h3::H3Tls::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+        let mut server = weft::h3::H3Server::bind("127.0.0.1:0".parse().unwrap(), tls, &acceptor).await.unwrap();
+        let port = server.local_addr().port();
+        tokio::spawn(async move {
+            while let Some(req) = server.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = req.accept().await else { return };
+                    while let Some(Ok(m)) = ws.recv().await {
+                        if m.is_data() && ws.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let url = format!("wss://localhost:{port}/");
+        let ca = cert.to_str().unwrap().to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(py);
+            cmd.arg(py_script("h3ws.py")).args(["client", &url, &ca, "--streams", "5"]);
+            if deflate {
+                cmd.arg("--deflate");
+            }
+            cmd.output().unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "python aioquic client failed (deflate={deflate}): {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );

@@ -184,17 +184,23 @@ impl TlsArgs {
 }
 
 /// HTTP/3 on UDP at `addr` (the TCP listener's address: the same port number) with the TLS
-/// certificate's files, and the `Alt-Svc` value that advertises it.
+/// certificate's files, and the `Alt-Svc` value that advertises it. `reuseport` shares the
+/// port between worker processes.
 pub(crate) async fn h3_server(
     cert: &weft::tls::ReloadableCert,
     addr: SocketAddr,
     acceptor: &weft::Acceptor,
+    reuseport: bool,
 ) -> anyhow::Result<(weft::h3::H3Server, weft::http::HeaderValue)> {
     let (c, k) = cert.paths();
     let tls = weft::h3::H3Tls::from_pem_files(c, k)?;
-    let server = weft::h3::H3Server::bind(addr, tls, acceptor)
-        .await
-        .with_context(|| format!("binding UDP {addr} for HTTP/3"))?;
+    let socket = if reuseport {
+        crate::workers::reuseport_udp(addr)
+    } else {
+        tokio::net::UdpSocket::bind(addr).await
+    };
+    let socket = socket.with_context(|| format!("binding UDP {addr} for HTTP/3"))?;
+    let server = weft::h3::H3Server::from_socket(socket, tls, acceptor)?;
     let alt_svc = weft::http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port()))?;
     Ok((server, alt_svc))
 }
@@ -510,13 +516,29 @@ async fn serve(
         );
     }
     let (ws, http) = if tls.is_some() { ("wss", "https") } else { ("ws", "http") };
+    // With TLS, HTTP/3 too: QUIC on the same port number (UDP), advertised with Alt-Svc.
+    let h3 = match &tls {
+        Some(cert) => {
+            let reuseport = std::env::var_os(WORKER_ENV).is_some();
+            let (server, alt_svc) = h3_server(cert, addr, &weft::Acceptor::new(), reuseport).await?;
+            engine.set_alt_svc(alt_svc);
+            Some(server)
+        }
+        None => None,
+    };
     tracing::info!(
-        "weft serve listening on {addr}: WebSocket {ws}://{addr}/ws, dashboard {http}://{addr}/, chat {http}://{addr}/chat"
+        "weft serve listening on {addr}: WebSocket {ws}://{addr}/ws, dashboard {http}://{addr}/, chat {http}://{addr}/chat{}",
+        if h3.is_some() { " (HTTP/1.1, HTTP/2 and HTTP/3)" } else { "" }
     );
+    let reloader = h3.as_ref().map(|s| s.tls_reloader());
+    let h3_task = h3.map(|server| {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.serve_h3(server).await })
+    });
     let server = tokio::spawn({
         let engine = engine.clone();
         let acceptor = tls.map(|cert| {
-            reload_on_sighup(cert.clone(), None);
+            reload_on_sighup(cert.clone(), reloader);
             weft::tls::TlsAcceptor::from(weft::tls::server_config_alpn(cert, &[b"h2", b"http/1.1"]))
         });
         async move {
@@ -530,6 +552,9 @@ async fn serve(
     tracing::info!("shutting down: closing connections with 1001");
     engine.shutdown();
     server.await.context("server task")??;
+    if let Some(t) = h3_task {
+        t.await.context("HTTP/3 task")??;
+    }
     tracing::info!("bye");
     Ok(())
 }

@@ -94,6 +94,21 @@ pub(crate) fn reuseport_listener(addr: SocketAddr) -> std::io::Result<tokio::net
     sock.listen(1024)
 }
 
+/// A UDP socket on `addr` that several worker processes share (SO_REUSEPORT): the kernel
+/// sends each client's datagrams (by address and port) to one of them, so every QUIC connection
+/// stays with one worker.
+pub(crate) fn reuseport_udp(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket(family, SocketType::DGRAM, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    sockopt::set_socket_reuseport(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    let std = std::net::UdpSocket::from(fd);
+    std.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(std)
+}
+
 /// Pin this process (and the threads it starts from now on) to CPU `i` modulo the CPUs it may
 /// use.
 pub(crate) fn pin_to_cpu(i: usize) {

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) node: u32,
     pub(crate) inbound: std::sync::OnceLock<mpsc::Sender<Inbound>>,
     acceptor: weft::Acceptor,
+    /// `Alt-Svc` for every HTTP/1.1 and HTTP/2 response, once HTTP/3 is served.
+    alt_svc: std::sync::OnceLock<http::HeaderValue>,
 }
 
 /// What clients tell the host application: see [`Engine::inbound`].
@@ -188,6 +190,7 @@ impl Engine {
             node: rand::random(),
             inbound: std::sync::OnceLock::new(),
             acceptor,
+            alt_svc: std::sync::OnceLock::new(),
         });
         tokio::spawn(upkeep(Arc::downgrade(&shared)));
         Ok(Self { shared })
@@ -339,6 +342,95 @@ impl Engine {
         Ok(())
     }
 
+    /// Serve HTTP/3 (RFC 9220) from `server` until [`shutdown`](Self::shutdown): WebSockets on
+    /// `/ws` as extended CONNECT streams with the same checks, token and limits as over
+    /// HTTP/1.1 and HTTP/2, and every HTTP route (pages, API, metrics) with request bodies
+    /// bounded like theirs. Run it beside [`serve_tls`](Self::serve_tls) on the same port number
+    /// (UDP) and advertise it with [`set_alt_svc`](Self::set_alt_svc).
+    #[cfg(feature = "http3")]
+    pub async fn serve_h3(&self, mut server: weft::h3::H3Server) -> std::io::Result<()> {
+        let mut stop = self.shared.shutdown.subscribe();
+        loop {
+            let req = tokio::select! {
+                r = server.accept() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+                _ = stopped(&mut stop) => break,
+            };
+            let engine = self.clone();
+            tokio::spawn(async move { engine.serve_h3_request(req).await });
+        }
+        // Sessions close with 1001 on shutdown; give their close frames time to go out before
+        // the QUIC endpoint (and every connection on it) closes.
+        let deadline = Instant::now() + self.shared.config.shutdown_grace;
+        while self.connection_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(())
+    }
+
+    #[cfg(feature = "http3")]
+    async fn serve_h3_request(&self, req: weft::h3::H3Request) {
+        if req.is_websocket() {
+            if req.request().uri().path() != crate::http::WS_PATH {
+                self.metrics().connections_rejected.fetch_add(1, Ordering::Relaxed);
+                let _ = req.respond(StatusCode::NOT_FOUND, "WebSocket connections are served on /ws only\n").await;
+                return;
+            }
+            match self.admit(req.request(), req.protocol(), Transport::Quic) {
+                Err(refusal) => {
+                    let _ = req.respond_with(full_bytes(refusal).await).await;
+                }
+                Ok((resp, pending, identity)) => match req.respond_stream(resp) {
+                    Ok(stream) => {
+                        let ws = pending.into_websocket(stream, &[]);
+                        crate::session::run(Arc::clone(&self.shared), ws, identity).await
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "HTTP/3 upgrade failed");
+                        self.shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+                    }
+                },
+            }
+            return;
+        }
+        // Any other request: its body, bounded like over HTTP/1.1 and HTTP/2 (the largest
+        // message, within the body timeout), then the same router.
+        let mut req = req;
+        let limit = self.shared.config.max_message_size;
+        let body = tokio::time::timeout(self.shared.config.http_body_timeout, req.read_body(limit)).await;
+        let response = match body {
+            Ok(Ok(Some(body))) => {
+                let (parts, ()) = req.request().clone().into_parts();
+                let mut r = crate::http::route(self, Request::from_parts(parts, Full::new(body))).await;
+                self.add_alt_svc(&mut r);
+                r
+            }
+            Ok(Ok(None)) => text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "HTTP/3 request failed");
+                return;
+            }
+            Err(_) => text(StatusCode::REQUEST_TIMEOUT, "request body not received in time\n"),
+        };
+        let _ = req.respond_with(full_bytes(response).await).await;
+    }
+
+    /// Advertise HTTP/3 (`Alt-Svc`, e.g. `h3=":443"; ma=86400`) on every HTTP/1.1 and HTTP/2
+    /// response from now on: browsers then try the same URLs over QUIC. Set it once
+    /// [`serve_h3`](Self::serve_h3) listens.
+    pub fn set_alt_svc(&self, value: http::HeaderValue) {
+        let _ = self.shared.alt_svc.set(value);
+    }
+
+    fn add_alt_svc<B>(&self, r: &mut Response<B>) {
+        if let Some(v) = self.shared.alt_svc.get() {
+            r.headers_mut().insert(http::header::ALT_SVC, v.clone());
+        }
+    }
+
     /// Serve one accepted TCP connection: HTTP/1.1 (upgrading to WebSocket when asked) or
     /// cleartext HTTP/2 with prior knowledge (WebSockets as extended CONNECT, RFC 8441).
     pub async fn serve_connection(&self, tcp: TcpStream) {
@@ -374,7 +466,11 @@ impl Engine {
         let engine = self.clone();
         let svc = hyper::service::service_fn(move |req| {
             let engine = engine.clone();
-            async move { Ok::<_, Infallible>(crate::http::route(&engine, req).await) }
+            async move {
+                let mut r = crate::http::route(&engine, req).await;
+                engine.add_alt_svc(&mut r);
+                Ok::<_, Infallible>(r)
+            }
         });
         if http2 {
             // WebSockets as extended CONNECT streams (RFC 8441) beside the HTTP routes, with
@@ -423,73 +519,13 @@ impl Engine {
     /// # }
     /// ```
     pub fn upgrade<B>(&self, mut req: Request<B>) -> Response<Full<Bytes>> {
-        let shared = &self.shared;
-        let m = &shared.metrics;
-        if *shared.shutdown.borrow() {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
-        }
-        if m.connections.load(Ordering::Relaxed) as usize >= shared.config.max_connections {
-            m.connections_rejected.fetch_add(1, Ordering::Relaxed);
-            return text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
-        }
-        // HTTP/1.1 upgrade, or extended CONNECT over HTTP/2 (RFC 8441): the same checks.
-        let connect = req.method() == http::Method::CONNECT;
-        let accepted = if connect {
-            let protocol = req.extensions().get::<hyper::ext::Protocol>().map(|p| p.as_str().to_owned());
-            shared.acceptor.upgrade_connect(&req, protocol.as_deref())
-        } else {
-            shared.acceptor.upgrade(&req)
-        };
-        let (resp, pending) = match accepted {
+        let protocol = req.extensions().get::<hyper::ext::Protocol>().map(|p| p.as_str().to_owned());
+        let (resp, pending, identity) = match self.admit(&req, protocol.as_deref(), Transport::Tcp) {
             Ok(x) => x,
-            Err(e) => {
-                m.connections_rejected.fetch_add(1, Ordering::Relaxed);
-                let status = if connect { e.connect_status() } else { e.status() };
-                let mut r = text(status, &format!("{e}\n"));
-                if matches!(e, weft::proto::handshake::HandshakeError::UnsupportedVersion) {
-                    r.headers_mut().insert(http::header::SEC_WEBSOCKET_VERSION, http::HeaderValue::from_static("13"));
-                }
-                return r;
-            }
+            Err(refusal) => return refusal,
         };
-        let identity = match &shared.config.jwt {
-            None => Identity::anonymous(query_param(req.uri().query(), "user")),
-            Some(jwt) => {
-                let max = shared.config.max_token_size;
-                let verified = match jwt.token_from(req.headers(), req.uri().query()) {
-                    None => Err(crate::auth::AuthError {
-                        status: StatusCode::UNAUTHORIZED,
-                        message: "missing token".into(),
-                    }),
-                    Some((t, source)) if t.len() > max => Err(crate::auth::AuthError {
-                        status: if source == crate::auth::TokenSource::Query {
-                            StatusCode::UNAUTHORIZED
-                        } else {
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-                        },
-                        message: format!("token larger than {max} bytes"),
-                    }),
-                    Some((t, _)) => jwt.verify(&t),
-                };
-                match verified {
-                    Ok(id) => id,
-                    Err(e) => {
-                        m.auth_failures.fetch_add(1, Ordering::Relaxed);
-                        m.connections_rejected.fetch_add(1, Ordering::Relaxed);
-                        // Never the token itself: only why it was refused.
-                        tracing::info!(status = e.status.as_u16(), reason = %e.message, "upgrade refused: authentication");
-                        return text(e.status, &format!("{}\n", e.message));
-                    }
-                }
-            }
-        };
-        m.connections.fetch_add(1, Ordering::Relaxed);
-        m.connections_total.fetch_add(1, Ordering::Relaxed);
-        if connect {
-            m.connections_http2_total.fetch_add(1, Ordering::Relaxed);
-        }
         let on_upgrade = hyper::upgrade::on(&mut req);
-        let shared = Arc::clone(shared);
+        let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             match on_upgrade.await {
                 // The raw stream back from hyper (plain or TLS), so a session costs what a plain
@@ -519,6 +555,86 @@ impl Engine {
         resp.map(|()| Full::new(Bytes::new()))
     }
 
+    /// The checks every WebSocket passes whatever its transport — shutdown, the connection
+    /// limit, the handshake (an HTTP/1.1 upgrade, or an extended CONNECT with `protocol` over
+    /// HTTP/2 or HTTP/3), the token — and the counting of an admitted one; or the refusal to
+    /// send.
+    fn admit<B>(
+        &self,
+        req: &Request<B>,
+        protocol: Option<&str>,
+        transport: Transport,
+    ) -> Result<(Response<()>, weft::PendingUpgrade, Identity), Response<Full<Bytes>>> {
+        let shared = &self.shared;
+        let m = &shared.metrics;
+        if *shared.shutdown.borrow() {
+            return Err(text(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n"));
+        }
+        if m.connections.load(Ordering::Relaxed) as usize >= shared.config.max_connections {
+            m.connections_rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n"));
+        }
+        // HTTP/1.1 upgrade, or extended CONNECT over HTTP/2 (RFC 8441) or HTTP/3 (RFC 9220):
+        // the same checks.
+        let connect = req.method() == http::Method::CONNECT;
+        let accepted = if connect {
+            shared.acceptor.upgrade_connect(req, protocol)
+        } else {
+            shared.acceptor.upgrade(req)
+        };
+        let (resp, pending) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                m.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                let status = if connect { e.connect_status() } else { e.status() };
+                let mut r = text(status, &format!("{e}\n"));
+                if matches!(e, weft::proto::handshake::HandshakeError::UnsupportedVersion) {
+                    r.headers_mut().insert(http::header::SEC_WEBSOCKET_VERSION, http::HeaderValue::from_static("13"));
+                }
+                return Err(r);
+            }
+        };
+        let identity = match &shared.config.jwt {
+            None => Identity::anonymous(query_param(req.uri().query(), "user")),
+            Some(jwt) => {
+                let max = shared.config.max_token_size;
+                let verified = match jwt.token_from(req.headers(), req.uri().query()) {
+                    None => Err(crate::auth::AuthError {
+                        status: StatusCode::UNAUTHORIZED,
+                        message: "missing token".into(),
+                    }),
+                    Some((t, source)) if t.len() > max => Err(crate::auth::AuthError {
+                        status: if source == crate::auth::TokenSource::Query {
+                            StatusCode::UNAUTHORIZED
+                        } else {
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                        },
+                        message: format!("token larger than {max} bytes"),
+                    }),
+                    Some((t, _)) => jwt.verify(&t),
+                };
+                match verified {
+                    Ok(id) => id,
+                    Err(e) => {
+                        m.auth_failures.fetch_add(1, Ordering::Relaxed);
+                        m.connections_rejected.fetch_add(1, Ordering::Relaxed);
+                        // Never the token itself: only why it was refused.
+                        tracing::info!(status = e.status.as_u16(), reason = %e.message, "upgrade refused: authentication");
+                        return Err(text(e.status, &format!("{}\n", e.message)));
+                    }
+                }
+            }
+        };
+        m.connections.fetch_add(1, Ordering::Relaxed);
+        m.connections_total.fetch_add(1, Ordering::Relaxed);
+        match transport {
+            Transport::Tcp if connect => m.connections_http2_total.fetch_add(1, Ordering::Relaxed),
+            Transport::Tcp => 0,
+            Transport::Quic => m.connections_http3_total.fetch_add(1, Ordering::Relaxed),
+        };
+        Ok((resp, pending, identity))
+    }
+
     pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
         &self.shared.broker
     }
@@ -527,6 +643,25 @@ impl Engine {
 /// hyper's read buffer per HTTP connection (its default is ~400 KiB). Request heads larger than
 /// this are refused with 431.
 const HTTP_READ_BUFFER: usize = 16 << 10;
+
+/// A response with its whole body in one buffer.
+#[cfg(feature = "http3")]
+async fn full_bytes(r: Response<Full<Bytes>>) -> Response<Bytes> {
+    use http_body_util::BodyExt;
+    let (parts, body) = r.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    Response::from_parts(parts, bytes)
+}
+
+/// What a WebSocket arrived over, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// HTTP/1.1 or HTTP/2 (told apart by the request's method).
+    Tcp,
+    /// HTTP/3.
+    #[cfg_attr(not(feature = "http3"), allow(dead_code))]
+    Quic,
+}
 
 pub(crate) fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));

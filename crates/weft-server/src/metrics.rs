@@ -16,6 +16,8 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Of `connections_total`, those over HTTP/2 (extended CONNECT, RFC 8441).
     pub connections_http2_total: AtomicU64,
+    /// Of `connections_total`, those over HTTP/3 (extended CONNECT, RFC 9220).
+    pub connections_http3_total: AtomicU64,
     pub connections_rejected: AtomicU64,
     pub auth_failures: AtomicU64,
     pub messages_in: AtomicU64,
@@ -281,6 +283,7 @@ pub struct Stats {
     pub connections: u64,
     pub connections_total: u64,
     pub connections_http2_total: u64,
+    pub connections_http3_total: u64,
     pub topics: usize,
     pub subscriptions: u64,
     pub messages_in_total: u64,
@@ -362,6 +365,7 @@ impl Metrics {
             connections: Self::get(&self.connections),
             connections_total: Self::get(&self.connections_total),
             connections_http2_total: Self::get(&self.connections_http2_total),
+            connections_http3_total: Self::get(&self.connections_http3_total),
             topics,
             subscriptions: Self::get(&self.subscriptions),
             messages_in_total: Self::get(&self.messages_in),
@@ -408,6 +412,12 @@ impl Metrics {
             "counter",
             "WebSocket connections accepted over HTTP/2 (extended CONNECT).",
             Self::get(&self.connections_http2_total),
+        );
+        put(
+            "weft_connections_http3_total",
+            "counter",
+            "WebSocket connections accepted over HTTP/3 (extended CONNECT).",
+            Self::get(&self.connections_http3_total),
         );
         put(
             "weft_connections_rejected_total",

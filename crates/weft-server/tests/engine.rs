@@ -304,6 +304,80 @@ async fn websockets_over_http2_on_the_same_port() {
     assert_eq!((stats.connections_total, stats.connections_http2_total), (3, 2));
 }
 
+/// `/ws` and the HTTP routes over HTTP/3 (RFC 9220, QUIC) beside HTTP/1.1: events cross
+/// between the transports, both wire formats work, a missing token is refused with the same
+/// status and reason, the routes answer (with request bodies), `Alt-Svc` advertises HTTP/3, and
+/// the metrics count the connections.
+#[cfg(feature = "http3")]
+#[tokio::test]
+async fn websockets_and_routes_over_http3() {
+    let secret = b"s3cret-s3cret-s3cret-s3cret-s3cret";
+    let cfg = EngineConfig {
+        jwt: Some(JwtAuth::hs256(secret).unwrap()),
+        api_key: Some("k3y-k3y-k3y-k3y-k3y-k3y-k3y-k3y".into()),
+        ..Default::default()
+    };
+    let (addr, engine, _h) = start(cfg).await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let tls = weft::h3::H3Tls::from_pem(cert.cert.pem().as_bytes(), cert.signing_key.serialize_pem().as_bytes()).unwrap();
+    let server = weft::h3::H3Server::bind("127.0.0.1:0".parse().unwrap(), tls, &weft::Acceptor::new()).await.unwrap();
+    let udp = server.local_addr();
+    engine.set_alt_svc(http::HeaderValue::from_str(&format!("h3=\":{}\"", udp.port())).unwrap());
+    let e = engine.clone();
+    tokio::spawn(async move { e.serve_h3(server).await });
+    let h3 = |query: &str| {
+        ClientBuilder::new(format!("wss://localhost:{}/ws{query}", udp.port()))
+            .add_root_certificate(cert.cert.der().to_vec())
+            .http3(weft::h3::Http3Config::default())
+    };
+    let claims = json!({"sub": "alice", "exp": exp(), "subscribe": [">"], "publish": [">"]});
+    let t = token(claims, secret);
+    let mut a = Client::try_connect_with(h3(""), Some(&t), "weft.v1.json").await.unwrap();
+    assert!(matches!(a.ws.get_ref(), weft::MaybeTlsStream::H3(_)), "not over HTTP/3");
+    let mut m = Client::try_connect_with(h3(""), Some(&t), "weft.v1.msgpack").await.unwrap();
+    let mut b = Client::try_connect(addr, "", Some(&t), "weft.v1.json").await.unwrap();
+    subscribe(&mut a, &["chat.lobby"]).await;
+    subscribe(&mut m, &["chat.lobby"]).await;
+    let p = b.request(json!({"type": "publish", "id": 1, "topic": "chat.lobby", "payload": "from h1"})).await;
+    assert_eq!(p["type"], "published", "{p}");
+    assert_eq!(a.recv().await["payload"], "from h1");
+    assert_eq!(m.recv().await["payload"], "from h1");
+    subscribe(&mut b, &["chat.h3"]).await;
+    let p = a.request(json!({"type": "publish", "id": 2, "topic": "chat.h3", "payload": "from h3"})).await;
+    assert_eq!(p["type"], "published", "{p}");
+    assert_eq!(b.recv().await["payload"], "from h3");
+    // Refused without a token: 401 and the reason, as over HTTP/1.1.
+    let err = Client::try_connect_with(h3(""), None, "weft.v1.json").await.err().expect("refused");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(401), "{err}");
+    assert_eq!(err.response_body(), Some(&b"missing token\n"[..]));
+    // The HTTP routes over HTTP/3: a GET, and a POST with a body.
+    let client = weft::h3::H3Client::connect(h3("")).await.unwrap();
+    let get = http::Request::get(format!("https://localhost:{}/healthz", udp.port())).body(bytes::Bytes::new()).unwrap();
+    let (resp, mut body) = client.request(get).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut text = String::new();
+    body.read_to_string(&mut text).await.unwrap();
+    assert_eq!(text, "ok\n");
+    let post = http::Request::post(format!("https://localhost:{}/api/publish", udp.port()))
+        .header("authorization", "Bearer k3y-k3y-k3y-k3y-k3y-k3y-k3y-k3y")
+        .header("content-type", "application/json")
+        .body(bytes::Bytes::from(r#"{"topic": "chat.lobby", "payload": "over h3 http"}"#))
+        .unwrap();
+    let (resp, mut body) = client.request(post).await.unwrap();
+    let mut text = String::new();
+    body.read_to_string(&mut text).await.unwrap();
+    assert_eq!(resp.status(), 200, "{text}");
+    assert_eq!(a.recv().await["payload"], "over h3 http");
+    // Alt-Svc on an HTTP/1.1 response.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut head = String::new();
+    tcp.read_to_string(&mut head).await.unwrap();
+    assert!(head.contains(&format!("alt-svc: h3=\":{}\"", udp.port())), "{head}");
+    let stats = engine.stats();
+    assert_eq!((stats.connections_total, stats.connections_http3_total), (3, 2));
+}
+
 #[tokio::test]
 async fn jwt_auth_during_upgrade() {
     let cfg = EngineConfig {

@@ -373,34 +373,38 @@ fn reset() -> io::Error {
 
 impl AsyncRead for H3Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        let mut guard = this.shared.lock();
-        let c = &mut *guard;
-        let Some(h3) = c.h3.as_mut() else { return Poll::Ready(Err(reset())) };
-        match h3.recv_body(&mut c.quic, this.id, buf.initialize_unfilled()) {
-            Ok(n) => {
-                buf.advance(n);
-                drop(guard);
-                // Window to give back, and more DATA may be waiting in the next frame.
-                this.shared.notify.notify_one();
-                return Poll::Ready(Ok(()));
-            }
-            Err(quiche::h3::Error::Done) => {}
-            Err(_) => return Poll::Ready(Err(reset())),
-        }
-        let Some(slot) = c.slots.get_mut(&this.id) else { return Poll::Ready(Err(reset())) };
-        if slot.reset {
-            return Poll::Ready(Err(reset()));
-        }
-        if slot.finished || c.quic.stream_finished(this.id) {
-            return Poll::Ready(Ok(()));
-        }
-        slot.read = Some(cx.waker().clone());
-        Poll::Pending
+        poll_read_stream(&self.shared, self.id, cx, buf)
     }
+}
+
+/// Read what stream `id` has received: DATA up to `buf`'s room, nothing at its end, or wait.
+fn poll_read_stream(shared: &Shared, id: u64, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    if buf.remaining() == 0 {
+        return Poll::Ready(Ok(()));
+    }
+    let mut guard = shared.lock();
+    let c = &mut *guard;
+    let Some(h3) = c.h3.as_mut() else { return Poll::Ready(Err(reset())) };
+    match h3.recv_body(&mut c.quic, id, buf.initialize_unfilled()) {
+        Ok(n) => {
+            buf.advance(n);
+            drop(guard);
+            // Window to give back, and more DATA may be waiting in the next frame.
+            shared.notify.notify_one();
+            return Poll::Ready(Ok(()));
+        }
+        Err(quiche::h3::Error::Done) => {}
+        Err(_) => return Poll::Ready(Err(reset())),
+    }
+    let Some(slot) = c.slots.get_mut(&id) else { return Poll::Ready(Err(reset())) };
+    if slot.reset {
+        return Poll::Ready(Err(reset()));
+    }
+    if slot.finished || c.quic.stream_finished(id) {
+        return Poll::Ready(Ok(()));
+    }
+    slot.read = Some(cx.waker().clone());
+    Poll::Pending
 }
 
 impl AsyncWrite for H3Stream {
@@ -511,6 +515,7 @@ async fn drive(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr, m
     let mut blocked: Option<(usize, SocketAddr)> = None;
     let mut last_ping = Instant::now();
     let mut counted_handshake = matches!(role, Role3::Server { .. });
+    let mut refused = false;
     loop {
         let (timeout, closed) = {
             let mut c = shared.lock();
@@ -552,6 +557,11 @@ async fn drive(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr, m
             }
             d = next_datagram(&mut input, &socket, &mut recv_buf) => {
                 let Some((data, n, from)) = d else {
+                    if matches!(input, Input::Socket) {
+                        // ICMP port unreachable: nothing listens there.
+                        refused = true;
+                        break;
+                    }
                     // The listener is gone (server shut down): close.
                     let mut c = shared.lock();
                     let _ = c.quic.close(true, H3_NO_ERROR, b"server shutting down");
@@ -589,6 +599,7 @@ async fn drive(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr, m
         (_, Some(e)) if e.error_code != H3_NO_ERROR => {
             format!("closed: code {:#x} {}", e.error_code, String::from_utf8_lossy(&e.reason))
         }
+        _ if refused => "connection refused: nothing listens on that UDP port".to_owned(),
         _ if c.quic.is_timed_out() => "QUIC connection timed out".to_owned(),
         _ => "QUIC connection closed".to_owned(),
     };
@@ -614,7 +625,8 @@ async fn next_datagram(
         Input::Socket => loop {
             match socket.recv_from(recv_buf).await {
                 Ok((n, from)) => return Some((None, n, from)),
-                // ICMP port unreachable and the like: the idle timer decides.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return None,
+                // Other transient errors: the idle timer decides.
                 Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
             }
         },
@@ -899,6 +911,25 @@ impl H3Request {
     pub fn is_websocket(&self) -> bool {
         self.request.method() == http::Method::CONNECT
             && self.protocol.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("websocket"))
+    }
+
+    /// Read the request's body (for a request that is not a WebSocket), before answering it:
+    /// `None` when it is larger than `limit` bytes (answer 413, or drop the request).
+    pub async fn read_body(&mut self, limit: usize) -> Result<Option<Bytes>> {
+        let mut body = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            let mut buf = ReadBuf::new(&mut chunk);
+            std::future::poll_fn(|cx| poll_read_stream(&self.shared, self.id, cx, &mut buf)).await?;
+            let n = buf.filled().len();
+            if n == 0 {
+                return Ok(Some(Bytes::from(body)));
+            }
+            if body.len() + n > limit {
+                return Ok(None);
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// Accept the WebSocket (answer `200`).
@@ -1234,11 +1265,21 @@ impl H3Client {
         let host = uri.host().ok_or_else(|| Error::from(HandshakeError::InvalidUri("no host".into())))?.to_owned();
         let port = uri.port_u16().unwrap_or(443);
         let host_lookup = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let addr = tokio::net::lookup_host((host_lookup.as_str(), port))
-            .await?
-            .next()
-            .ok_or_else(|| Error::from(io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))))?;
-        Self::connect_to(options, addr).await
+        let limit = options.connect_timeout_value();
+        tokio::time::timeout(limit, async {
+            // Each address in turn (`localhost` is often ::1 and 127.0.0.1): one that nothing
+            // listens on is refused at once (ICMP), so the next is tried.
+            let mut last = None;
+            for addr in tokio::net::lookup_host((host_lookup.as_str(), port)).await? {
+                match Self::connect_inner(options.clone(), addr).await {
+                    Ok(c) => return Ok(c),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address")).into()))
+        })
+        .await
+        .map_err(|_| Error::new(Kind::Timeout("HTTP/3 connect")))?
     }
 
     /// Connect to `addr`, with the builder's URL giving the server name (SNI, certificate
@@ -1314,12 +1355,28 @@ impl H3Client {
     /// that relay frames unchanged.
     pub async fn send_connect(&self, req: Request<()>, protocol: Option<&str>) -> Result<(Response<()>, H3Stream)> {
         let limit = self.options.connect_timeout_value();
-        tokio::time::timeout(limit, self.send_request(&req, protocol))
+        tokio::time::timeout(limit, self.send_request(&req, protocol, None))
             .await
             .map_err(|_| Error::new(Kind::Timeout("HTTP/3 CONNECT")))?
     }
 
-    async fn send_request(&self, req: &Request<()>, protocol: Option<&str>) -> Result<(Response<()>, H3Stream)> {
+    /// Send a plain HTTP request with its whole body (the stream ends after it) and return the
+    /// response head with the stream to read the response body from.
+    pub async fn request(&self, req: Request<Bytes>) -> Result<(Response<()>, H3Stream)> {
+        let limit = self.options.connect_timeout_value();
+        let (parts, body) = req.into_parts();
+        let head = Request::from_parts(parts, ());
+        tokio::time::timeout(limit, self.send_request(&head, None, Some(&body)))
+            .await
+            .map_err(|_| Error::new(Kind::Timeout("HTTP/3 request")))?
+    }
+
+    async fn send_request(
+        &self,
+        req: &Request<()>,
+        protocol: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<(Response<()>, H3Stream)> {
         let fields = request_fields(req, protocol);
         let (tx, rx) = oneshot::channel();
         let id = loop {
@@ -1347,7 +1404,11 @@ impl H3Client {
             }
         };
         self.shared.notify.notify_one();
-        let stream = H3Stream { shared: Arc::clone(&self.shared), id, ended: false };
+        let mut stream = H3Stream { shared: Arc::clone(&self.shared), id, ended: false };
+        if let Some(body) = body {
+            stream.write_all(body).await?;
+            stream.shutdown().await?;
+        }
         let list = rx.await.map_err(|_| Error::from(reset()))?;
         let mut resp = Response::new(());
         for h in &list {
@@ -1374,7 +1435,7 @@ impl H3Client {
         let deflate = config.deflate.as_ref();
         let subprotocols = options.subprotocol_list();
         let req = handshake::client_request_connect(&uri, subprotocols, deflate, options.header_map())?;
-        let (head, mut stream) = self.send_request(&req, Some("websocket")).await?;
+        let (head, mut stream) = self.send_request(&req, Some("websocket"), None).await?;
         let negotiated = match handshake::client_verify_connect(&head, subprotocols, deflate) {
             Ok(n) => n,
             Err(e @ HandshakeError::Status(_)) => {

@@ -1303,6 +1303,11 @@ impl H3Client {
             // A root given twice is not an error.
             let _ = tls.cert_store_mut().add_cert(cert);
         }
+        // A name is checked through SNI (quiche sets it); an IP address must be in the
+        // certificate's IP SANs.
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            tls.cert_store_mut().verify_param_mut().set_ip(ip).map_err(boring_error)?;
+        }
         let mut quic_config = config.quic(tls)?;
         let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("address");
         let socket = UdpSocket::bind(bind).await?;

@@ -166,6 +166,40 @@ async fn unknown_certificate_and_mismatched_key_fail_clearly() {
 }
 
 #[tokio::test]
+async fn an_ip_address_must_be_in_the_certificate() {
+    // The test certificate names only "localhost": reaching it as 127.0.0.1 must fail.
+    let (addr, c, _stop) = h3_echo(Acceptor::new()).await;
+    let by_ip = ClientBuilder::new(format!("wss://127.0.0.1:{}/", addr.port())).add_root_certificate(c.der.clone());
+    let err = H3Client::connect_to(by_ip, addr).await.unwrap_err();
+    assert!(err.is_io(), "{err}");
+    // One that names 127.0.0.1 is accepted that way.
+    let ip_cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let tls = H3Tls::from_pem(ip_cert.cert.pem().as_bytes(), ip_cert.signing_key.serialize_pem().as_bytes()).unwrap();
+    let mut server = H3Server::bind("127.0.0.1:0".parse().unwrap(), tls, &Acceptor::new()).await.unwrap();
+    let ip_addr = server.local_addr();
+    tokio::spawn(async move {
+        while let Some(req) = server.accept().await {
+            tokio::spawn(async move {
+                let mut ws = req.accept().await.unwrap();
+                while let Some(Ok(m)) = ws.recv().await {
+                    if m.is_data() && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mut ws = ClientBuilder::new(format!("wss://127.0.0.1:{}/", ip_addr.port()))
+        .add_root_certificate(ip_cert.cert.der().to_vec())
+        .http3(Http3Config::default())
+        .connect()
+        .await
+        .unwrap();
+    ws.send("by address").await.unwrap();
+    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("by address"));
+}
+
+#[tokio::test]
 async fn a_reader_that_stops_stalls_its_sender_within_the_window() {
     let acceptor = Acceptor::new().http3(Http3Config::default().stream_window(256 * 1024));
     let (addr, c, _stop) = h3_echo(acceptor).await;

@@ -2,21 +2,21 @@
 # Run every test weft has, installing what it needs on a fresh machine.
 #
 #   scripts/test.sh            fmt, clippy, cargo deny, Rust tests (unit, integration, interop —
-#                              over HTTP/1.1 and HTTP/2 —, doc, cluster mode over redis-server and nats-server), the
+#                              over HTTP/1.1, HTTP/2 and HTTP/3 —, doc, cluster mode over redis-server and nats-server), the
 #                              engine's integration tests again on the Redis and on the NATS
 #                              broker, every fuzz target for FUZZ_SECONDS (40) each, the Python
 #                              package (built into a venv, pytest), the browser pages, the
 #                              TypeScript client (vitest: unit, Node and Chromium end to end), WebSockets
 #                              over HTTP/2 with Node's http2 module both ways, the full
 #                              Autobahn suite as server and as client (517 cases each) and
-#                              again over HTTP/2 through a bridge (without 12.*/13.*), the
+#                              again over HTTP/2 and over HTTP/3 through a bridge (without 12.*/13.*), the
 #                              client suite also with the Python sync and asyncio clients
 #                              (without the permessage-deflate cases 12.*/13.*: same codec)
 #   scripts/test.sh --quick    the same without the slow permessage-deflate cases 12.*/13.*
 #
 # Needs: the Rust toolchain, python3, and the shared Autobahn tooling beside the repository
 # (../shared/tools/autobahn, override with WEFT_SHARED=/path/to/shared). Installs: a Python 2.7
-# virtualenv with the Autobahn TestSuite and a Python 3 venv with `websockets`, `h2` and `wsproto` (both cached in
+# virtualenv with the Autobahn TestSuite and a Python 3 venv with `websockets`, `h2`, `wsproto` and `aioquic` (both cached in
 # ~/.cache, reused when present); qemu-user and the aarch64 cross linker (apt-get) and the
 # aarch64 Rust target (rustup), to run the NEON masking kernel's tests under emulation; Debian's
 # chromium (apt-get) and playwright-core (npm, tests/browser) for the pages of `weft serve`; the
@@ -25,7 +25,8 @@
 # Python venv (~/.cache/weft-py) with pytest, websockets, uvloop and the `weft` package built
 # from bindings/python by maturin (pip fetches it as the PEP 517 build backend); cargo-deny and
 # cargo-fuzz (cargo install, when missing; the fuzzers build with RUSTC_BOOTSTRAP=1 on stable);
-# redis-server and nats-server (apt-get, when missing; the tests start their own on free ports).
+# redis-server and nats-server (apt-get, when missing; the tests start their own on free ports);
+# cmake, clang and libclang-dev (apt-get, when missing), which quiche's BoringSSL needs to build.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -44,9 +45,15 @@ step "install: Autobahn TestSuite (Python 2.7) and websockets (Python 3)"
 bash "$AB/install.sh" wstest peers
 export WEFT_PYTHON="${WEFT_PYTHON:-$HOME/.cache/autobahn-peers/bin/python}"
 export WEFT_REQUIRE_PYTHON=1  # the interop tests must not skip here
-# The independent HTTP/2 peers of the interop tests: h2 (HTTP/2) + wsproto (WebSocket frames).
-"$WEFT_PYTHON" -m pip install -q h2==4.4.1 wsproto==1.3.2
-"$WEFT_PYTHON" -c 'import websockets, h2, wsproto; print("websockets", websockets.__version__, "h2", h2.__version__, "wsproto", wsproto.__version__)'
+# The independent HTTP/2 and HTTP/3 peers of the interop tests: h2 (HTTP/2), aioquic (QUIC +
+# HTTP/3) and wsproto (WebSocket frames).
+"$WEFT_PYTHON" -m pip install -q h2==4.4.1 wsproto==1.3.2 aioquic==1.7.2
+"$WEFT_PYTHON" -c 'import websockets, h2, wsproto, aioquic; print("websockets", websockets.__version__, "h2", h2.__version__, "wsproto", wsproto.__version__, "aioquic", aioquic.__version__)'
+
+step "install: cmake, clang and libclang for quiche's BoringSSL (HTTP/3)"
+if ! command -v cmake >/dev/null || ! command -v clang >/dev/null || ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q cmake clang libclang-dev >/dev/null
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -118,9 +125,9 @@ CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
   cargo test --locked -p weft-proto --lib --target aarch64-unknown-linux-gnu -- mask utf8
 
-step "build weft (profile ci: release optimisations, quicker to build) and the HTTP/2 bridge for Autobahn"
+step "build weft (profile ci: release optimisations, quicker to build) and the HTTP/2 and HTTP/3 bridge for Autobahn"
 cargo build --locked --profile ci -p weft-cli
-cargo build --locked --profile ci -p weft --example h2_bridge
+cargo build --locked --profile ci -p weft --features http3 --example bridge
 WEFT="$ROOT/target/ci/weft"
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_port() { local p; for p in $(seq "$1" $(( $1 + 200 ))); do port_free "$p" && { echo "$p"; return; }; done; return 1; }
@@ -158,7 +165,7 @@ step "TypeScript client (clients/typescript): built output current, types, unit 
 step "HTTP/2 interop with Node: its http2 module (extended CONNECT) and ws's frame codec, against weft client/bench and weft echo"
 node tests/http2/node-h2.mjs "$WEFT"
 
-step "Autobahn: server suite against weft echo, client suite with weft's Rust, Python sync and Python asyncio clients, and both over HTTP/2 (in parallel)"
+step "Autobahn: server suite against weft echo, client suite with weft's Rust, Python sync and Python asyncio clients, and both over HTTP/2 and HTTP/3 (in parallel)"
 SPORT=$(pick_port 19001); CPORT=$(pick_port $(( SPORT + 1 )))
 export AUTOBAHN_TIMEOUT=3600  # four suites share two cores: ~35 min each with compression
 [[ $QUICK == 1 ]] && export AUTOBAHN_NO_DEFLATE=1
@@ -188,7 +195,7 @@ PA_PID=$!
 # HTTP/1.1 only): fuzzingclient -> bridge -> weft echo's HTTP/2, and weft's HTTP/2 client ->
 # bridge -> fuzzingserver. permessage-deflate (12/13) is left to the HTTP/1.1 runs: the codec
 # is the same on every transport and those sections are most of the suite's time.
-BRIDGE="$ROOT/target/ci/examples/h2_bridge"
+BRIDGE="$ROOT/target/ci/examples/bridge"
 HSPORT=$(pick_port $(( PAPORT + 1 ))); HCPORT=$(pick_port $(( HSPORT + 1 ))); HBPORT=$(pick_port $(( HCPORT + 1 )))
 "$BRIDGE" to-h2 "127.0.0.1:$HSPORT" "ws://127.0.0.1:$SPORT/" > "$OUT/bridge-to-h2.log" 2>&1 &
 B1_PID=$!
@@ -202,20 +209,47 @@ HS_PID=$!
 AUTOBAHN_NO_DEFLATE=1 AUTOBAHN_OUTDIR="$OUT/autobahn-client-h2" AUTOBAHN_AGENT=weft-h2 bash "$AB/run-client-suite.sh" "$HCPORT" -- \
   "$WEFT" autobahn-client "ws://127.0.0.1:$HBPORT" --agent {agent} --http2 --no-deflate > "$OUT/autobahn-client-h2.txt" 2>&1 &
 HC_PID=$!
-s_rc=0; c_rc=0; ps_rc=0; pa_rc=0; hs_rc=0; hc_rc=0
+# Over HTTP/3 (RFC 9220) the same way: fuzzingclient -> bridge -> `weft echo --tls-cert`'s
+# HTTP/3 (QUIC on the TLS port number), and weft's HTTP/3 client -> bridge -> fuzzingserver,
+# with a throwaway certificate for localhost.
+H3DIR="$OUT/h3-cert"; mkdir -p "$H3DIR"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=localhost" \
+  -addext "subjectAltName=DNS:localhost" -addext "basicConstraints=critical,CA:FALSE" \
+  -keyout "$H3DIR/key.pem" -out "$H3DIR/cert.pem" 2>/dev/null
+TSPORT=$(pick_port $(( HBPORT + 1 ))); H3SPORT=$(pick_port $(( TSPORT + 1 ))); H3CPORT=$(pick_port $(( H3SPORT + 1 ))); H3BPORT=$(pick_port $(( H3CPORT + 1 )))
+"$WEFT" echo --addr "127.0.0.1:$TSPORT" --tls-cert "$H3DIR/cert.pem" --tls-key "$H3DIR/key.pem" > "$OUT/echo-tls.log" 2>&1 &
+TECHO_PID=$!
+wait_port "$TSPORT"
+"$BRIDGE" to-h3 "127.0.0.1:$H3SPORT" "wss://localhost:$TSPORT/" "$H3DIR/cert.pem" > "$OUT/bridge-to-h3.log" 2>&1 &
+B3_PID=$!
+"$BRIDGE" from-h3 "127.0.0.1:$H3BPORT" "ws://127.0.0.1:$H3CPORT/" "$H3DIR/cert.pem" "$H3DIR/key.pem" > "$OUT/bridge-from-h3.log" 2>&1 &
+B4_PID=$!
+trap 'kill $ECHO_PID $B1_PID $B2_PID $TECHO_PID $B3_PID $B4_PID 2>/dev/null || true' EXIT
+wait_port "$H3SPORT"; sleep 0.5
+AUTOBAHN_NO_DEFLATE=1 AUTOBAHN_AGENT=weft-echo-h3 AUTOBAHN_OUTDIR="$OUT/autobahn-server-h3" \
+  bash "$AB/run-server-suite.sh" "ws://127.0.0.1:$H3SPORT" > "$OUT/autobahn-server-h3.txt" 2>&1 &
+H3S_PID=$!
+AUTOBAHN_NO_DEFLATE=1 AUTOBAHN_OUTDIR="$OUT/autobahn-client-h3" AUTOBAHN_AGENT=weft-h3 bash "$AB/run-client-suite.sh" "$H3CPORT" -- \
+  "$WEFT" autobahn-client "wss://localhost:$H3BPORT" --agent {agent} --http3 --ca-file "$H3DIR/cert.pem" --no-deflate \
+  > "$OUT/autobahn-client-h3.txt" 2>&1 &
+H3C_PID=$!
+s_rc=0; c_rc=0; ps_rc=0; pa_rc=0; hs_rc=0; hc_rc=0; h3s_rc=0; h3c_rc=0
 wait $S_PID || s_rc=$?
 wait $C_PID || c_rc=$?
 wait $PS_PID || ps_rc=$?
 wait $PA_PID || pa_rc=$?
 wait $HS_PID || hs_rc=$?
 wait $HC_PID || hc_rc=$?
-for f in server client py-sync py-async server-h2 client-h2; do
+wait $H3S_PID || h3s_rc=$?
+wait $H3C_PID || h3c_rc=$?
+for f in server client py-sync py-async server-h2 client-h2 server-h3 client-h3; do
   echo "--- autobahn-$f"; cat "$OUT/autobahn-$f.txt"
 done
-kill $ECHO_PID $B1_PID $B2_PID 2>/dev/null || true
-if [[ $s_rc -ne 0 || $c_rc -ne 0 || $ps_rc -ne 0 || $pa_rc -ne 0 || $hs_rc -ne 0 || $hc_rc -ne 0 ]]; then
+kill $ECHO_PID $B1_PID $B2_PID $TECHO_PID $B3_PID $B4_PID 2>/dev/null || true
+if [[ $s_rc -ne 0 || $c_rc -ne 0 || $ps_rc -ne 0 || $pa_rc -ne 0 || $hs_rc -ne 0 || $hc_rc -ne 0 || $h3s_rc -ne 0 || $h3c_rc -ne 0 ]]; then
   echo "Autobahn FAILED (server rc=$s_rc, client rc=$c_rc, python sync rc=$ps_rc, python async rc=$pa_rc," \
-       "server over HTTP/2 rc=$hs_rc, client over HTTP/2 rc=$hc_rc); reports in $OUT" >&2
+       "server over HTTP/2 rc=$hs_rc, client over HTTP/2 rc=$hc_rc, server over HTTP/3 rc=$h3s_rc," \
+       "client over HTTP/3 rc=$h3c_rc); reports in $OUT" >&2
   exit 1
 fi
 

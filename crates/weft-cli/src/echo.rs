@@ -97,7 +97,8 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
     // every HTTP/1.1 and HTTP/2 answer.
     let (tls, h3) = match tls {
         Some(cert) => {
-            let (server, alt_svc) = crate::serve::h3_server(&cert, listener.local_addr()?, &acceptor, args.reuseport).await?;
+            let (server, alt_svc) =
+                crate::serve::h3_server(&cert, listener.local_addr()?, &acceptor, args.reuseport).await?;
             crate::serve::reload_on_sighup(cert.clone(), Some(server.tls_reloader()));
             let tls = weft::tls::TlsAcceptor::from(weft::tls::server_config_alpn(cert, &[b"h2", b"http/1.1"]));
             (Some(tls), Some((server, alt_svc)))

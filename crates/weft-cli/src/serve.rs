@@ -194,11 +194,7 @@ pub(crate) async fn h3_server(
 ) -> anyhow::Result<(weft::h3::H3Server, weft::http::HeaderValue)> {
     let (c, k) = cert.paths();
     let tls = weft::h3::H3Tls::from_pem_files(c, k)?;
-    let socket = if reuseport {
-        crate::workers::reuseport_udp(addr)
-    } else {
-        tokio::net::UdpSocket::bind(addr).await
-    };
+    let socket = if reuseport { crate::workers::reuseport_udp(addr) } else { tokio::net::UdpSocket::bind(addr).await };
     let socket = socket.with_context(|| format!("binding UDP {addr} for HTTP/3"))?;
     let server = weft::h3::H3Server::from_socket(socket, tls, acceptor)?;
     let alt_svc = weft::http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port()))?;
@@ -225,7 +221,9 @@ pub(crate) fn reload_on_sighup(cert: std::sync::Arc<weft::tls::ReloadableCert>, 
                 let (c, k) = cert.paths();
                 match weft::h3::H3Tls::from_pem_files(c, k).and_then(|t| h3.reload(&t)) {
                     Ok(()) => tracing::info!("SIGHUP: HTTP/3 certificate reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: HTTP/3 certificate NOT reloaded, keeping the old one"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: HTTP/3 certificate NOT reloaded, keeping the old one")
+                    }
                 }
             }
         }

@@ -559,6 +559,8 @@ impl Engine {
     /// limit, the handshake (an HTTP/1.1 upgrade, or an extended CONNECT with `protocol` over
     /// HTTP/2 or HTTP/3), the token — and the counting of an admitted one; or the refusal to
     /// send.
+    // The refusal is built once and sent at once; boxing it would only add an allocation.
+    #[allow(clippy::result_large_err)]
     fn admit<B>(
         &self,
         req: &Request<B>,
@@ -577,11 +579,8 @@ impl Engine {
         // HTTP/1.1 upgrade, or extended CONNECT over HTTP/2 (RFC 8441) or HTTP/3 (RFC 9220):
         // the same checks.
         let connect = req.method() == http::Method::CONNECT;
-        let accepted = if connect {
-            shared.acceptor.upgrade_connect(req, protocol)
-        } else {
-            shared.acceptor.upgrade(req)
-        };
+        let accepted =
+            if connect { shared.acceptor.upgrade_connect(req, protocol) } else { shared.acceptor.upgrade(req) };
         let (resp, pending) = match accepted {
             Ok(x) => x,
             Err(e) => {

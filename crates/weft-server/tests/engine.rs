@@ -319,7 +319,8 @@ async fn websockets_and_routes_over_http3() {
     };
     let (addr, engine, _h) = start(cfg).await;
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let tls = weft::h3::H3Tls::from_pem(cert.cert.pem().as_bytes(), cert.signing_key.serialize_pem().as_bytes()).unwrap();
+    let tls =
+        weft::h3::H3Tls::from_pem(cert.cert.pem().as_bytes(), cert.signing_key.serialize_pem().as_bytes()).unwrap();
     let server = weft::h3::H3Server::bind("127.0.0.1:0".parse().unwrap(), tls, &weft::Acceptor::new()).await.unwrap();
     let udp = server.local_addr();
     engine.set_alt_svc(http::HeaderValue::from_str(&format!("h3=\":{}\"", udp.port())).unwrap());
@@ -352,7 +353,8 @@ async fn websockets_and_routes_over_http3() {
     assert_eq!(err.response_body(), Some(&b"missing token\n"[..]));
     // The HTTP routes over HTTP/3: a GET, and a POST with a body.
     let client = weft::h3::H3Client::connect(h3("")).await.unwrap();
-    let get = http::Request::get(format!("https://localhost:{}/healthz", udp.port())).body(bytes::Bytes::new()).unwrap();
+    let get =
+        http::Request::get(format!("https://localhost:{}/healthz", udp.port())).body(bytes::Bytes::new()).unwrap();
     let (resp, mut body) = client.request(get).await.unwrap();
     assert_eq!(resp.status(), 200);
     let mut text = String::new();

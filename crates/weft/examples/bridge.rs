@@ -24,9 +24,9 @@
 
 use std::net::SocketAddr;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::io::{AsyncRead, AsyncWrite};
 use weft::h2::{H2Client, H2Server, Protocol};
 use weft::h3::{H3Client, H3Server, H3Tls};
 use weft::http::{HeaderMap, Request, Response, StatusCode, Uri, header};
@@ -201,7 +201,9 @@ async fn from_h2(listener: TcpListener, target: Uri) -> Result<(), BoxError> {
                     let head = req.request().clone();
                     let res = relay_from(&head, target).await;
                     let res = match res {
-                        Ok(Upstream::Refused(status)) => req.respond(status, "refused by the HTTP/1.1 target\n").map_err(Into::into),
+                        Ok(Upstream::Refused(status)) => {
+                            req.respond(status, "refused by the HTTP/1.1 target\n").map_err(Into::into)
+                        }
                         Ok(Upstream::Open(ok, tcp, early)) => match req.respond_stream(ok) {
                             Ok(stream) => pipe(tcp, stream, early).await,
                             Err(e) => Err(e.into()),
@@ -254,7 +256,11 @@ enum Upstream {
 }
 
 /// Relay `stream` and `tcp` both ways, starting with the target's early bytes.
-async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(mut tcp: TcpStream, mut stream: S, early: Vec<u8>) -> Result<(), BoxError> {
+async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
+    mut tcp: TcpStream,
+    mut stream: S,
+    early: Vec<u8>,
+) -> Result<(), BoxError> {
     stream.write_all(&early).await?;
     let _ = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await;
     Ok(())

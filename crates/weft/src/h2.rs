@@ -72,8 +72,8 @@ pub use h2::ext::Protocol;
 use h2::{RecvStream, SendStream};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use weft_proto::handshake::{self, HandshakeError};
 use weft_proto::Role;
+use weft_proto::handshake::{self, HandshakeError};
 
 use crate::client::ClientBuilder;
 use crate::error::{Error, Kind, Result};

@@ -233,9 +233,8 @@ impl H3Tls {
 
     /// Load both from PEM files.
     pub fn from_pem_files(cert_chain: &std::path::Path, key: &std::path::Path) -> Result<Self> {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| tls_error(format!("cannot read {}: {e}", p.display())))
-        };
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| tls_error(format!("cannot read {}: {e}", p.display())));
         Self::from_pem(&read(cert_chain)?, &read(key)?)
     }
 
@@ -309,7 +308,9 @@ impl Slot {
 enum State {
     Handshaking,
     /// HTTP/3 is up and the peer's SETTINGS arrived: whether it allows extended CONNECT.
-    Ready { extended_connect: bool },
+    Ready {
+        extended_connect: bool,
+    },
     Closed(String),
 }
 
@@ -496,7 +497,11 @@ struct Datagram {
 /// What a connection's task does with request heads.
 enum Role3 {
     /// Server: requests go to [`H3Server::accept`].
-    Server { requests: mpsc::Sender<H3Request>, acceptor: Acceptor, handshaking: Arc<AtomicUsize> },
+    Server {
+        requests: mpsc::Sender<H3Request>,
+        acceptor: Acceptor,
+        handshaking: Arc<AtomicUsize>,
+    },
     Client,
 }
 
@@ -509,7 +514,14 @@ enum Input {
 }
 
 /// Drive one QUIC connection until it has closed.
-async fn drive(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr, mut input: Input, role: Role3, keepalive: Duration) {
+async fn drive(
+    shared: Arc<Shared>,
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    mut input: Input,
+    role: Role3,
+    keepalive: Duration,
+) {
     let mut out = vec![0u8; MAX_DATAGRAM];
     let mut recv_buf = vec![0u8; MAX_DATAGRAM];
     let mut blocked: Option<(usize, SocketAddr)> = None;
@@ -543,7 +555,9 @@ async fn drive(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr, m
         if closed {
             break;
         }
-        let sleep = timeout.unwrap_or(keepalive).min(keepalive.saturating_sub(last_ping.elapsed()).max(Duration::from_millis(1)));
+        let sleep = timeout
+            .unwrap_or(keepalive)
+            .min(keepalive.saturating_sub(last_ping.elapsed()).max(Duration::from_millis(1)));
         tokio::select! {
             r = socket.writable(), if blocked.is_some() => {
                 if r.is_ok()
@@ -835,11 +849,8 @@ fn request_from(list: &[quiche::h3::Header]) -> std::result::Result<(Request<()>
     }
     uri = uri.path_and_query(path.as_deref().unwrap_or("/"));
     let uri = uri.build().map_err(|e| format!("invalid request target: {e}"))?;
-    let mut req = Request::builder()
-        .method(method.as_str())
-        .uri(uri)
-        .body(())
-        .map_err(|e| format!("invalid request: {e}"))?;
+    let mut req =
+        Request::builder().method(method.as_str()).uri(uri).body(()).map_err(|e| format!("invalid request: {e}"))?;
     *req.headers_mut() = headers;
     Ok((req, protocol))
 }
@@ -1276,7 +1287,8 @@ impl H3Client {
                     Err(e) => last = Some(e),
                 }
             }
-            Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address")).into()))
+            Err(last
+                .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address")).into()))
         })
         .await
         .map_err(|_| Error::new(Kind::Timeout("HTTP/3 connect")))?
@@ -1323,14 +1335,22 @@ impl H3Client {
             peer: addr,
         });
         let task_shared = Arc::clone(&shared);
-        tokio::spawn(drive(task_shared, Arc::new(socket), local, Input::Socket, Role3::Client, config.idle_timeout / 3));
+        tokio::spawn(drive(
+            task_shared,
+            Arc::new(socket),
+            local,
+            Input::Socket,
+            Role3::Client,
+            config.idle_timeout / 3,
+        ));
         let state = ready.wait_for(|s| *s != State::Handshaking).await.map_err(|_| Error::from(reset()))?.clone();
         match state {
             State::Ready { extended_connect: true } => Ok(Self { shared, options }),
             State::Ready { extended_connect: false } => Err(HandshakeError::ExtendedConnectDisabled.into()),
             State::Closed(reason) => {
                 let tls = reason.contains("0x1") && reason.to_lowercase().contains("cert");
-                let io = io::Error::new(io::ErrorKind::ConnectionRefused, format!("HTTP/3 connection failed: {reason}"));
+                let io =
+                    io::Error::new(io::ErrorKind::ConnectionRefused, format!("HTTP/3 connection failed: {reason}"));
                 Err(if tls { tls_error(reason) } else { io.into() })
             }
             State::Handshaking => unreachable!("waited for another state"),
@@ -1399,7 +1419,10 @@ impl H3Client {
                         break id;
                     }
                     // All the streams the server allows are open: wait for one to end.
-                    Err(quiche::h3::Error::StreamBlocked | quiche::h3::Error::TransportError(quiche::Error::StreamLimit)) => {}
+                    Err(
+                        quiche::h3::Error::StreamBlocked
+                        | quiche::h3::Error::TransportError(quiche::Error::StreamLimit),
+                    ) => {}
                     Err(e) => return Err(h3_error(e)),
                 }
             }

@@ -81,7 +81,6 @@ impl ReloadableCert {
     /// Load the certificate chain (PEM, end-entity first) and its private key (PEM: PKCS#8,
     /// PKCS#1 or SEC1). Errors say which file is wrong and why, including a key that does not
     /// belong to the certificate.
-
     pub fn load(cert_path: &std::path::Path, key_path: &std::path::Path) -> Result<Arc<Self>> {
         let key = load_certified_key(cert_path, key_path)?;
         Ok(Arc::new(Self {

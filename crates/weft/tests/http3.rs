@@ -114,8 +114,9 @@ async fn many_websockets_share_one_quic_connection() {
 
 #[tokio::test]
 async fn client_builder_connects_over_http3_with_subprotocol_and_deflate() {
-    let acceptor =
-        Acceptor::new().subprotocols(["chat.v2"]).config(weft::Config::default().deflate(Some(DeflateConfig::default())));
+    let acceptor = Acceptor::new()
+        .subprotocols(["chat.v2"])
+        .config(weft::Config::default().deflate(Some(DeflateConfig::default())));
     let (addr, c, _stop) = h3_echo(acceptor).await;
     let mut ws = options(addr, &c)
         .subprotocol("chat.v2")

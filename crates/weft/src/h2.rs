@@ -2,7 +2,7 @@
 //! client that opens many WebSockets over one HTTP/2 connection.
 //!
 //! Every WebSocket here is the same [`WebSocket`] as over HTTP/1.1, driving the same sans-IO
-//! [`Connection`] over an [`H2Stream`] (one HTTP/2 stream seen as a byte stream): limits,
+//! [`Connection`](weft_proto::Connection) over an [`H2Stream`] (one HTTP/2 stream seen as a byte stream): limits,
 //! keep-alive, close handshake, backpressure, permessage-deflate and split halves behave
 //! identically. Negotiation is weft-proto's
 //! [`server_accept_connect`](weft_proto::handshake::server_accept_connect) /

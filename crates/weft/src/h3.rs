@@ -526,10 +526,11 @@ async fn drive(
     let mut recv_buf = vec![0u8; MAX_DATAGRAM];
     let mut blocked: Option<(usize, SocketAddr)> = None;
     let mut last_ping = Instant::now();
+    let mut idle_closed = false;
     let mut counted_handshake = matches!(role, Role3::Server { .. });
     let mut refused = false;
     loop {
-        let (timeout, closed) = {
+        let (sleep, closed) = {
             let mut c = shared.lock();
             process(&shared, &mut c, &role);
             if counted_handshake && c.quic.is_established() {
@@ -538,11 +539,29 @@ async fn drive(
                     handshaking.fetch_sub(1, Ordering::Relaxed);
                 }
             }
-            // While streams are open, keep the connection alive through quiet periods.
-            if !c.slots.is_empty() && last_ping.elapsed() >= keepalive && c.quic.is_established() {
+            // While streams are open, keep the connection alive through quiet periods; with
+            // none, the idle timeout may end it.
+            if c.slots.is_empty() {
+                // A server connection that carries no stream for the idle timeout is closed
+                // even if the peer keeps it alive with PINGs: it holds one of max_connections.
+                if matches!(role, Role3::Server { .. })
+                    && !idle_closed
+                    && last_ping.elapsed() >= keepalive * 3
+                    && c.quic.is_established()
+                {
+                    idle_closed = true;
+                    let _ = c.quic.close(true, H3_NO_ERROR, b"idle");
+                }
+            } else if last_ping.elapsed() >= keepalive && c.quic.is_established() {
                 let _ = c.quic.send_ack_eliciting();
                 last_ping = Instant::now();
             }
+            let ping_due = if c.slots.is_empty() {
+                (matches!(role, Role3::Server { .. }) && !idle_closed)
+                    .then(|| (keepalive * 3).saturating_sub(last_ping.elapsed()))
+            } else {
+                Some(keepalive.saturating_sub(last_ping.elapsed()))
+            };
             // The client's last handle is gone: close, then drain.
             if matches!(role, Role3::Client) && Arc::strong_count(&shared) == 1 && !c.quic.is_closed() {
                 let _ = c.quic.close(true, H3_NO_ERROR, b"");
@@ -550,14 +569,15 @@ async fn drive(
             if blocked.is_none() {
                 blocked = flush(&mut c.quic, &socket, &mut out);
             }
-            (c.quic.timeout(), c.quic.is_closed())
+            let sleep = match (c.quic.timeout(), ping_due) {
+                (Some(t), Some(p)) => t.min(p),
+                (t, p) => t.or(p).unwrap_or(keepalive),
+            };
+            (sleep, c.quic.is_closed())
         };
         if closed {
             break;
         }
-        let sleep = timeout
-            .unwrap_or(keepalive)
-            .min(keepalive.saturating_sub(last_ping.elapsed()).max(Duration::from_millis(1)));
         tokio::select! {
             r = socket.writable(), if blocked.is_some() => {
                 if r.is_ok()
@@ -1253,6 +1273,13 @@ async fn listen(
         });
     }
     // Shutting down: dropping the routes ends every connection's queue, and each closes.
+}
+
+impl Drop for H3Client {
+    fn drop(&mut self) {
+        // The connection's task closes the connection once nothing else holds it.
+        self.shared.notify.notify_one();
+    }
 }
 
 /// One QUIC connection to an HTTP/3 server, for opening WebSockets on it (cheap to clone;

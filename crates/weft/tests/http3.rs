@@ -250,3 +250,21 @@ async fn a_server_that_goes_away_ends_the_client_websockets() {
     let end = tokio::time::timeout(Duration::from_secs(5), ws.recv()).await.expect("the WebSocket saw the end");
     assert!(!matches!(end, Some(Ok(_))), "{end:?}");
 }
+
+#[tokio::test]
+async fn quiet_websockets_outlive_the_idle_timeout_and_empty_connections_do_not() {
+    let idle = Http3Config::default().idle_timeout(Duration::from_millis(600));
+    let (addr, c, _stop) = h3_echo(Acceptor::new().http3(idle)).await;
+    let client = H3Client::connect_to(options(addr, &c).http3(idle), addr).await.unwrap();
+    let mut ws = client.open("/quiet").await.unwrap();
+    // Silent for more than twice the idle timeout: PINGs keep the connection.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ws.send("still there").await.unwrap();
+    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("still there"));
+    ws.close(None).await.unwrap();
+    drop(ws);
+    // With no stream left, the connection ends after the idle timeout; opening then fails.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = client.open("/late").await.unwrap_err();
+    assert!(err.is_io(), "{err}");
+}

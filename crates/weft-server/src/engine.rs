@@ -383,7 +383,7 @@ impl Engine {
                 Err(refusal) => {
                     let _ = req.respond_with(full_bytes(refusal).await).await;
                 }
-                Ok((resp, pending, identity)) => match req.respond_stream(resp) {
+                Ok((resp, pending, identity)) => match req.respond_stream(resp).await {
                     Ok(stream) => {
                         let ws = pending.into_websocket(stream, &[]);
                         crate::session::run(Arc::clone(&self.shared), ws, identity).await

@@ -234,7 +234,7 @@ async fn from_h3(mut server: H3Server, target: Uri) -> Result<(), BoxError> {
                 Ok(Upstream::Refused(status)) => {
                     req.respond(status, "refused by the HTTP/1.1 target\n").await.map_err(Into::into)
                 }
-                Ok(Upstream::Open(ok, tcp, early)) => match req.respond_stream(ok) {
+                Ok(Upstream::Open(ok, tcp, early)) => match req.respond_stream(ok).await {
                     Ok(stream) => pipe(tcp, stream, early).await,
                     Err(e) => Err(e.into()),
                 },

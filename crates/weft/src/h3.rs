@@ -97,6 +97,7 @@ const MAX_DATAGRAM: usize = 65_535;
 /// HTTP/3 error codes (RFC 9114 §8.1).
 const H3_NO_ERROR: u64 = 0x100;
 const H3_INTERNAL_ERROR: u64 = 0x102;
+const H3_REQUEST_REJECTED: u64 = 0x10b;
 const H3_REQUEST_CANCELLED: u64 = 0x10c;
 
 /// HTTP/3 and QUIC settings for [`H3Server`] and [`H3Client`].
@@ -832,9 +833,13 @@ fn answer(
         quiche::h3::Header::new(b":status", status.as_str().as_bytes()),
         quiche::h3::Header::new(b"content-type", b"text/plain; charset=utf-8"),
     ];
-    h3.send_response(quic, id, &headers, false)?;
-    let _ = h3.send_body(quic, id, body.as_bytes(), true);
     let _ = quic.stream_shutdown(id, quiche::Shutdown::Read, H3_NO_ERROR);
+    if let Err(e) = h3.send_response(quic, id, &headers, false) {
+        // No room for even the head right now: refuse at the QUIC level instead.
+        let _ = quic.stream_shutdown(id, quiche::Shutdown::Write, H3_REQUEST_REJECTED);
+        return Err(e);
+    }
+    let _ = h3.send_body(quic, id, body.as_bytes(), true);
     Ok(())
 }
 
@@ -1002,22 +1007,35 @@ impl H3Request {
         }
         let negotiated = handshake::Negotiated { subprotocol: accepted.subprotocol, deflate: accepted.deflate };
         let config = Arc::clone(self.acceptor.config_arc());
-        let stream = self.respond_stream(accepted.response)?;
+        let stream = self.respond_stream(accepted.response).await?;
         Ok(websocket_on(stream, Role::Server, config, negotiated))
     }
 
     /// Answer with `response` (a 2xx for a tunnel) and hand over the stream as bytes, with no
     /// WebSocket negotiation or framing: for proxies and bridges that relay frames unchanged,
     /// and for request bodies and streamed responses.
-    pub fn respond_stream(mut self, mut response: Response<()>) -> Result<H3Stream> {
+    pub async fn respond_stream(mut self, mut response: Response<()>) -> Result<H3Stream> {
         strip_connection_headers(response.headers_mut());
         let fields = response_fields(&response);
-        {
+        // Under load the stream may lack the room (flow control, congestion window) for the
+        // head: wait until quiche says it is writable.
+        std::future::poll_fn(|cx| {
             let mut guard = self.shared.lock();
             let c = &mut *guard;
-            let h3 = c.h3.as_mut().ok_or_else(|| Error::from(reset()))?;
-            h3.send_response(&mut c.quic, self.id, &fields, false).map_err(h3_error)?;
-        }
+            let Some(h3) = c.h3.as_mut() else { return Poll::Ready(Err(Error::from(reset()))) };
+            match h3.send_response(&mut c.quic, self.id, &fields, false) {
+                Ok(()) => Poll::Ready(Ok(())),
+                Err(quiche::h3::Error::StreamBlocked) => match c.slots.get_mut(&self.id) {
+                    Some(slot) if !slot.reset => {
+                        slot.write = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                    _ => Poll::Ready(Err(Error::from(reset()))),
+                },
+                Err(e) => Poll::Ready(Err(h3_error(e))),
+            }
+        })
+        .await?;
         self.shared.notify.notify_one();
         self.answered = true;
         Ok(H3Stream { shared: Arc::clone(&self.shared), id: self.id, ended: false })
@@ -1034,7 +1052,7 @@ impl H3Request {
     /// body goes out.
     pub async fn respond_with(self, response: Response<Bytes>) -> Result<()> {
         let (parts, body) = response.into_parts();
-        let mut stream = self.respond_stream(Response::from_parts(parts, ()))?;
+        let mut stream = self.respond_stream(Response::from_parts(parts, ())).await?;
         stream.write_all(&body).await?;
         stream.shutdown().await?;
         Ok(())

@@ -268,3 +268,40 @@ async fn quiet_websockets_outlive_the_idle_timeout_and_empty_connections_do_not(
     let err = client.open("/late").await.unwrap_err();
     assert!(err.is_io(), "{err}");
 }
+
+#[tokio::test]
+async fn streams_open_while_the_connection_is_saturated() {
+    // The server's response head may find no room (congestion window, flow control) under
+    // load; it must wait for room, not cancel the stream.
+    let (addr, c, _stop) = h3_echo(Acceptor::new()).await;
+    let client = H3Client::connect_to(options(addr, &c), addr).await.unwrap();
+    let mut busy = Vec::new();
+    for i in 0..4 {
+        let mut ws = client.open(&format!("/busy{i}")).await.unwrap();
+        busy.push(tokio::spawn(async move {
+            let msg = Message::binary(vec![i as u8; 64 * 1024]);
+            for _ in 0..12 {
+                for _ in 0..16 {
+                    ws.feed(msg.clone()).await.unwrap();
+                }
+                ws.flush().await.unwrap();
+                for _ in 0..16 {
+                    assert_eq!(ws.recv().await.unwrap().unwrap(), msg);
+                }
+            }
+        }));
+    }
+    let opens: Vec<_> = (0..90)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut ws = client.open(&format!("/new{i}")).await.unwrap();
+                ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+                assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text(format!("hello {i}")));
+            })
+        })
+        .collect();
+    for t in opens.into_iter().chain(busy) {
+        t.await.unwrap();
+    }
+}

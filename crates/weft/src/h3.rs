@@ -274,6 +274,17 @@ fn h3_error(e: quiche::h3::Error) -> Error {
     Error::new(Kind::Io(io::Error::other(format!("HTTP/3: {e}"))))
 }
 
+/// Socket buffers asked for (the kernel caps them at `net.core.rmem_max` / `wmem_max`): the
+/// default ~200 KiB overflows under a burst of many streams, and every datagram dropped there is
+/// a loss QUIC answers by halving its congestion window.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+fn grow_buffers(socket: &UdpSocket) {
+    let s = socket2::SockRef::from(socket);
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+}
+
 fn random_cid() -> quiche::ConnectionId<'static> {
     let mut id = [0u8; CID_LEN];
     boring::rand::rand_bytes(&mut id).expect("BoringSSL's RNG");
@@ -1132,6 +1143,7 @@ impl H3Server {
         let config = acceptor.http3_config();
         let quic = config.quic(tls.context()?)?;
         let local = socket.local_addr()?;
+        grow_buffers(&socket);
         let listener = Arc::new(Listener {
             quic: Mutex::new(quic),
             config,
@@ -1369,6 +1381,7 @@ impl H3Client {
         let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("address");
         let socket = UdpSocket::bind(bind).await?;
         socket.connect(addr).await?;
+        grow_buffers(&socket);
         let local = socket.local_addr()?;
         let server_name = if host.parse::<std::net::IpAddr>().is_ok() { None } else { Some(host.as_str()) };
         let quic = quiche::connect(server_name, &random_cid(), local, addr, &mut quic_config).map_err(quic_error)?;

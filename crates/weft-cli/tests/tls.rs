@@ -131,9 +131,9 @@ fn serve_and_echo_over_tls_with_reload_on_sighup() {
     assert_eq!(client(&format!("wss://localhost:{port}/"), &ca_b, Some("hello tls")).unwrap(), "hello tls\n");
     // weft echo and weft serve offer ALPN h2: `--http2` gets a WebSocket over HTTP/2 (extended
     // CONNECT) on the same port as HTTP/1.1.
-    let over = |url: &str| {
+    let over_with = |url: &str, flag: &str, ca: &Path| {
         let mut c = Command::new(WEFT)
-            .args(["client", url, "--http2", "--ca-file", ca_b.to_str().unwrap()])
+            .args(["client", url, flag, "--ca-file", ca.to_str().unwrap(), "--connect-timeout", "5"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -143,12 +143,32 @@ fn serve_and_echo_over_tls_with_reload_on_sighup() {
         let out = c.wait_with_output().unwrap();
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
+    let over = |url: &str| over_with(url, "--http2", &ca_b);
     let (out, err) = over(&format!("wss://localhost:{port}/"));
     assert_eq!(out, "hi\n", "{err}");
     assert!(err.contains("over HTTP/2"), "{err}");
     let (out, err) = over(&url);
     assert!(out.contains("\"welcome\""), "{out} {err}");
     assert!(err.contains("over HTTP/2"), "{err}");
+    // And HTTP/3 (QUIC on UDP at the same port number), with the certificate the SIGHUP loaded:
+    // `weft serve` reloaded it for HTTP/3 too.
+    let (out, err) = over_with(&format!("wss://localhost:{port}/"), "--http3", &ca_b);
+    assert_eq!(out, "hi\n", "{err}");
+    assert!(err.contains("over HTTP/3"), "{err}");
+    let (out, err) = over_with(&url, "--http3", &ca_b);
+    assert!(out.contains("\"welcome\""), "{out} {err}");
+    assert!(err.contains("over HTTP/3"), "{err}");
+    let (out, err) = over_with(&url, "--http3", &ca_a);
+    assert!(out.is_empty() && !err.contains("over HTTP/3"), "the old certificate over HTTP/3: {out} {err}");
+    // `weft serve` advertises it on its HTTP responses (curl, when the machine has it).
+    if let Ok(out) = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert", ca_b.to_str().unwrap()])
+        .arg(format!("https://localhost:{}/healthz", url.split(':').nth(2).unwrap().trim_end_matches("/ws")))
+        .output()
+    {
+        let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        assert!(head.contains("alt-svc: h3=\":"), "{head}");
+    }
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -777,6 +777,13 @@ async fn nodes_follow_a_sentinel_failover_without_silent_loss() {
         publisher.send(json!({"type": "publish", "topic": "orders", "payload": i})).await;
         published.push(publisher.next("published").await);
     }
+    // The replica has the first 20 before its link goes (replication is asynchronous: under load
+    // it can lag behind the acknowledgements).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica.cli(&["HGET", "weft:m:orders", "o"]) != "20" {
+        assert!(Instant::now() < deadline, "the replica did not catch up with the first 20");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The replica loses its link and cannot get it back (a wrong master password): the next
     // publishes, acknowledged by the master, are never replicated before the master dies.

@@ -404,9 +404,7 @@ impl Engine {
         let response = match body {
             Ok(Ok(Some(body))) => {
                 let (parts, ()) = req.request().clone().into_parts();
-                let mut r = crate::http::route(self, Request::from_parts(parts, Full::new(body))).await;
-                self.add_alt_svc(&mut r);
-                r
+                crate::http::route(self, Request::from_parts(parts, Full::new(body))).await
             }
             Ok(Ok(None)) => text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
             Ok(Err(e)) => {

@@ -110,6 +110,10 @@ async fn to_h3(listener: TcpListener, target: Uri, ca: &str) -> Result<(), BoxEr
     let mut client: Option<H3Client> = None;
     loop {
         let (tcp, _) = listener.accept().await?;
+        // A connection that has gone (idle timeout, server restart) is replaced.
+        if client.as_ref().is_some_and(H3Client::is_closed) {
+            client = None;
+        }
         let h3 = match &client {
             Some(c) => c.clone(),
             None => match H3Client::connect(options.clone()).await {

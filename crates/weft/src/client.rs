@@ -103,6 +103,11 @@ impl ClientBuilder {
     }
 
     #[cfg(feature = "http3")]
+    pub(crate) fn has_tls_config(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    #[cfg(feature = "http3")]
     pub(crate) fn root_certificates(&self) -> impl Iterator<Item = &[u8]> {
         self.roots.iter().map(|c| c.as_ref())
     }

@@ -92,8 +92,11 @@ use crate::websocket::WebSocket;
 
 /// Length of the connection IDs this side chooses.
 const CID_LEN: usize = 16;
-/// Largest UDP datagram read or written.
-const MAX_DATAGRAM: usize = 65_535;
+/// Largest UDP datagram we accept (announced to the peer as `max_udp_payload_size`; larger ones
+/// are dropped unread), which also bounds a queued datagram's size.
+const MAX_DATAGRAM: usize = 1_500;
+/// Room for a datagram read off a socket (a larger one is dropped).
+const READ_BUFFER: usize = 65_535;
 /// HTTP/3 error codes (RFC 9114 §8.1).
 const H3_NO_ERROR: u64 = 0x100;
 const H3_INTERNAL_ERROR: u64 = 0x102;
@@ -174,7 +177,7 @@ impl Http3Config {
     fn quic(&self, tls: boring::ssl::SslContextBuilder) -> Result<quiche::Config> {
         let mut c = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, tls).map_err(quic_error)?;
         c.set_application_protos(quiche::h3::APPLICATION_PROTOCOL).map_err(quic_error)?;
-        c.set_max_idle_timeout(self.idle_timeout.as_millis() as u64);
+        c.set_max_idle_timeout(self.idle().as_millis() as u64);
         c.set_max_recv_udp_payload_size(MAX_DATAGRAM);
         c.set_initial_max_data(self.connection_window);
         c.set_max_connection_window(self.connection_window);
@@ -187,6 +190,11 @@ impl Http3Config {
         c.set_initial_max_streams_bidi(self.max_streams);
         c.set_disable_active_migration(true);
         Ok(c)
+    }
+
+    /// The idle timeout, at least 300 ms (less would close connections between two packets).
+    fn idle(&self) -> Duration {
+        self.idle_timeout.max(Duration::from_millis(300))
     }
 
     fn h3(&self) -> Result<quiche::h3::Config> {
@@ -341,6 +349,8 @@ struct Shared {
     notify: Notify,
     state: watch::Sender<State>,
     peer: SocketAddr,
+    /// Client: `H3Client`s and streams alive; at zero the connection's task closes it.
+    handles: AtomicUsize,
 }
 
 impl Shared {
@@ -369,6 +379,11 @@ pub struct H3Stream {
 }
 
 impl H3Stream {
+    fn new(shared: &Arc<Shared>, id: u64) -> Self {
+        shared.handles.fetch_add(1, Ordering::SeqCst);
+        Self { shared: Arc::clone(shared), id, ended: false }
+    }
+
     /// This stream's QUIC stream id.
     pub fn stream_id(&self) -> u64 {
         self.id
@@ -483,13 +498,16 @@ impl AsyncWrite for H3Stream {
 
 impl Drop for H3Stream {
     fn drop(&mut self) {
-        release(&self.shared, self.id, self.ended);
+        release(&self.shared, self.id, self.ended, true);
     }
 }
 
 /// The owner of a stream is gone: stop reading it (the peer's data is discarded and stops
 /// counting against the window), cancel our side unless it was ended, forget it.
-fn release(shared: &Shared, id: u64, ended: bool) {
+fn release(shared: &Shared, id: u64, ended: bool, handle: bool) {
+    if handle {
+        shared.handles.fetch_sub(1, Ordering::SeqCst);
+    }
     let mut c = shared.lock();
     c.slots.remove(&id);
     let _ = c.quic.stream_shutdown(id, quiche::Shutdown::Read, H3_NO_ERROR);
@@ -535,12 +553,15 @@ async fn drive(
     keepalive: Duration,
 ) {
     let mut out = vec![0u8; MAX_DATAGRAM];
-    let mut recv_buf = vec![0u8; MAX_DATAGRAM];
+    // A server's datagrams arrive owned, through its queue: only a client reads a socket.
+    let mut recv_buf = if matches!(input, Input::Socket) { vec![0u8; READ_BUFFER] } else { Vec::new() };
     let mut blocked: Option<(usize, SocketAddr)> = None;
+    let started = Instant::now();
     let mut last_ping = Instant::now();
     let mut idle_closed = false;
     let mut counted_handshake = matches!(role, Role3::Server { .. });
     let mut refused = false;
+    let mut input_done = false;
     loop {
         let (sleep, closed) = {
             let mut c = shared.lock();
@@ -550,6 +571,12 @@ async fn drive(
                 if let Role3::Server { handshaking, .. } = &role {
                     handshaking.fetch_sub(1, Ordering::Relaxed);
                 }
+            }
+            // A handshake that has not finished within the idle timeout ends, however the peer
+            // keeps it alive: it holds one of max_handshakes.
+            if !c.quic.is_established() && !idle_closed && started.elapsed() >= keepalive * 3 {
+                idle_closed = true;
+                let _ = c.quic.close(false, 0x0, b"handshake timeout");
             }
             // While streams are open, keep the connection alive through quiet periods; with
             // none, the idle timeout may end it.
@@ -568,14 +595,17 @@ async fn drive(
                 let _ = c.quic.send_ack_eliciting();
                 last_ping = Instant::now();
             }
-            let ping_due = if c.slots.is_empty() {
-                (matches!(role, Role3::Server { .. }) && !idle_closed)
-                    .then(|| (keepalive * 3).saturating_sub(last_ping.elapsed()))
+            let ping_due = if idle_closed {
+                None
+            } else if !c.quic.is_established() {
+                Some((keepalive * 3).saturating_sub(started.elapsed()))
+            } else if c.slots.is_empty() {
+                matches!(role, Role3::Server { .. }).then(|| (keepalive * 3).saturating_sub(last_ping.elapsed()))
             } else {
                 Some(keepalive.saturating_sub(last_ping.elapsed()))
             };
             // The client's last handle is gone: close, then drain.
-            if matches!(role, Role3::Client) && Arc::strong_count(&shared) == 1 && !c.quic.is_closed() {
+            if matches!(role, Role3::Client) && shared.handles.load(Ordering::SeqCst) == 0 && !c.quic.is_closed() {
                 let _ = c.quic.close(true, H3_NO_ERROR, b"");
             }
             if blocked.is_none() {
@@ -601,15 +631,20 @@ async fn drive(
                     }
                 }
             }
-            d = next_datagram(&mut input, &socket, &mut recv_buf) => {
+            d = next_datagram(&mut input, &socket, &mut recv_buf), if !input_done => {
                 let Some((data, n, from)) = d else {
-                    if matches!(input, Input::Socket) {
-                        // ICMP port unreachable: nothing listens there.
-                        refused = true;
-                        break;
-                    }
-                    // The listener is gone (server shut down): close.
                     let mut c = shared.lock();
+                    if matches!(input, Input::Socket) {
+                        if !c.quic.is_established() {
+                            // ICMP port unreachable before any answer: nothing listens there.
+                            refused = true;
+                            break;
+                        }
+                        // Later, one ICMP error is not the end: the idle timer decides.
+                        continue;
+                    }
+                    // The listener is gone (server shut down): close, and stop asking it.
+                    input_done = true;
                     let _ = c.quic.close(true, H3_NO_ERROR, b"server shutting down");
                     continue;
                 };
@@ -670,6 +705,7 @@ async fn next_datagram(
         }),
         Input::Socket => loop {
             match socket.recv_from(recv_buf).await {
+                Ok((n, _)) if n > MAX_DATAGRAM => {}
                 Ok((n, from)) => return Some((None, n, from)),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return None,
                 // Other transient errors: the idle timer decides.
@@ -690,6 +726,7 @@ fn drain(input: &mut Input, socket: &UdpSocket, recv_buf: &mut [u8], quic: &mut 
                 Err(_) => return,
             },
             Input::Socket => match socket.try_recv_from(recv_buf) {
+                Ok((n, _)) if n > MAX_DATAGRAM => {}
                 Ok((n, from)) => {
                     let _ = quic.recv(&mut recv_buf[..n], quiche::RecvInfo { from, to: local });
                 }
@@ -779,6 +816,7 @@ fn process(shared: &Arc<Shared>, c: &mut Conn, role: &Role3) {
             Ok((id, quiche::h3::Event::Finished)) => {
                 if let Some(s) = slots.get_mut(&id) {
                     s.finished = true;
+                    s.response = None; // ended without a response head
                     s.wake();
                 }
             }
@@ -860,22 +898,49 @@ fn request_from(list: &[quiche::h3::Header]) -> std::result::Result<(Request<()>
     let (mut method, mut scheme, mut authority, mut path, mut protocol) = (None, None, None, None, None);
     let mut headers = HeaderMap::new();
     for h in list {
-        let value = std::str::from_utf8(h.value()).map_err(|_| "a pseudo-header is not UTF-8".to_owned());
-        match h.name() {
-            b":method" => method = Some(value?.to_owned()),
-            b":scheme" => scheme = Some(value?.to_owned()),
-            b":authority" => authority = Some(value?.to_owned()),
-            b":path" => path = Some(value?.to_owned()),
-            b":protocol" => protocol = Some(value?.to_owned()),
-            n if n.starts_with(b":") => return Err(format!("unknown pseudo-header {}", String::from_utf8_lossy(n))),
-            n => {
-                let name = HeaderName::from_bytes(n).map_err(|_| "invalid header name".to_owned())?;
-                let v = HeaderValue::from_bytes(h.value()).map_err(|_| format!("invalid value for {name}"))?;
-                headers.append(name, v);
+        let n = h.name();
+        if n.starts_with(b":") {
+            // RFC 9114 §4.3: pseudo-headers first, each once.
+            if !headers.is_empty() {
+                return Err("a pseudo-header after a regular header".into());
             }
+            let slot = match n {
+                b":method" => &mut method,
+                b":scheme" => &mut scheme,
+                b":authority" => &mut authority,
+                b":path" => &mut path,
+                b":protocol" => &mut protocol,
+                _ => return Err(format!("unknown pseudo-header {}", String::from_utf8_lossy(n))),
+            };
+            if slot.is_some() {
+                return Err(format!("{} given twice", String::from_utf8_lossy(n)));
+            }
+            let value = std::str::from_utf8(h.value()).map_err(|_| "a pseudo-header is not UTF-8".to_owned())?;
+            *slot = Some(value.to_owned());
+            continue;
         }
+        let name = HeaderName::from_bytes(n).map_err(|_| "invalid header name".to_owned())?;
+        // RFC 9114 §4.2: connection-specific fields make a request malformed (and an HTTP/1.1
+        // `Upgrade` has no meaning here).
+        if [http::header::CONNECTION, http::header::UPGRADE, http::header::TRANSFER_ENCODING].contains(&name)
+            || name == "keep-alive"
+            || name == "proxy-connection"
+            || (name == http::header::TE && h.value() != b"trailers")
+        {
+            return Err(format!("connection-specific header {name} in an HTTP/3 request"));
+        }
+        let v = HeaderValue::from_bytes(h.value()).map_err(|_| format!("invalid value for {name}"))?;
+        headers.append(name, v);
     }
     let method = method.ok_or("missing :method")?;
+    let connect = method == "CONNECT";
+    if protocol.is_some() && !connect {
+        return Err(":protocol on a request that is not CONNECT".into());
+    }
+    // RFC 9114 §4.3.1: every request but a plain CONNECT has :scheme and :path.
+    if !(connect && protocol.is_none()) && (scheme.is_none() || path.is_none()) {
+        return Err("missing :scheme or :path".into());
+    }
     let mut uri = http::Uri::builder();
     if let Some(s) = scheme {
         uri = uri.scheme(s.as_str());
@@ -885,8 +950,12 @@ fn request_from(list: &[quiche::h3::Header]) -> std::result::Result<(Request<()>
     }
     uri = uri.path_and_query(path.as_deref().unwrap_or("/"));
     let uri = uri.build().map_err(|e| format!("invalid request target: {e}"))?;
-    let mut req =
-        Request::builder().method(method.as_str()).uri(uri).body(()).map_err(|e| format!("invalid request: {e}"))?;
+    let mut req = Request::builder()
+        .method(method.as_str())
+        .version(http::Version::HTTP_3)
+        .uri(uri)
+        .body(())
+        .map_err(|e| format!("invalid request: {e}"))?;
     *req.headers_mut() = headers;
     Ok((req, protocol))
 }
@@ -1030,7 +1099,7 @@ impl H3Request {
         let fields = response_fields(&response);
         // Under load the stream may lack the room (flow control, congestion window) for the
         // head: wait until quiche says it is writable.
-        std::future::poll_fn(|cx| {
+        let send_head = std::future::poll_fn(|cx| {
             let mut guard = self.shared.lock();
             let c = &mut *guard;
             let Some(h3) = c.h3.as_mut() else { return Poll::Ready(Err(Error::from(reset()))) };
@@ -1045,11 +1114,15 @@ impl H3Request {
                 },
                 Err(e) => Poll::Ready(Err(h3_error(e))),
             }
-        })
-        .await?;
+        });
+        // A peer that grants no room at all (a zero stream window) is given the handshake
+        // timeout, like an HTTP/1.1 client that never reads its 101.
+        tokio::time::timeout(self.acceptor.handshake_timeout_value(), send_head)
+            .await
+            .map_err(|_| Error::new(Kind::Timeout("HTTP/3 response head")))??;
         self.shared.notify.notify_one();
         self.answered = true;
-        Ok(H3Stream { shared: Arc::clone(&self.shared), id: self.id, ended: false })
+        Ok(H3Stream::new(&self.shared, self.id))
     }
 
     /// Answer a request that is not a WebSocket with `status` and a text body.
@@ -1063,9 +1136,15 @@ impl H3Request {
     /// body goes out.
     pub async fn respond_with(self, response: Response<Bytes>) -> Result<()> {
         let (parts, body) = response.into_parts();
+        let limit = self.acceptor.handshake_timeout_value();
         let mut stream = self.respond_stream(Response::from_parts(parts, ())).await?;
-        stream.write_all(&body).await?;
-        stream.shutdown().await?;
+        // Bounded like the head: a reader that never grants window does not hold the stream.
+        tokio::time::timeout(limit, async {
+            stream.write_all(&body).await?;
+            stream.shutdown().await
+        })
+        .await
+        .map_err(|_| Error::new(Kind::Timeout("HTTP/3 response body")))??;
         Ok(())
     }
 
@@ -1080,7 +1159,7 @@ impl H3Request {
 impl Drop for H3Request {
     fn drop(&mut self) {
         if !self.answered {
-            release(&self.shared, self.id, false);
+            release(&self.shared, self.id, false, false);
         }
     }
 }
@@ -1214,7 +1293,7 @@ async fn listen(
     requests: mpsc::Sender<H3Request>,
     acceptor: Acceptor,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut buf = vec![0u8; READ_BUFFER];
     let mut out = vec![0u8; 1500];
     let mut routes: HashMap<quiche::ConnectionId<'static>, mpsc::Sender<Datagram>> = HashMap::new();
     let (gone_tx, mut gone) = mpsc::unbounded_channel::<Vec<quiche::ConnectionId<'static>>>();
@@ -1233,6 +1312,9 @@ async fn listen(
             }
             () = listener.shutdown.notified() => break,
         };
+        if n > MAX_DATAGRAM {
+            continue; // larger than we announced: a well-behaved peer never sends it
+        }
         let Ok(hdr) = quiche::Header::from_slice(&mut buf[..n], CID_LEN) else { continue };
         if let Some(tx) = routes.get(&hdr.dcid) {
             match tx.try_send(Datagram { data: buf[..n].to_vec(), from }) {
@@ -1249,14 +1331,17 @@ async fn listen(
         if hdr.ty != quiche::Type::Initial {
             continue; // a connection we no longer know
         }
+        if n < quiche::MIN_CLIENT_INITIAL_LEN {
+            // Clients pad their first packet: answering less would amplify a spoofed one.
+            continue;
+        }
         if !quiche::version_is_supported(hdr.version) {
             if let Ok(len) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
                 let _ = socket.try_send_to(&out[..len], from);
             }
             continue;
         }
-        if n < quiche::MIN_CLIENT_INITIAL_LEN
-            || listener.connections.load(Ordering::Relaxed) >= config.max_connections
+        if listener.connections.load(Ordering::Relaxed) >= config.max_connections
             || listener.handshaking.load(Ordering::Relaxed) >= config.max_handshakes
         {
             listener.dropped.fetch_add(1, Ordering::Relaxed);
@@ -1274,7 +1359,7 @@ async fn listen(
             Ok(c) => c,
             Err(_) => continue,
         };
-        let (tx, rx) = mpsc::channel(config.datagram_queue);
+        let (tx, rx) = mpsc::channel(config.datagram_queue.max(1));
         let _ = tx.try_send(Datagram { data: buf[..n].to_vec(), from });
         let odcid = hdr.dcid.into_owned();
         routes.insert(odcid.clone(), tx.clone());
@@ -1287,6 +1372,7 @@ async fn listen(
             notify: Notify::new(),
             state,
             peer: from,
+            handles: AtomicUsize::new(0),
         });
         let role = Role3::Server {
             requests: requests.clone(),
@@ -1297,7 +1383,7 @@ async fn listen(
         let listener = Arc::clone(&listener);
         let gone_tx = gone_tx.clone();
         tokio::spawn(async move {
-            drive(shared, socket, local, Input::Queue(rx), role, config.idle_timeout / 3).await;
+            drive(shared, socket, local, Input::Queue(rx), role, config.idle() / 3).await;
             listener.connections.fetch_sub(1, Ordering::Relaxed);
             let _ = gone_tx.send(vec![odcid, scid]);
         });
@@ -1305,9 +1391,36 @@ async fn listen(
     // Shutting down: dropping the routes ends every connection's queue, and each closes.
 }
 
+/// A client connection's handle while it is being opened.
+struct Handle(Option<Arc<Shared>>);
+
+impl Handle {
+    /// Pass the handle on (to the `H3Client`).
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.handles.fetch_sub(1, Ordering::SeqCst);
+            shared.notify.notify_one();
+        }
+    }
+}
+
+impl Clone for H3Client {
+    fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::SeqCst);
+        Self { shared: Arc::clone(&self.shared), options: self.options.clone() }
+    }
+}
+
 impl Drop for H3Client {
     fn drop(&mut self) {
-        // The connection's task closes the connection once nothing else holds it.
+        // The connection's task closes the connection once nothing holds it.
+        self.shared.handles.fetch_sub(1, Ordering::SeqCst);
         self.shared.notify.notify_one();
     }
 }
@@ -1317,7 +1430,7 @@ impl Drop for H3Client {
 ///
 /// The connection runs on a task of its own; it closes when the last clone and the last
 /// WebSocket on it are dropped.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct H3Client {
     shared: Arc<Shared>,
     options: ClientBuilder,
@@ -1363,6 +1476,13 @@ impl H3Client {
     async fn connect_inner(options: ClientBuilder, addr: SocketAddr) -> Result<Self> {
         let uri = options.parsed_uri()?;
         let host = uri.host().unwrap_or("localhost").trim_start_matches('[').trim_end_matches(']').to_owned();
+        if options.has_tls_config() {
+            return Err(tls_error(
+                "a rustls configuration (ClientBuilder::tls_config) cannot apply to HTTP/3, whose TLS is \
+                 BoringSSL: give the roots with add_root_certificate"
+                    .into(),
+            ));
+        }
         let config = options.http3_config();
         let mut tls = boring::ssl::SslContextBuilder::new(boring::ssl::SslMethod::tls()).map_err(boring_error)?;
         tls.set_verify(boring::ssl::SslVerifyMode::PEER);
@@ -1391,19 +1511,20 @@ impl H3Client {
             notify: Notify::new(),
             state,
             peer: addr,
+            // The connecting future's own: the task must not close the connection it is opening.
+            handles: AtomicUsize::new(1),
         });
         let task_shared = Arc::clone(&shared);
-        tokio::spawn(drive(
-            task_shared,
-            Arc::new(socket),
-            local,
-            Input::Socket,
-            Role3::Client,
-            config.idle_timeout / 3,
-        ));
+        // Given to the H3Client on success; otherwise (an error, or this future dropped by a
+        // timeout) released, so the task closes the connection.
+        let handle = Handle(Some(Arc::clone(&shared)));
+        tokio::spawn(drive(task_shared, Arc::new(socket), local, Input::Socket, Role3::Client, config.idle() / 3));
         let state = ready.wait_for(|s| *s != State::Handshaking).await.map_err(|_| Error::from(reset()))?.clone();
         match state {
-            State::Ready { extended_connect: true } => Ok(Self { shared, options }),
+            State::Ready { extended_connect: true } => {
+                handle.keep();
+                Ok(Self { shared, options })
+            }
             State::Ready { extended_connect: false } => Err(HandshakeError::ExtendedConnectDisabled.into()),
             State::Closed(reason) => {
                 let tls = reason.contains("0x1") && reason.to_lowercase().contains("cert");
@@ -1490,7 +1611,7 @@ impl H3Client {
             }
         };
         self.shared.notify.notify_one();
-        let mut stream = H3Stream { shared: Arc::clone(&self.shared), id, ended: false };
+        let mut stream = H3Stream::new(&self.shared, id);
         if let Some(body) = body {
             stream.write_all(body).await?;
             stream.shutdown().await?;
@@ -1548,5 +1669,11 @@ impl H3Client {
     /// The server's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.shared.peer
+    }
+
+    /// Whether the QUIC connection has ended (idle timeout, the server closed it, an error):
+    /// nothing more opens on it; connect again.
+    pub fn is_closed(&self) -> bool {
+        matches!(*self.shared.state.borrow(), State::Closed(_))
     }
 }

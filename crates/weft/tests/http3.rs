@@ -305,3 +305,30 @@ async fn streams_open_while_the_connection_is_saturated() {
         t.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn malformed_requests_are_refused_and_rustls_settings_do_not_silently_apply() {
+    let (addr, c, _stop) = h3_echo(Acceptor::new()).await;
+    let client = H3Client::connect_to(options(addr, &c), addr).await.unwrap();
+    // Connection-specific fields (an HTTP/1.1 upgrade smuggled into HTTP/3) make a request
+    // malformed (RFC 9114 §4.2): 400 from the server, before the application sees it.
+    let req = http::Request::get(format!("https://localhost:{}/", addr.port()))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(bytes::Bytes::new())
+        .unwrap();
+    let (resp, _) = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // `:protocol` outside CONNECT.
+    let req = http::Request::get(format!("https://localhost:{}/", addr.port())).body(()).unwrap();
+    let (resp, _) = client.send_connect(req, Some("websocket")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    // The connection still serves WebSockets.
+    let mut ws = client.open("/ok").await.unwrap();
+    ws.send("fine").await.unwrap();
+    assert_eq!(ws.recv().await.unwrap().unwrap(), Message::text("fine"));
+    // A rustls configuration cannot apply to QUIC's BoringSSL: refused, not ignored.
+    let rustls_cfg = weft::tls::client_config(&[]).unwrap();
+    let err = options(addr, &c).tls_config(rustls_cfg).http3(Http3Config::default()).connect().await.unwrap_err();
+    assert!(err.to_string().contains("tls_config"), "{err}");
+}

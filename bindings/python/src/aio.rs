@@ -12,8 +12,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use weft_proto::handshake::{self, HandshakeError};
-use weft_proto::{Connection, DeflateConfig, Event, Message, Role, SendError};
+use weft_proto::handshake;
+use weft_proto::{Connection, Event, Message, Role, SendError};
 
 use crate::common::{self, Ended, Options, handshake_error};
 
@@ -22,12 +22,9 @@ const READ_HIGH_WATER: usize = 4 << 20;
 /// How long parsing waits for the application after handing it a message.
 const GRACE_SECONDS: f64 = 0.05;
 
+/// The opening handshake in progress (weft-proto's sans-IO client handshake).
 struct Pending {
-    key: String,
-    subprotocols: Vec<String>,
-    deflate: Option<DeflateConfig>,
-    request: Vec<u8>,
-    buf: Vec<u8>,
+    hs: handshake::ClientHandshake,
 }
 
 /// asyncio protocol of one client connection (see `weft.async_client`).
@@ -288,22 +285,17 @@ impl AsyncProtocol {
         }
     }
 
-    fn finish_handshake(&mut self, py: Python<'_>) -> PyResult<()> {
+    fn finish_handshake(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         let p = self.pending.as_mut().expect("handshake pending");
-        let parsed = match handshake::parse_response(&p.buf) {
-            Ok(None) if p.buf.len() > 64 * 1024 => Err(handshake_error(None, &HandshakeError::TooLarge)),
+        let parsed = match p.hs.feed(data) {
             Ok(None) => return Ok(()),
-            Ok(Some((resp, used))) => {
-                match handshake::client_verify(&resp, &p.key, &p.subprotocols, p.deflate.as_ref()) {
-                    Ok(n) => Ok((resp, used, n)),
-                    Err(e) => Err(handshake_error(Some((&resp, &p.buf[used..])), &e)),
-                }
-            }
-            Err(e) => Err(handshake_error(None, &e)),
+            Ok(Some(done)) => Ok(done),
+            Err(f) => Err(handshake_error(f.response.as_ref().map(|r| (r, &f.body[..])), &f.error)),
         };
-        let p = self.pending.take().expect("handshake pending");
+        self.pending = None;
         match parsed {
-            Ok((resp, used, negotiated)) => {
+            Ok(done) => {
+                let (resp, negotiated) = (done.response, done.negotiated);
                 if let Some(params) = negotiated.deflate {
                     self.conn.set_deflate(params);
                 }
@@ -314,9 +306,9 @@ impl AsyncProtocol {
                     .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                     .collect();
                 set_result(py, &self.handshake, py.None());
-                if p.buf.len() > used {
-                    self.unparsed += p.buf.len() - used;
-                    self.conn.handle_read(&p.buf[used..], Instant::now());
+                if !done.rest.is_empty() {
+                    self.unparsed += done.rest.len();
+                    self.conn.handle_read(&done.rest, Instant::now());
                     self.pump(py)?;
                 }
             }
@@ -360,7 +352,7 @@ impl AsyncProtocol {
     ) -> PyResult<Self> {
         let opts =
             Options::new(url, headers, subprotocols, compression, max_size, None, None, close_timeout, None, None)?;
-        let req = opts.request()?;
+        let hs = opts.handshake()?;
         let new_future = || event_loop.bind(py).call_method0(intern!(py, "create_future")).map(Bound::unbind);
         Ok(Self {
             conn: Connection::new(Role::Client, opts.config(false), Instant::now()),
@@ -368,13 +360,7 @@ impl AsyncProtocol {
             closed_future: new_future()?,
             event_loop,
             transport: None,
-            pending: Some(Pending {
-                key: req.key,
-                subprotocols: opts.subprotocols.clone(),
-                deflate: opts.deflate(),
-                request: req.bytes,
-                buf: Vec::new(),
-            }),
+            pending: Some(Pending { hs }),
             subprotocol: None,
             response_headers: Vec::new(),
             messages: VecDeque::new(),
@@ -408,7 +394,7 @@ impl AsyncProtocol {
         let mut me = slf.borrow_mut();
         me.flush_cb = Some(flush_cb);
         if let Some(p) = &me.pending {
-            transport.bind(py).call_method1(intern!(py, "write"), (PyBytes::new(py, &p.request),))?;
+            transport.bind(py).call_method1(intern!(py, "write"), (PyBytes::new(py, p.hs.request()),))?;
         }
         // A `pause_writing` from inside that write belongs to this connection, not to the
         // next one that flushes on this thread.
@@ -440,9 +426,8 @@ impl AsyncProtocol {
 
     fn data_received(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         self.last_write = None;
-        if let Some(p) = &mut self.pending {
-            p.buf.extend_from_slice(data);
-            return self.finish_handshake(py);
+        if self.pending.is_some() {
+            return self.finish_handshake(py, data);
         }
         self.unparsed += data.len();
         self.conn.handle_read(data, Instant::now());
@@ -460,13 +445,10 @@ impl AsyncProtocol {
         self.resume = None;
         self.flush_cb = None;
         self.reading_paused = false;
-        if self.pending.take().is_some() {
+        if let Some(p) = self.pending.take() {
             let err = match exc {
                 Some(e) => PyErr::from_value(e),
-                None => handshake_error(
-                    None,
-                    &HandshakeError::Malformed("connection closed during the opening handshake".into()),
-                ),
+                None => handshake_error(None, &p.hs.closed()),
             };
             self.ended = Some(Ended::reset());
             set_exception(py, &self.handshake, err);

@@ -8,7 +8,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString, PyType};
-use weft_proto::handshake::{self, ClientRequest, HandshakeError};
+use weft_proto::handshake::{self, ClientHandshake, HandshakeError};
 use weft_proto::{CloseFrame, Config, Connection, ConnectionError, DeflateConfig, Message, SendError};
 
 /// Connection options, from the keyword arguments of `connect`.
@@ -97,8 +97,10 @@ impl Options {
         cfg
     }
 
-    pub(crate) fn request(&self) -> PyResult<ClientRequest> {
-        handshake::client_request(&self.uri, &self.subprotocols, self.deflate().as_ref(), &self.headers)
+    /// weft-proto's sans-IO client handshake for these options (the request to write, then
+    /// what the server answers fed to it).
+    pub(crate) fn handshake(&self) -> PyResult<ClientHandshake> {
+        ClientHandshake::new(&self.uri, &self.subprotocols, self.deflate().as_ref(), &self.headers)
             .map_err(|e| handshake_error(None, &e))
     }
 

@@ -16,7 +16,6 @@ use bytes::Bytes;
 use pyo3::exceptions::PyTimeoutError;
 use pyo3::prelude::*;
 use rustix::net::{SendAncillaryBuffer, SendFlags};
-use weft_proto::handshake::{self, HandshakeError};
 use weft_proto::{Connection, Event, Message, Role, SendError};
 
 use crate::common::{self, Ended, Options, handshake_error};
@@ -415,7 +414,7 @@ impl WebSocket {
         } else {
             None
         };
-        let req = opts.request()?;
+        let mut hs = opts.handshake()?;
         let mut io = Io {
             conn: Connection::new(Role::Client, opts.config(true), Instant::now()),
             tls: tls_conn.take(),
@@ -431,55 +430,48 @@ impl WebSocket {
         };
         // Write the request, then read until the response head is complete.
         match &mut io.tls {
-            None => (&io.sock).write_all(&req.bytes).map_err(io_err)?,
+            None => (&io.sock).write_all(hs.request()).map_err(io_err)?,
             Some(t) => {
-                t.writer().write_all(&req.bytes).map_err(io_err)?;
+                t.writer().write_all(hs.request()).map_err(io_err)?;
                 while t.wants_write() {
                     t.write_tls(&mut io.sock).map_err(io_err)?;
                 }
             }
         }
         let mut reader = Reader { sock, buf: vec![0; READ_CHUNK].into_boxed_slice(), timeout: None };
-        let mut head = Vec::new();
-        let (resp, used) = loop {
-            // Append what arrives to `head`; 0 means the server closed the connection.
+        let mut plain = Vec::new();
+        let done = loop {
+            // What arrives goes to the sans-IO handshake; 0 means the server closed the connection.
+            plain.clear();
             let n = match &mut io.tls {
                 None => {
                     let n = retry(|| reader.sock.read(&mut reader.buf), io_err)?;
-                    head.extend_from_slice(&reader.buf[..n]);
+                    plain.extend_from_slice(&reader.buf[..n]);
                     n
                 }
                 Some(t) => {
                     let n = retry(|| t.read_tls(&mut reader.sock), io_err)?;
                     let state = t.process_new_packets().map_err(|e| crate::tls::tls_error(format!("TLS: {e}")))?;
-                    let start = head.len();
-                    head.resize(start + state.plaintext_bytes_to_read(), 0);
-                    t.reader().read_exact(&mut head[start..]).map_err(io_err)?;
+                    plain.resize(state.plaintext_bytes_to_read(), 0);
+                    t.reader().read_exact(&mut plain).map_err(io_err)?;
                     n
                 }
             };
             if n == 0 {
-                return Err(handshake_error(
-                    None,
-                    &HandshakeError::Malformed("connection closed during the opening handshake".into()),
-                ));
+                return Err(handshake_error(None, &hs.closed()));
             }
-            if head.len() > 64 * 1024 {
-                return Err(handshake_error(None, &HandshakeError::TooLarge));
-            }
-            if let Some(parsed) = handshake::parse_response(&head).map_err(|e| handshake_error(None, &e))? {
-                break parsed;
+            match hs.feed(&plain) {
+                Ok(None) => {}
+                Ok(Some(done)) => break done,
+                Err(f) => return Err(handshake_error(f.response.as_ref().map(|r| (r, &f.body[..])), &f.error)),
             }
         };
-        let negotiated = match handshake::client_verify(&resp, &req.key, &opts.subprotocols, opts.deflate().as_ref()) {
-            Ok(n) => n,
-            Err(e) => return Err(handshake_error(Some((&resp, &head[used..])), &e)),
-        };
+        let (resp, negotiated) = (done.response, done.negotiated);
         if let Some(params) = negotiated.deflate {
             io.conn.set_deflate(params);
         }
-        if head.len() > used {
-            io.conn.handle_read(&head[used..], Instant::now());
+        if !done.rest.is_empty() {
+            io.conn.handle_read(&done.rest, Instant::now());
         }
         io.sock.set_write_timeout(None).map_err(|e| os_error(&e))?;
         reader.sock.set_read_timeout(None).map_err(|e| os_error(&e))?;

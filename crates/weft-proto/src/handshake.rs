@@ -439,6 +439,115 @@ pub fn client_request(
     Ok(ClientRequest { bytes: out, key })
 }
 
+/// The client side of the HTTP/1.1 opening handshake, without I/O: the one driver behind the
+/// tokio client and both Python clients. Write [`request`](Self::request), feed what the
+/// server sends to [`feed`](Self::feed) until it returns the outcome, and hand the bytes that
+/// came after the response head to the [`Connection`](crate::Connection) (they are frames).
+///
+/// ```
+/// use weft_proto::handshake::{ClientHandshake, accept_key};
+///
+/// let uri = "ws://example.com/chat".parse().unwrap();
+/// let mut hs = ClientHandshake::new(&uri, &[], None, &Default::default()).unwrap();
+/// let request = String::from_utf8(hs.request().to_vec()).unwrap();
+/// assert!(request.starts_with("GET /chat HTTP/1.1\r\n"));
+/// // What a server answers, in two reads, with the first frame right behind the head.
+/// let mut answer = format!(
+///     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+///      Sec-WebSocket-Accept: {}\r\n\r\n",
+///     accept_key(hs.key().as_bytes())
+/// )
+/// .into_bytes();
+/// answer.extend_from_slice(b"\x81\x02hi");
+/// assert!(hs.feed(&answer[..20]).unwrap().is_none());
+/// let done = hs.feed(&answer[20..]).unwrap().unwrap();
+/// assert_eq!(done.response.status(), 101);
+/// assert_eq!(done.rest, b"\x81\x02hi");
+/// ```
+#[derive(Debug)]
+pub struct ClientHandshake {
+    request: Vec<u8>,
+    key: String,
+    subprotocols: Vec<String>,
+    deflate: Option<DeflateConfig>,
+    buf: Vec<u8>,
+}
+
+/// A finished client handshake.
+#[derive(Debug)]
+pub struct ClientHandshakeDone {
+    /// The server's `101` head.
+    pub response: Response<()>,
+    /// The subprotocol and permessage-deflate parameters agreed on.
+    pub negotiated: Negotiated,
+    /// Bytes that arrived after the head: the first WebSocket frames.
+    pub rest: Vec<u8>,
+}
+
+/// A failed client handshake: why, and the server's answer when there was one (a refusal's
+/// status and the part of its body that has arrived; read more of it if you want it whole).
+#[derive(Debug)]
+pub struct ClientHandshakeFailed {
+    /// What went wrong (`Status` for a refusal).
+    pub error: HandshakeError,
+    /// The response head, when one was complete.
+    pub response: Option<Response<()>>,
+    /// Bytes after the head that arrived with it.
+    pub body: Vec<u8>,
+}
+
+impl ClientHandshake {
+    /// Build the upgrade request for `uri` (`ws://` or `wss://`) with these subprotocols,
+    /// permessage-deflate offer and extra headers.
+    pub fn new(
+        uri: &Uri,
+        subprotocols: &[String],
+        deflate_cfg: Option<&DeflateConfig>,
+        extra_headers: &HeaderMap,
+    ) -> Result<Self, HandshakeError> {
+        let req = client_request(uri, subprotocols, deflate_cfg, extra_headers)?;
+        Ok(Self {
+            request: req.bytes,
+            key: req.key,
+            subprotocols: subprotocols.to_vec(),
+            deflate: deflate_cfg.cloned(),
+            buf: Vec::new(),
+        })
+    }
+
+    /// The request head to write.
+    pub fn request(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// The `Sec-WebSocket-Key` the request carries.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Feed bytes read from the server: `Ok(None)` while the response head is incomplete (at
+    /// most [`MAX_HEAD_SIZE`] bytes are held), then the outcome.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<ClientHandshakeDone>, ClientHandshakeFailed> {
+        self.buf.extend_from_slice(data);
+        let fail = |error| ClientHandshakeFailed { error, response: None, body: Vec::new() };
+        let (response, used) = match parse_response(&self.buf) {
+            Ok(None) => return Ok(None),
+            Ok(Some(x)) => x,
+            Err(e) => return Err(fail(e)),
+        };
+        let rest = self.buf.split_off(used);
+        match client_verify(&response, &self.key, &self.subprotocols, self.deflate.as_ref()) {
+            Ok(negotiated) => Ok(Some(ClientHandshakeDone { response, negotiated, rest })),
+            Err(error) => Err(ClientHandshakeFailed { error, response: Some(response), body: rest }),
+        }
+    }
+
+    /// The server closed the connection before its response head was complete.
+    pub fn closed(&self) -> HandshakeError {
+        HandshakeError::Malformed("connection closed during the opening handshake".into())
+    }
+}
+
 /// Whether the URL asks for TLS (`wss://` or `https://`).
 pub fn is_tls(uri: &Uri) -> bool {
     matches!(uri.scheme_str(), Some("wss" | "https"))

@@ -291,34 +291,37 @@ impl ClientBuilder {
     }
 
     async fn handshake_inner<S: AsyncRead + AsyncWrite + Unpin>(&self, mut io: S, uri: &Uri) -> Result<WebSocket<S>> {
-        let deflate = self.config.deflate.as_ref();
-        let req = handshake::client_request(uri, &self.subprotocols, deflate, &self.headers)?;
-        io.write_all(&req.bytes).await?;
+        // weft-proto's sans-IO handshake; this only moves its bytes.
+        let mut hs =
+            handshake::ClientHandshake::new(uri, &self.subprotocols, self.config.deflate.as_ref(), &self.headers)?;
+        io.write_all(hs.request()).await?;
         io.flush().await?;
         let mut buf = BytesMut::with_capacity(1024);
-        let (resp, used) = loop {
+        let done = loop {
+            buf.clear();
             if io.read_buf(&mut buf).await? == 0 {
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed during handshake").into());
             }
-            if let Some(done) = handshake::parse_response(&buf)? {
-                break done;
+            match hs.feed(&buf) {
+                Ok(None) => {}
+                Ok(Some(done)) => break done,
+                Err(f) => match (f.error, f.response) {
+                    (e @ HandshakeError::Status(_), Some(resp)) => {
+                        let body = read_refusal_body(&mut io, &resp, BytesMut::from(&f.body[..])).await;
+                        return Err(Error::new(Kind::Refused(e, body)));
+                    }
+                    (e, _) => return Err(e.into()),
+                },
             }
         };
-        let negotiated = match handshake::client_verify(&resp, &req.key, &self.subprotocols, deflate) {
-            Ok(n) => n,
-            Err(e @ HandshakeError::Status(_)) => {
-                let body = read_refusal_body(&mut io, &resp, buf.split_off(used)).await;
-                return Err(Error::new(Kind::Refused(e, body)));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let negotiated = done.negotiated;
         let now = Instant::now();
         let mut conn = Connection::new(Role::Client, self.config.clone(), now);
         #[cfg(feature = "deflate")]
         if let Some(p) = negotiated.deflate {
             conn.set_deflate(p);
         }
-        conn.handle_read(&buf[used..], now);
+        conn.handle_read(&done.rest, now);
         Ok(WebSocket::from_connection(io, conn, negotiated.subprotocol))
     }
 }

@@ -11,6 +11,26 @@ use futures_util::{SinkExt, StreamExt};
 use support::*;
 use weft::{Acceptor, ClientBuilder, Config, ConnectionError, DeflateConfig, Message};
 
+/// Run a Python peer script to its end (`--deflate` added when asked); it must exit 0.
+async fn run_python(py: std::path::PathBuf, script: &'static str, args: Vec<String>, deflate: bool, what: &str) {
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(py);
+        cmd.arg(py_script(script)).args(&args);
+        if deflate {
+            cmd.arg("--deflate");
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed (deflate={deflate}): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn payloads() -> Vec<Message> {
     let mut v = Vec::new();
     for size in [0usize, 1, 125, 126, 65_535, 65_536, 1 << 20] {
@@ -63,22 +83,14 @@ async fn python_websockets_client_to_weft_server() {
         let addr = weft_echo_server(acceptor).await;
         let Some(py) = python() else { return };
         let url = format!("ws://{addr}/");
-        let out = tokio::task::spawn_blocking(move || {
-            let mut cmd = Command::new(py);
-            cmd.arg(py_script("client.py")).arg(&url).args(["--subprotocol", "chat"]);
-            if deflate {
-                cmd.arg("--deflate");
-            }
-            cmd.output().unwrap()
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "python client failed (deflate={deflate}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_python(
+            py,
+            "client.py",
+            vec![url.clone(), "--subprotocol".to_owned(), "chat".to_owned()],
+            deflate,
+            "python client",
+        )
+        .await;
     }
 }
 
@@ -174,22 +186,14 @@ async fn python_h2_client_to_weft_h2_server() {
             }
         });
         let url = format!("ws://{addr}/");
-        let out = tokio::task::spawn_blocking(move || {
-            let mut cmd = Command::new(py);
-            cmd.arg(py_script("h2ws.py")).args(["client", &url, "--streams", "5"]);
-            if deflate {
-                cmd.arg("--deflate");
-            }
-            cmd.output().unwrap()
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "python h2 client failed (deflate={deflate}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_python(
+            py,
+            "h2ws.py",
+            vec!["client".to_owned(), url.clone(), "--streams".to_owned(), "5".to_owned()],
+            deflate,
+            "python h2 client",
+        )
+        .await;
     }
 }
 
@@ -267,21 +271,13 @@ async fn python_aioquic_client_to_weft_h3_server() {
         });
         let url = format!("wss://localhost:{port}/");
         let ca = cert.to_str().unwrap().to_owned();
-        let out = tokio::task::spawn_blocking(move || {
-            let mut cmd = Command::new(py);
-            cmd.arg(py_script("h3ws.py")).args(["client", &url, &ca, "--streams", "5"]);
-            if deflate {
-                cmd.arg("--deflate");
-            }
-            cmd.output().unwrap()
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "python aioquic client failed (deflate={deflate}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_python(
+            py,
+            "h3ws.py",
+            vec!["client".to_owned(), url.clone(), ca.clone(), "--streams".to_owned(), "5".to_owned()],
+            deflate,
+            "python aioquic client",
+        )
+        .await;
     }
 }

@@ -21,20 +21,11 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import StreamReset
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
-from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 
-
-def deflate_ext():
-    return PerMessageDeflate(client_max_window_bits=15, server_max_window_bits=15)
-
-
-def payloads():
-    out = []
-    for size in (0, 1, 125, 126, 65535, 65536, 1 << 20):
-        out.append(("ü" * (size // 2)))
-        out.append(bytes((i * 31) & 0xFF for i in range(size)))
-    return out
+# The same payloads and deflate parameters as the HTTP/2 peer (this script's directory is on
+# sys.path).
+from h2ws import deflate_ext, payloads
 
 
 def message(data):

@@ -527,9 +527,9 @@ impl ClientHandshake {
 
     /// Feed bytes read from the server: `Ok(None)` while the response head is incomplete (at
     /// most [`MAX_HEAD_SIZE`] bytes are held), then the outcome.
-    pub fn feed(&mut self, data: &[u8]) -> Result<Option<ClientHandshakeDone>, ClientHandshakeFailed> {
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<ClientHandshakeDone>, Box<ClientHandshakeFailed>> {
         self.buf.extend_from_slice(data);
-        let fail = |error| ClientHandshakeFailed { error, response: None, body: Vec::new() };
+        let fail = |error| Box::new(ClientHandshakeFailed { error, response: None, body: Vec::new() });
         let (response, used) = match parse_response(&self.buf) {
             Ok(None) => return Ok(None),
             Ok(Some(x)) => x,
@@ -538,7 +538,7 @@ impl ClientHandshake {
         let rest = self.buf.split_off(used);
         match client_verify(&response, &self.key, &self.subprotocols, self.deflate.as_ref()) {
             Ok(negotiated) => Ok(Some(ClientHandshakeDone { response, negotiated, rest })),
-            Err(error) => Err(ClientHandshakeFailed { error, response: Some(response), body: rest }),
+            Err(error) => Err(Box::new(ClientHandshakeFailed { error, response: Some(response), body: rest })),
         }
     }
 

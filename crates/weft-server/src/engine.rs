@@ -462,8 +462,15 @@ impl Engine {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let engine = self.clone();
-        let svc = hyper::service::service_fn(move |req| {
+        // HTTP/2: what each request (and each WebSocket, for its whole session) holds open, so
+        // a connection that carries nothing can be closed like an idle HTTP/1.1 one.
+        let streams = weft::h2::StreamCount::new();
+        let counted = http2.then(|| Arc::clone(&streams));
+        let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             let engine = engine.clone();
+            if let Some(c) = &counted {
+                req.extensions_mut().insert(StreamHold(Arc::new(c.open())));
+            }
             async move {
                 let mut r = crate::http::route(&engine, req).await;
                 engine.add_alt_svc(&mut r);
@@ -486,10 +493,25 @@ impl Engine {
                 .keep_alive_interval(Some(self.shared.config.http_header_timeout))
                 .keep_alive_timeout(self.shared.config.http_header_timeout)
                 .serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "http/2 connection ended");
+            tokio::pin!(conn);
+            // No stream for the header timeout (the limit an idle HTTP/1.1 keep-alive
+            // connection gets): GOAWAY, and the connection ends once its streams have.
+            let idle = self.shared.config.http_header_timeout;
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "http/2 connection ended");
+                        }
+                        return;
+                    }
+                    () = streams.idle_for(idle), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
             }
-            return;
         }
         // The header timeout also bounds an idle keep-alive connection and a stalled upgrade
         // request; the small read buffer bounds what a pending request can hold (headers
@@ -524,7 +546,10 @@ impl Engine {
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let shared = Arc::clone(&self.shared);
+        // Over HTTP/2, the stream stays counted as open for the whole session.
+        let hold = req.extensions_mut().remove::<StreamHold>();
         tokio::spawn(async move {
+            let _hold = hold;
             match on_upgrade.await {
                 // The raw stream back from hyper (plain or TLS), so a session costs what a plain
                 // weft connection costs; any other transport runs over hyper's `Upgraded`.
@@ -649,6 +674,11 @@ async fn full_bytes(r: Response<Full<Bytes>>) -> Response<Bytes> {
     let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     Response::from_parts(parts, bytes)
 }
+
+/// An HTTP/2 request's place in its connection's open streams (see `serve_io`), kept by a
+/// WebSocket for its session.
+#[derive(Clone)]
+struct StreamHold(#[allow(dead_code)] Arc<weft::h2::StreamGuard>);
 
 /// What a WebSocket arrived over, for the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -380,6 +380,24 @@ async fn websockets_and_routes_over_http3() {
     assert_eq!((stats.connections_total, stats.connections_http3_total), (3, 2));
 }
 
+/// An HTTP/2 connection that carries no stream is closed after the header timeout (as an idle
+/// HTTP/1.1 keep-alive connection is), while one whose WebSocket is quiet for longer stays.
+#[tokio::test]
+async fn idle_http2_connections_are_closed_but_quiet_websockets_stay() {
+    let cfg = EngineConfig { http_header_timeout: Duration::from_millis(400), ..Default::default() };
+    let (addr, _engine, _h) = start(cfg).await;
+    // A quiet WebSocket over HTTP/2.
+    let mut ws = Client::try_connect_h2(addr, "", None, "weft.v1.json").await.unwrap();
+    // A bare HTTP/2 connection that never opens a stream.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (_send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let idle = tokio::spawn(conn);
+    let ended = tokio::time::timeout(Duration::from_secs(5), idle).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection was not closed");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    subscribe(&mut ws, &["still.here"]).await;
+}
+
 #[tokio::test]
 async fn jwt_auth_during_upgrade() {
     let cfg = EngineConfig {

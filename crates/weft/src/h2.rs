@@ -213,11 +213,11 @@ pub struct H2Stream {
     /// The most window one write asks for (h2's send buffer): asking for more would hold
     /// connection window this stream cannot use yet.
     max_reserve: usize,
-    _live: Option<Live>,
+    _live: Option<StreamGuard>,
 }
 
 impl H2Stream {
-    fn new(send: SendStream<Bytes>, recv: RecvStream, max_reserve: usize, live: Option<Live>) -> Self {
+    fn new(send: SendStream<Bytes>, recv: RecvStream, max_reserve: usize, live: Option<StreamGuard>) -> Self {
         Self { send, recv, pending: Bytes::new(), ended: false, max_reserve: max_reserve.max(1), _live: live }
     }
 
@@ -288,25 +288,27 @@ impl AsyncWrite for H2Stream {
 }
 
 /// Streams (requests, then their WebSockets) open on one server connection, and since when
-/// none has been.
+/// none has been: a server closes a connection that has carried nothing for its idle timeout
+/// (`H2Server` does; a hyper-based server such as the engine can, with
+/// [`idle_for`](Self::idle_for) and a [`StreamGuard`] per request kept as long as its stream).
 #[derive(Debug)]
-struct LiveCount {
+pub struct StreamCount {
     open: std::sync::atomic::AtomicUsize,
     idle_since: std::sync::Mutex<Instant>,
 }
 
 /// One open stream of a server connection; dropping it may make the connection idle.
 #[derive(Debug)]
-struct Live(Arc<LiveCount>);
+pub struct StreamGuard(Arc<StreamCount>);
 
-impl Live {
-    fn new(count: &Arc<LiveCount>) -> Self {
+impl StreamGuard {
+    fn new(count: &Arc<StreamCount>) -> Self {
         count.open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Self(Arc::clone(count))
     }
 }
 
-impl Drop for Live {
+impl Drop for StreamGuard {
     fn drop(&mut self) {
         if self.0.open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
             *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
@@ -314,9 +316,19 @@ impl Drop for Live {
     }
 }
 
-impl LiveCount {
+impl StreamCount {
+    /// A count with no stream open, idle from now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { open: 0.into(), idle_since: std::sync::Mutex::new(Instant::now()) })
+    }
+
+    /// Count one stream open until the guard is dropped.
+    pub fn open(self: &Arc<Self>) -> StreamGuard {
+        StreamGuard::new(self)
+    }
+
     /// Completes once no stream has been open for `limit`.
-    async fn idle_for(&self, limit: Duration) {
+    pub async fn idle_for(&self, limit: Duration) {
         let step = (limit / 4).max(Duration::from_millis(10));
         loop {
             let since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
@@ -335,7 +347,7 @@ impl LiveCount {
 pub struct H2Server<S> {
     conn: h2::server::Connection<S, Bytes>,
     acceptor: Acceptor,
-    live: Arc<LiveCount>,
+    live: Arc<StreamCount>,
     closing: bool,
 }
 
@@ -363,7 +375,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H2Server<S> {
         let conn = tokio::time::timeout(acceptor.handshake_timeout_value(), b.handshake(io))
             .await
             .map_err(|_| Error::new(Kind::Timeout("HTTP/2 handshake")))??;
-        let live = Arc::new(LiveCount { open: 0.into(), idle_since: std::sync::Mutex::new(Instant::now()) });
+        let live = StreamCount::new();
         Ok(Self { conn, acceptor: acceptor.clone(), live, closing: false })
     }
 
@@ -396,7 +408,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> H2Server<S> {
             recv,
             respond,
             acceptor: self.acceptor.clone(),
-            live: Live::new(&self.live),
+            live: self.live.open(),
         }))
     }
 
@@ -443,7 +455,7 @@ pub struct H2Request {
     recv: RecvStream,
     respond: h2::server::SendResponse<Bytes>,
     acceptor: Acceptor,
-    live: Live,
+    live: StreamGuard,
 }
 
 impl H2Request {

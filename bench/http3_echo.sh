@@ -5,7 +5,8 @@
 # (`--http3`). Interleaved rounds; prints, per cell (medians), server CPU µs per message, msg/s
 # and round-trip percentiles, and the HTTP/3 / HTTP/1.1 ratios.
 #
-#   bench/http3_echo.sh [WEFT] [ROUNDS]
+#   bench/http3_echo.sh [WEFT] [ROUNDS]     (WEFT built with `--features http3`, as scripts/test.sh
+#                                           builds target/ci/weft)
 set -euo pipefail
 WEFT="${1:-target/ci/weft}"; ROUNDS="${2:-3}"
 PORT="${H3_PORT:-19421}"

@@ -60,7 +60,10 @@ cargo fmt --all -- --check
 cargo fmt --manifest-path bindings/python/Cargo.toml -- --check
 
 step "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# With HTTP/3 (the binary's `http3` feature, quiche + BoringSSL), and the binary without it:
+# what `cargo run -p weft-cli -- serve` builds on a machine without cmake.
+cargo clippy --workspace --all-targets --locked --features weft-cli/http3 -- -D warnings
+cargo clippy -p weft-cli --all-targets --locked -- -D warnings
 cargo clippy --manifest-path bindings/python/Cargo.toml --locked -- -D warnings
 
 step "cargo test (unit, integration, interop, doc; cluster mode over redis-server and nats-server)"
@@ -70,7 +73,7 @@ fi
 if ! command -v nats-server >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null
 fi
-cargo test --workspace --locked
+cargo test --workspace --locked --features weft-cli/http3
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; }
@@ -81,7 +84,7 @@ redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no > "$OUT/
 REDIS_PID=$!
 wait_port "$RPORT"
 r_rc=0
-WEFT_TEST_BROKER="redis://127.0.0.1:$RPORT" cargo test --locked -p weft-server --test engine || r_rc=$?
+WEFT_TEST_BROKER="redis://127.0.0.1:$RPORT" cargo test --locked -p weft-server --features http3 --test engine || r_rc=$?
 kill $REDIS_PID; wait $REDIS_PID 2>/dev/null || true
 [[ $r_rc -eq 0 ]] || { echo "engine tests on Redis FAILED" >&2; exit 1; }
 
@@ -92,7 +95,7 @@ nats-server -js -a 127.0.0.1 -p "$NPORT" -sd "$NSTORE" > "$OUT/nats.log" 2>&1 &
 NATS_PID=$!
 wait_port "$NPORT"
 n_rc=0
-WEFT_TEST_BROKER="nats://127.0.0.1:$NPORT" cargo test --locked -p weft-server --test engine || n_rc=$?
+WEFT_TEST_BROKER="nats://127.0.0.1:$NPORT" cargo test --locked -p weft-server --features http3 --test engine || n_rc=$?
 kill $NATS_PID; wait $NATS_PID 2>/dev/null || true
 rm -rf "$NSTORE"
 [[ $n_rc -eq 0 ]] || { echo "engine tests on NATS FAILED" >&2; exit 1; }
@@ -126,7 +129,7 @@ CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linu
   cargo test --locked -p weft-proto --lib --target aarch64-unknown-linux-gnu -- mask utf8
 
 step "build weft (profile ci: release optimisations, quicker to build) and the HTTP/2 and HTTP/3 bridge for Autobahn"
-cargo build --locked --profile ci -p weft-cli
+cargo build --locked --profile ci -p weft-cli --features http3
 cargo build --locked --profile ci -p weft --features http3 --example bridge
 WEFT="$ROOT/target/ci/weft"
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

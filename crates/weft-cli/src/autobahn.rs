@@ -55,6 +55,9 @@ async fn dance(args: AutobahnArgs) -> anyhow::Result<()> {
         let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
         roots = weft::tls::certs_from_pem(&pem)?;
     }
+    if http3 {
+        crate::quic::client(ClientBuilder::new(base))?;
+    }
     let builder = move |url: String| {
         let mut b = ClientBuilder::new(url);
         for r in &roots {
@@ -64,7 +67,7 @@ async fn dance(args: AutobahnArgs) -> anyhow::Result<()> {
             b = b.http2(weft::h2::Http2Config::default());
         }
         if http3 {
-            b = b.http3(weft::h3::Http3Config::default());
+            b = crate::quic::client(b).expect("checked above");
         }
         b
     };

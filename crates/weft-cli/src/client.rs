@@ -90,7 +90,13 @@ async fn client(args: ClientArgs) -> u8 {
         b = b.http2(weft::h2::Http2Config::default());
     }
     if args.http3 {
-        b = b.http3(weft::h3::Http3Config::default());
+        b = match crate::quic::client(b) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("weft client: {e}");
+                return EXIT_USAGE;
+            }
+        };
     }
     if let Some(path) = &args.ca_file {
         match std::fs::read(path).map_err(weft::Error::from).and_then(|pem| weft::tls::certs_from_pem(&pem)) {
@@ -109,6 +115,7 @@ async fn client(args: ClientArgs) -> u8 {
         Ok(ws) => {
             let over = match ws.get_ref() {
                 weft::MaybeTlsStream::H2(_) => " over HTTP/2",
+                #[cfg(feature = "http3")]
                 weft::MaybeTlsStream::H3(_) => " over HTTP/3",
                 _ => "",
             };

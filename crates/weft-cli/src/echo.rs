@@ -97,11 +97,10 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
     // every HTTP/1.1 and HTTP/2 answer.
     let (tls, h3) = match tls {
         Some(cert) => {
-            let (server, alt_svc) =
-                crate::serve::h3_server(&cert, listener.local_addr()?, &acceptor, args.reuseport).await?;
-            crate::serve::reload_on_sighup(cert.clone(), Some(server.tls_reloader()));
+            let h3 = crate::quic::server(&cert, listener.local_addr()?, &acceptor, args.reuseport).await?;
+            crate::serve::reload_on_sighup(cert.clone(), h3.as_ref().map(|(s, _)| crate::quic::reloader(s)));
             let tls = weft::tls::TlsAcceptor::from(weft::tls::server_config_alpn(cert, &[b"h2", b"http/1.1"]));
-            (Some(tls), Some((server, alt_svc)))
+            (Some(tls), h3)
         }
         None => (None, None),
     };
@@ -117,7 +116,10 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
     let mut conns = JoinSet::new();
     let alt_svc = h3.as_ref().map(|(_, a)| a.clone());
     if let Some((server, _)) = h3 {
+        #[cfg(feature = "http3")]
         conns.spawn(echo_h3(server, stop_rx.clone()));
+        #[cfg(not(feature = "http3"))]
+        match server {}
     }
     let shutdown = crate::serve::shutdown_signal();
     tokio::pin!(shutdown);
@@ -233,6 +235,7 @@ where
 
 /// Every WebSocket of the HTTP/3 server, each on its own task, until shutdown: then each is
 /// closed with 1001 and the server (every QUIC connection) once they have.
+#[cfg(feature = "http3")]
 async fn echo_h3(mut server: weft::h3::H3Server, stop: watch::Receiver<bool>) {
     let mut streams = JoinSet::new();
     let mut watch_stop = stop.clone();

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod echo;
 mod procfs;
+mod quic;
 mod serve;
 mod workers;
 

@@ -183,27 +183,9 @@ impl TlsArgs {
     }
 }
 
-/// HTTP/3 on UDP at `addr` (the TCP listener's address: the same port number) with the TLS
-/// certificate's files, and the `Alt-Svc` value that advertises it. `reuseport` shares the
-/// port between worker processes.
-pub(crate) async fn h3_server(
-    cert: &weft::tls::ReloadableCert,
-    addr: SocketAddr,
-    acceptor: &weft::Acceptor,
-    reuseport: bool,
-) -> anyhow::Result<(weft::h3::H3Server, weft::http::HeaderValue)> {
-    let (c, k) = cert.paths();
-    let tls = weft::h3::H3Tls::from_pem_files(c, k)?;
-    let socket = if reuseport { crate::workers::reuseport_udp(addr) } else { tokio::net::UdpSocket::bind(addr).await };
-    let socket = socket.with_context(|| format!("binding UDP {addr} for HTTP/3"))?;
-    let server = weft::h3::H3Server::from_socket(socket, tls, acceptor)?;
-    let alt_svc = weft::http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port()))?;
-    Ok((server, alt_svc))
-}
-
 /// Reload the certificate on every SIGHUP, for as long as the process runs (HTTP/3's too when
 /// `h3` is given).
-pub(crate) fn reload_on_sighup(cert: std::sync::Arc<weft::tls::ReloadableCert>, h3: Option<weft::h3::H3TlsReloader>) {
+pub(crate) fn reload_on_sighup(cert: std::sync::Arc<weft::tls::ReloadableCert>, h3: Option<crate::quic::Reloader>) {
     tokio::spawn(async move {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
             tracing::warn!("cannot listen for SIGHUP: the TLS certificate will not be reloaded");
@@ -218,8 +200,7 @@ pub(crate) fn reload_on_sighup(cert: std::sync::Arc<weft::tls::ReloadableCert>, 
                 }
             }
             if let Some(h3) = &h3 {
-                let (c, k) = cert.paths();
-                match weft::h3::H3Tls::from_pem_files(c, k).and_then(|t| h3.reload(&t)) {
+                match crate::quic::reload(h3, &cert) {
                     Ok(()) => tracing::info!("SIGHUP: HTTP/3 certificate reloaded"),
                     Err(e) => {
                         tracing::error!(error = %e, "SIGHUP: HTTP/3 certificate NOT reloaded, keeping the old one")
@@ -518,9 +499,10 @@ async fn serve(
     let h3 = match &tls {
         Some(cert) => {
             let reuseport = std::env::var_os(WORKER_ENV).is_some();
-            let (server, alt_svc) = h3_server(cert, addr, &weft::Acceptor::new(), reuseport).await?;
-            engine.set_alt_svc(alt_svc);
-            Some(server)
+            crate::quic::server(cert, addr, &weft::Acceptor::new(), reuseport).await?.map(|(server, alt_svc)| {
+                engine.set_alt_svc(alt_svc);
+                server
+            })
         }
         None => None,
     };
@@ -528,10 +510,14 @@ async fn serve(
         "weft serve listening on {addr}: WebSocket {ws}://{addr}/ws, dashboard {http}://{addr}/, chat {http}://{addr}/chat{}",
         if h3.is_some() { " (HTTP/1.1, HTTP/2 and HTTP/3)" } else { "" }
     );
-    let reloader = h3.as_ref().map(|s| s.tls_reloader());
-    let h3_task = h3.map(|server| {
+    let reloader = h3.as_ref().map(crate::quic::reloader);
+    let h3_task: Option<tokio::task::JoinHandle<std::io::Result<()>>> = h3.map(|server| {
+        #[cfg(feature = "http3")]
         let engine = engine.clone();
-        tokio::spawn(async move { engine.serve_h3(server).await })
+        #[cfg(feature = "http3")]
+        return tokio::spawn(async move { engine.serve_h3(server).await });
+        #[cfg(not(feature = "http3"))]
+        match server {}
     });
     let server = tokio::spawn({
         let engine = engine.clone();

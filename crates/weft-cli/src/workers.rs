@@ -97,6 +97,7 @@ pub(crate) fn reuseport_listener(addr: SocketAddr) -> std::io::Result<tokio::net
 /// A UDP socket on `addr` that several worker processes share (SO_REUSEPORT): the kernel
 /// sends each client's datagrams (by address and port) to one of them, so every QUIC connection
 /// stays with one worker.
+#[cfg(feature = "http3")]
 pub(crate) fn reuseport_udp(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     use rustix::net::{AddressFamily, SocketType, sockopt};
     let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };

@@ -150,8 +150,15 @@ fn serve_and_echo_over_tls_with_reload_on_sighup() {
     let (out, err) = over(&url);
     assert!(out.contains("\"welcome\""), "{out} {err}");
     assert!(err.contains("over HTTP/2"), "{err}");
-    // And HTTP/3 (QUIC on UDP at the same port number), with the certificate the SIGHUP loaded:
-    // `weft serve` reloaded it for HTTP/3 too.
+    // And HTTP/3 (QUIC on UDP at the same port number) in a binary built with it, with the
+    // certificate the SIGHUP loaded: `weft serve` reloaded it for HTTP/3 too. Without the
+    // feature, `--http3` says how to get it.
+    if !cfg!(feature = "http3") {
+        let (out, err) = over_with(&format!("wss://localhost:{port}/"), "--http3", &ca_b);
+        assert!(out.is_empty() && err.contains("--features http3"), "{out} {err}");
+        let _ = std::fs::remove_dir_all(&d);
+        return;
+    }
     let (out, err) = over_with(&format!("wss://localhost:{port}/"), "--http3", &ca_b);
     assert_eq!(out, "hi\n", "{err}");
     assert!(err.contains("over HTTP/3"), "{err}");

@@ -76,8 +76,8 @@ pub use weft_proto::{
     EncodedMessage, Event, Message, ProtocolError, Role, Timeout, Utf8Bytes,
 };
 
-/// The README's examples, compiled and run as doc tests (with every transport: `cargo test
-/// --workspace` builds `weft` with `http3`, which the `weft` binary needs).
+/// The README's examples, compiled and run as doc tests (with every transport: scripts/test.sh
+/// builds `weft` with `http3`).
 #[doc = include_str!("../../../README.md")]
 #[cfg(all(doctest, feature = "http3"))]
 pub struct ReadmeDoctests;

@@ -108,6 +108,9 @@ pub(crate) fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
          100 streams on one by default: {per_thread} per thread is too many (use --threads {})",
         args.connections.div_ceil(100)
     );
+    if args.http3 {
+        crate::quic::client(ClientBuilder::new(&args.url))?;
+    }
     if let Some(path) = &args.ca_file {
         let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
         weft::tls::certs_from_pem(&pem).map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
@@ -218,8 +221,13 @@ fn worker(args: EchoArgs, n: usize, shared: Arc<Shared>, payload: Bytes) -> Hist
         let mux = if args.http2 && n > 0 {
             weft::h2::H2Client::connect(builder(&args)).await.map(|c| Some(Mux::H2(c)))
         } else if args.http3 && n > 0 {
-            let b = builder(&args).http3(weft::h3::Http3Config::default());
-            weft::h3::H3Client::connect(b).await.map(|c| Some(Mux::H3(c)))
+            #[cfg(feature = "http3")]
+            {
+                let b = builder(&args).http3(weft::h3::Http3Config::default());
+                weft::h3::H3Client::connect(b).await.map(|c| Some(Mux::H3(c)))
+            }
+            #[cfg(not(feature = "http3"))]
+            unreachable!("checked in run")
         } else {
             Ok(None)
         };
@@ -242,6 +250,7 @@ fn worker(args: EchoArgs, n: usize, shared: Arc<Shared>, payload: Bytes) -> Hist
                         Ok(ws) => connection(ws, &args, &shared, payload, &hist, per_conn_interval).await,
                         Err(e) => Err(e),
                     },
+                    #[cfg(feature = "http3")]
                     Some(Mux::H3(c)) => match c.open_with(builder(&args)).await {
                         Ok(ws) => connection(ws, &args, &shared, payload, &hist, per_conn_interval).await,
                         Err(e) => Err(e),
@@ -267,6 +276,7 @@ fn worker(args: EchoArgs, n: usize, shared: Arc<Shared>, payload: Bytes) -> Hist
 #[derive(Clone)]
 enum Mux {
     H2(weft::h2::H2Client),
+    #[cfg(feature = "http3")]
     H3(weft::h3::H3Client),
 }
 

@@ -91,7 +91,14 @@ kill $REDIS_PID; wait $REDIS_PID 2>/dev/null || true
 step "the engine's integration tests again, on the NATS broker (a nats-server -js of their own)"
 NPORT=$(free_port)
 NSTORE=$(mktemp -d)
-nats-server -js -a 127.0.0.1 -p "$NPORT" -sd "$NSTORE" > "$OUT/nats.log" 2>&1 &
+# Every test's engine has a prefix, and so JetStream streams, of its own, and JetStream reserves
+# each stream's max_bytes (1 GiB of file store for history, 256 MiB of memory for presence):
+# by default it allows 75 % of the free disk and of the memory, which a small CI disk runs out of.
+cat > "$NSTORE/nats.conf" <<EOF
+listen: 127.0.0.1:$NPORT
+jetstream { store_dir: "$NSTORE/js", max_file_store: 1TB, max_memory_store: 64GB }
+EOF
+nats-server -c "$NSTORE/nats.conf" > "$OUT/nats.log" 2>&1 &
 NATS_PID=$!
 wait_port "$NPORT"
 n_rc=0

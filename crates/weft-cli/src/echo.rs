@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
@@ -24,7 +24,12 @@ pub(crate) struct EchoArgs {
     /// Accept permessage-deflate.
     #[arg(long)]
     deflate: bool,
-    /// Runtime threads; 1 runs everything on one thread (current-thread runtime).
+    /// The server core: `tokio` (a task per connection; every transport) or `epoll` (weft's
+    /// event-driven core: one loop per thread, no task per connection; cleartext HTTP/1.1).
+    #[arg(long, value_enum, default_value_t = Core::Tokio)]
+    core: Core,
+    /// Threads: runtime threads with `--core tokio` (1: a current-thread runtime), event loops
+    /// with `--core epoll` (each with its own listener on the port). Default: one per CPU.
     #[arg(long)]
     threads: Option<usize>,
     /// Largest message in bytes (after decompression).
@@ -46,7 +51,34 @@ pub(crate) struct EchoArgs {
     tls: crate::serve::TlsArgs,
 }
 
+/// Which server core runs `weft echo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Core {
+    /// A tokio task per connection, over every transport.
+    Tokio,
+    /// weft's event-driven core ([`weft::event_loop`]) on epoll.
+    Epoll,
+}
+
 pub(crate) fn run(args: EchoArgs) -> ExitCode {
+    if args.core == Core::Epoll {
+        if args.tls.tls_cert.is_some() || args.tls.tls_key.is_some() {
+            eprintln!(
+                "weft echo: --core epoll serves cleartext HTTP/1.1 only; TLS, HTTP/2 and HTTP/3 run on --core tokio"
+            );
+            return ExitCode::from(2);
+        }
+        let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let grace = Duration::from_secs_f64(args.shutdown_grace.max(0.0));
+        let acceptor = Acceptor::new().config(ws_config(&args));
+        return match crate::echo_loop::run(args.addr, threads.max(1), args.reuseport, acceptor, grace) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft echo: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // A bad certificate or key is a usage error, found before anything starts.
     let tls = match crate::serve::TlsArgs::load(args.tls.tls_cert.clone(), args.tls.tls_key.clone()) {
         Ok(t) => t,
@@ -87,12 +119,7 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
     } else {
         TcpListener::bind(args.addr).await?
     };
-    let config = Config::default()
-        .max_message_size(args.max_message_size)
-        .max_frame_size(args.max_frame_size)
-        .max_fragments(args.max_fragments)
-        .deflate(args.deflate.then(DeflateConfig::default));
-    let acceptor = std::sync::Arc::new(Acceptor::new().config(config));
+    let acceptor = std::sync::Arc::new(Acceptor::new().config(ws_config(&args)));
     // With TLS, HTTP/3 too: QUIC on the same port number (UDP), advertised with Alt-Svc on
     // every HTTP/1.1 and HTTP/2 answer.
     let (tls, h3) = match tls {
@@ -179,6 +206,15 @@ async fn serve(args: EchoArgs, tls: Option<std::sync::Arc<weft::tls::ReloadableC
     }
     tracing::info!("bye");
     Ok(())
+}
+
+/// The WebSocket settings both cores use.
+fn ws_config(args: &EchoArgs) -> Config {
+    Config::default()
+        .max_message_size(args.max_message_size)
+        .max_frame_size(args.max_frame_size)
+        .max_fragments(args.max_fragments)
+        .deflate(args.deflate.then(DeflateConfig::default))
 }
 
 /// Completes once the shutdown flag is set.

@@ -4,6 +4,7 @@ mod autobahn;
 mod bench;
 mod client;
 mod echo;
+mod echo_loop;
 mod procfs;
 mod quic;
 mod serve;

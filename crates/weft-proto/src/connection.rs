@@ -73,6 +73,20 @@ pub enum Event {
     Closed(ConnectionError),
 }
 
+/// What [`Connection::poll_input`] found in the adapter's own buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// A whole text message that arrived as one uncompressed frame, unmasked and validated in
+    /// place in the adapter's buffer. Valid until the adapter reuses the buffer: copy what must
+    /// outlive it.
+    Text(&'a str),
+    /// A whole binary message that arrived as one uncompressed frame, unmasked in place.
+    Binary(&'a [u8]),
+    /// Anything else, as [`Connection::poll_event`] reports it (control frames, fragmented or
+    /// compressed messages, the end of the connection).
+    Event(Event),
+}
+
 #[derive(Debug)]
 struct PartialFrame {
     header: FrameHeader,
@@ -316,6 +330,134 @@ impl Connection {
                 Ok(None) => return None,
                 Err(FrameResult::Handled) => continue,
                 Err(FrameResult::Violation(e)) => self.fail(e),
+            }
+        }
+    }
+
+    /// Process transport bytes straight from the adapter's own buffer `input` (an event loop's
+    /// shared receive buffer, say), at time `now`, without copying them into the connection.
+    ///
+    /// Returns the next thing found and advances `input` past it; call until it returns `None`,
+    /// which it does only once `input` is empty. Whole frames are parsed where they lie: a data
+    /// message in one uncompressed frame comes back as [`Input::Text`] or [`Input::Binary`],
+    /// unmasked in place;
+    /// every other frame (control, fragment, compressed) is copied alone into the connection
+    /// and reported as [`Input::Event`]. Only the bytes of a frame that has not fully arrived
+    /// stay behind in the connection's own buffer, so between reads an idle connection holds
+    /// none. Limits, UTF-8 checks, automatic pongs and the close handshake are exactly those of
+    /// [`poll_event`](Self::poll_event).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use weft_proto::{Config, Connection, Input, Message, Role};
+    ///
+    /// let now = Instant::now();
+    /// let mut client = Connection::new(Role::Client, Config::default(), now);
+    /// client.send(Message::text("hello")).unwrap();
+    /// client.send(Message::binary(vec![1, 2, 3])).unwrap();
+    /// let mut wire = Vec::new();
+    /// while let Some(chunk) = client.poll_transmit() {
+    ///     wire.extend_from_slice(&chunk);
+    /// }
+    ///
+    /// let mut server = Connection::new(Role::Server, Config::default(), now);
+    /// let mut input = &mut wire[..];
+    /// assert_eq!(server.poll_input(&mut input, now), Some(Input::Text("hello")));
+    /// assert_eq!(server.poll_input(&mut input, now), Some(Input::Binary(&[1, 2, 3])));
+    /// assert_eq!(server.poll_input(&mut input, now), None);
+    /// assert!(input.is_empty());
+    /// ```
+    pub fn poll_input<'a>(&mut self, input: &mut &'a mut [u8], now: Instant) -> Option<Input<'a>> {
+        if !input.is_empty() {
+            self.now = self.now.max(now);
+            self.last_input = self.now;
+        }
+        loop {
+            if let Some(ev) = self.events.pop_front() {
+                return Some(Input::Event(ev));
+            }
+            if self.state == State::Closed {
+                // After the end we only drain: input is discarded.
+                *input = &mut [];
+                return None;
+            }
+            if !self.rbuf.is_empty() || self.current.is_some() {
+                // A frame is incomplete: give it what it still needs (a header's worth when its
+                // length is not known yet), and let the owned path parse it.
+                let need = match &self.current {
+                    Some(f) => (f.header_len + f.header.payload_len as usize).saturating_sub(self.rbuf.len()),
+                    None => MAX_HEADER_LEN.saturating_sub(self.rbuf.len()),
+                };
+                let n = need.min(input.len());
+                if n > 0 {
+                    let (head, rest) = std::mem::take(input).split_at_mut(n);
+                    *input = rest;
+                    self.read_buffer().extend_from_slice(head);
+                }
+                match self.poll_event() {
+                    Some(ev) => return Some(Input::Event(ev)),
+                    None if input.is_empty() => return None,
+                    None if n == 0 => {
+                        // Bytes queued through `handle_read` as well: keep everything in order.
+                        let rest = std::mem::take(input);
+                        self.read_buffer().extend_from_slice(rest);
+                    }
+                    None => {}
+                }
+                continue;
+            }
+            if input.is_empty() {
+                return None;
+            }
+            let (header, header_len) = match FrameHeader::decode(input) {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    // Not even a whole header: keep it for the next read.
+                    let rest = std::mem::take(input);
+                    self.read_buffer().extend_from_slice(rest);
+                    return None;
+                }
+                Err(e) => {
+                    self.fail(e);
+                    continue;
+                }
+            };
+            if let Err(e) = self.check_header(&header) {
+                self.fail(e);
+                continue;
+            }
+            let len = header.payload_len as usize;
+            let total = header_len + len;
+            if input.len() < total {
+                // Incomplete: the owned path takes it from here (the loop above).
+                let n = input.len().min(total);
+                let (head, rest) = std::mem::take(input).split_at_mut(n);
+                *input = rest;
+                self.read_buffer().extend_from_slice(head);
+                continue;
+            }
+            let (frame, rest) = std::mem::take(input).split_at_mut(total);
+            *input = rest;
+            let whole = header.fin && !header.rsv1 && !self.config.stream_fragments;
+            if !whole || !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+                // Control frames, fragments, compressed messages: the owned path.
+                self.read_buffer().extend_from_slice(frame);
+                match self.poll_event() {
+                    Some(ev) => return Some(Input::Event(ev)),
+                    None => continue,
+                }
+            }
+            let payload = &mut frame[header_len..];
+            if let Some(key) = header.mask {
+                mask::apply_mask(payload, key, 0);
+            }
+            let payload: &'a [u8] = payload;
+            if header.opcode == OpCode::Binary {
+                return Some(Input::Binary(payload));
+            }
+            match utf8::as_str(payload) {
+                Ok(text) => return Some(Input::Text(text)),
+                Err(_) => self.fail(ProtocolError::InvalidUtf8),
             }
         }
     }

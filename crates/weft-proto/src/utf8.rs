@@ -17,6 +17,12 @@ pub fn validate(bytes: &[u8]) -> Result<(), InvalidUtf8> {
     simdutf8::basic::from_utf8(bytes).map(|_| ()).map_err(|_| InvalidUtf8)
 }
 
+/// Validate a complete buffer and view it as text.
+#[inline]
+pub fn as_str(bytes: &[u8]) -> Result<&str, InvalidUtf8> {
+    simdutf8::basic::from_utf8(bytes).map_err(|_| InvalidUtf8)
+}
+
 /// State carried between pieces of one text message.
 #[derive(Debug, Default, Clone)]
 pub struct Utf8Validator {

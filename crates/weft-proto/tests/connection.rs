@@ -8,7 +8,7 @@ use weft_proto::deflate::SharedDeflater;
 use weft_proto::frame::{FrameHeader, OpCode};
 use weft_proto::{
     CloseCode, CloseFrame, Config, Connection, ConnectionError, DataKind, DeflateConfig, DeflateParams, EncodedMessage,
-    Event, Message, ProtocolError, Role, SendError, Timeout,
+    Event, Input, Message, ProtocolError, Role, SendError, Timeout,
 };
 
 struct Pair {
@@ -574,4 +574,112 @@ fn keepalive_ping_payloads_are_unpredictable() {
     assert!(payloads.iter().all(|b| b.len() == 8));
     assert_ne!(payloads[0], payloads[1]);
     assert!(payloads.iter().all(|b| b[..] != 1u64.to_be_bytes()), "not a counter");
+}
+
+/// [`server_gets`] through `poll_input`, `chunk` bytes per read: borrowed messages reported as
+/// the owned ones they stand for.
+fn server_gets_borrowed(cfg: Config, bytes: &[u8], chunk: usize) -> (Vec<Event>, Vec<u8>) {
+    let now = Instant::now();
+    let mut s = Connection::new(Role::Server, cfg, now);
+    let mut evs = Vec::new();
+    let mut wire = bytes.to_vec();
+    for piece in wire.chunks_mut(chunk) {
+        let mut input = piece;
+        while let Some(i) = s.poll_input(&mut input, now) {
+            evs.push(match i {
+                Input::Text(t) => Event::Message(Message::text(t.to_owned())),
+                Input::Binary(b) => Event::Message(Message::binary(b.to_vec())),
+                Input::Event(e) => e,
+            });
+        }
+        assert!(input.is_empty(), "poll_input returned None with input left");
+    }
+    let mut out = Vec::new();
+    while let Some(b) = s.poll_transmit() {
+        out.extend_from_slice(&b);
+    }
+    (evs, out)
+}
+
+#[test]
+fn borrowed_input_gives_the_same_events_and_replies_as_owned_input() {
+    let mut bytes = Vec::new();
+    for i in 0..20u8 {
+        bytes.extend(client_frame(true, 0x1, 0, "ünïcödé".repeat(i as usize).as_bytes()));
+        bytes.extend(client_frame(true, 0x9, 0, &[i; 3])); // ping: answered
+        bytes.extend(client_frame(false, 0x2, 0, &[i; 300]));
+        bytes.extend(client_frame(true, 0xA, 0, b"pong"));
+        bytes.extend(client_frame(true, 0x0, 0, &[i; 70_000]));
+        bytes.extend(client_frame(true, 0x2, 0, &[i; 1000]));
+    }
+    bytes.extend(client_frame(true, 0x8, 0, b"\x03\xe8bye"));
+    let (owned, owned_out) = server_gets(Config::default(), &bytes);
+    assert_eq!(owned.len(), 20 * 5 + 2);
+    for chunk in [1, 2, 3, 4, 5, 6, 7, 13, 100, 4096, 65_536, bytes.len()] {
+        let (evs, out) = server_gets_borrowed(Config::default(), &bytes, chunk);
+        if let Some(i) = (0..evs.len().max(owned.len())).find(|&i| evs.get(i) != owned.get(i)) {
+            let brief = |e: Option<&Event>| format!("{e:?}").chars().take(200).collect::<String>();
+            panic!("chunk {chunk}: event {i} differs: {} vs {}", brief(evs.get(i)), brief(owned.get(i)));
+        }
+        assert_eq!(out, owned_out, "chunk {chunk}: replies differ");
+    }
+}
+
+#[test]
+fn borrowed_input_fails_like_owned_input() {
+    let cases: Vec<Vec<u8>> = vec![
+        client_frame(true, 0x3, 0, b""),
+        client_frame(true, 0x1, 2, b"a"),
+        client_frame(true, 0x1, 4, b"a"),
+        client_frame(true, 0x0, 0, b"a"),
+        [client_frame(false, 0x1, 0, b"a"), client_frame(true, 0x1, 0, b"b")].concat(),
+        vec![0x81, 0x01, b'a'],
+        client_frame(true, 0x1, 0, b"ok\xff"),
+        [client_frame(true, 0x2, 0, b"fine"), client_frame(true, 0x1, 0, b"\xed\xa0\x80")].concat(),
+        client_frame(true, 0x8, 0, b"\x03\xed"),
+        client_frame(true, 0x2, 0, &[0; 200]),
+        [
+            client_frame(true, 0x1, 0, b"before"),
+            client_frame(true, 0x2, 0, &[0; 200]),
+            client_frame(true, 0x1, 0, b"after"),
+        ]
+        .concat(),
+        // Invalid UTF-8 at the start of a text frame that has not fully arrived: fails early.
+        client_frame(true, 0x1, 0, &[b"\xce\xba\xf4\x90".as_slice(), &[b'a'; 96]].concat())[..10].to_vec(),
+    ];
+    for bytes in cases {
+        let cfg = Config::default().max_frame_size(100);
+        let (owned, owned_out) = server_gets(cfg.clone(), &bytes);
+        assert!(matches!(owned.last(), Some(Event::Closed(_))));
+        for chunk in [1, 3, bytes.len()] {
+            let (evs, out) = server_gets_borrowed(cfg.clone(), &bytes, chunk);
+            assert_eq!(evs, owned, "chunk {chunk} of {bytes:?}");
+            assert_eq!(out, owned_out, "chunk {chunk} of {bytes:?}");
+        }
+    }
+}
+
+#[test]
+fn borrowed_input_keeps_only_the_incomplete_frame() {
+    let now = Instant::now();
+    let mut s = Connection::new(Role::Server, Config::default(), now);
+    let mut wire = [client_frame(true, 0x2, 0, &[7; 5000]), client_frame(true, 0x2, 0, &[8; 5000])].concat();
+    let cut = wire.len() - 100;
+    let mut input = &mut wire[..cut];
+    let Some(Input::Binary(payload)) = s.poll_input(&mut input, now) else { panic!("first message") };
+    assert_eq!(payload, &[7; 5000][..]);
+    // Whole frames were never copied: the connection holds no buffer for them.
+    assert_eq!(s.buffer_capacity(), 0);
+    assert_eq!(s.poll_input(&mut input, now), None);
+    assert!(input.is_empty());
+    // The second frame's first part waits in the connection; the rest completes it.
+    assert!(s.has_partial_input());
+    let mut rest = wire[cut..].to_vec();
+    let mut input = &mut rest[..];
+    match s.poll_input(&mut input, now) {
+        Some(Input::Event(Event::Message(Message::Binary(b)))) => assert_eq!(b, vec![8u8; 5000]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.poll_input(&mut input, now), None);
+    assert!(!s.has_partial_input());
 }

@@ -51,6 +51,7 @@
 
 mod client;
 mod error;
+pub mod event_loop;
 #[cfg(feature = "http2")]
 pub mod h2;
 #[cfg(feature = "http3")]

@@ -63,9 +63,9 @@ impl Rejection {
 /// Server-side settings, reusable for every connection.
 #[derive(Debug, Clone)]
 pub struct Acceptor {
-    config: std::sync::Arc<Config>,
-    subprotocols: Vec<String>,
-    handshake_timeout: Duration,
+    pub(crate) config: std::sync::Arc<Config>,
+    pub(crate) subprotocols: Vec<String>,
+    pub(crate) handshake_timeout: Duration,
     #[cfg(feature = "http2")]
     http2: crate::h2::Http2Config,
     #[cfg(feature = "http3")]

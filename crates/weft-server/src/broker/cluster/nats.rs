@@ -645,11 +645,23 @@ impl Inner {
         config: stream::Config,
     ) -> Result<stream::Stream, BrokerError> {
         let name = config.name.clone();
+        let (max_bytes, storage) = (config.max_bytes, config.storage);
         let r = tokio::time::timeout(self.settings.command_timeout, js.get_or_create_stream(config)).await;
         match r {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => {
-                Err(BrokerError::unavailable(format!("JetStream stream {name}: {e} (is JetStream enabled?)")))
+                let e = e.to_string();
+                // JetStream reserves each stream's max_bytes up front (error 10047 when the
+                // server's max_file_store / max_memory_store cannot hold it).
+                let hint = if e.contains("10047") {
+                    format!(
+                        "JetStream cannot reserve the stream's {max_bytes} bytes of {storage:?} storage: \
+                         raise the server's max_file_store / max_memory_store"
+                    )
+                } else {
+                    "is JetStream enabled?".to_owned()
+                };
+                Err(BrokerError::unavailable(format!("JetStream stream {name}: {e} ({hint})")))
             }
             Err(_) => {
                 Err(BrokerError::unavailable(format!("JetStream stream {name}: timed out (is JetStream enabled?)")))

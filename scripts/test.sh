@@ -4,14 +4,16 @@
 #   scripts/test.sh            fmt, clippy, cargo deny, Rust tests (unit, integration, interop —
 #                              over HTTP/1.1, HTTP/2 and HTTP/3 —, doc, cluster mode over redis-server and nats-server), the
 #                              engine's integration tests again on the Redis and on the NATS
-#                              broker, every fuzz target for FUZZ_SECONDS (40) each, the Python
+#                              broker, every fuzz target for FUZZ_SECONDS (30) each, the Python
 #                              package (built into a venv, pytest), the browser pages, the
 #                              TypeScript client (vitest: unit, Node and Chromium end to end), WebSockets
 #                              over HTTP/2 with Node's http2 module both ways, the full
 #                              Autobahn suite as server and as client (517 cases each) and
 #                              again over HTTP/2 and over HTTP/3 through a bridge (without 12.*/13.*), the
 #                              client suite also with the Python sync and asyncio clients
-#                              (without the permessage-deflate cases 12.*/13.*: same codec)
+#                              (without the permessage-deflate cases 12.*/13.*: same codec),
+#                              and the server suite against the event-driven core (`weft echo
+#                              --core epoll`; of 12.*/13.* only 12.1.*/13.1.*)
 #   scripts/test.sh --quick    the same without the slow permessage-deflate cases 12.*/13.*
 #
 # Needs: the Rust toolchain, python3, and the shared Autobahn tooling beside the repository
@@ -73,7 +75,9 @@ fi
 if ! command -v nats-server >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null
 fi
-cargo test --workspace --locked --features weft-cli/http3
+# Profile ci (optimised, with debug assertions and overflow checks): the binaries the
+# conformance runs below use come out of this same build.
+cargo test --workspace --locked --profile ci --features weft-cli/http3
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; }
@@ -84,7 +88,7 @@ redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no > "$OUT/
 REDIS_PID=$!
 wait_port "$RPORT"
 r_rc=0
-WEFT_TEST_BROKER="redis://127.0.0.1:$RPORT" cargo test --locked -p weft-server --features http3 --test engine || r_rc=$?
+WEFT_TEST_BROKER="redis://127.0.0.1:$RPORT" cargo test --locked --profile ci -p weft-server --features http3 --test engine || r_rc=$?
 kill $REDIS_PID; wait $REDIS_PID 2>/dev/null || true
 [[ $r_rc -eq 0 ]] || { echo "engine tests on Redis FAILED" >&2; exit 1; }
 
@@ -102,7 +106,7 @@ nats-server -c "$NSTORE/nats.conf" > "$OUT/nats.log" 2>&1 &
 NATS_PID=$!
 wait_port "$NPORT"
 n_rc=0
-WEFT_TEST_BROKER="nats://127.0.0.1:$NPORT" cargo test --locked -p weft-server --features http3 --test engine || n_rc=$?
+WEFT_TEST_BROKER="nats://127.0.0.1:$NPORT" cargo test --locked --profile ci -p weft-server --features http3 --test engine || n_rc=$?
 kill $NATS_PID; wait $NATS_PID 2>/dev/null || true
 rm -rf "$NSTORE"
 [[ $n_rc -eq 0 ]] || { echo "engine tests on NATS FAILED" >&2; exit 1; }
@@ -118,12 +122,12 @@ else
   echo "cargo deny advisories: SKIPPED — the RustSec database could not be fetched (no route to its git host here)"
 fi
 
-step "fuzz: every target for ${FUZZ_SECONDS:-40} s from its seed corpus (fuzz/corpus)"
+step "fuzz: every target for ${FUZZ_SECONDS:-30} s from its seed corpus (fuzz/corpus)"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 for t in frame_decoder handshake deflate request; do
   mkdir -p "$OUT/fuzz/$t"
   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "$OUT/fuzz/$t" corpus/"$t" -- \
-     -max_total_time="${FUZZ_SECONDS:-40}" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 4)
+     -max_total_time="${FUZZ_SECONDS:-30}" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 4)
 done
 
 step "NEON masking kernel: weft-proto's mask tests for aarch64 under qemu-user"
@@ -243,7 +247,19 @@ AUTOBAHN_NO_DEFLATE=1 AUTOBAHN_OUTDIR="$OUT/autobahn-client-h3" AUTOBAHN_AGENT=w
   "$WEFT" autobahn-client "wss://localhost:$H3BPORT" --agent {agent} --http3 --ca-file "$H3DIR/cert.pem" --no-deflate \
   > "$OUT/autobahn-client-h3.txt" 2>&1 &
 H3C_PID=$!
-s_rc=0; c_rc=0; ps_rc=0; pa_rc=0; hs_rc=0; hc_rc=0; h3s_rc=0; h3c_rc=0
+# The server suite against the event-driven core (`weft echo --core epoll`, one loop). Of the
+# compression sections it runs 12.1 and 13.1 (every parameter combination on small messages):
+# the deflate codec is the one the tokio core's full run covers, and the larger cases are most
+# of the suite's time.
+ESPORT=$(pick_port $(( H3BPORT + 1 )))
+"$WEFT" echo --core epoll --threads 1 --addr "127.0.0.1:$ESPORT" --deflate > "$OUT/echo-epoll.log" 2>&1 &
+EECHO_PID=$!
+trap 'kill $ECHO_PID $B1_PID $B2_PID $TECHO_PID $B3_PID $B4_PID $EECHO_PID 2>/dev/null || true' EXIT
+AUTOBAHN_AGENT=weft-echo-epoll AUTOBAHN_OUTDIR="$OUT/autobahn-server-epoll" bash "$AB/run-server-suite.sh" \
+  "ws://127.0.0.1:$ESPORT" "*" "12.2.*,12.3.*,12.4.*,12.5.*,13.2.*,13.3.*,13.4.*,13.5.*,13.6.*,13.7.*" \
+  > "$OUT/autobahn-server-epoll.txt" 2>&1 &
+ES_PID=$!
+s_rc=0; c_rc=0; ps_rc=0; pa_rc=0; hs_rc=0; hc_rc=0; h3s_rc=0; h3c_rc=0; es_rc=0
 wait $S_PID || s_rc=$?
 wait $C_PID || c_rc=$?
 wait $PS_PID || ps_rc=$?
@@ -252,14 +268,15 @@ wait $HS_PID || hs_rc=$?
 wait $HC_PID || hc_rc=$?
 wait $H3S_PID || h3s_rc=$?
 wait $H3C_PID || h3c_rc=$?
-for f in server client py-sync py-async server-h2 client-h2 server-h3 client-h3; do
+wait $ES_PID || es_rc=$?
+for f in server client py-sync py-async server-h2 client-h2 server-h3 client-h3 server-epoll; do
   echo "--- autobahn-$f"; cat "$OUT/autobahn-$f.txt"
 done
-kill $ECHO_PID $B1_PID $B2_PID $TECHO_PID $B3_PID $B4_PID 2>/dev/null || true
-if [[ $s_rc -ne 0 || $c_rc -ne 0 || $ps_rc -ne 0 || $pa_rc -ne 0 || $hs_rc -ne 0 || $hc_rc -ne 0 || $h3s_rc -ne 0 || $h3c_rc -ne 0 ]]; then
+kill $ECHO_PID $B1_PID $B2_PID $TECHO_PID $B3_PID $B4_PID $EECHO_PID 2>/dev/null || true
+if [[ $s_rc -ne 0 || $c_rc -ne 0 || $ps_rc -ne 0 || $pa_rc -ne 0 || $hs_rc -ne 0 || $hc_rc -ne 0 || $h3s_rc -ne 0 || $h3c_rc -ne 0 || $es_rc -ne 0 ]]; then
   echo "Autobahn FAILED (server rc=$s_rc, client rc=$c_rc, python sync rc=$ps_rc, python async rc=$pa_rc," \
        "server over HTTP/2 rc=$hs_rc, client over HTTP/2 rc=$hc_rc, server over HTTP/3 rc=$h3s_rc," \
-       "client over HTTP/3 rc=$h3c_rc); reports in $OUT" >&2
+       "client over HTTP/3 rc=$h3c_rc, server on the epoll core rc=$es_rc); reports in $OUT" >&2
   exit 1
 fi
 

@@ -913,6 +913,40 @@ impl Connection {
         Ok(())
     }
 
+    /// Queue the automatic pong for the most recent ping now, behind what is already queued.
+    /// Without this call it waits for [`transmit_slices`](Self::transmit_slices) (or
+    /// [`poll_transmit`](Self::poll_transmit)), and of several pings read in one go only the
+    /// last is answered (RFC 6455 §5.5.3 allows that). An adapter that processes many frames
+    /// per read calls it after each ping it is reported, so every ping is answered in order
+    /// (before the echo of a message that completes after it); the output it adds counts in
+    /// [`buffered_amount`](Self::buffered_amount), so [`wants_input`](Self::wants_input) still
+    /// stops a flood.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use weft_proto::{Config, Connection, Event, Message, Role};
+    ///
+    /// let now = Instant::now();
+    /// let mut client = Connection::new(Role::Client, Config::default(), now);
+    /// let mut server = Connection::new(Role::Server, Config::default(), now);
+    /// client.send(Message::Ping("a".into())).unwrap();
+    /// client.send(Message::Ping("b".into())).unwrap();
+    /// while let Some(chunk) = client.poll_transmit() {
+    ///     server.handle_read(&chunk, now);
+    /// }
+    /// while server.poll_event().is_some() {
+    ///     server.queue_pong();
+    /// }
+    /// while let Some(chunk) = server.poll_transmit() {
+    ///     client.handle_read(&chunk, now);
+    /// }
+    /// assert_eq!(client.poll_event(), Some(Event::Message(Message::Pong("a".into()))));
+    /// assert_eq!(client.poll_event(), Some(Event::Message(Message::Pong("b".into()))));
+    /// ```
+    pub fn queue_pong(&mut self) {
+        self.write_pending_pong();
+    }
+
     fn write_pending_pong(&mut self) {
         if let Some(p) = self.pong_pending.take() {
             self.queue_control(OpCode::Pong, &p);

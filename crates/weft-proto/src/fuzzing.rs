@@ -3,35 +3,57 @@
 
 use std::time::Instant;
 
-use crate::{Config, Connection, DeflateConfig, DeflateParams, Event, Role};
+use crate::{Config, Connection, DeflateConfig, DeflateParams, Event, Input, Message, Role};
 
 /// Feed arbitrary bytes to a server connection (with permessage-deflate negotiated) in pieces
-/// whose sizes come from the input itself; drain every event. Must never panic.
+/// whose sizes come from the input itself; drain every event. Must never panic. The same bytes
+/// go to a second connection through [`Connection::poll_input`] (parsed in the caller's
+/// buffer): both must report the same events and send the same bytes.
 pub fn frame_decoder(data: &[u8]) {
     let now = Instant::now();
     let cfg =
         Config::default().max_message_size(1 << 20).max_frame_size(1 << 20).deflate(Some(DeflateConfig::default()));
     for role in [Role::Server, Role::Client] {
-        let mut conn = Connection::new(role, cfg.clone(), now);
-        #[cfg(feature = "deflate")]
-        conn.set_deflate(DeflateParams {
-            server_no_context_takeover: false,
-            client_no_context_takeover: false,
-            server_max_window_bits: 15,
-            client_max_window_bits: 15,
+        let [mut owned, mut borrowed] = [0, 1].map(|_| {
+            #[allow(unused_mut)]
+            let mut conn = Connection::new(role, cfg.clone(), now);
+            #[cfg(feature = "deflate")]
+            conn.set_deflate(DeflateParams {
+                server_no_context_takeover: false,
+                client_no_context_takeover: false,
+                server_max_window_bits: 15,
+                client_max_window_bits: 15,
+            });
+            conn
         });
+        let (mut seen_owned, mut seen_borrowed) = (Vec::new(), Vec::new());
         let split = data.first().map_or(1, |b| usize::from(*b % 64) + 1);
-        for piece in data.chunks(split) {
-            conn.handle_read(piece, now);
-            while let Some(ev) = conn.poll_event() {
-                if matches!(ev, Event::Closed(_)) {
-                    break;
-                }
+        let mut scratch = data.to_vec();
+        for (piece, in_place) in data.chunks(split).zip(scratch.chunks_mut(split)) {
+            owned.handle_read(piece, now);
+            while let Some(ev) = owned.poll_event() {
+                seen_owned.push(ev);
             }
+            let mut input = in_place;
+            while let Some(i) = borrowed.poll_input(&mut input, now) {
+                seen_borrowed.push(match i {
+                    Input::Text(t) => Event::Message(Message::text(t.to_owned())),
+                    Input::Binary(b) => Event::Message(Message::binary(b.to_vec())),
+                    Input::Event(ev) => ev,
+                });
+            }
+            assert!(input.is_empty(), "poll_input left input behind");
         }
-        conn.handle_eof();
-        while conn.poll_event().is_some() {}
-        while conn.poll_transmit().is_some() {}
+        for (conn, seen) in [(&mut owned, &mut seen_owned), (&mut borrowed, &mut seen_borrowed)] {
+            conn.handle_eof();
+            seen.extend(std::iter::from_fn(|| conn.poll_event()));
+        }
+        assert!(seen_owned == seen_borrowed, "poll_input and poll_event disagree");
+        // A client masks with fresh random keys: only a server's bytes are comparable.
+        if role == Role::Server {
+            let out = |c: &mut Connection| std::iter::from_fn(|| c.poll_transmit()).flatten().collect::<Vec<u8>>();
+            assert!(out(&mut owned) == out(&mut borrowed), "poll_input and poll_event answer differently");
+        }
     }
 }
 

@@ -541,7 +541,12 @@ impl<H: Handler> EventLoop<H> {
                 match &m {
                     Message::Text(t) => handler.on_message(s, c, Payload::Text(t.as_str())),
                     Message::Binary(b) => handler.on_message(s, c, Payload::Binary(b)),
-                    Message::Ping(_) | Message::Pong(_) => handler.on_control(s, c, &m),
+                    Message::Ping(_) => {
+                        // Every ping answered, in order with the messages around it.
+                        c.conn.queue_pong();
+                        handler.on_control(s, c, &m);
+                    }
+                    Message::Pong(_) => handler.on_control(s, c, &m),
                     Message::Close(_) => {}
                 }
             }

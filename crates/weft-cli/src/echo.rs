@@ -41,6 +41,9 @@ pub(crate) struct EchoArgs {
     /// Most fragments per message (Autobahn 9.3/9.4 send up to 65,536).
     #[arg(long, default_value_t = 1 << 20)]
     max_fragments: usize,
+    /// With `--core epoll`: pin event loop i to CPU i (modulo the CPUs available).
+    #[arg(long)]
+    pin: bool,
     /// Set SO_REUSEPORT so several `weft echo` processes can share the port.
     #[arg(long)]
     reuseport: bool,
@@ -63,6 +66,7 @@ pub(crate) enum Core {
 pub(crate) fn run(args: EchoArgs) -> ExitCode {
     if args.core == Core::Epoll {
         if args.tls.tls_cert.is_some() || args.tls.tls_key.is_some() {
+            // Before anything else, so the refusal is the same whatever the files hold.
             eprintln!(
                 "weft echo: --core epoll serves cleartext HTTP/1.1 only; TLS, HTTP/2 and HTTP/3 run on --core tokio"
             );
@@ -71,7 +75,7 @@ pub(crate) fn run(args: EchoArgs) -> ExitCode {
         let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let grace = Duration::from_secs_f64(args.shutdown_grace.max(0.0));
         let acceptor = Acceptor::new().config(ws_config(&args));
-        return match crate::echo_loop::run(args.addr, threads.max(1), args.reuseport, acceptor, grace) {
+        return match crate::echo_loop::run(args.addr, threads.max(1), args.reuseport, args.pin, acceptor, grace) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weft echo: {e:#}");

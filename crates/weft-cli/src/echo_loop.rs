@@ -37,6 +37,7 @@ pub(crate) fn run(
     addr: SocketAddr,
     threads: usize,
     reuseport: bool,
+    pin: bool,
     acceptor: Acceptor,
     grace: std::time::Duration,
 ) -> anyhow::Result<()> {
@@ -58,7 +59,7 @@ pub(crate) fn run(
         })?);
     }
     drop(first);
-    tracing::info!(%addr, core = "epoll", threads, "weft echo listening");
+    tracing::info!(%addr, core = "epoll", threads, pin, "weft echo listening");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(crate::serve::shutdown_signal());
     tracing::info!("shutting down: closing connections with 1001");

@@ -117,6 +117,6 @@ pub(crate) fn pin_to_cpu(i: usize) {
     let mut set = rustix::thread::CpuSet::new();
     set.set(i % n);
     if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
-        eprintln!("weft serve: worker {i}: cannot pin to CPU {}: {e}", i % n);
+        eprintln!("weft: cannot pin worker {i} to CPU {}: {e}", i % n);
     }
 }

@@ -36,7 +36,11 @@ fn spawn_listening(args: &[&str]) -> (Child, u16) {
 
 #[test]
 fn client_lines_are_echoed_and_end_of_input_closes_cleanly() {
-    for (echo_args, client_args) in [(&[][..], &[][..]), (&["--deflate", "--threads", "1"][..], &["--deflate"][..])] {
+    for (echo_args, client_args) in [
+        (&[][..], &[][..]),
+        (&["--deflate", "--threads", "1"][..], &["--deflate"][..]),
+        (&["--core", "epoll", "--deflate", "--threads", "2"][..], &["--deflate"][..]),
+    ] {
         let (_echo, port) = start_echo(echo_args);
         let mut client = Command::new(WEFT)
             .args(["client", &format!("ws://127.0.0.1:{port}/"), "-H", "X-Test: 1"])
@@ -291,11 +295,18 @@ fn read_head(tcp: &mut std::net::TcpStream) -> String {
     String::from_utf8(head).unwrap()
 }
 
-/// SIGTERM makes `weft echo` close its connections with 1001 (going away) and exit 0.
+/// SIGTERM makes `weft echo` close its connections with 1001 (going away) and exit 0, on
+/// either core.
 #[test]
 fn echo_closes_connections_with_1001_on_sigterm_and_exits_0() {
+    for core in ["tokio", "epoll"] {
+        echo_closes_with_1001_on_sigterm(&["--core", core, "--threads", "2"]);
+    }
+}
+
+fn echo_closes_with_1001_on_sigterm(args: &[&str]) {
     use std::io::Read;
-    let (mut echo, port) = start_echo(&[]);
+    let (mut echo, port) = start_echo(args);
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         tcp,
@@ -313,7 +324,19 @@ fn echo_closes_connections_with_1001_on_sigterm_and_exits_0() {
     // Answer the close (masked, as a client must), then the server ends.
     tcp.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9]).unwrap();
     let status = wait_exit(&mut echo.0, Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM ({args:?})");
+}
+
+/// The event-driven core serves cleartext HTTP/1.1 only: asked for TLS it says so and exits 2.
+#[test]
+fn echo_on_the_epoll_core_refuses_tls_with_a_clear_error() {
+    let out = Command::new(WEFT)
+        .args(["echo", "--core", "epoll", "--tls-cert", "cert.pem", "--tls-key", "key.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--core epoll serves cleartext HTTP/1.1 only"), "{err}");
 }
 
 /// `weft echo` also speaks cleartext HTTP/2 (prior knowledge) on the same port: `weft client

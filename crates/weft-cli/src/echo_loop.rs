@@ -54,6 +54,9 @@ pub(crate) fn run(
         let mut ev = EventLoop::new(l, (*acceptor).clone(), config.clone(), Echo)?;
         handles.push(ev.stop_handle());
         loops.push(std::thread::Builder::new().name(format!("weft-loop-{i}")).spawn(move || {
+            if pin {
+                crate::workers::pin_to_cpu(i);
+            }
             let r = ev.run();
             (r, ev.stats())
         })?);

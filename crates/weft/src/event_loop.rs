@@ -204,8 +204,16 @@ enum State<S> {
         conn: Box<Connection>,
         session: Option<S>,
     },
-    /// A rejection is being written; then the socket closes.
-    Rejected,
+    /// The handshake failed: its answer (in `raw`) is being written; then the socket lingers.
+    Rejected {
+        deadline: Instant,
+    },
+    /// Everything was written and the write side is shut down: read and discard until the peer
+    /// closes or `deadline`, so that the last close frame or answer is not destroyed by the
+    /// reset a close with unread input sends.
+    Lingering {
+        deadline: Instant,
+    },
 }
 
 struct Entry<S> {
@@ -215,6 +223,11 @@ struct Entry<S> {
     raw: Vec<u8>,
     /// Readable edge not consumed yet.
     readable: bool,
+    /// The peer shut down its side (or the socket failed): read until end of file, whatever
+    /// a short read suggests.
+    hup: bool,
+    /// An ended connection whose output the peer does not take: dropped at this time.
+    linger: Option<Instant>,
     /// Queued in `ready` for this turn.
     queued: bool,
     /// The timer this entry has in the heap, if any.
@@ -304,7 +317,14 @@ impl<H: Handler> EventLoop<H> {
         loop {
             let now = Instant::now();
             if let Some(until) = self.stopping {
-                if self.conns.is_empty() || now >= until {
+                if now >= until {
+                    // Grace is over: whoever is left is dropped (and its handler told).
+                    let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                    for k in keys {
+                        self.remove(k);
+                    }
+                }
+                if self.conns.is_empty() {
                     return Ok(());
                 }
             }
@@ -331,6 +351,9 @@ impl<H: Handler> EventLoop<H> {
                         if let Some(e) = self.conns.get_mut(k) {
                             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                                 e.readable = true;
+                            }
+                            if ev.is_read_closed() || ev.is_error() {
+                                e.hup = true;
                             }
                             // Writable, or readable: either way the entry gets a turn.
                             if !e.queued {
@@ -378,7 +401,7 @@ impl<H: Handler> EventLoop<H> {
                         self.ready.push(k);
                     }
                 }
-                State::Handshake { .. } | State::Rejected => self.remove(k),
+                State::Handshake { .. } | State::Rejected { .. } | State::Lingering { .. } => self.remove(k),
             }
         }
     }
@@ -412,12 +435,14 @@ impl<H: Handler> EventLoop<H> {
                 continue;
             }
             self.generation = self.generation.wrapping_add(1);
-            let deadline = Instant::now() + self.acceptor.handshake_timeout;
+            let deadline = far(Instant::now(), self.acceptor.handshake_timeout);
             entry.insert(Entry {
                 sock,
                 state: State::Handshake { head: Vec::new(), deadline },
                 raw: Vec::new(),
                 readable: false,
+                hup: false,
+                linger: None,
                 queued: false,
                 timer: None,
                 generation: self.generation,
@@ -435,12 +460,7 @@ impl<H: Handler> EventLoop<H> {
         let mut reads = 0;
         loop {
             let Some(e) = self.conns.get_mut(k) else { return };
-            let wants = match &e.state {
-                State::Open { conn, .. } => conn.wants_input() && !conn.is_closed(),
-                State::Handshake { .. } => true,
-                State::Rejected => false,
-            };
-            if !e.readable || !wants {
+            if !e.readable || !Self::wants_input(e) {
                 break;
             }
             if reads == READS_PER_TURN {
@@ -470,8 +490,9 @@ impl<H: Handler> EventLoop<H> {
                     break;
                 }
             };
-            if n < self.rbuf.len() {
-                // Drained: Linux signals every later arrival as a new edge.
+            if n < self.rbuf.len() && !e.hup {
+                // Drained: Linux signals every later arrival as a new edge (but the end of
+                // file that came with these bytes was signalled already: `hup`).
                 e.readable = false;
             }
             self.on_bytes(k, n, now);
@@ -486,14 +507,18 @@ impl<H: Handler> EventLoop<H> {
     /// drained it: no new edge will come for bytes that already wait, so give `k` another turn.
     fn requeue_if_readable(&mut self, k: usize) {
         let Some(e) = self.conns.get_mut(k) else { return };
-        let wants = match &e.state {
-            State::Open { conn, .. } => conn.wants_input() && !conn.is_closed(),
-            State::Handshake { .. } => true,
-            State::Rejected => false,
-        };
-        if e.readable && wants && !e.queued {
+        if e.readable && Self::wants_input(e) && !e.queued {
             e.queued = true;
             self.ready.push(k);
+        }
+    }
+
+    /// Whether `e` is to be read now.
+    fn wants_input(e: &Entry<H::Session>) -> bool {
+        match &e.state {
+            State::Open { conn, .. } => conn.wants_input() && !conn.is_closed(),
+            State::Handshake { .. } | State::Lingering { .. } => true,
+            State::Rejected { .. } => false,
         }
     }
 
@@ -510,7 +535,7 @@ impl<H: Handler> EventLoop<H> {
                 head.extend_from_slice(&self.rbuf[..n]);
                 self.on_head(k, now);
             }
-            State::Rejected => {}
+            State::Rejected { .. } | State::Lingering { .. } => {}
         }
     }
 
@@ -625,7 +650,7 @@ impl<H: Handler> EventLoop<H> {
     fn reject(&mut self, k: usize, resp: Vec<u8>) {
         let e = &mut self.conns[k];
         e.raw = resp;
-        e.state = State::Rejected;
+        e.state = State::Rejected { deadline: far(Instant::now(), self.acceptor.handshake_timeout) };
     }
 
     fn on_eof(&mut self, k: usize) {
@@ -646,7 +671,7 @@ impl<H: Handler> EventLoop<H> {
                 self.stats.failed_handshakes += 1;
                 self.remove(k);
             }
-            State::Rejected => self.remove(k),
+            State::Rejected { .. } | State::Lingering { .. } => self.remove(k),
         }
     }
 
@@ -658,8 +683,14 @@ impl<H: Handler> EventLoop<H> {
             Ok(false) => true,
             Ok(true) => {
                 let _ = e.sock.shutdown(std::net::Shutdown::Write);
-                self.remove(k);
-                false
+                let deadline = far(Instant::now(), self.acceptor.config.close_timeout);
+                let old = std::mem::replace(&mut e.state, State::Lingering { deadline });
+                if let State::Open { session: Some(s), .. } = old {
+                    self.handler.on_close(s, &ConnectionError::Reset);
+                }
+                self.schedule(k, deadline);
+                self.requeue_if_readable(k);
+                true
             }
             Err(_) => {
                 self.on_eof(k);
@@ -680,7 +711,11 @@ impl<H: Handler> EventLoop<H> {
                 Err(err) => return Err(err),
             }
         }
-        let State::Open { conn, .. } = &mut e.state else { return Ok(matches!(e.state, State::Rejected)) };
+        let conn = match &mut e.state {
+            State::Open { conn, .. } => conn,
+            State::Rejected { .. } => return Ok(true),
+            State::Handshake { .. } | State::Lingering { .. } => return Ok(false),
+        };
         while conn.has_transmit() {
             let mut iov = [IoSlice::new(&[]); IOV];
             let n = conn.transmit_slices(&mut iov);
@@ -716,19 +751,34 @@ impl<H: Handler> EventLoop<H> {
                     self.handler.on_close(s, &reason);
                 }
             }
-            State::Rejected => {}
+            State::Rejected { .. } | State::Lingering { .. } => {}
         }
     }
 
     /// Make sure connection `k`'s next deadline is in the heap.
     fn reschedule(&mut self, k: usize) {
-        let Some(e) = self.conns.get(k) else { return };
+        self.reschedule_after(k, None);
+    }
+
+    /// [`reschedule`](Self::reschedule), later than `now` when given (a timer just fired: a
+    /// deadline that is already due again must not spin the loop).
+    fn reschedule_after(&mut self, k: usize, now: Option<Instant>) {
+        let close_timeout = self.acceptor.config.close_timeout;
+        let Some(e) = self.conns.get_mut(k) else { return };
         let want = match &e.state {
-            State::Handshake { deadline, .. } => Some(*deadline),
+            State::Handshake { deadline, .. } | State::Rejected { deadline } | State::Lingering { deadline } => {
+                Some(*deadline)
+            }
+            // Ended with output the peer does not take: dropped after the close timeout.
+            State::Open { conn, .. } if conn.is_closed() => {
+                Some(*e.linger.get_or_insert_with(|| far(Instant::now(), close_timeout)))
+            }
             State::Open { conn, .. } => conn.poll_timeout(),
-            State::Rejected => None,
         };
-        if let Some(t) = want {
+        if let Some(mut t) = want {
+            if let Some(now) = now {
+                t = t.max(now + Duration::from_millis(1));
+            }
             self.schedule(k, t);
         }
     }
@@ -763,6 +813,18 @@ impl<H: Handler> EventLoop<H> {
                         continue;
                     }
                 }
+                State::Rejected { deadline } | State::Lingering { deadline } => {
+                    if now >= *deadline {
+                        self.remove(k);
+                        continue;
+                    }
+                }
+                State::Open { conn, .. } if conn.is_closed() => {
+                    if e.linger.is_some_and(|t| now >= t) {
+                        self.remove(k);
+                        continue;
+                    }
+                }
                 State::Open { conn, session } => {
                     conn.handle_timeout(now);
                     let mut c = Conn { conn, id: k };
@@ -770,12 +832,16 @@ impl<H: Handler> EventLoop<H> {
                         Self::on_event(&mut self.handler, session, &mut c, ev);
                     }
                 }
-                State::Rejected => {}
             }
             if self.flush(k) {
                 self.requeue_if_readable(k);
-                self.reschedule(k);
+                self.reschedule_after(k, Some(now));
             }
         }
     }
+}
+
+/// `now + d`, or a century from now when that overflows (`Duration::MAX` means "no limit").
+fn far(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }

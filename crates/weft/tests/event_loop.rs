@@ -377,3 +377,94 @@ async fn pipelined_large_messages_all_come_back() {
     }
     server.stop();
 }
+
+/// Upgrade a raw socket; return it after the 101 head.
+fn raw_upgrade(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(UPGRADE.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s
+}
+
+#[test]
+fn a_peer_that_sends_and_closes_at_once_is_noticed() {
+    // Bytes and the end of file arriving together make one readiness event: the loop must
+    // read on to the end of file rather than take a short read as "nothing more".
+    let server = Server::start(Acceptor::new(), LoopConfig::default());
+    for _ in 0..20 {
+        let mut s = raw_upgrade(server.addr);
+        assert_eq!(server.next_seen(), Seen::Open("/chat".into()));
+        s.write_all(&[0x82, 0x85, 0, 0, 0, 0, b'h']).unwrap(); // half a frame
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(server.next_seen(), Seen::Close("/chat".into(), 1006));
+    }
+    let stats = server.stop();
+    assert_eq!(stats.open, 0);
+}
+
+#[test]
+fn stop_does_not_wait_for_a_peer_that_never_reads() {
+    // A peer that stops reading keeps our close frame queued behind its echoes: after the
+    // close timeout the connection is dropped, not held until the end of the grace period.
+    let config = Config::default().write_buffer_high_water(16 << 10).close_timeout(Duration::from_millis(300));
+    let server = Server::start(
+        Acceptor::new().config(config),
+        LoopConfig { shutdown_grace: Duration::from_secs(60), ..LoopConfig::default() },
+    );
+    let mut s = raw_upgrade(server.addr);
+    assert_eq!(server.next_seen(), Seen::Open("/chat".into()));
+    let mut frame = vec![0x82, 0x80 | 126];
+    frame.extend_from_slice(&(16u16 << 10).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(&[b'x'; 16 << 10]);
+    s.set_nonblocking(true).unwrap();
+    let (mut written, mut blocked) = (0usize, 0);
+    while blocked < 50 && written < (256 << 20) {
+        match s.write(&frame[written % frame.len()..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                blocked += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let t = Instant::now();
+    server.stop.stop();
+    let seen = server.seen.recv_timeout(Duration::from_secs(10)).expect("the connection ended");
+    // Not a clean close: the peer never answered (it read nothing).
+    assert_eq!(seen, Seen::Close("/chat".into(), 1006));
+    let mut server = server;
+    let stats = server.thread.take().unwrap().join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "stop took {:?}", t.elapsed());
+    assert_eq!(stats.open, 0);
+}
+
+#[tokio::test]
+async fn extreme_timer_settings_neither_panic_nor_spin() {
+    // `Duration::MAX` means no handshake limit (no overflow); a zero ping interval pings at
+    // most once per loop turn instead of spinning in the timer queue.
+    let config = Config::default().ping_interval(Some(Duration::ZERO));
+    let acceptor = Acceptor::new().config(config).handshake_timeout(Duration::MAX);
+    let server = Server::start(acceptor, LoopConfig::default());
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/t")).await.unwrap();
+    ws.send(TMessage::text("still here")).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("an answer").unwrap().unwrap() {
+            TMessage::Ping(_) | TMessage::Pong(_) => continue,
+            m => {
+                assert_eq!(m, TMessage::text("still here"));
+                break;
+            }
+        }
+    }
+    drop(ws);
+    server.stop();
+}

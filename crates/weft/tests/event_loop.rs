@@ -54,7 +54,8 @@ impl Handler for Echo {
             return;
         }
         self.max_buffered.fetch_max(conn.buffered_amount(), Ordering::Relaxed);
-        conn.send(msg).unwrap();
+        // Refused once we sent a close frame (data may still arrive until the peer answers).
+        let _ = conn.send(msg);
     }
 
     fn on_control(&mut self, _: &mut String, conn: &mut Conn<'_>, msg: &Message) {

@@ -264,14 +264,7 @@ fn a_peer_that_never_reads_stops_being_read() {
     let config = Config::default().write_buffer_high_water(64 << 10);
     let server = Server::start(Acceptor::new().config(config), LoopConfig::default());
     for ping in [false, true] {
-        let mut s = TcpStream::connect(server.addr).unwrap();
-        s.write_all(UPGRADE.as_bytes()).unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b).unwrap();
-            head.push(b[0]);
-        }
+        let mut s = raw_upgrade(server.addr);
         let payload = vec![b'x'; 16 << 10];
         let mut frame = vec![if ping { 0x89 } else { 0x82 }, 0x80 | if ping { 125 } else { 126 }];
         if !ping {

@@ -1,4 +1,5 @@
-//! `weft serve` attacked as a hostile peer would, over real sockets: memory stays bounded,
+//! `weft serve` (and `weft echo` on the event-driven core) attacked as a hostile peer would, over
+//! real sockets: memory stays bounded,
 //! weak configuration is refused at start, and what happens is logged without secrets.
 
 use std::io::{Read, Write};
@@ -205,4 +206,44 @@ fn refusals_are_logged_without_the_token() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("upgrade refused: authentication"), "{text}");
     assert!(!text.contains("c2VjcmV0LXNpZ25hdHVyZQ") && !text.contains(secret), "secrets in the log: {text}");
+}
+
+/// `weft echo --core epoll` (the event-driven core) as a hostile peer finds it: a ping flood
+/// that never reads and hundreds of half-open upgrades leave it small, and others are served.
+#[test]
+fn the_event_driven_echo_stays_small_under_a_ping_flood_and_half_open_upgrades() {
+    let mut cmd = Command::new(WEFT);
+    cmd.args(["echo", "--core", "epoll", "--threads", "1", "--addr", "127.0.0.1:0"]);
+    let l = common::spawn_listening(cmd.stdout(Stdio::null()), Box::new(std::io::sink()));
+    let srv = Server { child: l.child, port: l.port, log: Some(l.log) };
+    let pid = srv.child.id();
+    let before = rss(pid);
+    let mut s = upgrade(srv.port);
+    let (sent, _) = ping_flood(&mut s, Duration::from_secs(5));
+    let after = rss(pid);
+    assert!(after < 64 << 20, "RSS {} MiB after {} MiB of pings (was {} MiB)", after >> 20, sent >> 20, before >> 20);
+    // Half-open upgrades: half stall after a few header lines, half after 100 KB of one header
+    // (refused with 431 once past the 16 KiB head limit).
+    let pad = format!("X-Pad: {}", "a".repeat(100_000));
+    let stalled: Vec<TcpStream> = (0..500)
+        .map(|i| {
+            let mut s = TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+            s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n").unwrap();
+            if i % 2 == 1 {
+                let _ = s.write_all(pad.as_bytes());
+            }
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss(pid);
+    assert!(during < after + (24 << 20), "500 pending upgrades took {} MiB", during.saturating_sub(after) >> 20);
+    // Someone else still gets an echo.
+    let mut other = upgrade(srv.port);
+    other.write_all(&[0x81, 0x82, 0, 0, 0, 0, b'o', b'k']).unwrap();
+    let mut echo = [0u8; 4];
+    other.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    other.read_exact(&mut echo).unwrap();
+    assert_eq!(echo, [0x81, 0x02, b'o', b'k']);
+    drop(stalled);
 }

@@ -4,7 +4,8 @@
 # beyond with several `weft echo --reuseport` processes and several generator processes.
 #
 #   bench/capacity.sh [--quick]     (--quick: 10,000 only, weft on both cores and two peers)
-#   (`weft` is `weft echo` on the tokio core, `weft-epoll` on the event-driven core)
+#   (`weft` is `weft echo` on the tokio core, `weft-epoll` and `weft-uring` on the event-driven
+#   core)
 # Output: bench/out/capacity.jsonl and a table on stdout.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,14 +19,15 @@ bench_setup
 declare -A CMD
 CMD[weft]="$WEFT echo --threads 1 --addr 127.0.0.1:PORT"
 CMD[weft-epoll]="$WEFT echo --core epoll --threads 1 --addr 127.0.0.1:PORT"
+CMD[weft-uring]="$WEFT echo --core io-uring --threads 1 --addr 127.0.0.1:PORT"
 CMD[tokio-tungstenite]="$PEERS tungstenite --threads 1 --port PORT"
 CMD[fastwebsockets]="$PEERS fastwebsockets --threads 1 --port PORT"
 CMD[tokio-websockets]="$PEERS tokio-websockets --threads 1 --port PORT"
 CMD[node-ws]="node bench/peers/node/echo.js --port PORT"
 CMD[py-websockets]="$PYVENV/bin/python bench/peers/python/websockets_echo.py --port PORT"
 CMD[picows]="$PYVENV/bin/python bench/peers/python/picows_echo.py --port PORT"
-if [[ $QUICK == 1 ]]; then SERVERS=(weft weft-epoll tokio-tungstenite fastwebsockets); COUNTS=(10000)
-else SERVERS=(weft weft-epoll tokio-tungstenite fastwebsockets tokio-websockets node-ws py-websockets picows); COUNTS=(10000 19000); fi
+if [[ $QUICK == 1 ]]; then SERVERS=(weft weft-epoll weft-uring tokio-tungstenite fastwebsockets); COUNTS=(10000)
+else SERVERS=(weft weft-epoll weft-uring tokio-tungstenite fastwebsockets tokio-websockets node-ws py-websockets picows); COUNTS=(10000 19000); fi
 # A subset, e.g. CAP_SERVERS="weft weft-epoll" CAP_COUNTS="10000 19000" bench/capacity.sh
 [[ -n "${CAP_SERVERS:-}" ]] && read -r -a SERVERS <<< "$CAP_SERVERS"
 [[ -n "${CAP_COUNTS:-}" ]] && read -r -a COUNTS <<< "$CAP_COUNTS"

@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use weft::event_loop::Backend;
 use weft::{Acceptor, CloseCode, CloseFrame, Config, DeflateConfig};
 
 #[derive(Args, Debug, Clone)]
@@ -24,13 +25,15 @@ pub(crate) struct EchoArgs {
     /// Accept permessage-deflate.
     #[arg(long)]
     deflate: bool,
-    /// The server core: `tokio` (a task per connection; every transport) or `epoll` (weft's
-    /// event-driven core: one loop per thread, no task per connection; cleartext HTTP/1.1).
+    /// The server core: `tokio` (a task per connection; every transport), or weft's
+    /// event-driven core (one loop per thread, no task per connection; cleartext HTTP/1.1) on
+    /// `io-uring` (epoll where the kernel lacks it, said in the log) or on `epoll`.
     #[arg(long, value_enum, default_value_t = Core::Tokio)]
     core: Core,
     /// Threads: runtime threads with `--core tokio` (1: a current-thread runtime), event loops
-    /// with `--core epoll` (each with its own listener on the port). Default: one per CPU.
-    #[arg(long)]
+    /// with the event-driven cores (each with its own listener on the port). Default: one per
+    /// CPU.
+    #[arg(long, visible_alias = "workers")]
     threads: Option<usize>,
     /// Largest message in bytes (after decompression).
     #[arg(long, default_value_t = 64 << 20)]
@@ -41,7 +44,7 @@ pub(crate) struct EchoArgs {
     /// Most fragments per message (Autobahn 9.3/9.4 send up to 65,536).
     #[arg(long, default_value_t = 1 << 20)]
     max_fragments: usize,
-    /// With `--core epoll`: pin event loop i to CPU i (modulo the CPUs available).
+    /// With the event-driven cores: pin event loop i to CPU i (modulo the CPUs available).
     #[arg(long)]
     pin: bool,
     /// Set SO_REUSEPORT so several `weft echo` processes can share the port.
@@ -61,21 +64,31 @@ pub(crate) enum Core {
     Tokio,
     /// weft's event-driven core ([`weft::event_loop`]) on epoll.
     Epoll,
+    /// weft's event-driven core on io_uring, or on epoll where io_uring is not available.
+    IoUring,
 }
 
 pub(crate) fn run(args: EchoArgs) -> ExitCode {
-    if args.core == Core::Epoll {
+    if args.core != Core::Tokio {
         if args.tls.tls_cert.is_some() || args.tls.tls_key.is_some() {
             // Before anything else, so the refusal is the same whatever the files hold.
             eprintln!(
-                "weft echo: --core epoll serves cleartext HTTP/1.1 only; TLS, HTTP/2 and HTTP/3 run on --core tokio"
+                "weft echo: --core epoll and --core io-uring serve cleartext HTTP/1.1 only; TLS, HTTP/2 and HTTP/3 run on --core tokio"
             );
             return ExitCode::from(2);
         }
         let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let grace = Duration::from_secs_f64(args.shutdown_grace.max(0.0));
         let acceptor = Acceptor::new().config(ws_config(&args));
-        return match crate::echo_loop::run(args.addr, threads.max(1), args.reuseport, args.pin, acceptor, grace) {
+        let backend = if args.core == Core::Epoll { Backend::Epoll } else { Backend::Auto };
+        let opts = crate::echo_loop::Options {
+            threads: threads.max(1),
+            reuseport: args.reuseport,
+            pin: args.pin,
+            grace,
+            backend,
+        };
+        return match crate::echo_loop::run(args.addr, opts, acceptor) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weft echo: {e:#}");

@@ -1,4 +1,4 @@
-//! `weft echo --core epoll`: the echo server on weft's event-driven core
+//! `weft echo --core io-uring` and `--core epoll`: the echo server on weft's event-driven core
 //! ([`weft::event_loop`]): one loop per thread, each with a listener of its own on the same
 //! port (SO_REUSEPORT, so the kernel spreads connections over them), no task per connection.
 //! Cleartext HTTP/1.1 only; TLS, HTTP/2 and HTTP/3 run on `--core tokio`.
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use weft::event_loop::{Conn, EventLoop, Handler, LoopConfig, LoopHandle, Payload};
+use weft::event_loop::{Backend, Conn, EventLoop, Handler, LoopConfig, LoopHandle, Payload};
 use weft::{Acceptor, CloseCode, Rejection};
 
 /// Echo every data message back on the connection it came from.
@@ -32,26 +32,41 @@ impl Handler for Echo {
     }
 }
 
+/// How the loops run.
+pub(crate) struct Options {
+    /// Loops, one per thread.
+    pub(crate) threads: usize,
+    /// SO_REUSEPORT even with one loop (several processes on one port).
+    pub(crate) reuseport: bool,
+    /// Pin loop i to CPU i.
+    pub(crate) pin: bool,
+    /// How long a graceful stop waits.
+    pub(crate) grace: std::time::Duration,
+    /// The I/O backend asked for.
+    pub(crate) backend: Backend,
+}
+
 /// Serve until SIGTERM or Ctrl-C, then close every connection with 1001.
-pub(crate) fn run(
-    addr: SocketAddr,
-    threads: usize,
-    reuseport: bool,
-    pin: bool,
-    acceptor: Acceptor,
-    grace: std::time::Duration,
-) -> anyhow::Result<()> {
+pub(crate) fn run(addr: SocketAddr, opts: Options, acceptor: Acceptor) -> anyhow::Result<()> {
+    let Options { threads, reuseport, pin, grace, backend } = opts;
     crate::procfs::raise_nofile_limit();
     let reuseport = reuseport || threads > 1;
     let first = listener(addr, reuseport)?;
     let addr = first.local_addr()?; // the port actually bound, when asked for port 0
-    let config = LoopConfig { shutdown_grace: grace, ..LoopConfig::default() };
+    let config = LoopConfig { shutdown_grace: grace, backend, ..LoopConfig::default() };
     let acceptor = Arc::new(acceptor);
     let mut loops = Vec::with_capacity(threads);
     let mut handles: Vec<LoopHandle> = Vec::with_capacity(threads);
+    let mut running = backend;
     for i in 0..threads {
         let l = if i == 0 { first.try_clone()? } else { listener(addr, reuseport)? };
         let mut ev = EventLoop::new(l, (*acceptor).clone(), config.clone(), Echo)?;
+        if i == 0 {
+            running = ev.backend();
+            if let Some(why) = ev.fallback() {
+                tracing::warn!("{why}: running on epoll");
+            }
+        }
         handles.push(ev.stop_handle());
         loops.push(std::thread::Builder::new().name(format!("weft-loop-{i}")).spawn(move || {
             if pin {
@@ -62,7 +77,7 @@ pub(crate) fn run(
         })?);
     }
     drop(first);
-    tracing::info!(%addr, core = "epoll", threads, pin, "weft echo listening");
+    tracing::info!(%addr, core = %running, threads, pin, "weft echo listening");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(crate::serve::shutdown_signal());
     tracing::info!("shutting down: closing connections with 1001");

@@ -40,6 +40,8 @@ fn client_lines_are_echoed_and_end_of_input_closes_cleanly() {
         (&[][..], &[][..]),
         (&["--deflate", "--threads", "1"][..], &["--deflate"][..]),
         (&["--core", "epoll", "--deflate", "--threads", "2"][..], &["--deflate"][..]),
+        (&["--core", "io-uring", "--deflate", "--workers", "2"][..], &["--deflate"][..]),
+        (&["--core", "io-uring", "--threads", "1"][..], &[][..]),
     ] {
         let (_echo, port) = start_echo(echo_args);
         let mut client = Command::new(WEFT)
@@ -296,10 +298,10 @@ fn read_head(tcp: &mut std::net::TcpStream) -> String {
 }
 
 /// SIGTERM makes `weft echo` close its connections with 1001 (going away) and exit 0, on
-/// either core.
+/// every core.
 #[test]
 fn echo_closes_connections_with_1001_on_sigterm_and_exits_0() {
-    for core in ["tokio", "epoll"] {
+    for core in ["tokio", "epoll", "io-uring"] {
         echo_closes_with_1001_on_sigterm(&["--core", core, "--threads", "2"]);
     }
 }
@@ -329,14 +331,16 @@ fn echo_closes_with_1001_on_sigterm(args: &[&str]) {
 
 /// The event-driven core serves cleartext HTTP/1.1 only: asked for TLS it says so and exits 2.
 #[test]
-fn echo_on_the_epoll_core_refuses_tls_with_a_clear_error() {
-    let out = Command::new(WEFT)
-        .args(["echo", "--core", "epoll", "--tls-cert", "cert.pem", "--tls-key", "key.pem"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--core epoll serves cleartext HTTP/1.1 only"), "{err}");
+fn echo_on_the_event_driven_core_refuses_tls_with_a_clear_error() {
+    for core in ["epoll", "io-uring"] {
+        let out = Command::new(WEFT)
+            .args(["echo", "--core", core, "--tls-cert", "cert.pem", "--tls-key", "key.pem"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--core io-uring serve cleartext HTTP/1.1 only"), "{err}");
+    }
 }
 
 /// `weft echo` also speaks cleartext HTTP/2 (prior knowledge) on the same port: `weft client

@@ -208,14 +208,26 @@ fn refusals_are_logged_without_the_token() {
     assert!(!text.contains("c2VjcmV0LXNpZ25hdHVyZQ") && !text.contains(secret), "secrets in the log: {text}");
 }
 
-/// `weft echo --core epoll` (the event-driven core) as a hostile peer finds it: a ping flood
-/// that never reads and hundreds of half-open upgrades leave it small, and others are served.
+/// `weft echo` on the event-driven core (io_uring and epoll) as a hostile peer finds it: a ping
+/// flood that never reads and hundreds of half-open upgrades leave it small, and others are
+/// served.
 #[test]
 fn the_event_driven_echo_stays_small_under_a_ping_flood_and_half_open_upgrades() {
+    for (core, says) in [("io-uring", "io_uring"), ("epoll", "epoll")] {
+        event_driven_echo_under_attack(core, says);
+    }
+}
+
+fn event_driven_echo_under_attack(core: &str, says: &str) {
     let mut cmd = Command::new(WEFT);
-    cmd.args(["echo", "--core", "epoll", "--threads", "1", "--addr", "127.0.0.1:0"]);
-    let l = common::spawn_listening(cmd.stdout(Stdio::null()), Box::new(std::io::sink()));
+    cmd.args(["echo", "--core", core, "--threads", "1", "--addr", "127.0.0.1:0"]);
+    let path = std::env::temp_dir().join(format!("weft-hardening-{}-{core}.log", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let l = common::spawn_listening(cmd.stdout(Stdio::null()), Box::new(file));
     let srv = Server { child: l.child, port: l.port, log: Some(l.log) };
+    let log = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(log.contains(&format!("core={says}")), "the log says which backend runs ({core}): {log}");
     let pid = srv.child.id();
     let before = rss(pid);
     let mut s = upgrade(srv.port);

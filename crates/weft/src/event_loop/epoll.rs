@@ -1,0 +1,493 @@
+//! The epoll backend (through mio): readiness, one `read` into the loop's buffer, one
+//! vectored `write` per connection per loop turn.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use weft_proto::{CloseCode, CloseFrame, ConnectionError};
+
+use super::{
+    Answer, Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, READS_PER_TURN, State, answer, deliver,
+    drain_events, end_session, far, fire,
+};
+use crate::Acceptor;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+
+struct Entry<S> {
+    sock: TcpStream,
+    state: State<S>,
+    /// Bytes to write before the connection's own output (the handshake's answer).
+    raw: Vec<u8>,
+    /// Readable edge not consumed yet.
+    readable: bool,
+    /// The peer shut down its side (or the socket failed): read until end of file, whatever
+    /// a short read suggests.
+    hup: bool,
+    /// An ended connection whose output the peer does not take: dropped at this time.
+    linger: Option<Instant>,
+    /// Queued in `ready` for this turn.
+    queued: bool,
+    /// The timer this entry has in the heap, if any.
+    timer: Option<Instant>,
+    /// Told apart from a later connection in the same slot.
+    generation: u32,
+}
+
+/// One epoll loop: a listener and the connections it accepted.
+pub(super) struct Loop<H: Handler> {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    acceptor: Acceptor,
+    config: LoopConfig,
+    pub(super) handler: H,
+    conns: Slab<Entry<H::Session>>,
+    rbuf: Vec<u8>,
+    ready: Vec<usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    generation: u32,
+    handshakes: usize,
+    stats: LoopStats,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    stopping: Option<Instant>,
+    accept_retry: Option<Instant>,
+}
+
+impl<H: Handler> Loop<H> {
+    pub(super) fn new(
+        listener: std::net::TcpListener,
+        acceptor: Acceptor,
+        config: LoopConfig,
+        handler: H,
+    ) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Self {
+            poll,
+            listener: Some(listener),
+            acceptor,
+            rbuf: vec![0; config.read_buffer_size.max(4096)],
+            config,
+            handler,
+            conns: Slab::new(),
+            ready: Vec::new(),
+            timers: BinaryHeap::new(),
+            generation: 0,
+            handshakes: 0,
+            stats: LoopStats::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            stopping: None,
+            accept_retry: None,
+        })
+    }
+
+    pub(super) fn stop_handle(&self) -> LoopHandle {
+        let waker = Arc::clone(&self.waker);
+        LoopHandle {
+            stop: Arc::clone(&self.stop),
+            wake: Arc::new(move || {
+                let _ = waker.wake();
+            }),
+        }
+    }
+
+    pub(super) fn stats(&self) -> LoopStats {
+        LoopStats { open: self.conns.len() as u64, ..self.stats }
+    }
+
+    pub(super) fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            if let Some(until) = self.stopping {
+                if now >= until {
+                    // Grace is over: whoever is left is dropped (and its handler told).
+                    let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                    for k in keys {
+                        self.remove(k);
+                    }
+                }
+                if self.conns.is_empty() {
+                    return Ok(());
+                }
+            }
+            let timeout = if !self.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                [self.timers.peek().map(|Reverse((t, _, _))| *t), self.accept_retry, self.stopping]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|t| t.saturating_duration_since(now))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {}
+                    Token(k) => {
+                        if let Some(e) = self.conns.get_mut(k) {
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                e.readable = true;
+                            }
+                            if ev.is_read_closed() || ev.is_error() {
+                                e.hup = true;
+                            }
+                            // Writable, or readable: either way the entry gets a turn.
+                            if !e.queued {
+                                e.queued = true;
+                                self.ready.push(k);
+                            }
+                        }
+                    }
+                }
+            }
+            if self.stop.load(Ordering::Acquire) && self.stopping.is_none() {
+                self.begin_stop();
+            }
+            if self.accept_retry.is_some_and(|t| Instant::now() >= t) {
+                self.accept_retry = None;
+                self.accept_all();
+            }
+            let ready = std::mem::take(&mut self.ready);
+            for &k in &ready {
+                if let Some(e) = self.conns.get_mut(k) {
+                    e.queued = false;
+                }
+            }
+            let now = Instant::now();
+            for &k in &ready {
+                self.drive(k, now);
+            }
+            self.fire_timers(Instant::now());
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        self.stopping = Some(Instant::now() + self.config.shutdown_grace);
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            let e = &mut self.conns[k];
+            match &mut e.state {
+                State::Open { conn, .. } => {
+                    let _ = conn.close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
+                    if !e.queued {
+                        e.queued = true;
+                        self.ready.push(k);
+                    }
+                }
+                State::Handshake { .. } | State::Rejected { .. } | State::Lingering { .. } => self.remove(k),
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            let (mut sock, _) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // Out of descriptors (or memory): keep serving what we have, retry soon.
+                    self.accept_retry = Some(Instant::now() + Duration::from_millis(50));
+                    return;
+                }
+            };
+            self.stats.accepted += 1;
+            if self.conns.len() >= self.config.max_connections {
+                self.stats.refused_connections += 1;
+                continue;
+            }
+            if self.handshakes >= self.config.max_handshakes {
+                self.stats.refused_handshakes += 1;
+                continue;
+            }
+            let _ = sock.set_nodelay(true);
+            let entry = self.conns.vacant_entry();
+            let k = entry.key();
+            if self.poll.registry().register(&mut sock, Token(k), Interest::READABLE | Interest::WRITABLE).is_err() {
+                continue;
+            }
+            self.generation = self.generation.wrapping_add(1);
+            let deadline = far(Instant::now(), self.acceptor.handshake_timeout);
+            entry.insert(Entry {
+                sock,
+                state: State::Handshake { head: Vec::new(), deadline },
+                raw: Vec::new(),
+                readable: false,
+                hup: false,
+                linger: None,
+                queued: false,
+                timer: None,
+                generation: self.generation,
+            });
+            self.handshakes += 1;
+            self.schedule(k, deadline);
+        }
+    }
+
+    /// Give connection `k` its turn: write what waits, read what arrived, write the answers.
+    fn drive(&mut self, k: usize, now: Instant) {
+        if !self.flush(k) {
+            return;
+        }
+        let mut reads = 0;
+        loop {
+            let Some(e) = self.conns.get_mut(k) else { return };
+            if !e.readable || !e.state.wants_input() {
+                break;
+            }
+            if reads == READS_PER_TURN {
+                // Fair to the others: the rest next turn.
+                if !e.queued {
+                    e.queued = true;
+                    self.ready.push(k);
+                }
+                break;
+            }
+            reads += 1;
+            let n = match e.sock.read(&mut self.rbuf) {
+                Ok(0) => {
+                    e.readable = false;
+                    self.on_eof(k);
+                    break;
+                }
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    e.readable = false;
+                    break;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    e.readable = false;
+                    self.on_eof(k);
+                    break;
+                }
+            };
+            if n < self.rbuf.len() && !e.hup {
+                // Drained: Linux signals every later arrival as a new edge (but the end of
+                // file that came with these bytes was signalled already: `hup`).
+                e.readable = false;
+            }
+            self.on_bytes(k, n, now);
+        }
+        if self.flush(k) {
+            self.requeue_if_readable(k);
+            self.reschedule(k);
+        }
+    }
+
+    /// Reading stopped while output was above the high-water mark, and writing has since
+    /// drained it: no new edge will come for bytes that already wait, so give `k` another turn.
+    fn requeue_if_readable(&mut self, k: usize) {
+        let Some(e) = self.conns.get_mut(k) else { return };
+        if e.readable && e.state.wants_input() && !e.queued {
+            e.queued = true;
+            self.ready.push(k);
+        }
+    }
+
+    /// `rbuf[..n]` arrived on connection `k`.
+    fn on_bytes(&mut self, k: usize, n: usize, now: Instant) {
+        let e = &mut self.conns[k];
+        match &mut e.state {
+            State::Open { conn, session } => {
+                let mut input = &mut self.rbuf[..n];
+                deliver(&mut self.handler, conn, session, k, 0, &mut input, now, false);
+            }
+            State::Handshake { head, .. } => {
+                head.extend_from_slice(&self.rbuf[..n]);
+                self.on_head(k, now);
+            }
+            State::Rejected { .. } | State::Lingering { .. } => {}
+        }
+    }
+
+    /// Bytes of a request head arrived: answer it once complete.
+    fn on_head(&mut self, k: usize, now: Instant) {
+        let e = &mut self.conns[k];
+        let State::Handshake { head, .. } = &e.state else { return };
+        match answer(&self.acceptor, &mut self.handler, &mut self.stats, head, k, now) {
+            Answer::Incomplete => {}
+            Answer::Open { head, state } => {
+                self.handshakes -= 1;
+                e.raw = head;
+                e.state = state;
+            }
+            Answer::Refused(resp) => {
+                self.handshakes -= 1;
+                self.reject(k, resp);
+            }
+        }
+    }
+
+    fn reject(&mut self, k: usize, resp: Vec<u8>) {
+        let e = &mut self.conns[k];
+        e.raw = resp;
+        e.state = State::Rejected { deadline: far(Instant::now(), self.acceptor.handshake_timeout) };
+    }
+
+    fn on_eof(&mut self, k: usize) {
+        let e = &mut self.conns[k];
+        match &mut e.state {
+            State::Open { conn, session } => {
+                conn.handle_eof();
+                drain_events(&mut self.handler, conn, session, k, 0);
+                // The peer may still read (a half-closed socket): what fits goes now, the
+                // rest with the socket.
+                let _ = Self::write_out(e);
+                self.remove(k);
+            }
+            State::Handshake { .. } => {
+                self.stats.failed_handshakes += 1;
+                self.remove(k);
+            }
+            State::Rejected { .. } | State::Lingering { .. } => self.remove(k),
+        }
+    }
+
+    /// Write what connection `k` has queued; close it once it is finished. Whether it is
+    /// still there.
+    fn flush(&mut self, k: usize) -> bool {
+        let Some(e) = self.conns.get_mut(k) else { return false };
+        match Self::write_out(e) {
+            Ok(false) => true,
+            Ok(true) => {
+                let _ = e.sock.shutdown(std::net::Shutdown::Write);
+                let deadline = far(Instant::now(), self.acceptor.config.close_timeout);
+                let old = std::mem::replace(&mut e.state, State::Lingering { deadline });
+                if let State::Open { session: Some(s), .. } = old {
+                    self.handler.on_close(s, &ConnectionError::Reset);
+                }
+                self.schedule(k, deadline);
+                self.requeue_if_readable(k);
+                true
+            }
+            Err(_) => {
+                self.on_eof(k);
+                false
+            }
+        }
+    }
+
+    /// Write until done or the socket is full; whether the connection is finished.
+    fn write_out(e: &mut Entry<H::Session>) -> io::Result<bool> {
+        while !e.raw.is_empty() {
+            match e.sock.write(&e.raw) {
+                Ok(n) => {
+                    e.raw.drain(..n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let conn = match &mut e.state {
+            State::Open { conn, .. } => conn,
+            State::Rejected { .. } => return Ok(true),
+            State::Handshake { .. } | State::Lingering { .. } => return Ok(false),
+        };
+        while conn.has_transmit() {
+            let mut iov = [IoSlice::new(&[]); IOV];
+            let n = conn.transmit_slices(&mut iov);
+            match e.sock.write_vectored(&iov[..n]) {
+                Ok(w) => conn.advance_transmit(w),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if !conn.has_partial_input() {
+            conn.release_idle_buffers();
+        }
+        Ok(conn.is_finished())
+    }
+
+    fn remove(&mut self, k: usize) {
+        let Some(mut e) = self.conns.try_remove(k) else { return };
+        let _ = self.poll.registry().deregister(&mut e.sock);
+        match e.state {
+            State::Handshake { .. } => self.handshakes -= 1,
+            State::Open { conn, session } => end_session(&mut self.handler, conn, session),
+            State::Rejected { .. } | State::Lingering { .. } => {}
+        }
+    }
+
+    /// Make sure connection `k`'s next deadline is in the heap.
+    fn reschedule(&mut self, k: usize) {
+        self.reschedule_after(k, None);
+    }
+
+    /// [`reschedule`](Self::reschedule), later than `now` when given (a timer just fired: a
+    /// deadline that is already due again must not spin the loop).
+    fn reschedule_after(&mut self, k: usize, now: Option<Instant>) {
+        let close_timeout = self.acceptor.config.close_timeout;
+        let Some(e) = self.conns.get_mut(k) else { return };
+        let want = e.state.next_deadline(&mut e.linger, close_timeout);
+        if let Some(mut t) = want {
+            if let Some(now) = now {
+                t = t.max(now + Duration::from_millis(1));
+            }
+            self.schedule(k, t);
+        }
+    }
+
+    /// Add a timer for `k` at `t` unless one at least as early is pending (a later one then
+    /// re-checks and re-arms: at most a few heap entries per connection).
+    fn schedule(&mut self, k: usize, t: Instant) {
+        let e = &mut self.conns[k];
+        if e.timer.is_some_and(|cur| cur <= t) {
+            return;
+        }
+        e.timer = Some(t);
+        self.timers.push(Reverse((t, k, e.generation)));
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((t, k, generation))) = self.timers.peek() {
+            if t > now {
+                return;
+            }
+            self.timers.pop();
+            let Some(e) = self.conns.get_mut(k) else { continue };
+            if e.generation != generation || e.timer != Some(t) {
+                continue;
+            }
+            e.timer = None;
+            match fire(&mut self.handler, &mut e.state, e.linger, k, now) {
+                Fired::Remove { failed_handshake } => {
+                    self.stats.failed_handshakes += u64::from(failed_handshake);
+                    self.remove(k);
+                    continue;
+                }
+                Fired::Drive => {}
+            }
+            if self.flush(k) {
+                self.requeue_if_readable(k);
+                self.reschedule_after(k, Some(now));
+            }
+        }
+    }
+}

@@ -1,0 +1,631 @@
+//! An event-driven server core: one loop per thread owns its connections and drives their
+//! sans-IO [`Connection`]s directly, with no task and no future per connection.
+//!
+//! The shape is uWebSockets': a loop over a slab of small connection entries, with one receive
+//! buffer (or one ring of them) per loop. [`Connection::poll_input`] parses whole frames in
+//! place in that buffer, so an idle connection holds no read buffer and a connection keeps
+//! bytes of its own only while a frame is incomplete. Replies are corked in each connection and
+//! written once per connection per loop turn. Handlers are plain methods called with borrowed
+//! payloads: an echo copies each message once, from the receive buffer into the send buffer.
+//!
+//! Two backends run the same connection logic ([`Backend`]):
+//! - **io_uring** (Linux 6.0 or later): multishot accept, multishot receive into a ring of
+//!   buffers the loop provides (no read buffer per connection, not even in the kernel's
+//!   request), and every send of a loop turn submitted with one `io_uring_enter`;
+//! - **epoll** (through mio): readiness, one `read` into the loop's buffer, one vectored
+//!   `write` per connection per turn.
+//!
+//! [`Backend::Auto`], the default, runs io_uring where the kernel offers what it needs and
+//! epoll where it does not (old kernels, `kernel.io_uring_disabled`, seccomp filters in
+//! containers); [`EventLoop::backend`] says which runs and [`EventLoop::fallback`] why.
+//!
+//! What it serves: WebSockets over HTTP/1.1 (cleartext), with everything an [`Acceptor`]
+//! configures (limits, subprotocols, permessage-deflate, keep-alive pings, the handshake
+//! timeout). TLS, HTTP/2 and HTTP/3 stay with the tokio [`WebSocket`](crate::WebSocket)
+//! servers; other requests are answered 426 (a plain HTTP request) or 400.
+//!
+//! Bounds: at most [`LoopConfig::max_connections`] connections and
+//! [`LoopConfig::max_handshakes`] handshakes in progress per loop (more are closed at once and
+//! counted in [`LoopStats`]); request heads of at most 16 KiB; each connection's output is
+//! bounded by the [`Config`](crate::Config)'s `max_buffered`, and a connection whose output is
+//! above `write_buffer_high_water` is not read until it drains (a peer that never reads stops
+//! being read, so the replies it causes cannot pile up).
+//!
+//! ```no_run
+//! use weft::event_loop::{Conn, EventLoop, Handler, LoopConfig, Payload};
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     type Session = ();
+//!     fn upgrade(&mut self, _req: &http::Request<()>, _resp: &mut http::Response<()>) -> Result<(), weft::Rejection> {
+//!         Ok(())
+//!     }
+//!     fn on_message(&mut self, _session: &mut (), conn: &mut Conn<'_>, msg: Payload<'_>) {
+//!         let _ = conn.send(msg);
+//!     }
+//! }
+//!
+//! let listener = std::net::TcpListener::bind("127.0.0.1:9001")?;
+//! let mut ev = EventLoop::new(listener, weft::Acceptor::new(), LoopConfig::default(), Echo)?;
+//! println!("serving on {}", ev.backend()); // io_uring, or epoll (and ev.fallback() says why)
+//! let stop = ev.stop_handle(); // stop.stop() from another thread or a signal handler
+//! ev.run()?;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode};
+use weft_proto::handshake::{self, HandshakeError};
+use weft_proto::{CloseCode, CloseFrame, Connection, ConnectionError, Event, Input, Message, Role};
+
+use crate::{Acceptor, Rejection};
+
+mod epoll;
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+mod uring;
+
+/// Reads per connection per loop turn before the others get a turn.
+const READS_PER_TURN: usize = 16;
+/// Slices per vectored write.
+const IOV: usize = 64;
+
+/// Which I/O backend runs an [`EventLoop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Backend {
+    /// io_uring where the kernel offers it, else epoll.
+    #[default]
+    Auto,
+    /// Readiness with epoll (through mio); kqueue on the BSDs and macOS.
+    Epoll,
+    /// Completions with io_uring (Linux 6.0 or later): an error where it is not available.
+    IoUring,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::Epoll => "epoll",
+            Backend::IoUring => "io_uring",
+        })
+    }
+}
+
+/// Settings of one [`EventLoop`].
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// Most connections this loop holds (WebSockets and handshakes); more are closed at once.
+    pub max_connections: usize,
+    /// Most handshakes in progress; more are closed at once.
+    pub max_handshakes: usize,
+    /// epoll: the loop's receive buffer, the most one read takes from one socket. io_uring:
+    /// the size of each buffer in the loop's ring. Frames that fit whole in one are handed out
+    /// in place; larger ones are assembled in the connection.
+    pub read_buffer_size: usize,
+    /// io_uring: buffers in the loop's receive ring (rounded up to a power of two, at most
+    /// 32,768). On Linux 6.12 and later each buffer serves many receives in turn; before, each
+    /// receive takes a whole buffer. A burst that finds them all in use waits for the next
+    /// loop turn.
+    pub ring_buffers: u16,
+    /// How long [`LoopHandle::stop`] waits for connections to answer their 1001 close.
+    pub shutdown_grace: Duration,
+    /// The I/O backend.
+    pub backend: Backend,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_handshakes: 1024,
+            read_buffer_size: 256 << 10,
+            ring_buffers: 16,
+            shutdown_grace: Duration::from_secs(5),
+            backend: Backend::Auto,
+        }
+    }
+}
+
+/// A message as the loop hands it to a [`Handler`]: borrowed from the loop's receive buffer or
+/// from the connection, valid for the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload<'a> {
+    /// A text message (valid UTF-8).
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+/// What the application does with connections. One handler per loop (per thread): it needs no
+/// locks for state of its own.
+pub trait Handler {
+    /// What the application keeps per connection.
+    type Session;
+
+    /// An upgrade request arrived (already checked: method, version, key, headers). Inspect it,
+    /// add response headers, and return the connection's session, or refuse with a status.
+    fn upgrade(&mut self, req: &Request<()>, resp: &mut Response<()>) -> Result<Self::Session, Rejection>;
+
+    /// The `101` response was queued: the connection is open.
+    fn on_open(&mut self, _session: &mut Self::Session, _conn: &mut Conn<'_>) {}
+
+    /// A data message arrived.
+    fn on_message(&mut self, session: &mut Self::Session, conn: &mut Conn<'_>, msg: Payload<'_>);
+
+    /// A ping (already answered) or a pong arrived.
+    fn on_control(&mut self, _session: &mut Self::Session, _conn: &mut Conn<'_>, _msg: &Message) {}
+
+    /// The connection ended (the close handshake, a violation, a timeout or a reset); its
+    /// remaining output is still being written.
+    fn on_close(&mut self, _session: Self::Session, _reason: &ConnectionError) {}
+}
+
+/// One open connection, as a [`Handler`] sees it.
+pub struct Conn<'a> {
+    conn: &'a mut Connection,
+    id: usize,
+    /// Bytes handed to the kernel and not yet reported written (io_uring).
+    in_flight: usize,
+}
+
+impl Conn<'_> {
+    /// This connection's id within its loop (reused after it closes).
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Queue a data message; it is written at the end of this loop turn.
+    pub fn send(&mut self, msg: Payload<'_>) -> Result<(), weft_proto::SendError> {
+        match msg {
+            Payload::Text(t) => self.conn.send_borrowed(true, t.as_bytes()),
+            Payload::Binary(b) => self.conn.send_borrowed(false, b),
+        }
+    }
+
+    /// Queue an owned message (data, ping, pong or close).
+    pub fn send_message(&mut self, msg: Message) -> Result<(), weft_proto::SendError> {
+        self.conn.send(msg)
+    }
+
+    /// Start the close handshake.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        let _ = self.conn.close(Some(CloseFrame::new(code, reason)));
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn buffered_amount(&self) -> usize {
+        self.conn.buffered_amount() + self.in_flight
+    }
+}
+
+/// Counters of one loop.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LoopStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections closed at once because the loop held `max_connections`.
+    pub refused_connections: u64,
+    /// Connections closed at once because `max_handshakes` handshakes were in progress.
+    pub refused_handshakes: u64,
+    /// Handshakes that failed (bad request, refused, timed out, closed early).
+    pub failed_handshakes: u64,
+    /// WebSockets opened.
+    pub opened: u64,
+    /// Connections now open (WebSockets and handshakes).
+    pub open: u64,
+}
+
+/// Stops an [`EventLoop`] from any thread: no new connections, every WebSocket closed with 1001
+/// (going away), and [`EventLoop::run`] returns once they are closed or the grace period is
+/// over.
+#[derive(Clone)]
+pub struct LoopHandle {
+    stop: Arc<AtomicBool>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl fmt::Debug for LoopHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopHandle").field("stop", &self.stop).finish_non_exhaustive()
+    }
+}
+
+impl LoopHandle {
+    /// Ask the loop to stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        (self.wake)();
+    }
+}
+
+enum Imp<H: Handler> {
+    Epoll(epoll::Loop<H>),
+    #[cfg(target_os = "linux")]
+    Uring(Box<uring::Loop<H>>),
+}
+
+/// One event loop: a listener and the connections it accepted. See the [module](self).
+pub struct EventLoop<H: Handler> {
+    imp: Imp<H>,
+    fallback: Option<String>,
+}
+
+impl<H: Handler> EventLoop<H> {
+    /// A loop serving `listener` (made non-blocking here) on the backend `config` names. The
+    /// acceptor's configuration must not ask for `stream_fragments` (the loop hands out whole
+    /// messages).
+    pub fn new(
+        listener: std::net::TcpListener,
+        acceptor: Acceptor,
+        config: LoopConfig,
+        handler: H,
+    ) -> io::Result<Self> {
+        if acceptor.config.stream_fragments {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the event loop hands out whole messages: stream_fragments is not supported",
+            ));
+        }
+        let mut fallback = None;
+        match config.backend {
+            Backend::Epoll => {}
+            #[cfg(target_os = "linux")]
+            Backend::IoUring | Backend::Auto => match uring::supported() {
+                Ok(()) => {
+                    let imp = Imp::Uring(Box::new(uring::Loop::new(listener, acceptor, config, handler)?));
+                    return Ok(Self { imp, fallback });
+                }
+                Err(e) if config.backend == Backend::IoUring => {
+                    return Err(io::Error::new(e.kind(), format!("io_uring is not available: {e}")));
+                }
+                Err(e) => fallback = Some(format!("io_uring is not available: {e}")),
+            },
+            #[cfg(not(target_os = "linux"))]
+            Backend::IoUring => {
+                return Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring is Linux only"));
+            }
+            #[cfg(not(target_os = "linux"))]
+            Backend::Auto => fallback = Some("io_uring is Linux only".into()),
+        }
+        let imp = Imp::Epoll(epoll::Loop::new(listener, acceptor, config, handler)?);
+        Ok(Self { imp, fallback })
+    }
+
+    /// The backend that runs: [`Backend::IoUring`] or [`Backend::Epoll`].
+    pub fn backend(&self) -> Backend {
+        match &self.imp {
+            Imp::Epoll(_) => Backend::Epoll,
+            #[cfg(target_os = "linux")]
+            Imp::Uring(_) => Backend::IoUring,
+        }
+    }
+
+    /// Why [`Backend::Auto`] runs epoll: what io_uring lacked.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// A handle that stops this loop.
+    pub fn stop_handle(&self) -> LoopHandle {
+        match &self.imp {
+            Imp::Epoll(l) => l.stop_handle(),
+            #[cfg(target_os = "linux")]
+            Imp::Uring(l) => l.stop_handle(),
+        }
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> LoopStats {
+        match &self.imp {
+            Imp::Epoll(l) => l.stats(),
+            #[cfg(target_os = "linux")]
+            Imp::Uring(l) => l.stats(),
+        }
+    }
+
+    /// The handler.
+    pub fn handler(&mut self) -> &mut H {
+        match &mut self.imp {
+            Imp::Epoll(l) => &mut l.handler,
+            #[cfg(target_os = "linux")]
+            Imp::Uring(l) => &mut l.handler,
+        }
+    }
+
+    /// Run until stopped (see [`LoopHandle`]) and every connection has closed.
+    pub fn run(&mut self) -> io::Result<()> {
+        match &mut self.imp {
+            Imp::Epoll(l) => l.run(),
+            #[cfg(target_os = "linux")]
+            Imp::Uring(l) => l.run(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What both backends share: the connection states, the handshake, the delivery of input.
+
+enum State<S> {
+    Handshake {
+        head: Vec<u8>,
+        deadline: Instant,
+    },
+    Open {
+        conn: Box<Connection>,
+        session: Option<S>,
+    },
+    /// The handshake failed: its answer is being written; then the socket lingers.
+    Rejected {
+        deadline: Instant,
+    },
+    /// Everything was written and the write side is shut down: read and discard until the peer
+    /// closes or `deadline`, so that the last close frame or answer is not destroyed by the
+    /// reset a close with unread input sends.
+    Lingering {
+        deadline: Instant,
+    },
+}
+
+impl<S> State<S> {
+    /// Whether the connection is to be read now.
+    fn wants_input(&self) -> bool {
+        match self {
+            State::Open { conn, .. } => conn.wants_input() && !conn.is_closed(),
+            State::Handshake { .. } | State::Lingering { .. } => true,
+            State::Rejected { .. } => false,
+        }
+    }
+
+    /// The next time a timer of this connection is due; `linger` is when an ended connection
+    /// whose output the peer does not take is dropped.
+    fn next_deadline(&self, linger: &mut Option<Instant>, close_timeout: Duration) -> Option<Instant> {
+        match self {
+            State::Handshake { deadline, .. } | State::Rejected { deadline } | State::Lingering { deadline } => {
+                Some(*deadline)
+            }
+            State::Open { conn, .. } if conn.is_closed() => {
+                Some(*linger.get_or_insert_with(|| far(Instant::now(), close_timeout)))
+            }
+            State::Open { conn, .. } => conn.poll_timeout(),
+        }
+    }
+}
+
+/// What a timer that fired means for a connection.
+enum Fired {
+    /// Drop the connection (a handshake that timed out counts as failed).
+    Remove { failed_handshake: bool },
+    /// The connection's own timers ran: write what they queued.
+    Drive,
+}
+
+/// Run connection `id`'s due timers at `now`, with `handler` told what they caused.
+fn fire<H: Handler>(
+    handler: &mut H,
+    state: &mut State<H::Session>,
+    linger: Option<Instant>,
+    id: usize,
+    now: Instant,
+) -> Fired {
+    match state {
+        State::Handshake { deadline, .. } if now >= *deadline => Fired::Remove { failed_handshake: true },
+        State::Rejected { deadline } | State::Lingering { deadline } if now >= *deadline => {
+            Fired::Remove { failed_handshake: false }
+        }
+        State::Open { conn, .. } if conn.is_closed() => {
+            if linger.is_some_and(|t| now >= t) {
+                Fired::Remove { failed_handshake: false }
+            } else {
+                Fired::Drive
+            }
+        }
+        State::Open { conn, session } => {
+            conn.handle_timeout(now);
+            drain_events(handler, conn, session, id, 0);
+            Fired::Drive
+        }
+        _ => Fired::Drive,
+    }
+}
+
+/// Hand what is in `input` to the handler: everything, or with `pause`, only while the
+/// connection wants input (its output below the high-water mark); `input` keeps the rest.
+#[allow(clippy::too_many_arguments)]
+fn deliver<H: Handler>(
+    handler: &mut H,
+    conn: &mut Connection,
+    session: &mut Option<H::Session>,
+    id: usize,
+    in_flight: usize,
+    input: &mut &mut [u8],
+    now: Instant,
+    pause: bool,
+) {
+    loop {
+        if pause && !conn.wants_input() {
+            return;
+        }
+        let Some(i) = conn.poll_input(input, now) else { return };
+        let mut c = Conn { conn, id, in_flight };
+        match (i, session.as_mut()) {
+            (Input::Text(t), Some(s)) => handler.on_message(s, &mut c, Payload::Text(t)),
+            (Input::Binary(b), Some(s)) => handler.on_message(s, &mut c, Payload::Binary(b)),
+            (Input::Event(ev), _) => on_event(handler, session, &mut c, ev),
+            _ => {}
+        }
+    }
+}
+
+/// Hand the connection's pending events (after a timeout or the end of input) to the handler.
+fn drain_events<H: Handler>(
+    handler: &mut H,
+    conn: &mut Connection,
+    session: &mut Option<H::Session>,
+    id: usize,
+    in_flight: usize,
+) {
+    let mut c = Conn { conn, id, in_flight };
+    while let Some(ev) = c.conn.poll_event() {
+        on_event(handler, session, &mut c, ev);
+    }
+}
+
+fn on_event<H: Handler>(handler: &mut H, session: &mut Option<H::Session>, c: &mut Conn<'_>, ev: Event) {
+    match ev {
+        Event::Message(m) => {
+            let Some(s) = session.as_mut() else { return };
+            match &m {
+                Message::Text(t) => handler.on_message(s, c, Payload::Text(t.as_str())),
+                Message::Binary(b) => handler.on_message(s, c, Payload::Binary(b)),
+                Message::Ping(_) => {
+                    // Every ping answered, in order with the messages around it.
+                    c.conn.queue_pong();
+                    handler.on_control(s, c, &m);
+                }
+                Message::Pong(_) => handler.on_control(s, c, &m),
+                Message::Close(_) => {}
+            }
+        }
+        Event::Closed(reason) => {
+            if let Some(s) = session.take() {
+                handler.on_close(s, &reason);
+            }
+        }
+        // Fragments: stream_fragments is refused in `EventLoop::new`.
+        _ => {}
+    }
+}
+
+/// A dropped connection's end, told to its handler: the reason its connection reported, or a
+/// reset.
+fn end_session<H: Handler>(handler: &mut H, mut conn: Box<Connection>, session: Option<H::Session>) {
+    let Some(s) = session else { return };
+    if !conn.is_closed() {
+        conn.handle_eof();
+    }
+    let reason = std::iter::from_fn(|| conn.poll_event())
+        .find_map(|ev| match ev {
+            Event::Closed(r) => Some(r),
+            _ => None,
+        })
+        .unwrap_or(ConnectionError::Reset);
+    handler.on_close(s, &reason);
+}
+
+/// The answer to a request head.
+enum Answer<S> {
+    /// More bytes are needed.
+    Incomplete,
+    /// Upgraded: the `101` head to write, the open state, and the bytes that came behind the
+    /// head (already handed to the handler).
+    Open { head: Vec<u8>, state: State<S> },
+    /// Refused: the answer to write before lingering.
+    Refused(Vec<u8>),
+}
+
+/// Answer the request head in `head` (as far as it came) for connection `id`.
+fn answer<H: Handler>(
+    acceptor: &Acceptor,
+    handler: &mut H,
+    stats: &mut LoopStats,
+    head: &[u8],
+    id: usize,
+    now: Instant,
+) -> Answer<H::Session> {
+    let parsed = match handshake::parse_request(head) {
+        Ok(None) => return Answer::Incomplete,
+        Ok(Some(p)) => Ok(p),
+        Err(err) => Err(err),
+    };
+    let accepted = parsed.and_then(|(req, used)| {
+        handshake::server_accept(&req, &acceptor.subprotocols, acceptor.config.deflate.as_ref()).map(|a| (req, used, a))
+    });
+    let (req, used, mut accepted) = match accepted {
+        Ok(a) => a,
+        Err(err) => {
+            stats.failed_handshakes += 1;
+            return Answer::Refused(if matches!(err, HandshakeError::NotUpgrade) {
+                // A plain HTTP request: say what this endpoint is.
+                let mut h = http::HeaderMap::new();
+                h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+                h.insert(http::header::CONNECTION, http::HeaderValue::from_static("Upgrade, close"));
+                handshake::rejection(StatusCode::UPGRADE_REQUIRED, &h, "WebSocket only\n")
+            } else {
+                err.rejection_response()
+            });
+        }
+    };
+    let mut session = match handler.upgrade(&req, &mut accepted.response) {
+        Ok(s) => Some(s),
+        Err(r) => {
+            stats.failed_handshakes += 1;
+            return Answer::Refused(handshake::rejection(r.status, &r.headers, &r.body));
+        }
+    };
+    let mut out = Vec::new();
+    handshake::write_response_head(&accepted.response, &mut out);
+    let mut conn = Box::new(Connection::new(Role::Server, Arc::clone(&acceptor.config), now));
+    #[cfg(feature = "deflate")]
+    if let Some(p) = accepted.deflate {
+        conn.set_deflate(p);
+    }
+    stats.opened += 1;
+    if let Some(s) = session.as_mut() {
+        handler.on_open(s, &mut Conn { conn: &mut conn, id, in_flight: 0 });
+    }
+    // Frames sent right behind the head.
+    if head.len() > used {
+        let mut rest = head[used..].to_vec();
+        let mut input = &mut rest[..];
+        deliver(handler, &mut conn, &mut session, id, 0, &mut input, now, false);
+    }
+    Answer::Open { head: out, state: State::Open { conn, session } }
+}
+
+/// The loop's timers: at most a few entries per connection (a later timer re-checks and re-arms
+/// instead of removing an earlier one), each told apart from a later connection in the same slot
+/// by the slot's generation.
+#[derive(Default)]
+struct Timers {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize, u32)>>,
+}
+
+impl Timers {
+    /// Add a timer for slot `k` at `t` unless `pending` (the slot's earliest) is at least as
+    /// early.
+    fn schedule(&mut self, pending: &mut Option<Instant>, k: usize, generation: u32, t: Instant) {
+        if pending.is_some_and(|cur| cur <= t) {
+            return;
+        }
+        *pending = Some(t);
+        self.heap.push(std::cmp::Reverse((t, k, generation)));
+    }
+
+    /// The earliest timer.
+    fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|std::cmp::Reverse((t, _, _))| *t)
+    }
+
+    /// Take a timer due at `now`: its slot, generation and time.
+    fn pop_due(&mut self, now: Instant) -> Option<(usize, u32, Instant)> {
+        let &std::cmp::Reverse((t, k, generation)) = self.heap.peek()?;
+        if t > now {
+            return None;
+        }
+        self.heap.pop();
+        Some((k, generation, t))
+    }
+}
+
+/// `now + d`, or a century from now when that overflows (`Duration::MAX` means "no limit").
+fn far(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}

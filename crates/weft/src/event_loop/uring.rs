@@ -1,0 +1,968 @@
+//! The io_uring backend: completions instead of readiness.
+//!
+//! - One multishot accept on the listener.
+//! - One multishot receive per connection, into a ring of buffers the loop provides (a
+//!   "provided buffer ring"): the kernel picks a free buffer when bytes arrive, so an idle
+//!   connection holds no read buffer, neither here nor in a pending request. Frames are parsed in
+//!   place in that buffer, which goes back to the ring as soon as the handler returns; a frame
+//!   that does not end in it is copied into its connection (any size, in any number of pieces).
+//! - Sends: at most one per connection in flight, carrying everything the connection corked
+//!   (a `sendmsg` over its queued chunks, which it keeps alive until the completion); the sends
+//!   of a whole loop turn go to the kernel with the wait for the next completions, in one
+//!   `io_uring_enter`.
+//! - A connection whose output is above the high-water mark has its receive cancelled until the
+//!   output drains (what arrived before the cancellation took effect is still handled).
+//! - A closed connection's descriptor is closed once none of its requests is in flight (its
+//!   requests are cancelled first), so no completion can name a slot used again.
+//!
+//! The ring is made on the thread that runs the loop (`IORING_SETUP_SINGLE_ISSUER`).
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
+use slab::Slab;
+use weft_proto::{CloseCode, CloseFrame, ConnectionError};
+
+use super::{
+    Answer, Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, State, Timers, answer, deliver, drain_events,
+    end_session, far, fire,
+};
+use crate::Acceptor;
+
+const SQ_ENTRIES: u32 = 4096;
+/// The buffer group of the loop's receive ring.
+const BGID: u16 = 0;
+/// Send operations kept for reuse.
+const SEND_POOL: usize = 256;
+
+// What a completion is for: the kind in the top byte of its user data; for a connection's
+// requests, the slot's generation (24 bits) and the slot (32 bits) below it.
+const ACCEPT: u64 = 1 << 56;
+const WAKE: u64 = 2 << 56;
+const CANCEL: u64 = 3 << 56;
+const RECV: u64 = 4;
+const SEND: u64 = 5;
+
+fn tag(kind: u64, k: usize, generation: u32) -> u64 {
+    kind << 56 | (u64::from(generation) & 0xff_ffff) << 32 | (k as u64 & 0xffff_ffff)
+}
+
+/// Whether this kernel runs everything the backend uses: a ring with extended wait arguments,
+/// the opcodes, a provided-buffer ring and a multishot receive (tried on a socket pair).
+pub(super) fn supported() -> io::Result<()> {
+    let mut ring = IoUring::new(8)?;
+    if !ring.params().is_feature_ext_arg() {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "no IORING_FEAT_EXT_ARG (Linux 5.11)"));
+    }
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    for (code, name) in [
+        (opcode::AcceptMulti::CODE, "accept"),
+        (opcode::RecvMulti::CODE, "recv"),
+        (opcode::SendMsg::CODE, "sendmsg"),
+        (opcode::AsyncCancel2::CODE, "async cancel"),
+        (opcode::PollAdd::CODE, "poll"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("no IORING_OP for {name}")));
+        }
+    }
+    let bufs = BufRing::new(&ring, 2, 64)?;
+    let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    let recv = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), BGID).build().user_data(1);
+    // SAFETY: the request names only the socket and the buffer ring, both alive until the ring
+    // is dropped at the end of this function (which cancels the request).
+    unsafe { ring.submission().push(&recv) }.map_err(|_| io::Error::other("submission queue full"))?;
+    ring.submit()?;
+    io::Write::write_all(&mut b, b"x")?;
+    ring.submit_and_wait(1)?;
+    let cqe = ring.completion().next().ok_or_else(|| io::Error::other("no completion"))?;
+    let ok = cqe.result() == 1 && cqueue::more(cqe.flags());
+    drop(ring);
+    drop(bufs);
+    if ok {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("no multishot receive (Linux 6.0): {}", io::Error::from_raw_os_error(-cqe.result().min(0))),
+        ))
+    }
+}
+
+/// `IOU_PBUF_RING_INC` (Linux 6.12): the kernel fills each buffer in several receives.
+const PBUF_RING_INC: u16 = 2;
+
+/// The loop's receive buffers, lent to the kernel through a provided-buffer ring. Where the
+/// kernel can (6.12), buffers are consumed incrementally: a receive takes only the bytes it
+/// needs and the next one goes on in the same buffer, so a few large buffers serve any number
+/// of small receives and large frames arrive whole.
+struct BufRing {
+    ring: *mut types::BufRingEntry,
+    ring_layout: Layout,
+    bufs: *mut u8,
+    bufs_layout: Layout,
+    size: usize,
+    entries: u16,
+    tail: u16,
+    /// Per buffer, the bytes the kernel already handed over (incremental consumption).
+    filled: Vec<u32>,
+    incremental: bool,
+    /// Requests may still name the memory (the loop ended in an error): never free it.
+    leak: bool,
+}
+
+// SAFETY: the pointers are to memory this value owns; the kernel's use of it ends with the ring,
+// which lives on the same thread as this value.
+unsafe impl Send for BufRing {}
+
+impl BufRing {
+    /// `entries` (a power of two) buffers of `size` bytes, registered with `ring` as group
+    /// [`BGID`].
+    fn new<S: squeue::EntryMarker, C: cqueue::EntryMarker>(
+        ring: &IoUring<S, C>,
+        entries: u16,
+        size: usize,
+    ) -> io::Result<Self> {
+        let ring_layout = Layout::from_size_align(usize::from(entries) * 16, 4096).map_err(io::Error::other)?;
+        let bufs_layout = Layout::from_size_align(usize::from(entries) * size, 64).map_err(io::Error::other)?;
+        // SAFETY: both layouts have a non-zero size (entries ≥ 1, size ≥ 1).
+        let (r, b) = unsafe { (alloc_zeroed(ring_layout), alloc_zeroed(bufs_layout)) };
+        if r.is_null() || b.is_null() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        let mut this = Self {
+            ring: r.cast(),
+            ring_layout,
+            bufs: b,
+            bufs_layout,
+            size,
+            entries,
+            tail: 0,
+            filled: vec![0; usize::from(entries)],
+            incremental: true,
+            leak: false,
+        };
+        for bid in 0..entries {
+            this.give(bid);
+        }
+        this.publish();
+        // SAFETY: the ring memory is page-aligned, holds `entries` entries, and lives until this
+        // value is dropped, after the io_uring (the owner declares it after the ring).
+        let register =
+            |flags| unsafe { ring.submitter().register_buf_ring_with_flags(this.ring as u64, entries, BGID, flags) };
+        if register(PBUF_RING_INC).is_err() {
+            this.incremental = false;
+            register(0)?;
+        }
+        Ok(this)
+    }
+
+    /// Put buffer `bid` back in the ring (seen by the kernel after [`publish`](Self::publish)).
+    fn give(&mut self, bid: u16) {
+        let slot = usize::from(self.tail & (self.entries - 1));
+        // SAFETY: `slot` < entries: inside the ring; the kernel reads entries only up to the
+        // published tail, and this one is past it.
+        let e = unsafe { &mut *self.ring.add(slot) };
+        // SAFETY: bid < entries: the buffer lies inside the allocation.
+        e.set_addr(unsafe { self.bufs.add(usize::from(bid) * self.size) } as u64);
+        e.set_len(self.size as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Let the kernel see the buffers given back.
+    fn publish(&self) {
+        // SAFETY: the tail is a u16 inside the ring's first entry, which is properly aligned for
+        // an atomic u16; the kernel reads it concurrently, hence the atomic release store.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.ring).cast::<AtomicU16>();
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    /// The `len` bytes a completion with `flags` reported in buffer `bid`, and whether the
+    /// buffer is now to be given back (the kernel fills no more of it).
+    ///
+    /// # Safety
+    /// A completion must have just reported these bytes; no other reference to them may live.
+    unsafe fn take(&mut self, bid: u16, len: usize, flags: u32) -> (&mut [u8], bool) {
+        let at = self.filled[usize::from(bid)] as usize;
+        assert!(bid < self.entries && at + len <= self.size, "a completion named bytes outside the ring");
+        let more = cqueue::buffer_more(flags);
+        self.filled[usize::from(bid)] = if more { (at + len) as u32 } else { 0 };
+        // SAFETY: inside the allocation (asserted); the kernel wrote these bytes and writes no
+        // more of them (it goes on after them, or is done with the buffer); exclusive by the
+        // caller's contract.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(self.bufs.add(usize::from(bid) * self.size + at), len) };
+        (bytes, !more)
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        if self.leak {
+            return;
+        }
+        // SAFETY: allocated in `new` with these layouts.
+        unsafe {
+            dealloc(self.ring.cast(), self.ring_layout);
+            dealloc(self.bufs, self.bufs_layout);
+        }
+    }
+}
+
+/// One send in flight: the header, the slices and the bytes they point into, kept alive (and
+/// in place: boxed) until the completion.
+struct SendOp {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; IOV],
+    /// The handshake's answer, from `raw_at`.
+    raw: Vec<u8>,
+    raw_at: usize,
+    chunks: std::collections::VecDeque<Bytes>,
+    /// Bytes in flight.
+    len: usize,
+}
+
+// SAFETY: the raw pointers point into this value's own `raw` and `chunks`.
+unsafe impl Send for SendOp {}
+
+impl SendOp {
+    fn new() -> Box<Self> {
+        Box::new(Self {
+            // SAFETY: msghdr and iovec are plain C structs for which all zeroes is valid.
+            hdr: unsafe { std::mem::zeroed() },
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOV],
+            raw: Vec::new(),
+            raw_at: 0,
+            chunks: std::collections::VecDeque::new(),
+            len: 0,
+        })
+    }
+
+    /// Point the header at what is left to send; false when nothing is.
+    fn prepare(&mut self) -> bool {
+        let mut n = 0;
+        self.len = 0;
+        if self.raw_at < self.raw.len() {
+            self.iov[0] = libc::iovec {
+                iov_base: self.raw[self.raw_at..].as_ptr() as *mut _,
+                iov_len: self.raw.len() - self.raw_at,
+            };
+            self.len += self.iov[0].iov_len;
+            n = 1;
+        }
+        for c in self.chunks.iter().take(IOV - n) {
+            self.iov[n] = libc::iovec { iov_base: c.as_ptr() as *mut _, iov_len: c.len() };
+            self.len += c.len();
+            n += 1;
+        }
+        self.hdr.msg_iov = self.iov.as_mut_ptr();
+        self.hdr.msg_iovlen = n as _;
+        n > 0
+    }
+
+    /// The request that sends what [`prepare`](Self::prepare) pointed at: a plain `send` for
+    /// one slice (the common case: one corked chunk), a `sendmsg` for several. Without SIGPIPE
+    /// either way.
+    fn sqe(&self, fd: RawFd) -> squeue::Entry {
+        let flags = libc::MSG_NOSIGNAL;
+        if self.hdr.msg_iovlen == 1 {
+            let iov = &self.iov[0];
+            opcode::Send::new(types::Fd(fd), iov.iov_base as *const u8, iov.iov_len as u32).flags(flags).build()
+        } else {
+            opcode::SendMsg::new(types::Fd(fd), &self.hdr).flags(flags as u32).build()
+        }
+    }
+
+    /// `n` bytes were sent.
+    fn advance(&mut self, mut n: usize) {
+        let raw = (self.raw.len() - self.raw_at).min(n);
+        self.raw_at += raw;
+        n -= raw;
+        while n > 0 {
+            let front = self.chunks.front_mut().expect("sent more than was in flight");
+            if n >= front.len() {
+                n -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.raw.clear();
+        self.raw_at = 0;
+        self.chunks.clear();
+        self.len = 0;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recv {
+    Off,
+    Armed,
+    Cancelling,
+}
+
+struct Entry<S> {
+    fd: OwnedFd,
+    state: State<S>,
+    /// The handshake's answer, to send before the connection's own output.
+    raw: Vec<u8>,
+    send: Option<Box<SendOp>>,
+    /// Bytes received while the connection did not want input (its output above the
+    /// high-water mark), handed over when it does: at most what arrived before the receive's
+    /// cancellation took effect.
+    stash: Vec<u8>,
+    recv: Recv,
+    /// Requests in flight that name this entry (its receive, its send).
+    ops: u8,
+    /// No more input: the receive reported the end of the stream or an error.
+    eof: bool,
+    /// Removed: the descriptor closes once `ops` is 0.
+    gone: bool,
+    linger: Option<Instant>,
+    queued: bool,
+    timer: Option<Instant>,
+    generation: u32,
+}
+
+impl<S> Entry<S> {
+    fn in_flight(&self) -> usize {
+        self.send.as_ref().map_or(0, |s| s.len)
+    }
+}
+
+/// One io_uring loop: a listener and the connections it accepted.
+pub(super) struct Loop<H: Handler> {
+    // Declared before the buffers: dropped (and the kernel's use of them ended) first.
+    ring: Option<IoUring>,
+    bufs: Option<BufRing>,
+    listener: Option<TcpListener>,
+    accept_armed: bool,
+    accept_retry: Option<Instant>,
+    acceptor: Acceptor,
+    config: LoopConfig,
+    pub(super) handler: H,
+    conns: Slab<Entry<H::Session>>,
+    ready: Vec<usize>,
+    cqes: Vec<(u64, i32, u32)>,
+    pool: Vec<Box<SendOp>>,
+    timers: Timers,
+    generation: u32,
+    handshakes: usize,
+    stats: LoopStats,
+    stop: Arc<AtomicBool>,
+    wake: Arc<OwnedFd>,
+    stopping: Option<Instant>,
+}
+
+impl<H: Handler> Loop<H> {
+    pub(super) fn new(listener: TcpListener, acceptor: Acceptor, config: LoopConfig, handler: H) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        // SAFETY: eventfd has no memory preconditions; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor eventfd just returned, owned by nothing else.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok(Self {
+            ring: None,
+            bufs: None,
+            listener: Some(listener),
+            accept_armed: false,
+            accept_retry: None,
+            acceptor,
+            config,
+            handler,
+            conns: Slab::new(),
+            ready: Vec::new(),
+            cqes: Vec::with_capacity(1024),
+            pool: Vec::new(),
+            timers: Timers::default(),
+            generation: 0,
+            handshakes: 0,
+            stats: LoopStats::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            wake,
+            stopping: None,
+        })
+    }
+
+    pub(super) fn stop_handle(&self) -> LoopHandle {
+        let wake = Arc::clone(&self.wake);
+        LoopHandle {
+            stop: Arc::clone(&self.stop),
+            wake: Arc::new(move || {
+                // SAFETY: writes 8 bytes from a live u64 to a live eventfd.
+                let _ = unsafe { libc::write(wake.as_raw_fd(), (&1u64 as *const u64).cast(), 8) };
+            }),
+        }
+    }
+
+    pub(super) fn stats(&self) -> LoopStats {
+        LoopStats { open: self.conns.len() as u64, ..self.stats }
+    }
+
+    pub(super) fn run(&mut self) -> io::Result<()> {
+        // Made here, on the thread that submits (single issuer).
+        let ring = IoUring::builder()
+            .setup_cqsize(SQ_ENTRIES * 4)
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(SQ_ENTRIES)?;
+        let entries = self.config.ring_buffers.clamp(2, 1 << 15).next_power_of_two();
+        self.bufs = Some(BufRing::new(&ring, entries, self.config.read_buffer_size.clamp(4096, 1 << 30))?);
+        self.ring = Some(ring);
+        self.push(
+            opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(WAKE),
+        );
+        let r = self.turns();
+        if r.is_err() && self.conns.iter().any(|(_, e)| e.ops > 0) {
+            // Requests may still name buffers: keep them (the loop is failing anyway).
+            if let Some(b) = &mut self.bufs {
+                b.leak = true;
+            }
+            std::mem::forget(std::mem::take(&mut self.conns));
+        }
+        self.ring = None;
+        self.bufs = None;
+        r
+    }
+
+    fn turns(&mut self) -> io::Result<()> {
+        loop {
+            let now = Instant::now();
+            if let Some(until) = self.stopping {
+                if now >= until {
+                    // Grace is over: whoever is left is dropped (and its handler told).
+                    let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                    for k in keys {
+                        self.remove(k);
+                    }
+                }
+                if self.conns.is_empty() && !self.accept_armed {
+                    return Ok(());
+                }
+            }
+            if !self.accept_armed && self.stopping.is_none() && self.accept_retry.is_none_or(|t| now >= t) {
+                if let Some(l) = &self.listener {
+                    let accept = opcode::AcceptMulti::new(types::Fd(l.as_raw_fd())).flags(libc::SOCK_CLOEXEC).build();
+                    self.push(accept.user_data(ACCEPT));
+                    self.accept_armed = true;
+                    self.accept_retry = None;
+                }
+            }
+            let timeout = if !self.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                [self.timers.next(), self.accept_retry, self.stopping]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|t| t.saturating_duration_since(now))
+            };
+            self.enter(timeout)?;
+            self.reap();
+            if let Some(b) = &self.bufs {
+                b.publish();
+            }
+            if self.stop.load(Ordering::Acquire) && self.stopping.is_none() {
+                self.begin_stop();
+            }
+            let mut ready = std::mem::take(&mut self.ready);
+            for &k in &ready {
+                if let Some(e) = self.conns.get_mut(k) {
+                    e.queued = false;
+                }
+            }
+            for &k in &ready {
+                self.drive(k, None);
+            }
+            ready.clear();
+            if self.ready.is_empty() {
+                self.ready = ready; // its capacity, for the next turn
+            }
+            self.fire_timers(Instant::now());
+        }
+    }
+
+    fn ring(&mut self) -> &mut IoUring {
+        self.ring.as_mut().expect("the ring is made when the loop runs")
+    }
+
+    /// Queue a request, submitting what waits when the queue is full.
+    fn push(&mut self, sqe: squeue::Entry) {
+        let ring = self.ring();
+        for _ in 0..64 {
+            // SAFETY: every request names memory that outlives it: a connection's send
+            // operation and descriptor stay until its completion (`ops`), the buffer ring and
+            // the listener until the ring is dropped.
+            if unsafe { ring.submission().push(&sqe) }.is_ok() {
+                return;
+            }
+            let _ = ring.submit();
+        }
+        panic!("the io_uring submission queue stays full");
+    }
+
+    /// Submit what waits and wait for a completion, at most `timeout` (forever: `None`).
+    fn enter(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let ring = self.ring();
+        // Always with IORING_ENTER_GETEVENTS (the crate's plain `submit` is without): with
+        // IORING_SETUP_DEFER_TASKRUN, completions are only posted then.
+        let r = match timeout {
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                ring.submitter().submit_with_args(1, &types::SubmitArgs::new().timespec(&ts))
+            }
+            None => ring.submit_and_wait(1),
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Handle every completion that waits.
+    fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(self.ring().completion().map(|c| (c.user_data(), c.result(), c.flags())));
+        let now = Instant::now();
+        for &(ud, res, flags) in &cqes {
+            match ud {
+                ACCEPT => self.on_accept(res, flags, now),
+                WAKE => {
+                    let mut v = 0u64;
+                    // SAFETY: reads 8 bytes into a live u64 from a live eventfd.
+                    let _ = unsafe { libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+                    if !cqueue::more(flags) {
+                        let poll =
+                            opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32).multi(true);
+                        self.push(poll.build().user_data(WAKE));
+                    }
+                }
+                CANCEL => {}
+                _ => {
+                    let kind = ud >> 56;
+                    let k = (ud & 0xffff_ffff) as usize;
+                    let generation = ((ud >> 32) & 0xff_ffff) as u32;
+                    let ours = self.conns.get(k).is_some_and(|e| e.generation & 0xff_ffff == generation);
+                    match kind {
+                        RECV => self.on_recv(k, ours, res, flags, now),
+                        SEND if ours => self.on_send(k, res),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.cqes = cqes;
+    }
+
+    fn on_accept(&mut self, res: i32, flags: u32, now: Instant) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+            if self.stopping.is_some() {
+                self.listener = None;
+            }
+        }
+        if res < 0 {
+            if !cqueue::more(flags) && res != -libc::ECANCELED {
+                // Out of descriptors (or memory): keep serving what we have, retry soon.
+                self.accept_retry = Some(now + Duration::from_millis(50));
+            }
+            return;
+        }
+        // SAFETY: a descriptor the kernel just accepted for us, owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+        self.stats.accepted += 1;
+        if self.stopping.is_some() {
+            return;
+        }
+        if self.conns.len() >= self.config.max_connections {
+            self.stats.refused_connections += 1;
+            return;
+        }
+        if self.handshakes >= self.config.max_handshakes {
+            self.stats.refused_handshakes += 1;
+            return;
+        }
+        set_nodelay(fd.as_raw_fd());
+        self.generation = self.generation.wrapping_add(1);
+        let deadline = far(now, self.acceptor.handshake_timeout);
+        let k = self.conns.insert(Entry {
+            fd,
+            state: State::Handshake { head: Vec::new(), deadline },
+            raw: Vec::new(),
+            send: None,
+            stash: Vec::new(),
+            recv: Recv::Off,
+            ops: 0,
+            eof: false,
+            gone: false,
+            linger: None,
+            queued: false,
+            timer: None,
+            generation: self.generation,
+        });
+        self.handshakes += 1;
+        let e = &mut self.conns[k];
+        self.timers.schedule(&mut e.timer, k, e.generation, deadline);
+        self.arm_recv(k);
+    }
+
+    fn arm_recv(&mut self, k: usize) {
+        let e = &mut self.conns[k];
+        let sqe = opcode::RecvMulti::new(types::Fd(e.fd.as_raw_fd()), BGID).build();
+        let ud = tag(RECV, k, e.generation);
+        e.recv = Recv::Armed;
+        e.ops += 1;
+        self.push(sqe.user_data(ud));
+    }
+
+    fn on_recv(&mut self, k: usize, ours: bool, res: i32, flags: u32, now: Instant) {
+        let bid = cqueue::buffer_select(flags);
+        if !ours {
+            if let (Some(bid), Some(b)) = (bid, &mut self.bufs) {
+                // SAFETY: reported by this completion; not used.
+                if unsafe { b.take(bid, res.max(0) as usize, flags) }.1 {
+                    b.give(bid);
+                }
+            }
+            return;
+        }
+        let e = &mut self.conns[k];
+        if !cqueue::more(flags) {
+            e.ops -= 1;
+            e.recv = Recv::Off;
+        }
+        if res > 0 {
+            let bid = bid.expect("a receive with bytes names its buffer");
+            let bufs = self.bufs.as_mut().expect("the buffers live while the loop runs");
+            // SAFETY: the completion reported these bytes; the slice is dropped before the
+            // buffer goes back to the ring below.
+            let (data, done) = unsafe { bufs.take(bid, res as usize, flags) };
+            if !e.gone {
+                let in_flight = e.in_flight();
+                match &mut e.state {
+                    State::Open { .. } if !e.stash.is_empty() => e.stash.extend_from_slice(data),
+                    State::Open { conn, session } => {
+                        let mut input = &mut data[..];
+                        deliver(&mut self.handler, conn, session, k, in_flight, &mut input, now, true);
+                        e.stash.extend_from_slice(input);
+                    }
+                    State::Handshake { head, .. } => head.extend_from_slice(data),
+                    // Read and discarded.
+                    State::Rejected { .. } | State::Lingering { .. } => {}
+                }
+            }
+            if done {
+                bufs.give(bid);
+            }
+            if matches!(self.conns[k].state, State::Handshake { .. }) {
+                self.on_head(k, now);
+            }
+        } else if res == 0 || (res != -libc::ECANCELED && res != -libc::ENOBUFS) {
+            // The end of the stream, or a failed socket. (Out of buffers: re-armed next turn,
+            // when this turn's are back; cancelled: paused.)
+            e.eof = true;
+            if !e.gone {
+                self.on_eof(k);
+            }
+        }
+        self.settle(k);
+    }
+
+    /// After a completion for `k`: close it if it is gone and idle, pause its receive if its
+    /// output is above the high-water mark, and give it a turn.
+    fn settle(&mut self, k: usize) {
+        let Some(e) = self.conns.get_mut(k) else { return };
+        if e.gone {
+            if e.ops == 0 {
+                let e = self.conns.remove(k);
+                if let Some(mut op) = e.send {
+                    op.clear();
+                    self.pool.push(op);
+                }
+            }
+            return;
+        }
+        if e.recv == Recv::Armed && !e.state.wants_input() {
+            e.recv = Recv::Cancelling;
+            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(tag(RECV, k, e.generation))).build();
+            self.push(sqe.user_data(CANCEL));
+            // Now, not at the end of the turn: every receive until then lands in the stash.
+            let _ = self.ring().submit();
+        }
+        let e = &mut self.conns[k];
+        if !e.queued {
+            e.queued = true;
+            self.ready.push(k);
+        }
+    }
+
+    /// Bytes of a request head arrived: answer it once complete.
+    fn on_head(&mut self, k: usize, now: Instant) {
+        let e = &mut self.conns[k];
+        let State::Handshake { head, .. } = &e.state else { return };
+        match answer(&self.acceptor, &mut self.handler, &mut self.stats, head, k, now) {
+            Answer::Incomplete => {}
+            Answer::Open { head, state } => {
+                self.handshakes -= 1;
+                e.raw = head;
+                e.state = state;
+            }
+            Answer::Refused(resp) => {
+                self.handshakes -= 1;
+                e.raw = resp;
+                e.state = State::Rejected { deadline: far(Instant::now(), self.acceptor.handshake_timeout) };
+            }
+        }
+    }
+
+    fn on_send(&mut self, k: usize, res: i32) {
+        let e = &mut self.conns[k];
+        e.ops -= 1;
+        let mut op = e.send.take().expect("a send completion for a connection with a send in flight");
+        if res >= 0 && !e.gone {
+            op.advance(res as usize);
+            if op.prepare() {
+                // A short send: the rest goes now, before anything queued since.
+                let sqe = op.sqe(e.fd.as_raw_fd()).user_data(tag(SEND, k, e.generation));
+                e.ops += 1;
+                e.send = Some(op);
+                self.push(sqe);
+                return;
+            }
+        }
+        op.clear();
+        if self.pool.len() < SEND_POOL {
+            self.pool.push(op);
+        }
+        if res < 0 && !e.gone {
+            // The peer is gone (reset, broken pipe).
+            e.eof = true;
+            self.on_eof(k);
+        }
+        self.settle(k);
+    }
+
+    fn on_eof(&mut self, k: usize) {
+        let e = &mut self.conns[k];
+        match &mut e.state {
+            State::Open { conn, session } => {
+                conn.handle_eof();
+                drain_events(&mut self.handler, conn, session, k, 0);
+                // The peer may still read (a half-closed socket): what is queued goes now, and
+                // whatever the kernel takes at once of it is sent.
+                self.flush(k);
+                self.remove(k);
+            }
+            State::Handshake { .. } => {
+                self.stats.failed_handshakes += 1;
+                self.remove(k);
+            }
+            State::Rejected { .. } | State::Lingering { .. } => self.remove(k),
+        }
+    }
+
+    /// Give connection `k` its turn: send what it queued, close it once it is finished, and
+    /// receive again when it wants input.
+    fn drive(&mut self, k: usize, after: Option<Instant>) {
+        let Some(e) = self.conns.get(k) else { return };
+        if e.gone {
+            return;
+        }
+        self.unstash(k);
+        self.flush(k);
+        let e = &mut self.conns[k];
+        if e.recv == Recv::Off && !e.eof && e.stash.is_empty() && e.state.wants_input() {
+            self.arm_recv(k);
+        }
+        let e = &mut self.conns[k];
+        if let Some(mut t) = e.state.next_deadline(&mut e.linger, self.acceptor.config.close_timeout) {
+            if let Some(now) = after {
+                // A timer just fired: a deadline that is due again must not spin the loop.
+                t = t.max(now + Duration::from_millis(1));
+            }
+            self.timers.schedule(&mut e.timer, k, e.generation, t);
+        }
+    }
+
+    /// Hand what waits in `k`'s stash to the handler, as far as the connection wants input.
+    fn unstash(&mut self, k: usize) {
+        let e = &mut self.conns[k];
+        if e.stash.is_empty() || !e.state.wants_input() {
+            return;
+        }
+        let in_flight = e.in_flight();
+        let State::Open { conn, session } = &mut e.state else { return };
+        let mut stash = std::mem::take(&mut e.stash);
+        let mut input = &mut stash[..];
+        deliver(&mut self.handler, conn, session, k, in_flight, &mut input, Instant::now(), true);
+        let left = input.len();
+        if left > 0 {
+            stash.drain(..stash.len() - left);
+            e.stash = stash;
+        }
+    }
+
+    /// Start a send of what `k` queued, unless one is in flight; once a finished connection
+    /// has sent everything, shut its write side and linger.
+    fn flush(&mut self, k: usize) {
+        let e = &mut self.conns[k];
+        if e.gone || e.send.is_some() {
+            return;
+        }
+        let queued = !e.raw.is_empty() || matches!(&e.state, State::Open { conn, .. } if conn.has_transmit());
+        if queued {
+            let mut op = self.pool.pop().unwrap_or_else(SendOp::new);
+            op.raw = std::mem::take(&mut e.raw);
+            if let State::Open { conn, .. } = &mut e.state {
+                while op.chunks.len() < IOV - 1 {
+                    match conn.poll_transmit() {
+                        Some(c) => op.chunks.push_back(c),
+                        None => break,
+                    }
+                }
+            }
+            op.prepare();
+            let sqe = op.sqe(e.fd.as_raw_fd()).user_data(tag(SEND, k, e.generation));
+            e.ops += 1;
+            e.send = Some(op);
+            self.push(sqe);
+            return;
+        }
+        if let State::Open { conn, .. } = &mut e.state {
+            if !conn.has_partial_input() {
+                conn.release_idle_buffers();
+            }
+        }
+        let finished = match &e.state {
+            State::Rejected { .. } => true,
+            State::Open { conn, .. } => conn.is_finished(),
+            State::Handshake { .. } | State::Lingering { .. } => false,
+        };
+        if finished {
+            // SAFETY: shuts down a live socket; no memory is involved.
+            unsafe { libc::shutdown(e.fd.as_raw_fd(), libc::SHUT_WR) };
+            let deadline = far(Instant::now(), self.acceptor.config.close_timeout);
+            let old = std::mem::replace(&mut e.state, State::Lingering { deadline });
+            if let State::Open { session: Some(s), .. } = old {
+                self.handler.on_close(s, &ConnectionError::Reset);
+            }
+        }
+    }
+
+    /// Drop connection `k`: tell its handler, cancel its requests, and close its descriptor once
+    /// none is in flight.
+    fn remove(&mut self, k: usize) {
+        let Some(e) = self.conns.get_mut(k) else { return };
+        if e.gone {
+            return;
+        }
+        e.gone = true;
+        match std::mem::replace(&mut e.state, State::Lingering { deadline: Instant::now() }) {
+            State::Handshake { .. } => self.handshakes -= 1,
+            State::Open { conn, session } => end_session(&mut self.handler, conn, session),
+            State::Rejected { .. } | State::Lingering { .. } => {}
+        }
+        let e = &mut self.conns[k];
+        if e.ops == 0 {
+            self.conns.remove(k);
+        } else {
+            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(e.fd.as_raw_fd())).all()).build();
+            self.push(sqe.user_data(CANCEL));
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        self.stopping = Some(Instant::now() + self.config.shutdown_grace);
+        if self.accept_armed {
+            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ACCEPT)).build();
+            self.push(sqe.user_data(CANCEL));
+        } else {
+            self.listener = None;
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            let e = &mut self.conns[k];
+            if e.gone {
+                continue;
+            }
+            match &mut e.state {
+                State::Open { conn, .. } => {
+                    let _ = conn.close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
+                    if !e.queued {
+                        e.queued = true;
+                        self.ready.push(k);
+                    }
+                }
+                State::Handshake { .. } | State::Rejected { .. } | State::Lingering { .. } => self.remove(k),
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some((k, generation, t)) = self.timers.pop_due(now) {
+            let Some(e) = self.conns.get_mut(k) else { continue };
+            if e.generation != generation || e.timer != Some(t) || e.gone {
+                continue;
+            }
+            e.timer = None;
+            match fire(&mut self.handler, &mut e.state, e.linger, k, now) {
+                Fired::Remove { failed_handshake } => {
+                    self.stats.failed_handshakes += u64::from(failed_handshake);
+                    self.remove(k);
+                }
+                Fired::Drive => self.drive(k, Some(now)),
+            }
+        }
+    }
+}
+
+impl<H: Handler> Drop for Loop<H> {
+    fn drop(&mut self) {
+        if self.ring.is_some() && self.conns.iter().any(|(_, e)| e.ops > 0) {
+            // Dropped while running (a panic in a handler): requests may still name the
+            // buffers and the sends' bytes. Keep them.
+            if let Some(b) = &mut self.bufs {
+                b.leak = true;
+            }
+            std::mem::forget(std::mem::take(&mut self.conns));
+        }
+    }
+}
+
+fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: passes a live c_int of the size given.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}

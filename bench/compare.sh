@@ -7,7 +7,9 @@
 #   bench/compare.sh --quick    512 B and 16 KiB, 100 connections, 1 round (~2 min)
 #
 # `weft` is `weft echo` on the tokio core, `weft-epoll` and `weft-uring` on the event-driven
-# core (`--core epoll`, `--core io-uring`). BENCH_SERVERS, BENCH_SIZES, BENCH_CONNS and BENCH_ROUNDS select a subset.
+# core (`--core epoll`, `--core io-uring`); `weft-compio` is weft's protocol core on the compio
+# runtime (bench/peers/rust/src/bin/weft-compio.rs), the alternative to weft's own io_uring
+# loop. BENCH_SERVERS, BENCH_SIZES, BENCH_CONNS and BENCH_ROUNDS select a subset.
 #
 # Placement: every server runs on CPU 0 with one thread, the generator (`weft bench`, one thread)
 # on CPU 1, the same for every peer. Results: bench/out/results.jsonl (one JSON object per run),
@@ -30,6 +32,7 @@ CMD[weft-epoll]="$WEFT echo --core epoll --threads 1 --addr 127.0.0.1:PORT"
 CMD[weft-epoll+deflate]="$WEFT echo --core epoll --threads 1 --deflate --addr 127.0.0.1:PORT"; DEFL[weft-epoll+deflate]=1
 CMD[weft-uring]="$WEFT echo --core io-uring --threads 1 --addr 127.0.0.1:PORT"
 CMD[weft-uring+deflate]="$WEFT echo --core io-uring --threads 1 --deflate --addr 127.0.0.1:PORT"; DEFL[weft-uring+deflate]=1
+CMD[weft-compio]="$ROOT/bench/peers/rust/target/release/weft-compio --port PORT"
 CMD[tokio-tungstenite]="$PEERS tungstenite --threads 1 --port PORT"
 CMD[fastwebsockets]="$PEERS fastwebsockets --threads 1 --port PORT"
 CMD[tokio-websockets]="$PEERS tokio-websockets --threads 1 --port PORT"
@@ -38,7 +41,7 @@ CMD[node-ws+deflate]="node bench/peers/node/echo.js --deflate --port PORT"; DEFL
 CMD[py-websockets]="$PYVENV/bin/python bench/peers/python/websockets_echo.py --port PORT"
 CMD[py-websockets+deflate]="$PYVENV/bin/python bench/peers/python/websockets_echo.py --deflate --port PORT"; DEFL[py-websockets+deflate]=1
 CMD[picows]="$PYVENV/bin/python bench/peers/python/picows_echo.py --port PORT"
-PLAIN=(weft weft-epoll weft-uring tokio-tungstenite fastwebsockets tokio-websockets node-ws py-websockets picows)
+PLAIN=(weft weft-epoll weft-uring weft-compio tokio-tungstenite fastwebsockets tokio-websockets node-ws py-websockets picows)
 DEFLATED=(weft+deflate weft-epoll+deflate weft-uring+deflate node-ws+deflate py-websockets+deflate)
 # A subset of the servers, e.g. BENCH_SERVERS="weft weft-epoll fastwebsockets" bench/compare.sh
 if [[ -n "${BENCH_SERVERS:-}" ]]; then

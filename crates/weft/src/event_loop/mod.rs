@@ -247,7 +247,7 @@ impl LoopHandle {
 }
 
 enum Imp<H: Handler> {
-    Epoll(epoll::Loop<H>),
+    Epoll(Box<epoll::Loop<H>>),
     #[cfg(target_os = "linux")]
     Uring(Box<uring::Loop<H>>),
 }
@@ -295,7 +295,7 @@ impl<H: Handler> EventLoop<H> {
             #[cfg(not(target_os = "linux"))]
             Backend::Auto => fallback = Some("io_uring is Linux only".into()),
         }
-        let imp = Imp::Epoll(epoll::Loop::new(listener, acceptor, config, handler)?);
+        let imp = Imp::Epoll(Box::new(epoll::Loop::new(listener, acceptor, config, handler)?));
         Ok(Self { imp, fallback })
     }
 

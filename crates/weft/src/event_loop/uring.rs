@@ -358,6 +358,9 @@ pub(super) struct Loop<H: Handler> {
     conns: Slab<Entry<H::Session>>,
     ready: Vec<usize>,
     cqes: Vec<(u64, i32, u32)>,
+    // Boxed: an operation's address is what the kernel holds while it is in flight, and a pooled
+    // one moves to an entry as it is.
+    #[allow(clippy::vec_box)]
     pool: Vec<Box<SendOp>>,
     timers: Timers,
     generation: u32,

@@ -12,8 +12,9 @@
 #                              again over HTTP/2 and over HTTP/3 through a bridge (without 12.*/13.*), the
 #                              client suite also with the Python sync and asyncio clients
 #                              (without the permessage-deflate cases 12.*/13.*: same codec),
-#                              and the server suite against the event-driven core (`weft echo
-#                              --core epoll`; of 12.*/13.* only 12.1.*/13.1.*)
+#                              and the server suite against the event-driven core on each
+#                              backend (`weft echo --core epoll` and `--core io-uring`; of
+#                              12.*/13.* only 12.1.*/13.1.*)
 #   scripts/test.sh --quick    the same without the slow permessage-deflate cases 12.*/13.*
 #
 # Needs: the Rust toolchain, python3, and the shared Autobahn tooling beside the repository
@@ -247,19 +248,28 @@ AUTOBAHN_NO_DEFLATE=1 AUTOBAHN_OUTDIR="$OUT/autobahn-client-h3" AUTOBAHN_AGENT=w
   "$WEFT" autobahn-client "wss://localhost:$H3BPORT" --agent {agent} --http3 --ca-file "$H3DIR/cert.pem" --no-deflate \
   > "$OUT/autobahn-client-h3.txt" 2>&1 &
 H3C_PID=$!
-# The server suite against the event-driven core (`weft echo --core epoll`, one loop). Of the
-# compression sections it runs 12.1 and 13.1 (every parameter combination on small messages):
-# the deflate codec is the one the tokio core's full run covers, and the larger cases are most
-# of the suite's time.
-ESPORT=$(pick_port $(( H3BPORT + 1 )))
+# The server suite against the event-driven core on each backend (`weft echo --core epoll` and
+# `--core io-uring`, one loop each). Of the compression sections it runs 12.1 and 13.1 (every
+# parameter combination on small messages): the deflate codec is the one the tokio core's full
+# run covers, and the larger cases are most of the suite's time.
+ESPORT=$(pick_port $(( H3BPORT + 1 ))); EUPORT=$(pick_port $(( ESPORT + 1 )))
 "$WEFT" echo --core epoll --threads 1 --addr "127.0.0.1:$ESPORT" --deflate > "$OUT/echo-epoll.log" 2>&1 &
 EECHO_PID=$!
-trap 'kill $ECHO_PID $B1_PID $B2_PID $TECHO_PID $B3_PID $B4_PID $EECHO_PID 2>/dev/null || true' EXIT
+"$WEFT" echo --core io-uring --threads 1 --addr "127.0.0.1:$EUPORT" --deflate > "$OUT/echo-io-uring.log" 2>&1 &
+UECHO_PID=$!
+trap 'kill $ECHO_PID $B1_PID $B2_PID $TECHO_PID $B3_PID $B4_PID $EECHO_PID $UECHO_PID 2>/dev/null || true' EXIT
 AUTOBAHN_AGENT=weft-echo-epoll AUTOBAHN_OUTDIR="$OUT/autobahn-server-epoll" bash "$AB/run-server-suite.sh" \
   "ws://127.0.0.1:$ESPORT" "*" "12.2.*,12.3.*,12.4.*,12.5.*,13.2.*,13.3.*,13.4.*,13.5.*,13.6.*,13.7.*" \
   > "$OUT/autobahn-server-epoll.txt" 2>&1 &
 ES_PID=$!
-s_rc=0; c_rc=0; ps_rc=0; pa_rc=0; hs_rc=0; hc_rc=0; h3s_rc=0; h3c_rc=0; es_rc=0
+uring_says() { sed 's/\x1b\[[0-9;]*m//g' "$OUT/echo-io-uring.log" | grep -q "core=io_uring"; }
+for _ in $(seq 100); do uring_says && break; sleep 0.05; done
+uring_says || { echo "weft echo --core io-uring did not run on io_uring:" >&2; cat "$OUT/echo-io-uring.log" >&2; exit 1; }
+AUTOBAHN_AGENT=weft-echo-io-uring AUTOBAHN_OUTDIR="$OUT/autobahn-server-io-uring" bash "$AB/run-server-suite.sh" \
+  "ws://127.0.0.1:$EUPORT" "*" "12.2.*,12.3.*,12.4.*,12.5.*,13.2.*,13.3.*,13.4.*,13.5.*,13.6.*,13.7.*" \
+  > "$OUT/autobahn-server-io-uring.txt" 2>&1 &
+EU_PID=$!
+s_rc=0; c_rc=0; ps_rc=0; pa_rc=0; hs_rc=0; hc_rc=0; h3s_rc=0; h3c_rc=0; es_rc=0; eu_rc=0
 wait $S_PID || s_rc=$?
 wait $C_PID || c_rc=$?
 wait $PS_PID || ps_rc=$?
@@ -269,14 +279,16 @@ wait $HC_PID || hc_rc=$?
 wait $H3S_PID || h3s_rc=$?
 wait $H3C_PID || h3c_rc=$?
 wait $ES_PID || es_rc=$?
-for f in server client py-sync py-async server-h2 client-h2 server-h3 client-h3 server-epoll; do
+wait $EU_PID || eu_rc=$?
+for f in server client py-sync py-async server-h2 client-h2 server-h3 client-h3 server-epoll server-io-uring; do
   echo "--- autobahn-$f"; cat "$OUT/autobahn-$f.txt"
 done
-kill $ECHO_PID $B1_PID $B2_PID $TECHO_PID $B3_PID $B4_PID $EECHO_PID 2>/dev/null || true
-if [[ $s_rc -ne 0 || $c_rc -ne 0 || $ps_rc -ne 0 || $pa_rc -ne 0 || $hs_rc -ne 0 || $hc_rc -ne 0 || $h3s_rc -ne 0 || $h3c_rc -ne 0 || $es_rc -ne 0 ]]; then
+kill $ECHO_PID $B1_PID $B2_PID $TECHO_PID $B3_PID $B4_PID $EECHO_PID $UECHO_PID 2>/dev/null || true
+if [[ $s_rc -ne 0 || $c_rc -ne 0 || $ps_rc -ne 0 || $pa_rc -ne 0 || $hs_rc -ne 0 || $hc_rc -ne 0 || $h3s_rc -ne 0 || $h3c_rc -ne 0 || $es_rc -ne 0 || $eu_rc -ne 0 ]]; then
   echo "Autobahn FAILED (server rc=$s_rc, client rc=$c_rc, python sync rc=$ps_rc, python async rc=$pa_rc," \
        "server over HTTP/2 rc=$hs_rc, client over HTTP/2 rc=$hc_rc, server over HTTP/3 rc=$h3s_rc," \
-       "client over HTTP/3 rc=$h3c_rc, server on the epoll core rc=$es_rc); reports in $OUT" >&2
+       "client over HTTP/3 rc=$h3c_rc, server on the epoll core rc=$es_rc, on the io_uring core rc=$eu_rc);" \
+       "reports in $OUT" >&2
   exit 1
 fi
 

@@ -1013,6 +1013,37 @@ impl Connection {
         n
     }
 
+    /// Hand `f` clones of the queued chunks in order (at most `max`, the first from where the
+    /// last write stopped) and return how many: for adapters that lend the bytes to the kernel
+    /// until a write completes (io_uring). The chunks stay queued and counted in
+    /// [`buffered_amount`](Self::buffered_amount) until
+    /// [`advance_transmit`](Self::advance_transmit) reports them written; cloning a chunk copies
+    /// no bytes.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use weft_proto::{Config, Connection, Message, Role};
+    ///
+    /// let mut c = Connection::new(Role::Server, Config::default(), Instant::now());
+    /// c.send(Message::text("hi")).unwrap();
+    /// let mut lent = Vec::new();
+    /// assert_eq!(c.transmit_chunks(8, |b| lent.push(b)), 1);
+    /// assert_eq!(&lent[0][..], b"\x81\x02hi");
+    /// assert_eq!(c.buffered_amount(), 4); // still queued until the write completes
+    /// c.advance_transmit(4);
+    /// assert!(!c.has_transmit());
+    /// ```
+    pub fn transmit_chunks(&mut self, max: usize, mut f: impl FnMut(Bytes)) -> usize {
+        self.write_pending_pong();
+        self.seal_cork();
+        let mut n = 0;
+        for (i, chunk) in self.out.iter().take(max).enumerate() {
+            f(if i == 0 { chunk.slice(self.out_head_written..) } else { chunk.clone() });
+            n += 1;
+        }
+        n
+    }
+
     /// Pop the next chunk to write in full (simple adapters). Prefer
     /// [`transmit_slices`](Self::transmit_slices) for vectored writes.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {

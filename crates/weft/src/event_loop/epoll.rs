@@ -1,8 +1,6 @@
 //! The epoll backend (through mio): readiness, one `read` into the loop's buffer, one
 //! vectored `write` per connection per loop turn.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +12,7 @@ use slab::Slab;
 use weft_proto::{CloseCode, CloseFrame, ConnectionError};
 
 use super::{
-    Answer, Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, READS_PER_TURN, State, answer, deliver,
+    Answer, Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, READS_PER_TURN, State, Timers, answer, deliver,
     drain_events, end_session, far, fire,
 };
 use crate::Acceptor;
@@ -52,7 +50,7 @@ pub(super) struct Loop<H: Handler> {
     conns: Slab<Entry<H::Session>>,
     rbuf: Vec<u8>,
     ready: Vec<usize>,
-    timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    timers: Timers,
     generation: u32,
     handshakes: usize,
     stats: LoopStats,
@@ -83,7 +81,7 @@ impl<H: Handler> Loop<H> {
             handler,
             conns: Slab::new(),
             ready: Vec::new(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             generation: 0,
             handshakes: 0,
             stats: LoopStats::default(),
@@ -127,7 +125,7 @@ impl<H: Handler> Loop<H> {
             let timeout = if !self.ready.is_empty() {
                 Some(Duration::ZERO)
             } else {
-                [self.timers.peek().map(|Reverse((t, _, _))| *t), self.accept_retry, self.stopping]
+                [self.timers.next(), self.accept_retry, self.stopping]
                     .into_iter()
                     .flatten()
                     .min()
@@ -178,6 +176,9 @@ impl<H: Handler> Loop<H> {
                 self.drive(k, now);
             }
             self.fire_timers(Instant::now());
+            let conns = &self.conns;
+            self.timers
+                .compact(conns.len(), |k, g, t| conns.get(k).is_some_and(|e| e.generation == g && e.timer == Some(t)));
         }
     }
 
@@ -315,7 +316,7 @@ impl<H: Handler> Loop<H> {
         match &mut e.state {
             State::Open { conn, session } => {
                 let mut input = &mut self.rbuf[..n];
-                deliver(&mut self.handler, conn, session, k, 0, &mut input, now, false);
+                deliver(&mut self.handler, conn, session, k, &mut input, now, false);
             }
             State::Handshake { head, .. } => {
                 head.extend_from_slice(&self.rbuf[..n]);
@@ -354,7 +355,7 @@ impl<H: Handler> Loop<H> {
         match &mut e.state {
             State::Open { conn, session } => {
                 conn.handle_eof();
-                drain_events(&mut self.handler, conn, session, k, 0);
+                drain_events(&mut self.handler, conn, session, k);
                 // The peer may still read (a half-closed socket): what fits goes now, the
                 // rest with the socket.
                 let _ = Self::write_out(e);
@@ -454,23 +455,14 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    /// Add a timer for `k` at `t` unless one at least as early is pending (a later one then
-    /// re-checks and re-arms: at most a few heap entries per connection).
+    /// Add a timer for `k` at `t` unless one at least as early is pending.
     fn schedule(&mut self, k: usize, t: Instant) {
         let e = &mut self.conns[k];
-        if e.timer.is_some_and(|cur| cur <= t) {
-            return;
-        }
-        e.timer = Some(t);
-        self.timers.push(Reverse((t, k, e.generation)));
+        self.timers.schedule(&mut e.timer, k, e.generation, t);
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(&Reverse((t, k, generation))) = self.timers.peek() {
-            if t > now {
-                return;
-            }
-            self.timers.pop();
+        while let Some((k, generation, t)) = self.timers.pop_due(now) {
             let Some(e) = self.conns.get_mut(k) else { continue };
             if e.generation != generation || e.timer != Some(t) {
                 continue;

@@ -9,7 +9,7 @@
 //! payloads: an echo copies each message once, from the receive buffer into the send buffer.
 //!
 //! Two backends run the same connection logic ([`Backend`]):
-//! - **io_uring** (Linux 6.0 or later): multishot accept, multishot receive into a ring of
+//! - **io_uring** (Linux 6.1 or later): multishot accept, multishot receive into a ring of
 //!   buffers the loop provides (no read buffer per connection, not even in the kernel's
 //!   request), and every send of a loop turn submitted with one `io_uring_enter`;
 //! - **epoll** (through mio): readiness, one `read` into the loop's buffer, one vectored
@@ -85,7 +85,7 @@ pub enum Backend {
     Auto,
     /// Readiness with epoll (through mio); kqueue on the BSDs and macOS.
     Epoll,
-    /// Completions with io_uring (Linux 6.0 or later): an error where it is not available.
+    /// Completions with io_uring (Linux 6.1 or later): an error where it is not available.
     IoUring,
 }
 
@@ -115,6 +115,9 @@ pub struct LoopConfig {
     /// receive takes a whole buffer. A burst that finds them all in use waits for the next
     /// loop turn.
     pub ring_buffers: u16,
+    /// io_uring: let the kernel fill each ring buffer across several receives where it can
+    /// (Linux 6.12); off, every receive takes a buffer of its own, as on older kernels.
+    pub ring_incremental: bool,
     /// How long [`LoopHandle::stop`] waits for connections to answer their 1001 close.
     pub shutdown_grace: Duration,
     /// The I/O backend.
@@ -128,6 +131,7 @@ impl Default for LoopConfig {
             max_handshakes: 1024,
             read_buffer_size: 256 << 10,
             ring_buffers: 16,
+            ring_incremental: true,
             shutdown_grace: Duration::from_secs(5),
             backend: Backend::Auto,
         }
@@ -172,8 +176,6 @@ pub trait Handler {
 pub struct Conn<'a> {
     conn: &'a mut Connection,
     id: usize,
-    /// Bytes handed to the kernel and not yet reported written (io_uring).
-    in_flight: usize,
 }
 
 impl Conn<'_> {
@@ -202,7 +204,7 @@ impl Conn<'_> {
 
     /// Bytes queued and not yet written.
     pub fn buffered_amount(&self) -> usize {
-        self.conn.buffered_amount() + self.in_flight
+        self.conn.buffered_amount()
     }
 }
 
@@ -429,7 +431,7 @@ fn fire<H: Handler>(
         }
         State::Open { conn, session } => {
             conn.handle_timeout(now);
-            drain_events(handler, conn, session, id, 0);
+            drain_events(handler, conn, session, id);
             Fired::Drive
         }
         _ => Fired::Drive,
@@ -438,13 +440,11 @@ fn fire<H: Handler>(
 
 /// Hand what is in `input` to the handler: everything, or with `pause`, only while the
 /// connection wants input (its output below the high-water mark); `input` keeps the rest.
-#[allow(clippy::too_many_arguments)]
 fn deliver<H: Handler>(
     handler: &mut H,
     conn: &mut Connection,
     session: &mut Option<H::Session>,
     id: usize,
-    in_flight: usize,
     input: &mut &mut [u8],
     now: Instant,
     pause: bool,
@@ -454,7 +454,7 @@ fn deliver<H: Handler>(
             return;
         }
         let Some(i) = conn.poll_input(input, now) else { return };
-        let mut c = Conn { conn, id, in_flight };
+        let mut c = Conn { conn, id };
         match (i, session.as_mut()) {
             (Input::Text(t), Some(s)) => handler.on_message(s, &mut c, Payload::Text(t)),
             (Input::Binary(b), Some(s)) => handler.on_message(s, &mut c, Payload::Binary(b)),
@@ -465,14 +465,8 @@ fn deliver<H: Handler>(
 }
 
 /// Hand the connection's pending events (after a timeout or the end of input) to the handler.
-fn drain_events<H: Handler>(
-    handler: &mut H,
-    conn: &mut Connection,
-    session: &mut Option<H::Session>,
-    id: usize,
-    in_flight: usize,
-) {
-    let mut c = Conn { conn, id, in_flight };
+fn drain_events<H: Handler>(handler: &mut H, conn: &mut Connection, session: &mut Option<H::Session>, id: usize) {
+    let mut c = Conn { conn, id };
     while let Some(ev) = c.conn.poll_event() {
         on_event(handler, session, &mut c, ev);
     }
@@ -579,13 +573,13 @@ fn answer<H: Handler>(
     }
     stats.opened += 1;
     if let Some(s) = session.as_mut() {
-        handler.on_open(s, &mut Conn { conn: &mut conn, id, in_flight: 0 });
+        handler.on_open(s, &mut Conn { conn: &mut conn, id });
     }
     // Frames sent right behind the head.
     if head.len() > used {
         let mut rest = head[used..].to_vec();
         let mut input = &mut rest[..];
-        deliver(handler, &mut conn, &mut session, id, 0, &mut input, now, false);
+        deliver(handler, &mut conn, &mut session, id, &mut input, now, false);
     }
     Answer::Open { head: out, state: State::Open { conn, session } }
 }
@@ -607,6 +601,15 @@ impl Timers {
         }
         *pending = Some(t);
         self.heap.push(std::cmp::Reverse((t, k, generation)));
+    }
+
+    /// Drop the entries `live` rejects once they outnumber the `open` connections by far (a
+    /// connection that closed leaves its entries until they are due, which with "no limit"
+    /// deadlines is never).
+    fn compact(&mut self, open: usize, live: impl Fn(usize, u32, Instant) -> bool) {
+        if self.heap.len() > 2 * open + 1024 {
+            self.heap.retain(|std::cmp::Reverse((t, k, generation))| live(*k, *generation, *t));
+        }
     }
 
     /// The earliest timer.

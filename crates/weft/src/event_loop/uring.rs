@@ -50,6 +50,14 @@ const CANCEL: u64 = 3 << 56;
 const RECV: u64 = 4;
 const SEND: u64 = 5;
 
+/// The ring's settings: one thread submits, and completions are posted only when it waits for
+/// them (Linux 6.1).
+fn builder() -> io_uring::Builder {
+    let mut b = IoUring::builder();
+    b.setup_single_issuer().setup_defer_taskrun();
+    b
+}
+
 fn tag(kind: u64, k: usize, generation: u32) -> u64 {
     kind << 56 | (u64::from(generation) & 0xff_ffff) << 32 | (k as u64 & 0xffff_ffff)
 }
@@ -57,7 +65,7 @@ fn tag(kind: u64, k: usize, generation: u32) -> u64 {
 /// Whether this kernel runs everything the backend uses: a ring with extended wait arguments,
 /// the opcodes, a provided-buffer ring and a multishot receive (tried on a socket pair).
 pub(super) fn supported() -> io::Result<()> {
-    let mut ring = IoUring::new(8)?;
+    let mut ring = builder().build(8)?;
     if !ring.params().is_feature_ext_arg() {
         return Err(io::Error::new(io::ErrorKind::Unsupported, "no IORING_FEAT_EXT_ARG (Linux 5.11)"));
     }
@@ -74,7 +82,7 @@ pub(super) fn supported() -> io::Result<()> {
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("no IORING_OP for {name}")));
         }
     }
-    let bufs = BufRing::new(&ring, 2, 64)?;
+    let bufs = BufRing::new(&ring, 2, 64, true)?;
     let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
     let recv = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), BGID).build().user_data(1);
     // SAFETY: the request names only the socket and the buffer ring, both alive until the ring
@@ -130,6 +138,7 @@ impl BufRing {
         ring: &IoUring<S, C>,
         entries: u16,
         size: usize,
+        incremental: bool,
     ) -> io::Result<Self> {
         let ring_layout = Layout::from_size_align(usize::from(entries) * 16, 4096).map_err(io::Error::other)?;
         let bufs_layout = Layout::from_size_align(usize::from(entries) * size, 64).map_err(io::Error::other)?;
@@ -158,7 +167,7 @@ impl BufRing {
         // value is dropped, after the io_uring (the owner declares it after the ring).
         let register =
             |flags| unsafe { ring.submitter().register_buf_ring_with_flags(this.ring as u64, entries, BGID, flags) };
-        if register(PBUF_RING_INC).is_err() {
+        if !incremental || register(PBUF_RING_INC).is_err() {
             this.incremental = false;
             register(0)?;
         }
@@ -228,8 +237,6 @@ struct SendOp {
     raw: Vec<u8>,
     raw_at: usize,
     chunks: std::collections::VecDeque<Bytes>,
-    /// Bytes in flight.
-    len: usize,
 }
 
 // SAFETY: the raw pointers point into this value's own `raw` and `chunks`.
@@ -244,25 +251,21 @@ impl SendOp {
             raw: Vec::new(),
             raw_at: 0,
             chunks: std::collections::VecDeque::new(),
-            len: 0,
         })
     }
 
     /// Point the header at what is left to send; false when nothing is.
     fn prepare(&mut self) -> bool {
         let mut n = 0;
-        self.len = 0;
         if self.raw_at < self.raw.len() {
             self.iov[0] = libc::iovec {
                 iov_base: self.raw[self.raw_at..].as_ptr() as *mut _,
                 iov_len: self.raw.len() - self.raw_at,
             };
-            self.len += self.iov[0].iov_len;
             n = 1;
         }
         for c in self.chunks.iter().take(IOV - n) {
             self.iov[n] = libc::iovec { iov_base: c.as_ptr() as *mut _, iov_len: c.len() };
-            self.len += c.len();
             n += 1;
         }
         self.hdr.msg_iov = self.iov.as_mut_ptr();
@@ -283,11 +286,12 @@ impl SendOp {
         }
     }
 
-    /// `n` bytes were sent.
-    fn advance(&mut self, mut n: usize) {
+    /// `n` bytes were sent; how many of them were the connection's chunks.
+    fn advance(&mut self, mut n: usize) -> usize {
         let raw = (self.raw.len() - self.raw_at).min(n);
         self.raw_at += raw;
         n -= raw;
+        let chunks = n;
         while n > 0 {
             let front = self.chunks.front_mut().expect("sent more than was in flight");
             if n >= front.len() {
@@ -298,13 +302,13 @@ impl SendOp {
                 n = 0;
             }
         }
+        chunks
     }
 
     fn clear(&mut self) {
         self.raw.clear();
         self.raw_at = 0;
         self.chunks.clear();
-        self.len = 0;
     }
 }
 
@@ -338,12 +342,6 @@ struct Entry<S> {
     generation: u32,
 }
 
-impl<S> Entry<S> {
-    fn in_flight(&self) -> usize {
-        self.send.as_ref().map_or(0, |s| s.len)
-    }
-}
-
 /// One io_uring loop: a listener and the connections it accepted.
 pub(super) struct Loop<H: Handler> {
     // Declared before the buffers: dropped (and the kernel's use of them ended) first.
@@ -365,6 +363,8 @@ pub(super) struct Loop<H: Handler> {
     timers: Timers,
     generation: u32,
     handshakes: usize,
+    /// Entries removed whose requests are still in flight.
+    gone: usize,
     stats: LoopStats,
     stop: Arc<AtomicBool>,
     wake: Arc<OwnedFd>,
@@ -397,6 +397,7 @@ impl<H: Handler> Loop<H> {
             timers: Timers::default(),
             generation: 0,
             handshakes: 0,
+            gone: 0,
             stats: LoopStats::default(),
             stop: Arc::new(AtomicBool::new(false)),
             wake,
@@ -416,18 +417,19 @@ impl<H: Handler> Loop<H> {
     }
 
     pub(super) fn stats(&self) -> LoopStats {
-        LoopStats { open: self.conns.len() as u64, ..self.stats }
+        LoopStats { open: (self.conns.len() - self.gone) as u64, ..self.stats }
     }
 
     pub(super) fn run(&mut self) -> io::Result<()> {
+        if self.ring.is_some() {
+            // A handler panicked in an earlier `run`: its requests may still be in flight.
+            return Err(io::Error::other("this event loop failed before and cannot run again"));
+        }
         // Made here, on the thread that submits (single issuer).
-        let ring = IoUring::builder()
-            .setup_cqsize(SQ_ENTRIES * 4)
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(SQ_ENTRIES)?;
+        let ring = builder().setup_cqsize(SQ_ENTRIES * 4).build(SQ_ENTRIES)?;
         let entries = self.config.ring_buffers.clamp(2, 1 << 15).next_power_of_two();
-        self.bufs = Some(BufRing::new(&ring, entries, self.config.read_buffer_size.clamp(4096, 1 << 30))?);
+        let size = self.config.read_buffer_size.clamp(4096, 1 << 30);
+        self.bufs = Some(BufRing::new(&ring, entries, size, self.config.ring_incremental)?);
         self.ring = Some(ring);
         self.push(
             opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32)
@@ -474,7 +476,8 @@ impl<H: Handler> Loop<H> {
             let timeout = if !self.ready.is_empty() {
                 Some(Duration::ZERO)
             } else {
-                [self.timers.next(), self.accept_retry, self.stopping]
+                // After the grace period only completions (of the cancellations) are awaited.
+                [self.timers.next(), self.accept_retry, self.stopping.filter(|t| *t > now)]
                     .into_iter()
                     .flatten()
                     .min()
@@ -502,6 +505,9 @@ impl<H: Handler> Loop<H> {
                 self.ready = ready; // its capacity, for the next turn
             }
             self.fire_timers(Instant::now());
+            let conns = &self.conns;
+            self.timers
+                .compact(conns.len(), |k, g, t| conns.get(k).is_some_and(|e| e.generation == g && e.timer == Some(t)));
         }
     }
 
@@ -665,12 +671,11 @@ impl<H: Handler> Loop<H> {
             // buffer goes back to the ring below.
             let (data, done) = unsafe { bufs.take(bid, res as usize, flags) };
             if !e.gone {
-                let in_flight = e.in_flight();
                 match &mut e.state {
                     State::Open { .. } if !e.stash.is_empty() => e.stash.extend_from_slice(data),
                     State::Open { conn, session } => {
                         let mut input = &mut data[..];
-                        deliver(&mut self.handler, conn, session, k, in_flight, &mut input, now, true);
+                        deliver(&mut self.handler, conn, session, k, &mut input, now, true);
                         e.stash.extend_from_slice(input);
                     }
                     State::Handshake { head, .. } => head.extend_from_slice(data),
@@ -686,9 +691,10 @@ impl<H: Handler> Loop<H> {
             }
         } else if res == 0 || (res != -libc::ECANCELED && res != -libc::ENOBUFS) {
             // The end of the stream, or a failed socket. (Out of buffers: re-armed next turn,
-            // when this turn's are back; cancelled: paused.)
+            // when this turn's are back; cancelled: paused.) Input still in the stash is handed
+            // over first (`drive`), as epoll would read it before the end.
             e.eof = true;
-            if !e.gone {
+            if !e.gone && e.stash.is_empty() {
                 self.on_eof(k);
             }
         }
@@ -701,6 +707,7 @@ impl<H: Handler> Loop<H> {
         let Some(e) = self.conns.get_mut(k) else { return };
         if e.gone {
             if e.ops == 0 {
+                self.gone -= 1;
                 let e = self.conns.remove(k);
                 if let Some(mut op) = e.send {
                     op.clear();
@@ -747,7 +754,10 @@ impl<H: Handler> Loop<H> {
         e.ops -= 1;
         let mut op = e.send.take().expect("a send completion for a connection with a send in flight");
         if res >= 0 && !e.gone {
-            op.advance(res as usize);
+            let sent = op.advance(res as usize);
+            if let State::Open { conn, .. } = &mut e.state {
+                conn.advance_transmit(sent);
+            }
             if op.prepare() {
                 // A short send: the rest goes now, before anything queued since.
                 let sqe = op.sqe(e.fd.as_raw_fd()).user_data(tag(SEND, k, e.generation));
@@ -774,7 +784,7 @@ impl<H: Handler> Loop<H> {
         match &mut e.state {
             State::Open { conn, session } => {
                 conn.handle_eof();
-                drain_events(&mut self.handler, conn, session, k, 0);
+                drain_events(&mut self.handler, conn, session, k);
                 // The peer may still read (a half-closed socket): what is queued goes now, and
                 // whatever the kernel takes at once of it is sent.
                 self.flush(k);
@@ -796,6 +806,12 @@ impl<H: Handler> Loop<H> {
             return;
         }
         self.unstash(k);
+        let e = &self.conns[k];
+        if e.eof && e.stash.is_empty() {
+            // The end came while input waited in the stash: now it is all handed over.
+            self.on_eof(k);
+            return;
+        }
         self.flush(k);
         let e = &mut self.conns[k];
         if e.recv == Recv::Off && !e.eof && e.stash.is_empty() && e.state.wants_input() {
@@ -817,11 +833,10 @@ impl<H: Handler> Loop<H> {
         if e.stash.is_empty() || !e.state.wants_input() {
             return;
         }
-        let in_flight = e.in_flight();
         let State::Open { conn, session } = &mut e.state else { return };
         let mut stash = std::mem::take(&mut e.stash);
         let mut input = &mut stash[..];
-        deliver(&mut self.handler, conn, session, k, in_flight, &mut input, Instant::now(), true);
+        deliver(&mut self.handler, conn, session, k, &mut input, Instant::now(), true);
         let left = input.len();
         if left > 0 {
             stash.drain(..stash.len() - left);
@@ -841,12 +856,10 @@ impl<H: Handler> Loop<H> {
             let mut op = self.pool.pop().unwrap_or_else(SendOp::new);
             op.raw = std::mem::take(&mut e.raw);
             if let State::Open { conn, .. } = &mut e.state {
-                while op.chunks.len() < IOV - 1 {
-                    match conn.poll_transmit() {
-                        Some(c) => op.chunks.push_back(c),
-                        None => break,
-                    }
-                }
+                // Lent, not taken: they stay counted in the connection's output (its
+                // high-water mark, `buffered_amount`) until the send completes.
+                let chunks = &mut op.chunks;
+                conn.transmit_chunks(IOV - 1, |c| chunks.push_back(c));
             }
             op.prepare();
             let sqe = op.sqe(e.fd.as_raw_fd()).user_data(tag(SEND, k, e.generation));
@@ -869,6 +882,7 @@ impl<H: Handler> Loop<H> {
             // SAFETY: shuts down a live socket; no memory is involved.
             unsafe { libc::shutdown(e.fd.as_raw_fd(), libc::SHUT_WR) };
             let deadline = far(Instant::now(), self.acceptor.config.close_timeout);
+            e.stash = Vec::new(); // input after the end is read and discarded
             let old = std::mem::replace(&mut e.state, State::Lingering { deadline });
             if let State::Open { session: Some(s), .. } = old {
                 self.handler.on_close(s, &ConnectionError::Reset);
@@ -884,6 +898,7 @@ impl<H: Handler> Loop<H> {
             return;
         }
         e.gone = true;
+        self.gone += 1;
         match std::mem::replace(&mut e.state, State::Lingering { deadline: Instant::now() }) {
             State::Handshake { .. } => self.handshakes -= 1,
             State::Open { conn, session } => end_session(&mut self.handler, conn, session),
@@ -891,6 +906,7 @@ impl<H: Handler> Loop<H> {
         }
         let e = &mut self.conns[k];
         if e.ops == 0 {
+            self.gone -= 1;
             self.conns.remove(k);
         } else {
             let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(e.fd.as_raw_fd())).all()).build();

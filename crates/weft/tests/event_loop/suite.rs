@@ -334,7 +334,14 @@ async fn tiny_receive_buffers_carry_every_message_of_many_busy_peers() {
     // Two 4 KiB buffers for 24 peers sending at once: io_uring runs out of ring buffers (its
     // receives end and are re-armed) and every frame larger than a buffer is assembled across
     // several receives; epoll reads 4 KiB at a time. Nothing may be lost or reordered.
-    let config = LoopConfig { read_buffer_size: 4096, ring_buffers: 2, ..loop_config() };
+    // (io_uring: with and without incremental consumption, whatever this kernel has.)
+    for ring_incremental in [true, false] {
+        let config = LoopConfig { read_buffer_size: 4096, ring_buffers: 2, ring_incremental, ..loop_config() };
+        many_busy_peers(config).await;
+    }
+}
+
+async fn many_busy_peers(config: LoopConfig) {
     let server = Server::start(Acceptor::new(), config);
     let mut peers = Vec::new();
     for p in 0..24u8 {
@@ -363,6 +370,43 @@ async fn tiny_receive_buffers_carry_every_message_of_many_busy_peers() {
         p.await.unwrap();
     }
     server.stop();
+}
+
+#[test]
+fn a_burst_then_close_then_end_of_stream_is_all_handled_in_order() {
+    // A peer sends a burst of messages, its close frame and the end of its stream in one go,
+    // before reading. With a high-water mark of one byte, every echo stops the hand-over of
+    // input (io_uring: the receive is cancelled and what already arrived waits in a stash), so
+    // the end of the stream is known while input still waits: every message must still be
+    // echoed, in order, and the close answered with the peer's code, not dropped as a reset.
+    let config = Config::default().write_buffer_high_water(1);
+    let server = Server::start(Acceptor::new().config(config), loop_config());
+    for round in 0..5 {
+        let mut s = raw_upgrade(server.addr);
+        assert_eq!(server.next_seen(), Seen::Open("/chat".into()));
+        const N: usize = 8;
+        let mut burst = Vec::new();
+        for i in 0..N {
+            burst.extend_from_slice(&[0x82, 0x80 | 100, 0, 0, 0, 0]);
+            burst.extend(std::iter::repeat_n(i as u8, 100));
+        }
+        burst.extend_from_slice(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]); // close 1000, masked
+        s.write_all(&burst).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let mut want = Vec::new();
+        for i in 0..N {
+            want.extend_from_slice(&[0x82, 100]);
+            want.extend(std::iter::repeat_n(i as u8, 100));
+        }
+        want.extend_from_slice(&[0x88, 0x02, 0x03, 0xe8]);
+        assert!(all == want, "round {round}: {} bytes back, want {}", all.len(), want.len());
+        assert_eq!(server.next_seen(), Seen::Close("/chat".into(), 1000));
+    }
+    let stats = server.stop();
+    assert_eq!((stats.open, stats.opened), (0, 5));
 }
 
 #[test]

@@ -15,9 +15,11 @@
 //! - **epoll** (through mio): readiness, one `read` into the loop's buffer, one vectored
 //!   `write` per connection per turn.
 //!
-//! [`Backend::Auto`], the default, runs io_uring where the kernel offers what it needs and
-//! epoll where it does not (old kernels, `kernel.io_uring_disabled`, seccomp filters in
-//! containers); [`EventLoop::backend`] says which runs and [`EventLoop::fallback`] why.
+//! [`Backend::Auto`] runs io_uring where the kernel offers what it needs and epoll where it
+//! does not (old kernels, `kernel.io_uring_disabled`, seccomp filters in containers);
+//! [`EventLoop::backend`] says which runs and [`EventLoop::fallback`] why. The default is
+//! epoll: measured side by side (bench/RESULTS.md), io_uring is ahead with small messages and
+//! behind with large ones, whose frames its multishot receives hand over in pieces.
 //!
 //! What it serves: WebSockets over HTTP/1.1 (cleartext), with everything an [`Acceptor`]
 //! configures (limits, subprotocols, permessage-deflate, keep-alive pings, the handshake
@@ -48,7 +50,7 @@
 //!
 //! let listener = std::net::TcpListener::bind("127.0.0.1:9001")?;
 //! let mut ev = EventLoop::new(listener, weft::Acceptor::new(), LoopConfig::default(), Echo)?;
-//! println!("serving on {}", ev.backend()); // io_uring, or epoll (and ev.fallback() says why)
+//! println!("serving on {}", ev.backend()); // epoll (the default; LoopConfig::backend for io_uring)
 //! let stop = ev.stop_handle(); // stop.stop() from another thread or a signal handler
 //! ev.run()?;
 //! # Ok::<(), std::io::Error>(())
@@ -81,9 +83,9 @@ const IOV: usize = 64;
 #[non_exhaustive]
 pub enum Backend {
     /// io_uring where the kernel offers it, else epoll.
-    #[default]
     Auto,
-    /// Readiness with epoll (through mio); kqueue on the BSDs and macOS.
+    /// Readiness with epoll (through mio); kqueue on the BSDs and macOS. The default.
+    #[default]
     Epoll,
     /// Completions with io_uring (Linux 6.1 or later): an error where it is not available.
     IoUring,
@@ -133,7 +135,7 @@ impl Default for LoopConfig {
             ring_buffers: 16,
             ring_incremental: true,
             shutdown_grace: Duration::from_secs(5),
-            backend: Backend::Auto,
+            backend: Backend::default(),
         }
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 use slab::Slab;
 use weft_proto::{CloseCode, CloseFrame, ConnectionError};
@@ -326,9 +326,9 @@ struct Entry<S> {
     raw: Vec<u8>,
     send: Option<Box<SendOp>>,
     /// Bytes received while the connection did not want input (its output above the
-    /// high-water mark), handed over when it does: at most what arrived before the receive's
-    /// cancellation took effect.
-    stash: Vec<u8>,
+    /// high-water mark), handed over when it does: about one read buffer at most (then the
+    /// receive is cancelled), plus what arrived before the cancellation took effect.
+    stash: BytesMut,
     recv: Recv,
     /// Requests in flight that name this entry (its receive, its send).
     ops: u8,
@@ -623,7 +623,7 @@ impl<H: Handler> Loop<H> {
             state: State::Handshake { head: Vec::new(), deadline },
             raw: Vec::new(),
             send: None,
-            stash: Vec::new(),
+            stash: BytesMut::new(),
             recv: Recv::Off,
             ops: 0,
             eof: false,
@@ -672,11 +672,14 @@ impl<H: Handler> Loop<H> {
             let (data, done) = unsafe { bufs.take(bid, res as usize, flags) };
             if !e.gone {
                 match &mut e.state {
-                    State::Open { .. } if !e.stash.is_empty() => e.stash.extend_from_slice(data),
+                    // Paused (or behind stashed input): kept for later.
+                    State::Open { conn, .. } if !e.stash.is_empty() || !conn.wants_input() => {
+                        e.stash.extend_from_slice(data)
+                    }
+                    // All of it, as epoll hands over all of a read: at most one buffer.
                     State::Open { conn, session } => {
                         let mut input = &mut data[..];
-                        deliver(&mut self.handler, conn, session, k, &mut input, now, true);
-                        e.stash.extend_from_slice(input);
+                        deliver(&mut self.handler, conn, session, k, &mut input, now, false);
                     }
                     State::Handshake { head, .. } => head.extend_from_slice(data),
                     // Read and discarded.
@@ -716,7 +719,12 @@ impl<H: Handler> Loop<H> {
             }
             return;
         }
-        if e.recv == Recv::Armed && !e.state.wants_input() {
+        // A paused connection's receive goes on into the stash up to one read buffer's worth
+        // (its output usually drains within the turn: cancelling and re-arming each time costs
+        // more than it saves), and is cancelled beyond that, or at once when the connection
+        // does not read at all.
+        let open = matches!(e.state, State::Open { .. });
+        if e.recv == Recv::Armed && !e.state.wants_input() && (!open || e.stash.len() >= self.config.read_buffer_size) {
             e.recv = Recv::Cancelling;
             let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::user_data(tag(RECV, k, e.generation))).build();
             self.push(sqe.user_data(CANCEL));
@@ -834,13 +842,13 @@ impl<H: Handler> Loop<H> {
             return;
         }
         let State::Open { conn, session } = &mut e.state else { return };
-        let mut stash = std::mem::take(&mut e.stash);
-        let mut input = &mut stash[..];
+        let mut input = &mut e.stash[..];
+        let len = input.len();
         deliver(&mut self.handler, conn, session, k, &mut input, Instant::now(), true);
-        let left = input.len();
-        if left > 0 {
-            stash.drain(..stash.len() - left);
-            e.stash = stash;
+        let used = len - input.len();
+        e.stash.advance(used);
+        if e.stash.is_empty() {
+            e.stash = BytesMut::new(); // no memory held while idle
         }
     }
 
@@ -882,7 +890,7 @@ impl<H: Handler> Loop<H> {
             // SAFETY: shuts down a live socket; no memory is involved.
             unsafe { libc::shutdown(e.fd.as_raw_fd(), libc::SHUT_WR) };
             let deadline = far(Instant::now(), self.acceptor.config.close_timeout);
-            e.stash = Vec::new(); // input after the end is read and discarded
+            e.stash = BytesMut::new(); // input after the end is read and discarded
             let old = std::mem::replace(&mut e.state, State::Lingering { deadline });
             if let State::Open { session: Some(s), .. } = old {
                 self.handler.on_close(s, &ConnectionError::Reset);

@@ -352,9 +352,10 @@ impl Metrics {
         let (r, delivery_latency) = {
             let r = self.rates.lock().unwrap_or_else(|e| e.into_inner());
             let mut window = r.latency.clone();
-            if window.is_empty() {
-                // Not sampled yet: everything since the start.
-                window.push_back((started, [0; BUCKETS]));
+            if window.len() < 11 {
+                // Younger than the window (or not sampled yet): everything since the start,
+                // not only since the first sample, which may come after the first deliveries.
+                window.push_front((started, [0; BUCKETS]));
             }
             // Up to now, not only to the last sample.
             window.push_back((Instant::now(), self.delivery_latency.snapshot()));
@@ -622,6 +623,21 @@ mod tests {
         let text = m.render_prometheus(0);
         assert!(text.contains("weft_delivery_latency_seconds_bucket{le=\"0.001\"} 98\n"), "{text}");
         assert!(text.contains("weft_delivery_latency_seconds_count 101\n"));
+    }
+
+    #[test]
+    fn deliveries_before_the_first_sample_are_in_a_young_engines_window() {
+        // The sampler's first tick may come after the first deliveries (a loaded machine): they
+        // still count, since the window of an engine younger than it starts at the start.
+        let m = Metrics::default();
+        let started = Instant::now();
+        let mut b = LatencyBatch::default();
+        for _ in 0..31 {
+            b.add(0);
+        }
+        m.delivery_latency.record(&mut b);
+        m.sample(started + std::time::Duration::from_millis(300));
+        assert_eq!(m.stats(0, started, true).delivery_latency.count, 31);
     }
 
     #[test]

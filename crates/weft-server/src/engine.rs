@@ -32,6 +32,21 @@ pub(crate) struct Shared {
     acceptor: weft::Acceptor,
     /// `Alt-Svc` for every HTTP/1.1 and HTTP/2 response, once HTTP/3 is served.
     alt_svc: std::sync::OnceLock<http::HeaderValue>,
+    /// Set once the broker has settled after a shutdown began ([`Shared::settled`]).
+    settled: tokio::sync::OnceCell<()>,
+}
+
+impl Shared {
+    /// At shutdown, before sessions close: wait (at most half the grace period, once for all
+    /// sessions) until this node's own publishes have reached its subscribers, so an event
+    /// published just before the shutdown is still delivered over a cluster broker.
+    pub(crate) async fn settled(&self) {
+        self.settled
+            .get_or_init(|| async {
+                let _ = self.broker.settle(self.config.shutdown_grace / 2).await;
+            })
+            .await;
+    }
 }
 
 /// What clients tell the host application: see [`Engine::inbound`].
@@ -191,6 +206,7 @@ impl Engine {
             inbound: std::sync::OnceLock::new(),
             acceptor,
             alt_svc: std::sync::OnceLock::new(),
+            settled: tokio::sync::OnceCell::new(),
         });
         tokio::spawn(upkeep(Arc::downgrade(&shared)));
         Ok(Self { shared })

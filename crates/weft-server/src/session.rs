@@ -141,6 +141,7 @@ where
         }
         tokio::select! {
             _ = crate::engine::stopped(&mut shutdown) => {
+                s.shared.settled().await;
                 break End::Close(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"));
             }
             _ = &mut expiry, if armed_at.is_some() => {

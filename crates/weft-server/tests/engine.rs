@@ -813,8 +813,17 @@ async fn graceful_shutdown_drains_and_closes_1001() {
     let (addr, engine, h) = start(EngineConfig::default()).await;
     let mut c = Client::connect(addr, "").await;
     subscribe(&mut c, &["t"]).await;
+    // Published at once (pipelined over a cluster broker) just before the shutdown: every one
+    // is delivered before the 1001, even those still on their way back from the broker.
+    let burst = (0..1000).map(|i| engine.publish("t", json!(i)));
+    for r in futures_util::future::join_all(burst).await {
+        r.unwrap();
+    }
     engine.publish("t", json!("last words")).await.unwrap();
     engine.shutdown();
+    for i in 0..1000 {
+        assert_eq!(c.recv().await["payload"], i);
+    }
     assert_eq!(c.recv().await["payload"], "last words");
     assert_eq!(c.closed().await, 1001);
     tokio::time::timeout(T, h).await.unwrap().unwrap().unwrap();
@@ -1056,10 +1065,10 @@ async fn topic_limits_refuse_with_4008_and_unused_topics_are_forgotten() {
     assert_eq!(status, 429, "{body}");
 
     // Without history, a topic nobody subscribes to is forgotten as soon as it is unused.
-    let cfg = EngineConfig { history_size: 0, topic_churn_limit: 1000, rate_burst: 10_000, ..Default::default() };
+    let cfg = EngineConfig { history_size: 0, topic_churn_limit: 2000, rate_burst: 10_000, ..Default::default() };
     let (addr, engine, _h) = start(cfg).await;
     let mut c = Client::connect(addr, "").await;
-    for i in 0..200 {
+    for i in 0..1000 {
         let t = format!("s.{i}");
         subscribe(&mut c, &[&t]).await;
         let r = c.request(json!({"type": "unsubscribe", "topics": [t]})).await;

@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -332,6 +332,16 @@ pub trait Broker: Send + Sync + 'static {
     /// crosses the network). Their replies keep request order either way.
     fn pipelined(&self) -> bool {
         false
+    }
+
+    /// Wait (at most `within`) until the events this node published have reached its own
+    /// subscribers. A graceful shutdown calls it before closing sessions, so an event published
+    /// just before it is still delivered. A broker that delivers while publishing (the
+    /// in-memory one) is settled at once; a cluster broker waits for its own publishes to come
+    /// back from the broker.
+    fn settle(&self, within: Duration) -> BrokerFuture<'_, ()> {
+        let _ = within;
+        Box::pin(std::future::ready(Ok(())))
     }
 
     /// Whether the broker can serve requests now (`/healthz`).

@@ -452,6 +452,9 @@ struct Local {
     epoch: Arc<str>,
     /// The last offset delivered to this node's subscribers.
     last: u64,
+    /// The newest position this node published on the topic (shutdown waits until it has come
+    /// back and been delivered: [`Broker::settle`]).
+    published: Option<(Arc<str>, u64)>,
     phase: Phase,
     pending: Pending,
     policy: SlowConsumerPolicy,
@@ -528,6 +531,15 @@ enum Step {
 impl Local {
     fn position(&self) -> Position {
         Position { offset: self.last, epoch: self.epoch.to_string() }
+    }
+
+    /// This node's own publishes on the topic have all come back and been delivered (or the
+    /// topic started again, so they never will).
+    fn settled(&self) -> bool {
+        match &self.published {
+            None => true,
+            Some((epoch, offset)) => *epoch != self.epoch || self.last >= *offset,
+        }
     }
 
     /// A pattern-only entry (no exact subscriber, none joining).
@@ -761,10 +773,20 @@ impl<B: Backend> Core<B> {
         };
         let out = Outgoing { topic: topic.to_owned(), time: now_ms(), id: meta.id, payload, priority: meta.priority };
         let wait = self.backend.publish(out);
+        let me = self.me.clone();
+        let topic = topic.to_owned();
         Box::pin(async move {
             let r = wait.await;
             let counter = if r.is_ok() { &metrics.publishes } else { &metrics.publishes_refused };
             counter.fetch_add(1, Ordering::Relaxed);
+            if let (Ok(p), Some(me)) = (&r, me.upgrade()) {
+                // Only topics with subscribers here wait for their events at shutdown.
+                if let Some(l) = me.shard(&topic).get_mut(topic.as_str()) {
+                    if l.published.as_ref().is_none_or(|(e, o)| **e != *p.epoch || *o < p.offset) {
+                        l.published = Some((p.epoch.as_str().into(), p.offset));
+                    }
+                }
+            }
             r
         })
     }
@@ -840,6 +862,7 @@ impl<B: Backend> Core<B> {
                             suspect: None,
                             epoch: "".into(),
                             last: 0,
+                            published: None,
                             phase: Phase::Init,
                             pending: Pending::new(&self.metrics),
                             activity: Default::default(),
@@ -1444,6 +1467,7 @@ impl<B: Backend> Inbound for Core<B> {
                     suspect: None,
                     epoch: Arc::clone(&ev.epoch),
                     last: ev.offset.saturating_sub(1),
+                    published: None,
                     phase: Phase::Ready,
                     pending: Pending::new(&self.metrics),
                     activity: Default::default(),
@@ -1676,6 +1700,23 @@ impl<B: Backend> Broker for Cluster<B> {
 
     fn pipelined(&self) -> bool {
         true
+    }
+
+    fn settle(&self, within: Duration) -> BrokerFuture<'_, ()> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                let pending = self.core.shards.iter().any(|shard| {
+                    let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                    shard.values().any(|l| !l.settled())
+                });
+                // A broker that is down delivers nothing more: do not wait for it.
+                if !pending || !self.core.health.is_up() || tokio::time::Instant::now() >= deadline {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
     }
 
     fn health(&self) -> BrokerHealth {

@@ -207,6 +207,12 @@ fn serve_fans_out_and_stops_on_sigterm() {
     assert_eq!(r["deliveries"], r["expected"], "{r}");
     assert_eq!((r["gaps"].as_u64(), r["duplicates"].as_u64(), r["disconnected"].as_u64()), (Some(0), Some(0), Some(0)));
     assert!(r["latency_us"]["p99"].as_f64().unwrap() > 0.0, "{r}");
+    // With --deflate the subscribers receive through weft's full client (inflating every event)
+    // instead of the raw receiver: the same counts.
+    let r = bench_json(&["fanout", "--url", &url, "--subscribers", "20", "-d", "0.5", "--deflate"]);
+    assert_eq!(r["connected"], 20, "{r}");
+    assert_eq!(r["deliveries"], r["expected"], "{r}");
+    assert_eq!((r["gaps"].as_u64(), r["duplicates"].as_u64(), r["disconnected"].as_u64()), (Some(0), Some(0), Some(0)));
     // Graceful stop.
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -1083,6 +1083,36 @@ impl Connection {
         }
     }
 
+    /// Take the input received and not yet turned into events: the raw bytes of frames not
+    /// complete yet, exactly as they arrived. For moving a connection to another reader (a
+    /// specialised parser, an event loop of your own) without losing what was already read.
+    ///
+    /// `None`, and nothing is taken, when that would lose data: events are waiting in
+    /// [`poll_event`](Self::poll_event), part of a fragmented message was received, or a text
+    /// frame in progress was already partly checked (or, on a server, unmasked in place).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use weft_proto::{Config, Connection, Role};
+    ///
+    /// let mut client = Connection::new(Role::Client, Config::default(), Instant::now());
+    /// // The first 3 bytes of a binary frame "hello" from the server.
+    /// client.handle_read(&[0x82, 0x05, b'h'], Instant::now());
+    /// assert!(client.poll_event().is_none());
+    /// assert_eq!(&client.take_unread().unwrap()[..], &[0x82, 0x05, b'h']);
+    /// // The rest goes to whoever reads next; the connection starts afresh.
+    /// client.handle_read(&[0x82, 0x01, b'x'], Instant::now());
+    /// assert!(client.poll_event().is_some());
+    /// ```
+    pub fn take_unread(&mut self) -> Option<BytesMut> {
+        let consumed = self.current.as_ref().is_some_and(|f| f.processed > 0);
+        if !self.events.is_empty() || self.assembly.is_some() || consumed {
+            return None;
+        }
+        self.current = None;
+        Some(std::mem::take(&mut self.rbuf))
+    }
+
     /// Bytes of buffer capacity this connection holds (read and write).
     pub fn buffer_capacity(&self) -> usize {
         self.rbuf.capacity() + self.cork.capacity()

@@ -404,6 +404,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.inner.conn.buffer_capacity()
     }
 
+    /// Take the WebSocket apart: the transport and its sans-IO
+    /// [`Connection`](weft_proto::Connection), for moving the connection to another I/O
+    /// layer. What was read and not yet delivered stays in the connection
+    /// ([`Connection::take_unread`](weft_proto::Connection::take_unread)), and so does output
+    /// not yet written ([`Connection::has_transmit`](weft_proto::Connection::has_transmit)).
+    pub fn into_parts(self) -> (S, Connection) {
+        (self.inner.io, self.inner.conn)
+    }
+
     /// The transport.
     pub fn get_ref(&self) -> &S {
         &self.inner.io

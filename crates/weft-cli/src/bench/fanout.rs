@@ -18,6 +18,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 use weft::{ClientBuilder, Message};
 
+use super::receiver;
 use super::report::Percentiles;
 use crate::procfs;
 
@@ -201,15 +202,106 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// Find `"key":<digits>` in a JSON text without parsing all of it.
-fn number_after(s: &str, key: &str) -> Option<u64> {
-    let i = s.find(key)? + key.len();
-    let digits: &str = &s[i..];
-    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
-    digits[..end].parse().ok()
+type Hist = hdrhistogram::Histogram<u64>;
+
+/// Receive through weft's full client: every event a `Message` (inflated with `--deflate`).
+async fn receive_full(
+    mut ws: weft::WebSocket<tokio::net::TcpStream>,
+    sh: &Shared,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> (Hist, Option<String>) {
+    let mut hist = Hist::new(3).expect("hist");
+    let mut rx = receiver::Receiver::new(&[], 0);
+    loop {
+        let next = tokio::select! {
+            m = ws.recv() => m,
+            _ = async { let _ = stop.wait_for(|v| *v).await; } => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                return (hist, None);
+            }
+        };
+        match next {
+            Some(Ok(Message::Text(t))) => {
+                let Some((off, sent)) = receiver::offset_and_sent(t.as_bytes()) else { continue };
+                let now = now_ns();
+                let before = rx.tally;
+                rx.count(off, sent, now, &mut hist);
+                sh.add(before, rx.tally, now);
+            }
+            Some(Ok(_)) => {}
+            _ => {
+                if !sh.stop.load(Ordering::Relaxed) {
+                    sh.disconnected.fetch_add(1, Ordering::Relaxed);
+                }
+                return (hist, None);
+            }
+        }
+    }
+}
+
+/// Receive straight off the socket ([`receiver`]): many events per read, none allocated.
+async fn receive_raw(
+    ws: weft::WebSocket<tokio::net::TcpStream>,
+    sh: &Shared,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    seed: u32,
+) -> (Hist, Option<String>) {
+    use tokio::io::AsyncWriteExt;
+    let mut hist = Hist::new(3).expect("hist");
+    let (mut tcp, mut conn) = ws.into_parts();
+    let Some(unread) = conn.take_unread() else {
+        let e = "events arrived before the subscription was confirmed".to_owned();
+        sh.disconnected.fetch_add(1, Ordering::Relaxed);
+        return (hist, Some(e));
+    };
+    let mut rx = receiver::Receiver::new(&unread, seed);
+    drop(conn);
+    let end = |sh: &Shared, why: Option<String>, hist: Hist| {
+        if !sh.stop.load(Ordering::Relaxed) {
+            sh.disconnected.fetch_add(1, Ordering::Relaxed);
+            if let Some(w) = &why {
+                tracing::warn!(reason = %w, "subscriber ended");
+            }
+        }
+        (hist, why)
+    };
+    loop {
+        tokio::select! {
+            r = tcp.readable() => if let Err(e) = r { return end(sh, Some(e.to_string()), hist) },
+            _ = async { let _ = stop.wait_for(|v| *v).await; } => {
+                let close = rx.close_frame();
+                let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&close)).await;
+                return (hist, None);
+            }
+        }
+        loop {
+            let before = rx.tally;
+            let now = now_ns();
+            let read = receiver::READ_BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
+                Ok(0) => Err("the server closed the connection".to_owned()),
+                Ok(n) => rx.feed(&buf[..n], now, &mut hist).map(|()| Some(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e.to_string()),
+            });
+            sh.add(before, rx.tally, now);
+            if !rx.replies.is_empty() {
+                let replies = std::mem::take(&mut rx.replies);
+                if let Err(e) = tcp.write_all(&replies).await {
+                    return end(sh, Some(e.to_string()), hist);
+                }
+            }
+            match read {
+                Ok(Some(_)) if rx.closed.is_none() => {}
+                Ok(Some(_)) => return end(sh, rx.closed.map(|c| format!("the server closed with {c}")), hist),
+                Ok(None) => break,
+                Err(e) => return end(sh, Some(e), hist),
+            }
+        }
+    }
 }
 
 struct Shared {
+    /// Updated once per read (not per event): the publisher's window reads it.
     delivered: AtomicU64,
     gaps: AtomicU64,
     dupes: AtomicU64,
@@ -219,6 +311,26 @@ struct Shared {
     last_receive_ns: AtomicU64,
     connect_retries: AtomicU64,
     stop: AtomicBool,
+}
+
+impl Shared {
+    /// Count what one subscriber received since `before` (at `now`).
+    fn add(&self, before: receiver::Tally, after: receiver::Tally, now: u64) {
+        if after.delivered == before.delivered {
+            return;
+        }
+        self.delivered.fetch_add(after.delivered - before.delivered, Ordering::Relaxed);
+        self.last_receive_ns.fetch_max(now, Ordering::Relaxed);
+        for (sum, a, b) in [
+            (&self.gaps, after.gaps, before.gaps),
+            (&self.dupes, after.duplicates, before.duplicates),
+            (&self.out_of_order, after.out_of_order, before.out_of_order),
+        ] {
+            if a != b {
+                sum.fetch_add(a - b, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
@@ -352,7 +464,7 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             }
             .await;
             drop(permit);
-            let mut ws = match ws {
+            let ws = match ws {
                 Ok(ws) => ws,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string()));
@@ -362,44 +474,10 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             sh.connected.fetch_add(1, Ordering::Relaxed);
             let _ = ready.send(Ok(()));
             drop(ready);
-            let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("hist");
-            let mut last = 0u64;
-            loop {
-                let next = tokio::select! {
-                    m = ws.recv() => m,
-                    _ = async { let _ = stop.wait_for(|v| *v).await; } => {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                        return (hist, None);
-                    }
-                };
-                match next {
-                    Some(Ok(Message::Text(t))) => {
-                        let s = t.as_str();
-                        let (Some(off), Some(sent)) = (number_after(s, "\"offset\":"), number_after(s, "\"t\":"))
-                        else {
-                            continue;
-                        };
-                        let now = now_ns();
-                        let _ = hist.record(now.saturating_sub(sent).max(1));
-                        if off > last + 1 && last != 0 {
-                            sh.gaps.fetch_add(off - last - 1, Ordering::Relaxed);
-                        } else if off == last {
-                            sh.dupes.fetch_add(1, Ordering::Relaxed);
-                        } else if off < last {
-                            sh.out_of_order.fetch_add(1, Ordering::Relaxed);
-                        }
-                        last = last.max(off);
-                        sh.delivered.fetch_add(1, Ordering::Relaxed);
-                        sh.last_receive_ns.fetch_max(now, Ordering::Relaxed);
-                    }
-                    Some(Ok(_)) => {}
-                    _ => {
-                        if !sh.stop.load(Ordering::Relaxed) {
-                            sh.disconnected.fetch_add(1, Ordering::Relaxed);
-                        }
-                        return (hist, None);
-                    }
-                }
+            if deflate {
+                receive_full(ws, &sh, &mut stop).await
+            } else {
+                receive_raw(ws, &sh, &mut stop, i as u32).await
             }
         }));
         if i % 1000 == 999 {

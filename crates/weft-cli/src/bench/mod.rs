@@ -3,6 +3,7 @@
 mod connections;
 mod echo;
 mod fanout;
+mod receiver;
 mod report;
 
 use std::process::ExitCode;

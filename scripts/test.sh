@@ -48,6 +48,7 @@ step "install: Autobahn TestSuite (Python 2.7) and websockets (Python 3)"
 bash "$AB/install.sh" wstest peers
 export WEFT_PYTHON="${WEFT_PYTHON:-$HOME/.cache/autobahn-peers/bin/python}"
 export WEFT_REQUIRE_PYTHON=1  # the interop tests must not skip here
+export WEFT_REQUIRE_IO_URING=1  # nor the io_uring suites: this kernel has io_uring
 # The independent HTTP/2 and HTTP/3 peers of the interop tests: h2 (HTTP/2), aioquic (QUIC +
 # HTTP/3) and wsproto (WebSocket frames).
 "$WEFT_PYTHON" -m pip install -q h2==4.4.1 wsproto==1.3.2 aioquic==1.7.2

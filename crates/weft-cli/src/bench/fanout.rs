@@ -71,9 +71,15 @@ pub(crate) struct FanoutArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Weft)]
     protocol: Protocol,
     /// Offer permessage-deflate on every connection (the engine compresses each event once
-    /// for all subscribers that negotiated it).
+    /// for all subscribers that negotiated it). The subscribers then receive with `full`.
     #[arg(long)]
     deflate: bool,
+    /// How subscribers receive: `raw` reads frames straight off the socket (many per read, no
+    /// message allocated, the offset found without parsing the JSON), `full` through weft's
+    /// client like an application (a `Message` per event). Default: `raw` (`full` with
+    /// `--deflate`).
+    #[arg(long, value_enum)]
+    receiver: Option<ReceivePath>,
     /// Server process to measure (CPU, RSS per subscriber); without it they are unknown (null
     /// in `--json`).
     #[arg(long)]
@@ -91,6 +97,16 @@ pub(crate) enum Protocol {
     Weft,
     /// The peers' minimal broadcast protocol (see `--protocol`).
     Plain,
+}
+
+/// How the generator's subscribers receive (see `--receiver`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ReceivePath {
+    /// Straight off the socket.
+    Raw,
+    /// Through weft's client.
+    Full,
 }
 
 /// One fan-out run.
@@ -122,7 +138,11 @@ pub(crate) struct FanoutReport {
     server_cpu_cores: Option<f64>,
     server_cpu_us_per_delivery: Option<f64>,
     generator_cpu_cores: Option<f64>,
+    /// The generator's own CPU per delivery: 1 / this is what it could receive on one core.
+    generator_cpu_us_per_delivery: Option<f64>,
     generator_bound: bool,
+    /// How the subscribers received (`--receiver`).
+    receiver: ReceivePath,
 }
 
 impl FanoutReport {
@@ -158,9 +178,11 @@ impl FanoutReport {
             _ => "server CPU unknown (give --server-pid)".to_owned(),
         };
         println!(
-            "  {server}, {} RSS per subscriber; generator {} cores{}",
+            "  {server}, {} RSS per subscriber; generator ({:?} receiver) {} cores, {} per delivery{}",
             opt(self.server_rss_per_subscriber, " B"),
+            self.receiver,
             opt(self.generator_cpu_cores, ""),
+            opt(self.generator_cpu_us_per_delivery, " us"),
             if self.generator_bound { " (generator-bound)" } else { "" }
         );
     }
@@ -433,6 +455,14 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         (Protocol::Plain, Some(_)) => anyhow::bail!("--subscribe is for the engine protocol (--protocol weft)"),
     };
     let (protocol, deflate) = (args.protocol, args.deflate);
+    let path = match (args.receiver, deflate) {
+        (Some(ReceivePath::Raw), true) => {
+            anyhow::bail!("--deflate needs --receiver full (the raw receiver does not inflate)")
+        }
+        (Some(p), _) => p,
+        (None, true) => ReceivePath::Full,
+        (None, false) => ReceivePath::Raw,
+    };
     let mut tasks = Vec::with_capacity(n);
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -474,7 +504,7 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             sh.connected.fetch_add(1, Ordering::Relaxed);
             let _ = ready.send(Ok(()));
             drop(ready);
-            if deflate {
+            if path == ReceivePath::Full {
                 receive_full(ws, &sh, &mut stop).await
             } else {
                 receive_raw(ws, &sh, &mut stop, i as u32).await
@@ -611,6 +641,8 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         server_cpu_cores: srv.map(|(_, c)| c),
         server_cpu_us_per_delivery: srv.map(|(secs, _)| secs * 1e6 / delivered.max(1) as f64),
         generator_cpu_cores: gen_cpu.map(|(_, c)| c),
+        generator_cpu_us_per_delivery: gen_cpu.map(|(secs, _)| secs * 1e6 / delivered.max(1) as f64),
+        receiver: path,
         generator_bound: gen_cpu.is_some_and(|(_, c)| c >= 0.9 * args.threads as f64),
     })
 }

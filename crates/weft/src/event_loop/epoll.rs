@@ -397,6 +397,7 @@ impl<H: Handler> Loop<H> {
     fn write_out(e: &mut Entry<H::Session>) -> io::Result<bool> {
         while !e.raw.is_empty() {
             match e.sock.write(&e.raw) {
+                Ok(n) if n == e.raw.len() => e.raw = Vec::new(), // not kept for the connection's life
                 Ok(n) => {
                     e.raw.drain(..n);
                 }

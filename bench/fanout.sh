@@ -10,7 +10,8 @@
 #
 # Placement: every server on CPU 0 (weft and the floor with one runtime thread), the generator
 # (`weft bench fanout`, one thread) on CPU 1. Results: bench/out/fanout.jsonl, summary printed
-# by bench/fanout_summary.py.
+# by bench/fanout_summary.py. The generator receives straight off the socket (`--receiver raw`);
+# FANOUT_RECEIVER=full receives through weft's client instead, as the generator did before.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -58,7 +59,8 @@ run_one() { # server subscribers mode round
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   if [[ $mode == paced ]]; then extra=(--rate "${RATE[$n]:-1}" --duration 10); else extra=(--duration 5); fi
   line=$(taskset -c 1 "$WEFT" bench fanout --protocol "${PROTO[$s]}" --url "${URL[$s]//PORT/$port}" \
-           --subscribers "$n" --size 256 --server-pid "$pid" --json "${extra[@]}" 2>"$OUT/fanout-gen.err") \
+           --subscribers "$n" --size 256 --server-pid "$pid" --json --receiver "${FANOUT_RECEIVER:-raw}" "${extra[@]}" \
+           2>"$OUT/fanout-gen.err") \
     || line='{"error":"run failed"}'
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
   printf '{"server":"%s","mode":"%s","round":%d,"result":%s}\n' "$s" "$mode" "$round" "$line" >> "$OUT/fanout.jsonl"

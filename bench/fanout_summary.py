@@ -28,8 +28,8 @@ def fmt(v, spec):
 cells = sorted({c for (c, _) in runs}, key=lambda c: (c[1], c[0]))
 servers = sorted({s for (_, s) in runs}, key=lambda s: (s != "weft", s))
 print("| subscribers | mode | server | deliveries/s | p50 ms | p99 ms | server µs/delivery | server cores "
-      "| gaps+dups+missing | disconnected | weft ÷ this (deliveries/s) | this ÷ weft (µs/delivery) |")
-print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| generator µs/delivery | gaps+dups+missing | disconnected | weft ÷ this (deliveries/s) | this ÷ weft (µs/delivery) |")
+print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for cell in cells:
     base = runs.get((cell, "weft"))
     b_rate = med(base, "deliveries_per_sec") if base else None
@@ -50,4 +50,4 @@ for cell in cells:
         ratio_cpu = "" if s == "weft" or not (b_cpu and cpu) else f"{cpu / b_cpu:.2f}×"
         gb = " (gen-bound)" if any(r["generator_bound"] for r in rs) else ""
         print(f"| {sub} | {cell[1]} | {s} | {rate:,.0f}{gb} | {p50:.2f} | {p99:.2f} | {fmt(cpu, '.2f')} "
-              f"| {fmt(med(rs, 'server_cpu_cores'), '.2f')} | {bad} | {disc} | {ratio_rate} | {ratio_cpu} |")
+              f"| {fmt(med(rs, 'server_cpu_cores'), '.2f')} | {fmt(med(rs, 'generator_cpu_us_per_delivery'), '.3f')} | {bad} | {disc} | {ratio_rate} | {ratio_cpu} |")

@@ -683,3 +683,44 @@ fn borrowed_input_keeps_only_the_incomplete_frame() {
     assert_eq!(s.poll_input(&mut input, now), None);
     assert!(!s.has_partial_input());
 }
+
+/// `take_unread` hands over exactly the bytes not yet turned into events, and refuses (taking
+/// nothing) when that would lose data.
+#[test]
+fn take_unread_hands_over_only_what_nothing_has_used() {
+    let now = Instant::now();
+    let frame = |op: u8, fin: bool, payload: &[u8]| {
+        let mut f = vec![if fin { 0x80 } else { 0 } | op, payload.len() as u8];
+        f.extend_from_slice(payload);
+        f
+    };
+    // Two complete binary messages and the start of a third.
+    let mut input = frame(2, true, b"one");
+    input.extend(frame(2, true, b"two"));
+    input.extend(&frame(2, true, b"three")[..3]);
+    // Nothing polled yet: everything, as it came.
+    let mut c = Connection::new(Role::Client, Config::default(), now);
+    c.handle_read(&input, now);
+    assert_eq!(&c.take_unread().unwrap()[..], &input[..]);
+    // Two messages taken: the start of the third.
+    let mut c = Connection::new(Role::Client, Config::default(), now);
+    c.handle_read(&input, now);
+    assert!(c.poll_event().is_some() && c.poll_event().is_some());
+    assert!(c.poll_event().is_none());
+    assert_eq!(&c.take_unread().unwrap()[..], &frame(2, true, b"three")[..3]);
+    assert!(c.take_unread().unwrap().is_empty(), "taken once");
+
+    // Part of a fragmented message received: its bytes are gone, so nothing is handed over.
+    let mut c = Connection::new(Role::Client, Config::default(), now);
+    c.handle_read(&frame(2, false, b"first half"), now);
+    assert!(c.poll_event().is_none());
+    assert!(c.take_unread().is_none());
+    c.handle_read(&frame(0, true, b" second"), now);
+    assert_eq!(msg(&c.poll_event().unwrap()), &Message::binary(Bytes::from_static(b"first half second")));
+
+    // A text frame in progress is checked as it comes: refused too.
+    let mut c = Connection::new(Role::Client, Config::default(), now);
+    c.handle_read(&frame(1, true, b"hello")[..4], now);
+    assert!(c.poll_event().is_none());
+    assert!(c.take_unread().is_none());
+}

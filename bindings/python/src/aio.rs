@@ -290,7 +290,7 @@ impl AsyncProtocol {
         let parsed = match p.hs.feed(data) {
             Ok(None) => return Ok(()),
             Ok(Some(done)) => Ok(done),
-            Err(f) => Err(handshake_error(f.response.as_ref().map(|r| (r, &f.body[..])), &f.error)),
+            Err(f) => Err(common::feed_error(&f, data)),
         };
         self.pending = None;
         match parsed {

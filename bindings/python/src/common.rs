@@ -8,7 +8,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString, PyType};
-use weft_proto::handshake::{self, ClientHandshake, HandshakeError};
+use weft_proto::handshake::{self, ClientHandshake, ClientHandshakeFailed, HandshakeError};
 use weft_proto::{CloseFrame, Config, Connection, ConnectionError, DeflateConfig, Message, SendError};
 
 /// Connection options, from the keyword arguments of `connect`.
@@ -172,10 +172,28 @@ pub(crate) fn handshake_error(response: Option<(&http::Response<()>, &[u8])>, e:
                 Err(err) => err,
             }
         }
+        (HandshakeError::InvalidAccept, Some((resp, _))) if !resp.headers().contains_key("sec-websocket-accept") => {
+            PyErr::from_type(exception(py, "InvalidHandshake"), "missing Sec-WebSocket-Accept header")
+        }
         (HandshakeError::InvalidUri(m), _) => PyErr::from_type(exception(py, "InvalidURI"), m.clone()),
         (HandshakeError::Malformed(m), _) => PyErr::from_type(exception(py, "InvalidMessage"), m.clone()),
         _ => PyErr::from_type(exception(py, "InvalidHandshake"), e.to_string()),
     })
+}
+
+/// `handshake_error` for a failed response, given what the server sent: when that was not
+/// HTTP, its first line goes on the exception as `first_line` (the `websockets` drop-in reports
+/// it as websockets does).
+pub(crate) fn feed_error(f: &ClientHandshakeFailed, received: &[u8]) -> PyErr {
+    let err = handshake_error(f.response.as_ref().map(|r| (r, &f.body[..])), &f.error);
+    if matches!(f.error, HandshakeError::Malformed(_)) {
+        let line = received.split(|&b| b == b'\n').next().unwrap_or_default();
+        let line = String::from_utf8_lossy(line).trim_end_matches('\r').to_owned();
+        Python::attach(|py| {
+            let _ = err.value(py).setattr("first_line", line);
+        });
+    }
+    err
 }
 
 /// How a connection ended, kept to raise the same exception on every later call.

@@ -386,7 +386,11 @@ impl WebSocket {
                 return Err(if e.kind() == io::ErrorKind::TimedOut { timed_out() } else { os_error(&e) });
             }
         };
-        sock.set_nodelay(nodelay).map_err(|e| os_error(&e))?;
+        // A given Unix stream socket (`sock=`) has no TCP_NODELAY: EOPNOTSUPP, nothing to set.
+        match sock.set_nodelay(nodelay) {
+            Err(e) if e.kind() != io::ErrorKind::Unsupported => return Err(os_error(&e)),
+            _ => {}
+        }
         let io_err = |e: io::Error| if e.kind() == io::ErrorKind::WouldBlock { timed_out() } else { os_error(&e) };
         sock.set_read_timeout(remaining()).map_err(io_err)?;
         sock.set_write_timeout(remaining()).map_err(io_err)?;
@@ -463,7 +467,7 @@ impl WebSocket {
             match hs.feed(&plain) {
                 Ok(None) => {}
                 Ok(Some(done)) => break done,
-                Err(f) => return Err(handshake_error(f.response.as_ref().map(|r| (r, &f.body[..])), &f.error)),
+                Err(f) => return Err(common::feed_error(&f, &plain)),
             }
         };
         let (resp, negotiated) = (done.response, done.negotiated);

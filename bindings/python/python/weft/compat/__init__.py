@@ -9,9 +9,9 @@
 
 After ``enable_monkeypatch()`` these names are weft's:
 
-- ``websockets.connect``, ``websockets.asyncio.client.connect`` (also ``websockets.client.connect``):
-  :class:`weft.compat.asyncio_client.connect`;
-- ``websockets.sync.client.connect`` and ``reconnect``: :mod:`weft.compat.sync_client`.
+- ``websockets.connect``, ``websockets.asyncio.client.connect`` (also ``websockets.client.connect``)
+  and ``unix_connect``: :mod:`weft.compat.asyncio_client`;
+- ``websockets.sync.client.connect``, ``unix_connect`` and ``reconnect``: :mod:`weft.compat.sync_client`.
 
 The exceptions weft raises through them derive from both weft's and websockets' classes, so
 ``except websockets.exceptions.ConnectionClosed`` (or ``InvalidStatus``, ``InvalidStatusCode``,
@@ -59,9 +59,13 @@ def enable_monkeypatch() -> None:
         return
     _patch(websockets, "connect", asyncio_client.connect)
     _patch(websockets.asyncio.client, "connect", asyncio_client.connect)
+    _patch(websockets.asyncio.client, "unix_connect", asyncio_client.unix_connect)
     _patch(websockets.client, "connect", asyncio_client.connect)
     _patch(websockets.sync.client, "connect", sync_client.connect)
+    _patch(websockets.sync.client, "unix_connect", sync_client.unix_connect)
     _patch(websockets.sync.client, "reconnect", sync_client.reconnect)
+    if "unix_connect" in websockets.__dict__ or hasattr(websockets, "unix_connect"):
+        _patch(websockets, "unix_connect", asyncio_client.unix_connect)
 
 
 def disable_monkeypatch() -> None:
@@ -92,12 +96,15 @@ def _install_shim(asyncio_client: Any, sync_client: Any, excs: Any) -> None:
     a_client = module(
         "websockets.asyncio.client",
         connect=asyncio_client.connect,
+        unix_connect=asyncio_client.unix_connect,
         ClientConnection=asyncio_client.ClientConnection,
         process_exception=_common.process_exception,
+        MAX_REDIRECTS=asyncio_client.MAX_REDIRECTS,
     )
     s_client = module(
         "websockets.sync.client",
         connect=sync_client.connect,
+        unix_connect=sync_client.unix_connect,
         reconnect=sync_client.reconnect,
         ClientConnection=sync_client.ClientConnection,
     )

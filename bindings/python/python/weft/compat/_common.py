@@ -79,17 +79,25 @@ def options(
     """Translate websockets' connection keywords into weft's; refuse what weft cannot honour.
     Returns the options, (secure, host, port) and the proxy URL to tunnel through, if any."""
     target = check_uri(uri)
+    if subprotocols is not None:
+        if isinstance(subprotocols, str):
+            raise TypeError("subprotocols must be a list, not a str")
+        if not isinstance(subprotocols, Iterable):
+            raise TypeError("subprotocols must be a list")
     if extensions:
         raise NotImplementedError("weft negotiates permessage-deflate itself; custom extensions are not supported")
     if create_connection is not None:
-        raise NotImplementedError("create_connection is not supported by weft's websockets drop-in")
+        raise NotImplementedError(
+            "create_connection= (a custom connection class) is not supported by weft's websockets drop-in"
+        )
     if compression not in ("deflate", None):
         raise ValueError(f"unsupported compression: {compression}")
     proxy_url = _proxy.resolve(uri, proxy, target[1], target[2])
     headers = headers_list(additional_headers) + headers_list(extra_headers)
     if origin is not None:
         headers.append(("Origin", str(origin)))
-    if user_agent_header is not None:
+    # A User-Agent among the additional headers wins over user_agent_header (sent once).
+    if user_agent_header is not None and not any(k.lower() == "user-agent" for k, _ in headers):
         headers.append(("User-Agent", user_agent_header))
     if isinstance(max_size, tuple):  # (message, fragment) limits in websockets >= 15
         max_size = max_size[0]
@@ -103,6 +111,179 @@ def options(
         target,
         proxy_url,
     )
+
+
+#: Headers dropped when following a redirect to another origin (as websockets does).
+CREDENTIALS = ("authorization", "cookie", "proxy-authorization")
+
+
+def max_redirects() -> int:
+    """websockets' ``MAX_REDIRECTS`` (read from its module when installed, so code and tests
+    that lower it there are honoured), else ``WEBSOCKETS_MAX_REDIRECTS`` or 10."""
+    try:
+        from websockets.asyncio import client as ws_client
+
+        return int(ws_client.MAX_REDIRECTS)
+    except (ImportError, AttributeError):
+        return int(os.environ.get("WEBSOCKETS_MAX_REDIRECTS", "10"))
+
+
+def redirect_target(
+    uri: str,
+    e: Exception,
+    headers: list[tuple[str, str]],
+    *,
+    sock: bool,
+    unix: bool,
+    explicit_address: bool,
+) -> tuple[str, list[tuple[str, str]]] | None:
+    """Where a failed attempt redirects to, as websockets decides it: ``None`` when ``e`` is no
+    redirect (3xx with ``Location``); else the new URI and the headers to send there (without
+    credentials on another origin). Raises ``SecurityError`` on a wss -> ws downgrade and
+    ``ValueError`` where the connection cannot follow (a given socket; another origin over a
+    Unix socket or with an explicit host or port)."""
+    status = getattr(e, "status_code", None)
+    if not isinstance(e, exc.InvalidStatus) or status is None or not 300 <= status < 400:
+        return None
+    h = getattr(e, "headers", None) or []
+    pairs = h.raw_items() if hasattr(h, "raw_items") else h.items() if isinstance(h, Mapping) else h
+    location = next((v for k, v in pairs if k.lower() == "location"), None)
+    if location is None:
+        return None
+    new_uri = urllib.parse.urljoin(uri, location)
+    old_secure, old_host, old_port = check_uri(uri)
+    new_secure, new_host, new_port = check_uri(new_uri)
+    if old_secure and not new_secure:
+        raise exc.SecurityError(f"cannot follow redirect to non-secure URI {new_uri}") from e
+    if sock:
+        raise ValueError(f"cannot follow redirect to {new_uri} with a preexisting socket") from e
+    if (old_secure, old_host, old_port) != (new_secure, new_host, new_port):
+        if unix:
+            raise ValueError(f"cannot follow cross-origin redirect to {new_uri} with a Unix socket") from e
+        if explicit_address:
+            raise ValueError(f"cannot follow cross-origin redirect to {new_uri} with an explicit host or port") from e
+        headers = [(k, v) for k, v in headers if k.lower() not in CREDENTIALS]
+    return new_uri, headers
+
+
+def request_headers(uri: str, headers: list[tuple[str, str]], subprotocols: Any, compression: bool) -> list[tuple[str, str]]:
+    """The opening request's headers as websockets shows them in ``request.headers`` (the key
+    is weft's and not exposed)."""
+    p = urllib.parse.urlsplit(uri)
+    host = p.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if p.scheme == "wss" else 80
+    if p.port is not None and p.port != default:
+        host = f"{host}:{p.port}"
+    out = [("Host", host), ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13")]
+    if compression:
+        out.append(("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"))
+    if subprotocols:
+        out.append(("Sec-WebSocket-Protocol", ", ".join(subprotocols)))
+    return out + list(headers)
+
+
+class _URI:
+    """``websockets.uri.WebSocketURI``'s fields, when websockets is not installed."""
+
+    def __init__(self, uri: str) -> None:
+        p = urllib.parse.urlsplit(uri)
+        self.secure = p.scheme == "wss"
+        self.host = p.hostname or ""
+        self.port = p.port or (443 if self.secure else 80)
+        self.path = p.path or "/"
+        self.query = p.query
+        self.resource_name = request_path(uri)
+        self.user_info = (p.username, p.password) if p.username is not None else None
+
+
+def parse_uri(uri: str) -> Any:
+    try:
+        from websockets.uri import parse_uri as ws_parse_uri
+    except ImportError:
+        return _URI(uri)
+    return ws_parse_uri(uri)
+
+
+def extensions_of(response_headers: list[tuple[str, str]]) -> list[Any]:
+    """The negotiated extensions, as websockets' objects (``PerMessageDeflate``) when installed."""
+    values = [v for k, v in response_headers if k.lower() == "sec-websocket-extensions"]
+    found = []
+    for value in values:
+        for item in value.split(","):
+            parts = [x.strip() for x in item.split(";")]
+            if parts[0].lower() != "permessage-deflate":
+                continue
+            params = dict((kv.split("=", 1) + [""])[:2] for kv in parts[1:] if kv)
+            params = {k.strip().lower(): v.strip().strip('"') for k, v in params.items()}
+            found.append(_deflate(params))
+    return found
+
+
+def _deflate(params: dict[str, str]) -> Any:
+    remote_bits = int(params.get("server_max_window_bits") or 15)
+    local_bits = int(params.get("client_max_window_bits") or 15)
+    remote_nct = "server_no_context_takeover" in params
+    local_nct = "client_no_context_takeover" in params
+    try:
+        from websockets.extensions.permessage_deflate import PerMessageDeflate
+    except ImportError:
+        return _PerMessageDeflate(remote_nct, local_nct, remote_bits, local_bits)
+    return PerMessageDeflate(remote_nct, local_nct, remote_bits, local_bits)
+
+
+class _PerMessageDeflate:
+    """The negotiated permessage-deflate parameters (websockets' ``PerMessageDeflate`` fields)."""
+
+    name = "permessage-deflate"
+
+    def __init__(self, remote_nct: bool, local_nct: bool, remote_bits: int, local_bits: int) -> None:
+        self.remote_no_context_takeover = remote_nct
+        self.local_no_context_takeover = local_nct
+        self.remote_max_window_bits = remote_bits
+        self.local_max_window_bits = local_bits
+
+    def __repr__(self) -> str:
+        return f"PerMessageDeflate({self.remote_no_context_takeover}, {self.local_no_context_takeover}, {self.remote_max_window_bits}, {self.local_max_window_bits})"
+
+
+class Protocol:
+    """The connection's ``protocol`` attribute: the fields of websockets' sans-IO
+    ``ClientProtocol`` that applications read (``state``, ``extensions``, ``uri``,
+    ``subprotocol``, ``request``, ``response``, ``close_code``, ``close_reason``). weft's
+    protocol state machine is in Rust; this is a read-only view of it."""
+
+    side = "client"
+
+    def __init__(self, connection: Any, uri: str, response_headers: list[tuple[str, str]]) -> None:
+        self._connection = connection
+        self.uri = parse_uri(uri)
+        self.wsuri = self.uri
+        self.extensions = extensions_of(response_headers)
+        self.id = connection.id
+        self.logger = connection.logger
+        self.request = connection.request
+        self.response = connection.response
+
+    @property
+    def state(self) -> State:
+        return self._connection.state
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self._connection.subprotocol
+
+    @property
+    def close_code(self) -> int | None:
+        return self._connection.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return self._connection.close_reason
+
+    def __repr__(self) -> str:
+        return f"<weft.compat Protocol {self.state.name} extensions={self.extensions!r}>"
 
 
 def queue_size(max_queue: Any) -> int:

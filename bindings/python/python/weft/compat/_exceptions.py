@@ -85,6 +85,25 @@ if _ws is not None:
     class ConcurrencyError(_weft.ConcurrencyError, _ws.ConcurrencyError):
         pass
 
+    class InvalidHeader(InvalidHandshake, _ws.InvalidHeader):
+        def __init__(self, name: str, value: str | None = None) -> None:
+            _ws.InvalidHeader.__init__(self, name, value)
+
+        def __str__(self) -> str:
+            return _ws.InvalidHeader.__str__(self)
+
+    class InvalidProxy(_ws.InvalidProxy, _weft.WebSocketException):
+        pass
+
+    class SecurityError(InvalidHandshake, _ws.SecurityError):
+        pass
+
+    class ProxyError(InvalidHandshake, _ws.ProxyError):
+        pass
+
+    class InvalidProxyMessage(ProxyError, _ws.InvalidProxyMessage):
+        pass
+
     InvalidStatusCode = InvalidStatus
 else:
     WebSocketException = _weft.WebSocketException  # type: ignore[misc]
@@ -97,6 +116,32 @@ else:
     InvalidStatusCode = _weft.InvalidStatus  # type: ignore[misc]
     InvalidURI = _weft.InvalidURI  # type: ignore[misc]
     ConcurrencyError = _weft.ConcurrencyError  # type: ignore[misc]
+
+    class InvalidHeader(_weft.InvalidHandshake):  # type: ignore[no-redef]
+        """A missing or invalid header in the handshake response."""
+
+        def __init__(self, name: str, value: str | None = None) -> None:
+            super().__init__(f"missing {name} header" if value is None else f"invalid {name} header: {value}")
+            self.name, self.value = name, value
+
+    class InvalidProxy(_weft.WebSocketException):  # type: ignore[no-redef]
+        """An unusable proxy URL (websockets' ``InvalidProxy``)."""
+
+        def __init__(self, proxy: str = "", msg: str = "") -> None:
+            super().__init__(proxy, msg)
+            self.proxy, self.msg = proxy, msg
+
+        def __str__(self) -> str:
+            return f"{self.proxy} isn't a valid proxy: {self.msg}"
+
+    class SecurityError(_weft.InvalidHandshake):  # type: ignore[no-redef]
+        """A redirect or limit that would weaken the connection's security."""
+
+    class ProxyError(_weft.InvalidHandshake):  # type: ignore[no-redef]
+        """The proxy refused or failed the tunnel."""
+
+    class InvalidProxyMessage(ProxyError):  # type: ignore[no-redef]
+        """The proxy did not answer with valid HTTP."""
 
 
 def translate(e: BaseException) -> BaseException:
@@ -112,9 +157,24 @@ def translate(e: BaseException) -> BaseException:
     elif isinstance(e, _weft.InvalidURI):
         new = InvalidURI(e.uri, e.msg)
     elif isinstance(e, _weft.InvalidMessage):
-        new = InvalidMessage(*e.args)
+        # websockets' wording, with what went wrong as the cause (process_exception retries
+        # when the cause is an EOFError, as websockets does).
+        new = InvalidMessage("did not receive a valid HTTP response")
+        msg = str(e)
+        first_line = getattr(e, "first_line", None)
+        if msg == "connection closed during the opening handshake":
+            new.__cause__ = EOFError("connection closed while reading HTTP status line")
+        elif msg == "invalid HTTP version" and first_line is not None:
+            new.__cause__ = ValueError(f"unsupported protocol; expected HTTP/1.1: {first_line}")
+        else:
+            new.__cause__ = ValueError(msg)
+        return new
     elif isinstance(e, _weft.InvalidHandshake):
-        new = InvalidHandshake(*e.args)
+        msg = str(e)
+        if msg.startswith("missing ") and msg.endswith(" header"):
+            new = InvalidHeader(msg[len("missing ") : -len(" header")])
+        else:
+            new = InvalidHandshake(*e.args)
     elif isinstance(e, _weft.ConcurrencyError):
         new = ConcurrencyError(*e.args)
     else:
@@ -134,5 +194,19 @@ __all__ = [
     "InvalidStatusCode",
     "InvalidURI",
     "ConcurrencyError",
+    "InvalidHeader",
+    "InvalidProxy",
+    "InvalidProxyMessage",
+    "ProxyError",
+    "SecurityError",
     "translate",
+    "raise_translated",
 ]
+
+
+def raise_translated(e: BaseException) -> None:
+    """Raise the drop-in's exception for ``e`` (call it in an ``except`` block), with its cause
+    as websockets sets it (``InvalidMessage`` from ``EOFError`` or ``ValueError``) and no
+    chained context otherwise."""
+    new = translate(e)
+    raise new from new.__cause__

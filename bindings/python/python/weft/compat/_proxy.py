@@ -2,7 +2,8 @@
 for ``wss://``) runs through the tunnel on the returned socket.
 
 Only ``http://`` proxies are supported (optionally with ``user:password@``, sent as Basic
-``Proxy-Authorization``); ``https://`` and SOCKS proxies raise ``NotImplementedError``.
+``Proxy-Authorization``); ``https://`` (``proxy_ssl=``) and SOCKS proxies raise
+``NotImplementedError``; other schemes ``InvalidProxy``, as in websockets.
 """
 
 from __future__ import annotations
@@ -38,9 +39,29 @@ def resolve(uri: str, proxy: Any, host: str, port: int) -> str | None:
     if not isinstance(proxy, str):
         raise TypeError(f"proxy must be a URL, True or None, not {type(proxy).__name__}")
     scheme = urllib.parse.urlsplit(proxy).scheme
-    if scheme != "http":
-        raise NotImplementedError(f"weft supports http:// proxies only, not {scheme}:// ({proxy})")
+    if scheme not in KNOWN_SCHEMES:
+        raise exc.InvalidProxy(proxy, f"scheme {scheme} isn't supported")
     return proxy
+
+
+#: The proxy schemes websockets knows; weft tunnels through ``http://`` ones only.
+KNOWN_SCHEMES = ("http", "https", "socks5h", "socks5", "socks4a", "socks4")
+
+
+def check(proxy: str | None, proxy_ssl: Any, unset: Any) -> None:
+    """websockets' usage errors for ``proxy_ssl=``, then a ``NotImplementedError`` naming what
+    weft cannot do (rather than connecting some other way than asked)."""
+    scheme = None if proxy is None else urllib.parse.urlsplit(proxy).scheme
+    if scheme == "http" and proxy_ssl is not unset and proxy_ssl is not None:
+        raise ValueError("proxy_ssl argument is incompatible with an http:// proxy")
+    if scheme == "https":
+        if proxy_ssl is None:
+            raise ValueError("proxy_ssl=None is incompatible with an https:// proxy")
+        raise NotImplementedError(
+            f"weft's websockets drop-in does not support https:// proxies (proxy={proxy}, proxy_ssl=)"
+        )
+    if scheme is not None and scheme.startswith("socks"):
+        raise NotImplementedError(f"weft's websockets drop-in does not support SOCKS proxies (proxy={proxy})")
 
 
 def _request(proxy: str, host: str, port: int, user_agent: str | None) -> tuple[tuple[str, int], bytes]:

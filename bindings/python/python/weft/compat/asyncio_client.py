@@ -8,16 +8,27 @@ the connection is weft's asyncio protocol implemented in Rust.
 from __future__ import annotations
 
 import asyncio
+import ssl as _ssl
+import warnings
 from typing import Any, AsyncIterator, Callable, Generator
 
 from .. import exceptions as _weft_exc
-from ..async_client import AsyncWebSocket, _open
+from .._weft import AsyncProtocol
+from ..async_client import AsyncWebSocket, _small_reads
 from . import _common as c
 from . import _proxy
 from . import _exceptions as exc
 from . import stats as _stats
 
-__all__ = ["connect", "ClientConnection", "process_exception", "backoff"]
+__all__ = ["connect", "unix_connect", "ClientConnection", "process_exception", "backoff"]
+
+#: Redirects followed at most (websockets' value; its own module's, when installed, wins).
+MAX_REDIRECTS = 10
+
+_UNSET: Any = object()
+
+#: ``connect()`` keywords passed on to ``loop.create_connection`` (websockets passes any).
+_LOOP_KWARGS = ("family", "proto", "flags", "local_addr", "happy_eyeballs_delay", "interleave", "ssl_handshake_timeout", "ssl_shutdown_timeout", "all_errors")
 
 process_exception = c.process_exception
 backoff = c.backoff
@@ -26,7 +37,12 @@ backoff = c.backoff
 class ClientConnection(AsyncWebSocket):
     """An open connection, with the methods and attributes of websockets' ``ClientConnection``."""
 
-    __slots__ = ("id", "logger", "request", "response")
+    __slots__ = ("id", "logger", "request", "response", "protocol")
+
+    @property
+    def transport(self) -> Any:
+        """The asyncio transport (``get_extra_info("ssl_object")``, ``"peername"``...)."""
+        return self._p.transport
 
     async def recv(self, decode: bool | None = None) -> str | bytes:  # type: ignore[override]
         """The next message: ``str`` for text, ``bytes`` for binary (``decode`` converts)."""
@@ -91,7 +107,12 @@ class ClientConnection(AsyncWebSocket):
 
 class connect:
     """Connect to ``uri``: ``await connect(uri)``, ``async with connect(uri) as ws``, or
-    ``async for ws in connect(uri)`` (reconnects with backoff after retryable errors)."""
+    ``async for ws in connect(uri)`` (reconnects with backoff after retryable errors).
+
+    As websockets: follows redirects (up to ``MAX_REDIRECTS``; credentials only to the same
+    origin; never from wss to ws), ``host=``/``port=`` override the URI's address,
+    ``unix=True`` with ``path=`` connects over a Unix socket, ``ssl=`` takes an
+    ``ssl.SSLContext`` (TLS is asyncio's), ``server_hostname=`` overrides the name checked."""
 
     def __init__(
         self,
@@ -116,14 +137,25 @@ class connect:
         write_limit: Any = 2**15,
         logger: Any = None,
         create_connection: Any = None,
-        ssl: Any = None,
+        ssl: Any = _UNSET,
+        ssl_context: Any = _UNSET,
         server_hostname: str | None = None,
         sock: Any = None,
+        host: str | None = None,
+        port: int | None = None,
+        unix: bool = False,
+        path: str | None = None,
+        proxy_ssl: Any = _UNSET,
+        proxy_server_hostname: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if kwargs:
-            raise TypeError(f"connect() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
-        opts, (secure, host, port), proxy_url = c.options(
+        unknown = sorted(k for k in kwargs if k not in _LOOP_KWARGS)
+        if unknown:
+            raise TypeError(f"connect() got unexpected keyword argument(s): {', '.join(unknown)}")
+        if ssl_context is not _UNSET:
+            warnings.warn("ssl_context was renamed to ssl", DeprecationWarning, stacklevel=2)
+            ssl = ssl_context
+        opts, (secure, uri_host, uri_port), proxy_url = c.options(
             uri,
             origin=origin,
             extensions=extensions,
@@ -132,50 +164,130 @@ class connect:
             additional_headers=additional_headers,
             extra_headers=extra_headers,
             user_agent_header=user_agent_header,
-            proxy=proxy,
+            proxy=proxy if sock is None and not unix else None,
             max_size=max_size,
             create_connection=create_connection,
         )
-        if not secure and ssl is not None:
+        if secure:
+            if ssl is None:
+                raise ValueError("ssl=None is incompatible with a wss:// URI")
+            if ssl is _UNSET or ssl is True:
+                ssl = _ssl.create_default_context()
+            elif not isinstance(ssl, _ssl.SSLContext):
+                raise TypeError(f"ssl must be an ssl.SSLContext or True, not {type(ssl).__name__}")
+        elif ssl is not _UNSET and ssl is not None:
             raise ValueError("ssl argument is incompatible with a ws:// URI")
-        opts.update(
-            max_queue=c.queue_size(max_queue),
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            close_timeout=close_timeout,
-            ssl=ssl,
-            server_hostname=server_hostname,
-            sock=sock,
-        )
+        else:
+            ssl = None
+        _proxy.check(proxy_url, proxy_ssl, _UNSET)
         self.uri = uri
         self._opts = opts
-        self._proxy = proxy_url if sock is None else None
-        self._target = (host, port)
+        self._headers = opts.pop("headers")
+        self._proxy = proxy_url
+        self._ssl = ssl
+        self._server_hostname = server_hostname
+        self._sock = sock
+        self._host, self._port = host, port
+        self._unix, self._path = unix, path
+        self._loop_kwargs = kwargs
+        self._max_queue = c.queue_size(max_queue)
+        self._ping = (ping_interval, ping_timeout)
+        self._close_timeout = close_timeout
         self._user_agent = user_agent_header
         self._open_timeout = open_timeout
         self._write_limit = write_limit[0] if isinstance(write_limit, tuple) else write_limit
+        self._entered = False
         self.process_exception = process_exception
         self.reconnect_delays = reconnect_delays
         self.logger = c.get_logger(logger)
         self.connection: ClientConnection | None = None
 
-    async def _connect(self) -> ClientConnection:
-        _stats["attempts"] += 1
-        opts = self._opts
+    async def _attempt(self, uri: str, headers: list[tuple[str, str]]) -> ClientConnection:
+        """One connection and opening handshake to ``uri``."""
+        loop = asyncio.get_running_loop()
+        secure, uri_host, uri_port = c.check_uri(uri)
+        protocol = AsyncProtocol(
+            loop,
+            uri,
+            headers=headers,
+            subprotocols=self._opts["subprotocols"],
+            compression=self._opts["compression"],
+            max_size=self._opts["max_size"],
+            max_queue=self._max_queue,
+            close_timeout=self._close_timeout,
+        )
+        ctx = self._ssl if secure else None
+        hostname = (self._server_hostname or uri_host) if ctx is not None else None
+        sock = self._sock
         try:
-            if self._proxy is not None:
-                sock = await asyncio.wait_for(
-                    _proxy.tunnel_async(self._proxy, *self._target, self._user_agent), self._open_timeout
+            if self._unix:
+                await loop.create_unix_connection(
+                    lambda: protocol, self._path, sock=sock, ssl=ctx, server_hostname=hostname
                 )
-                opts = dict(opts, sock=sock)
-            ws = await _open(self.uri, self._open_timeout, None, _cls=ClientConnection, **opts)
-        except _weft_exc.WebSocketException as e:
-            raise exc.translate(e) from None
-        assert isinstance(ws, ClientConnection)
+            else:
+                if sock is None and self._proxy is not None:
+                    sock = await _proxy.tunnel_async(self._proxy, uri_host, uri_port, self._user_agent)
+                if sock is not None:
+                    await loop.create_connection(lambda: protocol, sock=sock, ssl=ctx, server_hostname=hostname)
+                else:
+                    await loop.create_connection(
+                        lambda: protocol,
+                        self._host if self._host is not None else uri_host,
+                        self._port if self._port is not None else uri_port,
+                        ssl=ctx,
+                        server_hostname=hostname,
+                        **self._loop_kwargs,
+                    )
+            _small_reads(protocol.transport)
+            await protocol.handshake
+        except BaseException:
+            protocol.abort()
+            raise
+        ping_interval, ping_timeout = self._ping
+        ws = ClientConnection(protocol, loop, uri, None, self._close_timeout)
+        if ping_interval:
+            ws._keepalive = loop.create_task(ws._keep_alive(ping_interval, ping_timeout))
+        return ws
+
+    async def _open(self) -> ClientConnection:
+        uri, headers = self.uri, self._headers
+        limit = c.max_redirects()
+        for _ in range(limit):
+            try:
+                ws = await self._attempt(uri, headers)
+            except _weft_exc.WebSocketException as e:
+                translated = exc.translate(e)
+                target = c.redirect_target(
+                    uri,
+                    translated,  # type: ignore[arg-type]
+                    headers,
+                    sock=self._sock is not None,
+                    unix=self._unix,
+                    explicit_address=self._host is not None or self._port is not None,
+                )
+                if target is None:
+                    raise translated from translated.__cause__
+                uri, headers = target
+                continue
+            break
+        else:
+            raise exc.SecurityError(f"more than {limit} redirects")
         ws.id = c.new_id()
         ws.logger = self.logger
-        ws.request = c.Request(c.request_path(self.uri), self._opts["headers"])
+        ws.request = c.Request(
+            c.request_path(uri),
+            c.request_headers(uri, headers, self._opts["subprotocols"], self._opts["compression"]),
+        )
         ws.response = c.Response(ws.response_headers)
+        ws.protocol = c.Protocol(ws, uri, ws.response_headers)
+        return ws
+
+    async def _connect(self) -> ClientConnection:
+        _stats["attempts"] += 1
+        try:
+            ws = await asyncio.wait_for(self._open(), self._open_timeout)
+        except (asyncio.TimeoutError, TimeoutError) as e:
+            raise TimeoutError("timed out during opening handshake") from e
         t = ws._p.transport
         if t is not None and self._write_limit is not None:
             t.set_write_buffer_limits(high=self._write_limit)
@@ -187,11 +299,21 @@ class connect:
         return self._connect().__await__()
 
     async def __aenter__(self) -> ClientConnection:
-        return await self
+        if self._entered:
+            raise RuntimeError("connect() isn't reentrant")
+        self._entered = True
+        try:
+            return await self
+        except BaseException:
+            self._entered = False
+            raise
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self.connection is not None:
-            await self.connection.close()
+        try:
+            if self.connection is not None:
+                await self.connection.close()
+        finally:
+            self._entered = False
 
     async def __aiter__(self) -> AsyncIterator[ClientConnection]:
         delays: Generator[float, None, None] | None = None
@@ -204,3 +326,16 @@ class connect:
                 await asyncio.sleep(delay)
             else:
                 delays = None
+
+
+def unix_connect(path: str | None = None, uri: str | None = None, **kwargs: Any) -> connect:
+    """Connect over the Unix socket at ``path`` (websockets' ``unix_connect``); ``uri`` gives
+    the Host header and, for ``wss://``, the name the certificate is checked against."""
+    if uri is None:
+        has_ssl = kwargs.get("ssl") is not None or kwargs.get("ssl_context") is not None
+        uri = "wss://localhost/" if has_ssl else "ws://localhost/"
+    if path is None and kwargs.get("sock") is None:
+        raise ValueError("no path and sock were specified")
+    if path is not None and kwargs.get("sock") is not None:
+        raise ValueError("path and sock can not be specified at the same time")
+    return connect(uri, unix=True, path=path, **kwargs)

@@ -1,6 +1,8 @@
 """``websockets.sync.client`` on weft: ``connect`` and ``ClientConnection``.
 
-The connection is weft's blocking client (no threads: reads happen inside ``recv``), so
+The connection is weft's blocking client (no threads: reads happen inside ``recv``; only with
+``ssl=`` an ``SSLContext`` does TLS run in Python's ``ssl`` with two relay threads, see
+:mod:`weft.compat._tls`), so
 pongs, and with them ``ping()``'s event and the keepalive, are processed while a ``recv`` is
 waiting — the way most synchronous code spends its time. ``recv()`` blocks until a message or
 the end of the connection unless given a ``timeout``.
@@ -11,17 +13,21 @@ from __future__ import annotations
 import socket as _socket
 import ssl as _ssl
 import time
+import urllib.parse
+import warnings
 from typing import Any, Callable, Generator, Iterator
 
 from .. import exceptions as _weft_exc
 from .._weft import WebSocket
 from .._weft import connect as _connect
 from . import _common as c
-from . import _proxy
+from . import _proxy, _tls
 from . import _exceptions as exc
 from . import stats as _stats
 
-__all__ = ["connect", "reconnect", "ClientConnection", "process_exception", "backoff"]
+__all__ = ["connect", "unix_connect", "reconnect", "ClientConnection", "process_exception", "backoff"]
+
+_UNSET: Any = object()
 
 process_exception = c.process_exception
 backoff = c.backoff
@@ -62,6 +68,10 @@ class ClientConnection:
         self.request = request
         self.response = c.Response(ws.response_headers)
         self.uri = uri
+        #: The ``ssl.SSLSocket`` when ``ssl=`` was an ``SSLContext`` (TLS in Python), else
+        #: ``None``: weft owns the socket (plain, or TLS with rustls).
+        self.socket: Any = None
+        self.protocol = c.Protocol(self, uri, ws.response_headers)
 
     def recv(self, timeout: float | None = None, decode: bool | None = None) -> str | bytes:
         """The next message (``str`` for text, ``bytes`` for binary). Blocks until one arrives
@@ -153,14 +163,35 @@ class ClientConnection:
         return f"<weft.compat.sync_client.ClientConnection {self.uri} {self.state.name}>"
 
 
-def _ca_certs(ctx: Any) -> list[bytes] | None:
-    """The CA certificates of an ``ssl.SSLContext``, for weft's rustls-based client."""
-    if not isinstance(ctx, _ssl.SSLContext):
-        raise TypeError(f"ssl must be an ssl.SSLContext, not {type(ctx).__name__}")
-    if ctx.verify_mode == _ssl.CERT_NONE or not ctx.check_hostname:
-        raise NotImplementedError("weft's sync client always verifies the server's certificate and name")
-    certs = ctx.get_ca_certs(binary_form=True)
-    return list(certs) or None  # none loaded explicitly: the system's roots
+def _plain_uri(uri: str) -> str:
+    """``uri`` as ``ws://`` for weft when TLS runs in Python (same Host header and path)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme != "wss":
+        return uri
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port in (None, 443) else f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(("ws", netloc, parts.path, parts.query, ""))
+
+
+def _tls_error(e: BaseException, hostname: str) -> BaseException | None:
+    """rustls' verification failures as the ``ssl.SSLCertVerificationError`` websockets raises."""
+    msg = str(e)
+    if "invalid peer certificate" not in msg:
+        return None
+    if "NotValidForName" in msg:
+        reason = f"Hostname mismatch, certificate is not valid for '{hostname}'."
+    elif "UnknownIssuer" in msg:
+        reason = "self-signed certificate or unknown issuer (rustls: UnknownIssuer)"
+    elif "Expired" in msg:
+        reason = "certificate has expired"
+    else:
+        reason = msg
+    err = _ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {reason}")
+    err.reason = "CERTIFICATE_VERIFY_FAILED"
+    err.verify_message = reason
+    return err
 
 
 def connect(
@@ -185,16 +216,29 @@ def connect(
     max_queue: Any = 16,
     logger: Any = None,
     create_connection: Any = None,
+    ssl_context: Any = _UNSET,
+    unix: bool = False,
+    path: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    proxy_ssl: Any = _UNSET,
+    proxy_server_hostname: str | None = None,
     **kwargs: Any,
 ) -> ClientConnection:
     """Connect to ``uri`` (blocking); use the result directly or as a context manager.
 
-    ``max_queue`` is accepted for compatibility: weft's sync client reads only inside ``recv``,
-    so nothing is buffered beyond the message being read.
+    As websockets: follows redirects, ``unix=True`` with ``path=`` connects over a Unix
+    socket, ``ssl=`` takes an ``ssl.SSLContext`` whose trusted certificates are used
+    (``ssl_context=`` is the deprecated alias), ``server_hostname=`` overrides the name
+    checked. ``max_queue`` is accepted for compatibility: weft's sync client reads only inside
+    ``recv``, so nothing is buffered beyond the message being read.
     """
     if kwargs:
         raise TypeError(f"connect() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
-    opts, (secure, host, port), proxy_url = c.options(
+    if ssl_context is not _UNSET:
+        warnings.warn("ssl_context was renamed to ssl", DeprecationWarning, stacklevel=2)
+        ssl = ssl_context
+    opts, (secure, uri_host, uri_port), proxy_url = c.options(
         uri,
         origin=origin,
         extensions=extensions,
@@ -203,42 +247,109 @@ def connect(
         additional_headers=additional_headers,
         extra_headers=extra_headers,
         user_agent_header=user_agent_header,
-        proxy=proxy,
+        proxy=proxy if sock is None and not unix else None,
         max_size=max_size,
         create_connection=create_connection,
     )
     if not secure and ssl is not None:
         raise ValueError("ssl argument is incompatible with a ws:// URI")
+    _proxy.check(proxy_url, proxy_ssl, _UNSET)
+    if unix and sock is None and path is None:
+        raise ValueError("missing path argument")
     c.queue_size(max_queue)
+    if ssl is not None and ssl is not True and not isinstance(ssl, _ssl.SSLContext):
+        raise TypeError(f"ssl must be an ssl.SSLContext or True, not {type(ssl).__name__}")
+    context = ssl if isinstance(ssl, _ssl.SSLContext) else None
     _stats["attempts"] += 1
-    fd = None
-    if sock is None and proxy_url is not None:
-        sock = _proxy.tunnel(proxy_url, host, port, open_timeout, user_agent_header)
-    if sock is not None:
-        if sock.type != _socket.SOCK_STREAM or sock.family not in (_socket.AF_INET, _socket.AF_INET6):
-            raise NotImplementedError("weft's sync client takes a connected TCP socket as sock")
-        sock.setblocking(True)
-        fd = sock.detach()
-    try:
-        ws = _connect(
-            uri,
-            open_timeout,
-            None,
-            headers=opts["headers"],
-            subprotocols=opts["subprotocols"],
-            compression=opts["compression"],
-            max_size=opts["max_size"],
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            close_timeout=close_timeout,
-            server_hostname=server_hostname,
-            sock=fd,
-            ca_certs=_ca_certs(ssl) if ssl is not None else None,
-        )
-    except _weft_exc.WebSocketException as e:
-        raise exc.translate(e) from None
+    deadline = None if open_timeout is None else time.monotonic() + open_timeout
+    headers = opts["headers"]
+    limit = c.max_redirects()
+    for _ in range(limit):
+        remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
+        this_secure, this_host, this_port = c.check_uri(uri)
+        s = sock
+        tls_sock = None
+        try:
+            if s is None and unix:
+                s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                s.settimeout(remaining)
+                try:
+                    s.connect(path)
+                except BaseException:
+                    s.close()
+                    raise
+            elif s is None and proxy_url is not None:
+                s = _proxy.tunnel(proxy_url, this_host, this_port, remaining, user_agent_header)
+            elif s is None and (host is not None or port is not None or context is not None):
+                addr = (host if host is not None else this_host, port if port is not None else this_port)
+                s = _socket.create_connection(addr, timeout=remaining)
+            if s is not None and context is not None and this_secure:
+                s, tls_sock = _tls.wrap(s, context, server_hostname or this_host, remaining)
+        except _socket.timeout:
+            raise TimeoutError("timed out while waiting for handshake response") from None
+        fd = None
+        if s is not None:
+            if s.type != _socket.SOCK_STREAM or s.family not in (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX):
+                raise NotImplementedError("weft's sync client takes a connected TCP or Unix stream socket as sock")
+            s.setblocking(True)
+            fd = s.detach()
+        try:
+            ws = _connect(
+                uri if tls_sock is None else _plain_uri(uri),
+                remaining,
+                None,
+                headers=headers,
+                subprotocols=opts["subprotocols"],
+                compression=opts["compression"],
+                max_size=opts["max_size"],
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                close_timeout=close_timeout,
+                server_hostname=server_hostname,
+                sock=fd,
+            )
+        except TimeoutError:
+            raise TimeoutError("timed out while waiting for handshake response") from None
+        except _weft_exc.WebSocketException as e:
+            tls = _tls_error(e, server_hostname or this_host)
+            if tls is not None:
+                raise tls from None
+            translated = exc.translate(e)
+            target = c.redirect_target(
+                uri,
+                translated,  # type: ignore[arg-type]
+                headers,
+                sock=sock is not None,
+                unix=unix,
+                explicit_address=host is not None or port is not None,
+            )
+            if target is None:
+                raise translated from translated.__cause__
+            uri, headers = target
+            continue
+        break
+    else:
+        raise exc.SecurityError(f"more than {limit} redirects")
     _stats["connections"] += 1
-    return ClientConnection(ws, uri, c.Request(c.request_path(uri), opts["headers"]), c.get_logger(logger))
+    request = c.Request(
+        c.request_path(uri), c.request_headers(uri, headers, opts["subprotocols"], opts["compression"])
+    )
+    conn = ClientConnection(ws, uri, request, c.get_logger(logger))
+    conn.socket = tls_sock
+    return conn
+
+
+def unix_connect(path: str | None = None, uri: str | None = None, **kwargs: Any) -> ClientConnection:
+    """Connect over the Unix socket at ``path`` (websockets' ``unix_connect``); ``uri`` gives
+    the Host header and, for ``wss://``, the name the certificate is checked against."""
+    if uri is None:
+        has_ssl = kwargs.get("ssl") is not None or kwargs.get("ssl_context") is not None
+        uri = "wss://localhost/" if has_ssl else "ws://localhost/"
+    if path is None and kwargs.get("sock") is None:
+        raise ValueError("missing path argument")
+    if path is not None and kwargs.get("sock") is not None:
+        raise ValueError("path is incompatible with sock")
+    return connect(uri, unix=True, path=path, **kwargs)
 
 
 class reconnect:

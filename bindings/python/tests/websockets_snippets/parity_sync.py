@@ -1,0 +1,105 @@
+"""websockets.sync.client behaviours real code relies on (parity test: same output on
+websockets and on weft's drop-in). Prints one line per check."""
+
+import os
+import socket
+import sys
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _parity_servers as S  # noqa: E402
+from websockets.sync.client import connect, unix_connect  # noqa: E402
+
+
+def show(label, f):
+    try:
+        print(label, f())
+    except Exception as e:
+        cause = e.__cause__
+        print(label, type(e).__name__, str(e), type(cause).__name__ if cause else None, str(cause) if cause else "")
+
+
+def user_agents():
+    S.SEEN.clear()
+    with S.server() as uri:
+        with connect(uri, additional_headers={"User-Agent": "Smith"}) as ws:
+            return ws.request.headers.get_all("User-Agent"), S.SEEN[-1].get_all("User-Agent")
+
+
+# Attributes: protocol.state, protocol.extensions (compression negotiated?), request.headers.
+with S.server() as uri:
+    with connect(uri) as ws:
+        print("state", ws.protocol.state.name, [type(e).__name__ for e in ws.protocol.extensions])
+        print("uri path", ws.protocol.uri.path, ws.request.headers["Host"] == uri.split("//")[1])
+    with connect(uri, compression=None) as ws:
+        print("no compression", ws.protocol.extensions)
+    print("closed", ws.protocol.state.name)
+show("user agent", user_agents)
+
+# Error messages and exception chaining.
+for name, answer in [("eof", S.close_at_once), ("junk", S.junk), ("no accept", S.no_accept)]:
+    with S.raw_server(answer) as uri:
+        show(name, lambda: connect(uri, open_timeout=5))
+with S.raw_server(S.silent) as uri:
+    show("timeout", lambda: connect(uri, open_timeout=0.2))
+
+# host=/port= are asyncio-only in websockets; unix=True and path=, unix_connect.
+with S.temp_dir() as d:
+    path = os.path.join(d, "ws.sock")
+    with S.server(unix_path=path):
+        with unix_connect(path) as ws:
+            print("unix", ws.protocol.state.name, ws.request.headers["Host"])
+        with unix_connect(path, uri="ws://overridden/") as ws:
+            print("unix host", ws.request.headers["Host"])
+        with connect("ws://localhost/", unix=True, path=path) as ws:
+            ws.send("over unix")
+            print("unix=True", ws.recv())
+show("unix no path", lambda: unix_connect())
+
+# TLS with a custom SSLContext (a self-signed certificate, not a CA), server_hostname,
+# ssl_context= (deprecated alias).
+with S.temp_dir() as d:
+    server_ctx, client_ctx = S.contexts(d)
+    with S.server(ssl_context=server_ctx) as uri:
+        with connect(uri, ssl=client_ctx) as ws:
+            ws.send("secret")
+            print("tls", ws.recv(), ws.socket.version()[:3])
+        with connect(uri, ssl=client_ctx, server_hostname="overridden") as ws:
+            print("server_hostname", ws.socket.server_hostname)
+        show("hostname mismatch", lambda: type(connect(uri, ssl=client_ctx, server_hostname="invalid")))
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            with connect(uri, ssl_context=client_ctx) as ws:
+                print("ssl_context", ws.protocol.state.name, [str(x.message) for x in w if x.category is DeprecationWarning])
+        # Redirect from wss to ws: refused.
+        with S.server() as plain:
+            with S.server(S.redirecting(lambda p: plain), ssl_context=server_ctx) as redirecting:
+                show("downgrade", lambda: connect(redirecting, ssl=client_ctx))
+    with S.temp_dir() as d2:
+        path = os.path.join(d2, "wss.sock")
+        with S.server(unix_path=path, ssl_context=server_ctx):
+            with unix_connect(path, ssl=client_ctx, uri="wss://overridden/") as ws:
+                print("unix tls", ws.socket.server_hostname, ws.socket.version()[:3])
+
+# Redirects: same origin keeps credentials, another origin drops them.
+creds = {"Authorization": "Bearer secret", "Cookie": "c=1", "X-Custom": "keep"}
+with S.server() as other:
+    with S.server(S.redirecting(lambda p: "/" if p == "/redirect" else (other + "/" if p == "/away" else None))) as uri:
+        S.SEEN.clear()
+        with connect(uri + "/redirect", additional_headers=creds) as ws:
+            print("same origin", ws.protocol.uri.path, "Authorization" in ws.request.headers,
+                  [("Authorization" in h, "Cookie" in h) for h in S.SEEN])
+        S.SEEN.clear()
+        with connect(uri + "/away", additional_headers=creds) as ws:
+            print("cross origin", ws.protocol.uri.port == int(other.rsplit(":", 1)[1]),
+                  "Authorization" in ws.request.headers, "X-Custom" in ws.request.headers,
+                  [("Authorization" in h, "Cookie" in h) for h in S.SEEN])
+        host, port = uri.split("//")[1].split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            show("redirect with sock", lambda: connect("ws://invalid/redirect", sock=sock))
+with S.server(S.redirecting(lambda p: p)) as uri:
+    show("redirect loop", lambda: connect(uri))
+
+# Usage errors.
+show("unsupported proxy", lambda: connect("ws://example.com/", proxy="other://localhost:58080"))
+show("subprotocols str", lambda: connect("ws://localhost/", subprotocols="chat"))

@@ -8,7 +8,8 @@ caller's User-Agent sent once, handshake error messages and their causes, open t
 ``host=``/``port=``, ``unix=True``/``path=``/``unix_connect``, ``ssl=`` with a custom
 ``SSLContext`` trusting a non-CA certificate, ``server_hostname=`` (explicit and implicit),
 ``ssl_context=``, redirects (same origin keeps credentials, another origin drops them, wss to
-ws refused, limits, sockets and explicit addresses), and usage errors."""
+ws refused, limits, sockets and explicit addresses), ``create_connection=`` factories, and
+usage errors."""
 
 from __future__ import annotations
 
@@ -41,8 +42,6 @@ def test_unsupported_parameters_fail_clearly():
         from weft.compat import asyncio_client, sync_client
 
         for connect in (asyncio_client.connect, sync_client.connect):
-            with pytest.raises(NotImplementedError, match="create_connection"):
-                connect("ws://127.0.0.1:1/", create_connection=object)
             with pytest.raises(NotImplementedError, match="SOCKS"):
                 connect("ws://127.0.0.1:1/", proxy="socks5h://127.0.0.1:1080")
             with pytest.raises(NotImplementedError, match="https:// proxies"):

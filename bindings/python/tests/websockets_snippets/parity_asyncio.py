@@ -42,6 +42,13 @@ async def main():
         S.SEEN.clear()
         async with connect("ws://overridden/", host=host, port=int(port)) as ws:
             print("host/port", ws.protocol.state.name, S.SEEN[-1]["Host"])
+        def factory(*args, **kwargs):
+            made = client_module.ClientConnection(*args, **kwargs)
+            made.by_factory = True
+            return made
+
+        async with connect(uri, create_connection=factory) as ws:
+            print("create_connection", ws.by_factory, ws.protocol.state.name)
         c = connect(uri)
         async with c:
             await show("reentrant", lambda: c.__aenter__())

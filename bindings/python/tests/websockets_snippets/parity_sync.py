@@ -36,6 +36,19 @@ with S.server() as uri:
     print("closed", ws.protocol.state.name)
 show("user agent", user_agents)
 
+
+def factory(*args, **kwargs):
+    from websockets.sync import client as client_module
+
+    made = client_module.ClientConnection(*args, **kwargs)
+    made.by_factory = True
+    return made
+
+
+with S.server() as uri:
+    with connect(uri, create_connection=factory) as ws:
+        print("create_connection", ws.by_factory, ws.protocol.state.name)
+
 # Error messages and exception chaining.
 for name, answer in [("eof", S.close_at_once), ("junk", S.junk), ("no accept", S.no_accept)]:
     with S.raw_server(answer) as uri:

@@ -60,6 +60,8 @@ def enable_monkeypatch() -> None:
     _patch(websockets, "connect", asyncio_client.connect)
     _patch(websockets.asyncio.client, "connect", asyncio_client.connect)
     _patch(websockets.asyncio.client, "unix_connect", asyncio_client.unix_connect)
+    _patch(websockets.asyncio.client, "ClientConnection", asyncio_client.ClientConnection)
+    _patch(websockets.sync.client, "ClientConnection", sync_client.ClientConnection)
     _patch(websockets.client, "connect", asyncio_client.connect)
     _patch(websockets.sync.client, "connect", sync_client.connect)
     _patch(websockets.sync.client, "unix_connect", sync_client.unix_connect)

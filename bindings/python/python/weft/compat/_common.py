@@ -86,10 +86,8 @@ def options(
             raise TypeError("subprotocols must be a list")
     if extensions:
         raise NotImplementedError("weft negotiates permessage-deflate itself; custom extensions are not supported")
-    if create_connection is not None:
-        raise NotImplementedError(
-            "create_connection= (a custom connection class) is not supported by weft's websockets drop-in"
-        )
+    if create_connection is not None and not callable(create_connection):
+        raise TypeError("create_connection must be a ClientConnection subclass or a factory")
     if compression not in ("deflate", None):
         raise ValueError(f"unsupported compression: {compression}")
     proxy_url = _proxy.resolve(uri, proxy, target[1], target[2])

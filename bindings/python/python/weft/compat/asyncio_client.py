@@ -37,7 +37,8 @@ backoff = c.backoff
 class ClientConnection(AsyncWebSocket):
     """An open connection, with the methods and attributes of websockets' ``ClientConnection``."""
 
-    __slots__ = ("id", "logger", "request", "response", "protocol")
+    # __dict__: subclasses and create_connection= factories add attributes, as with websockets.
+    __slots__ = ("id", "logger", "request", "response", "protocol", "__dict__")
 
     @property
     def transport(self) -> Any:
@@ -193,6 +194,7 @@ class connect:
         self._max_queue = c.queue_size(max_queue)
         self._ping = (ping_interval, ping_timeout)
         self._close_timeout = close_timeout
+        self._create_connection = create_connection or ClientConnection
         self._user_agent = user_agent_header
         self._open_timeout = open_timeout
         self._write_limit = write_limit[0] if isinstance(write_limit, tuple) else write_limit
@@ -244,7 +246,12 @@ class connect:
             protocol.abort()
             raise
         ping_interval, ping_timeout = self._ping
-        ws = ClientConnection(protocol, loop, uri, None, self._close_timeout)
+        # create_connection=: a ClientConnection subclass, or a factory that passes its
+        # arguments on to one (weft's arguments, not websockets' sans-IO protocol).
+        ws = self._create_connection(protocol, loop, uri, None, self._close_timeout)
+        if not isinstance(ws, ClientConnection):
+            protocol.abort()
+            raise TypeError("create_connection must return a weft.compat ClientConnection (subclass)")
         if ping_interval:
             ws._keepalive = loop.create_task(ws._keep_alive(ping_interval, ping_timeout))
         return ws

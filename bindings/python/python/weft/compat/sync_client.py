@@ -334,7 +334,12 @@ def connect(
     request = c.Request(
         c.request_path(uri), c.request_headers(uri, headers, opts["subprotocols"], opts["compression"])
     )
-    conn = ClientConnection(ws, uri, request, c.get_logger(logger))
+    # create_connection=: a ClientConnection subclass, or a factory that passes its arguments
+    # on to one (weft's arguments, not websockets' socket and sans-IO protocol).
+    conn = (create_connection or ClientConnection)(ws, uri, request, c.get_logger(logger))
+    if not isinstance(conn, ClientConnection):
+        ws.close()
+        raise TypeError("create_connection must return a weft.compat ClientConnection (subclass)")
     conn.socket = tls_sock
     return conn
 

@@ -8,7 +8,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _parity_servers as S  # noqa: E402
-from websockets.sync.client import connect, unix_connect  # noqa: E402
+from websockets.sync.client import connect, reconnect, unix_connect, unix_reconnect  # noqa: E402
 
 
 def show(label, f):
@@ -48,6 +48,25 @@ def factory(*args, **kwargs):
 with S.server() as uri:
     with connect(uri, create_connection=factory) as ws:
         print("create_connection", ws.by_factory, ws.protocol.state.name)
+    # websockets 17: connect(..., legacy=False) is a reconnect: with, for, .connect().
+    connecter = connect(uri, legacy=False)
+    ws = connecter.connect()
+    ws.send("via connect()")
+    print("legacy=False", type(connecter).__name__, ws.recv())
+    ws.close()
+    with connect(uri, legacy=False) as ws:
+        print("legacy=False with", ws.protocol.state.name)
+        show("reentrant", lambda: connecter.__enter__() and connecter.__enter__())
+    for n, ws in enumerate(reconnect(uri)):
+        print("reconnect", n, ws.protocol.state.name)
+        if n == 1:
+            break
+    with S.temp_dir() as d:
+        path = os.path.join(d, "r.sock")
+        with S.server(unix_path=path):
+            for ws in unix_reconnect(path):
+                print("unix_reconnect", ws.request.headers["Host"])
+                break
 
 # Error messages and exception chaining.
 for name, answer in [("eof", S.close_at_once), ("junk", S.junk), ("no accept", S.no_accept)]:

@@ -11,7 +11,8 @@ After ``enable_monkeypatch()`` these names are weft's:
 
 - ``websockets.connect``, ``websockets.asyncio.client.connect`` (also ``websockets.client.connect``)
   and ``unix_connect``: :mod:`weft.compat.asyncio_client`;
-- ``websockets.sync.client.connect``, ``unix_connect`` and ``reconnect``: :mod:`weft.compat.sync_client`.
+- ``websockets.sync.client.connect``, ``unix_connect``, ``reconnect`` and ``unix_reconnect``:
+  :mod:`weft.compat.sync_client`.
 
 The exceptions weft raises through them derive from both weft's and websockets' classes, so
 ``except websockets.exceptions.ConnectionClosed`` (or ``InvalidStatus``, ``InvalidStatusCode``,
@@ -66,6 +67,8 @@ def enable_monkeypatch() -> None:
     _patch(websockets.sync.client, "connect", sync_client.connect)
     _patch(websockets.sync.client, "unix_connect", sync_client.unix_connect)
     _patch(websockets.sync.client, "reconnect", sync_client.reconnect)
+    if hasattr(websockets.sync.client, "unix_reconnect"):
+        _patch(websockets.sync.client, "unix_reconnect", sync_client.unix_reconnect)
     if "unix_connect" in websockets.__dict__ or hasattr(websockets, "unix_connect"):
         _patch(websockets, "unix_connect", asyncio_client.unix_connect)
 
@@ -108,6 +111,7 @@ def _install_shim(asyncio_client: Any, sync_client: Any, excs: Any) -> None:
         connect=sync_client.connect,
         unix_connect=sync_client.unix_connect,
         reconnect=sync_client.reconnect,
+        unix_reconnect=sync_client.unix_reconnect,
         ClientConnection=sync_client.ClientConnection,
     )
     a_pkg = module("websockets.asyncio", client=a_client)

@@ -25,7 +25,7 @@ from . import _proxy, _tls
 from . import _exceptions as exc
 from . import stats as _stats
 
-__all__ = ["connect", "unix_connect", "reconnect", "ClientConnection", "process_exception", "backoff"]
+__all__ = ["connect", "unix_connect", "reconnect", "unix_reconnect", "ClientConnection", "process_exception", "backoff"]
 
 _UNSET: Any = object()
 
@@ -223,9 +223,12 @@ def connect(
     port: int | None = None,
     proxy_ssl: Any = _UNSET,
     proxy_server_hostname: str | None = None,
+    legacy: bool | None = None,
     **kwargs: Any,
-) -> ClientConnection:
+) -> Any:
     """Connect to ``uri`` (blocking); use the result directly or as a context manager.
+    ``legacy=False`` returns a :class:`reconnect` instead (websockets 17's future default:
+    ``with``, ``for`` to reconnect, ``.connect()``).
 
     As websockets: follows redirects, ``unix=True`` with ``path=`` connects over a Unix
     socket, ``ssl=`` takes an ``ssl.SSLContext`` whose trusted certificates are used
@@ -235,6 +238,21 @@ def connect(
     """
     if kwargs:
         raise TypeError(f"connect() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+    if legacy is False:
+        given = dict(
+            sock=sock, ssl=ssl, server_hostname=server_hostname, origin=origin, extensions=extensions,
+            subprotocols=subprotocols, compression=compression, additional_headers=additional_headers,
+            extra_headers=extra_headers, user_agent_header=user_agent_header, proxy=proxy,
+            open_timeout=open_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
+            close_timeout=close_timeout, max_size=max_size, max_queue=max_queue, logger=logger,
+            create_connection=create_connection, unix=unix, path=path, host=host, port=port,
+            proxy_server_hostname=proxy_server_hostname,
+        )
+        if ssl_context is not _UNSET:
+            given["ssl_context"] = ssl_context
+        if proxy_ssl is not _UNSET:
+            given["proxy_ssl"] = proxy_ssl
+        return reconnect(uri, **given)
     if ssl_context is not _UNSET:
         warnings.warn("ssl_context was renamed to ssl", DeprecationWarning, stacklevel=2)
         ssl = ssl_context
@@ -344,7 +362,7 @@ def connect(
     return conn
 
 
-def unix_connect(path: str | None = None, uri: str | None = None, **kwargs: Any) -> ClientConnection:
+def unix_connect(path: str | None = None, uri: str | None = None, **kwargs: Any) -> Any:
     """Connect over the Unix socket at ``path`` (websockets' ``unix_connect``); ``uri`` gives
     the Host header and, for ``wss://``, the name the certificate is checked against."""
     if uri is None:
@@ -359,7 +377,9 @@ def unix_connect(path: str | None = None, uri: str | None = None, **kwargs: Any)
 
 class reconnect:
     """``for ws in reconnect(uri, **kwargs)``: connect again, with backoff, after retryable
-    failures (websockets' threading ``reconnect``)."""
+    failures (websockets' threading ``reconnect``, also what ``connect(..., legacy=False)``
+    returns): ``with reconnect(...) as ws`` connects once, ``.connect()`` returns an open
+    connection."""
 
     def __init__(
         self,
@@ -369,17 +389,37 @@ class reconnect:
         reconnect_delays: Callable[[], Generator[float, None, None]] = c.backoff,
         **kwargs: Any,
     ) -> None:
+        if "legacy" in kwargs:
+            raise TypeError("reconnect() got an unexpected keyword argument 'legacy'")
         self.uri = uri
         self.kwargs = kwargs
         self.process_exception = process_exception
         self.reconnect_delays = reconnect_delays
         self.logger = c.get_logger(kwargs.get("logger"))
+        self.connection: ClientConnection | None = None
+
+    def connect(self) -> ClientConnection:
+        """Connect (following redirects) and return the open connection."""
+        return connect(self.uri, **self.kwargs)
+
+    def __enter__(self) -> ClientConnection:
+        if self.connection is not None:
+            raise RuntimeError("connect() isn't reentrant")
+        self.connection = self.connect()
+        return self.connection
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self.connection is not None:
+                self.connection.close()
+        finally:
+            self.connection = None
 
     def __iter__(self) -> Iterator[ClientConnection]:
         delays: Generator[float, None, None] | None = None
         while True:
             try:
-                with connect(self.uri, **self.kwargs) as connection:
+                with self as connection:
                     yield connection
             except Exception as e:
                 delay, delays = c.retry_delay(e, self.process_exception, delays, self.reconnect_delays, self.logger)
@@ -387,3 +427,14 @@ class reconnect:
             else:
                 delays = None
 
+
+def unix_reconnect(path: str | None = None, uri: str | None = None, **kwargs: Any) -> reconnect:
+    """:class:`reconnect` over the Unix socket at ``path`` (websockets' ``unix_reconnect``)."""
+    if path is None and kwargs.get("sock") is None:
+        raise ValueError("missing path argument")
+    if path is not None and kwargs.get("sock") is not None:
+        raise ValueError("path is incompatible with sock")
+    if uri is None:
+        has_ssl = kwargs.get("ssl") is not None or kwargs.get("ssl_context") is not None
+        uri = "wss://localhost/" if has_ssl else "ws://localhost/"
+    return reconnect(uri, unix=True, path=path, **kwargs)

@@ -92,16 +92,26 @@ if _ws is not None:
         def __str__(self) -> str:
             return _ws.InvalidHeader.__str__(self)
 
-    class InvalidProxy(_ws.InvalidProxy, _weft.WebSocketException):
+    class _ProxyStandIn(_ws.WebSocketException):
+        """The proxy exceptions' base before websockets 15 added them."""
+
+        def __init__(self, proxy: str = "", msg: str = "") -> None:
+            super().__init__(proxy, msg)
+            self.proxy, self.msg = proxy, msg
+
+        def __str__(self) -> str:
+            return f"{self.proxy} isn't a valid proxy: {self.msg}"
+
+    class InvalidProxy(getattr(_ws, "InvalidProxy", _ProxyStandIn), _weft.WebSocketException):  # type: ignore[misc]
         pass
 
     class SecurityError(InvalidHandshake, _ws.SecurityError):
         pass
 
-    class ProxyError(InvalidHandshake, _ws.ProxyError):
+    class ProxyError(InvalidHandshake, getattr(_ws, "ProxyError", _ws.InvalidHandshake)):  # type: ignore[misc]
         pass
 
-    class InvalidProxyMessage(ProxyError, _ws.InvalidProxyMessage):
+    class InvalidProxyMessage(ProxyError, getattr(_ws, "InvalidProxyMessage", _ws.InvalidHandshake)):  # type: ignore[misc]
         pass
 
     InvalidStatusCode = InvalidStatus

@@ -134,14 +134,21 @@ where
     let mut armed_at = s.expires_at;
     let expiry = tokio::time::sleep_until(armed_at.unwrap_or(far));
     tokio::pin!(expiry);
+    // Set once a shutdown begins: the broker settling (this node's own publishes coming back),
+    // while the session keeps writing what arrives and finishing its publishes, but reads no
+    // more requests; then the 1001.
+    let mut settling: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = None;
     let end = loop {
         if s.expires_at != armed_at {
             armed_at = s.expires_at;
             expiry.as_mut().reset(armed_at.unwrap_or(far));
         }
         tokio::select! {
-            _ = crate::engine::stopped(&mut shutdown) => {
-                s.shared.settled().await;
+            _ = crate::engine::stopped(&mut shutdown), if settling.is_none() => {
+                let shared = Arc::clone(&s.shared);
+                settling = Some(Box::pin(async move { shared.settled().await }));
+            }
+            _ = async { settling.as_mut().expect("guarded").await }, if settling.is_some() => {
                 break End::Close(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down"));
             }
             _ = &mut expiry, if armed_at.is_some() => {
@@ -156,7 +163,7 @@ where
                 }
             }
             Some(done) = s.pending().next(), if !s.pending().is_empty() => s.published(done),
-            msg = ws.recv(), if s.pending().len() < PUBLISH_PIPELINE => match msg {
+            msg = ws.recv(), if s.pending().len() < PUBLISH_PIPELINE && settling.is_none() => match msg {
                 Some(Ok(msg)) if msg.is_data() => {
                     if let Flow::Close(f) = s.handle(msg).await {
                         break End::Close(f);

@@ -830,6 +830,58 @@ async fn graceful_shutdown_drains_and_closes_1001() {
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
 }
 
+/// A client's publishes that the server took before a shutdown reach the subscribers before
+/// the 1001, like the engine's own: every event the publisher was told `published` arrives, in
+/// order, and nothing else.
+#[tokio::test]
+async fn graceful_shutdown_delivers_every_acknowledged_client_publish() {
+    let cfg = EngineConfig { rate_limit: 1_000_000.0, rate_burst: 1_000_000, ..Default::default() };
+    let (addr, engine, h) = start(cfg).await;
+    let mut sub = Client::connect(addr, "").await;
+    subscribe(&mut sub, &["t"]).await;
+    let mut publisher = Client::connect(addr, "").await;
+    for i in 0..500 {
+        publisher.send(json!({"type": "publish", "id": i, "topic": "t", "payload": i})).await;
+    }
+    // The first answer: the server is reading them; shut down while the rest are in flight.
+    let first = publisher.recv().await;
+    assert_eq!(first["type"], "published", "{first}");
+    engine.shutdown();
+    let mut acked = vec![first["id"].as_u64().unwrap()];
+    loop {
+        match tokio::time::timeout(T, publisher.ws.recv()).await.expect("timed out") {
+            Some(Ok(Message::Text(t))) => {
+                let r: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(r["type"], "published", "{r}");
+                acked.push(r["id"].as_u64().unwrap());
+            }
+            Some(Ok(Message::Close(f))) => {
+                assert_eq!(f.map(|f| f.code.0), Some(1001));
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("publisher: {other:?}"),
+        }
+    }
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(T, sub.ws.recv()).await.expect("timed out") {
+            Some(Ok(Message::Text(t))) => {
+                let e: Value = serde_json::from_str(t.as_str()).unwrap();
+                got.push(e["payload"].as_u64().unwrap());
+            }
+            Some(Ok(Message::Close(f))) => {
+                assert_eq!(f.map(|f| f.code.0), Some(1001));
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("subscriber: {other:?}"),
+        }
+    }
+    assert_eq!(got, acked, "every acknowledged publish, in order, and nothing else");
+    tokio::time::timeout(T, h).await.unwrap().unwrap().unwrap();
+}
+
 /// The Python `websockets` client against the engine (tests/py/engine_client.py).
 #[tokio::test]
 async fn python_websockets_client() {

@@ -533,12 +533,14 @@ impl Local {
         Position { offset: self.last, epoch: self.epoch.to_string() }
     }
 
-    /// This node's own publishes on the topic have all come back and been delivered (or the
-    /// topic started again, so they never will).
+    /// This node's own acknowledged publishes on the topic have all come back and been
+    /// delivered.
     fn settled(&self) -> bool {
         match &self.published {
             None => true,
-            Some((epoch, offset)) => *epoch != self.epoch || self.last >= *offset,
+            // Another epoch: the event that started it has not come back yet (a topic reset
+            // again after it would be waited for in vain, up to the settle bound: rare).
+            Some((epoch, offset)) => *epoch == self.epoch && self.last >= *offset,
         }
     }
 
@@ -643,6 +645,25 @@ struct Core<B: Backend> {
     again: AtomicBool,
     /// Dead nodes this node is sweeping now.
     sweeping: Mutex<std::collections::HashSet<String>>,
+    /// Publishes handed to the backend and not yet answered (or dropped): shutdown waits for
+    /// them ([`Broker::settle`]).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a publish in flight while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(n))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A cluster broker: this node's subscriptions, fan-out and recovery over the broker that
@@ -686,6 +707,7 @@ impl<B: Backend> Cluster<B> {
             beaten: AtomicBool::new(false),
             again: AtomicBool::new(false),
             sweeping: Mutex::new(std::collections::HashSet::new()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
             metrics,
             settings,
         });
@@ -775,6 +797,7 @@ impl<B: Backend> Core<B> {
         let wait = self.backend.publish(out);
         let me = self.me.clone();
         let topic = topic.to_owned();
+        let in_flight = InFlight::new(&self.in_flight);
         Box::pin(async move {
             let r = wait.await;
             let counter = if r.is_ok() { &metrics.publishes } else { &metrics.publishes_refused };
@@ -787,6 +810,7 @@ impl<B: Backend> Core<B> {
                     }
                 }
             }
+            drop(in_flight);
             r
         })
     }
@@ -1704,12 +1728,16 @@ impl<B: Backend> Broker for Cluster<B> {
 
     fn settle(&self, within: Duration) -> BrokerFuture<'_, ()> {
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + within;
+            let now = tokio::time::Instant::now();
+            let deadline = now.checked_add(within).unwrap_or(now + Duration::from_secs(86_400));
             loop {
-                let pending = self.core.shards.iter().any(|shard| {
-                    let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-                    shard.values().any(|l| !l.settled())
-                });
+                // Publishes still in flight first (their events are yet to be recorded), then
+                // every followed topic's position against this node's last publish on it.
+                let pending = self.core.in_flight.load(Ordering::Relaxed) > 0
+                    || self.core.shards.iter().any(|shard| {
+                        let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                        shard.values().any(|l| !l.settled())
+                    });
                 // A broker that is down delivers nothing more: do not wait for it.
                 if !pending || !self.core.health.is_up() || tokio::time::Instant::now() >= deadline {
                     return Ok(());

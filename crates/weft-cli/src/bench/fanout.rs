@@ -270,14 +270,6 @@ async fn receive_raw(
 ) -> (Hist, Option<String>) {
     use tokio::io::AsyncWriteExt;
     let mut hist = Hist::new(3).expect("hist");
-    let (mut tcp, mut conn) = ws.into_parts();
-    let Some(unread) = conn.take_unread() else {
-        let e = "events arrived before the subscription was confirmed".to_owned();
-        sh.disconnected.fetch_add(1, Ordering::Relaxed);
-        return (hist, Some(e));
-    };
-    let mut rx = receiver::Receiver::new(&unread, seed);
-    drop(conn);
     let end = |sh: &Shared, why: Option<String>, hist: Hist| {
         if !sh.stop.load(Ordering::Relaxed) {
             sh.disconnected.fetch_add(1, Ordering::Relaxed);
@@ -287,6 +279,26 @@ async fn receive_raw(
         }
         (hist, why)
     };
+    let (mut tcp, mut conn) = ws.into_parts();
+    let Some(unread) = conn.take_unread() else {
+        let e = "events arrived before the subscription was confirmed".to_owned();
+        sh.disconnected.fetch_add(1, Ordering::Relaxed);
+        return (hist, Some(e));
+    };
+    // What the client still had to write (an automatic pong) goes first.
+    while let Some(b) = conn.poll_transmit() {
+        if let Err(e) = tcp.write_all(&b).await {
+            return end(sh, Some(e.to_string()), hist);
+        }
+    }
+    drop(conn);
+    let mut rx = receiver::Receiver::new(&[], seed);
+    // Whole events read ahead by the client count now, not at the next read.
+    let now = now_ns();
+    if let Err(e) = rx.feed(&unread, now, &mut hist) {
+        return end(sh, Some(e), hist);
+    }
+    sh.add(receiver::Tally::default(), rx.tally, now);
     loop {
         tokio::select! {
             r = tcp.readable() => if let Err(e) = r { return end(sh, Some(e.to_string()), hist) },
@@ -308,12 +320,15 @@ async fn receive_raw(
             sh.add(before, rx.tally, now);
             if !rx.replies.is_empty() {
                 let replies = std::mem::take(&mut rx.replies);
-                if let Err(e) = tcp.write_all(&replies).await {
-                    return end(sh, Some(e.to_string()), hist);
+                match tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&replies)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return end(sh, Some(e.to_string()), hist),
+                    Err(_) => return end(sh, Some("the server does not read our pongs".into()), hist),
                 }
             }
             match read {
-                Ok(Some(_)) if rx.closed.is_none() => {}
+                // Others (and the publisher) get their turn on a busy thread.
+                Ok(Some(_)) if rx.closed.is_none() => tokio::task::consume_budget().await,
                 Ok(Some(_)) => return end(sh, rx.closed.map(|c| format!("the server closed with {c}")), hist),
                 Ok(None) => break,
                 Err(e) => return end(sh, Some(e), hist),

@@ -380,7 +380,7 @@ impl<H: Handler> Loop<H> {
                 let deadline = far(Instant::now(), self.acceptor.config.close_timeout);
                 let old = std::mem::replace(&mut e.state, State::Lingering { deadline });
                 if let State::Open { session: Some(s), .. } = old {
-                    self.handler.on_close(s, &ConnectionError::Reset);
+                    super::caught(|| self.handler.on_close(s, &ConnectionError::Reset));
                 }
                 self.schedule(k, deadline);
                 self.requeue_if_readable(k);

@@ -33,6 +33,11 @@
 //! above `write_buffer_high_water` is not read until it drains (a peer that never reads stops
 //! being read, so the replies it causes cannot pile up).
 //!
+//! A handler callback that panics is caught (with `panic = "unwind"`, the default): the
+//! connection it was called for closes with 1011 and loses its session, a panicking `upgrade`
+//! is answered 500, and the loop serves every other connection on
+//! ([`LoopStats::handler_panics`]).
+//!
 //! ```no_run
 //! use weft::event_loop::{Conn, EventLoop, Handler, LoopConfig, Payload};
 //!
@@ -225,6 +230,10 @@ pub struct LoopStats {
     pub opened: u64,
     /// Connections now open (WebSockets and handshakes).
     pub open: u64,
+    /// Handler callbacks that panicked. Each panic is caught: the connection it was for closes
+    /// with 1011 (its session dropped without [`Handler::on_close`]; a panicking `upgrade`
+    /// answers 500) and the loop serves every other connection on.
+    pub handler_panics: u64,
 }
 
 /// Stops an [`EventLoop`] from any thread: no new connections, every WebSocket closed with 1001
@@ -260,6 +269,8 @@ enum Imp<H: Handler> {
 pub struct EventLoop<H: Handler> {
     imp: Imp<H>,
     fallback: Option<String>,
+    /// Handler panics caught by earlier runs.
+    panics: u64,
 }
 
 impl<H: Handler> EventLoop<H> {
@@ -285,7 +296,7 @@ impl<H: Handler> EventLoop<H> {
             Backend::IoUring | Backend::Auto => match uring::supported() {
                 Ok(()) => {
                     let imp = Imp::Uring(Box::new(uring::Loop::new(listener, acceptor, config, handler)?));
-                    return Ok(Self { imp, fallback });
+                    return Ok(Self { imp, fallback, panics: 0 });
                 }
                 Err(e) if config.backend == Backend::IoUring => {
                     return Err(io::Error::new(e.kind(), format!("io_uring is not available: {e}")));
@@ -300,7 +311,7 @@ impl<H: Handler> EventLoop<H> {
             Backend::Auto => fallback = Some("io_uring is Linux only".into()),
         }
         let imp = Imp::Epoll(Box::new(epoll::Loop::new(listener, acceptor, config, handler)?));
-        Ok(Self { imp, fallback })
+        Ok(Self { imp, fallback, panics: 0 })
     }
 
     /// The backend that runs: [`Backend::IoUring`] or [`Backend::Epoll`].
@@ -328,11 +339,12 @@ impl<H: Handler> EventLoop<H> {
 
     /// The loop's counters.
     pub fn stats(&self) -> LoopStats {
-        match &self.imp {
+        let stats = match &self.imp {
             Imp::Epoll(l) => l.stats(),
             #[cfg(target_os = "linux")]
             Imp::Uring(l) => l.stats(),
-        }
+        };
+        LoopStats { handler_panics: self.panics, ..stats }
     }
 
     /// The handler.
@@ -346,11 +358,47 @@ impl<H: Handler> EventLoop<H> {
 
     /// Run until stopped (see [`LoopHandle`]) and every connection has closed.
     pub fn run(&mut self) -> io::Result<()> {
-        match &mut self.imp {
+        // Handler panics are counted on the thread that runs the handler: this one.
+        take_panics();
+        let r = match &mut self.imp {
             Imp::Epoll(l) => l.run(),
             #[cfg(target_os = "linux")]
             Imp::Uring(l) => l.run(),
-        }
+        };
+        self.panics += take_panics();
+        r
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handler panics: caught per callback, counted per thread, added to the loop's stats by `run`.
+
+std::thread_local! {
+    static PANICS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Run `f`; whether it panicked (counted).
+fn caught(f: impl FnOnce()) -> bool {
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+    if panicked {
+        PANICS.with(|p| p.set(p.get() + 1));
+    }
+    panicked
+}
+
+/// Handler panics on this thread since the last call.
+fn take_panics() -> u64 {
+    PANICS.with(|p| p.replace(0))
+}
+
+/// Call `f` with the connection's session; if it panics, drop the session (a drop that panics
+/// too is caught) and close the connection with 1011.
+fn with_session<S>(session: &mut Option<S>, c: &mut Conn<'_>, f: impl FnOnce(&mut S, &mut Conn<'_>)) {
+    let Some(s) = session.as_mut() else { return };
+    if caught(|| f(s, c)) {
+        let s = session.take();
+        caught(move || drop(s));
+        let _ = c.conn.close(Some(CloseFrame::new(CloseCode::INTERNAL, "")));
     }
 }
 
@@ -457,11 +505,10 @@ fn deliver<H: Handler>(
         }
         let Some(i) = conn.poll_input(input, now) else { return };
         let mut c = Conn { conn, id };
-        match (i, session.as_mut()) {
-            (Input::Text(t), Some(s)) => handler.on_message(s, &mut c, Payload::Text(t)),
-            (Input::Binary(b), Some(s)) => handler.on_message(s, &mut c, Payload::Binary(b)),
-            (Input::Event(ev), _) => on_event(handler, session, &mut c, ev),
-            _ => {}
+        match i {
+            Input::Text(t) => with_session(session, &mut c, |s, c| handler.on_message(s, c, Payload::Text(t))),
+            Input::Binary(b) => with_session(session, &mut c, |s, c| handler.on_message(s, c, Payload::Binary(b))),
+            Input::Event(ev) => on_event(handler, session, &mut c, ev),
         }
     }
 }
@@ -476,23 +523,22 @@ fn drain_events<H: Handler>(handler: &mut H, conn: &mut Connection, session: &mu
 
 fn on_event<H: Handler>(handler: &mut H, session: &mut Option<H::Session>, c: &mut Conn<'_>, ev: Event) {
     match ev {
-        Event::Message(m) => {
-            let Some(s) = session.as_mut() else { return };
-            match &m {
-                Message::Text(t) => handler.on_message(s, c, Payload::Text(t.as_str())),
-                Message::Binary(b) => handler.on_message(s, c, Payload::Binary(b)),
-                Message::Ping(_) => {
-                    // Every ping answered, in order with the messages around it.
+        Event::Message(m) => match &m {
+            Message::Text(t) => with_session(session, c, |s, c| handler.on_message(s, c, Payload::Text(t.as_str()))),
+            Message::Binary(b) => with_session(session, c, |s, c| handler.on_message(s, c, Payload::Binary(b))),
+            Message::Ping(_) => {
+                // Every ping answered, in order with the messages around it.
+                if session.is_some() {
                     c.conn.queue_pong();
-                    handler.on_control(s, c, &m);
                 }
-                Message::Pong(_) => handler.on_control(s, c, &m),
-                Message::Close(_) => {}
+                with_session(session, c, |s, c| handler.on_control(s, c, &m));
             }
-        }
+            Message::Pong(_) => with_session(session, c, |s, c| handler.on_control(s, c, &m)),
+            Message::Close(_) => {}
+        },
         Event::Closed(reason) => {
             if let Some(s) = session.take() {
-                handler.on_close(s, &reason);
+                caught(|| handler.on_close(s, &reason));
             }
         }
         // Fragments: stream_fragments is refused in `EventLoop::new`.
@@ -513,7 +559,7 @@ fn end_session<H: Handler>(handler: &mut H, mut conn: Box<Connection>, session: 
             _ => None,
         })
         .unwrap_or(ConnectionError::Reset);
-    handler.on_close(s, &reason);
+    caught(|| handler.on_close(s, &reason));
 }
 
 /// The answer to a request head.
@@ -559,7 +605,13 @@ fn answer<H: Handler>(
             });
         }
     };
-    let mut session = match handler.upgrade(&req, &mut accepted.response) {
+    let mut upgraded = None;
+    if caught(|| upgraded = Some(handler.upgrade(&req, &mut accepted.response))) {
+        stats.failed_handshakes += 1;
+        let body = "internal error\n";
+        return Answer::Refused(handshake::rejection(StatusCode::INTERNAL_SERVER_ERROR, &http::HeaderMap::new(), body));
+    }
+    let mut session = match upgraded.expect("set unless it panicked") {
         Ok(s) => Some(s),
         Err(r) => {
             stats.failed_handshakes += 1;
@@ -574,9 +626,7 @@ fn answer<H: Handler>(
         conn.set_deflate(p);
     }
     stats.opened += 1;
-    if let Some(s) = session.as_mut() {
-        handler.on_open(s, &mut Conn { conn: &mut conn, id });
-    }
+    with_session(&mut session, &mut Conn { conn: &mut conn, id }, |s, c| handler.on_open(s, c));
     // Frames sent right behind the head.
     if head.len() > used {
         let mut rest = head[used..].to_vec();

@@ -893,7 +893,7 @@ impl<H: Handler> Loop<H> {
             e.stash = BytesMut::new(); // input after the end is read and discarded
             let old = std::mem::replace(&mut e.state, State::Lingering { deadline });
             if let State::Open { session: Some(s), .. } = old {
-                self.handler.on_close(s, &ConnectionError::Reset);
+                super::caught(|| self.handler.on_close(s, &ConnectionError::Reset));
             }
         }
     }

@@ -35,6 +35,7 @@ impl Handler for Echo {
         if req.uri().path() == "/forbidden" {
             return Err(Rejection::new(StatusCode::FORBIDDEN, "not here"));
         }
+        assert_ne!(req.uri().path(), "/panic", "a handler bug in upgrade (the test's)");
         resp.headers_mut().insert("x-path", req.uri().path().parse().unwrap());
         Ok(req.uri().path().to_owned())
     }
@@ -48,6 +49,7 @@ impl Handler for Echo {
             conn.close(CloseCode::NORMAL, session);
             return;
         }
+        assert_ne!(msg, Payload::Text("panic"), "a handler bug in on_message (the test's)");
         self.max_buffered.fetch_max(conn.buffered_amount(), Ordering::Relaxed);
         // Refused once we sent a close frame (data may still arrive until the peer answers).
         let _ = conn.send(msg);
@@ -608,4 +610,37 @@ async fn extreme_timer_settings_neither_panic_nor_spin() {
     }
     drop(ws);
     server.stop();
+}
+
+/// A handler that panics loses only the connection it was called for: 1011 there (500 for a
+/// panicking `upgrade`), every other connection served on, the panics counted.
+#[tokio::test]
+async fn a_panicking_handler_closes_its_connection_with_1011_and_the_loop_goes_on() {
+    if backend_missing() {
+        return;
+    }
+    let server = Server::start(Acceptor::new(), loop_config());
+    let (mut a, _) = tokio_tungstenite::connect_async(server.url("/a")).await.unwrap();
+    let (mut b, _) = tokio_tungstenite::connect_async(server.url("/b")).await.unwrap();
+    a.send(TMessage::text("panic")).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), a.next()).await.expect("close") {
+            Some(Ok(TMessage::Close(Some(f)))) => {
+                assert_eq!(u16::from(f.code), 1011);
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let addr = server.addr;
+    let refused = tokio::task::spawn_blocking(move || raw_exchange(addr, UPGRADE.replace("/chat", "/panic").as_bytes()));
+    let refused = refused.await.unwrap();
+    assert!(refused.starts_with("HTTP/1.1 500"), "{refused}");
+    b.send(TMessage::text("still served")).await.unwrap();
+    assert_eq!(b.next().await.unwrap().unwrap(), TMessage::text("still served"));
+    b.close(None).await.unwrap();
+    drop(a);
+    let stats = server.stop();
+    assert_eq!(stats.handler_panics, 2, "{stats:?}");
 }

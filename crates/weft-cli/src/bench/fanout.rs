@@ -224,22 +224,19 @@ fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-type Hist = hdrhistogram::Histogram<u64>;
-
 /// Receive through weft's full client: every event a `Message` (inflated with `--deflate`).
 async fn receive_full(
     mut ws: weft::WebSocket<tokio::net::TcpStream>,
     sh: &Shared,
     stop: &mut tokio::sync::watch::Receiver<bool>,
-) -> (Hist, Option<String>) {
-    let mut hist = Hist::new(3).expect("hist");
+) -> Option<String> {
     let mut rx = receiver::Receiver::new(&[], 0);
     loop {
         let next = tokio::select! {
             m = ws.recv() => m,
             _ = async { let _ = stop.wait_for(|v| *v).await; } => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
-                return (hist, None);
+                return None;
             }
         };
         match next {
@@ -247,7 +244,7 @@ async fn receive_full(
                 let Some((off, sent)) = receiver::offset_and_sent(t.as_bytes()) else { continue };
                 let now = now_ns();
                 let before = rx.tally;
-                rx.count(off, sent, now, &mut hist);
+                receiver::with_latency(|h| rx.count(off, sent, now, h));
                 sh.add(before, rx.tally, now);
             }
             Some(Ok(_)) => {}
@@ -255,7 +252,7 @@ async fn receive_full(
                 if !sh.stop.load(Ordering::Relaxed) {
                     sh.disconnected.fetch_add(1, Ordering::Relaxed);
                 }
-                return (hist, None);
+                return None;
             }
         }
     }
@@ -267,45 +264,44 @@ async fn receive_raw(
     sh: &Shared,
     stop: &mut tokio::sync::watch::Receiver<bool>,
     seed: u32,
-) -> (Hist, Option<String>) {
+) -> Option<String> {
     use tokio::io::AsyncWriteExt;
-    let mut hist = Hist::new(3).expect("hist");
-    let end = |sh: &Shared, why: Option<String>, hist: Hist| {
+    let end = |sh: &Shared, why: Option<String>| {
         if !sh.stop.load(Ordering::Relaxed) {
             sh.disconnected.fetch_add(1, Ordering::Relaxed);
             if let Some(w) = &why {
                 tracing::warn!(reason = %w, "subscriber ended");
             }
         }
-        (hist, why)
+        why
     };
     let (mut tcp, mut conn) = ws.into_parts();
     let Some(unread) = conn.take_unread() else {
         let e = "events arrived before the subscription was confirmed".to_owned();
         sh.disconnected.fetch_add(1, Ordering::Relaxed);
-        return (hist, Some(e));
+        return Some(e);
     };
     // What the client still had to write (an automatic pong) goes first.
     while let Some(b) = conn.poll_transmit() {
         if let Err(e) = tcp.write_all(&b).await {
-            return end(sh, Some(e.to_string()), hist);
+            return end(sh, Some(e.to_string()));
         }
     }
     drop(conn);
     let mut rx = receiver::Receiver::new(&[], seed);
     // Whole events read ahead by the client count now, not at the next read.
     let now = now_ns();
-    if let Err(e) = rx.feed(&unread, now, &mut hist) {
-        return end(sh, Some(e), hist);
+    if let Err(e) = receiver::with_latency(|h| rx.feed(&unread, now, h)) {
+        return end(sh, Some(e));
     }
     sh.add(receiver::Tally::default(), rx.tally, now);
     loop {
         tokio::select! {
-            r = tcp.readable() => if let Err(e) = r { return end(sh, Some(e.to_string()), hist) },
+            r = tcp.readable() => if let Err(e) = r { return end(sh, Some(e.to_string())) },
             _ = async { let _ = stop.wait_for(|v| *v).await; } => {
                 let close = rx.close_frame();
                 let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&close)).await;
-                return (hist, None);
+                return None;
             }
         }
         loop {
@@ -313,7 +309,7 @@ async fn receive_raw(
             let now = now_ns();
             let read = receiver::READ_BUF.with_borrow_mut(|buf| match tcp.try_read(buf) {
                 Ok(0) => Err("the server closed the connection".to_owned()),
-                Ok(n) => rx.feed(&buf[..n], now, &mut hist).map(|()| Some(n)),
+                Ok(n) => receiver::with_latency(|h| rx.feed(&buf[..n], now, h)).map(|()| Some(n)),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
                 Err(e) => Err(e.to_string()),
             });
@@ -322,16 +318,16 @@ async fn receive_raw(
                 let replies = std::mem::take(&mut rx.replies);
                 match tokio::time::timeout(Duration::from_secs(5), tcp.write_all(&replies)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => return end(sh, Some(e.to_string()), hist),
-                    Err(_) => return end(sh, Some("the server does not read our pongs".into()), hist),
+                    Ok(Err(e)) => return end(sh, Some(e.to_string())),
+                    Err(_) => return end(sh, Some("the server does not read our pongs".into())),
                 }
             }
             match read {
                 // Others (and the publisher) get their turn on a busy thread.
                 Ok(Some(_)) if rx.closed.is_none() => tokio::task::consume_budget().await,
-                Ok(Some(_)) => return end(sh, rx.closed.map(|c| format!("the server closed with {c}")), hist),
+                Ok(Some(_)) => return end(sh, rx.closed.map(|c| format!("the server closed with {c}"))),
                 Ok(None) => break,
-                Err(e) => return end(sh, Some(e), hist),
+                Err(e) => return end(sh, Some(e)),
             }
         }
     }
@@ -348,6 +344,8 @@ struct Shared {
     last_receive_ns: AtomicU64,
     connect_retries: AtomicU64,
     stop: AtomicBool,
+    /// Told when deliveries progress (the publisher waits on it for its window).
+    progress: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -358,6 +356,7 @@ impl Shared {
         }
         self.delivered.fetch_add(after.delivered - before.delivered, Ordering::Relaxed);
         self.last_receive_ns.fetch_max(now, Ordering::Relaxed);
+        self.progress.notify_one();
         for (sum, a, b) in [
             (&self.gaps, after.gaps, before.gaps),
             (&self.dupes, after.duplicates, before.duplicates),
@@ -372,7 +371,13 @@ impl Shared {
 
 pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     procfs::raise_nofile_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
+    // One thread: everything (subscribers and publisher) on it, with no wake-ups across
+    // threads; more: a multi-thread runtime.
+    let rt = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+    };
     rt.block_on(bench(args))
 }
 
@@ -451,6 +456,7 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         last_receive_ns: AtomicU64::new(0),
         connect_retries: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        progress: tokio::sync::Notify::new(),
     });
     // The publisher connects first, so a server that caps its connections refuses subscribers
     // (reported as not connected) rather than the publisher.
@@ -513,7 +519,7 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
                 Ok(ws) => ws,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string()));
-                    return (hdrhistogram::Histogram::<u64>::new(3).expect("hist"), Some(e.to_string()));
+                    return Some(e.to_string());
                 }
             };
             sh.connected.fetch_add(1, Ordering::Relaxed);
@@ -620,12 +626,10 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     let _ = stop_tx.send(true);
     pub_rx_task.abort();
     let _ = (&mut pub_rx_task).await;
-    let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("hist");
     for t in tasks {
-        if let Ok((h, _)) = t.await {
-            hist.add(&h).ok();
-        }
+        let _ = t.await;
     }
+    let hist = receiver::latencies();
     let srv = procfs::cpu_delta(srv0, srv1);
     let gen_cpu = procfs::cpu_delta(gen0, gen1);
     Ok(FanoutReport {
@@ -682,13 +686,15 @@ async fn publish_loop(
             }
             None => {
                 // Stay at most `window` events ahead of full delivery.
+                // Sleeps until deliveries progress (no spinning: the generator's one core is
+                // for receiving).
                 while (*published).saturating_mul(subscribers).saturating_sub(sh.delivered.load(Ordering::Relaxed))
                     > args.window * subscribers
                 {
                     if Instant::now() >= end {
                         return Ok(());
                     }
-                    tokio::task::yield_now().await;
+                    let _ = tokio::time::timeout_at(end.into(), sh.progress.notified()).await;
                 }
             }
         }

@@ -8,7 +8,7 @@
 //! fragmented messages (`--deflate` keeps weft's full client) and masked frames.
 
 use std::cell::RefCell;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use memchr::memmem::Finder;
 use weft::proto::frame::{FrameHeader, OpCode};
@@ -22,6 +22,35 @@ pub(crate) const READ_BUFFER: usize = 256 << 10;
 
 thread_local! {
     pub(crate) static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUFFER]);
+}
+
+type Hist = hdrhistogram::Histogram<u64>;
+
+/// Every generator thread's latency histogram: one per thread, not one per subscriber (with 3
+/// significant digits each grows to ~100 KB, which for 10,000 subscribers is a gigabyte and
+/// a cache miss per event).
+static LATENCIES: Mutex<Vec<Arc<Mutex<Hist>>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static LATENCY: Arc<Mutex<Hist>> = {
+        let h = Arc::new(Mutex::new(Hist::new(3).expect("histogram")));
+        LATENCIES.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&h));
+        h
+    };
+}
+
+/// Record into this thread's latency histogram.
+pub(crate) fn with_latency<R>(f: impl FnOnce(&mut Hist) -> R) -> R {
+    LATENCY.with(|h| f(&mut h.lock().unwrap_or_else(|e| e.into_inner())))
+}
+
+/// Every thread's latencies, merged.
+pub(crate) fn latencies() -> Hist {
+    let mut all = Hist::new(3).expect("histogram");
+    for h in LATENCIES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = all.add(&*h.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+    all
 }
 
 static OFFSET: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"offset\":"));

@@ -115,6 +115,20 @@ def options(
 CREDENTIALS = ("authorization", "cookie", "proxy-authorization")
 
 
+def unix_uri(path: Any, uri: str | None, kwargs: dict[str, Any], missing: str, both: str) -> str:
+    """The URI of a ``unix_connect``: ``uri``, or ``ws://localhost/`` (``wss://`` with TLS);
+    ``path`` or ``sock=`` is needed, not both (websockets' asyncio and sync clients word the
+    errors differently: ``missing`` and ``both``)."""
+    if path is None and kwargs.get("sock") is None:
+        raise ValueError(missing)
+    if path is not None and kwargs.get("sock") is not None:
+        raise ValueError(both)
+    if uri is not None:
+        return uri
+    has_ssl = kwargs.get("ssl") is not None or kwargs.get("ssl_context") is not None
+    return "wss://localhost/" if has_ssl else "ws://localhost/"
+
+
 def max_redirects() -> int:
     """websockets' ``MAX_REDIRECTS`` (read from its module when installed, so code and tests
     that lower it there are honoured), else ``WEBSOCKETS_MAX_REDIRECTS`` or 10."""

@@ -6,12 +6,13 @@ certificates, not a self-signed server certificate loaded with ``load_verify_loc
 and its client certificate, verify mode and hostname check are not readable at all. So when
 ``ssl=`` is a context, the TLS connection is Python's (``context.wrap_socket``: every setting
 of the context applies, and verification errors are OpenSSL's ``SSLCertVerificationError``)
-and two threads relay the plaintext to weft through a socket pair. Without ``ssl=`` (or with
+and one thread relays the plaintext to weft through a socket pair. Without ``ssl=`` (or with
 ``ssl=True``) weft's rustls with the system's roots is used and no thread is started.
 """
 
 from __future__ import annotations
 
+import selectors
 import socket
 import ssl
 import threading
@@ -30,41 +31,101 @@ def wrap(
     except BaseException:
         raw.close()
         raise
-    tls.settimeout(None)
     ours, theirs = socket.socketpair()
-    threading.Thread(target=_down, args=(tls, ours), name="weft-tls-down", daemon=True).start()
-    threading.Thread(target=_up, args=(tls, ours), name="weft-tls-up", daemon=True).start()
+    threading.Thread(target=_relay, args=(tls, ours), name="weft-tls-relay", daemon=True).start()
     return theirs, tls
 
 
-def _down(tls: ssl.SSLSocket, ours: socket.socket) -> None:
-    """Server -> weft: decrypted bytes into the pair; EOF (or an error) ends weft's input."""
+#: Bytes held in each direction before the relay stops reading that side.
+LIMIT = 4 * CHUNK
+
+
+def _relay(tls: ssl.SSLSocket, ours: socket.socket) -> None:
+    """Relay both ways in one thread, non-blocking: an OpenSSL connection must not be read
+    in one thread while another writes it (two blocking relay threads lost a handshake
+    answer under load). The server's end of stream ends weft's input; weft closing ends
+    the TLS connection."""
+    tls.setblocking(False)
+    ours.setblocking(False)
+    sel = selectors.DefaultSelector()
+    to_server = bytearray()
+    to_weft = bytearray()
+    server_open = weft_open = True
     try:
-        while True:
-            data = tls.recv(CHUNK)
-            if not data:
+        while weft_open:
+            # Server -> weft (decrypted records may be buffered in the SSL object: read until
+            # it wants more bytes).
+            while server_open and len(to_weft) < LIMIT:
+                try:
+                    data = tls.recv(CHUNK)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    server_open = False
+                    break
+                to_weft += data
+            if to_weft:
+                try:
+                    del to_weft[: ours.send(to_weft)]
+                except BlockingIOError:
+                    pass
+            if not server_open and not to_weft:
+                try:
+                    ours.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            # weft -> server.
+            while len(to_server) < LIMIT:
+                try:
+                    data = ours.recv(CHUNK)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    weft_open = False
+                    break
+                to_server += data
+            if to_server and server_open:
+                try:
+                    del to_server[: tls.send(to_server)]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+                except OSError:
+                    server_open = False
+            if not server_open:
+                to_server.clear()
+            if not weft_open:
                 break
-            ours.sendall(data)
+            events = []
+            if server_open and len(to_weft) < LIMIT:
+                events.append((tls, selectors.EVENT_READ))
+            if to_server:
+                events.append((tls, selectors.EVENT_WRITE))
+            if len(to_server) < LIMIT:
+                events.append((ours, selectors.EVENT_READ))
+            if to_weft:
+                events.append((ours, selectors.EVENT_WRITE))
+            masks: dict[socket.socket, int] = {}
+            for sock, ev in events:
+                masks[sock] = masks.get(sock, 0) | ev
+            for sock, mask in masks.items():
+                sel.register(sock, mask)
+            # Level-triggered, with a timeout as a backstop for a want-write that wants a read.
+            sel.select(timeout=0.5)
+            for sock in masks:
+                sel.unregister(sock)
+        # weft closed: what it sent last goes out, then the TLS connection ends.
+        if to_server and server_open:
+            tls.setblocking(True)
+            tls.settimeout(5)
+            tls.sendall(to_server)
     except OSError:
         pass
     finally:
-        try:
-            ours.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-
-def _up(tls: ssl.SSLSocket, ours: socket.socket) -> None:
-    """weft -> server: plaintext from the pair, encrypted; weft closing ends the connection."""
-    try:
-        while True:
-            data = ours.recv(CHUNK)
-            if not data:
-                break
-            tls.sendall(data)
-    except OSError:
-        pass
-    finally:
+        sel.close()
         for close in (lambda: tls.shutdown(socket.SHUT_RDWR), tls.close, ours.close):
             try:
                 close()

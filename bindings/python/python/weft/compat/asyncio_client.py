@@ -338,11 +338,5 @@ class connect:
 def unix_connect(path: str | None = None, uri: str | None = None, **kwargs: Any) -> connect:
     """Connect over the Unix socket at ``path`` (websockets' ``unix_connect``); ``uri`` gives
     the Host header and, for ``wss://``, the name the certificate is checked against."""
-    if uri is None:
-        has_ssl = kwargs.get("ssl") is not None or kwargs.get("ssl_context") is not None
-        uri = "wss://localhost/" if has_ssl else "ws://localhost/"
-    if path is None and kwargs.get("sock") is None:
-        raise ValueError("no path and sock were specified")
-    if path is not None and kwargs.get("sock") is not None:
-        raise ValueError("path and sock can not be specified at the same time")
+    uri = c.unix_uri(path, uri, kwargs, "no path and sock were specified", "path and sock can not be specified at the same time")
     return connect(uri, unix=True, path=path, **kwargs)

@@ -1,7 +1,7 @@
 """``websockets.sync.client`` on weft: ``connect`` and ``ClientConnection``.
 
 The connection is weft's blocking client (no threads: reads happen inside ``recv``; only with
-``ssl=`` an ``SSLContext`` does TLS run in Python's ``ssl`` with two relay threads, see
+``ssl=`` an ``SSLContext`` does TLS run in Python's ``ssl`` with one relay thread, see
 :mod:`weft.compat._tls`), so
 pongs, and with them ``ping()``'s event and the keepalive, are processed while a ``recv`` is
 waiting — the way most synchronous code spends its time. ``recv()`` blocks until a message or
@@ -365,13 +365,7 @@ def connect(
 def unix_connect(path: str | None = None, uri: str | None = None, **kwargs: Any) -> Any:
     """Connect over the Unix socket at ``path`` (websockets' ``unix_connect``); ``uri`` gives
     the Host header and, for ``wss://``, the name the certificate is checked against."""
-    if uri is None:
-        has_ssl = kwargs.get("ssl") is not None or kwargs.get("ssl_context") is not None
-        uri = "wss://localhost/" if has_ssl else "ws://localhost/"
-    if path is None and kwargs.get("sock") is None:
-        raise ValueError("missing path argument")
-    if path is not None and kwargs.get("sock") is not None:
-        raise ValueError("path is incompatible with sock")
+    uri = c.unix_uri(path, uri, kwargs, "missing path argument", "path is incompatible with sock")
     return connect(uri, unix=True, path=path, **kwargs)
 
 

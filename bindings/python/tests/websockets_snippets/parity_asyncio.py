@@ -85,6 +85,10 @@ async def main():
             with S.server() as plain:
                 with S.server(S.redirecting(lambda p: plain), ssl_context=server_ctx) as redirecting:
                     await show("downgrade", lambda: opened(redirecting, ssl=client_ctx))
+            # ws:// redirected to wss://: that hop is TLS with the default roots (which do not
+            # trust this throwaway certificate), not plain TCP to the TLS port.
+            with S.server(S.redirecting(lambda p: uri)) as upgrading:
+                await show("upgrade to wss", lambda: opened(upgrading))
 
     # Redirects: same origin keeps credentials, another origin drops them; limits.
     creds = {"Authorization": "Bearer secret", "Cookie": "c=1", "X-Custom": "keep"}

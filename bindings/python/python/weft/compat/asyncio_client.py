@@ -219,6 +219,10 @@ class connect:
             close_timeout=self._close_timeout,
         )
         ctx = self._ssl if secure else None
+        if secure and ctx is None:
+            # A ws:// URI redirected to wss://: that hop is TLS, with the default context (as
+            # websockets does), never plain TCP to the secure port.
+            ctx = _ssl.create_default_context()
         hostname = (self._server_hostname or uri_host) if ctx is not None else None
         sock = self._sock
         try:

@@ -367,3 +367,62 @@ def test_unsupported_proxies_are_refused_not_ignored(weft_echo):
         sync_client.connect(weft_echo + "/", proxy="socks5://127.0.0.1:1080")
     with pytest.raises(NotImplementedError, match="https"):
         asyncio_client.connect(weft_echo + "/", proxy="https://127.0.0.1:3128")
+
+
+class EndRecorder:
+    """A websockets sync server whose handler records when each connection ends."""
+
+    def __init__(self) -> None:
+        from websockets.sync.server import serve
+
+        self.ended = threading.Event()
+
+        def handler(ws) -> None:
+            try:
+                for _ in ws:
+                    pass
+            except Exception:  # ConnectionClosedError: an abort ends it too
+                pass
+            finally:
+                self.ended.set()
+
+        self.server = serve(handler, "127.0.0.1", 0)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"ws://127.0.0.1:{self.server.socket.getsockname()[1]}/"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_create_connection_factory_that_raises_does_not_leak_the_connection():
+    """A create_connection factory that raises: the exception reaches the caller and the
+    connection weft opened for it is closed (it stayed open before, on both clients)."""
+    import asyncio
+
+    from weft.compat import asyncio_client, sync_client
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("factory failed")
+
+    srv = EndRecorder()
+    try:
+        with pytest.raises(RuntimeError, match="factory failed") as info:
+            sync_client.connect(srv.url, create_connection=boom, close_timeout=1)
+        # The exception (and through its traceback the frames) is still alive here.
+        assert srv.ended.wait(5), "sync: the connection stayed open"
+        del info
+        srv.ended.clear()
+
+        async def main() -> None:
+            with pytest.raises(RuntimeError, match="factory failed"):
+                await asyncio_client.connect(srv.url, create_connection=boom)
+            # The event loop holds an open transport whatever the frames hold.
+            for _ in range(100):
+                if srv.ended.is_set():
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("asyncio: the connection stayed open")
+
+        asyncio.run(main())
+    finally:
+        srv.close()

@@ -15,6 +15,7 @@ import time
 from websockets.sync.server import serve as sync_serve, unix_serve as sync_unix_serve
 
 SEEN: list = []  # request headers of every handshake the servers saw, in order
+PATHS: list = []  # and their paths
 
 
 def echo(ws):
@@ -24,16 +25,19 @@ def echo(ws):
 
 def record(connection, request):
     SEEN.append(request.headers)
+    PATHS.append(request.path)
 
 
-def redirecting(to_for_path):
-    """``process_request`` answering 302 with ``Location: to_for_path(path)`` when not None."""
+def redirecting(to_for_path, status=302):
+    """``process_request`` answering ``status`` with ``Location: to_for_path(path)`` when not
+    None."""
 
     def process_request(connection, request):
         SEEN.append(request.headers)
+        PATHS.append(request.path)
         location = to_for_path(request.path)
         if location is not None:
-            response = connection.respond(302, "")
+            response = connection.respond(status, "")
             response.headers["Location"] = location
             return response
         return None

@@ -25,6 +25,11 @@ async def opened(uri, **kwargs):
         return ws.protocol.state.name
 
 
+async def opened_path(uri, **kwargs):
+    async with connect(uri, **kwargs) as ws:
+        return ws.protocol.uri.path
+
+
 async def main():
     # Attributes: protocol.state / extensions / uri, transport, request headers.
     with S.server() as uri:
@@ -32,6 +37,7 @@ async def main():
             print("state", ws.protocol.state.name, [type(e).__name__ for e in ws.protocol.extensions])
             print("transport", ws.transport.get_extra_info("peername")[0], ws.transport.get_extra_info("ssl_object"))
         print("closed", ws.protocol.state.name)
+        print("transport after close", ws.transport is not None and ws.transport.is_closing())
         async with connect(uri, compression=None) as ws:
             print("no compression", ws.protocol.extensions)
         S.SEEN.clear()
@@ -119,6 +125,32 @@ async def main():
             await show("redirect limit", lambda: opened(uri))
         finally:
             client_module.MAX_REDIRECTS = saved
+
+    # Only 300-303, 307 and 308 are followed: not 304 Not Modified or 305 Use Proxy.
+    for status in (304, 305, 307, 308):
+        with S.server(S.redirecting(lambda p: "/" if p == "/moved" else None, status=status)) as uri:
+            await show(f"status {status}", lambda: opened_path(uri + "/moved"))
+
+    # A connect() reconnecting (async with again, async for) goes where a redirect led, without
+    # the credentials a cross-origin hop dropped.
+    with S.server() as other:
+        def route2(p):
+            return "/new" if p == "/old" else (other + "/" if p == "/away" else None)
+
+        with S.server(S.redirecting(route2)) as uri:
+            connecter = connect(uri + "/old")
+            async with connecter:
+                pass
+            S.PATHS.clear()
+            async with connecter:
+                print("reconnect after redirect", connecter.uri == uri + "/new", S.PATHS)
+            connecter = connect(uri + "/away", additional_headers=creds)
+            async with connecter:
+                pass
+            S.SEEN.clear()
+            async with connecter:
+                print("reconnect after cross-origin redirect", connecter.uri == other + "/",
+                      ["Authorization" in h for h in S.SEEN])
 
     # Usage errors.
     await show("unsupported proxy", lambda: opened("ws://example.com/", proxy="other://localhost:51080"))

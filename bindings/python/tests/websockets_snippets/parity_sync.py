@@ -9,6 +9,7 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _parity_servers as S  # noqa: E402
 from websockets.sync.client import connect, reconnect, unix_connect, unix_reconnect  # noqa: E402
+from websockets.sync import client as sync_module  # noqa: E402
 
 
 def show(label, f):
@@ -96,6 +97,8 @@ with S.temp_dir() as d:
         with connect(uri, ssl=client_ctx) as ws:
             ws.send("secret")
             print("tls", ws.recv(), ws.socket.version()[:3])
+            print("tls addresses", ws.remote_address == ws.socket.getpeername(),
+                  ws.local_address == ws.socket.getsockname())
         with connect(uri, ssl=client_ctx, server_hostname="overridden") as ws:
             print("server_hostname", ws.socket.server_hostname)
         show("hostname mismatch", lambda: type(connect(uri, ssl=client_ctx, server_hostname="invalid")))
@@ -131,6 +134,41 @@ with S.server() as other:
             show("redirect with sock", lambda: connect("ws://invalid/redirect", sock=sock))
 with S.server(S.redirecting(lambda p: p)) as uri:
     show("redirect loop", lambda: connect(uri))
+    # The sync client's own limit (websockets.sync.client.MAX_REDIRECTS), not asyncio's.
+    saved, sync_module.MAX_REDIRECTS = sync_module.MAX_REDIRECTS, 2
+    try:
+        show("sync redirect limit", lambda: connect(uri))
+    finally:
+        sync_module.MAX_REDIRECTS = saved
+
+
+def opened_path(uri):
+    with connect(uri) as ws:
+        return ws.protocol.uri.path
+
+
+# Only 300-303, 307 and 308 are followed: not 304 Not Modified or 305 Use Proxy.
+for status in (304, 305, 307, 308):
+    with S.server(S.redirecting(lambda p: "/" if p == "/moved" else None, status=status)) as uri:
+        show(f"status {status}", lambda: opened_path(uri + "/moved"))
+
+# reconnect remembers where a redirect led (and the credentials a cross-origin hop dropped).
+with S.server() as other:
+    def route(p):
+        return "/new" if p == "/old" else (other + "/" if p == "/away" else None)
+
+    with S.server(S.redirecting(route)) as uri:
+        connecter = reconnect(uri + "/old")
+        connecter.connect().close()
+        S.PATHS.clear()
+        with connecter as ws:
+            print("reconnect after redirect", connecter.uri == uri + "/new", S.PATHS)
+        connecter = reconnect(uri + "/away", additional_headers=creds)
+        connecter.connect().close()
+        S.SEEN.clear()
+        with connecter as ws:
+            print("reconnect after cross-origin redirect", connecter.uri == other + "/",
+                  ["Authorization" in h for h in S.SEEN])
 
 # Usage errors.
 show("unsupported proxy", lambda: connect("ws://example.com/", proxy="other://localhost:58080"))

@@ -113,6 +113,8 @@ def _install_shim(asyncio_client: Any, sync_client: Any, excs: Any) -> None:
         reconnect=sync_client.reconnect,
         unix_reconnect=sync_client.unix_reconnect,
         ClientConnection=sync_client.ClientConnection,
+        process_exception=_common.process_exception,
+        MAX_REDIRECTS=sync_client.MAX_REDIRECTS,
     )
     a_pkg = module("websockets.asyncio", client=a_client)
     s_pkg = module("websockets.sync", client=s_client)

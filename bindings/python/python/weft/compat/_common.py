@@ -111,6 +111,10 @@ def options(
     )
 
 
+#: The statuses followed as redirects (websockets': not 304 Not Modified, 305 Use Proxy or
+#: the unused 306).
+REDIRECT_STATUSES = (300, 301, 302, 303, 307, 308)
+
 #: Headers dropped when following a redirect to another origin (as websockets does).
 CREDENTIALS = ("authorization", "cookie", "proxy-authorization")
 
@@ -129,15 +133,39 @@ def unix_uri(path: Any, uri: str | None, kwargs: dict[str, Any], missing: str, b
     return "wss://localhost/" if has_ssl else "ws://localhost/"
 
 
-def max_redirects() -> int:
-    """websockets' ``MAX_REDIRECTS`` (read from its module when installed, so code and tests
-    that lower it there are honoured), else ``WEBSOCKETS_MAX_REDIRECTS`` or 10."""
-    try:
-        from websockets.asyncio import client as ws_client
+#: Redirects followed at most, as websockets sets its modules' ``MAX_REDIRECTS``.
+MAX_REDIRECTS = int(os.environ.get("WEBSOCKETS_MAX_REDIRECTS", "10"))
 
-        return int(ws_client.MAX_REDIRECTS)
-    except (ImportError, AttributeError):
-        return int(os.environ.get("WEBSOCKETS_MAX_REDIRECTS", "10"))
+
+def max_redirects(module: str, default: int) -> int:
+    """``MAX_REDIRECTS`` of ``module`` (``websockets.asyncio.client`` or
+    ``websockets.sync.client``: each client has its own, as in websockets) when it has been
+    imported, so code and tests that lower it there are honoured; else ``default`` (the
+    drop-in module's own)."""
+    value = getattr(sys.modules.get(module), "MAX_REDIRECTS", None)
+    return default if value is None else int(value)
+
+
+def next_hop(
+    uri: str,
+    e: BaseException,
+    headers: list[tuple[str, str]],
+    *,
+    sock: bool,
+    unix: bool,
+    explicit_address: bool,
+) -> tuple[str, list[tuple[str, str]]]:
+    """The redirect step of both clients' connect loops, called in the ``except`` block of a
+    failed attempt with weft's exception ``e``: the URI and headers of the next attempt when
+    ``e`` is a redirect that can be followed; else raises the drop-in's exception for ``e``
+    (or the refusal ``redirect_target`` raises)."""
+    translated = exc.translate(e)
+    target = redirect_target(
+        uri, translated, headers, sock=sock, unix=unix, explicit_address=explicit_address  # type: ignore[arg-type]
+    )
+    if target is None:
+        raise translated from translated.__cause__
+    return target
 
 
 def redirect_target(
@@ -155,7 +183,7 @@ def redirect_target(
     ``ValueError`` where the connection cannot follow (a given socket; another origin over a
     Unix socket or with an explicit host or port)."""
     status = getattr(e, "status_code", None)
-    if not isinstance(e, exc.InvalidStatus) or status is None or not 300 <= status < 400:
+    if not isinstance(e, exc.InvalidStatus) or status not in REDIRECT_STATUSES:
         return None
     h = getattr(e, "headers", None) or []
     pairs = h.raw_items() if hasattr(h, "raw_items") else h.items() if isinstance(h, Mapping) else h

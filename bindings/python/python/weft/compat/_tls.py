@@ -16,24 +16,27 @@ import selectors
 import socket
 import ssl
 import threading
+from typing import Any
 
 CHUNK = 64 * 1024
 
 
 def wrap(
     raw: socket.socket, ctx: ssl.SSLContext, server_hostname: str, timeout: float | None
-) -> tuple[socket.socket, ssl.SSLSocket]:
-    """TLS handshake on ``raw`` (a connected socket); returns weft's end of the plaintext pair
-    and the ``SSLSocket`` (the connection's ``socket`` attribute)."""
+) -> tuple[socket.socket, ssl.SSLSocket, tuple[Any, Any]]:
+    """TLS handshake on ``raw`` (a connected socket); returns weft's end of the plaintext pair,
+    the ``SSLSocket`` (the connection's ``socket`` attribute) and its local and remote
+    addresses (read before the relay starts: it closes the socket when the connection ends)."""
     raw.settimeout(timeout)
     try:
         tls = ctx.wrap_socket(raw, server_hostname=server_hostname)
+        addresses = (tls.getsockname(), tls.getpeername())
     except BaseException:
         raw.close()
         raise
     ours, theirs = socket.socketpair()
     threading.Thread(target=_relay, args=(tls, ours), name="weft-tls-relay", daemon=True).start()
-    return theirs, tls
+    return theirs, tls, addresses
 
 
 #: Bytes held in each direction before the relay stops reading that side.

@@ -22,8 +22,9 @@ from . import stats as _stats
 
 __all__ = ["connect", "unix_connect", "ClientConnection", "process_exception", "backoff"]
 
-#: Redirects followed at most (websockets' value; its own module's, when installed, wins).
-MAX_REDIRECTS = 10
+#: Redirects followed at most (websockets' value and ``WEBSOCKETS_MAX_REDIRECTS``; the value
+#: in ``websockets.asyncio.client``, when imported, wins).
+MAX_REDIRECTS = c.MAX_REDIRECTS
 
 _UNSET: Any = object()
 
@@ -42,8 +43,10 @@ class ClientConnection(AsyncWebSocket):
 
     @property
     def transport(self) -> Any:
-        """The asyncio transport (``get_extra_info("ssl_object")``, ``"peername"``...)."""
-        return self._p.transport
+        """The asyncio transport (``get_extra_info("ssl_object")``, ``"peername"``...); kept
+        after the connection ends, as websockets keeps it (weft's protocol drops its own)."""
+        live = self._p.transport
+        return live if live is not None else self.__dict__.get("_transport")
 
     async def recv(self, decode: bool | None = None) -> str | bytes:  # type: ignore[override]
         """The next message: ``str`` for text, ``bytes`` for binary (``decode`` converts)."""
@@ -252,37 +255,40 @@ class connect:
         ping_interval, ping_timeout = self._ping
         # create_connection=: a ClientConnection subclass, or a factory that passes its
         # arguments on to one (weft's arguments, not websockets' sans-IO protocol).
-        ws = self._create_connection(protocol, loop, uri, None, self._close_timeout)
+        try:
+            ws = self._create_connection(protocol, loop, uri, None, self._close_timeout)
+        except BaseException:
+            protocol.abort()  # the factory failed: nothing owns the connection
+            raise
         if not isinstance(ws, ClientConnection):
             protocol.abort()
             raise TypeError("create_connection must return a weft.compat ClientConnection (subclass)")
+        ws._transport = protocol.transport
         if ping_interval:
             ws._keepalive = loop.create_task(ws._keep_alive(ping_interval, ping_timeout))
         return ws
 
     async def _open(self) -> ClientConnection:
-        uri, headers = self.uri, self._headers
-        limit = c.max_redirects()
+        limit = c.max_redirects("websockets.asyncio.client", MAX_REDIRECTS)
         for _ in range(limit):
             try:
-                ws = await self._attempt(uri, headers)
+                ws = await self._attempt(self.uri, self._headers)
             except _weft_exc.WebSocketException as e:
-                translated = exc.translate(e)
-                target = c.redirect_target(
-                    uri,
-                    translated,  # type: ignore[arg-type]
-                    headers,
+                # Where a redirect leads is kept, as websockets keeps it: a reconnect (async
+                # for) goes there directly, without the credentials a cross-origin hop dropped.
+                self.uri, self._headers = c.next_hop(
+                    self.uri,
+                    e,
+                    self._headers,
                     sock=self._sock is not None,
                     unix=self._unix,
                     explicit_address=self._host is not None or self._port is not None,
                 )
-                if target is None:
-                    raise translated from translated.__cause__
-                uri, headers = target
                 continue
             break
         else:
             raise exc.SecurityError(f"more than {limit} redirects")
+        uri, headers = self.uri, self._headers
         ws.id = c.new_id()
         ws.logger = self.logger
         ws.request = c.Request(

@@ -29,6 +29,10 @@ __all__ = ["connect", "unix_connect", "reconnect", "unix_reconnect", "ClientConn
 
 _UNSET: Any = object()
 
+#: Redirects followed at most: the sync client's own limit, as in websockets (the value in
+#: ``websockets.sync.client``, when imported, wins; the asyncio client's does not apply).
+MAX_REDIRECTS = c.MAX_REDIRECTS
+
 process_exception = c.process_exception
 backoff = c.backoff
 
@@ -153,11 +157,15 @@ class ClientConnection:
 
     @property
     def local_address(self) -> Any:
-        return self._ws.local_address
+        # With ssl= a context weft's socket is the relay's socket pair: the TLS socket's
+        # addresses (taken when it connected: the relay closes it at the end) are the real ones.
+        tls_addresses = self.__dict__.get("_tls_addresses")
+        return tls_addresses[0] if tls_addresses else self._ws.local_address
 
     @property
     def remote_address(self) -> Any:
-        return self._ws.remote_address
+        tls_addresses = self.__dict__.get("_tls_addresses")
+        return tls_addresses[1] if tls_addresses else self._ws.remote_address
 
     def __repr__(self) -> str:
         return f"<weft.compat.sync_client.ClientConnection {self.uri} {self.state.name}>"
@@ -194,41 +202,11 @@ def _tls_error(e: BaseException, hostname: str) -> BaseException | None:
     return err
 
 
-def connect(
-    uri: str,
-    *,
-    sock: _socket.socket | None = None,
-    ssl: Any = None,
-    server_hostname: str | None = None,
-    origin: str | None = None,
-    extensions: Any = None,
-    subprotocols: Any = None,
-    compression: str | None = "deflate",
-    additional_headers: Any = None,
-    extra_headers: Any = None,
-    user_agent_header: str | None = c.USER_AGENT,
-    proxy: Any = True,
-    open_timeout: float | None = 10,
-    ping_interval: float | None = 20,
-    ping_timeout: float | None = 20,
-    close_timeout: float | None = 10,
-    max_size: Any = 2**20,
-    max_queue: Any = 16,
-    logger: Any = None,
-    create_connection: Any = None,
-    ssl_context: Any = _UNSET,
-    unix: bool = False,
-    path: str | None = None,
-    host: str | None = None,
-    port: int | None = None,
-    proxy_ssl: Any = _UNSET,
-    proxy_server_hostname: str | None = None,
-    legacy: bool | None = None,
-    **kwargs: Any,
-) -> Any:
+def connect(uri: str, *, legacy: bool | None = None, **kwargs: Any) -> Any:
     """Connect to ``uri`` (blocking); use the result directly or as a context manager.
     ``legacy=False`` returns a :class:`reconnect` instead (websockets 17's future default:
-    ``with``, ``for`` to reconnect, ``.connect()``).
+    ``with``, ``for`` to reconnect, ``.connect()``). Takes the keywords of :class:`reconnect`
+    but ``process_exception`` and ``reconnect_delays``.
 
     As websockets: follows redirects, ``unix=True`` with ``path=`` connects over a Unix
     socket, ``ssl=`` takes an ``ssl.SSLContext`` whose trusted certificates are used
@@ -236,130 +214,13 @@ def connect(
     checked. ``max_queue`` is accepted for compatibility: weft's sync client reads only inside
     ``recv``, so nothing is buffered beyond the message being read.
     """
-    if kwargs:
-        raise TypeError(f"connect() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+    unknown = sorted(k for k in ("process_exception", "reconnect_delays") if k in kwargs)
+    if unknown:
+        raise TypeError(f"connect() got unexpected keyword argument(s): {', '.join(unknown)}")
+    connecter = reconnect(uri, **kwargs)
     if legacy is False:
-        given = dict(
-            sock=sock, ssl=ssl, server_hostname=server_hostname, origin=origin, extensions=extensions,
-            subprotocols=subprotocols, compression=compression, additional_headers=additional_headers,
-            extra_headers=extra_headers, user_agent_header=user_agent_header, proxy=proxy,
-            open_timeout=open_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
-            close_timeout=close_timeout, max_size=max_size, max_queue=max_queue, logger=logger,
-            create_connection=create_connection, unix=unix, path=path, host=host, port=port,
-            proxy_server_hostname=proxy_server_hostname,
-        )
-        if ssl_context is not _UNSET:
-            given["ssl_context"] = ssl_context
-        if proxy_ssl is not _UNSET:
-            given["proxy_ssl"] = proxy_ssl
-        return reconnect(uri, **given)
-    if ssl_context is not _UNSET:
-        warnings.warn("ssl_context was renamed to ssl", DeprecationWarning, stacklevel=2)
-        ssl = ssl_context
-    opts, (secure, uri_host, uri_port), proxy_url = c.options(
-        uri,
-        origin=origin,
-        extensions=extensions,
-        subprotocols=subprotocols,
-        compression=compression,
-        additional_headers=additional_headers,
-        extra_headers=extra_headers,
-        user_agent_header=user_agent_header,
-        proxy=proxy if sock is None and not unix else None,
-        max_size=max_size,
-        create_connection=create_connection,
-    )
-    if not secure and ssl is not None:
-        raise ValueError("ssl argument is incompatible with a ws:// URI")
-    _proxy.check(proxy_url, proxy_ssl, _UNSET)
-    if unix and sock is None and path is None:
-        raise ValueError("missing path argument")
-    c.queue_size(max_queue)
-    if ssl is not None and ssl is not True and not isinstance(ssl, _ssl.SSLContext):
-        raise TypeError(f"ssl must be an ssl.SSLContext or True, not {type(ssl).__name__}")
-    context = ssl if isinstance(ssl, _ssl.SSLContext) else None
-    _stats["attempts"] += 1
-    deadline = None if open_timeout is None else time.monotonic() + open_timeout
-    headers = opts["headers"]
-    limit = c.max_redirects()
-    for _ in range(limit):
-        remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
-        this_secure, this_host, this_port = c.check_uri(uri)
-        s = sock
-        tls_sock = None
-        try:
-            if s is None and unix:
-                s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-                s.settimeout(remaining)
-                try:
-                    s.connect(path)
-                except BaseException:
-                    s.close()
-                    raise
-            elif s is None and proxy_url is not None:
-                s = _proxy.tunnel(proxy_url, this_host, this_port, remaining, user_agent_header)
-            elif s is None and (host is not None or port is not None or context is not None):
-                addr = (host if host is not None else this_host, port if port is not None else this_port)
-                s = _socket.create_connection(addr, timeout=remaining)
-            if s is not None and context is not None and this_secure:
-                s, tls_sock = _tls.wrap(s, context, server_hostname or this_host, remaining)
-        except _socket.timeout:
-            raise TimeoutError("timed out while waiting for handshake response") from None
-        fd = None
-        if s is not None:
-            if s.type != _socket.SOCK_STREAM or s.family not in (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX):
-                raise NotImplementedError("weft's sync client takes a connected TCP or Unix stream socket as sock")
-            s.setblocking(True)
-            fd = s.detach()
-        try:
-            ws = _connect(
-                uri if tls_sock is None else _plain_uri(uri),
-                remaining,
-                None,
-                headers=headers,
-                subprotocols=opts["subprotocols"],
-                compression=opts["compression"],
-                max_size=opts["max_size"],
-                ping_interval=ping_interval,
-                ping_timeout=ping_timeout,
-                close_timeout=close_timeout,
-                server_hostname=server_hostname,
-                sock=fd,
-            )
-        except TimeoutError:
-            raise TimeoutError("timed out while waiting for handshake response") from None
-        except _weft_exc.WebSocketException as e:
-            tls = _tls_error(e, server_hostname or this_host)
-            if tls is not None:
-                raise tls from None
-            translated = exc.translate(e)
-            target = c.redirect_target(
-                uri,
-                translated,  # type: ignore[arg-type]
-                headers,
-                sock=sock is not None,
-                unix=unix,
-                explicit_address=host is not None or port is not None,
-            )
-            if target is None:
-                raise translated from translated.__cause__
-            uri, headers = target
-            continue
-        break
-    else:
-        raise exc.SecurityError(f"more than {limit} redirects")
-    _stats["connections"] += 1
-    request = c.Request(
-        c.request_path(uri), c.request_headers(uri, headers, opts["subprotocols"], opts["compression"])
-    )
-    # create_connection=: a ClientConnection subclass, or a factory that passes its arguments
-    # on to one (weft's arguments, not websockets' socket and sans-IO protocol).
-    conn = (create_connection or ClientConnection)(ws, uri, request, c.get_logger(logger))
-    if not isinstance(conn, ClientConnection):
-        ws.close()
-        raise TypeError("create_connection must return a weft.compat ClientConnection (subclass)")
-    conn.socket = tls_sock
-    return conn
+        return connecter
+    return connecter.connect()
 
 
 def unix_connect(path: str | None = None, uri: str | None = None, **kwargs: Any) -> Any:
@@ -373,7 +234,9 @@ class reconnect:
     """``for ws in reconnect(uri, **kwargs)``: connect again, with backoff, after retryable
     failures (websockets' threading ``reconnect``, also what ``connect(..., legacy=False)``
     returns): ``with reconnect(...) as ws`` connects once, ``.connect()`` returns an open
-    connection."""
+    connection. As in websockets, :func:`connect` is ``reconnect(...).connect()``, and a
+    followed redirect is remembered: the next connection goes to where it led (with the
+    credentials dropped if it led to another origin)."""
 
     def __init__(
         self,
@@ -381,20 +244,181 @@ class reconnect:
         *,
         process_exception: Callable[[Exception], Exception | None] = c.process_exception,
         reconnect_delays: Callable[[], Generator[float, None, None]] = c.backoff,
+        sock: _socket.socket | None = None,
+        ssl: Any = None,
+        server_hostname: str | None = None,
+        origin: str | None = None,
+        extensions: Any = None,
+        subprotocols: Any = None,
+        compression: str | None = "deflate",
+        additional_headers: Any = None,
+        extra_headers: Any = None,
+        user_agent_header: str | None = c.USER_AGENT,
+        proxy: Any = True,
+        open_timeout: float | None = 10,
+        ping_interval: float | None = 20,
+        ping_timeout: float | None = 20,
+        close_timeout: float | None = 10,
+        max_size: Any = 2**20,
+        max_queue: Any = 16,
+        logger: Any = None,
+        create_connection: Any = None,
+        ssl_context: Any = _UNSET,
+        unix: bool = False,
+        path: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        proxy_ssl: Any = _UNSET,
+        proxy_server_hostname: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if "legacy" in kwargs:
-            raise TypeError("reconnect() got an unexpected keyword argument 'legacy'")
+        if kwargs:
+            raise TypeError(f"reconnect() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+        if ssl_context is not _UNSET:
+            warnings.warn("ssl_context was renamed to ssl", DeprecationWarning, stacklevel=3)
+            ssl = ssl_context
+        opts, (secure, _, _), proxy_url = c.options(
+            uri,
+            origin=origin,
+            extensions=extensions,
+            subprotocols=subprotocols,
+            compression=compression,
+            additional_headers=additional_headers,
+            extra_headers=extra_headers,
+            user_agent_header=user_agent_header,
+            proxy=proxy if sock is None and not unix else None,
+            max_size=max_size,
+            create_connection=create_connection,
+        )
+        if not secure and ssl is not None:
+            raise ValueError("ssl argument is incompatible with a ws:// URI")
+        _proxy.check(proxy_url, proxy_ssl, _UNSET)
+        if unix and sock is None and path is None:
+            raise ValueError("missing path argument")
+        c.queue_size(max_queue)
+        if ssl is not None and ssl is not True and not isinstance(ssl, _ssl.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext or True, not {type(ssl).__name__}")
         self.uri = uri
-        self.kwargs = kwargs
         self.process_exception = process_exception
         self.reconnect_delays = reconnect_delays
-        self.logger = c.get_logger(kwargs.get("logger"))
+        self.logger = c.get_logger(logger)
         self.connection: ClientConnection | None = None
+        self._headers: list[tuple[str, str]] = opts.pop("headers")
+        self._opts = opts
+        self._proxy = proxy_url
+        self._context = ssl if isinstance(ssl, _ssl.SSLContext) else None
+        self._sock = sock
+        self._server_hostname = server_hostname
+        self._unix, self._path = unix, path
+        self._host, self._port = host, port
+        self._user_agent = user_agent_header
+        self._open_timeout = open_timeout
+        self._keepalive = (ping_interval, ping_timeout, close_timeout)
+        self._create_connection = create_connection or ClientConnection
 
     def connect(self) -> ClientConnection:
         """Connect (following redirects) and return the open connection."""
-        return connect(self.uri, **self.kwargs)
+        _stats["attempts"] += 1
+        deadline = None if self._open_timeout is None else time.monotonic() + self._open_timeout
+        limit = c.max_redirects("websockets.sync.client", MAX_REDIRECTS)
+        for _ in range(limit):
+            try:
+                ws, tls_sock, tls_addresses = self._attempt(deadline)
+            except _weft_exc.WebSocketException as e:
+                # Where a redirect leads is kept, as websockets keeps it: a reconnect goes
+                # there directly, and without the credentials a cross-origin hop dropped.
+                self.uri, self._headers = c.next_hop(
+                    self.uri,
+                    e,
+                    self._headers,
+                    sock=self._sock is not None,
+                    unix=self._unix,
+                    explicit_address=self._host is not None or self._port is not None,
+                )
+                continue
+            break
+        else:
+            raise exc.SecurityError(f"more than {limit} redirects")
+        _stats["connections"] += 1
+        uri, opts = self.uri, self._opts
+        request = c.Request(
+            c.request_path(uri), c.request_headers(uri, self._headers, opts["subprotocols"], opts["compression"])
+        )
+        # create_connection=: a ClientConnection subclass, or a factory that passes its
+        # arguments on to one (weft's arguments, not websockets' socket and sans-IO protocol).
+        try:
+            conn = self._create_connection(ws, uri, request, self.logger)
+        except BaseException:
+            ws.close()  # the factory failed: nothing owns the connection
+            raise
+        if not isinstance(conn, ClientConnection):
+            ws.close()
+            raise TypeError("create_connection must return a weft.compat ClientConnection (subclass)")
+        conn.socket = tls_sock
+        if tls_sock is not None:
+            conn._tls_addresses = tls_addresses
+        return conn
+
+    def _attempt(self, deadline: float | None) -> tuple[WebSocket, Any, Any]:
+        """One connection and opening handshake to ``self.uri``: weft's connection, and with
+        ``ssl=`` a context the ``SSLSocket`` and its addresses."""
+        uri = self.uri
+        remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
+        this_secure, this_host, this_port = c.check_uri(uri)
+        context = self._context
+        s = self._sock
+        tls_sock = tls_addresses = None
+        try:
+            if s is None and self._unix:
+                s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+                s.settimeout(remaining)
+                try:
+                    s.connect(self._path)
+                except BaseException:
+                    s.close()
+                    raise
+            elif s is None and self._proxy is not None:
+                s = _proxy.tunnel(self._proxy, this_host, this_port, remaining, self._user_agent)
+            elif s is None and (self._host is not None or self._port is not None or context is not None):
+                addr = (
+                    self._host if self._host is not None else this_host,
+                    self._port if self._port is not None else this_port,
+                )
+                s = _socket.create_connection(addr, timeout=remaining)
+            if s is not None and context is not None and this_secure:
+                s, tls_sock, tls_addresses = _tls.wrap(s, context, self._server_hostname or this_host, remaining)
+        except _socket.timeout:
+            raise TimeoutError("timed out while waiting for handshake response") from None
+        fd = None
+        if s is not None:
+            if s.type != _socket.SOCK_STREAM or s.family not in (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX):
+                raise NotImplementedError("weft's sync client takes a connected TCP or Unix stream socket as sock")
+            s.setblocking(True)
+            fd = s.detach()
+        ping_interval, ping_timeout, close_timeout = self._keepalive
+        try:
+            ws = _connect(
+                uri if tls_sock is None else _plain_uri(uri),
+                remaining,
+                None,
+                headers=self._headers,
+                subprotocols=self._opts["subprotocols"],
+                compression=self._opts["compression"],
+                max_size=self._opts["max_size"],
+                ping_interval=ping_interval,
+                ping_timeout=ping_timeout,
+                close_timeout=close_timeout,
+                server_hostname=self._server_hostname,
+                sock=fd,
+            )
+        except TimeoutError:
+            raise TimeoutError("timed out while waiting for handshake response") from None
+        except _weft_exc.WebSocketException as e:
+            tls = _tls_error(e, self._server_hostname or this_host)
+            if tls is not None:
+                raise tls from None
+            raise
+        return ws, tls_sock, tls_addresses
 
     def __enter__(self) -> ClientConnection:
         if self.connection is not None:

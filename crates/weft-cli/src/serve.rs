@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
+use weft_server::snapshot::{HttpSnapshots, Snapshots};
 use weft_server::topic::Pattern;
 use weft_server::{Engine, EngineConfig, JwtAuth, SlowConsumerPolicy};
 
@@ -153,6 +154,14 @@ pub(crate) struct ServeArgs {
     /// Negotiate permessage-deflate with clients that offer it: true or false [default: true].
     #[arg(long, env = "WEFT_DEFLATE", value_name = "BOOL")]
     deflate: Option<bool>,
+    /// Where the state a subscribe with `snapshot` asks for comes from: `off`, `last` (the
+    /// topic's last event in history) or an http:// or https:// URL that is POSTed the topic
+    /// and answers with its state (docs/PROTOCOL.md, "Snapshots") [default: off].
+    #[arg(long, env = "WEFT_SNAPSHOTS", value_name = "off|last|URL", hide_env_values = true)]
+    snapshots: Option<String>,
+    /// Seconds a snapshot URL may take to answer [default: 5].
+    #[arg(long, env = "WEFT_SNAPSHOT_TIMEOUT")]
+    snapshot_timeout: Option<f64>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -256,6 +265,8 @@ struct FileConfig {
     node_ttl: Option<f64>,
     broker_prefix: Option<String>,
     broker_buffer_bytes: Option<usize>,
+    snapshots: Option<String>,
+    snapshot_timeout: Option<f64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
 }
@@ -400,6 +411,16 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     }
     c.broker_prefix = pick!(broker_prefix).unwrap_or(d.broker_prefix.clone());
     c.broker_buffer_bytes = pick!(broker_buffer_bytes).unwrap_or(d.broker_buffer_bytes);
+    c.snapshots = match pick!(snapshots).as_deref() {
+        None | Some("off") => Snapshots::Off,
+        Some("last") => Snapshots::LastEvent,
+        Some(url) => Snapshots::Provider(std::sync::Arc::new(
+            HttpSnapshots::new(url, c.max_message_size).map_err(|e| anyhow::anyhow!("--snapshots: {e}"))?,
+        )),
+    };
+    if let Some(v) = pick!(snapshot_timeout) {
+        c.snapshot_timeout = secs(v, "snapshot_timeout")?;
+    }
     let tls = TlsArgs::load(
         args.tls.tls_cert.clone().or(file.tls_cert.clone()),
         args.tls.tls_key.clone().or(file.tls_key.clone()),

@@ -92,6 +92,14 @@ pub struct EngineConfig {
     /// for events held while topics refill, and for publishes waiting for the broker. Past
     /// them: dropped and refilled from history, or the publish fails with 5003.
     pub broker_buffer_bytes: usize,
+    /// Where the state a `subscribe` with `snapshot` asks for comes from (default: nowhere;
+    /// such a subscribe gets error 4011 in its `snapshot` message).
+    pub snapshots: crate::snapshot::Snapshots,
+    /// How long a snapshot provider may take (waiting for a free slot included).
+    pub snapshot_timeout: Duration,
+    /// Snapshot provider calls in progress at once, over all connections; more wait (within
+    /// `snapshot_timeout`).
+    pub snapshot_concurrency: usize,
 }
 
 impl Default for EngineConfig {
@@ -128,6 +136,9 @@ impl Default for EngineConfig {
             broker_prefix: "weft".into(),
             node_ttl: Duration::from_secs(30),
             broker_buffer_bytes: 128 << 20,
+            snapshots: crate::snapshot::Snapshots::Off,
+            snapshot_timeout: Duration::from_secs(5),
+            snapshot_concurrency: 64,
         }
     }
 }
@@ -178,6 +189,9 @@ impl EngineConfig {
         }
         if self.node_ttl < Duration::from_secs(1) {
             return Err("node_ttl must be at least 1 s".into());
+        }
+        if self.snapshot_concurrency == 0 || self.snapshot_timeout.is_zero() {
+            return Err("snapshot_concurrency and snapshot_timeout must be positive".into());
         }
         if self.idle_timeout <= self.heartbeat {
             return Err("idle_timeout must be longer than the heartbeat interval".into());

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     alt_svc: std::sync::OnceLock<http::HeaderValue>,
     /// Set once the broker has settled after a shutdown began ([`Shared::settled`]).
     settled: tokio::sync::OnceCell<()>,
+    /// Snapshot provider calls in progress ([`EngineConfig::snapshot_concurrency`]).
+    pub(crate) snapshot_permits: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -195,6 +197,7 @@ impl Engine {
         config.validate()?;
         let acceptor =
             weft::Acceptor::new().config(config.ws_config()).subprotocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]);
+        let snapshot_permits = tokio::sync::Semaphore::new(config.snapshot_concurrency);
         let shared = Arc::new(Shared {
             config,
             broker,
@@ -207,6 +210,7 @@ impl Engine {
             acceptor,
             alt_svc: std::sync::OnceLock::new(),
             settled: tokio::sync::OnceCell::new(),
+            snapshot_permits,
         });
         tokio::spawn(upkeep(Arc::downgrade(&shared)));
         Ok(Self { shared })

@@ -1,7 +1,7 @@
 //! The weft real-time engine: topics pub/sub over WebSockets.
 //!
 //! JWT auth during the upgrade, per-topic ordering with offsets and epochs, bounded history and
-//! recovery after reconnect, presence, bounded per-connection queues with slow-consumer
+//! recovery after reconnect, snapshots on subscribe, presence, bounded per-connection queues with slow-consumer
 //! policies, rate limits, and an HTTP API (publish, stats, health, Prometheus metrics,
 //! dashboard and chat pages) on the same port. The wire protocol is `docs/PROTOCOL.md`.
 //!
@@ -28,6 +28,7 @@ pub mod metrics;
 mod outbox;
 mod ratelimit;
 mod session;
+pub mod snapshot;
 pub mod topic;
 pub mod wire;
 

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     pub replayed_events: AtomicU64,
     pub recoveries_failed: AtomicU64,
+    /// Snapshots sent on subscribe (with state or without).
+    pub snapshots: AtomicU64,
+    /// Snapshots that failed (provider error, timeout, none configured).
+    pub snapshot_failures: AtomicU64,
     /// Bytes of history held (gauge).
     pub history_bytes: AtomicU64,
     pub history_evicted: AtomicU64,
@@ -458,6 +462,13 @@ impl Metrics {
             "counter",
             "Resume requests answered not recoverable.",
             Self::get(&self.recoveries_failed),
+        );
+        put("weft_snapshots_total", "counter", "Snapshots sent on subscribe.", Self::get(&self.snapshots));
+        put(
+            "weft_snapshot_failures_total",
+            "counter",
+            "Snapshots that failed (provider error or timeout, or none configured).",
+            Self::get(&self.snapshot_failures),
         );
         put("weft_history_bytes", "gauge", "Bytes of history held for all topics.", Self::get(&self.history_bytes));
         put(

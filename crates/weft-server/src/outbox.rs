@@ -241,6 +241,16 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Give up a reserved place: nothing is sent there.
+    pub(crate) fn cancel(&self, slot: u64) {
+        let mut st = self.lock();
+        if let Some(i) = st.queue.iter().position(|o| matches!(o, Out::Slot(s) if *s == slot)) {
+            st.queue.remove(i);
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
     /// Move everything ready into `batch`. Returns the number of events dropped since the last
     /// call and whether the connection must close.
     pub(crate) fn drain(&self, batch: &mut Vec<Out>) -> (u64, Option<Closing>) {

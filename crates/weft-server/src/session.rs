@@ -17,7 +17,9 @@ use crate::engine::{Inbound, Shared};
 use crate::outbox::{Closing, Out, Outbox};
 use crate::ratelimit::TokenBucket;
 use crate::topic::{Pattern, allowed_by, validate_topic};
-use crate::wire::{ErrorBody, ErrorCode, Format, Member, PROTOCOL_VERSION, Reply, Request, SubscribeResult, now_ms};
+use crate::wire::{
+    ErrorBody, ErrorCode, Format, Member, PROTOCOL_VERSION, Position, Reply, Request, SubscribeResult, now_ms,
+};
 
 const PRESENCE_LIMIT: usize = 1000;
 
@@ -407,7 +409,7 @@ impl Session {
             self.finish_publishes().await;
         }
         match req {
-            Request::Subscribe { id, topics, resume, presence, history, filter } => {
+            Request::Subscribe { id, topics, resume, presence, history, filter, snapshot } => {
                 let filter = match filter.as_ref().map(crate::filter::intern).transpose() {
                     Ok(f) => f,
                     Err(e) => {
@@ -417,17 +419,58 @@ impl Session {
                 };
                 let slot = self.sub.outbox.reserve();
                 let mut results = Vec::with_capacity(topics.len());
+                // Snapshots to take: topic, its place in the queue, where it started.
+                let mut snapshots = Vec::new();
                 for t in &topics {
                     let start = match resume.get(t) {
                         Some(pos) => Start::Resume(pos),
-                        None if history > 0 => Start::Recent(history),
+                        // A snapshot stands for the recent events.
+                        None if history > 0 && !snapshot => Start::Recent(history),
                         None => Start::Live,
                     };
-                    results.push(self.subscribe_one(t, start, presence, filter.as_ref()).await);
+                    // The snapshot's place is held before the topic's first live event can be
+                    // queued, and after the `subscribed` reply.
+                    let place = (snapshot && Pattern::parse(t).is_ok_and(|p| !p.is_wildcard()))
+                        .then(|| self.sub.outbox.reserve());
+                    let r = self.subscribe_one(t, start, presence, filter.as_ref()).await;
+                    if let Some(place) = place {
+                        match (&r, r.offset, &r.epoch) {
+                            // A resume that recovered needs no state: the missed events follow.
+                            (r, Some(offset), Some(epoch)) if r.ok && r.recovered != Some(true) => {
+                                snapshots.push((t.clone(), place, Position { offset, epoch: epoch.clone() }))
+                            }
+                            _ => self.sub.outbox.cancel(place),
+                        }
+                    }
+                    results.push(r);
                 }
                 self.sub
                     .outbox
                     .fill(slot, self.format.encode_shared(&Reply::Subscribed { id: id.as_ref(), results: &results }));
+                // Taken off this task, so the session keeps reading requests meanwhile; what
+                // is queued behind a snapshot waits for it (at most `snapshot_timeout`).
+                for (topic, place, position) in snapshots {
+                    let req = crate::snapshot::SnapshotRequest {
+                        topic,
+                        position,
+                        user: Arc::clone(&self.sub.member.user),
+                        session: Arc::clone(&self.sub.member.session),
+                    };
+                    let (shared, sub, format, filter) =
+                        (Arc::clone(&self.shared), Arc::clone(&self.sub), self.format, filter.clone());
+                    tokio::spawn(async move {
+                        let (topic, epoch) = (req.topic.clone(), req.position.epoch.clone());
+                        let taken = crate::snapshot::take(&shared, req, filter.as_ref()).await;
+                        let reply = Reply::Snapshot {
+                            topic: &topic,
+                            offset: taken.offset,
+                            epoch: &epoch,
+                            data: taken.data.as_ref(),
+                            error: taken.error.as_ref(),
+                        };
+                        sub.outbox.fill(place, format.encode_shared(&reply));
+                    });
+                }
             }
             Request::Unsubscribe { id, topics } => {
                 if let Some(missing) = topics.iter().find(|t| !self.subscriptions.contains_key(*t)) {

@@ -103,6 +103,9 @@ pub enum ErrorCode {
     BadToken = 4009,
     /// A subscription filter is malformed, too large, or uses an unknown operator.
     BadFilter = 4010,
+    /// The topic's snapshot could not be had (the provider failed, timed out or is busy); the
+    /// subscription itself stands (in a `snapshot` message's `error`).
+    SnapshotFailed = 4011,
     /// The server failed (for example the broker).
     Internal = 5000,
     /// The cluster broker cannot be reached: nothing was done; retry later (HTTP 503).
@@ -250,6 +253,18 @@ pub enum Reply<'a> {
     },
     Lagged {
         dropped: u64,
+    },
+    /// A topic's state, asked for with `snapshot` in a subscribe: what the events up to and
+    /// including `offset` add up to (`data` absent: the topic has none), or why it could not be
+    /// had.
+    Snapshot {
+        topic: &'a str,
+        offset: u64,
+        epoch: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a ErrorBody>,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -601,6 +616,9 @@ pub enum Request {
         history: usize,
         /// A filter over the events of every topic and pattern of this request.
         filter: Option<Value>,
+        /// Send each exact topic's state (a `snapshot` message) before its live events, unless
+        /// a resume recovers what was missed.
+        snapshot: bool,
     },
     /// Unsubscribe.
     Unsubscribe {
@@ -668,6 +686,8 @@ struct SubscribeBody {
     history: usize,
     #[serde(default)]
     filter: Option<Value>,
+    #[serde(default)]
+    snapshot: bool,
 }
 
 #[derive(Deserialize)]
@@ -761,6 +781,7 @@ impl Request {
                     presence: b.presence,
                     history: b.history,
                     filter: b.filter.filter(|f| !f.is_null()),
+                    snapshot: b.snapshot,
                 }
             }
             "unsubscribe" => {

@@ -1566,3 +1566,231 @@ async fn filters_of_overlapping_subscriptions_combine_per_connection() {
     let m = c.recv().await;
     assert_eq!((m["payload"]["n"].as_u64(), m["offset"].as_u64()), (Some(1), Some(3)), "{m}");
 }
+
+/// Snapshots with the built-in source (the topic's last event): after the `subscribed` reply
+/// and before live events, at the last event's offset; none for patterns; a resume that
+/// recovers gets none, one that cannot gets the snapshot instead; without a source, error 4011
+/// and the subscription stands.
+#[tokio::test]
+async fn snapshots_of_the_last_event_come_between_the_reply_and_live_events() {
+    use weft_server::snapshot::Snapshots;
+    let (addr, engine, _h) = start(EngineConfig { snapshots: Snapshots::LastEvent, ..Default::default() }).await;
+    for i in 1..=3 {
+        engine.publish("room", json!({"n": i})).await.unwrap();
+    }
+    let mut c = Client::connect(addr, "").await;
+    let r = c
+        .request(
+            json!({"type": "subscribe", "id": 1, "topics": ["room", "empty", "p.*"], "snapshot": true, "history": 2}),
+        )
+        .await;
+    assert_eq!(r["type"], "subscribed", "{r}");
+    let epoch = r["results"][0]["epoch"].clone();
+    assert!(r["results"][0].get("replayed").is_none(), "a snapshot stands for the history: {r}");
+    let s = c.recv().await;
+    assert_eq!(
+        (s["type"].as_str(), s["topic"].as_str(), s["offset"].as_u64()),
+        (Some("snapshot"), Some("room"), Some(3)),
+        "{s}"
+    );
+    assert_eq!((&s["epoch"], &s["data"]), (&epoch, &json!({"n": 3})), "{s}");
+    let s = c.recv().await;
+    assert_eq!(
+        (s["type"].as_str(), s["topic"].as_str(), s["offset"].as_u64()),
+        (Some("snapshot"), Some("empty"), Some(0)),
+        "{s}"
+    );
+    assert!(s.get("data").is_none() && s.get("error").is_none(), "no state: {s}");
+    engine.publish("room", json!({"n": 4})).await.unwrap();
+    let e = c.recv().await;
+    assert_eq!((e["type"].as_str(), e["offset"].as_u64()), (Some("event"), Some(4)), "{e}");
+
+    // A resume that recovers: the missed events, no snapshot.
+    let mut d = Client::connect(addr, "").await;
+    let r = d
+        .request(json!({"type": "subscribe", "topics": ["room"], "snapshot": true, "resume": {"room": {"offset": 3, "epoch": epoch}}}))
+        .await;
+    assert_eq!(r["results"][0]["recovered"], true, "{r}");
+    assert_eq!(d.recv().await["offset"], 4);
+    engine.publish("room", json!({"n": 5})).await.unwrap();
+    let e = d.recv().await;
+    assert_eq!((e["type"].as_str(), e["offset"].as_u64()), (Some("event"), Some(5)), "{e}");
+    // One that cannot (another epoch): the state instead.
+    let r = d
+        .request(json!({"type": "subscribe", "topics": ["room"], "snapshot": true, "resume": {"room": {"offset": 1, "epoch": "gone"}}}))
+        .await;
+    assert_eq!(r["results"][0]["recovered"], false, "{r}");
+    let s = d.recv().await;
+    assert_eq!(
+        (s["type"].as_str(), s["offset"].as_u64(), &s["data"]),
+        (Some("snapshot"), Some(5), &json!({"n": 5})),
+        "{s}"
+    );
+
+    // No source configured: error 4011 in the snapshot message, the subscription stands.
+    let (addr, engine, _h) = start(EngineConfig::default()).await;
+    let mut c = Client::connect(addr, "").await;
+    let r = c.request(json!({"type": "subscribe", "topics": ["t"], "snapshot": true})).await;
+    assert_eq!(r["results"][0]["ok"], true, "{r}");
+    let s = c.recv().await;
+    assert_eq!((s["type"].as_str(), s["error"]["code"].as_u64()), (Some("snapshot"), Some(4011)), "{s}");
+    engine.publish("t", json!(1)).await.unwrap();
+    assert_eq!(c.recv().await["offset"], 1);
+    let m = http(addr, "GET", "/metrics", &[], "").await.1;
+    assert!(m.contains("weft_snapshot_failures_total 1"), "{m}");
+}
+
+/// A host provider: its snapshot comes before the live events published while it was being
+/// taken, at the offset it says; a provider that fails or takes too long gets error 4011 and the
+/// subscription keeps delivering; calls beyond `snapshot_concurrency` wait their turn.
+#[tokio::test]
+async fn a_provider_snapshot_is_ordered_before_live_events_and_failures_are_reported() {
+    use std::sync::Arc;
+    use weft_server::snapshot::{Snapshot, SnapshotFuture, SnapshotProvider, SnapshotRequest, Snapshots};
+    struct Slow {
+        gate: Arc<tokio::sync::Semaphore>,
+        seen: Arc<std::sync::Mutex<Vec<SnapshotRequest>>>,
+    }
+    impl SnapshotProvider for Slow {
+        fn snapshot(&self, req: SnapshotRequest) -> SnapshotFuture {
+            let gate = Arc::clone(&self.gate);
+            self.seen.lock().unwrap().push(req.clone());
+            Box::pin(async move {
+                match req.topic.as_str() {
+                    "broken" => Err("the database is down".into()),
+                    "stuck" => std::future::pending().await,
+                    _ => {
+                        gate.acquire().await.unwrap().forget();
+                        Ok(Some(Snapshot { data: json!({"state": req.topic}), offset: Some(req.position.offset + 2) }))
+                    }
+                }
+            })
+        }
+    }
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let provider = Slow { gate: Arc::clone(&gate), seen: Arc::clone(&seen) };
+    let cfg = EngineConfig {
+        snapshots: Snapshots::Provider(Arc::new(provider)),
+        snapshot_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let (addr, engine, _h) = start(cfg).await;
+    engine.publish("prices", json!(1)).await.unwrap();
+    let mut c = Client::connect(addr, "").await;
+    c.send(json!({"type": "subscribe", "topics": ["prices"], "snapshot": true})).await;
+    let r = c.recv().await;
+    assert_eq!((r["type"].as_str(), r["results"][0]["offset"].as_u64()), (Some("subscribed"), Some(1)), "{r}");
+    // Published while the provider works: queued behind the snapshot.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 2..=4 {
+        engine.publish("prices", json!(i)).await.unwrap();
+    }
+    gate.add_permits(1);
+    let s = c.recv().await;
+    assert_eq!(
+        (s["type"].as_str(), s["offset"].as_u64(), &s["data"]),
+        (Some("snapshot"), Some(3), &json!({"state": "prices"})),
+        "{s}"
+    );
+    for want in 2..=4 {
+        assert_eq!(c.recv().await["offset"], want, "live events follow in order (the client skips those in the state)");
+    }
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!((seen[0].topic.as_str(), seen[0].position.offset, &*seen[0].user), ("prices", 1, "anon"));
+    }
+
+    // Failing and stuck providers: 4011 each, the subscriptions deliver.
+    let r = c.request(json!({"type": "subscribe", "topics": ["broken", "stuck"], "snapshot": true})).await;
+    assert_eq!(r["results"][0]["ok"], true, "{r}");
+    let s = c.recv().await;
+    assert_eq!((s["topic"].as_str(), s["error"]["code"].as_u64()), (Some("broken"), Some(4011)), "{s}");
+    assert!(s["error"]["message"].as_str().unwrap().contains("the database is down"), "{s}");
+    let s = c.recv().await;
+    assert_eq!((s["topic"].as_str(), s["error"]["code"].as_u64()), (Some("stuck"), Some(4011)), "{s}");
+    engine.publish("stuck", json!("x")).await.unwrap();
+    assert_eq!(c.recv().await["payload"], "x");
+
+    // With one call at a time, a second subscriber waits for the first's snapshot.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let provider = Slow { gate: Arc::clone(&gate), seen: Default::default() };
+    let cfg = EngineConfig {
+        snapshots: Snapshots::Provider(Arc::new(provider)),
+        snapshot_concurrency: 1,
+        ..Default::default()
+    };
+    let (addr, _engine, _h) = start(cfg).await;
+    let (mut a, mut b) = (Client::connect(addr, "").await, Client::connect(addr, "").await);
+    a.request(json!({"type": "subscribe", "topics": ["x"], "snapshot": true})).await;
+    b.request(json!({"type": "subscribe", "topics": ["y"], "snapshot": true})).await;
+    gate.add_permits(1);
+    // Exactly one of them got its snapshot with that one permit.
+    let first = tokio::select! { s = a.recv() => s, s = b.recv() => s };
+    assert_eq!(first["type"], "snapshot", "{first}");
+    gate.add_permits(1);
+    let second = tokio::select! { s = a.recv() => s, s = b.recv() => s };
+    assert_eq!(second["type"], "snapshot", "{second}");
+    assert_ne!(first["topic"], second["topic"]);
+}
+
+/// `HttpSnapshots` (`weft serve --snapshots URL`): the request it POSTs, a 200 with state and
+/// offset, a 204 (no state), and the failures (a 500, a body over the limit, an answer that is
+/// not an object with `data`).
+#[tokio::test]
+async fn http_snapshots_post_the_topic_and_read_the_answer() {
+    use axum::http::StatusCode;
+    use std::sync::Arc;
+    use weft_server::snapshot::{HttpSnapshots, Snapshots};
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let b2 = Arc::clone(&bodies);
+    let app = axum::Router::new().route(
+        "/state",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let bodies = Arc::clone(&b2);
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                bodies.lock().unwrap().push(v.clone());
+                match v["topic"].as_str().unwrap() {
+                    "ok" => (StatusCode::OK, json!({"data": {"rows": [1, 2]}, "offset": 7}).to_string()),
+                    "none" => (StatusCode::NO_CONTENT, String::new()),
+                    "huge" => (StatusCode::OK, json!({"data": "x".repeat(100_000)}).to_string()),
+                    "odd" => (StatusCode::OK, "[1]".into()),
+                    _ => (StatusCode::INTERNAL_SERVER_ERROR, "boom".into()),
+                }
+            }
+        }),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    assert!(HttpSnapshots::new("ftp://x/", 1024).is_err());
+    let provider = HttpSnapshots::new(&format!("http://{hook}/state?key=s3cret"), 64 * 1024).unwrap();
+    assert!(!format!("{provider:?}").contains("s3cret"), "the URL's query stays out of Debug");
+    let cfg = EngineConfig { snapshots: Snapshots::Provider(Arc::new(provider)), ..Default::default() };
+    let (addr, engine, _h) = start(cfg).await;
+    engine.publish("ok", json!(0)).await.unwrap();
+    let mut c = Client::connect(addr, "").await;
+    let r = c
+        .request(json!({"type": "subscribe", "topics": ["ok", "none", "huge", "odd", "fail"], "snapshot": true}))
+        .await;
+    let epoch = r["results"][0]["epoch"].clone();
+    let s = c.recv().await;
+    assert_eq!(
+        (s["topic"].as_str(), s["offset"].as_u64(), &s["data"]),
+        (Some("ok"), Some(7), &json!({"rows": [1, 2]})),
+        "{s}"
+    );
+    let s = c.recv().await;
+    assert_eq!(s["topic"], "none");
+    assert!(s.get("data").is_none() && s.get("error").is_none(), "{s}");
+    for (topic, why) in [("huge", "reading the answer"), ("odd", "not a JSON object"), ("fail", "500")] {
+        let s = c.recv().await;
+        assert_eq!((s["topic"].as_str(), s["error"]["code"].as_u64()), (Some(topic), Some(4011)), "{s}");
+        assert!(s["error"]["message"].as_str().unwrap().contains(why), "{s}");
+    }
+    let first = bodies.lock().unwrap()[0].clone();
+    assert_eq!(first["topic"], "ok");
+    assert_eq!((first["offset"].as_u64(), &first["epoch"], first["user"].as_str()), (Some(1), &epoch, Some("anon")));
+    assert!(first["session"].is_string(), "{first}");
+}

@@ -37,7 +37,8 @@ pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
         .map_err(|e| Error::new(Kind::Tls(format!("bad PEM: {e}"))))
 }
 
-pub(crate) async fn wrap<S: AsyncRead + AsyncWrite + Unpin>(
+/// The client side of a TLS handshake with `host` over `io` (checked against `host`'s name).
+pub async fn wrap<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
     host: &str,
     cfg: Arc<rustls::ClientConfig>,

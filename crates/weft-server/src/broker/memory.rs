@@ -395,6 +395,12 @@ impl Broker for MemoryBroker {
         self.topics.load(Ordering::Relaxed)
     }
 
+    fn last_event<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, Option<Arc<crate::wire::Event>>> {
+        let shard = self.shard(topic);
+        let last = shard.topics.get(topic).and_then(|t| t.history.recent(1).pop());
+        Box::pin(std::future::ready(Ok(last)))
+    }
+
     fn maintain(&self, now: Instant) -> BrokerFuture<'_, ()> {
         self.maintain_now(now);
         Box::pin(std::future::ready(Ok(())))

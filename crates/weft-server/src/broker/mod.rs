@@ -311,6 +311,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Number of topics with state.
     fn topic_count(&self) -> usize;
 
+    /// The last event of the exact `topic` still in history, if any (snapshots with
+    /// [`crate::snapshot::Snapshots::LastEvent`]). Creates no topic.
+    fn last_event<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, Option<Arc<crate::wire::Event>>>;
+
     /// Periodic upkeep (every few seconds): trim history by age, forget topics nobody uses.
     fn maintain(&self, now: Instant) -> BrokerFuture<'_, ()>;
 

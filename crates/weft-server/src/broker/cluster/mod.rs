@@ -1705,6 +1705,13 @@ impl<B: Backend> Broker for Cluster<B> {
         self.core.topics.load(Ordering::Relaxed)
     }
 
+    fn last_event<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, Option<Arc<crate::wire::Event>>> {
+        Box::pin(async move {
+            let topic: Arc<str> = topic.into();
+            Ok(self.core.backend.recent(&topic, 1).await?.pop())
+        })
+    }
+
     fn busiest(&self, n: usize) -> Vec<crate::metrics::TopicActivity> {
         let mut b = crate::metrics::Busiest::new(Instant::now());
         for shard in self.core.shards.iter() {

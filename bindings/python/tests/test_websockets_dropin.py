@@ -426,3 +426,30 @@ def test_create_connection_factory_that_raises_does_not_leak_the_connection():
         asyncio.run(main())
     finally:
         srv.close()
+
+
+def test_sync_open_timeout_is_one_deadline_across_tcp_tls_and_handshake(tmp_path):
+    """open_timeout bounds TCP, TLS and the opening handshake together (websockets' Deadline):
+    a TLS handshake that takes 0.4 s leaves 0.3 s of 0.7 s to a server that never answers the
+    upgrade. Before, each phase got the whole 0.7 s (1.1 s here)."""
+    import time
+
+    sys.path.insert(0, str(SNIPPETS))
+    import _parity_servers as S
+
+    from weft.compat import sync_client
+
+    server_ctx, client_ctx = S.contexts(str(tmp_path))
+
+    def slow_tls(conn: socket.socket) -> None:
+        time.sleep(0.4)
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(4096)
+            time.sleep(2)
+
+    with S.raw_server(slow_tls) as raw:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="timed out while waiting for handshake response"):
+            sync_client.connect(raw.replace("ws://", "wss://"), ssl=client_ctx, open_timeout=0.7)
+        elapsed = time.monotonic() - t0
+    assert 0.6 < elapsed < 0.95, elapsed

@@ -4,6 +4,7 @@ websockets and on weft's drop-in). Prints one line per check."""
 import os
 import socket
 import sys
+import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -76,6 +77,20 @@ for name, answer in [("eof", S.close_at_once), ("junk", S.junk), ("no accept", S
 with S.raw_server(S.silent) as uri:
     show("timeout", lambda: connect(uri, open_timeout=0.2))
 
+# Other keywords go to socket.create_connection: address= (Host header stays the URI's),
+# source_address=; a cross-origin redirect cannot be followed with an explicit address.
+with S.server() as uri:
+    host, port = uri.split("//")[1].split(":")
+    S.SEEN.clear()
+    with connect("ws://overridden/", address=(host, int(port))) as ws:
+        print("address", ws.protocol.state.name, S.SEEN[-1]["Host"])
+    with connect(uri, source_address=("127.0.0.2", 0)) as ws:
+        print("source_address", ws.local_address[0])
+    with S.server(S.redirecting(lambda p: uri + "/")) as redirecting:
+        rhost, rport = redirecting.split("//")[1].split(":")
+        show("cross origin with address", lambda: connect("ws://overridden/", address=(rhost, int(rport))))
+show("unknown keyword", lambda: connect("ws://localhost/", bogus=1))
+
 # host=/port= are asyncio-only in websockets; unix=True and path=, unix_connect.
 with S.temp_dir() as d:
     path = os.path.join(d, "ws.sock")
@@ -102,6 +117,14 @@ with S.temp_dir() as d:
         with connect(uri, ssl=client_ctx, server_hostname="overridden") as ws:
             print("server_hostname", ws.socket.server_hostname)
         show("hostname mismatch", lambda: type(connect(uri, ssl=client_ctx, server_hostname="invalid")))
+    # A TLS handshake slower than open_timeout: the ssl module's TimeoutError, as websockets.
+    def slow_tls(conn):
+        time.sleep(1)
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(4096)
+
+    with S.raw_server(slow_tls) as raw:
+        show("tls timeout", lambda: connect(raw.replace("ws://", "wss://"), ssl=client_ctx, open_timeout=0.3))
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             with connect(uri, ssl_context=client_ctx) as ws:

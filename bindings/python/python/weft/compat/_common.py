@@ -154,6 +154,7 @@ def next_hop(
     sock: bool,
     unix: bool,
     explicit_address: bool,
+    address_words: str = "an explicit host or port",
 ) -> tuple[str, list[tuple[str, str]]]:
     """The redirect step of both clients' connect loops, called in the ``except`` block of a
     failed attempt with weft's exception ``e``: the URI and headers of the next attempt when
@@ -161,7 +162,13 @@ def next_hop(
     (or the refusal ``redirect_target`` raises)."""
     translated = exc.translate(e)
     target = redirect_target(
-        uri, translated, headers, sock=sock, unix=unix, explicit_address=explicit_address  # type: ignore[arg-type]
+        uri,
+        translated,  # type: ignore[arg-type]
+        headers,
+        sock=sock,
+        unix=unix,
+        explicit_address=explicit_address,
+        address_words=address_words,
     )
     if target is None:
         raise translated from translated.__cause__
@@ -176,12 +183,14 @@ def redirect_target(
     sock: bool,
     unix: bool,
     explicit_address: bool,
+    address_words: str = "an explicit host or port",
 ) -> tuple[str, list[tuple[str, str]]] | None:
     """Where a failed attempt redirects to, as websockets decides it: ``None`` when ``e`` is no
     redirect (3xx with ``Location``); else the new URI and the headers to send there (without
     credentials on another origin). Raises ``SecurityError`` on a wss -> ws downgrade and
     ``ValueError`` where the connection cannot follow (a given socket; another origin over a
-    Unix socket or with an explicit host or port)."""
+    Unix socket or with an explicit address, which websockets' asyncio and sync clients word
+    differently: ``address_words``)."""
     status = getattr(e, "status_code", None)
     if not isinstance(e, exc.InvalidStatus) or status not in REDIRECT_STATUSES:
         return None
@@ -201,7 +210,7 @@ def redirect_target(
         if unix:
             raise ValueError(f"cannot follow cross-origin redirect to {new_uri} with a Unix socket") from e
         if explicit_address:
-            raise ValueError(f"cannot follow cross-origin redirect to {new_uri} with an explicit host or port") from e
+            raise ValueError(f"cannot follow cross-origin redirect to {new_uri} with {address_words}") from e
         headers = [(k, v) for k, v in headers if k.lower() not in CREDENTIALS]
     return new_uri, headers
 

@@ -29,6 +29,10 @@ __all__ = ["connect", "unix_connect", "reconnect", "unix_reconnect", "ClientConn
 
 _UNSET: Any = object()
 
+#: ``connect()`` keywords passed on to ``socket.create_connection`` (websockets passes any):
+#: ``address`` overrides the URI's (Host header and certificate name stay the URI's).
+_SOCKET_KWARGS = ("address", "timeout", "source_address", "all_errors")
+
 #: Redirects followed at most: the sync client's own limit, as in websockets (the value in
 #: ``websockets.sync.client``, when imported, wins; the asyncio client's does not apply).
 MAX_REDIRECTS = c.MAX_REDIRECTS
@@ -272,8 +276,9 @@ class reconnect:
         proxy_server_hostname: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if kwargs:
-            raise TypeError(f"reconnect() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+        unknown = [k for k in kwargs if k not in _SOCKET_KWARGS]
+        if unknown:  # what socket.create_connection would say, where websockets sends them
+            raise TypeError(f"create_connection() got an unexpected keyword argument '{unknown[0]}'")
         if ssl_context is not _UNSET:
             warnings.warn("ssl_context was renamed to ssl", DeprecationWarning, stacklevel=3)
             ssl = ssl_context
@@ -311,6 +316,7 @@ class reconnect:
         self._server_hostname = server_hostname
         self._unix, self._path = unix, path
         self._host, self._port = host, port
+        self._socket_kwargs = kwargs
         self._user_agent = user_agent_header
         self._open_timeout = open_timeout
         self._keepalive = (ping_interval, ping_timeout, close_timeout)
@@ -333,7 +339,12 @@ class reconnect:
                     self._headers,
                     sock=self._sock is not None,
                     unix=self._unix,
-                    explicit_address=self._host is not None or self._port is not None,
+                    explicit_address=(
+                        self._host is not None
+                        or self._port is not None
+                        or self._socket_kwargs.get("address") is not None
+                    ),
+                    address_words="an explicit host and port",
                 )
                 continue
             break
@@ -363,7 +374,17 @@ class reconnect:
         """One connection and opening handshake to ``self.uri``: weft's connection, and with
         ``ssl=`` a context the ``SSLSocket`` and its addresses."""
         uri = self.uri
-        remaining = None if deadline is None else max(0.001, deadline - time.monotonic())
+
+        def remaining() -> float | None:
+            # One deadline for every phase (TCP, proxy, TLS, handshake) and every redirect
+            # hop, as websockets' Deadline: each phase gets what the earlier ones left.
+            if deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            return left
+
         this_secure, this_host, this_port = c.check_uri(uri)
         context = self._context
         s = self._sock
@@ -371,24 +392,33 @@ class reconnect:
         try:
             if s is None and self._unix:
                 s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-                s.settimeout(remaining)
-                try:
-                    s.connect(self._path)
-                except BaseException:
-                    s.close()
-                    raise
+                s.settimeout(remaining())
+                s.connect(self._path)
             elif s is None and self._proxy is not None:
-                s = _proxy.tunnel(self._proxy, this_host, this_port, remaining, self._user_agent)
-            elif s is None and (self._host is not None or self._port is not None or context is not None):
-                addr = (
-                    self._host if self._host is not None else this_host,
-                    self._port if self._port is not None else this_port,
+                s = _proxy.tunnel(self._proxy, this_host, this_port, remaining(), self._user_agent)
+            elif s is None and (
+                self._host is not None or self._port is not None or context is not None or self._socket_kwargs
+            ):
+                # websockets passes the keywords it does not know to socket.create_connection
+                # (address=, source_address=...): so does weft, and connects in Python.
+                kw = dict(self._socket_kwargs)
+                kw.setdefault(
+                    "address",
+                    (
+                        self._host if self._host is not None else this_host,
+                        self._port if self._port is not None else this_port,
+                    ),
                 )
-                s = _socket.create_connection(addr, timeout=remaining)
+                kw.setdefault("timeout", remaining())
+                s = _socket.create_connection(**kw)
             if s is not None and context is not None and this_secure:
-                s, tls_sock, tls_addresses = _tls.wrap(s, context, self._server_hostname or this_host, remaining)
-        except _socket.timeout:
-            raise TimeoutError("timed out while waiting for handshake response") from None
+                s, tls_sock, tls_addresses = _tls.wrap(s, context, self._server_hostname or this_host, remaining())
+            handshake_time = remaining()
+        except BaseException:
+            # TCP and TLS timeouts are the socket's and ssl's TimeoutError, as in websockets.
+            if s is not None and s is not self._sock:
+                s.close()
+            raise
         fd = None
         if s is not None:
             if s.type != _socket.SOCK_STREAM or s.family not in (_socket.AF_INET, _socket.AF_INET6, _socket.AF_UNIX):
@@ -399,7 +429,7 @@ class reconnect:
         try:
             ws = _connect(
                 uri if tls_sock is None else _plain_uri(uri),
-                remaining,
+                handshake_time,
                 None,
                 headers=self._headers,
                 subprotocols=self._opts["subprotocols"],

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::Value;
 use tokio::sync::mpsc;
+use weft_server::snapshot::{HttpSnapshots, Snapshot, SnapshotFuture, SnapshotProvider, SnapshotRequest, Snapshots};
 use weft_server::{Engine, EngineConfig, Inbound, JwtAuth, SlowConsumerPolicy};
 
 struct Running {
@@ -52,6 +53,7 @@ fn config_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, us
     let mut publish_capacity = 65536;
     let mut jwt: Option<JwtAuth> = None;
     let (mut issuer, mut audience) = (None::<String>, None::<String>);
+    let mut snapshots: Option<Py<PyAny>> = None;
     if let Some(kw) = kwargs {
         for (k, v) in kw.iter() {
             let key: String = k.extract()?;
@@ -98,6 +100,9 @@ fn config_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, us
                 "node_name" => cfg.node_name = v.extract()?,
                 "node_ttl" => cfg.node_ttl = secs(&v, &key)?,
                 "broker_buffer_bytes" => cfg.broker_buffer_bytes = v.extract()?,
+                "snapshots" => snapshots = Some(v.clone().unbind()),
+                "snapshot_timeout" => cfg.snapshot_timeout = secs(&v, &key)?,
+                "snapshot_concurrency" => cfg.snapshot_concurrency = v.extract()?,
                 "threads" => threads = v.extract::<usize>()?.max(1),
                 "inbound_capacity" => inbound_capacity = v.extract::<usize>()?.max(1),
                 "publish_capacity" => publish_capacity = v.extract::<usize>()?.max(1),
@@ -118,8 +123,70 @@ fn config_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, us
     } else if issuer.is_some() || audience.is_some() {
         return Err(PyValueError::new_err("jwt_issuer and jwt_audience need jwt_secret"));
     }
+    if let Some(s) = snapshots {
+        cfg.snapshots = Python::attach(|py| snapshots_from(s.bind(py), cfg.max_message_size))?;
+    }
     cfg.validate().map_err(PyValueError::new_err)?;
     Ok((cfg, threads, inbound_capacity, publish_capacity))
+}
+
+/// `snapshots=`: `None` or `"off"`, `"last"`, an `http://` / `https://` URL, or a callable.
+fn snapshots_from(v: &Bound<'_, PyAny>, max_body: usize) -> PyResult<Snapshots> {
+    if v.is_none() {
+        return Ok(Snapshots::Off);
+    }
+    if let Ok(s) = v.cast::<PyString>() {
+        return match s.to_str()? {
+            "off" => Ok(Snapshots::Off),
+            "last" => Ok(Snapshots::LastEvent),
+            url => HttpSnapshots::new(url, max_body)
+                .map(|h| Snapshots::Provider(std::sync::Arc::new(h)))
+                .map_err(|e| PyValueError::new_err(format!("snapshots: {e}"))),
+        };
+    }
+    if v.is_callable() {
+        return Ok(Snapshots::Provider(std::sync::Arc::new(PySnapshots { callback: v.clone().unbind() })));
+    }
+    Err(PyTypeError::new_err("snapshots must be None, \"off\", \"last\", an http(s):// URL or a callable"))
+}
+
+/// A Python callable as the engine's snapshot provider: `callback(topic, position, user,
+/// session)` on a thread of the runtime's blocking pool (never on the engine's threads), with
+/// `position` a dict `{"offset", "epoch"}`. It returns `None` (no state), the state, or a tuple
+/// `(state, offset)` naming the offset the state includes. An exception fails the snapshot
+/// (the client gets error 4011 with the exception's text).
+struct PySnapshots {
+    callback: Py<PyAny>,
+}
+
+impl SnapshotProvider for PySnapshots {
+    fn snapshot(&self, req: SnapshotRequest) -> SnapshotFuture {
+        let callback = Python::attach(|py| self.callback.clone_ref(py));
+        Box::pin(async move {
+            let call = move || {
+                Python::attach(|py| -> PyResult<Option<Snapshot>> {
+                    let position = PyDict::new(py);
+                    position.set_item("offset", req.position.offset)?;
+                    position.set_item("epoch", &req.position.epoch)?;
+                    let r = callback.call1(py, (&req.topic, position, &*req.user, &*req.session))?;
+                    let r = r.bind(py);
+                    if r.is_none() {
+                        return Ok(None);
+                    }
+                    if let Ok(t) = r.cast::<PyTuple>() {
+                        if t.len() != 2 {
+                            return Err(PyValueError::new_err("a snapshot tuple is (state, offset)"));
+                        }
+                        let offset: u64 = t.get_item(1)?.extract()?;
+                        return Ok(Some(Snapshot { data: to_value(&t.get_item(0)?, 0)?, offset: Some(offset) }));
+                    }
+                    Ok(Some(Snapshot { data: to_value(r, 0)?, offset: None }))
+                })
+                .map_err(|e| e.to_string())
+            };
+            tokio::task::spawn_blocking(call).await.map_err(|e| format!("the snapshot callback failed: {e}"))?
+        })
+    }
 }
 
 /// A Python object as JSON: None, bool, int, float, str, list/tuple, dict with str keys.

@@ -241,6 +241,22 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Fill a reserved place with a reply followed by replayed events (more than the queue holds:
+    /// the connection closes as a slow consumer, as a replay would).
+    pub(crate) fn fill_with_replay(&self, slot: u64, m: EncodedMessage, events: &[Arc<Event>]) {
+        let mut st = self.lock();
+        let Some(i) = st.queue.iter().position(|o| matches!(o, Out::Slot(s) if *s == slot)) else { return };
+        if st.queue.len() + events.len() > self.capacity {
+            return self.close_slow(st);
+        }
+        st.queue[i] = Out::Reply(m);
+        for (k, e) in events.iter().enumerate() {
+            st.queue.insert(i + 1 + k, Out::Event(Arc::clone(e), SlowConsumerPolicy::Disconnect, false));
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
     /// Give up a reserved place: nothing is sent there.
     pub(crate) fn cancel(&self, slot: u64) {
         let mut st = self.lock();

@@ -456,11 +456,10 @@ impl Session {
                         user: Arc::clone(&self.sub.member.user),
                         session: Arc::clone(&self.sub.member.session),
                     };
-                    let (shared, sub, format, filter) =
-                        (Arc::clone(&self.shared), Arc::clone(&self.sub), self.format, filter.clone());
+                    let (shared, sub, format) = (Arc::clone(&self.shared), Arc::clone(&self.sub), self.format);
                     tokio::spawn(async move {
                         let (topic, epoch) = (req.topic.clone(), req.position.epoch.clone());
-                        let taken = crate::snapshot::take(&shared, req, filter.as_ref()).await;
+                        let taken = crate::snapshot::take(&shared, &sub, req).await;
                         let reply = Reply::Snapshot {
                             topic: &topic,
                             offset: taken.offset,
@@ -468,7 +467,7 @@ impl Session {
                             data: taken.data.as_ref(),
                             error: taken.error.as_ref(),
                         };
-                        sub.outbox.fill(place, format.encode_shared(&reply));
+                        sub.outbox.fill_with_replay(place, format.encode_shared(&reply), &taken.replay);
                     });
                 }
             }

@@ -3,10 +3,10 @@
 //! events.
 //!
 //! A snapshot names the offset its state includes. Events at or below it are already in the
-//! state: a client skips them. Events above it follow live; when the state is older than the
-//! subscription (its offset below the position the subscription started at), the client sees
-//! the gap and resumes from the snapshot's offset, so the events in between are replayed from
-//! history. Either way nothing is applied twice and nothing is missed while history holds.
+//! state: a client skips them. When the state is older than the subscription (its offset below
+//! the position the subscription started at), the events in between follow the snapshot, from
+//! history, before the live ones; if history no longer holds them the snapshot fails (error
+//! 4011). Either way nothing is applied twice and nothing is missed.
 //!
 //! Where the state comes from is the engine's [`Snapshots`] setting:
 //! - [`Snapshots::LastEvent`]: the topic's last event, from history (built in, cheap);
@@ -211,31 +211,34 @@ impl SnapshotProvider for HttpSnapshots {
     }
 }
 
-/// A snapshot's outcome for the wire: the offset it is at, the state (if any), or an error.
+/// A snapshot's outcome for the wire: the offset it is at, the state (if any), or an error;
+/// and the events that bring a state older than its subscription up to it.
 pub(crate) struct Taken {
     pub(crate) offset: u64,
     pub(crate) data: Option<Value>,
     pub(crate) error: Option<crate::wire::ErrorBody>,
+    pub(crate) replay: Vec<Arc<crate::wire::Event>>,
 }
 
-/// Run `provider` for `req` within the engine's bounds.
+/// Take `req`'s snapshot for subscriber `sub` within the engine's bounds.
 pub(crate) async fn take(
     shared: &crate::engine::Shared,
+    sub: &crate::broker::Subscriber,
     req: SnapshotRequest,
-    filter: Option<&Arc<crate::filter::Filter>>,
 ) -> Taken {
     use crate::wire::{ErrorBody, ErrorCode};
     use std::sync::atomic::Ordering;
     let at = req.position.offset;
     let fail = |m: String| {
         shared.metrics.snapshot_failures.fetch_add(1, Ordering::Relaxed);
-        Taken { offset: at, data: None, error: Some(ErrorBody::new(ErrorCode::SnapshotFailed, m)) }
+        tracing::debug!("snapshot failed: {m}");
+        Taken { offset: at, data: None, error: Some(ErrorBody::new(ErrorCode::SnapshotFailed, m)), replay: Vec::new() }
     };
-    let topic = req.topic.clone();
+    let (topic, epoch) = (req.topic.clone(), req.position.epoch.clone());
     let got = match &shared.config.snapshots {
         Snapshots::Off => return fail("this server has no snapshots".into()),
         Snapshots::LastEvent => match shared.broker.last_event(&req.topic).await {
-            Ok(Some(e)) if e.epoch.as_ref() == req.position.epoch && filter.is_none_or(|f| f.matches(&e)) => {
+            Ok(Some(e)) if *e.epoch == *epoch && sub.passes(&e) => {
                 Ok(Some(Snapshot { data: e.payload.clone(), offset: Some(e.offset) }))
             }
             Ok(_) => Ok(None),
@@ -253,19 +256,30 @@ pub(crate) async fn take(
             }
         }
     };
-    match got {
-        Ok(s) => {
-            shared.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
-            match s {
-                Some(s) => Taken { offset: s.offset.unwrap_or(at), data: Some(s.data), error: None },
-                None => Taken { offset: at, data: None, error: None },
+    let s = match got {
+        Ok(s) => s,
+        Err(m) => return fail(m),
+    };
+    let Some(s) = s else {
+        shared.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+        return Taken { offset: at, data: None, error: None, replay: Vec::new() };
+    };
+    let offset = s.offset.unwrap_or(at);
+    // A state older than the subscription: the events in between follow it, from history.
+    let mut replay = Vec::new();
+    if offset < at {
+        match shared.broker.between(&topic, &epoch, offset, at).await {
+            Ok(Some(events)) => replay = events.into_iter().filter(|e| sub.passes(e)).collect(),
+            Ok(None) => {
+                return fail(format!(
+                    "the state (at offset {offset}) is older than the history kept (the subscription starts at {at})"
+                ));
             }
-        }
-        Err(m) => {
-            tracing::warn!(topic = %topic, "snapshot failed: {m}");
-            fail(m)
+            Err(e) => return fail(e.to_string()),
         }
     }
+    shared.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+    Taken { offset, data: Some(s.data), error: None, replay }
 }
 
 fn fmt_duration(d: Duration) -> String {

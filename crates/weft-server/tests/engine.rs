@@ -1794,3 +1794,52 @@ async fn http_snapshots_post_the_topic_and_read_the_answer() {
     assert_eq!((first["offset"].as_u64(), &first["epoch"], first["user"].as_str()), (Some(1), &epoch, Some("anon")));
     assert!(first["session"].is_string(), "{first}");
 }
+
+/// A provider whose state is older than the subscription: the events in between follow the
+/// snapshot, from history, before the live ones; older than history keeps: error 4011.
+#[tokio::test]
+async fn a_state_older_than_its_subscription_is_brought_up_to_it_from_history() {
+    use std::sync::Arc;
+    use weft_server::snapshot::{Snapshot, SnapshotFuture, SnapshotProvider, SnapshotRequest, Snapshots};
+    /// Its state is as of offset 2, whatever the topic's position.
+    struct Behind;
+    impl SnapshotProvider for Behind {
+        fn snapshot(&self, _req: SnapshotRequest) -> SnapshotFuture {
+            Box::pin(async { Ok(Some(Snapshot { data: json!("at 2"), offset: Some(2) })) })
+        }
+    }
+    let cfg = EngineConfig {
+        snapshots: Snapshots::Provider(Arc::new(Behind)),
+        history_size: 4,
+        queue_size: 16,
+        ..Default::default()
+    };
+    let (addr, engine, _h) = start(cfg).await;
+    for i in 1..=5 {
+        engine.publish("t", json!(i)).await.unwrap();
+    }
+    let mut c = Client::connect(addr, "").await;
+    let r = c.request(json!({"type": "subscribe", "topics": ["t"], "snapshot": true})).await;
+    assert_eq!(r["results"][0]["offset"], 5, "{r}");
+    let s = c.recv().await;
+    assert_eq!(
+        (s["type"].as_str(), s["offset"].as_u64(), &s["data"]),
+        (Some("snapshot"), Some(2), &json!("at 2")),
+        "{s}"
+    );
+    engine.publish("t", json!(6)).await.unwrap();
+    for want in 3..=6 {
+        let e = c.recv().await;
+        assert_eq!((e["type"].as_str(), e["offset"].as_u64()), (Some("event"), Some(want)), "{e}");
+    }
+    // History keeps 4 events (3..=6 after one more publish: 4..=7): offset 2 is out of reach.
+    engine.publish("t", json!(7)).await.unwrap();
+    assert_eq!(c.recv().await["offset"], 7);
+    let mut d = Client::connect(addr, "").await;
+    d.request(json!({"type": "subscribe", "topics": ["t"], "snapshot": true})).await;
+    let s = d.recv().await;
+    assert_eq!((s["type"].as_str(), s["error"]["code"].as_u64()), (Some("snapshot"), Some(4011)), "{s}");
+    assert!(s["error"]["message"].as_str().unwrap().contains("older than the history"), "{s}");
+    engine.publish("t", json!(8)).await.unwrap();
+    assert_eq!(d.recv().await["offset"], 8);
+}

@@ -401,6 +401,24 @@ impl Broker for MemoryBroker {
         Box::pin(std::future::ready(Ok(last)))
     }
 
+    fn between<'a>(
+        &'a self,
+        topic: &'a str,
+        epoch: &'a str,
+        after: u64,
+        upto: u64,
+    ) -> BrokerFuture<'a, Option<Vec<Arc<crate::wire::Event>>>> {
+        let shard = self.shard(topic);
+        let events = shard.topics.get(topic).and_then(|t| match t.history.resume(after, epoch, t.offset, &t.epoch) {
+            Resume::Replay(mut v) if t.offset >= upto => {
+                v.retain(|e| e.offset <= upto);
+                Some(v)
+            }
+            _ => None,
+        });
+        Box::pin(std::future::ready(Ok(events)))
+    }
+
     fn maintain(&self, now: Instant) -> BrokerFuture<'_, ()> {
         self.maintain_now(now);
         Box::pin(std::future::ready(Ok(())))

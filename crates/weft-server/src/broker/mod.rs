@@ -197,6 +197,11 @@ impl Subscriber {
         }
     }
 
+    /// Whether `ev`, of one of this connection's exact topics, passes its filters.
+    pub(crate) fn passes(&self, ev: &Event) -> bool {
+        self.filters.exact(ev)
+    }
+
     /// Queue an event replayed from history (resume or recent history) unless the
     /// subscription's filter refuses it; returns whether it was queued. Never dropped; a full
     /// queue closes the connection as a slow consumer. Its age is not counted as delivery
@@ -314,6 +319,17 @@ pub trait Broker: Send + Sync + 'static {
     /// The last event of the exact `topic` still in history, if any (snapshots with
     /// [`crate::snapshot::Snapshots::LastEvent`]). Creates no topic.
     fn last_event<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, Option<Arc<crate::wire::Event>>>;
+
+    /// The events of `topic` in `epoch` with offsets in `after + 1 ..= upto`, oldest first, or
+    /// `None` when history no longer holds all of them (a snapshot older than its
+    /// subscription is brought up to it with these).
+    fn between<'a>(
+        &'a self,
+        topic: &'a str,
+        epoch: &'a str,
+        after: u64,
+        upto: u64,
+    ) -> BrokerFuture<'a, Option<Vec<Arc<crate::wire::Event>>>>;
 
     /// Periodic upkeep (every few seconds): trim history by age, forget topics nobody uses.
     fn maintain(&self, now: Instant) -> BrokerFuture<'_, ()>;

@@ -1712,6 +1712,35 @@ impl<B: Backend> Broker for Cluster<B> {
         })
     }
 
+    fn between<'a>(
+        &'a self,
+        topic: &'a str,
+        epoch: &'a str,
+        after: u64,
+        upto: u64,
+    ) -> BrokerFuture<'a, Option<Vec<Arc<crate::wire::Event>>>> {
+        Box::pin(async move {
+            let topic: Arc<str> = topic.into();
+            let mut events: Vec<Arc<crate::wire::Event>> = Vec::new();
+            // Page by page (a snapshot is at most a history behind: a few pages at most).
+            while events.last().map_or(after, |e| e.offset) < upto {
+                let from = events.last().map_or(after, |e| e.offset) + 1;
+                let page = self.core.backend.range(&topic, from).await?;
+                if page.is_empty() {
+                    break;
+                }
+                events.extend(page);
+            }
+            events.retain(|e| e.offset <= upto);
+            // Exact or nothing: in the epoch, from `after + 1` to `upto` without a hole.
+            let whole = events.iter().all(|e| &*e.epoch == epoch)
+                && events.first().is_some_and(|e| e.offset == after + 1)
+                && events.last().is_some_and(|e| e.offset == upto)
+                && events.len() as u64 == upto - after;
+            Ok(whole.then_some(events))
+        })
+    }
+
     fn busiest(&self, n: usize) -> Vec<crate::metrics::TopicActivity> {
         let mut b = crate::metrics::Busiest::new(Instant::now());
         for shard in self.core.shards.iter() {

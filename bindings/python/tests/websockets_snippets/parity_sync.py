@@ -117,14 +117,15 @@ with S.temp_dir() as d:
         with connect(uri, ssl=client_ctx, server_hostname="overridden") as ws:
             print("server_hostname", ws.socket.server_hostname)
         show("hostname mismatch", lambda: type(connect(uri, ssl=client_ctx, server_hostname="invalid")))
-    # A TLS handshake slower than open_timeout: the ssl module's TimeoutError, as websockets.
-    def slow_tls(conn):
-        time.sleep(1)
-        with server_ctx.wrap_socket(conn, server_side=True) as tls:
-            tls.recv(4096)
 
-    with S.raw_server(slow_tls) as raw:
-        show("tls timeout", lambda: connect(raw.replace("ws://", "wss://"), ssl=client_ctx, open_timeout=0.3))
+        # A TLS handshake slower than open_timeout: the ssl module's TimeoutError, as websockets.
+        def slow_tls(conn):
+            time.sleep(1)
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(4096)
+
+        with S.raw_server(slow_tls) as raw:
+            show("tls timeout", lambda: connect(raw.replace("ws://", "wss://"), ssl=client_ctx, open_timeout=0.3))
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             with connect(uri, ssl_context=client_ctx) as ws:

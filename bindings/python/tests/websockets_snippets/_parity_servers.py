@@ -89,6 +89,39 @@ def raw_server(answer):
         s.close()
 
 
+def proxy_answering(data):
+    """A raw server answer for a proxy: read the CONNECT request, send ``data`` (if any), close."""
+
+    def answer(conn):
+        conn.recv(4096)
+        if data:
+            conn.sendall(data)
+
+    return answer
+
+
+@contextlib.contextmanager
+def environ(**values):
+    """The process environment with every ``*_proxy`` variable removed and ``values`` set."""
+    saved = dict(os.environ)
+    for k in list(os.environ):
+        if k.lower().endswith("_proxy"):
+            del os.environ[k]
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+PROXY_ANSWERS = [
+    ("proxy 407", b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"),
+    ("proxy junk", b"SSH-2.0-OpenSSH_9.6\r\n\r\n"),
+    ("proxy eof", b""),
+]
+
+
 def close_at_once(conn):
     conn.recv(4096)
 

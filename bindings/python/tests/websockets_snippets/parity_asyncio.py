@@ -152,6 +152,17 @@ async def main():
                 print("reconnect after cross-origin redirect", connecter.uri == other + "/",
                       ["Authorization" in h for h in S.SEEN])
 
+    # HTTP proxies: websockets' ProxyError family (InvalidProxyStatus, InvalidProxyMessage).
+    for name, data in S.PROXY_ANSWERS:
+        with S.raw_server(S.proxy_answering(data)) as p:
+            await show(name, lambda: opened("ws://example.invalid/", proxy=p.replace("ws://", "http://")))
+    # The proxy is chosen for each redirect hop: no_proxy covers the first host, not the second.
+    with S.raw_server(S.proxy_answering(b"HTTP/1.1 403 Forbidden\r\n\r\n")) as p:
+        with S.server() as target:
+            with S.server(S.redirecting(lambda path: target + "/")) as first:
+                with S.environ(http_proxy=p.replace("ws://", "http://"), no_proxy="localhost"):
+                    await show("proxy per hop", lambda: opened_path(first.replace("127.0.0.1", "localhost")))
+
     # Usage errors.
     await show("unsupported proxy", lambda: opened("ws://example.com/", proxy="other://localhost:51080"))
     await show("proxy_ssl with http proxy",

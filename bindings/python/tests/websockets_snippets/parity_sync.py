@@ -194,6 +194,17 @@ with S.server() as other:
             print("reconnect after cross-origin redirect", connecter.uri == other + "/",
                   ["Authorization" in h for h in S.SEEN])
 
+# HTTP proxies: websockets' ProxyError family (InvalidProxyStatus, InvalidProxyMessage).
+for name, data in S.PROXY_ANSWERS:
+    with S.raw_server(S.proxy_answering(data)) as p:
+        show(name, lambda: connect("ws://example.invalid/", proxy=p.replace("ws://", "http://")))
+# The proxy is chosen for each redirect hop: no_proxy covers the first host, not the second.
+with S.raw_server(S.proxy_answering(b"HTTP/1.1 403 Forbidden\r\n\r\n")) as p:
+    with S.server() as target:
+        with S.server(S.redirecting(lambda path: target + "/")) as first:
+            with S.environ(http_proxy=p.replace("ws://", "http://"), no_proxy="localhost"):
+                show("proxy per hop", lambda: opened_path(first.replace("127.0.0.1", "localhost")))
+
 # Usage errors.
 show("unsupported proxy", lambda: connect("ws://example.com/", proxy="other://localhost:58080"))
 show("subprotocols str", lambda: connect("ws://localhost/", subprotocols="chat"))

@@ -114,6 +114,20 @@ if _ws is not None:
     class InvalidProxyMessage(ProxyError, getattr(_ws, "InvalidProxyMessage", _ws.InvalidHandshake)):  # type: ignore[misc]
         pass
 
+    class InvalidProxyStatus(ProxyError, getattr(_ws, "InvalidProxyStatus", _ws.InvalidHandshake)):  # type: ignore[misc]
+        """The proxy answered CONNECT with a status other than 2xx; ``response`` is websockets'
+        ``Response``."""
+
+        def __init__(self, response: Any) -> None:
+            Exception.__init__(self, response)
+            self.response = response
+
+        def __str__(self) -> str:
+            return f"proxy rejected connection: HTTP {self.response.status_code:d}"
+
+    def proxy_response(status_code: int, reason: str, headers: list[tuple[str, str]]) -> Any:
+        return _ws_http.Response(status_code, reason, _Headers(headers), b"")
+
     InvalidStatusCode = InvalidStatus
 else:
     WebSocketException = _weft.WebSocketException  # type: ignore[misc]
@@ -152,6 +166,25 @@ else:
 
     class InvalidProxyMessage(ProxyError):  # type: ignore[no-redef]
         """The proxy did not answer with valid HTTP."""
+
+    class InvalidProxyStatus(ProxyError):  # type: ignore[no-redef]
+        """The proxy answered CONNECT with a status other than 2xx."""
+
+        def __init__(self, response: Any) -> None:
+            super().__init__(response)
+            self.response = response
+
+        def __str__(self) -> str:
+            return f"proxy rejected connection: HTTP {self.response.status_code:d}"
+
+    class _ProxyResponse:
+        """The proxy's answer (websockets' ``Response`` fields)."""
+
+        def __init__(self, status_code: int, reason: str, headers: list[tuple[str, str]]) -> None:
+            self.status_code, self.reason_phrase, self.headers, self.body = status_code, reason, dict(headers), b""
+
+    def proxy_response(status_code: int, reason: str, headers: list[tuple[str, str]]) -> Any:  # type: ignore[misc]
+        return _ProxyResponse(status_code, reason, headers)
 
 
 def translate(e: BaseException) -> BaseException:
@@ -207,6 +240,7 @@ __all__ = [
     "InvalidHeader",
     "InvalidProxy",
     "InvalidProxyMessage",
+    "InvalidProxyStatus",
     "ProxyError",
     "SecurityError",
     "translate",

@@ -23,19 +23,22 @@ MAX_HEAD = 64 * 1024
 
 def resolve(uri: str, proxy: Any, host: str, port: int) -> str | None:
     """The proxy URL to use for ``uri``, as websockets chooses it (``proxy=True``: from the
-    environment, honouring ``no_proxy``), or ``None`` to connect directly."""
+    environment, honouring ``no_proxy``; ``wss``, ``socks`` then ``https`` for ``wss://``,
+    also ``http`` for ``ws://``), or ``None`` to connect directly. Called for each redirect
+    hop: where a redirect leads may need another proxy, or none."""
     if proxy is None or proxy is False:
         return None
     if proxy is True:
         if urllib.request.proxy_bypass(f"{host}:{port}"):
             return None
         proxies = urllib.request.getproxies()
-        secure = uri.startswith("wss:")
-        found = proxies.get("wss" if secure else "ws") or proxies.get("https" if secure else "http")
-        found = found or proxies.get("socks")
-        if not found:
+        schemes = ("wss", "socks", "https") if uri.startswith("wss:") else ("ws", "socks", "https", "http")
+        found = next(((k, proxies[k]) for k in schemes if proxies.get(k)), None)
+        if found is None:
             return None
-        proxy = found
+        scheme, proxy = found
+        if scheme == "socks" and proxy.startswith("http://"):
+            proxy = "socks5h://" + proxy[len("http://") :]
     if not isinstance(proxy, str):
         raise TypeError(f"proxy must be a URL, True or None, not {type(proxy).__name__}")
     scheme = urllib.parse.urlsplit(proxy).scheme
@@ -78,33 +81,78 @@ def _request(proxy: str, host: str, port: int, user_agent: str | None) -> tuple[
     return (p.hostname, p.port or 80), ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def _check(head: bytes, proxy: str) -> None:
-    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise exc.InvalidHandshake(f"invalid response from proxy {proxy}: {status_line!r}")
-    if not 200 <= int(parts[1]) < 300:
-        raise exc.InvalidHandshake(f"proxy {proxy} refused the tunnel: {status_line}")
+def _parse(head: bytes) -> tuple[int, str, list[tuple[str, str]]]:
+    """The proxy's answer (status, reason, headers), with the errors websockets' parser gives
+    (``EOFError`` for an answer cut short, ``ValueError`` for a malformed one)."""
+    if b"\r\n" not in head:
+        raise EOFError("connection closed while reading HTTP status line")
+    if b"\r\n\r\n" not in head:
+        raise EOFError("connection closed while reading HTTP headers")
+    status_line, _, rest = head.partition(b"\r\n")
+    line = status_line.decode("utf-8", "backslashreplace")
+    parts = status_line.split(b" ", 2)
+    if len(parts) != 3:
+        raise ValueError(f"invalid HTTP status line: {line}")
+    protocol, code, reason = parts
+    if protocol not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise ValueError(f"unsupported protocol; expected HTTP/1.1 or HTTP/1.0: {line}")
+    if not code.isdigit() or len(code) != 3:
+        raise ValueError(f"invalid status code; expected integer; got {code.decode('utf-8', 'backslashreplace')}")
+    headers = []
+    for raw in rest.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if not raw:
+            continue
+        name, sep, value = raw.partition(b":")
+        if not sep:
+            raise ValueError(f"invalid HTTP header line: {raw.decode('utf-8', 'backslashreplace')}")
+        headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+    return int(code), reason.decode("iso-8859-1"), headers
 
 
-def tunnel(proxy: str, host: str, port: int, timeout: float | None, user_agent: str | None) -> socket.socket:
-    """Open a tunnel through ``proxy`` (blocking); returns the connected socket."""
+def _check(head: bytes) -> None:
+    """Raise websockets' errors for the proxy's answer to CONNECT: ``InvalidProxyMessage``
+    (with the parser's error as its cause) or ``InvalidProxyStatus`` for a status not 2xx."""
+    try:
+        status, reason, headers = _parse(head)
+    except (EOFError, ValueError) as e:
+        raise exc.InvalidProxyMessage("did not receive a valid HTTP response from proxy") from e
+    if not 200 <= status < 300:
+        raise exc.InvalidProxyStatus(exc.proxy_response(status, reason, headers))
+
+
+def _oversized() -> BaseException:
+    e = exc.InvalidProxyMessage("did not receive a valid HTTP response from proxy")
+    e.__cause__ = ValueError("the proxy's response head is over 64 KiB")
+    return e
+
+
+def tunnel(
+    proxy: str, host: str, port: int, timeout: float | None, user_agent: str | None, **socket_kwargs: Any
+) -> socket.socket:
+    """Open a tunnel through ``proxy`` (blocking); returns the connected socket.
+    ``socket_kwargs`` (``source_address``...) go to ``socket.create_connection``, as in
+    websockets."""
     addr, req = _request(proxy, host, port, user_agent)
     deadline = None if timeout is None else time.monotonic() + timeout
-    sock = socket.create_connection(addr, timeout=timeout)
+    socket_kwargs.setdefault("timeout", timeout)
+    sock = socket.create_connection(addr, **socket_kwargs)
     try:
         sock.sendall(req)
+
         head = b""
         while b"\r\n\r\n" not in head:
             if deadline is not None:
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
-            chunk = sock.recv(4096)
+            try:
+                chunk = sock.recv(4096)
+            except socket.timeout:
+                raise TimeoutError("timed out while connecting to HTTP proxy") from None
             if not chunk:
-                raise exc.InvalidHandshake(f"proxy {proxy} closed the connection")
+                break
             head += chunk
             if len(head) > MAX_HEAD:
-                raise exc.InvalidHandshake(f"proxy {proxy} sent an oversized response")
-        _check(head, proxy)
+                raise _oversized()
+        _check(head)
         sock.settimeout(None)
         return sock
     except BaseException:
@@ -127,11 +175,11 @@ async def tunnel_async(proxy: str, host: str, port: int, user_agent: str | None)
         while b"\r\n\r\n" not in head:
             chunk = await loop.sock_recv(sock, 4096)
             if not chunk:
-                raise exc.InvalidHandshake(f"proxy {proxy} closed the connection")
+                break
             head += chunk
             if len(head) > MAX_HEAD:
-                raise exc.InvalidHandshake(f"proxy {proxy} sent an oversized response")
-        _check(head, proxy)
+                raise _oversized()
+        _check(head)
         return sock
     except BaseException:
         sock.close()

@@ -187,7 +187,9 @@ class connect:
         self.uri = uri
         self._opts = opts
         self._headers = opts.pop("headers")
-        self._proxy = proxy_url
+        # The proxy is chosen for each hop (proxy=True: from the environment for that URI).
+        self._proxy_setting = proxy if sock is None and not unix else None
+        self._proxy_ssl = proxy_ssl
         self._ssl = ssl
         self._server_hostname = server_hostname
         self._sock = sock
@@ -234,8 +236,10 @@ class connect:
                     lambda: protocol, self._path, sock=sock, ssl=ctx, server_hostname=hostname
                 )
             else:
-                if sock is None and self._proxy is not None:
-                    sock = await _proxy.tunnel_async(self._proxy, uri_host, uri_port, self._user_agent)
+                proxy_url = None if sock is not None else _proxy.resolve(uri, self._proxy_setting, uri_host, uri_port)
+                _proxy.check(proxy_url, self._proxy_ssl, _UNSET)
+                if proxy_url is not None:
+                    sock = await _proxy.tunnel_async(proxy_url, uri_host, uri_port, self._user_agent)
                 if sock is not None:
                     await loop.create_connection(lambda: protocol, sock=sock, ssl=ctx, server_hostname=hostname)
                 else:

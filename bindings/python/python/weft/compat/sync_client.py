@@ -310,7 +310,9 @@ class reconnect:
         self.connection: ClientConnection | None = None
         self._headers: list[tuple[str, str]] = opts.pop("headers")
         self._opts = opts
-        self._proxy = proxy_url
+        # The proxy is chosen for each hop (proxy=True: from the environment for that URI).
+        self._proxy_setting = proxy if sock is None and not unix else None
+        self._proxy_ssl = proxy_ssl
         self._context = ssl if isinstance(ssl, _ssl.SSLContext) else None
         self._sock = sock
         self._server_hostname = server_hostname
@@ -370,6 +372,11 @@ class reconnect:
             conn._tls_addresses = tls_addresses
         return conn
 
+    def _hop_proxy(self, uri: str, host: str, port: int) -> str | None:
+        proxy_url = _proxy.resolve(uri, self._proxy_setting, host, port)
+        _proxy.check(proxy_url, self._proxy_ssl, _UNSET)
+        return proxy_url
+
     def _attempt(self, deadline: float | None) -> tuple[WebSocket, Any, Any]:
         """One connection and opening handshake to ``self.uri``: weft's connection, and with
         ``ssl=`` a context the ``SSLSocket`` and its addresses."""
@@ -394,8 +401,10 @@ class reconnect:
                 s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
                 s.settimeout(remaining())
                 s.connect(self._path)
-            elif s is None and self._proxy is not None:
-                s = _proxy.tunnel(self._proxy, this_host, this_port, remaining(), self._user_agent)
+            elif s is None and (proxy_url := self._hop_proxy(uri, this_host, this_port)) is not None:
+                s = _proxy.tunnel(
+                    proxy_url, this_host, this_port, remaining(), self._user_agent, **self._socket_kwargs
+                )
             elif s is None and (
                 self._host is not None or self._port is not None or context is not None or self._socket_kwargs
             ):

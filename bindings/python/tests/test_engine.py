@@ -421,3 +421,63 @@ def test_engine_limits_are_settings_of_server():
             time.sleep(0.01)
         stats = server.stats()
         assert (stats["topics"], stats["topics_refused_total"]) == (1, 1), stats
+
+
+def test_snapshots_from_a_python_callback_and_the_last_event():
+    calls: list[tuple] = []
+
+    def state(topic: str, position: dict, user: str, session: str):
+        calls.append((topic, position["offset"], user))
+        if topic == "broken":
+            raise RuntimeError("no database")
+        if topic == "empty":
+            return None
+        if topic == "behind":
+            return ({"rows": ["a"]}, 1)  # as of offset 1: the events after it follow
+        return {"price": 101}
+
+    with pytest.raises(TypeError):
+        weft.Server("127.0.0.1", 0, snapshots=42)
+    with pytest.raises(ValueError):
+        weft.Server("127.0.0.1", 0, snapshots="ftp://x/")
+    with weft.Server("127.0.0.1", 0, snapshots=state) as server:
+        server.publish("behind", "b1")
+        server.publish("behind", "b2")
+        server.publish("behind", "b3")
+        url = f"ws://127.0.0.1:{server.port}/ws?user=ann"
+
+        async def main() -> None:
+            async with engine_client.connect(url) as c:
+                await c.subscribe(["prices", "empty", "broken", "behind"], snapshot=True)
+                got = [await next_event(c) for _ in range(4 + 2)]
+                by = {}
+                for e in got:
+                    by.setdefault(e.topic, []).append(e)
+                s = by["prices"][0]
+                assert (s.type, s.payload, s.offset, s.error) == ("snapshot", {"price": 101}, 0, None)
+                s = by["empty"][0]
+                assert (s.type, s.payload, "data" in s.raw) == ("snapshot", None, False)
+                s = by["broken"][0]
+                assert s.type == "snapshot" and s.error["code"] == 4011 and "no database" in s.error["message"]
+                # The state as of offset 1, then events 2 and 3 from history, in order.
+                assert [(e.type, e.offset) for e in by["behind"]] == [("snapshot", 1), ("event", 2), ("event", 3)]
+                assert by["behind"][0].payload == {"rows": ["a"]}
+                server.publish("prices", {"price": 102})
+                e = await next_event(c)
+                assert (e.type, e.topic, e.payload) == ("event", "prices", {"price": 102})
+
+        asyncio.run(main())
+        assert sorted(calls) == sorted([("prices", 0, "ann"), ("empty", 0, "ann"), ("broken", 0, "ann"), ("behind", 3, "ann")])
+
+    # The built-in source, from the threaded client.
+    with weft.Server("127.0.0.1", 0, snapshots="last") as server:
+        server.publish("room", {"n": 1})
+        server.publish("room", {"n": 2})
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        with engine_client.connect_sync(url) as c:
+            c.subscribe(["room"], snapshot=True)
+            s = c.recv(timeout=5)
+            assert (s.type, s.offset, s.payload) == ("snapshot", 2, {"n": 2})
+            server.publish("room", {"n": 3})
+            e = c.recv(timeout=5)
+            assert (e.type, e.offset, e.payload) == ("event", 3, {"n": 3})

@@ -57,6 +57,21 @@ export interface SubscribedInfo {
  * they fell out of history, or the server reset the topic. The subscription continues from
  * `position`; fetch the state elsewhere if it matters.
  */
+/**
+ * A topic's state, asked for with `snapshot: true` (docs/PROTOCOL.md, "Snapshots"): `data` is
+ * what the events up to and including `position` add up to (absent: the topic has none), or
+ * `error` says why it could not be had. Events at or below `position` are in the state, so
+ * they are not delivered; the events after it follow in order.
+ */
+export interface Snapshot {
+    topic: string;
+    position: Position;
+    data?: unknown;
+    error?: {
+        code: number;
+        message: string;
+    };
+}
 export interface Unrecovered {
     topic: string;
     /** The last position this client had seen. */
@@ -179,6 +194,13 @@ export interface SubscribeOptions<T> {
      * none that passes was missed.
      */
     filter?: Record<string, unknown>;
+    /**
+     * Receive the topic's state first (a `snapshot` event, `onSnapshot`), then the events after
+     * it; asked again after a reconnect, when the server sends it only if the missed events
+     * cannot be replayed. Applies when this call starts the client's subscription to the topic.
+     */
+    snapshot?: boolean;
+    onSnapshot?: (snapshot: Snapshot) => void;
     onJoin?: (member: Member, topic: string) => void;
     onLeave?: (member: Member, topic: string) => void;
     onSubscribed?: (info: SubscribedInfo) => void;
@@ -189,6 +211,7 @@ export interface SubscribeOptions<T> {
 }
 interface SubscriptionEvents<T> {
     event: WeftEvent<T>;
+    snapshot: Snapshot;
     subscribed: SubscribedInfo;
     unrecovered: Unrecovered;
     join: Member;
@@ -225,6 +248,8 @@ interface Channel {
     history: number;
     /** The filter of the first subscribe, sent again on every resubscribe. */
     filter?: Record<string, unknown>;
+    /** Whether the first subscribe asked for the topic's state (asked again on resubscribes). */
+    snapshot?: boolean;
     /** A subscribe request is on its way. */
     inFlight: boolean;
     /** Another subscribe is due once the one in flight is answered (one at a time per channel). */
@@ -382,6 +407,7 @@ export declare class WeftClient extends Emitter<ClientEvents> {
     private onData;
     private onEvent;
     private onPresence;
+    private onSnapshot;
     private onReset;
 }
 export {};

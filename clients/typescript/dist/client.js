@@ -73,6 +73,8 @@ export class Subscription extends Emitter {
             safely(o.onSubscribed, value);
         else if (name === "unrecovered")
             safely(o.onUnrecovered, value);
+        else if (name === "snapshot")
+            safely(o.onSnapshot, value);
         else if (name === "error")
             safely(o.onError, value);
         this.emit(name, value);
@@ -313,6 +315,8 @@ export class WeftClient extends Emitter {
             ch = { topic, exact: !isPattern(topic), subs: new Set(), state: "idle", history: options.history ?? 0, inFlight: false, again: false, failures: 0 };
             if (options.filter)
                 ch.filter = options.filter;
+            if (options.snapshot && ch.exact)
+                ch.snapshot = true;
             if (options.resume && ch.exact)
                 ch.position = { ...options.resume };
             this.channels.set(topic, ch);
@@ -754,17 +758,18 @@ export class WeftClient extends Emitter {
             }
             const presence = [...c.subs].some((s) => s.options.presence);
             const history = c.exact && !c.position ? c.history : 0;
-            const key = `${presence}/${history}/${c.filter ? JSON.stringify(c.filter) : ""}`;
+            const key = `${presence}/${history}/${c.snapshot === true}/${c.filter ? JSON.stringify(c.filter) : ""}`;
             groups.set(key, [...(groups.get(key) ?? []), c]);
         }
         for (const [key, group] of groups) {
             const [presence, history] = [key.startsWith("true"), Number(key.split("/")[1])];
-            const filter = group[0].filter;
-            for (let i = 0; i < group.length; i += 100)
-                this.subscribeBatch(group.slice(i, i + 100), presence, history, filter);
+            const { filter, snapshot } = group[0];
+            for (let i = 0; i < group.length; i += 100) {
+                this.subscribeBatch(group.slice(i, i + 100), presence, history, filter, snapshot === true);
+            }
         }
     }
-    subscribeBatch(batch, presence, history, filter) {
+    subscribeBatch(batch, presence, history, filter, snapshot = false) {
         const resume = {};
         for (const c of batch) {
             if (c.state === "idle")
@@ -783,6 +788,8 @@ export class WeftClient extends Emitter {
             m.history = history;
         if (filter)
             m.filter = filter;
+        if (snapshot)
+            m.snapshot = true;
         this.call(m, this.options.requestTimeout ?? 10000, (reply) => {
             const results = reply.results ?? [];
             for (const c of batch) {
@@ -892,6 +899,8 @@ export class WeftClient extends Emitter {
                 return this.onPresence(m);
             case "reset":
                 return this.onReset(m);
+            case "snapshot":
+                return this.onSnapshot(m);
             case "lagged": {
                 this.emit("error", new WeftError("lagged", `the server dropped ${String(m.dropped)} events for this slow connection`));
                 // A filtered topic's offsets skip, so a drop shows no gap: ask for what was missed.
@@ -962,6 +971,24 @@ export class WeftClient extends Emitter {
                         s._emit(m.type, member);
             }
         }
+    }
+    onSnapshot(m) {
+        const c = this.channels.get(String(m.topic));
+        if (!c || !c.exact)
+            return;
+        const snap = { topic: c.topic, position: { offset: Number(m.offset), epoch: String(m.epoch) } };
+        if ("data" in m)
+            snap.data = m.data;
+        if (m.error !== undefined) {
+            snap.error = m.error;
+        }
+        else {
+            // The state includes every event up to its position: delivery goes on after it (a state
+            // older than the subscription is followed by the events in between).
+            c.position = { ...snap.position };
+        }
+        for (const s of c.subs)
+            s._emit("snapshot", snap);
     }
     onReset(m) {
         const topic = String(m.topic);

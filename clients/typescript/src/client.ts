@@ -67,6 +67,19 @@ export interface SubscribedInfo {
  * they fell out of history, or the server reset the topic. The subscription continues from
  * `position`; fetch the state elsewhere if it matters.
  */
+/**
+ * A topic's state, asked for with `snapshot: true` (docs/PROTOCOL.md, "Snapshots"): `data` is
+ * what the events up to and including `position` add up to (absent: the topic has none), or
+ * `error` says why it could not be had. Events at or below `position` are in the state, so
+ * they are not delivered; the events after it follow in order.
+ */
+export interface Snapshot {
+  topic: string;
+  position: Position;
+  data?: unknown;
+  error?: { code: number; message: string };
+}
+
 export interface Unrecovered {
   topic: string;
   /** The last position this client had seen. */
@@ -213,6 +226,13 @@ export interface SubscribeOptions<T> {
    * none that passes was missed.
    */
   filter?: Record<string, unknown>;
+  /**
+   * Receive the topic's state first (a `snapshot` event, `onSnapshot`), then the events after
+   * it; asked again after a reconnect, when the server sends it only if the missed events
+   * cannot be replayed. Applies when this call starts the client's subscription to the topic.
+   */
+  snapshot?: boolean;
+  onSnapshot?: (snapshot: Snapshot) => void;
   onJoin?: (member: Member, topic: string) => void;
   onLeave?: (member: Member, topic: string) => void;
   onSubscribed?: (info: SubscribedInfo) => void;
@@ -224,6 +244,7 @@ export interface SubscribeOptions<T> {
 
 interface SubscriptionEvents<T> {
   event: WeftEvent<T>;
+  snapshot: Snapshot;
   subscribed: SubscribedInfo;
   unrecovered: Unrecovered;
   join: Member;
@@ -274,6 +295,7 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
     else if (name === "leave") safely((m: Member) => o.onLeave?.(m, t), value as Member);
     else if (name === "subscribed") safely(o.onSubscribed, value as SubscribedInfo);
     else if (name === "unrecovered") safely(o.onUnrecovered, value as Unrecovered);
+    else if (name === "snapshot") safely(o.onSnapshot, value as Snapshot);
     else if (name === "error") safely(o.onError, value as WeftError);
     this.emit(name, value);
   }
@@ -290,6 +312,8 @@ interface Channel {
   history: number;
   /** The filter of the first subscribe, sent again on every resubscribe. */
   filter?: Record<string, unknown>;
+  /** Whether the first subscribe asked for the topic's state (asked again on resubscribes). */
+  snapshot?: boolean;
   /** A subscribe request is on its way. */
   inFlight: boolean;
   /** Another subscribe is due once the one in flight is answered (one at a time per channel). */
@@ -562,6 +586,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     if (!ch) {
       ch = { topic, exact: !isPattern(topic), subs: new Set(), state: "idle", history: options.history ?? 0, inFlight: false, again: false, failures: 0 };
       if (options.filter) ch.filter = options.filter;
+      if (options.snapshot && ch.exact) ch.snapshot = true;
       if (options.resume && ch.exact) ch.position = { ...options.resume };
       this.channels.set(topic, ch);
     }
@@ -999,17 +1024,25 @@ export class WeftClient extends Emitter<ClientEvents> {
       }
       const presence = [...c.subs].some((s) => s.options.presence);
       const history = c.exact && !c.position ? c.history : 0;
-      const key = `${presence}/${history}/${c.filter ? JSON.stringify(c.filter) : ""}`;
+      const key = `${presence}/${history}/${c.snapshot === true}/${c.filter ? JSON.stringify(c.filter) : ""}`;
       groups.set(key, [...(groups.get(key) ?? []), c]);
     }
     for (const [key, group] of groups) {
       const [presence, history] = [key.startsWith("true"), Number(key.split("/")[1])];
-      const filter = group[0]!.filter;
-      for (let i = 0; i < group.length; i += 100) this.subscribeBatch(group.slice(i, i + 100), presence, history, filter);
+      const { filter, snapshot } = group[0]!;
+      for (let i = 0; i < group.length; i += 100) {
+        this.subscribeBatch(group.slice(i, i + 100), presence, history, filter, snapshot === true);
+      }
     }
   }
 
-  private subscribeBatch(batch: Channel[], presence: boolean, history: number, filter?: Record<string, unknown>): void {
+  private subscribeBatch(
+    batch: Channel[],
+    presence: boolean,
+    history: number,
+    filter?: Record<string, unknown>,
+    snapshot = false,
+  ): void {
     const resume: Record<string, Position> = {};
     for (const c of batch) {
       if (c.state === "idle") c.state = "subscribing";
@@ -1022,6 +1055,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     if (Object.keys(resume).length) m.resume = resume;
     if (history) m.history = history;
     if (filter) m.filter = filter;
+    if (snapshot) m.snapshot = true;
     this.call(
       m,
       this.options.requestTimeout ?? 10000,
@@ -1125,6 +1159,8 @@ export class WeftClient extends Emitter<ClientEvents> {
         return this.onPresence(m);
       case "reset":
         return this.onReset(m);
+      case "snapshot":
+        return this.onSnapshot(m);
       case "lagged": {
         this.emit("error", new WeftError("lagged", `the server dropped ${String(m.dropped)} events for this slow connection`));
         // A filtered topic's offsets skip, so a drop shows no gap: ask for what was missed.
@@ -1184,6 +1220,21 @@ export class WeftClient extends Emitter<ClientEvents> {
         for (const s of c.subs) if (s.options.presence) s._emit(m.type as "join" | "leave", member);
       }
     }
+  }
+
+  private onSnapshot(m: Msg): void {
+    const c = this.channels.get(String(m.topic));
+    if (!c || !c.exact) return;
+    const snap: Snapshot = { topic: c.topic, position: { offset: Number(m.offset), epoch: String(m.epoch) } };
+    if ("data" in m) snap.data = m.data;
+    if (m.error !== undefined) {
+      snap.error = m.error as { code: number; message: string };
+    } else {
+      // The state includes every event up to its position: delivery goes on after it (a state
+      // older than the subscription is followed by the events in between).
+      c.position = { ...snap.position };
+    }
+    for (const s of c.subs) s._emit("snapshot", snap);
   }
 
   private onReset(m: Msg): void {

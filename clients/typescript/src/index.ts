@@ -11,6 +11,7 @@ export {
   type StateChange,
   type Quality,
   type SubscribedInfo,
+  type Snapshot,
   type Unrecovered,
   type Published,
   type PresenceInfo,

@@ -3,7 +3,7 @@
 // server restart reported as not recovered, msgpack, in-band token refresh.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
-import { WeftClient, type Subscription, type Unrecovered, type WebSocketLike } from "../src/index.js";
+import { WeftClient, type Snapshot, type Subscription, type Unrecovered, type WebSocketLike } from "../src/index.js";
 import { spawn } from "node:child_process";
 import { CutProxy, freePort, httpPublish, jwt, listening, sleep, startServe, until, type Serve } from "./harness.js";
 
@@ -143,6 +143,46 @@ describe("against weft serve", () => {
     expect(p.members.map((x) => x.user).sort()).toEqual(["j", "m"]);
     m.close();
     j.close();
+  });
+});
+
+describe("with snapshots (weft serve --snapshots last)", () => {
+  let serve: Serve;
+  let proxy: CutProxy;
+
+  beforeAll(async () => {
+    serve = await startServe(["--snapshots", "last"]);
+    proxy = await new CutProxy(serve.port).listen();
+  });
+
+  afterAll(async () => {
+    await proxy?.close();
+    await serve?.stop();
+  });
+
+  it("the state first, then only the events after it; a cut resumes without another snapshot", async () => {
+    for (const n of [1, 2, 3]) await httpPublish(serve.url, "snap", { n });
+    const c = new WeftClient(`ws://127.0.0.1:${proxy.port}/ws`, { WebSocket: WS, params: { user: "s" }, reconnect: fast });
+    const got: number[] = [];
+    const snaps: Snapshot[] = [];
+    const sub = c.subscribe<{ n: number }>("snap", (ev) => got.push(ev.payload.n), {
+      snapshot: true,
+      onSnapshot: (s) => snaps.push(s),
+    });
+    await Promise.all([c.connect(), made(sub)]);
+    await until(() => snaps.length === 1, 5000, "the snapshot");
+    expect(snaps[0]!.data).toEqual({ n: 3 });
+    expect(snaps[0]!.position.offset).toBe(3);
+    await httpPublish(serve.url, "snap", { n: 4 });
+    await until(() => got.length >= 1, 5000, "a live event");
+    proxy.cut();
+    await until(() => c.state.state === "reconnecting", 5000, "the cut is noticed");
+    await httpPublish(serve.url, "snap", { n: 5 });
+    proxy.restore();
+    await until(() => got.length >= 2, 10000, "the event missed during the cut");
+    expect(got).toEqual([4, 5]);
+    expect(snaps.length).toBe(1);
+    c.close();
   });
 });
 

@@ -643,4 +643,19 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("12X").is_err() && parse_size("M").is_err());
     }
+
+    #[test]
+    fn snapshot_sources() {
+        use weft_server::snapshot::Snapshots;
+        let (_, _, c, _) = settings(T::parse_from(["x"]).a).unwrap();
+        assert!(matches!(c.snapshots, Snapshots::Off));
+        let (_, _, c, _) = settings(T::parse_from(["x", "--snapshots", "last"]).a).unwrap();
+        assert!(matches!(c.snapshots, Snapshots::LastEvent));
+        let t = T::parse_from(["x", "--snapshots", "https://state.local/s?key=s3cret", "--snapshot-timeout", "0.5"]);
+        let (_, _, c, _) = settings(t.a).unwrap();
+        assert!(matches!(c.snapshots, Snapshots::Provider(_)));
+        assert_eq!(c.snapshot_timeout, Duration::from_millis(500));
+        let e = format!("{:#}", settings(T::parse_from(["x", "--snapshots", "ftp://x/?key=s3cret"]).a).unwrap_err());
+        assert!(e.contains("http:// or https://") && !e.contains("s3cret"), "{e}");
+    }
 }

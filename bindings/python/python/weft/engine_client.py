@@ -53,8 +53,15 @@ class EngineError(Exception):
 
 @dataclass(frozen=True)
 class Event:
-    """Something the server pushed: ``type`` is ``event``, ``join``, ``leave``, ``lagged`` or
-    ``reset``; or a notice of the client itself after a reconnect: ``may_have_missed``.
+    """Something the server pushed: ``type`` is ``event``, ``snapshot``, ``join``, ``leave``,
+    ``lagged`` or ``reset``; or a notice of the client itself after a reconnect:
+    ``may_have_missed``.
+
+    For ``snapshot`` (a subscribe with ``snapshot=True``; docs/PROTOCOL.md, "Snapshots"):
+    ``topic``, ``offset``, ``epoch`` and ``payload``, the topic's state including every event up
+    to ``offset`` (``None`` with ``raw`` lacking ``data``: the topic has none); or ``error``
+    (``{"code": 4011, "message"}``) when it could not be had. Events at or below ``offset``
+    are already in the state: the client skips them.
 
     For ``event``: ``topic``, ``offset``, ``epoch``, ``id``, ``time`` and ``payload``. For
     ``join``/``leave``: ``topic`` and ``member``. For ``lagged``: ``dropped``. For ``reset``
@@ -79,6 +86,7 @@ class Event:
     time: int | None = None
     member: dict | None = None
     dropped: int | None = None
+    error: dict | None = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -219,6 +227,7 @@ class EngineClient:
         self._next_id = 0
         self._topics: dict[str, bool] = {}  # subscribed topic or pattern -> presence flag
         self._filters: dict[str, dict[str, Any]] = {}  # topic or pattern -> its filter, if any
+        self._snapshots: set[str] = set()  # exact topics subscribed with snapshot=True
         self._positions: dict[str, dict[str, Any]] = {}  # exact topic -> {"offset", "epoch"}
         self._reader: asyncio.Task | None = None
         self._connected = asyncio.Event()
@@ -446,19 +455,23 @@ class EngineClient:
         results: list[dict[str, Any]] = []
         # One request per presence flag and filter; a concrete topic seen through a pattern
         # takes the first covering pattern's filter, and its request comes first.
-        groups: dict[tuple[bool, str], list[str]] = {}
+        # (A topic subscribed with snapshot=True asks for one again: the engine sends it only
+        # when the resume cannot be served.)
+        groups: dict[tuple[bool, str, bool], list[str]] = {}
         for t in implicit:
-            groups.setdefault((False, _filter_key(self._covering_filter(t, patterns))), []).append(t)
+            groups.setdefault((False, _filter_key(self._covering_filter(t, patterns)), False), []).append(t)
         for t, p in self._topics.items():
-            groups.setdefault((p, _filter_key(self._filters.get(t))), []).append(t)
+            groups.setdefault((p, _filter_key(self._filters.get(t)), t in self._snapshots), []).append(t)
         patterns_reported = False
-        for (presence, fkey), topics in groups.items():
+        for (presence, fkey, snapshot), topics in groups.items():
             if not topics:
                 continue
             had = {t: self._positions.get(t, {}).get("offset", 0) for t in topics}
             req: dict[str, Any] = {"type": "subscribe", "topics": topics, "presence": presence, "resume": self._resume_for(topics)}
             if fkey:
                 req["filter"] = json.loads(fkey)
+            if snapshot:
+                req["snapshot"] = True
             reply = await self._request_inline(req)
             results.extend(self._record(reply))
             by_topic = {r.get("topic"): r for r in results}
@@ -529,6 +542,10 @@ class EngineClient:
         ):
             fut = self._pending.pop(rid, None)
             if fut is not None and not fut.done():
+                if kind == "subscribed":
+                    # Positions now, before the messages behind the reply are dispatched (a
+                    # snapshot moves its topic's position, and must not be overtaken).
+                    self._record(msg)
                 if kind == "error":
                     fut.set_exception(EngineError(msg.get("code", 5000), msg.get("message", "")))
                 else:
@@ -548,6 +565,22 @@ class EngineClient:
                 epoch=msg["epoch"],
                 id=msg.get("id"),
                 time=msg.get("time"),
+                raw=msg,
+            )
+        elif kind == "snapshot":
+            topic = msg["topic"]
+            if "error" not in msg:
+                # The state includes every event up to its offset: later deliveries start
+                # after it (a state older than the subscription is followed by the events in
+                # between, which pass this check).
+                self._positions[topic] = {"offset": msg["offset"], "epoch": msg["epoch"]}
+            ev = Event(
+                "snapshot",
+                topic=topic,
+                payload=msg.get("data"),
+                offset=msg.get("offset"),
+                epoch=msg.get("epoch"),
+                error=msg.get("error"),
                 raw=msg,
             )
         elif kind in ("join", "leave"):
@@ -620,19 +653,28 @@ class EngineClient:
     # ---- API -----------------------------------------------------------------------------------
 
     async def subscribe(
-        self, topics: Iterable[str], *, presence: bool = False, filter: dict[str, Any] | None = None
+        self,
+        topics: Iterable[str],
+        *,
+        presence: bool = False,
+        filter: dict[str, Any] | None = None,
+        snapshot: bool = False,
     ) -> list[dict[str, Any]]:
         """Subscribe to topics or patterns; returns the per-topic results. Raises
         :class:`EngineError` if any topic was refused (the others stay subscribed), or 4010
         for a bad ``filter``. With ``filter`` (docs/PROTOCOL.md, "Filters": MongoDB-style
         operators over ``payload.…`` paths) only matching events arrive, also when resuming;
-        subscribing again replaces it."""
+        subscribing again replaces it. With ``snapshot``, each exact topic's state arrives
+        first, as an :class:`Event` of type ``snapshot``, then the events after it (also after
+        a reconnect whose resume the server cannot serve)."""
         topics = list(topics)
         req: dict[str, Any] = {"type": "subscribe", "topics": topics, "presence": presence, "resume": self._resume_for(topics)}
         if filter is not None:
             req["filter"] = filter
+        if snapshot:
+            req["snapshot"] = True
         reply = await self._request(req)
-        results = self._record(reply)
+        results = reply.get("results", [])  # positions recorded as the reply was read
         for r in results:
             if r.get("ok"):
                 self._topics[r["topic"]] = presence
@@ -640,6 +682,10 @@ class EngineClient:
                     self._filters.pop(r["topic"], None)
                 else:
                     self._filters[r["topic"]] = filter
+                if snapshot:
+                    self._snapshots.add(r["topic"])
+                else:
+                    self._snapshots.discard(r["topic"])
         failed = [r for r in results if not r.get("ok")]
         if failed:
             e = failed[0]["error"]
@@ -652,6 +698,7 @@ class EngineClient:
         for t in topics:
             self._topics.pop(t, None)
             self._filters.pop(t, None)
+            self._snapshots.discard(t)
             self._positions.pop(t, None)
 
     async def publish(self, topic: str, payload: Any, *, priority: str | int | None = None) -> dict[str, Any]:
@@ -866,10 +913,15 @@ class SyncEngineClient:
                 self._calls.discard(fut)
 
     def subscribe(
-        self, topics: Iterable[str], *, presence: bool = False, filter: dict[str, Any] | None = None
+        self,
+        topics: Iterable[str],
+        *,
+        presence: bool = False,
+        filter: dict[str, Any] | None = None,
+        snapshot: bool = False,
     ) -> list[dict[str, Any]]:
         """As :meth:`EngineClient.subscribe`."""
-        return self._run(self._client.subscribe(list(topics), presence=presence, filter=filter))
+        return self._run(self._client.subscribe(list(topics), presence=presence, filter=filter, snapshot=snapshot))
 
     def unsubscribe(self, topics: Iterable[str]) -> None:
         """As :meth:`EngineClient.unsubscribe`."""

@@ -46,12 +46,12 @@ def redirecting(to_for_path, status=302):
 
 
 @contextlib.contextmanager
-def server(process_request=record, ssl_context=None, unix_path=None, **kwargs):
+def server(process_request=record, ssl_context=None, unix_path=None, handler=echo, **kwargs):
     """A websockets sync server in a thread; yields its ``ws://``/``wss://`` URI (or the path)."""
     if unix_path is not None:
-        srv = sync_unix_serve(echo, unix_path, process_request=process_request, ssl=ssl_context, **kwargs)
+        srv = sync_unix_serve(handler, unix_path, process_request=process_request, ssl=ssl_context, **kwargs)
     else:
-        srv = sync_serve(echo, "127.0.0.1", 0, process_request=process_request, ssl=ssl_context, **kwargs)
+        srv = sync_serve(handler, "127.0.0.1", 0, process_request=process_request, ssl=ssl_context, **kwargs)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:

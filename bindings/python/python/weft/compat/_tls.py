@@ -16,6 +16,7 @@ import selectors
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 
 CHUNK = 64 * 1024
@@ -39,6 +40,10 @@ def wrap(
     return theirs, tls, addresses
 
 
+#: Seconds the relay waits, once weft has closed its end, for its last bytes to go out and
+#: for the server to close.
+DRAIN = 5.0
+
 #: Bytes held in each direction before the relay stops reading that side.
 LIMIT = 4 * CHUNK
 
@@ -54,6 +59,10 @@ def _relay(tls: ssl.SSLSocket, ours: socket.socket) -> None:
     to_server = bytearray()
     to_weft = bytearray()
     server_open = weft_open = True
+    # False once weft has closed its end (a send there fails with EPIPE): what the server still
+    # sends is read and dropped, and what weft wrote before closing (its close frame, say after
+    # a message over max_size) still goes out.
+    weft_reading = True
     try:
         while weft_open:
             # Server -> weft (decrypted records may be buffered in the SSL object: read until
@@ -69,11 +78,16 @@ def _relay(tls: ssl.SSLSocket, ours: socket.socket) -> None:
                     server_open = False
                     break
                 to_weft += data
+            if to_weft and not weft_reading:
+                to_weft.clear()
             if to_weft:
                 try:
                     del to_weft[: ours.send(to_weft)]
                 except BlockingIOError:
                     pass
+                except OSError:
+                    weft_reading = False
+                    to_weft.clear()
             if not server_open and not to_weft:
                 try:
                     ours.shutdown(socket.SHUT_WR)
@@ -120,11 +134,17 @@ def _relay(tls: ssl.SSLSocket, ours: socket.socket) -> None:
             sel.select(timeout=0.5)
             for sock in masks:
                 sel.unregister(sock)
-        # weft closed: what it sent last goes out, then the TLS connection ends.
-        if to_server and server_open:
+        # weft closed: what it sent last goes out, then the TLS connection ends once the server
+        # has closed its side (or after DRAIN seconds). Closing with the server's data unread
+        # would send a TCP reset, and the server could lose weft's close frame with it.
+        if server_open:
             tls.setblocking(True)
-            tls.settimeout(5)
-            tls.sendall(to_server)
+            tls.settimeout(DRAIN)
+            if to_server:
+                tls.sendall(to_server)
+            deadline = time.monotonic() + DRAIN
+            while time.monotonic() < deadline and tls.recv(CHUNK):
+                tls.settimeout(max(0.001, deadline - time.monotonic()))
     except OSError:
         pass
     finally:

@@ -103,6 +103,8 @@ fn config_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, us
                 "snapshots" => snapshots = Some(v.clone().unbind()),
                 "snapshot_timeout" => cfg.snapshot_timeout = secs(&v, &key)?,
                 "snapshot_concurrency" => cfg.snapshot_concurrency = v.extract()?,
+                "dead_letter_max" => cfg.dead_letter_max = v.extract()?,
+                "dead_letter_bytes" => cfg.dead_letter_bytes = v.extract()?,
                 "threads" => threads = v.extract::<usize>()?.max(1),
                 "inbound_capacity" => inbound_capacity = v.extract::<usize>()?.max(1),
                 "publish_capacity" => publish_capacity = v.extract::<usize>()?.max(1),
@@ -495,6 +497,34 @@ impl Server {
         let stats = self.with_running(py, |r| Ok(r.engine.stats()))?;
         let value = serde_json::to_value(stats).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         to_python(py, &value)
+    }
+
+    /// The dead letters (publishes the cluster broker refused — `publish` has no caller to
+    /// tell —, snapshots that failed), as `GET /api/dead-letters` shows them: a dict with
+    /// `count`, `bytes`, `dropped` and `items` (at most `limit` with ids above `after`).
+    #[pyo3(signature = (after = 0, limit = 100))]
+    fn dead_letters(&self, py: Python<'_>, after: u64, limit: usize) -> PyResult<Py<PyAny>> {
+        let page = self.with_running(py, |r| Ok(r.engine.dead_letters().list(after, limit.clamp(1, 10_000))))?;
+        let value = serde_json::to_value(page).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        to_python(py, &value)
+    }
+
+    /// Publish the dead-letter publishes again, oldest first (only `ids`, when given); stops
+    /// at the first that fails again. Returns `{"replayed", "remaining"[, "error"]}`.
+    #[pyo3(signature = (ids = None))]
+    fn replay_dead_letters(&self, py: Python<'_>, ids: Option<Vec<u64>>) -> PyResult<Py<PyAny>> {
+        let done = self.with_running(py, |r| {
+            let engine = r.engine.clone();
+            Ok(py.detach(|| r.rt.block_on(async move { engine.replay_dead_letters(ids.as_deref()).await })))
+        })?;
+        let value = serde_json::to_value(done).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        to_python(py, &value)
+    }
+
+    /// Remove dead letters (all, or those in `ids`); returns how many went.
+    #[pyo3(signature = (ids = None))]
+    fn purge_dead_letters(&self, py: Python<'_>, ids: Option<Vec<u64>>) -> PyResult<usize> {
+        self.with_running(py, |r| Ok(r.engine.dead_letters().purge(ids.as_deref())))
     }
 
     /// The port being served (the chosen one when constructed with 0), or None when stopped.

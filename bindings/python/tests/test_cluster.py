@@ -117,3 +117,56 @@ def test_a_client_with_several_endpoints_rides_through_the_loss_of_a_node(broker
                 assert first.failures >= 1 and second.failures == 0 and second.latency is not None
 
         asyncio.run(main())
+
+
+def test_python_publishes_the_broker_refused_are_dead_letters_replayed_after_the_outage():
+    """``Server.publish`` has no caller to tell of a failure: what the broker refused is a
+    dead letter, listed from Python and replayed once the broker is back."""
+    import signal
+    import time
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server not found (scripts/test.sh installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port)
+        with weft.Server(broker=f"redis://127.0.0.1:{port}", node_name="py-dl") as a:
+
+            def until(pred, what: str, timeout: float = 20) -> None:
+                deadline = time.monotonic() + timeout
+                while not pred():
+                    assert time.monotonic() < deadline, what
+                    time.sleep(0.05)
+
+            async def main() -> None:
+                async with engine_client.connect(f"ws://127.0.0.1:{a.port}/ws") as c:
+                    await c.subscribe(["orders"])
+                    a.publish("orders", "before")
+                    assert (await asyncio.wait_for(c.recv(), 5)).payload == "before"
+                    proc.send_signal(signal.SIGSTOP)
+                    await asyncio.to_thread(until, lambda: a.stats()["cluster"]["state"] != "ok", "the outage was not noticed")
+                    for i in range(3):
+                        a.publish("orders", {"n": i})
+                    await asyncio.to_thread(until, lambda: a.dead_letters()["count"] == 3, "no dead letters")
+                    page = a.dead_letters()
+                    assert [(d["kind"], d["payload"]) for d in page["items"]] == [("publish", {"n": i}) for i in range(3)]
+                    assert page["items"][0]["error"]["code"] == 5003
+                    proc.send_signal(signal.SIGCONT)
+                    await asyncio.to_thread(until, lambda: a.stats()["cluster"]["state"] == "ok", "the broker did not come back")
+                    done = a.replay_dead_letters()
+                    assert (done["replayed"], done["remaining"]) == (3, 0), done
+                    got = [(await asyncio.wait_for(c.recv(), 5)).payload for _ in range(3)]
+                    assert got == [{"n": i} for i in range(3)]
+                    assert a.purge_dead_letters() == 0
+
+            asyncio.run(main())
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()

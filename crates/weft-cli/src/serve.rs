@@ -162,6 +162,13 @@ pub(crate) struct ServeArgs {
     /// Seconds a snapshot URL may take to answer [default: 5].
     #[arg(long, env = "WEFT_SNAPSHOT_TIMEOUT")]
     snapshot_timeout: Option<f64>,
+    /// Dead letters kept at most (publishes the cluster broker refused, snapshots that
+    /// failed; /api/dead-letters) [default: 10000].
+    #[arg(long, env = "WEFT_DEAD_LETTER_MAX")]
+    dead_letter_max: Option<usize>,
+    /// Bytes the dead letters may hold (e.g. 16M) [default: 16M].
+    #[arg(long, env = "WEFT_DEAD_LETTER_BYTES", value_parser = parse_size)]
+    dead_letter_bytes: Option<usize>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -267,6 +274,9 @@ struct FileConfig {
     broker_buffer_bytes: Option<usize>,
     snapshots: Option<String>,
     snapshot_timeout: Option<f64>,
+    dead_letter_max: Option<usize>,
+    #[serde(default, deserialize_with = "size_opt")]
+    dead_letter_bytes: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
 }
@@ -421,6 +431,8 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     if let Some(v) = pick!(snapshot_timeout) {
         c.snapshot_timeout = secs(v, "snapshot_timeout")?;
     }
+    c.dead_letter_max = pick!(dead_letter_max).unwrap_or(d.dead_letter_max);
+    c.dead_letter_bytes = pick!(dead_letter_bytes).unwrap_or(d.dead_letter_bytes);
     let tls = TlsArgs::load(
         args.tls.tls_cert.clone().or(file.tls_cert.clone()),
         args.tls.tls_key.clone().or(file.tls_key.clone()),

@@ -962,6 +962,98 @@ async fn a_broker_outage_fails_publishes_fast_and_loses_nothing_silently(kind: K
     assert!(seq.resets >= 1, "no reset after the history was lost");
 }
 
+/// Publishes the broker refused during an outage are kept as dead letters (a client's over
+/// WebSocket, the HTTP API's with its event id): listed with their payloads, a replay while the
+/// broker is still down stops at the first and keeps them all, a replay after it is back
+/// publishes them in order to every node's subscribers, and purge empties the store.
+async fn publishes_refused_during_an_outage_are_dead_letters_replayed_after_it(kind: Kind) {
+    let Some(redis) = Broker::start(kind) else { return };
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let mut sub = Client::connect(b.port, "s").await;
+    let r = sub.subscribe(json!({"type": "subscribe", "topics": ["orders"]})).await;
+    let mut seq = Seq::start(&r);
+    let mut publisher = Client::connect(a.port, "p").await;
+    publisher.send(json!({"type": "publish", "topic": "orders", "payload": 0})).await;
+    assert_eq!(publisher.next("published").await["type"], "published");
+
+    redis.signal("-STOP");
+    // Once the node knows the broker is down (its health says so), publishes are refused
+    // without being sent: their dead letters are exactly what was not published. (A publish
+    // sent just before, whose answer timed out, may have been made anyway: see
+    // docs/PROTOCOL.md, "Dead letters".)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http(a.port, "GET", "/healthz", "").await.0 != 503 {
+        assert!(Instant::now() < deadline, "the outage was not noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut refused = Vec::new();
+    for n in 1..=3 {
+        publisher.send(json!({"type": "publish", "id": n, "topic": "orders", "payload": n})).await;
+        let m = publisher.recv().await;
+        assert_eq!((m["type"].as_str(), m["code"].as_u64()), (Some("error"), Some(5003)), "{m}");
+        refused.push(n);
+    }
+    let (status, _) =
+        http(a.port, "POST", "/api/publish", r#"{"topic":"orders","payload":"http","id":"h-1","priority":"high"}"#)
+            .await;
+    assert_eq!(status, 503);
+    let (status, body) = http(a.port, "GET", "/api/dead-letters", "").await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let items = page["items"].as_array().unwrap();
+    // The refused ones, in order (a publish answered 'published' late is not among them).
+    let payloads: Vec<&Value> = items.iter().map(|l| &l["payload"]).collect();
+    let want: Vec<Value> = refused.iter().map(|n| json!(n)).chain([json!("http")]).collect();
+    assert_eq!(payloads, want.iter().collect::<Vec<_>>(), "{body}");
+    let last = items.last().unwrap();
+    assert_eq!(
+        (&last["kind"], &last["event_id"], &last["priority"], &last["error"]["code"]),
+        (&json!("publish"), &json!("h-1"), &json!("high"), &json!(5003)),
+        "{body}"
+    );
+
+    // A replay while the broker is down: stops at the first, keeps everything.
+    let (status, body) = http(a.port, "POST", "/api/dead-letters/replay", "").await;
+    assert_eq!(status, 200, "{body}");
+    let done: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (done["replayed"].as_u64(), done["remaining"].as_u64(), done["error"]["code"].as_u64()),
+        (Some(0), Some(4), Some(5003)),
+        "{body}"
+    );
+
+    redis.signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http(a.port, "GET", "/healthz", "").await.0 != 200 {
+        assert!(Instant::now() < deadline, "health did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = http(a.port, "POST", "/api/dead-letters/replay", "").await;
+    assert_eq!(status, 200, "{body}");
+    let done: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((done["replayed"].as_u64(), done["remaining"].as_u64()), (Some(4), Some(0)), "{body}");
+    // Node b's subscriber: 0, then every refused publish in order, then the HTTP one (with
+    // its event id), with no gap.
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let m = sub.recv().await;
+        seq.see(&m);
+        if m["type"] == "event" {
+            got.push(m["payload"].clone());
+            if m["payload"] == "http" {
+                assert_eq!(m["id"], "h-1", "{m}");
+            }
+        }
+    }
+    assert_eq!(got, [json!(0)].into_iter().chain(want).collect::<Vec<_>>());
+    let (_, metrics) = http(a.port, "GET", "/metrics", "").await;
+    assert_eq!(metric(&metrics, "weft_dead_letters_replayed_total"), 4.0);
+    assert_eq!(metric(&metrics, "weft_dead_letters"), 0.0);
+    let (status, body) = http(a.port, "DELETE", "/api/dead-letters", "").await;
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["purged"].as_u64()), (200, Some(0)));
+}
+
 /// The value of one metric line (`name{labels} value`) in a `/metrics` text.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -1488,4 +1580,5 @@ on_every_broker!(
     nodes_join_over_tls,
     a_node_restarted_under_its_name_leaves_no_ghosts,
     publishes_waiting_for_the_broker_are_bounded_in_bytes,
+    publishes_refused_during_an_outage_are_dead_letters_replayed_after_it,
 );

@@ -100,6 +100,11 @@ pub struct EngineConfig {
     /// Snapshot provider calls in progress at once, over all connections; more wait (within
     /// `snapshot_timeout`).
     pub snapshot_concurrency: usize,
+    /// Dead letters kept at most (publishes the cluster broker refused, snapshots that
+    /// failed; see [`crate::dead`]); past it, or past `dead_letter_bytes`, the oldest go.
+    pub dead_letter_max: usize,
+    /// Bytes the dead letters may hold.
+    pub dead_letter_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -139,6 +144,8 @@ impl Default for EngineConfig {
             snapshots: crate::snapshot::Snapshots::Off,
             snapshot_timeout: Duration::from_secs(5),
             snapshot_concurrency: 64,
+            dead_letter_max: 10_000,
+            dead_letter_bytes: 16 << 20,
         }
     }
 }
@@ -189,6 +196,9 @@ impl EngineConfig {
         }
         if self.node_ttl < Duration::from_secs(1) {
             return Err("node_ttl must be at least 1 s".into());
+        }
+        if self.dead_letter_max == 0 || self.dead_letter_bytes < 64 << 10 {
+            return Err("dead_letter_max must be positive and dead_letter_bytes at least 64 KiB".into());
         }
         if self.snapshot_concurrency == 0 || self.snapshot_timeout.is_zero() {
             return Err("snapshot_concurrency and snapshot_timeout must be positive".into());

@@ -36,6 +36,10 @@ pub(crate) struct Shared {
     settled: tokio::sync::OnceCell<()>,
     /// Snapshot provider calls in progress ([`EngineConfig::snapshot_concurrency`]).
     pub(crate) snapshot_permits: tokio::sync::Semaphore,
+    /// What could not be delivered ([`crate::dead`]).
+    pub(crate) dead_letters: Arc<crate::dead::DeadLetters>,
+    /// One dead-letter replay at a time (two would publish a letter twice).
+    replaying: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -182,18 +186,30 @@ impl Engine {
                 settings.publish_queue_bytes = config.broker_buffer_bytes / 2;
                 settings.check_interval =
                     (config.node_ttl / 6).clamp(Duration::from_millis(500), Duration::from_secs(5));
+                let dead = Arc::new(crate::dead::DeadLetters::new(config.dead_letter_max, config.dead_letter_bytes));
+                settings.dead_letters = Arc::clone(&dead);
                 let broker: Arc<dyn Broker> = if url.starts_with("nats://") || url.starts_with("tls://") {
                     Arc::new(crate::broker::NatsBroker::connect(settings, Arc::clone(&metrics)).await?)
                 } else {
                     Arc::new(crate::broker::RedisBroker::connect(settings, Arc::clone(&metrics)).await?)
                 };
-                Self::with_broker(config, broker, metrics)
+                Self::with_parts(config, broker, metrics, dead)
             }
         }
     }
 
     /// An engine over another broker, which counts into `metrics`.
     pub fn with_broker(config: EngineConfig, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let dead = Arc::new(crate::dead::DeadLetters::new(config.dead_letter_max, config.dead_letter_bytes));
+        Self::with_parts(config, broker, metrics, dead)
+    }
+
+    fn with_parts(
+        config: EngineConfig,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        dead_letters: Arc<crate::dead::DeadLetters>,
+    ) -> Result<Self, String> {
         config.validate()?;
         let acceptor =
             weft::Acceptor::new().config(config.ws_config()).subprotocols([SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK]);
@@ -211,6 +227,8 @@ impl Engine {
             alt_svc: std::sync::OnceLock::new(),
             settled: tokio::sync::OnceCell::new(),
             snapshot_permits,
+            dead_letters,
+            replaying: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(upkeep(Arc::downgrade(&shared)));
         Ok(Self { shared })
@@ -309,6 +327,46 @@ impl Engine {
     ) -> Result<Position, PublishError> {
         validate_topic(topic).map_err(|e| PublishError(ErrorBody::new(ErrorCode::InvalidTopic, e.to_string())))?;
         self.shared.broker.publish(topic, payload, meta).await.map_err(|e| PublishError(e.body()))
+    }
+
+    /// The dead letters: publishes the cluster broker refused or lost, snapshots that failed
+    /// (list and purge them here; [`replay_dead_letters`](Self::replay_dead_letters)).
+    pub fn dead_letters(&self) -> &crate::dead::DeadLetters {
+        &self.shared.dead_letters
+    }
+
+    /// Publish the dead-letter publishes again, oldest first (only those in `ids`, when
+    /// given), each with its event id and priority; one that works leaves the store. The first
+    /// that fails again stops the replay: it stays, as do the letters after it, in order.
+    /// Snapshot letters are left. One replay at a time.
+    ///
+    /// ```no_run
+    /// # async fn run(engine: weft_server::Engine) {
+    /// let before = engine.dead_letters().list(0, 100);
+    /// let done = engine.replay_dead_letters(None).await;
+    /// println!("{} of {} replayed; {} left", done.replayed, before.count, done.remaining);
+    /// # }
+    /// ```
+    pub async fn replay_dead_letters(&self, ids: Option<&[u64]>) -> crate::dead::ReplayOutcome {
+        let _one = self.shared.replaying.lock().await;
+        let dead = &self.shared.dead_letters;
+        let (mut after, mut replayed, mut error) = (0, 0, None);
+        while let Some(l) = dead.next_publish(after, ids) {
+            after = l.id;
+            let meta = crate::broker::PublishMeta { id: l.event_id.clone(), priority: l.priority, replay: true };
+            match self.publish_with(&l.topic, l.payload.clone().unwrap_or(Value::Null), meta).await {
+                Ok(_) => {
+                    dead.delivered(l.id);
+                    replayed += 1;
+                }
+                Err(e) => {
+                    dead.failed_again(l.id, e.0.clone());
+                    error = Some(e.0);
+                    break;
+                }
+            }
+        }
+        crate::dead::ReplayOutcome { replayed, remaining: dead.size().0, error }
     }
 
     /// Start a graceful shutdown: stop accepting, close every connection with 1001 after

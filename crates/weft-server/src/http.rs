@@ -42,6 +42,7 @@ where
         },
         (&Method::GET, "/metrics") => {
             let mut body = engine.metrics().render_prometheus(engine.broker().topic_count());
+            engine.dead_letters().render(&mut body);
             if let Some(c) = engine.broker().cluster() {
                 let up = u8::from(c.state == "ok");
                 body.push_str(&format!(
@@ -62,6 +63,11 @@ where
         (&Method::POST, "/api/publish") => publish(engine, req, false).await,
         (&Method::POST, "/api/broadcast") => publish(engine, req, true).await,
         (_, "/api/publish" | "/api/broadcast") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (&Method::GET | &Method::DELETE, "/api/dead-letters") | (&Method::POST, "/api/dead-letters/replay") => {
+            dead_letters(engine, req).await
+        }
+        (_, "/api/dead-letters") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or DELETE\n"),
+        (_, "/api/dead-letters/replay") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (_, "/ws") => text(StatusCode::UPGRADE_REQUIRED, "this endpoint speaks WebSocket\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -101,31 +107,36 @@ struct BroadcastBody {
     payload: Value,
 }
 
-async fn publish<B>(engine: &Engine, req: Request<B>, broadcast: bool) -> Response<Full<Bytes>>
+/// The HTTP API's credential check: the API key when one is set; without one, only in
+/// anonymous mode. `Some`: the refusal to send.
+fn authorize(engine: &Engine, headers: &http::HeaderMap) -> Option<Response<Full<Bytes>>> {
+    let cfg = engine.config();
+    match &cfg.api_key {
+        Some(key) if !api_key_matches(headers, key) => {
+            engine.metrics().auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut r = error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, "missing or wrong API key");
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            Some(r)
+        }
+        None if !cfg.anonymous() => Some(error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "the HTTP API needs an API key when JWT auth is on (set api_key)",
+        )),
+        _ => None,
+    }
+}
+
+/// A request body, at most `max_message_size` bytes, within `http_body_timeout`.
+async fn read_body<B>(engine: &Engine, req: Request<B>) -> Result<Bytes, Response<Full<Bytes>>>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let cfg = engine.config();
-    match &cfg.api_key {
-        Some(key) if !api_key_matches(req.headers(), key) => {
-            engine.metrics().auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut r = error(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, "missing or wrong API key");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
-        }
-        None if !cfg.anonymous() => {
-            return error(
-                StatusCode::FORBIDDEN,
-                ErrorCode::Forbidden,
-                "the HTTP publish API needs an API key when JWT auth is on (set api_key)",
-            );
-        }
-        _ => {}
-    }
     let collect = Limited::new(req.into_body(), cfg.max_message_size).collect();
-    let body = match tokio::time::timeout(cfg.http_body_timeout, collect).await {
+    match tokio::time::timeout(cfg.http_body_timeout, collect).await {
         Err(_) => {
             // A body that never finishes (a huge Content-Length, or a stall mid-way) is not
             // waited for: 408, and the connection closes.
@@ -136,17 +147,85 @@ where
                 format!("request body not received within {} s", cfg.http_body_timeout.as_secs_f64()),
             );
             r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            Err(r)
         }
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorCode::BadRequest,
-                format!("body larger than max_message_size ({} bytes)", cfg.max_message_size),
-            );
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::BadRequest,
+            format!("body larger than max_message_size ({} bytes)", cfg.max_message_size),
+        )),
+        Ok(Err(e)) => Err(error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("reading body: {e}"))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct IdsBody {
+    #[serde(default)]
+    ids: Option<Vec<u64>>,
+}
+
+/// `/api/dead-letters`: `GET ?after=ID&limit=N` lists (oldest first, at most 1,000), `DELETE`
+/// purges (all, or `{"ids": [...]}`), `POST /replay` publishes again (all, or `{"ids": [...]}`).
+async fn dead_letters<B>(engine: &Engine, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if let Some(refused) = authorize(engine, req.headers()) {
+        return refused;
+    }
+    if req.method() == Method::GET {
+        let (mut after, mut limit) = (0u64, 100usize);
+        for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+            let n = v.parse::<u64>();
+            match (k.as_ref(), n) {
+                ("after", Ok(n)) => after = n,
+                ("limit", Ok(n)) => limit = (n as usize).clamp(1, 1000),
+                (k, _) => {
+                    return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("bad query parameter {k:?}"));
+                }
+            }
         }
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("reading body: {e}")),
+        let page = engine.dead_letters().list(after, limit);
+        return json_response(StatusCode::OK, &serde_json::to_value(page).expect("json"));
+    }
+    let replay = req.method() == Method::POST;
+    let body = match read_body(engine, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ids: IdsBody = if body.iter().all(u8::is_ascii_whitespace) {
+        IdsBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("bad body: {e}")),
+        }
+    };
+    if replay {
+        let done = engine.replay_dead_letters(ids.ids.as_deref()).await;
+        json_response(StatusCode::OK, &serde_json::to_value(done).expect("json"))
+    } else {
+        let purged = engine.dead_letters().purge(ids.ids.as_deref());
+        json_response(StatusCode::OK, &json!({ "purged": purged, "remaining": engine.dead_letters().size().0 }))
+    }
+}
+
+async fn publish<B>(engine: &Engine, req: Request<B>, broadcast: bool) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if let Some(refused) = authorize(engine, req.headers()) {
+        return refused;
+    }
+    let body = match read_body(engine, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let status_of = |e: &ErrorBody| match e.code {
         4002 | 4000 => StatusCode::BAD_REQUEST,
@@ -173,7 +252,7 @@ where
             Ok(b) => b,
             Err(e) => return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("bad publish body: {e}")),
         };
-        let meta = crate::broker::PublishMeta { id: b.id, priority: b.priority };
+        let meta = crate::broker::PublishMeta { id: b.id, priority: b.priority, ..Default::default() };
         match engine.publish_with(&b.topic, b.payload, meta).await {
             Ok(p) => json_response(StatusCode::OK, &json!({"topic": b.topic, "offset": p.offset, "epoch": p.epoch})),
             Err(e) => json_response(status_of(&e.0), &json!({"error": e.0})),

@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod broker;
 mod config;
+pub mod dead;
 mod engine;
 pub mod filter;
 #[doc(hidden)]

@@ -505,12 +505,12 @@ impl Session {
                 if self.shared.broker.pipelined() {
                     // Sent now, in order; the reply takes its place in the queue when it comes.
                     let slot = self.sub.outbox.reserve();
-                    let meta = crate::broker::PublishMeta { id: None, priority };
+                    let meta = crate::broker::PublishMeta { priority, ..Default::default() };
                     let sent = Arc::clone(&self.shared.broker).publish_owned(topic.clone(), payload, meta);
                     self.pending().push_back(Box::pin(async move { (slot, id, topic, sent.await) }));
                     return Flow::Continue;
                 }
-                let meta = crate::broker::PublishMeta { id: None, priority };
+                let meta = crate::broker::PublishMeta { priority, ..Default::default() };
                 match self.shared.broker.publish(&topic, payload, meta).await {
                     Ok(pos) => self.reply(&Reply::Published {
                         id: id.as_ref(),

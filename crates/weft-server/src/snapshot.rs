@@ -229,14 +229,21 @@ pub(crate) async fn take(
     use crate::wire::{ErrorBody, ErrorCode};
     use std::sync::atomic::Ordering;
     let at = req.position.offset;
+    let (topic, epoch, user) = (req.topic.clone(), req.position.epoch.clone(), Arc::clone(&req.user));
     let fail = |m: String| {
         shared.metrics.snapshot_failures.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("snapshot failed: {m}");
-        Taken { offset: at, data: None, error: Some(ErrorBody::new(ErrorCode::SnapshotFailed, m)), replay: Vec::new() }
+        let error = ErrorBody::new(ErrorCode::SnapshotFailed, m);
+        shared.dead_letters.push(crate::dead::DeadLetter::snapshot(&topic, &user, error.clone()));
+        Taken { offset: at, data: None, error: Some(error), replay: Vec::new() }
     };
-    let (topic, epoch) = (req.topic.clone(), req.position.epoch.clone());
     let got = match &shared.config.snapshots {
-        Snapshots::Off => return fail("this server has no snapshots".into()),
+        Snapshots::Off => {
+            // Not a failure of a source: nothing to keep.
+            shared.metrics.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+            let error = ErrorBody::new(ErrorCode::SnapshotFailed, "this server has no snapshots");
+            return Taken { offset: at, data: None, error: Some(error), replay: Vec::new() };
+        }
         Snapshots::LastEvent => match shared.broker.last_event(&req.topic).await {
             Ok(Some(e)) if *e.epoch == *epoch && sub.passes(&e) => {
                 Ok(Some(Snapshot { data: e.payload.clone(), offset: Some(e.offset) }))

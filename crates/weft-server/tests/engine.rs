@@ -1843,3 +1843,68 @@ async fn a_state_older_than_its_subscription_is_brought_up_to_it_from_history() 
     engine.publish("t", json!(8)).await.unwrap();
     assert_eq!(d.recv().await["offset"], 8);
 }
+
+/// Dead letters over the HTTP API: a failed snapshot is kept (its topic, user and why),
+/// listed, left by a replay (there is no publish to make again), purged by id; the API needs
+/// the API key like the publish API; bad queries and bodies get 400.
+#[tokio::test]
+async fn dead_letters_are_listed_replayed_and_purged_through_the_http_api() {
+    use std::sync::Arc;
+    use weft_server::snapshot::{SnapshotFuture, SnapshotProvider, SnapshotRequest, Snapshots};
+    struct Failing;
+    impl SnapshotProvider for Failing {
+        fn snapshot(&self, req: SnapshotRequest) -> SnapshotFuture {
+            Box::pin(async move { Err(format!("no state for {}", req.topic)) })
+        }
+    }
+    let key = "k-0123456789abcdef";
+    let cfg = EngineConfig {
+        snapshots: Snapshots::Provider(Arc::new(Failing)),
+        api_key: Some(key.into()),
+        ..Default::default()
+    };
+    let (addr, engine, _h) = start(cfg).await;
+    let mut c = Client::connect(addr, "?user=ann").await;
+    c.request(json!({"type": "subscribe", "topics": ["a", "b"], "snapshot": true})).await;
+    for _ in 0..2 {
+        assert_eq!(c.recv().await["error"]["code"], 4011);
+    }
+    let auth = [("authorization", &*format!("Bearer {key}"))];
+    assert_eq!(http(addr, "GET", "/api/dead-letters", &[], "").await.0, 401);
+    let (status, body) = http(addr, "GET", "/api/dead-letters", &auth, "").await;
+    assert_eq!(status, 200, "{body}");
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["count"], 2, "{body}");
+    let first = &page["items"][0];
+    assert_eq!(
+        (&first["kind"], &first["user"], &first["error"]["code"]),
+        (&json!("snapshot"), &json!("ann"), &json!(4011)),
+        "{body}"
+    );
+    let topics: std::collections::BTreeSet<&str> =
+        page["items"].as_array().unwrap().iter().map(|l| l["topic"].as_str().unwrap()).collect();
+    assert_eq!(topics, ["a", "b"].into());
+    assert!(first["error"]["message"].as_str().unwrap().starts_with("no state for"), "{body}");
+    // Paging: after the first id, one at a time.
+    let id1 = first["id"].as_u64().unwrap();
+    let (_, body) = http(addr, "GET", &format!("/api/dead-letters?after={id1}&limit=1"), &auth, "").await;
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    let id2 = page["items"][0]["id"].as_u64().unwrap();
+    assert!(id2 > id1);
+    // A replay publishes nothing here and leaves the snapshot letters.
+    let (status, body) = http(addr, "POST", "/api/dead-letters/replay", &auth, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"replayed": 0, "remaining": 2}));
+    // Bad input.
+    assert_eq!(http(addr, "GET", "/api/dead-letters?limit=x", &auth, "").await.0, 400);
+    assert_eq!(http(addr, "DELETE", "/api/dead-letters", &auth, r#"{"ids": "all"}"#).await.0, 400);
+    assert_eq!(http(addr, "PUT", "/api/dead-letters", &auth, "").await.0, 405);
+    // Purge one, then the rest.
+    let (_, body) = http(addr, "DELETE", "/api/dead-letters", &auth, &format!(r#"{{"ids": [{id1}]}}"#)).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"purged": 1, "remaining": 1}));
+    let m = http(addr, "GET", "/metrics", &[], "").await.1;
+    assert!(m.contains("weft_dead_letters 1\n") && m.contains("weft_dead_letters_total 2\n"), "{m}");
+    assert_eq!(engine.dead_letters().purge(None), 1);
+    assert_eq!(engine.dead_letters().size(), (0, 0));
+}

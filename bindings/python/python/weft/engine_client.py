@@ -636,6 +636,10 @@ class EngineClient:
         for r in reply.get("results", []):
             if r.get("ok") and "offset" in r:
                 known = self._positions.get(r["topic"])
+                if known is None and r.get("replayed"):
+                    # Events replayed right behind this reply (a resume from a position this
+                    # client did not record, or recent history): they set the position.
+                    continue
                 # Keep the delivered position when resuming worked (the missed events follow);
                 # when it failed, continue from the server's current position; without a
                 # resume, from the later of the two (events may already have been delivered).

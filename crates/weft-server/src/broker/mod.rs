@@ -281,6 +281,8 @@ pub struct PublishMeta {
     pub id: Option<String>,
     /// What the `drop-lowest` slow-consumer policy drops first.
     pub priority: crate::wire::Priority,
+    /// A replay of a dead letter: when it fails it is not kept again (the letter stays).
+    pub replay: bool,
 }
 
 /// Where topics live: offsets, history, presence, fan-out.

@@ -31,6 +31,7 @@ use super::{
     Broker, BrokerError, BrokerFuture, BrokerHealth, ClusterInfo, Patterns, PublishMeta, Start, SubscribeOutcome,
     Subscriber,
 };
+use crate::dead::DeadLetter;
 use crate::metrics::Metrics;
 use crate::outbox::SlowConsumerPolicy;
 use crate::topic::Pattern;
@@ -125,6 +126,8 @@ pub struct ClusterSettings {
     /// Bytes of publishes waiting for the broker on this node; past it a publish fails with
     /// 5003.
     pub publish_queue_bytes: usize,
+    /// Where publishes the broker refused or lost are kept (see [`crate::dead`]).
+    pub dead_letters: Arc<crate::dead::DeadLetters>,
 }
 
 /// Settings of a [`RedisBroker`] (the same as every cluster broker's).
@@ -151,6 +154,7 @@ impl ClusterSettings {
             inbound_bytes: 128 << 20,
             pending_bytes: 64 << 20,
             publish_queue_bytes: 64 << 20,
+            dead_letters: Arc::default(),
         }
     }
 
@@ -781,7 +785,12 @@ impl<B: Backend> Core<B> {
         let metrics = Arc::clone(&self.metrics);
         if !self.health.is_up() {
             metrics.publishes_refused.fetch_add(1, Ordering::Relaxed);
-            return Box::pin(std::future::ready(Err(self.unavailable())));
+            let e = self.unavailable();
+            if !meta.replay {
+                let letter = DeadLetter::publish(topic, payload.clone(), meta.id, meta.priority, e.body());
+                self.settings.dead_letters.push(letter);
+            }
+            return Box::pin(std::future::ready(Err(e)));
         }
         if meta.id.as_deref().is_some_and(|i| i.contains(['\n', '\r'])) {
             return Box::pin(std::future::ready(Err(BrokerError {
@@ -793,8 +802,11 @@ impl<B: Backend> Core<B> {
             Ok(p) => p,
             Err(e) => return Box::pin(std::future::ready(Err(BrokerError::failed(e.to_string())))),
         };
+        // Kept for a dead letter, should the broker refuse or lose it.
+        let keep = (!meta.replay).then(|| (payload.clone(), meta.id.clone(), meta.priority));
         let out = Outgoing { topic: topic.to_owned(), time: now_ms(), id: meta.id, payload, priority: meta.priority };
         let wait = self.backend.publish(out);
+        let dead = Arc::clone(&self.settings.dead_letters);
         let me = self.me.clone();
         let topic = topic.to_owned();
         let in_flight = InFlight::new(&self.in_flight);
@@ -802,6 +814,10 @@ impl<B: Backend> Core<B> {
             let r = wait.await;
             let counter = if r.is_ok() { &metrics.publishes } else { &metrics.publishes_refused };
             counter.fetch_add(1, Ordering::Relaxed);
+            if let (Err(e), Some((payload, id, priority))) = (&r, keep) {
+                let payload = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+                dead.push(DeadLetter::publish(&topic, payload, id, priority, e.body()));
+            }
             if let (Ok(p), Some(me)) = (&r, me.upgrade()) {
                 // Only topics with subscribers here wait for their events at shutdown.
                 if let Some(l) = me.shard(&topic).get_mut(topic.as_str()) {

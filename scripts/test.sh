@@ -151,7 +151,7 @@ pick_port() { local p; for p in $(seq "$1" $(( $1 + 200 ))); do port_free "$p" &
 step "Python package: pip install ./bindings/python into a venv, then pytest over real sockets"
 PYVENV="${WEFT_PY_VENV:-$HOME/.cache/weft-py}"
 [[ -x "$PYVENV/bin/python" ]] || python3 -m venv "$PYVENV"
-"$PYVENV/bin/pip" install -q pytest websockets==17.4 uvloop
+"$PYVENV/bin/pip" install -q pytest websockets==17.4 uvloop fastapi==0.165.0 uvicorn==0.54.0
 "$PYVENV/bin/pip" install -q --force-reinstall --no-deps ./bindings/python
 WEFT_BIN="$WEFT" "$PYVENV/bin/python" -m pytest -q -p no:cacheprovider bindings/python/tests
 

@@ -527,6 +527,28 @@ impl Server {
         self.with_running(py, |r| Ok(r.engine.dead_letters().purge(ids.as_deref())))
     }
 
+    /// Serve one connection over the connected stream socket `fd` (a Unix socket from
+    /// `socket.socketpair()`; the engine takes the descriptor and closes it when done): HTTP/1.1
+    /// and the WebSocket upgrade on `/ws`, exactly as on the port. `weft.asgi` uses it.
+    fn serve_socket(&self, py: Python<'_>, fd: i32) -> PyResult<()> {
+        use std::os::fd::FromRawFd;
+        if fd < 0 {
+            return Err(PyValueError::new_err("not a file descriptor"));
+        }
+        self.with_running(py, |r| {
+            // SAFETY: the caller hands the descriptor over (`socket.detach()`); nothing else
+            // closes it.
+            #[allow(unsafe_code)]
+            let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+            std.set_nonblocking(true).map_err(|e| PyOSError::new_err(e.to_string()))?;
+            let _guard = r.rt.enter();
+            let io = tokio::net::UnixStream::from_std(std).map_err(|e| PyOSError::new_err(e.to_string()))?;
+            let engine = r.engine.clone();
+            r.rt.spawn(async move { engine.serve_stream(io).await });
+            Ok(())
+        })
+    }
+
     /// The port being served (the chosen one when constructed with 0), or None when stopped.
     #[getter]
     fn port(&self, py: Python<'_>) -> Option<u16> {

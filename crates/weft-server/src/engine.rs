@@ -535,6 +535,16 @@ impl Engine {
         }
     }
 
+    /// Serve one HTTP/1.1 connection over any byte stream (a Unix socket, an in-memory pipe):
+    /// the same routes and WebSocket upgrade as [`serve_connection`](Self::serve_connection).
+    /// Python's `weft.asgi` bridges an ASGI server's WebSockets into the engine this way.
+    pub async fn serve_stream<I>(&self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve_io(io, false).await
+    }
+
     async fn serve_io<I>(&self, io: I, http2: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -67,9 +67,56 @@ pub(crate) enum Closing {
 #[derive(Debug, Default)]
 struct State {
     queue: VecDeque<Out>,
+    /// Entries queued at each `drop-lowest` level (see [`level`]), lowest first: the policy
+    /// finds the lowest level present without scanning the queue.
+    levels: [u32; 5],
     dropped: u64,
     closing: Option<Closing>,
     next_slot: u64,
+}
+
+/// The levels, lowest first.
+const LEVELS: [Priority; 5] =
+    [Priority::Background, Priority::Low, Priority::Normal, Priority::High, Priority::Critical];
+
+/// The `drop-lowest` level an entry counts at: an event's priority; a join/leave notice as
+/// normal; none for a reset notice (never dropped), replies and slots.
+fn level(o: &Out) -> Option<Priority> {
+    match o {
+        Out::Event(e, ..) => Some(e.priority),
+        Out::Notice(n) if !n.is_reset() => Some(Priority::Normal),
+        _ => None,
+    }
+}
+
+fn rank(p: Priority) -> usize {
+    LEVELS.iter().position(|l| *l == p).expect("every priority is a level")
+}
+
+impl State {
+    /// Count `o` in (`add`) or out of the levels.
+    fn count(levels: &mut [u32; 5], o: &Out, add: bool) {
+        if let Some(p) = level(o) {
+            let c = &mut levels[rank(p)];
+            *c = if add { *c + 1 } else { *c - 1 };
+        }
+    }
+
+    fn push_back(&mut self, o: Out) {
+        Self::count(&mut self.levels, &o, true);
+        self.queue.push_back(o);
+    }
+
+    fn remove(&mut self, i: usize) {
+        if let Some(o) = self.queue.remove(i) {
+            Self::count(&mut self.levels, &o, false);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.levels = [0; 5];
+    }
 }
 
 /// The bounded outbound queue of one connection.
@@ -93,7 +140,7 @@ impl Outbox {
     /// Close as a slow consumer: what is queued goes, the session is woken to close 1008.
     fn close_slow(&self, mut st: std::sync::MutexGuard<'_, State>) {
         st.closing = Some(Closing::SlowConsumer);
-        st.queue.clear();
+        st.clear();
         self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
         drop(st);
         self.notify.notify_one();
@@ -116,11 +163,14 @@ impl Outbox {
             return;
         }
         if policy == SlowConsumerPolicy::Latest {
-            let same = st.queue.iter_mut().rev().find_map(|o| match o {
+            let State { queue, levels, .. } = &mut *st;
+            let same = queue.iter_mut().rev().find_map(|o| match o {
                 Out::Event(e, SlowConsumerPolicy::Latest, _) if e.topic == ev.topic => Some(e),
                 _ => None,
             });
             if let Some(slot) = same {
+                levels[rank(slot.priority)] -= 1;
+                levels[rank(ev.priority)] += 1;
                 *slot = Arc::clone(ev);
                 st.dropped += 1;
                 self.metrics.dropped_events.fetch_add(1, Ordering::Relaxed);
@@ -133,7 +183,7 @@ impl Outbox {
                 SlowConsumerPolicy::DropOldest | SlowConsumerPolicy::Latest => {
                     match st.queue.iter().position(|o| matches!(o, Out::Event(..) | Out::Notice(_))) {
                         Some(i) => {
-                            st.queue.remove(i);
+                            st.remove(i);
                             st.dropped += 1;
                             self.metrics.dropped_events.fetch_add(1, Ordering::Relaxed);
                         }
@@ -142,21 +192,14 @@ impl Outbox {
                     }
                 }
                 SlowConsumerPolicy::DropLowest => {
-                    // The lowest priority queued, the oldest of those (a join/leave notice
-                    // counts as normal; a reset is never a candidate).
-                    let lowest = st
-                        .queue
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, o)| match o {
-                            Out::Event(e, ..) => Some((e.priority, i)),
-                            Out::Notice(n) if !n.is_reset() => Some((Priority::Normal, i)),
-                            _ => None,
-                        })
-                        .min();
+                    // The lowest priority queued (counted per level, so no scan to find it),
+                    // the oldest of those (a join/leave notice counts as normal; a reset is
+                    // never a candidate).
+                    let lowest = st.levels.iter().position(|c| *c > 0).map(|r| LEVELS[r]);
                     match lowest {
-                        Some((p, i)) if p.droppable() && p <= ev.priority => {
-                            st.queue.remove(i);
+                        Some(p) if p.droppable() && p <= ev.priority => {
+                            let i = st.queue.iter().position(|o| level(o) == Some(p)).expect("counted, so queued");
+                            st.remove(i);
                         }
                         // The new event is the lowest: it goes.
                         _ if ev.priority.droppable() => {
@@ -173,7 +216,7 @@ impl Outbox {
             }
         }
         let was_empty = st.queue.is_empty();
-        st.queue.push_back(Out::Event(Arc::clone(ev), policy, live));
+        st.push_back(Out::Event(Arc::clone(ev), policy, live));
         drop(st);
         if was_empty {
             self.notify.notify_one();
@@ -196,7 +239,7 @@ impl Outbox {
             return;
         }
         let was_empty = st.queue.is_empty();
-        st.queue.push_back(Out::Notice(Arc::clone(n)));
+        st.push_back(Out::Notice(Arc::clone(n)));
         drop(st);
         if was_empty {
             self.notify.notify_one();
@@ -212,7 +255,7 @@ impl Outbox {
         }
         if st.queue.len() >= self.capacity.saturating_mul(2) {
             st.closing = Some(Closing::SlowConsumer);
-            st.queue.clear();
+            st.clear();
             self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
         } else {
             st.queue.push_back(Out::Reply(m));
@@ -251,7 +294,9 @@ impl Outbox {
         }
         st.queue[i] = Out::Reply(m);
         for (k, e) in events.iter().enumerate() {
-            st.queue.insert(i + 1 + k, Out::Event(Arc::clone(e), SlowConsumerPolicy::Disconnect, false));
+            let o = Out::Event(Arc::clone(e), SlowConsumerPolicy::Disconnect, false);
+            State::count(&mut st.levels, &o, true);
+            st.queue.insert(i + 1 + k, o);
         }
         drop(st);
         self.notify.notify_one();
@@ -275,7 +320,8 @@ impl Outbox {
             return (0, Some(c));
         }
         let ready = st.queue.iter().position(|o| matches!(o, Out::Slot(_))).unwrap_or(st.queue.len());
-        batch.extend(st.queue.drain(..ready));
+        let State { queue, levels, .. } = &mut *st;
+        batch.extend(queue.drain(..ready).inspect(|o| State::count(levels, o, false)));
         if st.queue.is_empty() && st.queue.capacity() > 64 {
             st.queue.shrink_to(0);
         }
@@ -285,7 +331,7 @@ impl Outbox {
     /// Mark closed (no more pushes are accepted).
     pub(crate) fn close(&self) {
         let mut st = self.lock();
-        st.queue.clear();
+        st.clear();
         st.queue.shrink_to(0);
         if st.closing.is_none() {
             st.closing = Some(Closing::SlowConsumer);
@@ -356,6 +402,53 @@ mod tests {
         let mut b = Vec::new();
         assert_eq!(o.drain(&mut b), (2, None));
         assert_eq!(offsets(&b), vec![("a".into(), 3), ("b".into(), 1)]);
+    }
+
+    /// `drop-lowest` against a model that scans the queue (as it did before the per-level
+    /// counts): the same events kept, in the same order, over random pushes and drains; and the
+    /// counts always match the queue.
+    #[test]
+    fn drop_lowest_matches_a_scanning_model_and_counts_stay_exact() {
+        let m = Arc::new(Metrics::default());
+        let o = Outbox::new(8, Arc::clone(&m));
+        let mut model: std::collections::VecDeque<(Priority, u64)> = Default::default();
+        let levels = [Priority::Background, Priority::Low, Priority::Normal];
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        for off in 1..=2000u64 {
+            if next() % 5 == 0 {
+                let mut b = Vec::new();
+                o.drain(&mut b);
+                let got: Vec<u64> =
+                    b.iter().filter_map(|x| if let Out::Event(e, ..) = x { Some(e.offset) } else { None }).collect();
+                let want: Vec<u64> = model.drain(..).map(|(_, o)| o).collect();
+                assert_eq!(got, want);
+            }
+            let p = levels[(next() % 3) as usize];
+            let mut e = Event::new("t".into(), off, "e".into(), None, json!(off));
+            e.priority = p;
+            o.push_event(&Arc::new(e), SlowConsumerPolicy::DropLowest);
+            if model.len() >= 8 {
+                let (i, lp) = model.iter().enumerate().map(|(i, (q, _))| (*q, i)).min().map(|(q, i)| (i, q)).unwrap();
+                if lp <= p {
+                    model.remove(i);
+                    model.push_back((p, off));
+                }
+            } else {
+                model.push_back((p, off));
+            }
+            let st = o.lock();
+            let mut counts = [0u32; 5];
+            for x in &st.queue {
+                if let Some(p) = level(x) {
+                    counts[rank(p)] += 1;
+                }
+            }
+            assert_eq!(st.levels, counts);
+        }
     }
 
     #[test]

@@ -392,8 +392,17 @@ impl WebSocket {
             _ => {}
         }
         let io_err = |e: io::Error| if e.kind() == io::ErrorKind::WouldBlock { timed_out() } else { os_error(&e) };
-        sock.set_read_timeout(remaining()).map_err(io_err)?;
-        sock.set_write_timeout(remaining()).map_err(io_err)?;
+        // One deadline for the whole opening: before each wait the socket's timeouts are set to
+        // what is left of it (a server that drips its TLS handshake or its answer a byte at a
+        // time cannot stretch it), and a deadline already past is a timeout.
+        let rearm = |s: &TcpStream| -> PyResult<()> {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(timed_out());
+            }
+            s.set_read_timeout(remaining()).map_err(io_err)?;
+            s.set_write_timeout(remaining()).map_err(io_err)
+        };
+        rearm(&sock)?;
         let mut tls_conn = if tls {
             let cfg = crate::tls::client_config(opts.ca_file.as_deref(), ca_certs)?;
             let name = opts.server_hostname.clone().unwrap_or_else(|| host.clone());
@@ -403,6 +412,7 @@ impl WebSocket {
                 rustls::ClientConnection::new(cfg, name).map_err(|e| crate::tls::tls_error(format!("TLS: {e}")))?;
             let mut s = &sock;
             while c.is_handshaking() {
+                rearm(&sock)?;
                 retry(
                     || c.complete_io(&mut s),
                     |e| match e.kind() {
@@ -447,6 +457,7 @@ impl WebSocket {
         let done = loop {
             // What arrives goes to the sans-IO handshake; 0 means the server closed the connection.
             plain.clear();
+            rearm(&reader.sock)?;
             let n = match &mut io.tls {
                 None => {
                     let n = retry(|| reader.sock.read(&mut reader.buf), io_err)?;

@@ -147,6 +147,25 @@ def test_connect_timeout_when_handshake_never_answered(client, raw_server):
     assert time.monotonic() - t < 2.5
 
 
+def test_connect_timeout_is_one_deadline_for_an_answer_dripped_a_byte_at_a_time(client, raw_server):
+    # Each byte comes well within the timeout, the whole answer never does: the sync client
+    # gave every read the time left when TCP connected, so the drip stretched it to seconds.
+    def script(conn):
+        conn.recv(4096)
+        try:
+            for b in b"HTTP/1.1 101 Switching Protocols\r\nX-Drip: " + b"x" * 100:
+                conn.sendall(bytes([b]))
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+    srv = raw_server(script, handshake=False)
+    t = time.monotonic()
+    with pytest.raises(TimeoutError):
+        client.connect(srv.url, connect_timeout=0.5)
+    assert time.monotonic() - t < 1.5
+
+
 def test_server_closing_during_handshake(client, raw_server):
     def script(conn):
         conn.recv(4096)

@@ -126,14 +126,15 @@ fn config_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, us
         return Err(PyValueError::new_err("jwt_issuer and jwt_audience need jwt_secret"));
     }
     if let Some(s) = snapshots {
-        cfg.snapshots = Python::attach(|py| snapshots_from(s.bind(py), cfg.max_message_size))?;
+        cfg.snapshots =
+            Python::attach(|py| snapshots_from(s.bind(py), cfg.max_message_size, cfg.snapshot_concurrency))?;
     }
     cfg.validate().map_err(PyValueError::new_err)?;
     Ok((cfg, threads, inbound_capacity, publish_capacity))
 }
 
 /// `snapshots=`: `None` or `"off"`, `"last"`, an `http://` / `https://` URL, or a callable.
-fn snapshots_from(v: &Bound<'_, PyAny>, max_body: usize) -> PyResult<Snapshots> {
+fn snapshots_from(v: &Bound<'_, PyAny>, max_body: usize, threads: usize) -> PyResult<Snapshots> {
     if v.is_none() {
         return Ok(Snapshots::Off);
     }
@@ -147,7 +148,10 @@ fn snapshots_from(v: &Bound<'_, PyAny>, max_body: usize) -> PyResult<Snapshots> 
         };
     }
     if v.is_callable() {
-        return Ok(Snapshots::Provider(std::sync::Arc::new(PySnapshots { callback: v.clone().unbind() })));
+        return Ok(Snapshots::Provider(std::sync::Arc::new(PySnapshots {
+            callback: std::sync::Arc::new(v.clone().unbind()),
+            threads: std::sync::Arc::new(tokio::sync::Semaphore::new(threads.max(1))),
+        })));
     }
     Err(PyTypeError::new_err("snapshots must be None, \"off\", \"last\", an http(s):// URL or a callable"))
 }
@@ -157,21 +161,28 @@ fn snapshots_from(v: &Bound<'_, PyAny>, max_body: usize) -> PyResult<Snapshots> 
 /// `position` a dict `{"offset", "epoch"}`. It returns `None` (no state), the state, or a tuple
 /// `(state, offset)` naming the offset the state includes. An exception fails the snapshot
 /// (the client gets error 4011 with the exception's text).
+/// A callback that hangs past the snapshot timeout keeps its thread: each call holds one of
+/// `threads` permits (`snapshot_concurrency`) until the callback returns, so hung callbacks
+/// hold at most that many threads and later snapshots wait (and time out) instead of
+/// starting more.
 struct PySnapshots {
-    callback: Py<PyAny>,
+    callback: std::sync::Arc<Py<PyAny>>,
+    threads: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl SnapshotProvider for PySnapshots {
     fn snapshot(&self, req: SnapshotRequest) -> SnapshotFuture {
-        let callback = Python::attach(|py| self.callback.clone_ref(py));
+        let (callback, threads) = (std::sync::Arc::clone(&self.callback), std::sync::Arc::clone(&self.threads));
         Box::pin(async move {
+            let permit = threads.acquire_owned().await.map_err(|_| "closed".to_owned())?;
             let call = move || {
+                let _permit = permit;
                 Python::attach(|py| -> PyResult<Option<Snapshot>> {
                     let position = PyDict::new(py);
                     position.set_item("offset", req.position.offset)?;
                     position.set_item("epoch", &req.position.epoch)?;
-                    let r = callback.call1(py, (&req.topic, position, &*req.user, &*req.session))?;
-                    let r = r.bind(py);
+                    let r = callback.bind(py).call1((&req.topic, position, &*req.user, &*req.session))?;
+                    let r = &r;
                     if r.is_none() {
                         return Ok(None);
                     }

@@ -434,6 +434,8 @@ def test_snapshots_from_a_python_callback_and_the_last_event():
             return None
         if topic == "behind":
             return ({"rows": ["a"]}, 1)  # as of offset 1: the events after it follow
+        if topic == "ahead":
+            return ({"v": "ahead"}, position["offset"] + 1)  # includes the next event already
         return {"price": 101}
 
     with pytest.raises(TypeError):
@@ -465,9 +467,19 @@ def test_snapshots_from_a_python_callback_and_the_last_event():
                 server.publish("prices", {"price": 102})
                 e = await next_event(c)
                 assert (e.type, e.topic, e.payload) == ("event", "prices", {"price": 102})
+                # A state newer than its subscription: the event it already includes is skipped.
+                await c.subscribe(["ahead"], snapshot=True)
+                s = await next_event(c)
+                assert (s.type, s.offset, s.payload) == ("snapshot", 1, {"v": "ahead"})
+                server.publish("ahead", "in the state")
+                server.publish("ahead", "after it")
+                e = await next_event(c)
+                assert (e.offset, e.payload) == (2, "after it")
 
         asyncio.run(main())
-        assert sorted(calls) == sorted([("prices", 0, "ann"), ("empty", 0, "ann"), ("broken", 0, "ann"), ("behind", 3, "ann")])
+        assert sorted(calls) == sorted(
+            [("prices", 0, "ann"), ("empty", 0, "ann"), ("broken", 0, "ann"), ("behind", 3, "ann"), ("ahead", 0, "ann")]
+        )
 
     # The built-in source, from the threaded client.
     with weft.Server("127.0.0.1", 0, snapshots="last") as server:

@@ -9,7 +9,8 @@
 //! - **snapshot**: a snapshot whose source failed or timed out (kept to be seen; a replay
 //!   leaves it, as there is no publish to make again).
 //!
-//! The store is bounded in entries and bytes; past either, the oldest entries go, counted in
+//! The store is bounded in entries and bytes; past either, the oldest entries go (snapshot
+//! letters first; they hold at most a tenth of the entries), counted in
 //! `weft_dead_letters_dropped_total`. It lives in the node's memory: in cluster mode each node
 //! keeps the letters of the publishes it made.
 
@@ -185,10 +186,18 @@ impl DeadLetters {
             return None;
         }
         let mut st = self.lock();
-        while !st.letters.is_empty()
-            && (st.letters.len() >= self.max_entries || st.bytes + letter.size > self.max_bytes)
-        {
-            let old = st.letters.pop_front().expect("not empty");
+        // Snapshot letters are there to be seen, publish letters to be replayed: snapshots hold
+        // at most a tenth of the store, and go first when room is needed.
+        let snapshot_cap = (self.max_entries / 10).max(1);
+        loop {
+            let snapshots = st.letters.iter().filter(|l| l.kind == DeadKind::Snapshot).count();
+            let full = st.letters.len() >= self.max_entries || st.bytes + letter.size > self.max_bytes;
+            let too_many = letter.kind == DeadKind::Snapshot && snapshots >= snapshot_cap;
+            if st.letters.is_empty() || !(full || too_many) {
+                break;
+            }
+            let i = st.letters.iter().position(|l| l.kind == DeadKind::Snapshot).unwrap_or(0);
+            let old = st.letters.remove(i).expect("not empty");
             st.bytes -= old.size;
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -336,5 +345,25 @@ mod tests {
         assert_eq!(d.size().0, 1);
         assert_eq!(d.purge(None), 1);
         assert_eq!(d.size(), (0, 0));
+    }
+
+    #[test]
+    fn snapshot_letters_never_push_out_publish_letters() {
+        let d = DeadLetters::new(20, 1 << 20);
+        for _ in 0..10 {
+            d.push(letter(10));
+        }
+        let snap = || DeadLetter::snapshot("s", "u", ErrorBody::new(ErrorCode::SnapshotFailed, "down"));
+        for _ in 0..100 {
+            d.push(snap());
+        }
+        let kinds = |d: &DeadLetters, k: DeadKind| d.list(0, 100).items.iter().filter(|l| l.kind == k).count();
+        // At most a tenth are snapshots; every publish letter is still there.
+        assert_eq!((kinds(&d, DeadKind::Publish), kinds(&d, DeadKind::Snapshot)), (10, 2));
+        // A full store makes room from the snapshots first.
+        for _ in 0..10 {
+            d.push(letter(10));
+        }
+        assert_eq!((kinds(&d, DeadKind::Publish), kinds(&d, DeadKind::Snapshot)), (20, 0));
     }
 }

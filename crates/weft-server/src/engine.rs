@@ -200,7 +200,11 @@ impl Engine {
 
     /// An engine over another broker, which counts into `metrics`.
     pub fn with_broker(config: EngineConfig, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let dead = Arc::new(crate::dead::DeadLetters::new(config.dead_letter_max, config.dead_letter_bytes));
+        // The broker's own store when it keeps one (a cluster broker made by the host), so what
+        // it refuses is what the engine lists and replays.
+        let dead = broker.dead_letters().unwrap_or_else(|| {
+            Arc::new(crate::dead::DeadLetters::new(config.dead_letter_max, config.dead_letter_bytes))
+        });
         Self::with_parts(config, broker, metrics, dead)
     }
 
@@ -336,9 +340,10 @@ impl Engine {
     }
 
     /// Publish the dead-letter publishes again, oldest first (only those in `ids`, when
-    /// given), each with its event id and priority; one that works leaves the store. The first
-    /// that fails again stops the replay: it stays, as do the letters after it, in order.
-    /// Snapshot letters are left. One replay at a time.
+    /// given), each with its event id and priority; one that works leaves the store. One the
+    /// engine refuses for what it is (error 4xxx) stays with that error and is passed over; the
+    /// first that fails for the broker (5xxx) stops the replay: it stays, as do the letters
+    /// after it, in order. Snapshot letters are left. One replay at a time.
     ///
     /// ```no_run
     /// # async fn run(engine: weft_server::Engine) {
@@ -359,6 +364,10 @@ impl Engine {
                     dead.delivered(l.id);
                     replayed += 1;
                 }
+                // Refused for what it is (a 4xxx: a name, an id, a limit): it stays, marked,
+                // and the replay moves past it; the broker failing again stops the replay,
+                // keeping the order of what is left.
+                Err(e) if e.0.code < 5000 => dead.failed_again(l.id, e.0),
                 Err(e) => {
                     dead.failed_again(l.id, e.0.clone());
                     error = Some(e.0);

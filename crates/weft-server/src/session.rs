@@ -58,7 +58,13 @@ struct Session {
     /// Consecutive publishes in flight to a networked broker, in request order (in a mutex only
     /// to make the session `Sync`; reached through `get_mut`, never locked).
     publishes: std::sync::Mutex<FuturesOrdered<PendingPublish>>,
+    /// This connection's snapshots being taken (at most [`MAX_SNAPSHOTS_IN_FLIGHT`]).
+    snapshots_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Snapshots one connection may have being taken at once; more get error 4011 at once (a
+/// subscribe naming thousands of topics must not start thousands of provider calls).
+const MAX_SNAPSHOTS_IN_FLIGHT: usize = 16;
 
 enum Flow {
     Continue,
@@ -112,6 +118,7 @@ where
         subscriptions: HashMap::new(),
         rejected_in_a_row: 0,
         publishes: std::sync::Mutex::new(FuturesOrdered::new()),
+        snapshots_in_flight: Arc::default(),
     };
     s.reply(&Reply::Welcome {
         version: PROTOCOL_VERSION,
@@ -417,6 +424,9 @@ impl Session {
                         return Flow::Continue;
                     }
                 };
+                // A topic named twice in one request is subscribed (and snapshot) once.
+                let mut seen = HashSet::with_capacity(topics.len());
+                let topics: Vec<String> = topics.into_iter().filter(|t| seen.insert(t.clone())).collect();
                 let slot = self.sub.outbox.reserve();
                 let mut results = Vec::with_capacity(topics.len());
                 // Snapshots to take: topic, its place in the queue, where it started.
@@ -450,6 +460,20 @@ impl Session {
                 // Taken off this task, so the session keeps reading requests meanwhile; what
                 // is queued behind a snapshot waits for it (at most `snapshot_timeout`).
                 for (topic, place, position) in snapshots {
+                    let (epoch, at) = (position.epoch.clone(), position.offset);
+                    let in_flight = Arc::clone(&self.snapshots_in_flight);
+                    if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_SNAPSHOTS_IN_FLIGHT {
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                        self.shared.metrics.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                        let e = ErrorBody::new(
+                            ErrorCode::SnapshotFailed,
+                            format!("at most {MAX_SNAPSHOTS_IN_FLIGHT} snapshots in progress per connection"),
+                        );
+                        let reply =
+                            Reply::Snapshot { topic: &topic, offset: at, epoch: &epoch, data: None, error: Some(&e) };
+                        self.sub.outbox.fill(place, self.format.encode_shared(&reply));
+                        continue;
+                    }
                     let req = crate::snapshot::SnapshotRequest {
                         topic,
                         position,
@@ -458,8 +482,15 @@ impl Session {
                     };
                     let (shared, sub, format) = (Arc::clone(&self.shared), Arc::clone(&self.sub), self.format);
                     tokio::spawn(async move {
-                        let (topic, epoch) = (req.topic.clone(), req.position.epoch.clone());
-                        let taken = crate::snapshot::take(&shared, &sub, req).await;
+                        use futures_util::FutureExt;
+                        let topic = req.topic.clone();
+                        // A provider that panics still fills the place (else everything queued
+                        // behind it would wait forever).
+                        let taken = std::panic::AssertUnwindSafe(crate::snapshot::take(&shared, &sub, req))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| crate::snapshot::Taken::failed(at, "the snapshot provider panicked"));
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
                         let reply = Reply::Snapshot {
                             topic: &topic,
                             offset: taken.offset,

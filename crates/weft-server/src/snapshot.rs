@@ -12,7 +12,7 @@
 //! - [`Snapshots::LastEvent`]: the topic's last event, from history (built in, cheap);
 //! - [`Snapshots::Provider`]: the host application's [`SnapshotProvider`] (Rust), a Python
 //!   callback on `weft.Server`, or [`HttpSnapshots`] (an HTTP endpoint, `weft serve
-//!   --snapshot-url`).
+//!   --snapshots URL`).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -220,73 +220,96 @@ pub(crate) struct Taken {
     pub(crate) replay: Vec<Arc<crate::wire::Event>>,
 }
 
-/// Take `req`'s snapshot for subscriber `sub` within the engine's bounds.
+impl Taken {
+    /// A snapshot that failed with `message`, at `offset`.
+    pub(crate) fn failed(offset: u64, message: impl Into<String>) -> Self {
+        let error = crate::wire::ErrorBody::new(crate::wire::ErrorCode::SnapshotFailed, message);
+        Self { offset, data: None, error: Some(error), replay: Vec::new() }
+    }
+}
+
+/// Take `req`'s snapshot for subscriber `sub` within the engine's bounds: the source and the
+/// catch-up read together within `snapshot_timeout`; a state larger than `max_message_size`
+/// fails (the client could not take it).
 pub(crate) async fn take(
     shared: &crate::engine::Shared,
     sub: &crate::broker::Subscriber,
     req: SnapshotRequest,
 ) -> Taken {
-    use crate::wire::{ErrorBody, ErrorCode};
     use std::sync::atomic::Ordering;
     let at = req.position.offset;
     let (topic, epoch, user) = (req.topic.clone(), req.position.epoch.clone(), Arc::clone(&req.user));
-    let fail = |m: String| {
+    if sub.outbox.is_closing() {
+        // The connection is going: nobody to take it to.
+        return Taken::failed(at, "the connection is closing");
+    }
+    if matches!(shared.config.snapshots, Snapshots::Off) {
+        // Not a failure of a source: nothing to keep as a dead letter.
         shared.metrics.snapshot_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!("snapshot failed: {m}");
-        let error = ErrorBody::new(ErrorCode::SnapshotFailed, m);
-        shared.dead_letters.push(crate::dead::DeadLetter::snapshot(&topic, &user, error.clone()));
-        Taken { offset: at, data: None, error: Some(error), replay: Vec::new() }
-    };
-    let got = match &shared.config.snapshots {
-        Snapshots::Off => {
-            // Not a failure of a source: nothing to keep.
-            shared.metrics.snapshot_failures.fetch_add(1, Ordering::Relaxed);
-            let error = ErrorBody::new(ErrorCode::SnapshotFailed, "this server has no snapshots");
-            return Taken { offset: at, data: None, error: Some(error), replay: Vec::new() };
-        }
-        Snapshots::LastEvent => match shared.broker.last_event(&req.topic).await {
-            Ok(Some(e)) if *e.epoch == *epoch && sub.passes(&e) => {
-                Ok(Some(Snapshot { data: e.payload.clone(), offset: Some(e.offset) }))
-            }
-            Ok(_) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        },
-        Snapshots::Provider(p) => {
-            let limit = shared.config.snapshot_timeout;
-            let run = async {
+        return Taken::failed(at, "this server has no snapshots");
+    }
+    let limit = shared.config.snapshot_timeout;
+    let work = async {
+        let got = match &shared.config.snapshots {
+            Snapshots::Off => unreachable!("answered above"),
+            Snapshots::LastEvent => match shared.broker.last_event(&req.topic).await {
+                Ok(Some(e)) if *e.epoch == *epoch && sub.passes(&e) => {
+                    Some(Snapshot { data: e.payload.clone(), offset: Some(e.offset) })
+                }
+                Ok(_) => None,
+                Err(e) => return Err(e.to_string()),
+            },
+            Snapshots::Provider(p) => {
                 let _permit = shared.snapshot_permits.acquire().await.map_err(|_| "closed".to_owned())?;
-                p.snapshot(req).await
-            };
-            match tokio::time::timeout(limit, run).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("no snapshot within {}", fmt_duration(limit))),
+                p.snapshot(req).await?
+            }
+        };
+        let Some(s) = got else { return Ok(None) };
+        let size = serde_json::to_vec(&s.data).map_or(usize::MAX, |v| v.len());
+        if size > shared.config.max_message_size {
+            return Err(format!(
+                "the state is {size} bytes, more than max_message_size ({})",
+                shared.config.max_message_size
+            ));
+        }
+        let offset = s.offset.unwrap_or(at);
+        // A state older than the subscription: the events in between follow it, from history.
+        let mut replay = Vec::new();
+        if offset < at {
+            match shared.broker.between(&topic, &epoch, offset, at).await {
+                Ok(Some(events)) => replay = events.into_iter().filter(|e| sub.passes(e)).collect(),
+                Ok(None) => {
+                    return Err(format!(
+                        "the state (at offset {offset}) is older than the history kept (the subscription starts at {at})"
+                    ));
+                }
+                Err(e) => return Err(e.to_string()),
             }
         }
+        Ok(Some((s.data, offset, replay)))
     };
-    let s = match got {
-        Ok(s) => s,
-        Err(m) => return fail(m),
+    let outcome = match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no snapshot within {}", fmt_duration(limit))),
     };
-    let Some(s) = s else {
-        shared.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
-        return Taken { offset: at, data: None, error: None, replay: Vec::new() };
-    };
-    let offset = s.offset.unwrap_or(at);
-    // A state older than the subscription: the events in between follow it, from history.
-    let mut replay = Vec::new();
-    if offset < at {
-        match shared.broker.between(&topic, &epoch, offset, at).await {
-            Ok(Some(events)) => replay = events.into_iter().filter(|e| sub.passes(e)).collect(),
-            Ok(None) => {
-                return fail(format!(
-                    "the state (at offset {offset}) is older than the history kept (the subscription starts at {at})"
-                ));
-            }
-            Err(e) => return fail(e.to_string()),
+    match outcome {
+        Ok(Some((data, offset, replay))) => {
+            shared.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+            Taken { offset, data: Some(data), error: None, replay }
+        }
+        Ok(None) => {
+            shared.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
+            Taken { offset: at, data: None, error: None, replay: Vec::new() }
+        }
+        Err(m) => {
+            shared.metrics.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("snapshot failed: {m}");
+            let t = Taken::failed(at, m);
+            let error = t.error.clone().expect("failed");
+            shared.dead_letters.push(crate::dead::DeadLetter::snapshot(&topic, &user, error));
+            t
         }
     }
-    shared.metrics.snapshots.fetch_add(1, Ordering::Relaxed);
-    Taken { offset, data: Some(s.data), error: None, replay }
 }
 
 fn fmt_duration(d: Duration) -> String {

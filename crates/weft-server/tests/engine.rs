@@ -1714,7 +1714,8 @@ async fn a_provider_snapshot_is_ordered_before_live_events_and_failures_are_repo
 
     // With one call at a time, a second subscriber waits for the first's snapshot.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let provider = Slow { gate: Arc::clone(&gate), seen: Default::default() };
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let provider = Slow { gate: Arc::clone(&gate), seen: Arc::clone(&calls) };
     let cfg = EngineConfig {
         snapshots: Snapshots::Provider(Arc::new(provider)),
         snapshot_concurrency: 1,
@@ -1724,6 +1725,8 @@ async fn a_provider_snapshot_is_ordered_before_live_events_and_failures_are_repo
     let (mut a, mut b) = (Client::connect(addr, "").await, Client::connect(addr, "").await);
     a.request(json!({"type": "subscribe", "topics": ["x"], "snapshot": true})).await;
     b.request(json!({"type": "subscribe", "topics": ["y"], "snapshot": true})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(calls.lock().unwrap().len(), 1, "the second call waits for the first");
     gate.add_permits(1);
     // Exactly one of them got its snapshot with that one permit.
     let first = tokio::select! { s = a.recv() => s, s = b.recv() => s };
@@ -1907,4 +1910,61 @@ async fn dead_letters_are_listed_replayed_and_purged_through_the_http_api() {
     assert!(m.contains("weft_dead_letters 1\n") && m.contains("weft_dead_letters_total 2\n"), "{m}");
     assert_eq!(engine.dead_letters().purge(None), 1);
     assert_eq!(engine.dead_letters().size(), (0, 0));
+}
+
+/// One subscribe cannot start unbounded snapshot work: a topic named twice is taken once, at
+/// most 16 snapshots per connection are in progress (more: 4011 at once), a provider that
+/// panics fails its snapshot (4011) instead of stalling the connection, and a state larger
+/// than max_message_size fails.
+#[tokio::test]
+async fn snapshot_work_per_connection_is_bounded_and_a_panicking_provider_does_not_stall() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use weft_server::snapshot::{Snapshot, SnapshotFuture, SnapshotProvider, SnapshotRequest, Snapshots};
+    struct Odd(Arc<AtomicUsize>);
+    impl SnapshotProvider for Odd {
+        fn snapshot(&self, req: SnapshotRequest) -> SnapshotFuture {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                match req.topic.as_str() {
+                    "boom" => panic!("a provider bug"),
+                    "huge" => Ok(Some(Snapshot { data: json!("x".repeat(200_000)), offset: None })),
+                    t if t.starts_with("slow") => {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Ok(None)
+                    }
+                    _ => Ok(Some(Snapshot { data: json!(1), offset: None })),
+                }
+            })
+        }
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cfg = EngineConfig { snapshots: Snapshots::Provider(Arc::new(Odd(Arc::clone(&calls)))), ..Default::default() };
+    let (addr, engine, _h) = start(cfg).await;
+    let mut c = Client::connect(addr, "").await;
+    let r = c.request(json!({"type": "subscribe", "topics": ["a", "a", "a"], "snapshot": true})).await;
+    assert_eq!(r["results"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(c.recv().await["type"], "snapshot");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // 20 at once: 16 run, 4 are refused at once.
+    let topics: Vec<String> = (0..20).map(|i| format!("slow{i}")).collect();
+    c.request(json!({"type": "subscribe", "topics": topics, "snapshot": true})).await;
+    let mut refused = 0;
+    for _ in 0..20 {
+        let s = c.recv().await;
+        assert_eq!(s["type"], "snapshot", "{s}");
+        if s["error"]["message"].as_str().is_some_and(|m| m.contains("at most 16")) {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 4);
+    // A panicking provider: 4011, and what follows is delivered.
+    c.request(json!({"type": "subscribe", "topics": ["boom", "huge"], "snapshot": true})).await;
+    let s = c.recv().await;
+    assert_eq!((s["topic"].as_str(), s["error"]["code"].as_u64()), (Some("boom"), Some(4011)), "{s}");
+    let s = c.recv().await;
+    assert_eq!((s["topic"].as_str(), s["error"]["code"].as_u64()), (Some("huge"), Some(4011)), "{s}");
+    assert!(s["error"]["message"].as_str().unwrap().contains("max_message_size"), "{s}");
+    engine.publish("boom", json!("after")).await.unwrap();
+    assert_eq!(c.recv().await["payload"], "after");
 }

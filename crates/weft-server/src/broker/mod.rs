@@ -366,6 +366,13 @@ pub trait Broker: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// The store where this broker keeps the publishes it refused or lost (a cluster broker's
+    /// [`ClusterSettings::dead_letters`](crate::broker::ClusterSettings)); an engine over it
+    /// lists and replays that store. `None`: the broker keeps none.
+    fn dead_letters(&self) -> Option<Arc<crate::dead::DeadLetters>> {
+        None
+    }
+
     /// Whether the broker can serve requests now (`/healthz`).
     fn health(&self) -> BrokerHealth {
         BrokerHealth::Ok

@@ -783,6 +783,13 @@ impl<B: Backend> Core<B> {
     /// outcome.
     fn submit(&self, topic: &str, payload: &Value, meta: PublishMeta) -> BrokerFuture<'static, Position> {
         let metrics = Arc::clone(&self.metrics);
+        // What is refused for what it is is the publisher's error, never a dead letter.
+        if meta.id.as_deref().is_some_and(|i| i.contains(['\n', '\r'])) {
+            return Box::pin(std::future::ready(Err(BrokerError {
+                code: ErrorCode::BadRequest,
+                message: "an event id may not contain a line break".into(),
+            })));
+        }
         if !self.health.is_up() {
             metrics.publishes_refused.fetch_add(1, Ordering::Relaxed);
             let e = self.unavailable();
@@ -791,12 +798,6 @@ impl<B: Backend> Core<B> {
                 self.settings.dead_letters.push(letter);
             }
             return Box::pin(std::future::ready(Err(e)));
-        }
-        if meta.id.as_deref().is_some_and(|i| i.contains(['\n', '\r'])) {
-            return Box::pin(std::future::ready(Err(BrokerError {
-                code: ErrorCode::BadRequest,
-                message: "an event id may not contain a line break".into(),
-            })));
         }
         let payload = match serde_json::to_string(payload) {
             Ok(p) => p,
@@ -1719,6 +1720,10 @@ impl<B: Backend> Broker for Cluster<B> {
 
     fn topic_count(&self) -> usize {
         self.core.topics.load(Ordering::Relaxed)
+    }
+
+    fn dead_letters(&self) -> Option<Arc<crate::dead::DeadLetters>> {
+        Some(Arc::clone(&self.core.settings.dead_letters))
     }
 
     fn last_event<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, Option<Arc<crate::wire::Event>>> {

@@ -20,11 +20,12 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import time
+
+from serverproc import cpu_seconds, free_port, pinned, wait_listening
 
 SERVER = r"""
 import sys, weft, uvicorn, fastapi
@@ -37,18 +38,6 @@ port = int(sys.argv[1])
 print(server.port, flush=True)
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load(url: str, conns: int, in_flight: int, duration: float) -> int:
@@ -85,20 +74,11 @@ def main() -> None:
     a = ap.parse_args()
     web = free_port()
     cmd = [sys.executable, "-c", SERVER, str(web)]
-    if a.server_cpu is not None:
-        cmd = ["taskset", "-c", str(a.server_cpu), *cmd]
+    cmd = pinned(cmd, a.server_cpu)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         engine_port = int(proc.stdout.readline())
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", web), 0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_listening(web)
         pid = proc.pid  # taskset execs the server: same process
         urls = {"native": f"ws://127.0.0.1:{engine_port}/ws", "asgi": f"ws://127.0.0.1:{web}/realtime/ws"}
         results: dict[str, list[tuple[float, float]]] = {k: [] for k in urls}

@@ -26,20 +26,10 @@ import statistics
 import subprocess
 import time
 
+from serverproc import cpu_seconds, free_port, pinned, wait_listening
+
 LEVELS = ["background", "low", "normal", "high", "critical"]
 WEIGHTS = [3, 2, 3, 1, 1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run(port: int, pid: int, stalled: int, readers: int, in_flight: int, duration: float) -> dict:
@@ -133,19 +123,10 @@ def main() -> None:
             cmd = [weft, "serve", "--addr", f"127.0.0.1:{port}", "--slow-consumer", policy, "--queue-size",
                    str(a.queue_size), "--history-size", str(min(100, a.queue_size)), "--rate-limit", "1000000",
                    "--rate-burst", "1000000"]
-            if a.server_cpu is not None:
-                cmd = ["taskset", "-c", str(a.server_cpu), *cmd]
+            cmd = pinned(cmd, a.server_cpu)
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                deadline = time.monotonic() + 20
-                while True:
-                    try:
-                        socket.create_connection(("127.0.0.1", port), 0.5).close()
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.05)
+                wait_listening(port)
                 out = asyncio.run(run(port, proc.pid, a.stalled, a.readers, a.in_flight, a.duration))
             finally:
                 proc.terminate()

@@ -15,22 +15,11 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import time
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from serverproc import cpu_seconds, free_port, pinned, wait_listening
 
 
 async def churn(url: str, conns: int, topics: int, snapshot: bool, duration: float) -> int:
@@ -74,19 +63,10 @@ def main() -> None:
     port = free_port()
     cmd = [weft, "serve", "--addr", f"127.0.0.1:{port}", "--snapshots", "last", "--rate-limit", "1000000",
            "--rate-burst", "1000000", "--topic-churn-limit", "100000000"]
-    if a.server_cpu is not None:
-        cmd = ["taskset", "-c", str(a.server_cpu), *cmd]
+    cmd = pinned(cmd, a.server_cpu)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_listening(port)
         import urllib.request
 
         for t in range(a.topics):

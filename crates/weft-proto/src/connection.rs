@@ -1249,6 +1249,11 @@ impl EncodedMessage {
         })
     }
 
+    /// The message's payload, as given.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
     /// The uncompressed wire frame.
     pub fn plain_frame(&self) -> &Bytes {
         &self.plain

@@ -105,6 +105,11 @@ pub struct EngineConfig {
     pub dead_letter_max: usize,
     /// Bytes the dead letters may hold.
     pub dead_letter_bytes: usize,
+    /// The opt-in secure channel (payloads encrypted or signed between the engine and each
+    /// client that asks; see [`crate::secure`]): off, allowed (the default) or required.
+    pub secure: crate::secure::SecurePolicy,
+    /// The identity key that signs each secure handshake, for clients that pin its public key.
+    pub secure_identity: Option<std::sync::Arc<crate::secure::IdentityKey>>,
 }
 
 impl Default for EngineConfig {
@@ -146,6 +151,8 @@ impl Default for EngineConfig {
             snapshot_concurrency: 64,
             dead_letter_max: 10_000,
             dead_letter_bytes: 16 << 20,
+            secure: crate::secure::SecurePolicy::Allow,
+            secure_identity: None,
         }
     }
 }
@@ -202,6 +209,9 @@ impl EngineConfig {
         }
         if self.snapshot_concurrency == 0 || self.snapshot_timeout.is_zero() {
             return Err("snapshot_concurrency and snapshot_timeout must be positive".into());
+        }
+        if self.secure == crate::secure::SecurePolicy::Off && self.secure_identity.is_some() {
+            return Err("a secure identity key is given but the secure channel is off".into());
         }
         if self.idle_timeout <= self.heartbeat {
             return Err("idle_timeout must be longer than the heartbeat interval".into());

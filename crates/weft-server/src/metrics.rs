@@ -35,6 +35,10 @@ pub struct Metrics {
     pub snapshots: AtomicU64,
     /// Snapshots that failed (provider error, timeout, none configured).
     pub snapshot_failures: AtomicU64,
+    /// Secure channels established.
+    pub secure_channels: AtomicU64,
+    /// Secure handshakes refused and connections closed for a sealed frame that failed.
+    pub secure_failures: AtomicU64,
     /// Bytes of history held (gauge).
     pub history_bytes: AtomicU64,
     pub history_evicted: AtomicU64,
@@ -469,6 +473,13 @@ impl Metrics {
             "counter",
             "Snapshots that failed (provider error or timeout, or none configured).",
             Self::get(&self.snapshot_failures),
+        );
+        put("weft_secure_channels_total", "counter", "Secure channels established.", Self::get(&self.secure_channels));
+        put(
+            "weft_secure_failures_total",
+            "counter",
+            "Secure handshakes refused, and connections closed for a sealed frame that failed authentication or sequence.",
+            Self::get(&self.secure_failures),
         );
         put("weft_history_bytes", "gauge", "Bytes of history held for all topics.", Self::get(&self.history_bytes));
         put(

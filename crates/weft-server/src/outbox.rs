@@ -54,6 +54,8 @@ pub(crate) enum Out {
     Event(Arc<Event>, SlowConsumerPolicy, bool),
     Notice(Arc<Notice>),
     Reply(EncodedMessage),
+    /// The `secured` reply: written in clear, and everything after it sealed.
+    Secured(EncodedMessage),
     /// A reply whose content is not known yet; draining stops here until it is filled.
     Slot(u64),
 }
@@ -259,6 +261,16 @@ impl Outbox {
             self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
         } else {
             st.queue.push_back(Out::Reply(m));
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Queue the `secured` reply, the last message in clear (a reply: never dropped).
+    pub(crate) fn push_secured(&self, m: EncodedMessage) {
+        let mut st = self.lock();
+        if st.closing.is_none() {
+            st.queue.push_back(Out::Secured(m));
         }
         drop(st);
         self.notify.notify_one();

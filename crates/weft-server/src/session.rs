@@ -25,6 +25,9 @@ const PRESENCE_LIMIT: usize = 1000;
 
 /// Close code when a token expires without a `refresh` (docs/PROTOCOL.md).
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4401;
+/// Close code when a secured connection receives a frame that is not sealed, out of sequence
+/// or fails authentication (docs/PROTOCOL.md, "Secure channel").
+pub const CLOSE_SECURE_FAILED: u16 = 4412;
 
 /// How long a closing session waits for its close frame (and the replies before it) to leave
 /// and the peer to answer.
@@ -60,6 +63,11 @@ struct Session {
     publishes: std::sync::Mutex<FuturesOrdered<PendingPublish>>,
     /// This connection's snapshots being taken (at most [`MAX_SNAPSHOTS_IN_FLIGHT`]).
     snapshots_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// The secure channel, once a `secure` request was accepted: from then on every data
+    /// message received must be sealed.
+    secure: Option<crate::secure::Channel>,
+    /// Set when the `secured` reply has been written: every message written after it is sealed.
+    sealing: bool,
 }
 
 /// Snapshots one connection may have being taken at once; more get error 4011 at once (a
@@ -119,6 +127,8 @@ where
         rejected_in_a_row: 0,
         publishes: std::sync::Mutex::new(FuturesOrdered::new()),
         snapshots_in_flight: Arc::default(),
+        secure: None,
+        sealing: false,
     };
     s.reply(&Reply::Welcome {
         version: PROTOCOL_VERSION,
@@ -126,6 +136,7 @@ where
         user: &s.identity.user,
         time: now_ms(),
         heartbeat: s.shared.config.heartbeat.as_millis() as u64,
+        secure: s.shared.config.secure.offered(),
     });
     // The application hears of the end of a session only if it heard of its start.
     let announced = match s.shared.inbound.get() {
@@ -174,6 +185,14 @@ where
             Some(done) = s.pending().next(), if !s.pending().is_empty() => s.published(done),
             msg = ws.recv(), if s.pending().len() < PUBLISH_PIPELINE && settling.is_none() => match msg {
                 Some(Ok(msg)) if msg.is_data() => {
+                    let msg = match s.unseal(msg) {
+                        Ok(msg) => msg,
+                        Err(why) => {
+                            s.shared.metrics.secure_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(session = %session, user = %s.identity.user, reason = %why, "session closed: secure channel");
+                            break End::Close(CloseFrame::new(CloseCode(CLOSE_SECURE_FAILED), &why));
+                        }
+                    };
                     if let Flow::Close(f) = s.handle(msg).await {
                         break End::Close(f);
                     }
@@ -226,7 +245,82 @@ where
     }
 }
 
+/// Write one message, sealed when the channel is given; the bytes it takes on the wire.
+fn feed<S>(
+    ws: &mut WebSocket<S>,
+    secure: Option<&mut crate::secure::Channel>,
+    m: &weft::EncodedMessage,
+    deflate: bool,
+) -> Result<usize, ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match secure {
+        None => {
+            ws.feed_encoded(m).map_err(drop)?;
+            Ok(match m.deflated_frame() {
+                Some(z) if deflate => z.len(),
+                _ => m.plain_frame().len(),
+            })
+        }
+        Some(ch) => {
+            // Sealed frames go out uncompressed: ciphertext does not compress, and compressing
+            // before encrypting would let message lengths leak their content.
+            let sealed = Message::binary(ch.seal(m.payload()));
+            let sealed = weft::EncodedMessage::new(&sealed, None).expect("a data message");
+            ws.feed_encoded(&sealed).map_err(drop)?;
+            Ok(sealed.plain_frame().len())
+        }
+    }
+}
+
 impl Session {
+    /// A data message as the protocol reads it: as received, or, on a secured connection, the
+    /// message its sealed frame carries. `Err` is why the connection must close.
+    fn unseal(&mut self, msg: Message) -> Result<Message, String> {
+        let Some(ch) = self.secure.as_mut() else { return Ok(msg) };
+        let Message::Binary(frame) = msg else {
+            return Err("secure channel: a message that is not sealed".into());
+        };
+        let plain = ch.open(&frame).map_err(|e| format!("secure channel: {e}"))?;
+        Ok(match self.format {
+            Format::Json => match String::from_utf8(plain) {
+                Ok(t) => Message::text(t),
+                Err(_) => return Err("secure channel: the sealed message is not UTF-8".into()),
+            },
+            Format::Msgpack => Message::binary(plain),
+        })
+    }
+
+    /// Answer `secure`: agree on the channel's keys and queue `secured`, the last message in
+    /// clear.
+    fn secure(&mut self, id: Option<&serde_json::Value>, mode: crate::secure::Mode, key: &[u8]) {
+        use base64::Engine as _;
+        let refuse = |s: &Self, m: &str| {
+            s.shared.metrics.secure_failures.fetch_add(1, Ordering::Relaxed);
+            s.error(id, &ErrorBody::new(ErrorCode::SecureFailed, m));
+        };
+        if self.shared.config.secure == crate::secure::SecurePolicy::Off {
+            return refuse(self, "the secure channel is off on this server");
+        }
+        if self.secure.is_some() {
+            return refuse(self, "the connection is already secured");
+        }
+        let identity = self.shared.config.secure_identity.as_deref();
+        match crate::secure::accept(mode, key, &self.sub.member.session, identity) {
+            Ok(a) => {
+                let b64 = base64::engine::general_purpose::STANDARD;
+                let key = b64.encode(&a.public_key);
+                let signature = a.signature.as_ref().map(|s| b64.encode(s));
+                let reply = Reply::Secured { id, mode: mode.name(), key: &key, signature: signature.as_deref() };
+                self.sub.outbox.push_secured(self.format.encode_shared(&reply));
+                self.secure = Some(a.channel);
+                self.shared.metrics.secure_channels.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => refuse(self, &e.0),
+        }
+    }
+
     /// A pipelined publish finished: fill its reply slot.
     fn published(&mut self, (slot, id, topic, r): PublishDone) {
         let m = match r {
@@ -268,7 +362,7 @@ impl Session {
 
     /// Write everything queued, in one flush per batch, until the queue is empty. `Err` says
     /// how the session ends.
-    async fn write_batch<S>(&self, ws: &mut WebSocket<S>, batch: &mut Vec<Out>) -> Result<(), End>
+    async fn write_batch<S>(&mut self, ws: &mut WebSocket<S>, batch: &mut Vec<Out>) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -280,7 +374,8 @@ impl Session {
             }
             if dropped > 0 {
                 let m = self.format.encode_shared(&Reply::Lagged { dropped });
-                let _ = ws.feed_encoded(&m);
+                let secure = self.secure.as_mut().filter(|_| self.sealing);
+                let _ = feed(ws, secure, &m, false);
             }
             if batch.is_empty() {
                 return Ok(());
@@ -290,6 +385,15 @@ impl Session {
             let now = crate::wire::now_ms();
             let mut latency = crate::metrics::LatencyBatch::default();
             for o in batch.drain(..) {
+                if let Out::Secured(m) = &o {
+                    // The last message in clear; everything after it is sealed.
+                    bytes += m.plain_frame().len();
+                    if ws.feed_encoded(m).is_err() {
+                        return Err(End::Gone);
+                    }
+                    self.sealing = true;
+                    continue;
+                }
                 let m = match &o {
                     Out::Event(e, _, live) => {
                         if *live {
@@ -299,14 +403,13 @@ impl Session {
                     }
                     Out::Notice(n) => n.encoded(self.format),
                     Out::Reply(m) => m,
+                    Out::Secured(_) => unreachable!("written above"),
                     Out::Slot(_) => unreachable!("drain stops at slots"),
                 };
-                bytes += match m.deflated_frame() {
-                    Some(z) if self.deflate => z.len(),
-                    _ => m.plain_frame().len(),
-                };
-                if ws.feed_encoded(m).is_err() {
-                    return Err(End::Gone);
+                let secure = self.secure.as_mut().filter(|_| self.sealing);
+                match feed(ws, secure, m, self.deflate) {
+                    Ok(n) => bytes += n,
+                    Err(()) => return Err(End::Gone),
                 }
             }
             let m = &self.shared.metrics;
@@ -415,7 +518,17 @@ impl Session {
         if !matches!(req, Request::Publish { .. }) {
             self.finish_publishes().await;
         }
+        if self.secure.is_none()
+            && self.shared.config.secure == crate::secure::SecurePolicy::Require
+            && !matches!(req, Request::Secure { .. })
+        {
+            let e =
+                ErrorBody::new(ErrorCode::SecureFailed, "this server requires the secure channel: send `secure` first");
+            self.error(req.id(), &e);
+            return Flow::Continue;
+        }
         match req {
+            Request::Secure { id, mode, key } => self.secure(id.as_ref(), mode, &key),
             Request::Subscribe { id, topics, resume, presence, history, filter, snapshot } => {
                 let filter = match filter.as_ref().map(crate::filter::intern).transpose() {
                     Ok(f) => f,

@@ -106,6 +106,10 @@ pub enum ErrorCode {
     /// The topic's snapshot could not be had (the provider failed, timed out or is busy); the
     /// subscription itself stands (in a `snapshot` message's `error`).
     SnapshotFailed = 4011,
+    /// A `secure` request was refused (the server has the secure channel off, the key is not a
+    /// P-256 point, the connection is already secured), or the server requires the secure
+    /// channel and this request came before it.
+    SecureFailed = 4012,
     /// The server failed (for example the broker).
     Internal = 5000,
     /// The cluster broker cannot be reached: nothing was done; retry later (HTTP 503).
@@ -212,6 +216,9 @@ pub enum Reply<'a> {
         user: &'a str,
         time: u64,
         heartbeat: u64,
+        /// `allow` or `require` when the server offers the secure channel.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        secure: Option<&'static str>,
     },
     Subscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -265,6 +272,16 @@ pub enum Reply<'a> {
         data: Option<&'a Value>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<&'a ErrorBody>,
+    },
+    /// The answer to `secure`: the server's ephemeral key and, with an identity key, its
+    /// signature of the handshake (both standard base64). Every message after it is sealed.
+    Secured {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        mode: &'a str,
+        key: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signature: Option<&'a str>,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -664,6 +681,15 @@ pub enum Request {
         /// Any value.
         payload: Value,
     },
+    /// Start the secure channel (see [`crate::secure`]).
+    Secure {
+        /// Request id.
+        id: Option<Value>,
+        /// Encrypt or sign.
+        mode: crate::secure::Mode,
+        /// The client's ephemeral public key (decoded from base64).
+        key: Vec<u8>,
+    },
 }
 
 /// A request that could not be decoded: the error and the request id, if one was readable.
@@ -723,7 +749,8 @@ impl Request {
             | Request::Presence { id, .. }
             | Request::Refresh { id, .. }
             | Request::Ping { id }
-            | Request::Send { id, .. } => id.as_ref(),
+            | Request::Send { id, .. }
+            | Request::Secure { id, .. } => id.as_ref(),
         }
     }
 
@@ -805,10 +832,34 @@ impl Request {
                 let b: SendBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
                 Request::Send { id, payload: b.payload }
             }
+            "secure" => {
+                use base64::Engine as _;
+                let b: SecureBody = body(rest, &kind).map_err(|m| fail(ErrorCode::BadRequest, m, &id))?;
+                let mode = match b.mode.as_deref() {
+                    None => crate::secure::Mode::Encrypt,
+                    Some(m) => {
+                        m.parse().map_err(|e: crate::secure::SecureError| fail(ErrorCode::BadRequest, e.0, &id))?
+                    }
+                };
+                if b.key.len() > 256 {
+                    return Err(fail(ErrorCode::BadRequest, "secure key too long".into(), &id));
+                }
+                let key = base64::engine::general_purpose::STANDARD
+                    .decode(&b.key)
+                    .map_err(|e| fail(ErrorCode::BadRequest, format!("secure key is not base64: {e}"), &id))?;
+                Request::Secure { id, mode, key }
+            }
             other => return Err(fail(ErrorCode::UnknownType, format!("unknown request type {other:?}"), &id)),
         };
         Ok(req)
     }
+}
+
+#[derive(Deserialize)]
+struct SecureBody {
+    #[serde(default)]
+    mode: Option<String>,
+    key: String,
 }
 
 #[derive(Deserialize)]

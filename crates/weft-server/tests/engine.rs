@@ -43,6 +43,10 @@ async fn start(cfg: EngineConfig) -> (SocketAddr, Engine, tokio::task::JoinHandl
 struct Client {
     ws: ClientStream,
     msgpack: bool,
+    /// The `session` of the welcome.
+    session: String,
+    /// After [`Client::secure`]: every message is sealed.
+    secure: Option<weft_server::secure::Channel>,
 }
 
 impl Client {
@@ -68,19 +72,44 @@ impl Client {
             b = b.header("authorization", &format!("Bearer {t}"));
         }
         let ws = b.connect().await?;
-        let mut c = Client { ws, msgpack: proto == "weft.v1.msgpack" };
+        let mut c = Client { ws, msgpack: proto == "weft.v1.msgpack", session: String::new(), secure: None };
         let w = c.recv().await;
         assert_eq!(w["type"], "welcome", "{w}");
         assert_eq!(w["version"], 1);
+        c.session = w["session"].as_str().unwrap().to_owned();
         Ok(c)
     }
 
+    /// Start the secure channel; with `pinned`, the server's signature must verify.
+    async fn secure(&mut self, mode: weft_server::secure::Mode, pinned: Option<&[u8]>) -> Result<Value, String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let hs = weft_server::secure::ClientHandshake::new(mode).unwrap();
+        let r = self
+            .request(json!({"type": "secure", "id": "s", "mode": mode.name(), "key": b64.encode(hs.public_key())}))
+            .await;
+        if r["type"] != "secured" {
+            return Err(r.to_string());
+        }
+        assert_eq!(r["id"], "s");
+        let key = b64.decode(r["key"].as_str().unwrap()).unwrap();
+        let sig = r["signature"].as_str().map(|s| b64.decode(s).unwrap());
+        self.secure = Some(hs.finish(&key, &self.session, sig.as_deref(), pinned).map_err(|e| e.0)?);
+        Ok(r)
+    }
+
+    /// The frame `v` goes out as (sealed on a secured connection).
+    fn frame(&mut self, v: &Value) -> Message {
+        let m = if self.msgpack { rmp_serde::to_vec_named(v).unwrap() } else { v.to_string().into_bytes() };
+        match &mut self.secure {
+            Some(ch) => Message::binary(ch.seal(&m)),
+            None if self.msgpack => Message::binary(m),
+            None => Message::text(String::from_utf8(m).unwrap()),
+        }
+    }
+
     async fn send(&mut self, v: Value) {
-        let m = if self.msgpack {
-            Message::binary(rmp_serde::to_vec_named(&v).unwrap())
-        } else {
-            Message::text(v.to_string())
-        };
+        let m = self.frame(&v);
         self.ws.send(m).await.unwrap();
     }
 
@@ -91,6 +120,15 @@ impl Client {
     async fn recv(&mut self) -> Value {
         loop {
             let m = tokio::time::timeout(T, self.ws.recv()).await.expect("timed out").expect("closed").expect("error");
+            if let Some(ch) = &mut self.secure {
+                let Message::Binary(b) = m else { panic!("a frame in clear on a secured connection: {m:?}") };
+                let plain = ch.open(&b).expect("a sealed frame that opens");
+                return if self.msgpack {
+                    rmp_serde::from_slice(&plain).unwrap()
+                } else {
+                    serde_json::from_slice(&plain).unwrap()
+                };
+            }
             match m {
                 Message::Text(t) => {
                     assert!(!self.msgpack, "text frame on a msgpack connection");
@@ -1321,7 +1359,7 @@ async fn permessage_deflate_compresses_each_event_once_for_every_subscriber() {
             b = b.deflate(weft::DeflateConfig::default());
         }
         let ws = b.connect().await.unwrap();
-        let mut c = Client { ws, msgpack: false };
+        let mut c = Client { ws, msgpack: false, session: String::new(), secure: None };
         assert_eq!(c.recv().await["type"], "welcome");
         c
     };
@@ -1967,4 +2005,166 @@ async fn snapshot_work_per_connection_is_bounded_and_a_panicking_provider_does_n
     assert!(s["error"]["message"].as_str().unwrap().contains("max_message_size"), "{s}");
     engine.publish("boom", json!("after")).await.unwrap();
     assert_eq!(c.recv().await["payload"], "after");
+}
+
+/// Reads the next data frame as it is on the wire (no opening).
+async fn raw_frame(c: &mut Client) -> Message {
+    loop {
+        let m = tokio::time::timeout(T, c.ws.recv()).await.expect("timed out").expect("closed").expect("error");
+        if m.is_data() {
+            return m;
+        }
+    }
+}
+
+/// The secure channel in both modes and both wire formats: after `secured`, every message in
+/// both directions is a sealed binary frame (encrypted: the payload is nowhere in it; signed:
+/// readable); events, replies, history replays and snapshots all go sealed; publishes made on
+/// a secured connection reach plain subscribers, and plain publishes reach secured ones.
+#[tokio::test]
+async fn secure_channel_seals_every_message_after_the_handshake() {
+    use weft_server::secure::Mode;
+    use weft_server::snapshot::Snapshots;
+    let (addr, engine, _h) = start(EngineConfig { snapshots: Snapshots::LastEvent, ..Default::default() }).await;
+    let mut plain = Client::connect(addr, "").await;
+    subscribe(&mut plain, &["room"]).await;
+    for (mode, proto) in
+        [(Mode::Encrypt, "weft.v1.json"), (Mode::Encrypt, "weft.v1.msgpack"), (Mode::Sign, "weft.v1.json")]
+    {
+        let mut c = Client::try_connect(addr, "", None, proto).await.unwrap();
+        let r = c.secure(mode, None).await.unwrap();
+        assert_eq!(r["mode"], mode.name());
+        assert!(r.get("signature").is_none(), "no identity key: {r}");
+        let r =
+            c.request(json!({"type": "subscribe", "id": 1, "topics": ["room"], "history": 5, "snapshot": true})).await;
+        assert_eq!(r["type"], "subscribed", "{r}");
+        assert_eq!(c.recv().await["type"], "snapshot");
+        c.send(json!({"type": "publish", "id": 2, "topic": "room", "payload": {"text": "sealed words"}})).await;
+        let seen = plain.recv().await;
+        assert_eq!(seen["payload"]["text"], "sealed words", "a plain subscriber reads it: {seen}");
+        // The reply and the event, in either order.
+        let mut got = [c.recv().await, c.recv().await];
+        got.sort_by_key(|m| m["type"].as_str().unwrap().to_owned());
+        assert_eq!((got[0]["type"].as_str(), got[1]["type"].as_str()), (Some("event"), Some("published")), "{got:?}");
+        assert_eq!(got[0]["payload"]["text"], "sealed words");
+        engine.publish("room", json!({"text": "from the host"})).await.unwrap();
+        assert_eq!(plain.recv().await["payload"]["text"], "from the host");
+        // On the wire: one binary frame, the text in it only when signed.
+        let f = raw_frame(&mut c).await;
+        let Message::Binary(b) = &f else { panic!("not sealed: {f:?}") };
+        let visible = b.windows(13).any(|w| w == b"from the host");
+        assert_eq!(visible, mode == Mode::Sign, "{mode:?}");
+        let m = c.secure.as_mut().unwrap().open(b).unwrap();
+        let v: Value = if c.msgpack { rmp_serde::from_slice(&m).unwrap() } else { serde_json::from_slice(&m).unwrap() };
+        assert_eq!(v["payload"]["text"], "from the host");
+        // A second `secure` is refused, sealed.
+        let r = c.request(json!({"type": "secure", "id": 3, "key": "AAAA"})).await;
+        assert_eq!((r["type"].as_str(), r["code"].as_u64()), (Some("error"), Some(4012)), "{r}");
+        assert_eq!(c.request(json!({"type": "ping", "id": 4})).await["type"], "pong");
+    }
+    assert_eq!(engine.metrics().secure_channels.load(std::sync::atomic::Ordering::Relaxed), 3);
+}
+
+/// Frames that are altered, replayed, reordered, sealed under another connection's keys or
+/// not sealed at all close the connection with 4412; other connections go on.
+#[tokio::test]
+async fn tampered_replayed_or_unsealed_frames_close_4412() {
+    use weft_server::secure::Mode;
+    let (addr, engine, _h) = start(EngineConfig::default()).await;
+    let mut bystander = Client::connect(addr, "").await;
+    subscribe(&mut bystander, &["t"]).await;
+    let ping = json!({"type": "ping", "id": 1});
+    for (case, mode) in [
+        ("flip", Mode::Encrypt),
+        ("flip", Mode::Sign),
+        ("replay", Mode::Encrypt),
+        ("skip", Mode::Encrypt),
+        ("other keys", Mode::Encrypt),
+        ("clear", Mode::Encrypt),
+        ("short", Mode::Sign),
+    ] {
+        let mut c = Client::connect(addr, "").await;
+        c.secure(mode, None).await.unwrap();
+        let bad = match case {
+            "flip" => {
+                let Message::Binary(b) = c.frame(&ping) else { unreachable!() };
+                let mut b = b.to_vec();
+                let n = b.len();
+                b[n - 20] ^= 0x01;
+                Message::binary(b)
+            }
+            "replay" => {
+                let f = c.frame(&ping);
+                c.send_raw(f.clone()).await;
+                assert_eq!(c.recv().await["type"], "pong");
+                f
+            }
+            "skip" => {
+                let _lost = c.frame(&ping);
+                c.frame(&ping)
+            }
+            "other keys" => {
+                let mut other = Client::connect(addr, "").await;
+                other.secure(mode, None).await.unwrap();
+                other.frame(&ping)
+            }
+            "clear" => Message::text(ping.to_string()),
+            _ => Message::binary(vec![0u8; 10]),
+        };
+        c.send_raw(bad).await;
+        assert_eq!(c.closed().await, weft_server::CLOSE_SECURE_FAILED, "{case} {mode:?}");
+    }
+    engine.publish("t", json!({"still": "served"})).await.unwrap();
+    assert_eq!(bystander.recv().await["payload"]["still"], "served");
+    assert_eq!(engine.metrics().secure_failures.load(std::sync::atomic::Ordering::Relaxed), 7);
+}
+
+/// The handshake's refusals (error 4012, the connection stays in clear), the server's
+/// policies (`off`, `require`, announced in `welcome`) and the identity key: its signature
+/// verifies against the pinned key, and a client pinning another key refuses the handshake.
+#[tokio::test]
+async fn secure_handshake_refusals_policies_and_the_pinned_identity() {
+    use weft_server::secure::{IdentityKey, Mode, SecurePolicy};
+    let (addr, _engine, _h) = start(EngineConfig::default()).await;
+    let mut c = Client::connect(addr, "").await;
+    for bad in [
+        json!({"type": "secure", "id": 1, "key": "not base64!"}),
+        json!({"type": "secure", "id": 1, "key": "AAAA", "mode": "rot13"}),
+    ] {
+        let r = c.request(bad).await;
+        assert_eq!((r["type"].as_str(), r["code"].as_u64()), (Some("error"), Some(4000)), "{r}");
+    }
+    let r = c.request(json!({"type": "secure", "id": 1, "key": "BAAA"})).await;
+    assert_eq!((r["code"].as_u64(), r["id"].as_u64()), (Some(4012), Some(1)), "not a point: {r}");
+    assert_eq!(c.request(json!({"type": "ping", "id": 2})).await["type"], "pong", "still in clear");
+    c.secure(Mode::Encrypt, None).await.unwrap();
+    assert_eq!(c.request(json!({"type": "ping", "id": 3})).await["type"], "pong");
+
+    let (addr, _off, _h) = start(EngineConfig { secure: SecurePolicy::Off, ..Default::default() }).await;
+    let mut c = Client::connect(addr, "").await;
+    let e = c.secure(Mode::Encrypt, None).await.unwrap_err();
+    assert!(e.contains("4012") && e.contains("off"), "{e}");
+
+    let (id, _) = IdentityKey::generate().unwrap();
+    let pinned = id.public_key().to_vec();
+    let cfg = EngineConfig {
+        secure: SecurePolicy::Require,
+        secure_identity: Some(std::sync::Arc::new(id)),
+        ..Default::default()
+    };
+    let (addr, _req, _h) = start(cfg).await;
+    let ws = ClientBuilder::new(format!("ws://{addr}/ws")).subprotocol("weft.v1.json").connect().await.unwrap();
+    let mut c = Client { ws, msgpack: false, session: String::new(), secure: None };
+    let w = c.recv().await;
+    assert_eq!(w["secure"], "require", "{w}");
+    c.session = w["session"].as_str().unwrap().to_owned();
+    let r = c.request(json!({"type": "subscribe", "id": 1, "topics": ["x"]})).await;
+    assert_eq!((r["code"].as_u64(), r["id"].as_u64()), (Some(4012), Some(1)), "required first: {r}");
+    let r = c.secure(Mode::Sign, Some(&pinned)).await.unwrap();
+    assert!(r["signature"].is_string(), "{r}");
+    assert_eq!(subscribe(&mut c, &["x"]).await["results"][0]["ok"], true);
+    let (other, _) = IdentityKey::generate().unwrap();
+    let mut c = Client::connect(addr, "").await;
+    let e = c.secure(Mode::Encrypt, Some(other.public_key())).await.unwrap_err();
+    assert!(e.contains("pinned"), "{e}");
 }

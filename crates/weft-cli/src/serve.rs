@@ -169,6 +169,16 @@ pub(crate) struct ServeArgs {
     /// Bytes the dead letters may hold (e.g. 16M) [default: 16M].
     #[arg(long, env = "WEFT_DEAD_LETTER_BYTES", value_parser = parse_size)]
     dead_letter_bytes: Option<usize>,
+    /// The opt-in secure channel, payloads encrypted or signed between the server and each
+    /// client that asks (docs/PROTOCOL.md, "Secure channel"): `off`, `allow` or `require`
+    /// (every request before the handshake refused) [default: allow].
+    #[arg(long, env = "WEFT_SECURE", value_name = "off|allow|require")]
+    secure: Option<String>,
+    /// PEM (or DER) PKCS#8 P-256 private key that signs each secure handshake, for clients
+    /// that pin its public key (logged at start); e.g. from
+    /// `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out secure.pem`.
+    #[arg(long, env = "WEFT_SECURE_KEY", value_name = "FILE")]
+    secure_key: Option<PathBuf>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -277,6 +287,8 @@ struct FileConfig {
     dead_letter_max: Option<usize>,
     #[serde(default, deserialize_with = "size_opt")]
     dead_letter_bytes: Option<usize>,
+    secure: Option<String>,
+    secure_key: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
 }
@@ -433,6 +445,15 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     }
     c.dead_letter_max = pick!(dead_letter_max).unwrap_or(d.dead_letter_max);
     c.dead_letter_bytes = pick!(dead_letter_bytes).unwrap_or(d.dead_letter_bytes);
+    if let Some(p) = pick!(secure) {
+        c.secure = p.parse().map_err(|e| anyhow::anyhow!("--secure: {e}"))?;
+    }
+    if let Some(path) = pick!(secure_key) {
+        let bytes = std::fs::read(&path).with_context(|| format!("--secure-key: reading {}", path.display()))?;
+        let key = weft_server::secure::IdentityKey::from_pkcs8(&bytes)
+            .map_err(|e| anyhow::anyhow!("--secure-key {}: {e}", path.display()))?;
+        c.secure_identity = Some(std::sync::Arc::new(key));
+    }
     let tls = TlsArgs::load(
         args.tls.tls_cert.clone().or(file.tls_cert.clone()),
         args.tls.tls_key.clone().or(file.tls_key.clone()),
@@ -510,6 +531,9 @@ async fn serve(
     crate::procfs::raise_nofile_limit();
     let anonymous = config.anonymous();
     let open_api = config.api_key.is_none();
+    if let Some(k) = &config.secure_identity {
+        tracing::info!(key = %k.public_key_base64(), "secure channel identity (clients pin this public key)");
+    }
     let engine = Engine::connect(config).await.map_err(anyhow::Error::msg)?;
     if let Some(c) = engine.stats().cluster {
         tracing::info!(node = %c.node, nodes = c.nodes, "joined the cluster over {}", c.broker);
@@ -669,5 +693,29 @@ mod tests {
         assert_eq!(c.snapshot_timeout, Duration::from_millis(500));
         let e = format!("{:#}", settings(T::parse_from(["x", "--snapshots", "ftp://x/?key=s3cret"]).a).unwrap_err());
         assert!(e.contains("http:// or https://") && !e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn secure_channel_flags() {
+        use weft_server::secure::{IdentityKey, SecurePolicy};
+        let (_, _, c, _) = settings(T::parse_from(["x"]).a).unwrap();
+        assert_eq!((c.secure, c.secure_identity.is_none()), (SecurePolicy::Allow, true));
+        let (_, _, c, _) = settings(T::parse_from(["x", "--secure", "require"]).a).unwrap();
+        assert_eq!(c.secure, SecurePolicy::Require);
+        assert!(settings(T::parse_from(["x", "--secure", "maybe"]).a).is_err());
+        let dir = std::env::temp_dir().join(format!("weft-secure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (key, der) = IdentityKey::generate().unwrap();
+        let path = dir.join("id.der");
+        std::fs::write(&path, der).unwrap();
+        let (_, _, c, _) = settings(T::parse_from(["x", "--secure-key", path.to_str().unwrap()]).a).unwrap();
+        assert_eq!(c.secure_identity.unwrap().public_key(), key.public_key());
+        // A key with the channel off, and a file that is no key, stop the start.
+        let e = settings(T::parse_from(["x", "--secure", "off", "--secure-key", path.to_str().unwrap()]).a);
+        assert!(format!("{:#}", e.unwrap_err()).contains("off"));
+        std::fs::write(&path, "not a key").unwrap();
+        let e = format!("{:#}", settings(T::parse_from(["x", "--secure-key", path.to_str().unwrap()]).a).unwrap_err());
+        assert!(e.contains("--secure-key"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -155,16 +155,17 @@ fn derive(shared: &[u8], transcript: &[u8], mode: Mode) -> ([u8; 32], [u8; 32]) 
 }
 
 enum Key {
-    Aead(aead::LessSafeKey),
+    /// Boxed: the AES key schedule is 544 bytes, the HMAC key much less.
+    Aead(Box<aead::LessSafeKey>),
     Hmac(hmac::Key),
 }
 
 impl Key {
     fn new(mode: Mode, bytes: &[u8; 32]) -> Self {
         match mode {
-            Mode::Encrypt => Key::Aead(aead::LessSafeKey::new(
+            Mode::Encrypt => Key::Aead(Box::new(aead::LessSafeKey::new(
                 aead::UnboundKey::new(&aead::AES_256_GCM, bytes).expect("32 bytes is an AES-256 key"),
-            )),
+            ))),
             Mode::Sign => Key::Hmac(hmac::Key::new(hmac::HMAC_SHA256, bytes)),
         }
     }
@@ -478,6 +479,12 @@ mod tests {
     fn pinned_identity_detects_a_swapped_handshake() {
         let (id, der) = IdentityKey::generate().unwrap();
         assert_eq!(IdentityKey::from_pkcs8(&der).unwrap().public_key(), id.public_key());
+        // PEM, wrapped at 64 columns as openssl writes it.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
+        assert_eq!(IdentityKey::from_pkcs8(pem.as_bytes()).unwrap().public_key(), id.public_key());
         let _ = pair(Mode::Encrypt, Some(&id));
         // A middlebox answers with its own key: unsigned, or signed by another identity.
         let c = ClientHandshake::new(Mode::Encrypt).unwrap();

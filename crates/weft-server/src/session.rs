@@ -65,7 +65,7 @@ struct Session {
     snapshots_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// The secure channel, once a `secure` request was accepted: from then on every data
     /// message received must be sealed.
-    secure: Option<crate::secure::Channel>,
+    secure: Option<Box<crate::secure::Channel>>,
     /// Set when the `secured` reply has been written: every message written after it is sealed.
     sealing: bool,
 }
@@ -314,7 +314,7 @@ impl Session {
                 let signature = a.signature.as_ref().map(|s| b64.encode(s));
                 let reply = Reply::Secured { id, mode: mode.name(), key: &key, signature: signature.as_deref() };
                 self.sub.outbox.push_secured(self.format.encode_shared(&reply));
-                self.secure = Some(a.channel);
+                self.secure = Some(Box::new(a.channel));
                 self.shared.metrics.secure_channels.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => refuse(self, &e.0),
@@ -374,7 +374,7 @@ impl Session {
             }
             if dropped > 0 {
                 let m = self.format.encode_shared(&Reply::Lagged { dropped });
-                let secure = self.secure.as_mut().filter(|_| self.sealing);
+                let secure = self.secure.as_deref_mut().filter(|_| self.sealing);
                 let _ = feed(ws, secure, &m, false);
             }
             if batch.is_empty() {
@@ -406,7 +406,7 @@ impl Session {
                     Out::Secured(_) => unreachable!("written above"),
                     Out::Slot(_) => unreachable!("drain stops at slots"),
                 };
-                let secure = self.secure.as_mut().filter(|_| self.sealing);
+                let secure = self.secure.as_deref_mut().filter(|_| self.sealing);
                 match feed(ws, secure, m, self.deflate) {
                     Ok(n) => bytes += n,
                     Err(()) => return Err(End::Gone),

@@ -10,6 +10,7 @@
 
 mod aio;
 mod common;
+mod secure;
 mod server;
 mod sync_ws;
 mod tls;
@@ -21,6 +22,8 @@ fn _weft(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sync_ws::WebSocket>()?;
     m.add_class::<aio::AsyncProtocol>()?;
     m.add_class::<server::Server>()?;
+    m.add_class::<secure::SecureHandshake>()?;
+    m.add_class::<secure::SecureChannel>()?;
     m.add_function(wrap_pyfunction!(sync_ws::connect, m)?)?;
     m.add_function(wrap_pyfunction!(common::parse_url, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

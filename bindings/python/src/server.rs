@@ -105,6 +105,21 @@ fn config_from(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, us
                 "snapshot_concurrency" => cfg.snapshot_concurrency = v.extract()?,
                 "dead_letter_max" => cfg.dead_letter_max = v.extract()?,
                 "dead_letter_bytes" => cfg.dead_letter_bytes = v.extract()?,
+                "secure" => {
+                    let s: String = v.extract()?;
+                    cfg.secure = s.parse().map_err(|e| PyValueError::new_err(format!("secure: {e}")))?;
+                }
+                "secure_key" => {
+                    // A path to a PEM/DER PKCS#8 P-256 key, or the key's bytes.
+                    let bytes: Vec<u8> = match v.extract::<std::path::PathBuf>() {
+                        Ok(path) if v.cast::<pyo3::types::PyBytes>().is_err() => std::fs::read(&path)
+                            .map_err(|e| PyValueError::new_err(format!("secure_key: {}: {e}", path.display())))?,
+                        _ => v.extract()?,
+                    };
+                    let key = weft_server::secure::IdentityKey::from_pkcs8(&bytes)
+                        .map_err(|e| PyValueError::new_err(format!("secure_key: {e}")))?;
+                    cfg.secure_identity = Some(std::sync::Arc::new(key));
+                }
                 "threads" => threads = v.extract::<usize>()?.max(1),
                 "inbound_capacity" => inbound_capacity = v.extract::<usize>()?.max(1),
                 "publish_capacity" => publish_capacity = v.extract::<usize>()?.max(1),

@@ -493,3 +493,73 @@ def test_snapshots_from_a_python_callback_and_the_last_event():
             server.publish("room", {"n": 3})
             e = c.recv(timeout=5)
             assert (e.type, e.offset, e.payload) == ("event", 3, {"n": 3})
+
+
+KEYS = __import__("pathlib").Path(__file__).parent / "keys"
+SECURE_KEY = KEYS / "secure-p256.pem"
+SECURE_PUB = (KEYS / "secure-p256.pub.b64").read_text().strip()
+
+
+def test_secure_channel_from_the_python_clients():
+    """Both modes through the asyncio and the threaded client, the pinned identity key (a
+    wrong one is refused), a server that requires the channel (the client secures without
+    being asked), one that has it off, and a reconnect that agrees new keys."""
+    with weft.Server("127.0.0.1", 0, secure_key=str(SECURE_KEY)) as server:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+
+        async def main() -> None:
+            async with engine_client.connect(url) as plain, engine_client.connect(
+                url, secure="encrypt", server_key=SECURE_PUB
+            ) as c:
+                assert plain.welcome["secure"] == "allow" and plain.secured is None
+                assert c.secured == "encrypt"
+                await plain.subscribe(["room"])
+                await c.subscribe(["room"])
+                await c.publish("room", {"text": "sealed"})
+                assert (await next_event(plain)).payload == {"text": "sealed"}
+                assert (await next_event(c)).payload == {"text": "sealed"}
+                # A lost connection: the client reconnects, agrees new keys and resumes.
+                c._ws._p.abort()
+                await asyncio.sleep(0.3)
+                server.publish("room", {"text": "after"})
+                assert (await next_event(c)).payload == {"text": "after"}
+                assert c.reconnects == 1 and c.secured == "encrypt"
+                assert await c.ping() >= 0
+            wrong = base64.b64encode(b"\x04" + bytes(64)).decode()
+            with pytest.raises(engine_client.EngineError) as e:
+                await engine_client.connect(url, server_key=wrong, reconnect=False)
+            assert e.value.code == 4012
+            with pytest.raises(ValueError):
+                engine_client.connect(url, secure="rot13")
+
+        asyncio.run(main())
+        with engine_client.connect_sync(url, secure="sign", server_key=SECURE_PUB) as s:
+            assert s.secured == "sign"
+            s.subscribe(["t"])
+            s.publish("t", [1, 2, 3])
+            assert s.recv(timeout=5).payload == [1, 2, 3]
+
+    with weft.Server("127.0.0.1", 0, secure="require") as server:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+
+        async def required() -> None:
+            async with engine_client.connect(url) as c:
+                assert c.welcome["secure"] == "require" and c.secured == "encrypt"
+                await c.subscribe(["x"])
+                server.publish("x", "y")
+                assert (await next_event(c)).payload == "y"
+
+        asyncio.run(required())
+
+    with pytest.raises(ValueError):
+        weft.Server("127.0.0.1", 0, secure="off", secure_key=str(SECURE_KEY))
+    with pytest.raises(ValueError):
+        weft.Server("127.0.0.1", 0, secure_key=b"not a key")
+    with weft.Server("127.0.0.1", 0, secure="off") as server:
+
+        async def off() -> None:
+            with pytest.raises(engine_client.EngineError) as e:
+                await engine_client.connect(f"ws://127.0.0.1:{server.port}/ws", secure="sign", reconnect=False)
+            assert e.value.code == 4012 and "off" in str(e.value)
+
+        asyncio.run(off())

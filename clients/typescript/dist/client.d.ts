@@ -1,3 +1,4 @@
+import type { SecureMode, SecureOption } from "./secure.js";
 import { WeftError } from "./errors.js";
 /** Where a topic's stream stands: the offset of an event and the epoch its offsets belong to. */
 export interface Position {
@@ -135,6 +136,15 @@ export interface ClientOptions {
         rate: number;
         burst?: number;
     };
+    /**
+     * The secure channel (docs/PROTOCOL.md, "Secure channel"): `secure("encrypt" | "sign", {
+     * serverKey })` from `weft-client/secure`, started on every connection right after the
+     * `welcome`. Every message after it, both ways, is encrypted with AES-256-GCM (or signed with
+     * HMAC-SHA256) under keys agreed by ephemeral ECDH P-256, on WebCrypto (browsers: secure
+     * contexts only). Without it, a server that requires the channel is refused with a `secure`
+     * error.
+     */
+    secure?: SecureOption;
 }
 /** One of the client's endpoints and how it has fared. */
 export interface Endpoint {
@@ -317,6 +327,15 @@ export declare class WeftClient extends Emitter<ClientEvents> {
     private tokens;
     private tokensAt;
     private paced;
+    /** The current connection's secure channel, once its handshake finished. */
+    private channel?;
+    /** The channel being made: set when `secured` arrives, as every frame after it is sealed. */
+    private channelReady?;
+    /** The `secured` answer awaited by the handshake. */
+    private securing?;
+    /** Sealed frames are opened, and sealed messages sent, one after the other. */
+    private inChain;
+    private outChain;
     constructor(url: string | string[], options?: ClientOptions);
     /** The URL of the current (or last) connection. */
     get url(): string;
@@ -368,6 +387,12 @@ export declare class WeftClient extends Emitter<ClientEvents> {
     ping(): Promise<number>;
     private setState;
     private open;
+    /** The secure channel's mode on the current connection, or `undefined` in clear. */
+    get secured(): SecureMode | undefined;
+    /** A frame as received: opened first on a secured connection (in order), then read. */
+    private onFrame;
+    /** Agree on the secure channel, then go on as after any welcome. */
+    private secure;
     /** `getToken()`, given at most `requestTimeout` to answer. */
     private fetchToken;
     private needsToken;

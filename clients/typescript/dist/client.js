@@ -160,6 +160,15 @@ export class WeftClient extends Emitter {
     tokens = 0;
     tokensAt = 0;
     paced = Promise.resolve();
+    /** The current connection's secure channel, once its handshake finished. */
+    channel;
+    /** The channel being made: set when `secured` arrives, as every frame after it is sealed. */
+    channelReady;
+    /** The `secured` answer awaited by the handshake. */
+    securing;
+    /** Sealed frames are opened, and sealed messages sent, one after the other. */
+    inChain = Promise.resolve();
+    outChain = Promise.resolve();
     constructor(url, options = {}) {
         super();
         this.options = options;
@@ -433,13 +442,81 @@ export class WeftClient extends Emitter {
         }
         this.ws = ws;
         this.opened = false;
+        this.channel = this.channelReady = undefined;
+        this.securing = undefined;
+        this.inChain = this.outChain = Promise.resolve();
         ws.binaryType = "arraybuffer";
         ws.onopen = () => {
             this.opened = true;
         };
         ws.onerror = () => { };
         ws.onclose = (ev) => this.onClose(ws, ev.code, ev.reason);
-        ws.onmessage = (ev) => this.onData(ev.data);
+        ws.onmessage = (ev) => this.onFrame(ws, ev.data);
+    }
+    /** The secure channel's mode on the current connection, or `undefined` in clear. */
+    get secured() {
+        return this.channel?.mode;
+    }
+    /** A frame as received: opened first on a secured connection (in order), then read. */
+    onFrame(ws, data) {
+        const ready = this.channelReady;
+        if (!ready)
+            return this.onData(data);
+        const frame = typeof data === "string" ? undefined : new Uint8Array(data);
+        this.inChain = this.inChain
+            .then(async () => {
+            let ch;
+            try {
+                ch = await ready;
+            }
+            catch {
+                return; // the handshake reports its own failure
+            }
+            if (!frame)
+                throw new Error("a message in clear");
+            const plain = await ch.open(frame);
+            if (ws === this.ws)
+                this.onData(this.options.protocol === "msgpack" ? plain : new TextDecoder().decode(plain));
+        })
+            .catch((e) => {
+            if (ws !== this.ws)
+                return;
+            // Altered, replayed or out of order: this connection cannot be trusted any more.
+            this.emit("error", new WeftError("secure", `secure channel: ${e instanceof Error ? e.message : String(e)}`));
+            ws.close(4412, "secure channel");
+        });
+    }
+    /** Agree on the secure channel, then go on as after any welcome. */
+    async secure(ws, welcome, option) {
+        try {
+            if (!option)
+                throw new Error("the server requires the secure channel: give the `secure` option (weft-client/secure)");
+            const mode = option.mode;
+            const hs = await option.start();
+            if (ws !== this.ws)
+                return;
+            const ms = this.options.requestTimeout ?? 10000;
+            const reply = await new Promise((resolve, reject) => {
+                const t = setTimeout(() => reject(new TimeoutError(`no answer to secure within ${ms} ms`)), ms);
+                this.securing = { resolve: (m) => (clearTimeout(t), resolve(m)), reject: (e) => (clearTimeout(t), reject(e)) };
+                this.write({ type: "secure", id: "secure", mode, key: hs.key });
+            });
+            // Set before the next frame is read (this runs as the `secured` reply's continuation).
+            const ready = hs.finish(reply, String(welcome.session));
+            this.channelReady = ready;
+            const ch = await ready;
+            if (ws !== this.ws)
+                return;
+            this.channel = ch;
+            this.onWelcome(welcome);
+        }
+        catch (e) {
+            if (ws !== this.ws)
+                return;
+            const err = e instanceof WeftError ? e : new WeftError("secure", `secure channel: ${e instanceof Error ? e.message : String(e)}`);
+            this.emit("error", err);
+            ws.close(4412, "secure handshake failed");
+        }
     }
     /** `getToken()`, given at most `requestTimeout` to answer. */
     fetchToken() {
@@ -662,7 +739,12 @@ export class WeftClient extends Emitter {
         catch (e) {
             throw new ProtocolError(`cannot encode the ${String(m.type)} message: ${String(e)}`);
         }
-        ws.send(data);
+        const ch = this.channel;
+        if (!ch)
+            return ws.send(data);
+        // Sealed now (the sequence number is taken at once), sent in the order written.
+        const sealed = ch.seal(typeof data === "string" ? new TextEncoder().encode(data) : data);
+        this.outChain = this.outChain.then(() => sealed.then((f) => void (ws === this.ws && ws.readyState === OPEN && ws.send(f))), () => { });
     }
     request(m, timeout = this.options.requestTimeout ?? 10000) {
         return new Promise((resolve, reject) => this.call(m, timeout, resolve, reject));
@@ -880,7 +962,9 @@ export class WeftClient extends Emitter {
     onData(data) {
         let m;
         try {
-            const v = typeof data === "string" ? JSON.parse(data) : decode(new Uint8Array(data));
+            const v = typeof data === "string"
+                ? JSON.parse(data)
+                : decode(data instanceof Uint8Array ? data : new Uint8Array(data));
             if (typeof v !== "object" || v === null || typeof v.type !== "string")
                 throw new Error("no type");
             m = v;
@@ -889,9 +973,18 @@ export class WeftClient extends Emitter {
             this.emit("error", new ProtocolError(`unreadable message: ${String(e)}`));
             return;
         }
+        if (m.id === "secure" && this.securing && (m.type === "secured" || m.type === "error")) {
+            const s = this.securing;
+            this.securing = undefined;
+            return m.type === "secured" ? s.resolve(m) : s.reject(new ServerError(Number(m.code), String(m.message)));
+        }
         switch (m.type) {
-            case "welcome":
+            case "welcome": {
+                const option = this.options.secure;
+                if ((option || m.secure === "require") && this.ws)
+                    return void this.secure(this.ws, m, option);
                 return this.onWelcome(m);
+            }
             case "event":
                 return this.onEvent(m);
             case "join":

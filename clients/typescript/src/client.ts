@@ -1,3 +1,4 @@
+import type { SealingChannel, SecureMode, SecureOption } from "./secure.js";
 import { ClosedError, ConnectionError, ProtocolError, QueueError, ServerError, TimeoutError, WeftError } from "./errors.js";
 import { decode, encode } from "./msgpack.js";
 import { openStore, type Store } from "./outbox.js";
@@ -143,6 +144,15 @@ export interface ClientOptions {
   breaker?: { threshold?: number; cooldown?: number };
   /** At most `rate` publishes and sends per second leave the client (`burst` at once, default 10), in order. */
   rateLimit?: { rate: number; burst?: number };
+  /**
+   * The secure channel (docs/PROTOCOL.md, "Secure channel"): `secure("encrypt" | "sign", {
+   * serverKey })` from `weft-client/secure`, started on every connection right after the
+   * `welcome`. Every message after it, both ways, is encrypted with AES-256-GCM (or signed with
+   * HMAC-SHA256) under keys agreed by ephemeral ECDH P-256, on WebCrypto (browsers: secure
+   * contexts only). Without it, a server that requires the channel is refused with a `secure`
+   * error.
+   */
+  secure?: SecureOption;
 }
 
 /** One of the client's endpoints and how it has fared. */
@@ -425,6 +435,15 @@ export class WeftClient extends Emitter<ClientEvents> {
   private tokens = 0;
   private tokensAt = 0;
   private paced: Promise<void> = Promise.resolve();
+  /** The current connection's secure channel, once its handshake finished. */
+  private channel?: SealingChannel;
+  /** The channel being made: set when `secured` arrives, as every frame after it is sealed. */
+  private channelReady?: Promise<SealingChannel>;
+  /** The `secured` answer awaited by the handshake. */
+  private securing?: { resolve: (m: Msg) => void; reject: (e: WeftError) => void };
+  /** Sealed frames are opened, and sealed messages sent, one after the other. */
+  private inChain: Promise<void> = Promise.resolve();
+  private outChain: Promise<void> = Promise.resolve();
 
   constructor(
     url: string | string[],
@@ -696,13 +715,74 @@ export class WeftClient extends Emitter<ClientEvents> {
     }
     this.ws = ws;
     this.opened = false;
+    this.channel = this.channelReady = undefined;
+    this.securing = undefined;
+    this.inChain = this.outChain = Promise.resolve();
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       this.opened = true;
     };
     ws.onerror = () => {};
     ws.onclose = (ev) => this.onClose(ws, ev.code, ev.reason);
-    ws.onmessage = (ev) => this.onData(ev.data);
+    ws.onmessage = (ev) => this.onFrame(ws, ev.data);
+  }
+
+  /** The secure channel's mode on the current connection, or `undefined` in clear. */
+  get secured(): SecureMode | undefined {
+    return this.channel?.mode;
+  }
+
+  /** A frame as received: opened first on a secured connection (in order), then read. */
+  private onFrame(ws: WebSocketInstance, data: unknown): void {
+    const ready = this.channelReady;
+    if (!ready) return this.onData(data);
+    const frame = typeof data === "string" ? undefined : new Uint8Array(data as ArrayBuffer);
+    this.inChain = this.inChain
+      .then(async () => {
+        let ch: SealingChannel;
+        try {
+          ch = await ready;
+        } catch {
+          return; // the handshake reports its own failure
+        }
+        if (!frame) throw new Error("a message in clear");
+        const plain = await ch.open(frame);
+        if (ws === this.ws) this.onData(this.options.protocol === "msgpack" ? plain : new TextDecoder().decode(plain));
+      })
+      .catch((e: unknown) => {
+        if (ws !== this.ws) return;
+        // Altered, replayed or out of order: this connection cannot be trusted any more.
+        this.emit("error", new WeftError("secure", `secure channel: ${e instanceof Error ? e.message : String(e)}`));
+        ws.close(4412, "secure channel");
+      });
+  }
+
+  /** Agree on the secure channel, then go on as after any welcome. */
+  private async secure(ws: WebSocketInstance, welcome: Msg, option?: SecureOption): Promise<void> {
+    try {
+      if (!option) throw new Error("the server requires the secure channel: give the `secure` option (weft-client/secure)");
+      const mode = option.mode;
+      const hs = await option.start();
+      if (ws !== this.ws) return;
+      const ms = this.options.requestTimeout ?? 10000;
+      const reply = await new Promise<Msg>((resolve, reject) => {
+        const t = setTimeout(() => reject(new TimeoutError(`no answer to secure within ${ms} ms`)), ms);
+        this.securing = { resolve: (m) => (clearTimeout(t), resolve(m)), reject: (e) => (clearTimeout(t), reject(e)) };
+        this.write({ type: "secure", id: "secure", mode, key: hs.key });
+      });
+      // Set before the next frame is read (this runs as the `secured` reply's continuation).
+      const ready = hs.finish(reply, String(welcome.session));
+      this.channelReady = ready;
+      const ch = await ready;
+      if (ws !== this.ws) return;
+      this.channel = ch;
+      this.onWelcome(welcome);
+    } catch (e) {
+      if (ws !== this.ws) return;
+      const err = e instanceof WeftError ? e : new WeftError("secure", `secure channel: ${e instanceof Error ? e.message : String(e)}`);
+      this.emit("error", err);
+      ws.close(4412, "secure handshake failed");
+    }
   }
 
   /** `getToken()`, given at most `requestTimeout` to answer. */
@@ -923,7 +1003,14 @@ export class WeftClient extends Emitter<ClientEvents> {
     } catch (e) {
       throw new ProtocolError(`cannot encode the ${String(m.type)} message: ${String(e)}`);
     }
-    ws.send(data);
+    const ch = this.channel;
+    if (!ch) return ws.send(data);
+    // Sealed now (the sequence number is taken at once), sent in the order written.
+    const sealed = ch.seal(typeof data === "string" ? new TextEncoder().encode(data) : data);
+    this.outChain = this.outChain.then(
+      () => sealed.then((f) => void (ws === this.ws && ws.readyState === OPEN && ws.send(f))),
+      () => {},
+    );
   }
 
   private request(m: Record<string, unknown>, timeout = this.options.requestTimeout ?? 10000): Promise<Msg> {
@@ -1142,16 +1229,27 @@ export class WeftClient extends Emitter<ClientEvents> {
   private onData(data: unknown): void {
     let m: Msg;
     try {
-      const v = typeof data === "string" ? JSON.parse(data) : decode(new Uint8Array(data as ArrayBuffer));
+      const v =
+        typeof data === "string"
+          ? JSON.parse(data)
+          : decode(data instanceof Uint8Array ? data : new Uint8Array(data as ArrayBuffer));
       if (typeof v !== "object" || v === null || typeof (v as Msg).type !== "string") throw new Error("no type");
       m = v as Msg;
     } catch (e) {
       this.emit("error", new ProtocolError(`unreadable message: ${String(e)}`));
       return;
     }
+    if (m.id === "secure" && this.securing && (m.type === "secured" || m.type === "error")) {
+      const s = this.securing;
+      this.securing = undefined;
+      return m.type === "secured" ? s.resolve(m) : s.reject(new ServerError(Number(m.code), String(m.message)));
+    }
     switch (m.type) {
-      case "welcome":
+      case "welcome": {
+        const option = this.options.secure;
+        if ((option || m.secure === "require") && this.ws) return void this.secure(this.ws, m, option);
         return this.onWelcome(m);
+      }
       case "event":
         return this.onEvent(m as unknown as WeftEvent);
       case "join":

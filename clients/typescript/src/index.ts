@@ -22,3 +22,4 @@ export {
 } from "./client.js";
 export { WeftError, ServerError, TimeoutError, ConnectionError, ClosedError, QueueError, ProtocolError } from "./errors.js";
 export { encode as encodeMsgpack, decode as decodeMsgpack } from "./msgpack.js";
+export type { SecureMode, SecureOption, SealingChannel } from "./secure.js";

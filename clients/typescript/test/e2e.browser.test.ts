@@ -56,11 +56,11 @@ describe.skipIf(!have && !required)("in Chromium", () => {
     site?.close();
   });
 
-  async function open(user: string, topic: string): Promise<Page> {
+  async function open(user: string, topic: string, extra = ""): Promise<Page> {
     const page = await browser.newPage();
     page.on("pageerror", (e) => console.error(`[${user}] page error:`, e));
     const ws = encodeURIComponent(`ws://127.0.0.1:${proxy.port}/ws`);
-    await page.goto(`${base}/?ws=${ws}&user=${user}&topic=${topic}`);
+    await page.goto(`${base}/?ws=${ws}&user=${user}&topic=${topic}${extra}`);
     await page.waitForSelector("#state >> text=connected");
     await page.waitForSelector("#subscribed >> text=subscribed");
     return page;
@@ -162,6 +162,21 @@ describe.skipIf(!have && !required)("in Chromium", () => {
     expect((await seen(b)).filter((x) => x === ("kept across a reload" as never)).length).toBe(1);
     await a.close();
     await b.close();
+  });
+
+  it("the secure channel on the browser's WebCrypto: sealed events in order, across a cut", async () => {
+    const page = await open("sam", "sealed", "&secure=encrypt");
+    expect(await page.evaluate(() => (window as any).weftTest.secured())).toBe("encrypt");
+    for (let n = 0; n < 5; n++) await httpPublish(serve.url, "sealed", n);
+    await page.waitForFunction(() => (window as any).weftTest.seen.length >= 5, undefined, { timeout: 5000 });
+    proxy.cut();
+    await page.waitForSelector("#state >> text=reconnecting");
+    for (let n = 5; n < 10; n++) await httpPublish(serve.url, "sealed", n);
+    proxy.restore();
+    await page.waitForFunction(() => (window as any).weftTest.seen.length >= 10, undefined, { timeout: 15000 });
+    expect(await seen(page)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(await page.evaluate(() => (window as any).weftTest.secured())).toBe("encrypt");
+    await page.close();
   });
 
   it("a server restart (history lost) is reported to the application as not recovered", async () => {

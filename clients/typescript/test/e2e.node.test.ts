@@ -4,7 +4,10 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { WeftClient, type Snapshot, type Subscription, type Unrecovered, type WebSocketLike } from "../src/index.js";
+import { secure } from "../src/secure.js";
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { CutProxy, freePort, httpPublish, jwt, listening, sleep, startServe, until, type Serve } from "./harness.js";
 
 const WS: WebSocketLike = WebSocket; // ws's class fits the option as it is
@@ -182,6 +185,84 @@ describe("with snapshots (weft serve --snapshots last)", () => {
     await until(() => got.length >= 2, 10000, "the event missed during the cut");
     expect(got).toEqual([4, 5]);
     expect(snaps.length).toBe(1);
+    c.close();
+  });
+});
+
+describe("with the secure channel (weft serve --secure-key)", () => {
+  const keys = new URL("../../../bindings/python/tests/keys/", import.meta.url);
+  const pinned = readFileSync(new URL("secure-p256.pub.b64", keys), "utf8").trim();
+  let serve: Serve;
+  let proxy: CutProxy;
+
+  beforeAll(async () => {
+    serve = await startServe(["--secure-key", fileURLToPath(new URL("secure-p256.pem", keys))]);
+    proxy = await new CutProxy(serve.port).listen();
+  });
+
+  afterAll(async () => {
+    await proxy?.close();
+    await serve?.stop();
+  });
+
+  for (const [mode, protocol] of [
+    ["encrypt", "json"],
+    ["sign", "msgpack"],
+  ] as const) {
+    it(`${mode} over ${protocol}, pinned: sealed both ways; plain clients read the same events`, async () => {
+      const c = new WeftClient(`ws://127.0.0.1:${serve.port}/ws`, { WebSocket: WS, params: { user: "sec" }, secure: secure(mode, { serverKey: pinned }), protocol });
+      const plain = new WeftClient(`ws://127.0.0.1:${serve.port}/ws`, { WebSocket: WS, params: { user: "p" } });
+      const got: unknown[] = [];
+      const seen: unknown[] = [];
+      const sub = c.subscribe("sec.room", (ev) => got.push(ev.payload));
+      const sub2 = plain.subscribe("sec.room", (ev) => seen.push(ev.payload));
+      await Promise.all([c.connect(), plain.connect(), made(sub), made(sub2)]);
+      expect(c.secured).toBe(mode);
+      expect(plain.secured).toBeUndefined();
+      await c.publish("sec.room", { text: "sealed" });
+      await httpPublish(serve.url, "sec.room", { text: "from the backend" });
+      await until(() => got.length === 2 && seen.length === 2, 5000, "both events on both clients");
+      expect(got).toEqual([{ text: "sealed" }, { text: "from the backend" }]);
+      expect(seen).toEqual(got);
+      expect(await c.ping()).toBeGreaterThanOrEqual(0);
+      c.close();
+      plain.close();
+    });
+  }
+
+  it("a server key that does not match: the handshake is refused, with an error", async () => {
+    const pair = await crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"]);
+    const other = Buffer.from(await crypto.subtle.exportKey("raw", pair.publicKey)).toString("base64");
+    const c = new WeftClient(`ws://127.0.0.1:${serve.port}/ws`, { WebSocket: WS, params: { user: "x" }, secure: secure("encrypt", { serverKey: other }), reconnect: false });
+    const errors: string[] = [];
+    c.on("error", (e) => errors.push(`${e.code}: ${e.message}`));
+    await expect(c.connect()).rejects.toThrow();
+    expect(errors.join("\n")).toMatch(/secure: .*(pinned|signature)/);
+  });
+
+  it("a frame altered on the way: dropped with 4412, then a new connection and new keys resume the topic", async () => {
+    const c = new WeftClient(`ws://127.0.0.1:${proxy.port}/ws`, { WebSocket: WS, params: { user: "t" }, secure: secure(), reconnect: fast });
+    const got: number[] = [];
+    const errors: string[] = [];
+    c.on("error", (e) => errors.push(String(e.code)));
+    const sub = c.subscribe<{ n: number }>("sec.tamper", (ev) => got.push(ev.payload.n));
+    await Promise.all([c.connect(), made(sub)]);
+    await httpPublish(serve.url, "sec.tamper", { n: 1 });
+    await until(() => got.length === 1, 5000, "the first event");
+    let flipped = false;
+    proxy.down = (chunk) => {
+      if (flipped) return chunk;
+      flipped = true;
+      const b = Buffer.from(chunk);
+      b[b.length - 1]! ^= 1; // the last byte of a sealed frame: its tag
+      return b;
+    };
+    await httpPublish(serve.url, "sec.tamper", { n: 2 });
+    await until(() => got.length === 2, 10000, "the altered event, resumed after reconnecting");
+    proxy.down = undefined;
+    expect(got).toEqual([1, 2]);
+    expect(errors).toContain("secure");
+    expect(c.secured).toBe("encrypt");
     c.close();
   });
 });

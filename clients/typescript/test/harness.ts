@@ -5,6 +5,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { existsSync } from "node:fs";
 import net from "node:net";
+import { Transform } from "node:stream";
 import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("../../..", import.meta.url));
@@ -93,6 +94,8 @@ export class CutProxy {
   private cutOff = false;
   /** Connections accepted (not refused) so far. */
   accepted = 0;
+  /** When set, each chunk from the server passes through it on its way to the client. */
+  down?: (chunk: Buffer) => Buffer;
 
   constructor(public target: number) {
     this.server = net.createServer((client) => {
@@ -109,7 +112,8 @@ export class CutProxy {
       client.on("error", done).on("close", done);
       upstream.on("error", done).on("close", done);
       client.pipe(upstream);
-      upstream.pipe(client);
+      const down = new Transform({ transform: (chunk: Buffer, _enc, cb) => cb(null, this.down ? this.down(chunk) : chunk) });
+      upstream.pipe(down).pipe(client);
     });
   }
 

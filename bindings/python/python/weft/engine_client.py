@@ -18,11 +18,19 @@ subscription it resumes every concrete topic it has delivered events of under th
 then delivers a ``may_have_missed`` :class:`Event` for the pattern: topics under it that it had
 never seen may have had events while the client was away (a pattern cannot be resumed). Requests
 wait for their reply; errors raise :class:`EngineError` with the protocol's code.
+
+With ``secure="encrypt"`` (or ``"sign"``) the client starts the engine's secure channel on each
+connection, right after the ``welcome``: every message after it, both ways, is encrypted with
+AES-256-GCM (or signed with HMAC-SHA256) under keys agreed by ephemeral ECDH P-256. Give
+``server_key`` (the base64 public key ``weft serve --secure-key`` logs) to refuse a server, or a
+middlebox, that cannot sign the handshake with it. A server that requires the channel gets it
+even when not asked. See docs/PROTOCOL.md, "Secure channel", for what it protects and what not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import json
 import random
@@ -31,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
-from . import async_client
+from . import _weft, async_client
 from .exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 
 __all__ = ["connect", "connect_sync", "EngineClient", "SyncEngineClient", "Event", "EngineError", "Quality", "Endpoint"]
@@ -197,7 +205,20 @@ class EngineClient:
         rate_burst: int = 10,
         breaker_threshold: int | None = None,
         breaker_cooldown: float = 30.0,
+        secure: str | None = None,
+        server_key: str | bytes | None = None,
     ) -> None:
+        if secure not in (None, "encrypt", "sign"):
+            raise ValueError('secure must be None, "encrypt" or "sign"')
+        if isinstance(server_key, str):
+            server_key = base64.b64decode(server_key, validate=True)
+        if server_key is not None and len(server_key) != 65:
+            raise ValueError("server_key must be a P-256 public key: 65 bytes, or their base64")
+        #: ``"encrypt"`` or ``"sign"``: the secure channel asked for on every connection (a
+        #: pinned ``server_key`` alone asks for ``"encrypt"``).
+        self.secure = secure or ("encrypt" if server_key is not None else None)
+        self._server_key = server_key
+        self._channel: Any = None  # the current connection's _weft.SecureChannel, once secured
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("connect() needs at least one URL")
@@ -301,10 +322,55 @@ class EngineClient:
         if welcome.get("type") != "welcome":
             await ws.close(1002, "expected welcome")
             raise EngineError(4000, f"expected welcome, got {welcome!r}")
+        mode = self.secure or ("encrypt" if welcome.get("secure") == "require" else None)
+        channel = None
+        if mode is not None:
+            try:
+                channel = await self._secure(ws, mode, welcome)
+            except BaseException:
+                ws._p.abort()
+                raise
+        self._channel = channel
         self._ws = ws
         self.welcome = welcome
         self._missed_in_a_row = 0
         self._connected.set()
+
+    async def _secure(self, ws: async_client.AsyncWebSocket, mode: str, welcome: dict[str, Any]) -> Any:
+        """The secure handshake on a new connection, before anything else is sent: the
+        established channel, or :class:`EngineError` (4012 when refused or not signed by the
+        pinned key)."""
+        hs = _weft.SecureHandshake(mode)
+        key = base64.b64encode(hs.public_key).decode()
+        await ws.send(json.dumps({"type": "secure", "id": "secure", "mode": mode, "key": key}, separators=(",", ":")))
+        reply = json.loads(await ws.recv(self.connect_timeout))
+        if reply.get("type") == "error":
+            raise EngineError(reply.get("code", 5000), reply.get("message", ""))
+        if reply.get("type") != "secured":
+            raise EngineError(4000, f"expected secured, got {reply.get('type')!r}")
+        sig = reply.get("signature")
+        try:
+            return hs.finish(
+                base64.b64decode(reply["key"]),
+                welcome.get("session", ""),
+                None if sig is None else base64.b64decode(sig),
+                self._server_key,
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise EngineError(4012, f"secure channel: {e}") from None
+
+    def _encode(self, msg: dict[str, Any]) -> str | bytes:
+        text = json.dumps(msg, separators=(",", ":"))
+        ch = self._channel
+        return text if ch is None else ch.seal(text.encode())
+
+    def _decode(self, raw: str | bytes) -> Any:
+        ch = self._channel
+        if ch is not None:
+            if isinstance(raw, str):
+                raise ValueError("secure channel: a message in clear")
+            raw = ch.open(raw)  # ValueError when altered, replayed or out of sequence
+        return json.loads(raw)
 
     async def _start(self) -> EngineClient:
         await self._open_best()
@@ -356,7 +422,7 @@ class EngineClient:
                 assert ws is not None
                 try:
                     async for raw in ws:
-                        ev = self._dispatch(json.loads(raw))
+                        ev = self._dispatch(self._decode(raw))
                         if ev is not None:
                             # A full queue stops this loop, so the connection stops being read
                             # (TCP backpressure; the server's slow-consumer policy decides).
@@ -510,9 +576,9 @@ class EngineClient:
         assert ws is not None
         self._next_id += 1
         rid = msg["id"] = self._next_id
-        await ws.send(json.dumps(msg, separators=(",", ":")))
+        await ws.send(self._encode(msg))
         while True:
-            reply = json.loads(await ws.recv(self.connect_timeout))
+            reply = self._decode(await ws.recv(self.connect_timeout))
             if reply.get("id") == rid:
                 if reply.get("type") == "error":
                     raise EngineError(reply.get("code", 5000), reply.get("message", ""))
@@ -609,7 +675,7 @@ class EngineClient:
         rid = msg["id"] = self._next_id
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        await ws.send(json.dumps(msg, separators=(",", ":")))
+        await ws.send(self._encode(msg))
         return await fut
 
     async def _request(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -761,6 +827,13 @@ class EngineClient:
             raise self._error or ConnectionError("connection closed")
         return ev
 
+    @property
+    def secured(self) -> str | None:
+        """The current connection's secure channel mode (``"encrypt"``/``"sign"``), or ``None``
+        when it is in clear."""
+        ch = self._channel
+        return None if ch is None else ch.mode
+
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterate()
 
@@ -834,6 +907,8 @@ def connect(
     rate_burst: int = 10,
     breaker_threshold: int | None = None,
     breaker_cooldown: float = 30.0,
+    secure: str | None = None,
+    server_key: str | bytes | None = None,
     **options: Any,
 ) -> _Connect:
     """Connect to the engine at ``url`` (``ws://host:port/ws``), with an optional JWT ``token``
@@ -856,7 +931,9 @@ def connect(
     ``breaker_cooldown`` seconds, then one round — against reconnection storms when a whole
     cluster is down, beyond what the backoff does. ``rate_limit``: at most that many requests per second (``rate_burst`` at once)
     leave the client, so it stays under the server's rate limit instead of being cut off.
-    Other keywords go to :func:`weft.async_client.connect` (``headers``, ``ssl``,
+    ``secure``: ``"encrypt"`` or ``"sign"`` to start the secure channel on every connection;
+    ``server_key``: the server's identity public key (base64 or 65 bytes) the handshake must be
+    signed with (implies ``secure="encrypt"``). Other keywords go to :func:`weft.async_client.connect` (``headers``, ``ssl``,
     ``ping_interval``, ...).
     """
     client = EngineClient(
@@ -875,6 +952,8 @@ def connect(
         rate_burst=rate_burst,
         breaker_threshold=breaker_threshold,
         breaker_cooldown=breaker_cooldown,
+        secure=secure,
+        server_key=server_key,
     )
     return _Connect(client)
 
@@ -1012,6 +1091,10 @@ class SyncEngineClient:
     @property
     def welcome(self) -> dict[str, Any]:
         return dict(self._client.welcome)
+
+    @property
+    def secured(self) -> str | None:
+        return self._client.secured
 
     @property
     def url(self) -> str:

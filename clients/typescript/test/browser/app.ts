@@ -4,7 +4,8 @@
 // saw through `window.weftTest`.
 import { createElement as h, useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
-import { WeftClient, type Unrecovered } from "../../src/index.js";
+import { WeftClient, type SecureMode, type Unrecovered } from "../../src/index.js";
+import { secure } from "../../src/secure.js";
 import { WeftProvider, useConnectionState, usePresence, usePublish, useTopic } from "../../src/react.js";
 
 const q = new URLSearchParams(location.search);
@@ -13,6 +14,7 @@ const client = new WeftClient(q.get("ws")!, {
   params: { user: q.get("user") ?? "anon" },
   reconnect: { minDelay: 100, maxDelay: 500 },
   offlineQueue: { persist: "e2e-" + (q.get("user") ?? "anon") },
+  ...(q.get("secure") ? { secure: secure(q.get("secure") as SecureMode) } : {}),
 });
 
 interface TestHooks {
@@ -20,8 +22,9 @@ interface TestHooks {
   unrecovered: Unrecovered[];
   outbox: unknown[];
   publish?: (payload: unknown) => Promise<unknown>;
+  secured: () => string | undefined;
 }
-const hooks: TestHooks = { seen: [], unrecovered: [], outbox: [] };
+const hooks: TestHooks = { seen: [], unrecovered: [], outbox: [], secured: () => client.secured };
 (window as unknown as { weftTest: TestHooks }).weftTest = hooks;
 client.on("outbox", (r) => hooks.outbox.push(r.result ? r.result.offset : String(r.error)));
 

@@ -343,7 +343,12 @@ impl Engine {
     /// given), each with its event id and priority; one that works leaves the store. One the
     /// engine refuses for what it is (error 4xxx) stays with that error and is passed over; the
     /// first that fails for the broker (5xxx) stops the replay: it stays, as do the letters
-    /// after it, in order. Snapshot letters are left. One replay at a time.
+    /// after it, in order. Snapshot letters are left. One replay at a time on a node.
+    ///
+    /// In cluster mode over Redis this node's letters first move to the cluster's shared
+    /// store, whose letters are replayed (`ids` name them); each is claimed before it is
+    /// published, so nodes replaying at once publish each letter once. Letters this node could
+    /// not move (the broker unreachable) are replayed after them when `ids` is `None`.
     ///
     /// ```no_run
     /// # async fn run(engine: weft_server::Engine) {
@@ -355,27 +360,38 @@ impl Engine {
     pub async fn replay_dead_letters(&self, ids: Option<&[u64]>) -> crate::dead::ReplayOutcome {
         let _one = self.shared.replaying.lock().await;
         let dead = &self.shared.dead_letters;
+        let store = self.shared.broker.shared_dead_letters();
         let (mut after, mut replayed, mut error) = (0, 0, None);
-        while let Some(l) = dead.next_publish(after, ids) {
+        let replay_one = |l: crate::dead::DeadLetter| async move {
+            let meta = crate::broker::PublishMeta { id: l.event_id, priority: l.priority, replay: true };
+            self.publish_with(&l.topic, l.payload.unwrap_or(Value::Null), meta).await.map(|_| ()).map_err(|e| e.0)
+        };
+        // Held throughout: no letter moves to the shared store while this node replays.
+        let _moving = dead.moving.lock().await;
+        if let Some(store) = &store {
+            let _ = store.move_local().await;
+            (replayed, error) = crate::dead::replay_shared(&**store, dead, ids, replay_one).await;
+        }
+        while let Some(l) = dead.next_publish(after, ids).filter(|_| error.is_none() && (store.is_none() || ids.is_none())) {
             after = l.id;
-            let meta = crate::broker::PublishMeta { id: l.event_id.clone(), priority: l.priority, replay: true };
-            match self.publish_with(&l.topic, l.payload.clone().unwrap_or(Value::Null), meta).await {
-                Ok(_) => {
+            match replay_one(l.clone()).await {
+                Ok(()) => {
                     dead.delivered(l.id);
                     replayed += 1;
                 }
                 // Refused for what it is (a 4xxx: a name, an id, a limit): it stays, marked,
                 // and the replay moves past it; the broker failing again stops the replay,
                 // keeping the order of what is left.
-                Err(e) if e.0.code < 5000 => dead.failed_again(l.id, e.0),
+                Err(e) if e.code < 5000 => dead.failed_again(l.id, e),
                 Err(e) => {
-                    dead.failed_again(l.id, e.0.clone());
-                    error = Some(e.0);
+                    dead.failed_again(l.id, e.clone());
+                    error = Some(e);
                     break;
                 }
             }
         }
-        crate::dead::ReplayOutcome { replayed, remaining: dead.size().0, error }
+        let remaining = crate::dead::count_all(dead, store.as_deref()).await;
+        crate::dead::ReplayOutcome { replayed, remaining, error }
     }
 
     /// Start a graceful shutdown: stop accepting, close every connection with 1001 after

@@ -372,7 +372,9 @@ impl Engine {
             let _ = store.move_local().await;
             (replayed, error) = crate::dead::replay_shared(&**store, dead, ids, replay_one).await;
         }
-        while let Some(l) = dead.next_publish(after, ids).filter(|_| error.is_none() && (store.is_none() || ids.is_none())) {
+        while let Some(l) =
+            dead.next_publish(after, ids).filter(|_| error.is_none() && (store.is_none() || ids.is_none()))
+        {
             after = l.id;
             match replay_one(l.clone()).await {
                 Ok(()) => {

@@ -24,8 +24,8 @@ mod memory;
 mod patterns;
 
 pub use cluster::{
-    Backend, Cluster, ClusterSettings, DeadRecord, Health, Heartbeat, Inbound, NatsBackend, NatsBroker, Outgoing, RedisBackend,
-    RedisBroker, RedisSettings, Reply, default_node_name,
+    Backend, Cluster, ClusterSettings, DeadList, DeadRecord, Health, Heartbeat, Inbound, NatsBackend, NatsBroker,
+    Outgoing, RedisBackend, RedisBroker, RedisSettings, Reply, default_node_name,
 };
 pub use memory::{MemoryBroker, TopicSettings};
 pub(crate) use patterns::Patterns;

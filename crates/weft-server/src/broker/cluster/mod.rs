@@ -350,6 +350,19 @@ impl DeadRecord {
     }
 }
 
+/// A page of the shared dead-letter store ([`Backend::dead_list`]).
+#[derive(Debug, Default)]
+pub struct DeadList {
+    /// Letters held.
+    pub count: usize,
+    /// Bytes they hold.
+    pub bytes: usize,
+    /// Letters dropped to stay within the bounds.
+    pub dropped: u64,
+    /// `(id, JSON)` of the letters asked for, oldest first.
+    pub items: Vec<(u64, String)>,
+}
+
 /// What a node's heartbeat learned.
 #[derive(Debug, Default)]
 pub struct Heartbeat {
@@ -451,9 +464,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
         Box::pin(std::future::ready(Err(crate::dead::no_shared_store())))
     }
 
-    /// `(count, bytes, dropped)` of the store and up to `limit` letters `(id, JSON)` with ids
-    /// above `after`, oldest first.
-    fn dead_list(&self, after: u64, limit: usize) -> Reply<'_, (usize, usize, u64, Vec<(u64, String)>)> {
+    /// The store's totals and up to `limit` letters with ids above `after`, oldest first.
+    fn dead_list(&self, after: u64, limit: usize) -> Reply<'_, DeadList> {
         let _ = (after, limit);
         Box::pin(std::future::ready(Err(crate::dead::no_shared_store())))
     }
@@ -1817,7 +1829,7 @@ impl<B: Backend> SharedDeadLetters for Core<B> {
 
     fn list(&self, after: u64, limit: usize) -> BrokerFuture<'_, DeadLetterPage> {
         Box::pin(async move {
-            let (count, bytes, dropped, items) = self.backend.dead_list(after, limit).await?;
+            let DeadList { count, bytes, dropped, items } = self.backend.dead_list(after, limit).await?;
             let items = items
                 .into_iter()
                 .filter_map(|(id, json)| {

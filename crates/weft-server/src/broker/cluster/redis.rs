@@ -13,8 +13,8 @@ use tokio::sync::{Notify, mpsc};
 
 use super::redis_scripts as scripts;
 use super::{
-    Backend, ClusterSettings, DeadRecord, Health, Heartbeat, Inbound, Outgoing, PAGE, QueueBudget, Reply, new_epoch,
-    parse_time_field, redact, time_field,
+    Backend, ClusterSettings, DeadList, DeadRecord, Health, Heartbeat, Inbound, Outgoing, PAGE, QueueBudget, Reply,
+    new_epoch, parse_time_field, redact, time_field,
 };
 use crate::broker::{BrokerError, BrokerFuture};
 use crate::metrics::Metrics;
@@ -725,7 +725,7 @@ impl Backend for RedisBackend {
         })
     }
 
-    fn dead_list(&self, after: u64, limit: usize) -> Reply<'_, (usize, usize, u64, Vec<(u64, String)>)> {
+    fn dead_list(&self, after: u64, limit: usize) -> Reply<'_, DeadList> {
         Box::pin(async move {
             let me = &self.inner;
             let mut conn = me.cmd()?;
@@ -747,7 +747,7 @@ impl Backend for RedisBackend {
                     items.push((int(id), untoken(v)));
                 }
             }
-            Ok((count, bytes, dropped, items))
+            Ok(DeadList { count, bytes, dropped, items })
         })
     }
 

@@ -660,6 +660,32 @@ mod tests {
         assert_eq!(d.size(), (0, 0));
     }
 
+    /// A letter keeps every field through the shared store's JSON (its id is the store's).
+    #[test]
+    fn letters_round_trip_through_the_shared_store_form() {
+        let mut l = DeadLetter::publish(
+            "t",
+            json!({"a": [1, 2]}),
+            Some("e-1".into()),
+            Priority::High,
+            ErrorBody::new(ErrorCode::Unavailable, "down"),
+        );
+        l.id = 7;
+        l.node = Some("web-1".into());
+        l.attempts = 3;
+        let back = DeadLetter::from_stored(42, &l.to_stored()).unwrap();
+        assert_eq!((back.id, back.shared, back.size), (42, true, l.size));
+        let (mut a, mut b) = (serde_json::to_value(&l).unwrap(), serde_json::to_value(&back).unwrap());
+        for v in [&mut a, &mut b] {
+            v.as_object_mut().unwrap().retain(|k, _| k != "id" && k != "shared");
+        }
+        assert_eq!(a, b);
+        let s = DeadLetter::snapshot("s", "ann", ErrorBody::new(ErrorCode::SnapshotFailed, "no"));
+        let back = DeadLetter::from_stored(1, &s.to_stored()).unwrap();
+        assert_eq!((back.kind, back.user.as_deref(), back.payload), (DeadKind::Snapshot, Some("ann"), None));
+        assert!(DeadLetter::from_stored(1, "{}").is_none());
+    }
+
     #[test]
     fn snapshot_letters_never_push_out_publish_letters() {
         let d = DeadLetters::new(20, 1 << 20);

@@ -333,10 +333,49 @@ impl Engine {
         self.shared.broker.publish(topic, payload, meta).await.map_err(|e| PublishError(e.body()))
     }
 
-    /// The dead letters: publishes the cluster broker refused or lost, snapshots that failed
-    /// (list and purge them here; [`replay_dead_letters`](Self::replay_dead_letters)).
+    /// The dead letters in this node's memory: publishes the cluster broker refused or lost,
+    /// snapshots that failed (list and purge them here;
+    /// [`replay_dead_letters`](Self::replay_dead_letters)). In cluster mode over Redis they
+    /// move to the cluster's shared store once the broker takes them:
+    /// [`list_dead_letters`](Self::list_dead_letters) and
+    /// [`purge_dead_letters`](Self::purge_dead_letters) see both stores.
     pub fn dead_letters(&self) -> &crate::dead::DeadLetters {
         &self.shared.dead_letters
+    }
+
+    /// Up to `limit` dead letters, oldest first: with a shared store (cluster mode over
+    /// Redis), the shared letters with ids above `after`, then this node's not moved yet (ids
+    /// above `local_after`); otherwise this node's (ids above `after`). Counts cover both.
+    pub async fn list_dead_letters(&self, after: u64, local_after: u64, limit: usize) -> crate::dead::DeadLetterPage {
+        match self.shared.broker.shared_dead_letters() {
+            Some(store) => crate::dead::list_all(&self.shared.dead_letters, &*store, after, local_after, limit).await,
+            None => self.shared.dead_letters.list(after.max(local_after), limit),
+        }
+    }
+
+    /// Remove dead letters: with a shared store, the shared ones in `ids` and this node's in
+    /// `local_ids` (neither: all of both); otherwise this node's in either (neither: all).
+    /// Returns how many went and, when the shared store could not be reached, why.
+    pub async fn purge_dead_letters(
+        &self,
+        ids: Option<&[u64]>,
+        local_ids: Option<&[u64]>,
+    ) -> (usize, Option<ErrorBody>) {
+        let local = &self.shared.dead_letters;
+        match self.shared.broker.shared_dead_letters() {
+            Some(store) => crate::dead::purge_all(local, &*store, ids, local_ids).await,
+            None if ids.is_none() && local_ids.is_none() => (local.purge(None), None),
+            None => {
+                let all: Vec<u64> = ids.iter().chain(&local_ids).flat_map(|i| i.iter()).copied().collect();
+                (local.purge(Some(&all)), None)
+            }
+        }
+    }
+
+    /// Dead letters held, over both stores (this node's only when the shared one cannot be
+    /// read).
+    pub async fn dead_letter_count(&self) -> usize {
+        crate::dead::count_all(&self.shared.dead_letters, self.shared.broker.shared_dead_letters().as_deref()).await
     }
 
     /// Publish the dead-letter publishes again, oldest first (only those in `ids`, when

@@ -186,8 +186,7 @@ where
     if let Some(refused) = authorize(engine, req.headers()) {
         return refused;
     }
-    let store = engine.broker().shared_dead_letters();
-    let local = engine.dead_letters();
+    let shared = engine.broker().shared_dead_letters().is_some();
     if req.method() == Method::GET {
         let (mut after, mut local_after, mut limit) = (0u64, 0u64, 100usize);
         for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
@@ -201,10 +200,7 @@ where
                 }
             }
         }
-        let page = match &store {
-            Some(store) => crate::dead::list_all(local, &**store, after, local_after, limit).await,
-            None => local.list(after.max(local_after), limit),
-        };
+        let page = engine.list_dead_letters(after, local_after, limit).await;
         return json_response(StatusCode::OK, &serde_json::to_value(page).expect("json"));
     }
     let replay = req.method() == Method::POST;
@@ -221,7 +217,7 @@ where
         }
     };
     if replay {
-        if store.is_none() && ids.local_ids.is_some() {
+        if !shared && ids.local_ids.is_some() {
             // One store: both name its letters.
             let all: Vec<u64> = ids.ids.iter().chain(&ids.local_ids).flatten().copied().collect();
             let done = engine.replay_dead_letters(Some(&all)).await;
@@ -230,15 +226,8 @@ where
         let done = engine.replay_dead_letters(ids.ids.as_deref()).await;
         json_response(StatusCode::OK, &serde_json::to_value(done).expect("json"))
     } else {
-        let (purged, shared_error) = match &store {
-            Some(store) => crate::dead::purge_all(local, &**store, ids.ids.as_deref(), ids.local_ids.as_deref()).await,
-            None if ids.ids.is_none() && ids.local_ids.is_none() => (local.purge(None), None),
-            None => {
-                let all: Vec<u64> = ids.ids.iter().chain(&ids.local_ids).flatten().copied().collect();
-                (local.purge(Some(&all)), None)
-            }
-        };
-        let remaining = crate::dead::count_all(local, store.as_deref()).await;
+        let (purged, shared_error) = engine.purge_dead_letters(ids.ids.as_deref(), ids.local_ids.as_deref()).await;
+        let remaining = engine.dead_letter_count().await;
         let mut answer = json!({ "purged": purged, "remaining": remaining });
         if let Some(e) = shared_error {
             answer["shared_error"] = serde_json::to_value(e).expect("json");

@@ -463,8 +463,8 @@ pub trait SharedDeadLetters: Send + Sync {
 }
 
 /// List the shared letters (ids above `after`) and then, on the last page, this node's not
-/// moved yet (ids above `local_after`), moving what can be moved first. The counts are over
-/// both stores.
+/// moved yet (ids above `local_after`), moving what can be moved first (unless a replay or a
+/// move is in progress). The counts are over both stores.
 pub(crate) async fn list_all(
     local: &DeadLetters,
     store: &dyn SharedDeadLetters,
@@ -472,8 +472,12 @@ pub(crate) async fn list_all(
     local_after: u64,
     limit: usize,
 ) -> DeadLetterPage {
-    let _moving = local.moving.lock().await;
-    let _ = store.move_local().await;
+    // A move holds the lock briefly, a replay for its whole run: the listing waits a few
+    // seconds at most, then lists without moving first.
+    let moving = tokio::time::timeout(std::time::Duration::from_secs(5), local.moving.lock()).await;
+    if moving.is_ok() {
+        let _ = store.move_local().await;
+    }
     let mine = local.list(local_after, limit);
     let mut page = match store.list(after, limit).await {
         Ok(p) => p,

@@ -444,7 +444,7 @@ pub trait SharedDeadLetters: Send + Sync {
     fn node(&self) -> &str;
 
     /// Move this node's letters into the shared store, oldest first, until none is left or the
-    /// broker fails. The caller holds [`DeadLetters::moving`].
+    /// broker fails. The caller holds `DeadLetters::moving`.
     fn move_local(&self) -> BrokerFuture<'_, ()>;
 
     /// Up to `limit` letters with ids above `after`, oldest first, with the store's totals

@@ -1063,6 +1063,196 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }
 
+/// Freeze the broker (SIGSTOP) and wait until every node in `ports` reports it down.
+async fn freeze(broker: &Broker, ports: &[u16]) {
+    broker.signal("-STOP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &port in ports {
+        while http(port, "GET", "/healthz", "").await.0 != 503 {
+            assert!(Instant::now() < deadline, "the outage was not noticed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Let the broker run again (SIGCONT) and wait until every node in `ports` is healthy.
+async fn thaw(broker: &Broker, ports: &[u16]) {
+    broker.signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for &port in ports {
+        while http(port, "GET", "/healthz", "").await.0 != 200 {
+            assert!(Instant::now() < deadline, "health did not come back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// An HTTP publish the broker refuses (the node knows it is down): a dead letter.
+async fn refused_publish(port: u16, topic: &str, payload: Value) {
+    let body = json!({"topic": topic, "payload": payload}).to_string();
+    let (status, body) = http(port, "POST", "/api/publish", &body).await;
+    assert_eq!(status, 503, "{body}");
+}
+
+/// `GET /api/dead-letters` (all of them).
+async fn dead_letter_page(port: u16) -> Value {
+    let (status, body) = http(port, "GET", "/api/dead-letters?limit=1000", "").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Wait until node `port` has moved `n` letters to the shared store in all.
+async fn wait_moved(port: u16, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, m) = http(port, "GET", "/metrics", "").await;
+        if metric(&m, "weft_dead_letters_moved_total") >= n && metric(&m, "weft_dead_letters") == 0.0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the letters did not move to the shared store:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Dead letters made on node a during an outage stay in a's memory while Redis is frozen
+/// (listed there as a's, not shared), move to Redis by themselves once it is back (listed on
+/// node b as shared letters of node a), and outlive a killed with -9: b replays them, in order,
+/// to its subscriber.
+#[tokio::test]
+async fn dead_letters_move_to_redis_and_outlive_the_node_that_made_them() {
+    let Some(redis) = Broker::start(Kind::Redis) else { return };
+    let mut a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let mut sub = Client::connect(b.port, "s").await;
+    let r = sub.subscribe(json!({"type": "subscribe", "topics": ["orders"]})).await;
+    let mut seq = Seq::start(&r);
+    freeze(&redis, &[a.port]).await;
+    for n in 1..=3 {
+        refused_publish(a.port, "orders", json!(n)).await;
+    }
+    let page = dead_letter_page(a.port).await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{page}");
+    assert!(items.iter().all(|l| l["shared"] == false && l["node"] == "a"), "{page}");
+    assert!(page["shared_error"]["code"] == 5003, "{page}");
+
+    thaw(&redis, &[a.port, b.port]).await;
+    // Nobody asked: the letters moved by themselves.
+    wait_moved(a.port, 3.0).await;
+    let page = dead_letter_page(b.port).await;
+    let items = page["items"].as_array().unwrap();
+    let payloads: Vec<&Value> = items.iter().map(|l| &l["payload"]).collect();
+    assert_eq!(payloads, [&json!(1), &json!(2), &json!(3)], "{page}");
+    assert!(items.iter().all(|l| l["shared"] == true && l["node"] == "a" && l["kind"] == "publish"), "{page}");
+    assert_eq!(page["count"], 3, "{page}");
+
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let (status, body) = http(b.port, "POST", "/api/dead-letters/replay", "").await;
+    assert_eq!(status, 200, "{body}");
+    let done: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((done["replayed"].as_u64(), done["remaining"].as_u64()), (Some(3), Some(0)), "{body}");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = sub.next_item().await;
+        seq.see(&m);
+        got.push(m["payload"].clone());
+    }
+    assert_eq!(got, [json!(1), json!(2), json!(3)]);
+    let (_, m) = http(b.port, "GET", "/metrics", "").await;
+    assert_eq!(metric(&m, "weft_dead_letters_replayed_total"), 3.0);
+    assert_eq!(metric(&m, "weft_dead_letters_shared"), 0.0);
+}
+
+/// The shared store keeps the bounds (here 3 letters, 64 KiB) over the whole cluster: letters
+/// of two nodes that each fit in their node's memory do not all fit in it, and the oldest go,
+/// counted; a store of 30 KB letters holds two (not three) within its bytes.
+#[tokio::test]
+async fn the_shared_dead_letter_store_is_bounded_in_entries_and_bytes() {
+    let Some(redis) = Broker::start(Kind::Redis) else { return };
+    let bounds = ["--dead-letter-max", "3", "--dead-letter-bytes", "65536"];
+    let a = node(&redis, "a", &bounds);
+    let b = node(&redis, "b", &bounds);
+    let ports = [a.port, b.port];
+
+    // Entries: two letters from each node, in one store of three.
+    freeze(&redis, &ports).await;
+    for n in 1..=2 {
+        refused_publish(a.port, "t", json!(format!("a{n}"))).await;
+        refused_publish(b.port, "t", json!(format!("b{n}"))).await;
+    }
+    thaw(&redis, &ports).await;
+    wait_moved(a.port, 2.0).await;
+    wait_moved(b.port, 2.0).await;
+    let page = dead_letter_page(a.port).await;
+    let ids: Vec<u64> = page["items"].as_array().unwrap().iter().map(|l| l["id"].as_u64().unwrap()).collect();
+    // The first one stored (id 1) went.
+    assert_eq!((ids, page["count"].as_u64(), page["dropped"].as_u64()), (vec![2, 3, 4], Some(3), Some(1)), "{page}");
+    let (_, m) = http(b.port, "GET", "/metrics", "").await;
+    assert_eq!(metric(&m, "weft_dead_letters_shared"), 3.0);
+    assert_eq!(metric(&m, "weft_dead_letters_shared_dropped_total"), 1.0);
+    let (_, body) = http(b.port, "DELETE", "/api/dead-letters", "").await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"purged": 3, "remaining": 0}));
+
+    // Bytes: three letters of 30 KB (each node holds its own within 64 KiB); two fit.
+    freeze(&redis, &ports).await;
+    refused_publish(a.port, "t", json!("a".repeat(30_000))).await;
+    refused_publish(b.port, "t", json!("b".repeat(30_000))).await;
+    refused_publish(b.port, "t", json!("c".repeat(30_000))).await;
+    thaw(&redis, &ports).await;
+    wait_moved(a.port, 3.0).await;
+    wait_moved(b.port, 4.0).await;
+    let page = dead_letter_page(b.port).await;
+    assert_eq!((page["count"].as_u64(), page["dropped"].as_u64()), (Some(2), Some(2)), "{page}");
+    let (_, m) = http(a.port, "GET", "/metrics", "").await;
+    let bytes = metric(&m, "weft_dead_letter_shared_bytes");
+    assert!((60_000.0..=65_536.0).contains(&bytes), "{bytes}");
+    assert_eq!(metric(&m, "weft_dead_letters_shared_dropped_total"), 2.0);
+}
+
+/// Two nodes replaying the shared letters at the same moment publish each letter once: every
+/// letter is claimed before its publish, so the two replays share the work.
+#[tokio::test]
+async fn nodes_replaying_shared_dead_letters_at_once_publish_each_once() {
+    let Some(redis) = Broker::start(Kind::Redis) else { return };
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let ports = [a.port, b.port];
+    let mut sub = Client::connect(a.port, "s").await;
+    let r = sub.subscribe(json!({"type": "subscribe", "topics": ["once"]})).await;
+    let mut seq = Seq::start(&r);
+    freeze(&redis, &ports).await;
+    for n in 0..40 {
+        refused_publish(if n % 2 == 0 { a.port } else { b.port }, "once", json!(n)).await;
+    }
+    thaw(&redis, &ports).await;
+    wait_moved(a.port, 20.0).await;
+    wait_moved(b.port, 20.0).await;
+    // Both nodes see all 40.
+    for port in ports {
+        assert_eq!(dead_letter_page(port).await["count"], 40);
+    }
+    let (ra, rb) = tokio::join!(
+        http(a.port, "POST", "/api/dead-letters/replay", ""),
+        http(b.port, "POST", "/api/dead-letters/replay", "")
+    );
+    let (da, db): (Value, Value) = (serde_json::from_str(&ra.1).unwrap(), serde_json::from_str(&rb.1).unwrap());
+    assert_eq!(da["replayed"].as_u64().unwrap() + db["replayed"].as_u64().unwrap(), 40, "{da} {db}");
+    assert!(da["error"].is_null() && db["error"].is_null(), "{da} {db}");
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 40 {
+        let m = sub.next_item().await;
+        seq.see(&m);
+        assert!(got.insert(m["payload"].as_u64().unwrap()), "published twice: {m}");
+    }
+    assert_eq!(got, (0..40).collect());
+    // Nothing more comes.
+    if let Some(m) = sub.recv_within(Duration::from_secs(1)).await {
+        panic!("an extra message: {m}");
+    }
+    assert_eq!(dead_letter_page(b.port).await["count"], 0);
+}
+
 /// The publishes a node holds for a broker that does not answer are bounded in bytes
 /// (`--broker-buffer-bytes`, half of it for them): past it a publish fails at once with 5003
 /// and says why; the gauge never passes the budget and returns to 0 once the broker answers,

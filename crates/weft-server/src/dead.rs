@@ -9,22 +9,33 @@
 //! - **snapshot**: a snapshot whose source failed or timed out (kept to be seen; a replay
 //!   leaves it, as there is no publish to make again).
 //!
-//! The store is bounded in entries and bytes; past either, the oldest entries go (snapshot
-//! letters first; they hold at most a tenth of the entries), counted in
-//! `weft_dead_letters_dropped_total`. It lives in the node's memory: in cluster mode each node
-//! keeps the letters of the publishes it made.
+//! Every letter first goes to the node's memory ([`DeadLetters`]), bounded in entries and
+//! bytes; past either, the oldest entries go (snapshot letters first; they hold at most a tenth
+//! of the entries), counted in `weft_dead_letters_dropped_total`.
+//!
+//! In cluster mode over Redis the cluster core then moves them, oldest first, into a store in
+//! the broker shared by every node ([`SharedDeadLetters`]): a background task woken when a
+//! letter arrives or the broker comes back (letters arise exactly when the broker cannot be
+//! reached). A letter leaves the node's memory only once the broker acknowledged it (a retry
+//! after a lost answer does not store it twice); failures back off, up to 30 s. The shared
+//! store has the same bounds and the same dropping rule, over the whole cluster; each letter
+//! there carries the node that made it and a cluster-wide id. Any node lists, replays and purges
+//! the shared letters; a replay claims each letter atomically (removes it) before publishing it
+//! and puts it back under its id when the publish fails, so two nodes replaying at once publish
+//! each letter once. Over NATS each node keeps its letters in its memory, as on one node.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::broker::{BrokerError, BrokerFuture};
 use crate::wire::{ErrorBody, Priority, now_ms};
 
 /// What a dead letter is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeadKind {
     /// A publish that did not reach the broker.
@@ -36,8 +47,14 @@ pub enum DeadKind {
 /// One dead letter.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
-    /// Its number on this node (increasing).
+    /// Its number (increasing): in the cluster's shared store when `shared`, else on this node.
     pub id: u64,
+    /// The node that made it (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Whether it is in the cluster's shared store (any node lists, replays and purges it)
+    /// rather than in this node's memory (not moved yet: the broker unreachable since).
+    pub shared: bool,
     /// When it failed, ms since the Unix epoch.
     pub time: u64,
     /// What failed.
@@ -75,6 +92,8 @@ impl DeadLetter {
     ) -> Self {
         let mut d = Self {
             id: 0,
+            node: None,
+            shared: false,
             time: now_ms(),
             kind: DeadKind::Publish,
             topic: topic.to_owned(),
@@ -94,6 +113,8 @@ impl DeadLetter {
     pub fn snapshot(topic: &str, user: &str, error: ErrorBody) -> Self {
         let mut d = Self {
             id: 0,
+            node: None,
+            shared: false,
             time: now_ms(),
             kind: DeadKind::Snapshot,
             topic: topic.to_owned(),
@@ -120,6 +141,61 @@ impl DeadLetter {
     }
 }
 
+/// A letter as the shared store keeps it (its JSON without `id` and `shared`).
+#[derive(Deserialize)]
+struct Stored {
+    time: u64,
+    kind: DeadKind,
+    topic: String,
+    #[serde(default)]
+    payload: Option<Value>,
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    priority: Priority,
+    #[serde(default)]
+    user: Option<String>,
+    error: StoredError,
+    attempts: u32,
+    #[serde(default)]
+    node: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StoredError {
+    code: u16,
+    message: String,
+}
+
+impl DeadLetter {
+    /// Its JSON for the shared store.
+    pub(crate) fn to_stored(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// A letter of the shared store, from its id and JSON.
+    pub(crate) fn from_stored(id: u64, json: &str) -> Option<Self> {
+        let s: Stored = serde_json::from_str(json).ok()?;
+        let mut d = Self {
+            id,
+            node: s.node,
+            shared: true,
+            time: s.time,
+            kind: s.kind,
+            topic: s.topic,
+            payload: s.payload,
+            event_id: s.event_id,
+            priority: s.priority,
+            user: s.user,
+            error: ErrorBody { code: s.error.code, message: s.error.message },
+            attempts: s.attempts,
+            size: 0,
+        };
+        d.size = d.cost();
+        Some(d)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     letters: VecDeque<DeadLetter>,
@@ -137,8 +213,18 @@ pub struct DeadLetters {
     pub total: AtomicU64,
     /// Letters dropped to stay within bounds.
     pub dropped: AtomicU64,
-    /// Publishes replayed successfully.
+    /// Publishes replayed successfully (by this node, from either store).
     pub replayed: AtomicU64,
+    /// Letters moved into the cluster's shared store.
+    pub moved: AtomicU64,
+    /// Attempts to move letters into the shared store that failed.
+    pub move_failures: AtomicU64,
+    /// Woken when a letter arrives (or the broker comes back): the cluster core moves letters
+    /// into the shared store then.
+    pub(crate) arrived: tokio::sync::Notify,
+    /// Held while letters move into the shared store, and by whatever must not see a letter in
+    /// both stores or in neither (a listing, a purge, a replay).
+    pub(crate) moving: tokio::sync::Mutex<()>,
 }
 
 impl Default for DeadLetters {
@@ -156,8 +242,13 @@ pub struct DeadLetterPage {
     pub bytes: usize,
     /// Letters dropped since start to stay within bounds.
     pub dropped: u64,
-    /// The letters asked for, oldest first.
+    /// The letters asked for, oldest first (in cluster mode over Redis: the shared store's,
+    /// then this node's not moved yet).
     pub items: Vec<DeadLetter>,
+    /// Why the cluster's shared store could not be read (only this node's letters are listed
+    /// and counted then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_error: Option<ErrorBody>,
 }
 
 impl DeadLetters {
@@ -170,7 +261,32 @@ impl DeadLetters {
             total: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
+            move_failures: AtomicU64::new(0),
+            arrived: tokio::sync::Notify::new(),
+            moving: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// `(max_entries, max_bytes)`.
+    pub(crate) fn bounds(&self) -> (usize, usize) {
+        (self.max_entries, self.max_bytes)
+    }
+
+    /// Up to `n` of the oldest letters and at most `bytes` of them (at least one), oldest
+    /// first.
+    pub(crate) fn oldest(&self, n: usize, bytes: usize) -> Vec<DeadLetter> {
+        let st = self.lock();
+        let mut out = Vec::new();
+        let mut held = 0;
+        for l in st.letters.iter().take(n) {
+            if !out.is_empty() && held + l.size > bytes {
+                break;
+            }
+            held += l.size;
+            out.push(l.clone());
+        }
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -206,7 +322,16 @@ impl DeadLetters {
         st.bytes += letter.size;
         let id = letter.id;
         st.letters.push_back(letter);
+        drop(st);
+        self.arrived.notify_one();
         Some(id)
+    }
+
+    /// Keep a letter that was already counted (a shared letter the broker could not take back
+    /// after its replay failed).
+    pub(crate) fn push_kept(&self, letter: DeadLetter) {
+        self.total.fetch_sub(1, Ordering::Relaxed);
+        self.push(letter);
     }
 
     /// Up to `limit` letters with ids above `after`, oldest first.
@@ -218,6 +343,7 @@ impl DeadLetters {
             bytes: st.bytes,
             dropped: self.dropped.load(Ordering::Relaxed),
             items,
+            shared_error: None,
         }
     }
 
@@ -311,6 +437,197 @@ pub struct ReplayOutcome {
     pub error: Option<ErrorBody>,
 }
 
+/// The cluster's shared dead-letter store, seen from one node (cluster mode over Redis; see
+/// the module docs).
+pub trait SharedDeadLetters: Send + Sync {
+    /// This node's name.
+    fn node(&self) -> &str;
+
+    /// Move this node's letters into the shared store, oldest first, until none is left or the
+    /// broker fails. The caller holds `DeadLetters::moving`.
+    fn move_local(&self) -> BrokerFuture<'_, ()>;
+
+    /// Up to `limit` letters with ids above `after`, oldest first, with the store's totals
+    /// (`count`, `bytes`, `dropped`).
+    fn list(&self, after: u64, limit: usize) -> BrokerFuture<'_, DeadLetterPage>;
+
+    /// Take letter `id` out of the store, atomically (`None`: another node took it, or it was
+    /// purged).
+    fn claim(&self, id: u64) -> BrokerFuture<'_, Option<DeadLetter>>;
+
+    /// Put a claimed letter back under its id (its replay failed).
+    fn restore(&self, letter: DeadLetter) -> BrokerFuture<'_, ()>;
+
+    /// Remove the letters with these ids (all, with `None`); returns how many went.
+    fn purge<'a>(&'a self, ids: Option<&'a [u64]>) -> BrokerFuture<'a, usize>;
+}
+
+/// List the shared letters (ids above `after`) and then, on the last page, this node's not
+/// moved yet (ids above `local_after`), moving what can be moved first (unless a replay or a
+/// move is in progress). The counts are over both stores.
+pub(crate) async fn list_all(
+    local: &DeadLetters,
+    store: &dyn SharedDeadLetters,
+    after: u64,
+    local_after: u64,
+    limit: usize,
+) -> DeadLetterPage {
+    // A move holds the lock briefly, a replay for its whole run: the listing waits a few
+    // seconds at most, then lists without moving first.
+    let moving = tokio::time::timeout(std::time::Duration::from_secs(5), local.moving.lock()).await;
+    if moving.is_ok() {
+        let _ = store.move_local().await;
+    }
+    let mine = local.list(local_after, limit);
+    let mut page = match store.list(after, limit).await {
+        Ok(p) => p,
+        Err(e) => DeadLetterPage { count: 0, bytes: 0, dropped: 0, items: Vec::new(), shared_error: Some(e.body()) },
+    };
+    page.count += mine.count;
+    page.bytes += mine.bytes;
+    page.dropped += mine.dropped;
+    let room = limit.saturating_sub(page.items.len());
+    page.items.extend(mine.items.into_iter().take(room).map(|mut l| {
+        l.node = Some(store.node().to_owned());
+        l
+    }));
+    page
+}
+
+/// Remove shared letters (`ids`) and this node's (`local_ids`); neither given: all of both.
+/// Returns how many went, and why the shared store could not be reached.
+pub(crate) async fn purge_all(
+    local: &DeadLetters,
+    store: &dyn SharedDeadLetters,
+    ids: Option<&[u64]>,
+    local_ids: Option<&[u64]>,
+) -> (usize, Option<ErrorBody>) {
+    let _moving = local.moving.lock().await;
+    let all = ids.is_none() && local_ids.is_none();
+    let mut purged = 0;
+    if all || local_ids.is_some() {
+        purged += local.purge(local_ids);
+    }
+    let mut error = None;
+    if all || ids.is_some() {
+        match store.purge(ids).await {
+            Ok(n) => purged += n,
+            Err(e) => error = Some(e.body()),
+        }
+    }
+    (purged, error)
+}
+
+/// Letters held over both stores (this node's only, when the shared one cannot be read).
+pub(crate) async fn count_all(local: &DeadLetters, store: Option<&dyn SharedDeadLetters>) -> usize {
+    let shared = match store {
+        Some(s) => s.list(0, 0).await.map_or(0, |p| p.count),
+        None => 0,
+    };
+    local.size().0 + shared
+}
+
+/// Publish the shared store's publish letters again, oldest first (those in `ids`, when
+/// given): each is claimed before its publish, so a letter another node is replaying is passed
+/// over; one whose publish fails goes back under its id with the new error (or, when the
+/// broker cannot take it back, into this node's memory, to be moved again later); a 4xxx is
+/// passed over, the first 5xxx stops the replay. Returns the letters replayed and why it
+/// stopped.
+pub(crate) async fn replay_shared<F, Fut>(
+    store: &dyn SharedDeadLetters,
+    local: &DeadLetters,
+    ids: Option<&[u64]>,
+    mut publish: F,
+) -> (usize, Option<ErrorBody>)
+where
+    F: FnMut(DeadLetter) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ErrorBody>>,
+{
+    let (mut after, mut replayed) = (0, 0);
+    loop {
+        let page = match store.list(after, 100).await {
+            Ok(p) => p,
+            Err(e) => return (replayed, Some(e.body())),
+        };
+        let Some(last) = page.items.last() else { return (replayed, None) };
+        after = last.id;
+        let wanted =
+            page.items.into_iter().filter(|l| l.kind == DeadKind::Publish && ids.is_none_or(|ids| ids.contains(&l.id)));
+        for l in wanted {
+            let mut l = match store.claim(l.id).await {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(e) => return (replayed, Some(e.body())),
+            };
+            match publish(l.clone()).await {
+                Ok(()) => {
+                    replayed += 1;
+                    local.replayed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    l.attempts += 1;
+                    l.error = e.clone();
+                    if let Err(why) = store.restore(l.clone()).await {
+                        tracing::warn!(id = l.id, error = %why.message, "a dead letter could not go back to the shared store; kept on this node");
+                        l.shared = false;
+                        local.push_kept(l);
+                    }
+                    if e.code >= 5000 {
+                        return (replayed, Some(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Prometheus lines of the shared store (cluster mode over Redis): what this node moved, its
+/// failures, and the store's size when it could be read (`shared`).
+pub(crate) fn render_shared(local: &DeadLetters, shared: Option<&DeadLetterPage>, out: &mut String) {
+    let mut lines: Vec<(&str, &str, &str, u64)> = vec![
+        (
+            "weft_dead_letters_moved_total",
+            "counter",
+            "Dead letters this node moved into the cluster's shared store.",
+            local.moved.load(Ordering::Relaxed),
+        ),
+        (
+            "weft_dead_letters_move_failures_total",
+            "counter",
+            "Attempts of this node to move dead letters into the shared store that failed.",
+            local.move_failures.load(Ordering::Relaxed),
+        ),
+    ];
+    if let Some(p) = shared {
+        lines.push((
+            "weft_dead_letters_shared",
+            "gauge",
+            "Dead letters in the cluster's shared store (the same on every node).",
+            p.count as u64,
+        ));
+        lines.push((
+            "weft_dead_letter_shared_bytes",
+            "gauge",
+            "Bytes of the dead letters in the cluster's shared store.",
+            p.bytes as u64,
+        ));
+        lines.push((
+            "weft_dead_letters_shared_dropped_total",
+            "counter",
+            "Dead letters the shared store dropped to stay within its bounds (cluster-wide).",
+            p.dropped,
+        ));
+    }
+    for (name, kind, help, v) in lines {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+    }
+}
+
+/// Why a shared-store request cannot be made: this broker keeps none.
+pub(crate) fn no_shared_store() -> BrokerError {
+    BrokerError::failed("this broker keeps no shared dead-letter store")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +662,32 @@ mod tests {
         assert_eq!(d.size().0, 1);
         assert_eq!(d.purge(None), 1);
         assert_eq!(d.size(), (0, 0));
+    }
+
+    /// A letter keeps every field through the shared store's JSON (its id is the store's).
+    #[test]
+    fn letters_round_trip_through_the_shared_store_form() {
+        let mut l = DeadLetter::publish(
+            "t",
+            json!({"a": [1, 2]}),
+            Some("e-1".into()),
+            Priority::High,
+            ErrorBody::new(ErrorCode::Unavailable, "down"),
+        );
+        l.id = 7;
+        l.node = Some("web-1".into());
+        l.attempts = 3;
+        let back = DeadLetter::from_stored(42, &l.to_stored()).unwrap();
+        assert_eq!((back.id, back.shared, back.size), (42, true, l.size));
+        let (mut a, mut b) = (serde_json::to_value(&l).unwrap(), serde_json::to_value(&back).unwrap());
+        for v in [&mut a, &mut b] {
+            v.as_object_mut().unwrap().retain(|k, _| k != "id" && k != "shared");
+        }
+        assert_eq!(a, b);
+        let s = DeadLetter::snapshot("s", "ann", ErrorBody::new(ErrorCode::SnapshotFailed, "no"));
+        let back = DeadLetter::from_stored(1, &s.to_stored()).unwrap();
+        assert_eq!((back.kind, back.user.as_deref(), back.payload), (DeadKind::Snapshot, Some("ann"), None));
+        assert!(DeadLetter::from_stored(1, "{}").is_none());
     }
 
     #[test]

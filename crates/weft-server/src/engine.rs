@@ -333,17 +333,61 @@ impl Engine {
         self.shared.broker.publish(topic, payload, meta).await.map_err(|e| PublishError(e.body()))
     }
 
-    /// The dead letters: publishes the cluster broker refused or lost, snapshots that failed
-    /// (list and purge them here; [`replay_dead_letters`](Self::replay_dead_letters)).
+    /// The dead letters in this node's memory: publishes the cluster broker refused or lost,
+    /// snapshots that failed (list and purge them here;
+    /// [`replay_dead_letters`](Self::replay_dead_letters)). In cluster mode over Redis they
+    /// move to the cluster's shared store once the broker takes them:
+    /// [`list_dead_letters`](Self::list_dead_letters) and
+    /// [`purge_dead_letters`](Self::purge_dead_letters) see both stores.
     pub fn dead_letters(&self) -> &crate::dead::DeadLetters {
         &self.shared.dead_letters
+    }
+
+    /// Up to `limit` dead letters, oldest first: with a shared store (cluster mode over
+    /// Redis), the shared letters with ids above `after`, then this node's not moved yet (ids
+    /// above `local_after`); otherwise this node's (ids above `after`). Counts cover both.
+    pub async fn list_dead_letters(&self, after: u64, local_after: u64, limit: usize) -> crate::dead::DeadLetterPage {
+        match self.shared.broker.shared_dead_letters() {
+            Some(store) => crate::dead::list_all(&self.shared.dead_letters, &*store, after, local_after, limit).await,
+            None => self.shared.dead_letters.list(after.max(local_after), limit),
+        }
+    }
+
+    /// Remove dead letters: with a shared store, the shared ones in `ids` and this node's in
+    /// `local_ids` (neither: all of both); otherwise this node's in either (neither: all).
+    /// Returns how many went and, when the shared store could not be reached, why.
+    pub async fn purge_dead_letters(
+        &self,
+        ids: Option<&[u64]>,
+        local_ids: Option<&[u64]>,
+    ) -> (usize, Option<ErrorBody>) {
+        let local = &self.shared.dead_letters;
+        match self.shared.broker.shared_dead_letters() {
+            Some(store) => crate::dead::purge_all(local, &*store, ids, local_ids).await,
+            None if ids.is_none() && local_ids.is_none() => (local.purge(None), None),
+            None => {
+                let all: Vec<u64> = ids.iter().chain(&local_ids).flat_map(|i| i.iter()).copied().collect();
+                (local.purge(Some(&all)), None)
+            }
+        }
+    }
+
+    /// Dead letters held, over both stores (this node's only when the shared one cannot be
+    /// read).
+    pub async fn dead_letter_count(&self) -> usize {
+        crate::dead::count_all(&self.shared.dead_letters, self.shared.broker.shared_dead_letters().as_deref()).await
     }
 
     /// Publish the dead-letter publishes again, oldest first (only those in `ids`, when
     /// given), each with its event id and priority; one that works leaves the store. One the
     /// engine refuses for what it is (error 4xxx) stays with that error and is passed over; the
     /// first that fails for the broker (5xxx) stops the replay: it stays, as do the letters
-    /// after it, in order. Snapshot letters are left. One replay at a time.
+    /// after it, in order. Snapshot letters are left. One replay at a time on a node.
+    ///
+    /// In cluster mode over Redis this node's letters first move to the cluster's shared
+    /// store, whose letters are replayed (`ids` name them); each is claimed before it is
+    /// published, so nodes replaying at once publish each letter once. Letters this node could
+    /// not move (the broker unreachable) are replayed after them when `ids` is `None`.
     ///
     /// ```no_run
     /// # async fn run(engine: weft_server::Engine) {
@@ -355,27 +399,40 @@ impl Engine {
     pub async fn replay_dead_letters(&self, ids: Option<&[u64]>) -> crate::dead::ReplayOutcome {
         let _one = self.shared.replaying.lock().await;
         let dead = &self.shared.dead_letters;
+        let store = self.shared.broker.shared_dead_letters();
         let (mut after, mut replayed, mut error) = (0, 0, None);
-        while let Some(l) = dead.next_publish(after, ids) {
+        let replay_one = |l: crate::dead::DeadLetter| async move {
+            let meta = crate::broker::PublishMeta { id: l.event_id, priority: l.priority, replay: true };
+            self.publish_with(&l.topic, l.payload.unwrap_or(Value::Null), meta).await.map(|_| ()).map_err(|e| e.0)
+        };
+        // Held throughout: no letter moves to the shared store while this node replays.
+        let _moving = dead.moving.lock().await;
+        if let Some(store) = &store {
+            let _ = store.move_local().await;
+            (replayed, error) = crate::dead::replay_shared(&**store, dead, ids, replay_one).await;
+        }
+        while let Some(l) =
+            dead.next_publish(after, ids).filter(|_| error.is_none() && (store.is_none() || ids.is_none()))
+        {
             after = l.id;
-            let meta = crate::broker::PublishMeta { id: l.event_id.clone(), priority: l.priority, replay: true };
-            match self.publish_with(&l.topic, l.payload.clone().unwrap_or(Value::Null), meta).await {
-                Ok(_) => {
+            match replay_one(l.clone()).await {
+                Ok(()) => {
                     dead.delivered(l.id);
                     replayed += 1;
                 }
                 // Refused for what it is (a 4xxx: a name, an id, a limit): it stays, marked,
                 // and the replay moves past it; the broker failing again stops the replay,
                 // keeping the order of what is left.
-                Err(e) if e.0.code < 5000 => dead.failed_again(l.id, e.0),
+                Err(e) if e.code < 5000 => dead.failed_again(l.id, e),
                 Err(e) => {
-                    dead.failed_again(l.id, e.0.clone());
-                    error = Some(e.0);
+                    dead.failed_again(l.id, e.clone());
+                    error = Some(e);
                     break;
                 }
             }
         }
-        crate::dead::ReplayOutcome { replayed, remaining: dead.size().0, error }
+        let remaining = crate::dead::count_all(dead, store.as_deref()).await;
+        crate::dead::ReplayOutcome { replayed, remaining, error }
     }
 
     /// Start a graceful shutdown: stop accepting, close every connection with 1001 after

@@ -43,6 +43,10 @@ where
         (&Method::GET, "/metrics") => {
             let mut body = engine.metrics().render_prometheus(engine.broker().topic_count());
             engine.dead_letters().render(&mut body);
+            if let Some(store) = engine.broker().shared_dead_letters() {
+                let shared = store.list(0, 0).await.ok();
+                crate::dead::render_shared(engine.dead_letters(), shared.as_ref(), &mut body);
+            }
             if let Some(c) = engine.broker().cluster() {
                 let up = u8::from(c.state == "ok");
                 body.push_str(&format!(
@@ -164,10 +168,15 @@ where
 struct IdsBody {
     #[serde(default)]
     ids: Option<Vec<u64>>,
+    /// This node's letters not moved to the shared store yet (cluster mode over Redis).
+    #[serde(default)]
+    local_ids: Option<Vec<u64>>,
 }
 
 /// `/api/dead-letters`: `GET ?after=ID&limit=N` lists (oldest first, at most 1,000), `DELETE`
 /// purges (all, or `{"ids": [...]}`), `POST /replay` publishes again (all, or `{"ids": [...]}`).
+/// With a shared store (cluster mode over Redis), `ids` and `after` name the shared letters
+/// and `local_ids` and `local_after` this node's not moved yet.
 async fn dead_letters<B>(engine: &Engine, req: Request<B>) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body + Send + 'static,
@@ -177,19 +186,21 @@ where
     if let Some(refused) = authorize(engine, req.headers()) {
         return refused;
     }
+    let shared = engine.broker().shared_dead_letters().is_some();
     if req.method() == Method::GET {
-        let (mut after, mut limit) = (0u64, 100usize);
+        let (mut after, mut local_after, mut limit) = (0u64, 0u64, 100usize);
         for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
             let n = v.parse::<u64>();
             match (k.as_ref(), n) {
                 ("after", Ok(n)) => after = n,
+                ("local_after", Ok(n)) => local_after = n,
                 ("limit", Ok(n)) => limit = (n as usize).clamp(1, 1000),
                 (k, _) => {
                     return error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, format!("bad query parameter {k:?}"));
                 }
             }
         }
-        let page = engine.dead_letters().list(after, limit);
+        let page = engine.list_dead_letters(after, local_after, limit).await;
         return json_response(StatusCode::OK, &serde_json::to_value(page).expect("json"));
     }
     let replay = req.method() == Method::POST;
@@ -206,11 +217,22 @@ where
         }
     };
     if replay {
+        if !shared && ids.local_ids.is_some() {
+            // One store: both name its letters.
+            let all: Vec<u64> = ids.ids.iter().chain(&ids.local_ids).flatten().copied().collect();
+            let done = engine.replay_dead_letters(Some(&all)).await;
+            return json_response(StatusCode::OK, &serde_json::to_value(done).expect("json"));
+        }
         let done = engine.replay_dead_letters(ids.ids.as_deref()).await;
         json_response(StatusCode::OK, &serde_json::to_value(done).expect("json"))
     } else {
-        let purged = engine.dead_letters().purge(ids.ids.as_deref());
-        json_response(StatusCode::OK, &json!({ "purged": purged, "remaining": engine.dead_letters().size().0 }))
+        let (purged, shared_error) = engine.purge_dead_letters(ids.ids.as_deref(), ids.local_ids.as_deref()).await;
+        let remaining = engine.dead_letter_count().await;
+        let mut answer = json!({ "purged": purged, "remaining": remaining });
+        if let Some(e) = shared_error {
+            answer["shared_error"] = serde_json::to_value(e).expect("json");
+        }
+        json_response(StatusCode::OK, &answer)
     }
 }
 

@@ -24,8 +24,8 @@ mod memory;
 mod patterns;
 
 pub use cluster::{
-    Backend, Cluster, ClusterSettings, Health, Heartbeat, Inbound, NatsBackend, NatsBroker, Outgoing, RedisBackend,
-    RedisBroker, RedisSettings, Reply, default_node_name,
+    Backend, Cluster, ClusterSettings, DeadList, DeadRecord, Health, Heartbeat, Inbound, NatsBackend, NatsBroker,
+    Outgoing, RedisBackend, RedisBroker, RedisSettings, Reply, default_node_name,
 };
 pub use memory::{MemoryBroker, TopicSettings};
 pub(crate) use patterns::Patterns;
@@ -370,6 +370,13 @@ pub trait Broker: Send + Sync + 'static {
     /// [`ClusterSettings::dead_letters`](crate::broker::ClusterSettings)); an engine over it
     /// lists and replays that store. `None`: the broker keeps none.
     fn dead_letters(&self) -> Option<Arc<crate::dead::DeadLetters>> {
+        None
+    }
+
+    /// The cluster's shared dead-letter store (a cluster broker over Redis), into which this
+    /// node's letters move once the broker takes them; `None`: letters stay in the node's
+    /// memory ([`crate::dead`]).
+    fn shared_dead_letters(&self) -> Option<Arc<dyn crate::dead::SharedDeadLetters>> {
         None
     }
 

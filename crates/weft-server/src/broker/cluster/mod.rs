@@ -31,7 +31,7 @@ use super::{
     Broker, BrokerError, BrokerFuture, BrokerHealth, ClusterInfo, Patterns, PublishMeta, Start, SubscribeOutcome,
     Subscriber,
 };
-use crate::dead::DeadLetter;
+use crate::dead::{DeadKind, DeadLetter, DeadLetterPage, SharedDeadLetters};
 use crate::metrics::Metrics;
 use crate::outbox::SlowConsumerPolicy;
 use crate::topic::Pattern;
@@ -332,6 +332,37 @@ impl QueueBudget {
     }
 }
 
+/// A dead letter on its way to the shared store ([`Backend::dead_push`]).
+#[derive(Debug, Clone)]
+pub struct DeadRecord {
+    /// Unique per letter (the node, its start, the letter's number there; `r/{id}` for one put
+    /// back): a letter pushed again after a lost answer is stored once.
+    pub token: String,
+    /// A snapshot letter (they go first when room is needed).
+    pub snapshot: bool,
+    /// The letter's JSON.
+    pub json: String,
+}
+
+impl DeadRecord {
+    fn of(l: &DeadLetter, token: String) -> Self {
+        Self { token, snapshot: l.kind == DeadKind::Snapshot, json: l.to_stored() }
+    }
+}
+
+/// A page of the shared dead-letter store ([`Backend::dead_list`]).
+#[derive(Debug, Default)]
+pub struct DeadList {
+    /// Letters held.
+    pub count: usize,
+    /// Bytes they hold.
+    pub bytes: usize,
+    /// Letters dropped to stay within the bounds.
+    pub dropped: u64,
+    /// `(id, JSON)` of the letters asked for, oldest first.
+    pub items: Vec<(u64, String)>,
+}
+
 /// What a node's heartbeat learned.
 #[derive(Debug, Default)]
 pub struct Heartbeat {
@@ -418,6 +449,44 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Remove the members of a dead node (announcing each leave); `None` when the node turned
     /// out alive again.
     fn sweep<'a>(&'a self, node: &'a str) -> Reply<'a, Option<u64>>;
+
+    /// Whether the broker keeps the cluster's shared dead-letter store (Redis; see
+    /// [`crate::dead`]). The `dead_*` requests below are made only when it does.
+    fn dead_store(&self) -> bool {
+        false
+    }
+
+    /// Append letters, oldest first, within `(max_entries, max_bytes)` (the oldest go, snapshot
+    /// letters first); returns their ids (0: larger than the whole store, dropped). A letter
+    /// whose token the store already holds keeps its id and is not stored twice.
+    fn dead_push<'a>(&'a self, letters: &'a [DeadRecord], bounds: (usize, usize)) -> Reply<'a, Vec<u64>> {
+        let _ = (letters, bounds);
+        Box::pin(std::future::ready(Err(crate::dead::no_shared_store())))
+    }
+
+    /// The store's totals and up to `limit` letters with ids above `after`, oldest first.
+    fn dead_list(&self, after: u64, limit: usize) -> Reply<'_, DeadList> {
+        let _ = (after, limit);
+        Box::pin(std::future::ready(Err(crate::dead::no_shared_store())))
+    }
+
+    /// Take letter `id` out, atomically; its JSON, or `None` when it is gone.
+    fn dead_claim(&self, id: u64) -> Reply<'_, Option<String>> {
+        let _ = id;
+        Box::pin(std::future::ready(Err(crate::dead::no_shared_store())))
+    }
+
+    /// Put a claimed letter back under its id.
+    fn dead_restore<'a>(&'a self, id: u64, letter: &'a DeadRecord) -> Reply<'a, ()> {
+        let _ = (id, letter);
+        Box::pin(std::future::ready(Err(crate::dead::no_shared_store())))
+    }
+
+    /// Remove the letters with these ids (all, with `None`); how many went.
+    fn dead_purge<'a>(&'a self, ids: Option<&'a [u64]>) -> Reply<'a, usize> {
+        let _ = ids;
+        Box::pin(std::future::ready(Err(crate::dead::no_shared_store())))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -652,6 +721,9 @@ struct Core<B: Backend> {
     /// Publishes handed to the backend and not yet answered (or dropped): shutdown waits for
     /// them ([`Broker::settle`]).
     in_flight: Arc<AtomicUsize>,
+    /// Random per start: with the node's name and a letter's number, a token unique to the
+    /// letter in the shared dead-letter store.
+    dead_boot: u64,
 }
 
 /// Counts a publish in flight while it lives.
@@ -712,6 +784,7 @@ impl<B: Backend> Cluster<B> {
             again: AtomicBool::new(false),
             sweeping: Mutex::new(std::collections::HashSet::new()),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            dead_boot: rand::random(),
             metrics,
             settings,
         });
@@ -724,6 +797,9 @@ impl<B: Backend> Cluster<B> {
         // they go now (with their leave notices), not never.
         core.reregister_presence().await.map_err(|e| format!("{} refused the presence cleanup: {e}", B::TITLE))?;
         tokio::spawn(supervise(Arc::downgrade(&core)));
+        if core.backend.dead_store() {
+            tokio::spawn(move_dead_letters(Arc::downgrade(&core)));
+        }
         Ok(Self { core })
     }
 
@@ -1645,6 +1721,8 @@ async fn supervise<B: Backend>(inner: Weak<Core<B>>) {
                         me.metrics.cluster_reconnects.fetch_add(1, Ordering::Relaxed);
                         me.health.set_up();
                         let _ = me.heartbeat().await;
+                        // Dead letters made during the outage can move to the shared store now.
+                        me.settings.dead_letters.arrived.notify_one();
                         tracing::info!(broker = B::NAME, "cluster broker reconnected");
                     }
                     Err(e) => {
@@ -1662,6 +1740,126 @@ async fn supervise<B: Backend>(inner: Weak<Core<B>>) {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// Letters moved per request to the shared store: at most this many…
+const DEAD_BATCH: usize = 64;
+/// …and this many bytes (at least one letter).
+const DEAD_BATCH_BYTES: usize = 1 << 20;
+
+impl<B: Backend> Core<B> {
+    /// Move this node's dead letters into the shared store, oldest first, batch by batch; a
+    /// letter leaves the node's memory once the broker acknowledged it. The caller holds
+    /// `dead_letters.moving`.
+    async fn move_dead(&self) -> Result<(), BrokerError> {
+        let dead = &self.settings.dead_letters;
+        loop {
+            let batch = dead.oldest(DEAD_BATCH, DEAD_BATCH_BYTES);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            if !self.health.is_up() {
+                return Err(self.unavailable());
+            }
+            let records: Vec<DeadRecord> = batch
+                .iter()
+                .map(|l| {
+                    let mut l = l.clone();
+                    l.node = Some(self.settings.node.clone());
+                    DeadRecord::of(&l, format!("{}/{:x}/{}", self.settings.node, self.dead_boot, l.id))
+                })
+                .collect();
+            if let Err(e) = self.backend.dead_push(&records, dead.bounds()).await {
+                dead.move_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+            let ids: Vec<u64> = batch.iter().map(|l| l.id).collect();
+            dead.purge(Some(&ids));
+            dead.moved.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Moves dead letters into the shared store: woken when a letter arrives or the broker comes
+/// back (and every 30 s); nothing is tried while the broker is down, and failures back off
+/// from 0.1 s, doubling, up to 30 s.
+async fn move_dead_letters<B: Backend>(core: Weak<Core<B>>) {
+    const IDLE: Duration = Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(me) = core.upgrade() else { return };
+        let dead = Arc::clone(&me.settings.dead_letters);
+        let wake = dead.arrived.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let failed = if dead.size().0 > 0 && me.health.is_up() {
+            let _moving = dead.moving.lock().await;
+            match me.move_dead().await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "moving dead letters to the shared store failed; retried");
+                    true
+                }
+            }
+        } else {
+            false
+        };
+        drop(me);
+        if failed {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(IDLE);
+        } else {
+            let _ = tokio::time::timeout(IDLE, wake).await;
+        }
+    }
+}
+
+impl<B: Backend> SharedDeadLetters for Core<B> {
+    fn node(&self) -> &str {
+        &self.settings.node
+    }
+
+    fn move_local(&self) -> BrokerFuture<'_, ()> {
+        Box::pin(self.move_dead())
+    }
+
+    fn list(&self, after: u64, limit: usize) -> BrokerFuture<'_, DeadLetterPage> {
+        Box::pin(async move {
+            let DeadList { count, bytes, dropped, items } = self.backend.dead_list(after, limit).await?;
+            let items = items
+                .into_iter()
+                .filter_map(|(id, json)| {
+                    let l = DeadLetter::from_stored(id, &json);
+                    if l.is_none() {
+                        tracing::warn!(id, "unreadable dead letter in the shared store");
+                    }
+                    l
+                })
+                .collect();
+            Ok(DeadLetterPage { count, bytes, dropped, items, shared_error: None })
+        })
+    }
+
+    fn claim(&self, id: u64) -> BrokerFuture<'_, Option<DeadLetter>> {
+        Box::pin(async move {
+            let json = self.backend.dead_claim(id).await?;
+            Ok(json.and_then(|j| DeadLetter::from_stored(id, &j)))
+        })
+    }
+
+    fn restore(&self, letter: DeadLetter) -> BrokerFuture<'_, ()> {
+        Box::pin(async move {
+            let record = DeadRecord::of(&letter, format!("r/{}", letter.id));
+            self.backend.dead_restore(letter.id, &record).await
+        })
+    }
+
+    fn purge<'a>(&'a self, ids: Option<&'a [u64]>) -> BrokerFuture<'a, usize> {
+        self.backend.dead_purge(ids)
     }
 }
 
@@ -1724,6 +1922,10 @@ impl<B: Backend> Broker for Cluster<B> {
 
     fn dead_letters(&self) -> Option<Arc<crate::dead::DeadLetters>> {
         Some(Arc::clone(&self.core.settings.dead_letters))
+    }
+
+    fn shared_dead_letters(&self) -> Option<Arc<dyn SharedDeadLetters>> {
+        self.core.backend.dead_store().then(|| Arc::clone(&self.core) as Arc<dyn SharedDeadLetters>)
     }
 
     fn last_event<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, Option<Arc<crate::wire::Event>>> {

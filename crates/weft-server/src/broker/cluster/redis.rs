@@ -13,8 +13,8 @@ use tokio::sync::{Notify, mpsc};
 
 use super::redis_scripts as scripts;
 use super::{
-    Backend, ClusterSettings, Health, Heartbeat, Inbound, Outgoing, PAGE, QueueBudget, Reply, new_epoch,
-    parse_time_field, redact, time_field,
+    Backend, ClusterSettings, DeadList, DeadRecord, Health, Heartbeat, Inbound, Outgoing, PAGE, QueueBudget, Reply,
+    new_epoch, parse_time_field, redact, time_field,
 };
 use crate::broker::{BrokerError, BrokerFuture};
 use crate::metrics::Metrics;
@@ -470,6 +470,15 @@ impl Inner {
         out
     }
 
+    /// The shared dead-letter store's keys (see [`scripts::DL_PUSH`]).
+    fn dead_keys(&self, script: &'static redis::Script) -> redis::ScriptInvocation<'static> {
+        let mut inv = script.prepare_invoke();
+        for k in ["dl:o", "dl:d", "dl:k", "dl:m", "dl:t"] {
+            inv.key(format!("{}:{k}", self.settings.prefix));
+        }
+        inv
+    }
+
     async fn leave(&self, topic: &str, session: &str) -> Result<(), BrokerError> {
         let mut conn = self.cmd_any()?;
         let _: i64 = scripts::LEAVE
@@ -699,6 +708,94 @@ impl Backend for RedisBackend {
         })
     }
 
+    fn dead_store(&self) -> bool {
+        true
+    }
+
+    fn dead_push<'a>(&'a self, letters: &'a [DeadRecord], bounds: (usize, usize)) -> Reply<'a, Vec<u64>> {
+        Box::pin(async move {
+            let me = &self.inner;
+            let mut conn = me.cmd()?;
+            let mut inv = me.dead_keys(&scripts::DL_PUSH);
+            inv.arg(bounds.0).arg(bounds.1).arg((bounds.0 / 10).max(1));
+            for l in letters {
+                inv.arg(&l.token).arg(if l.snapshot { "s" } else { "p" }).arg(&l.json);
+            }
+            inv.invoke_async(&mut conn).await.map_err(|e| me.failed(e))
+        })
+    }
+
+    fn dead_list(&self, after: u64, limit: usize) -> Reply<'_, DeadList> {
+        Box::pin(async move {
+            let me = &self.inner;
+            let mut conn = me.cmd()?;
+            let out: Vec<redis::Value> = me
+                .dead_keys(&scripts::DL_LIST)
+                .arg(after)
+                .arg(limit)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| me.failed(e))?;
+            let int = |v: &redis::Value| if let redis::Value::Int(i) = v { (*i).max(0) as u64 } else { 0 };
+            let (count, bytes, dropped) = match &out[..] {
+                [c, b, d, ..] => (int(c) as usize, int(b) as usize, int(d)),
+                _ => return Err(BrokerError::failed("Redis: a short dead-letter listing")),
+            };
+            let mut items = Vec::new();
+            for pair in out[3..].chunks(2) {
+                if let [id, redis::Value::BulkString(v)] = pair {
+                    items.push((int(id), untoken(v)));
+                }
+            }
+            Ok(DeadList { count, bytes, dropped, items })
+        })
+    }
+
+    fn dead_claim(&self, id: u64) -> Reply<'_, Option<String>> {
+        Box::pin(async move {
+            let me = &self.inner;
+            let mut conn = me.cmd()?;
+            let v: Option<Vec<u8>> =
+                me.dead_keys(&scripts::DL_CLAIM).arg(id).invoke_async(&mut conn).await.map_err(|e| me.failed(e))?;
+            Ok(v.map(|v| untoken(&v)))
+        })
+    }
+
+    fn dead_restore<'a>(&'a self, id: u64, letter: &'a DeadRecord) -> Reply<'a, ()> {
+        Box::pin(async move {
+            let me = &self.inner;
+            let mut conn = me.cmd()?;
+            let _: i64 = me
+                .dead_keys(&scripts::DL_RESTORE)
+                .arg(id)
+                .arg(if letter.snapshot { "s" } else { "p" })
+                .arg(format!("{}\n{}", letter.token, letter.json))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| me.failed(e))?;
+            Ok(())
+        })
+    }
+
+    fn dead_purge<'a>(&'a self, ids: Option<&'a [u64]>) -> Reply<'a, usize> {
+        Box::pin(async move {
+            let me = &self.inner;
+            let mut conn = me.cmd()?;
+            let mut inv = me.dead_keys(&scripts::DL_PURGE);
+            match ids {
+                None => {
+                    inv.arg("*");
+                }
+                Some(ids) => {
+                    for id in ids {
+                        inv.arg(id);
+                    }
+                }
+            }
+            inv.invoke_async(&mut conn).await.map_err(|e| me.failed(e))
+        })
+    }
+
     fn sweep<'a>(&'a self, node: &'a str) -> Reply<'a, Option<u64>> {
         Box::pin(async move {
             let me = &self.inner;
@@ -728,6 +825,12 @@ impl Backend for RedisBackend {
 }
 
 use std::future::Future;
+
+/// The JSON of a stored dead letter (`token\njson`).
+fn untoken(v: &[u8]) -> String {
+    let s = String::from_utf8_lossy(v);
+    s.split_once('\n').map_or(s.as_ref(), |(_, json)| json).to_owned()
+}
 
 /// A heartbeat reply item: the alive count, then names.
 enum Value2 {

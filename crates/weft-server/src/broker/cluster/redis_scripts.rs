@@ -142,3 +142,147 @@ return #entries
 "#,
     )
 });
+
+/// The shared dead-letter store's keys, in this order, for every `DL_*` script: the ids in
+/// order (sorted set, score = id), the letters (hash id → `token\njson`), the ids of snapshot
+/// letters (sorted set), the totals (hash `next`, `bytes`, `dropped`, `total`), the tokens
+/// (hash token → id: a letter pushed again after a lost answer is not stored twice). Every
+/// script starts with `dl_remove`, which takes one letter out and keeps the totals right.
+const DL_LIB: &str = r#"
+local function dl_remove(id)
+  local v = redis.call('HGET', KEYS[2], id)
+  if not v then return nil end
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('HINCRBY', KEYS[4], 'bytes', -#v)
+  local nl = string.find(v, '\n', 1, true)
+  if nl then redis.call('HDEL', KEYS[5], string.sub(v, 1, nl - 1)) end
+  return v
+end
+"#;
+
+fn dl_script(body: &str) -> Script {
+    Script::new(&format!("{DL_LIB}{body}"))
+}
+
+/// Append dead letters, oldest first, within the bounds: past `max_entries` letters or
+/// `max_bytes` bytes (of `token\njson`), the oldest go, snapshot letters first, and snapshot
+/// letters hold at most `snapshot_cap`; each drop counts in `dropped`. A letter larger than
+/// the whole store is dropped (id 0). A letter whose token is known is not added again (its id
+/// is returned). ARGV: max entries, max bytes, snapshot cap, then per letter: token, kind
+/// (`p` or `s`), JSON. Returns the ids.
+pub(super) static DL_PUSH: LazyLock<Script> = LazyLock::new(|| {
+    dl_script(
+        r#"
+local maxn, maxb, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for i = 4, #ARGV, 3 do
+  local token, kind = ARGV[i], ARGV[i + 1]
+  local v = token .. '\n' .. ARGV[i + 2]
+  local known = redis.call('HGET', KEYS[5], token)
+  if known then
+    table.insert(out, tonumber(known))
+  else
+    redis.call('HINCRBY', KEYS[4], 'total', 1)
+    if #v > maxb then
+      redis.call('HINCRBY', KEYS[4], 'dropped', 1)
+      table.insert(out, 0)
+    else
+      if kind == 's' then
+        while redis.call('ZCARD', KEYS[3]) >= cap do
+          dl_remove(redis.call('ZRANGE', KEYS[3], 0, 0)[1])
+          redis.call('HINCRBY', KEYS[4], 'dropped', 1)
+        end
+      end
+      while redis.call('ZCARD', KEYS[1]) >= maxn
+        or tonumber(redis.call('HGET', KEYS[4], 'bytes') or '0') + #v > maxb do
+        local victim = redis.call('ZRANGE', KEYS[3], 0, 0)[1] or redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+        if not victim then break end
+        dl_remove(victim)
+        redis.call('HINCRBY', KEYS[4], 'dropped', 1)
+      end
+      local id = redis.call('HINCRBY', KEYS[4], 'next', 1)
+      redis.call('ZADD', KEYS[1], id, id)
+      if kind == 's' then redis.call('ZADD', KEYS[3], id, id) end
+      redis.call('HSET', KEYS[2], id, v)
+      redis.call('HSET', KEYS[5], token, id)
+      redis.call('HINCRBY', KEYS[4], 'bytes', #v)
+      table.insert(out, id)
+    end
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Up to `limit` dead letters with ids above `after`, oldest first, with the totals. ARGV:
+/// after, limit. Returns `{count, bytes, dropped, id, token\njson, id, …}`.
+pub(super) static DL_LIST: LazyLock<Script> = LazyLock::new(|| {
+    dl_script(
+        r#"
+local ids = {}
+if tonumber(ARGV[2]) > 0 then
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+end
+local m = redis.call('HMGET', KEYS[4], 'bytes', 'dropped')
+local out = {redis.call('ZCARD', KEYS[1]), tonumber(m[1] or '0'), tonumber(m[2] or '0')}
+for _, id in ipairs(ids) do
+  local v = redis.call('HGET', KEYS[2], id)
+  if v then
+    table.insert(out, tonumber(id))
+    table.insert(out, v)
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Take one dead letter out (a replay claims it before publishing it: of two nodes replaying
+/// at once, one gets it). ARGV: id. Returns `token\njson`, or nil when it is gone.
+pub(super) static DL_CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    dl_script(
+        r#"
+return dl_remove(ARGV[1]) or false
+"#,
+    )
+});
+
+/// Put a claimed dead letter back under its id (its replay failed), unless a letter holds the
+/// id. Not trimmed: the store can pass its bounds by one letter per replay in progress. ARGV:
+/// id, kind (`p` or `s`), `token\njson`.
+pub(super) static DL_RESTORE: LazyLock<Script> = LazyLock::new(|| {
+    dl_script(
+        r#"
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
+if ARGV[2] == 's' then redis.call('ZADD', KEYS[3], ARGV[1], ARGV[1]) end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local nl = string.find(ARGV[3], '\n', 1, true)
+if nl then redis.call('HSET', KEYS[5], string.sub(ARGV[3], 1, nl - 1), ARGV[1]) end
+redis.call('HINCRBY', KEYS[4], 'bytes', #ARGV[3])
+return 1
+"#,
+    )
+});
+
+/// Remove dead letters: ARGV `*` for all, else their ids. Returns how many went.
+pub(super) static DL_PURGE: LazyLock<Script> = LazyLock::new(|| {
+    dl_script(
+        r#"
+if ARGV[1] == '*' then
+  local n = redis.call('ZCARD', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5])
+  redis.call('HSET', KEYS[4], 'bytes', 0)
+  return n
+end
+local n = 0
+for i = 1, #ARGV do
+  if dl_remove(ARGV[i]) then n = n + 1 end
+end
+return n
+"#,
+    )
+});

@@ -527,10 +527,16 @@ impl Server {
 
     /// The dead letters (publishes the cluster broker refused — `publish` has no caller to
     /// tell —, snapshots that failed), as `GET /api/dead-letters` shows them: a dict with
-    /// `count`, `bytes`, `dropped` and `items` (at most `limit` with ids above `after`).
-    #[pyo3(signature = (after = 0, limit = 100))]
-    fn dead_letters(&self, py: Python<'_>, after: u64, limit: usize) -> PyResult<Py<PyAny>> {
-        let page = self.with_running(py, |r| Ok(r.engine.dead_letters().list(after, limit.clamp(1, 10_000))))?;
+    /// `count`, `bytes`, `dropped` and `items` (at most `limit`: in cluster mode over Redis the
+    /// shared letters with ids above `after`, then this node's not moved yet, above
+    /// `local_after`; each item says its `node` and whether it is `shared`).
+    #[pyo3(signature = (after = 0, limit = 100, local_after = 0))]
+    fn dead_letters(&self, py: Python<'_>, after: u64, limit: usize, local_after: u64) -> PyResult<Py<PyAny>> {
+        let page = self.with_running(py, |r| {
+            let engine = r.engine.clone();
+            let limit = limit.clamp(1, 10_000);
+            Ok(py.detach(|| r.rt.block_on(async move { engine.list_dead_letters(after, local_after, limit).await })))
+        })?;
         let value = serde_json::to_value(page).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         to_python(py, &value)
     }
@@ -547,10 +553,25 @@ impl Server {
         to_python(py, &value)
     }
 
-    /// Remove dead letters (all, or those in `ids`); returns how many went.
-    #[pyo3(signature = (ids = None))]
-    fn purge_dead_letters(&self, py: Python<'_>, ids: Option<Vec<u64>>) -> PyResult<usize> {
-        self.with_running(py, |r| Ok(r.engine.dead_letters().purge(ids.as_deref())))
+    /// Remove dead letters (all, or those in `ids` — shared ones in cluster mode over Redis —
+    /// and `local_ids`, this node's not moved yet); returns how many went.
+    #[pyo3(signature = (ids = None, local_ids = None))]
+    fn purge_dead_letters(
+        &self,
+        py: Python<'_>,
+        ids: Option<Vec<u64>>,
+        local_ids: Option<Vec<u64>>,
+    ) -> PyResult<usize> {
+        let (n, err) = self.with_running(py, |r| {
+            let engine = r.engine.clone();
+            Ok(py.detach(|| {
+                r.rt.block_on(async move { engine.purge_dead_letters(ids.as_deref(), local_ids.as_deref()).await })
+            }))
+        })?;
+        match err {
+            Some(e) => Err(PyRuntimeError::new_err(format!("dead letters: {}", e.message))),
+            None => Ok(n),
+        }
     }
 
     /// Serve one connection over the connected stream socket `fd` (a Unix socket from

@@ -525,7 +525,8 @@ def test_secure_channel_from_the_python_clients():
                 assert (await next_event(c)).payload == {"text": "after"}
                 assert c.reconnects == 1 and c.secured == "encrypt"
                 assert await c.ping() >= 0
-            wrong = base64.b64encode(b"\x04" + bytes(64)).decode()
+            # A valid P-256 public key, but not the server's.
+            wrong = base64.b64encode(weft._weft.SecureHandshake("encrypt").public_key).decode()
             with pytest.raises(engine_client.EngineError) as e:
                 await engine_client.connect(url, server_key=wrong, reconnect=False)
             assert e.value.code == 4012
@@ -563,3 +564,44 @@ def test_secure_channel_from_the_python_clients():
             assert e.value.code == 4012 and "off" in str(e.value)
 
         asyncio.run(off())
+
+
+def test_a_frame_altered_on_the_way_drops_the_connection_and_the_client_resumes_with_new_keys():
+    """A proxy between client and engine flips one bit of one sealed frame: the client closes
+    with 4412 and reconnects (new keys), and the event resumes from the server's history."""
+    with weft.Server("127.0.0.1", 0) as server:
+
+        async def main() -> None:
+            flip = {"armed": False}
+
+            async def pipe(reader, writer, tamper: bool) -> None:
+                try:
+                    while data := await reader.read(65536):
+                        if tamper and flip["armed"]:
+                            flip["armed"] = False
+                            data = data[:-1] + bytes([data[-1] ^ 1])  # the last byte: a tag
+                        writer.write(data)
+                        await writer.drain()
+                except (ConnectionError, OSError):
+                    pass
+                finally:
+                    writer.close()
+
+            async def relay(cr, cw) -> None:
+                sr, sw = await asyncio.open_connection("127.0.0.1", server.port)
+                await asyncio.gather(pipe(cr, sw, False), pipe(sr, cw, True))
+
+            proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+            port = proxy.sockets[0].getsockname()[1]
+            async with engine_client.connect(f"ws://127.0.0.1:{port}/ws", secure="encrypt", min_delay=0.05) as c:
+                await c.subscribe(["t"])
+                server.publish("t", 1)
+                assert (await next_event(c)).payload == 1
+                flip["armed"] = True
+                server.publish("t", 2)
+                assert (await next_event(c, 10)).payload == 2
+                assert c.reconnects == 1 and c.secured == "encrypt"
+                assert c.last_resume[0]["recovered"] is True
+            proxy.close()
+
+        asyncio.run(main())

@@ -331,8 +331,10 @@ export declare class WeftClient extends Emitter<ClientEvents> {
     private channel?;
     /** The channel being made: set when `secured` arrives, as every frame after it is sealed. */
     private channelReady?;
-    /** The `secured` answer awaited by the handshake. */
+    /** The handshake waiting for `secured`: `finish` starts the keys' derivation at once. */
     private securing?;
+    /** Set when reconnecting cannot help (the server requires what this client lacks). */
+    private fatal?;
     /** Sealed frames are opened, and sealed messages sent, one after the other. */
     private inChain;
     private outChain;

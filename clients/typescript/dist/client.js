@@ -164,8 +164,10 @@ export class WeftClient extends Emitter {
     channel;
     /** The channel being made: set when `secured` arrives, as every frame after it is sealed. */
     channelReady;
-    /** The `secured` answer awaited by the handshake. */
+    /** The handshake waiting for `secured`: `finish` starts the keys' derivation at once. */
     securing;
+    /** Set when reconnecting cannot help (the server requires what this client lacks). */
+    fatal;
     /** Sealed frames are opened, and sealed messages sent, one after the other. */
     inChain = Promise.resolve();
     outChain = Promise.resolve();
@@ -277,6 +279,7 @@ export class WeftClient extends Emitter {
         p.catch(() => { }); // only a caller that awaits it hears of a close() before connecting
         if (this._state.state === "closed") {
             this.attempt = 0;
+            this.fatal = undefined;
             this.setState({ state: "connecting" });
             void this.open();
         }
@@ -489,21 +492,28 @@ export class WeftClient extends Emitter {
     /** Agree on the secure channel, then go on as after any welcome. */
     async secure(ws, welcome, option) {
         try {
-            if (!option)
-                throw new Error("the server requires the secure channel: give the `secure` option (weft-client/secure)");
+            if (!option) {
+                this.fatal = "the server requires the secure channel: give the `secure` option (weft-client/secure)";
+                throw new Error(this.fatal);
+            }
             const mode = option.mode;
             const hs = await option.start();
             if (ws !== this.ws)
                 return;
             const ms = this.options.requestTimeout ?? 10000;
-            const reply = await new Promise((resolve, reject) => {
+            await new Promise((resolve, reject) => {
                 const t = setTimeout(() => reject(new TimeoutError(`no answer to secure within ${ms} ms`)), ms);
-                this.securing = { resolve: (m) => (clearTimeout(t), resolve(m)), reject: (e) => (clearTimeout(t), reject(e)) };
+                this.securing = {
+                    finish: (m) => hs.finish(m, String(welcome.session)),
+                    resolve: (m) => (clearTimeout(t), resolve(m)),
+                    reject: (e) => (clearTimeout(t), reject(e)),
+                };
                 this.write({ type: "secure", id: "secure", mode, key: hs.key });
             });
-            // Set before the next frame is read (this runs as the `secured` reply's continuation).
-            const ready = hs.finish(reply, String(welcome.session));
-            this.channelReady = ready;
+            // Set by onData as it read `secured`, before any frame behind it.
+            const ready = this.channelReady;
+            if (ws !== this.ws || !ready)
+                return;
             const ch = await ready;
             if (ws !== this.ws)
                 return;
@@ -565,7 +575,8 @@ export class WeftClient extends Emitter {
     retry(reason, code, refused = false) {
         if (this._state.state === "closed")
             return;
-        const r = this.options.reconnect;
+        const r = this.fatal ? false : this.options.reconnect;
+        reason = this.fatal ?? reason;
         if (r === false) {
             this.failQueue(new ConnectionError(reason, code));
             this.setState({ state: "closed", reason, code, ...(refused ? { refused } : {}) });
@@ -744,7 +755,17 @@ export class WeftClient extends Emitter {
             return ws.send(data);
         // Sealed now (the sequence number is taken at once), sent in the order written.
         const sealed = ch.seal(typeof data === "string" ? new TextEncoder().encode(data) : data);
-        this.outChain = this.outChain.then(() => sealed.then((f) => void (ws === this.ws && ws.readyState === OPEN && ws.send(f))), () => { });
+        this.outChain = this.outChain
+            .then(() => sealed)
+            .then((f) => void (ws === this.ws && ws.readyState === OPEN && ws.send(f)))
+            .catch((e) => {
+            // Nothing after a message that could not be sealed or sent may go out (its number is
+            // taken): this connection is done.
+            if (ws !== this.ws)
+                return;
+            this.emit("error", new WeftError("secure", `secure channel: ${e instanceof Error ? e.message : String(e)}`));
+            ws.close(4412, "secure channel");
+        });
     }
     request(m, timeout = this.options.requestTimeout ?? 10000) {
         return new Promise((resolve, reject) => this.call(m, timeout, resolve, reject));
@@ -976,7 +997,12 @@ export class WeftClient extends Emitter {
         if (m.id === "secure" && this.securing && (m.type === "secured" || m.type === "error")) {
             const s = this.securing;
             this.securing = undefined;
-            return m.type === "secured" ? s.resolve(m) : s.reject(new ServerError(Number(m.code), String(m.message)));
+            if (m.type !== "secured")
+                return s.reject(new ServerError(Number(m.code), String(m.message)));
+            // Every frame after this one is sealed: the keys are on their way before it is read
+            // (a WebSocket may hand over several frames without yielding in between).
+            this.channelReady = s.finish(m);
+            return s.resolve(m);
         }
         switch (m.type) {
             case "welcome": {

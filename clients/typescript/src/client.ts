@@ -439,8 +439,14 @@ export class WeftClient extends Emitter<ClientEvents> {
   private channel?: SealingChannel;
   /** The channel being made: set when `secured` arrives, as every frame after it is sealed. */
   private channelReady?: Promise<SealingChannel>;
-  /** The `secured` answer awaited by the handshake. */
-  private securing?: { resolve: (m: Msg) => void; reject: (e: WeftError) => void };
+  /** The handshake waiting for `secured`: `finish` starts the keys' derivation at once. */
+  private securing?: {
+    finish: (m: Msg) => Promise<SealingChannel>;
+    resolve: (m: Msg) => void;
+    reject: (e: WeftError) => void;
+  };
+  /** Set when reconnecting cannot help (the server requires what this client lacks). */
+  private fatal?: string;
   /** Sealed frames are opened, and sealed messages sent, one after the other. */
   private inChain: Promise<void> = Promise.resolve();
   private outChain: Promise<void> = Promise.resolve();
@@ -557,6 +563,7 @@ export class WeftClient extends Emitter<ClientEvents> {
     p.catch(() => {}); // only a caller that awaits it hears of a close() before connecting
     if (this._state.state === "closed") {
       this.attempt = 0;
+      this.fatal = undefined;
       this.setState({ state: "connecting" });
       void this.open();
     }
@@ -760,19 +767,26 @@ export class WeftClient extends Emitter<ClientEvents> {
   /** Agree on the secure channel, then go on as after any welcome. */
   private async secure(ws: WebSocketInstance, welcome: Msg, option?: SecureOption): Promise<void> {
     try {
-      if (!option) throw new Error("the server requires the secure channel: give the `secure` option (weft-client/secure)");
+      if (!option) {
+        this.fatal = "the server requires the secure channel: give the `secure` option (weft-client/secure)";
+        throw new Error(this.fatal);
+      }
       const mode = option.mode;
       const hs = await option.start();
       if (ws !== this.ws) return;
       const ms = this.options.requestTimeout ?? 10000;
-      const reply = await new Promise<Msg>((resolve, reject) => {
+      await new Promise<Msg>((resolve, reject) => {
         const t = setTimeout(() => reject(new TimeoutError(`no answer to secure within ${ms} ms`)), ms);
-        this.securing = { resolve: (m) => (clearTimeout(t), resolve(m)), reject: (e) => (clearTimeout(t), reject(e)) };
+        this.securing = {
+          finish: (m) => hs.finish(m, String(welcome.session)),
+          resolve: (m) => (clearTimeout(t), resolve(m)),
+          reject: (e) => (clearTimeout(t), reject(e)),
+        };
         this.write({ type: "secure", id: "secure", mode, key: hs.key });
       });
-      // Set before the next frame is read (this runs as the `secured` reply's continuation).
-      const ready = hs.finish(reply, String(welcome.session));
-      this.channelReady = ready;
+      // Set by onData as it read `secured`, before any frame behind it.
+      const ready = this.channelReady;
+      if (ws !== this.ws || !ready) return;
       const ch = await ready;
       if (ws !== this.ws) return;
       this.channel = ch;
@@ -833,7 +847,8 @@ export class WeftClient extends Emitter<ClientEvents> {
 
   private retry(reason: string, code?: number, refused = false): void {
     if (this._state.state === "closed") return;
-    const r = this.options.reconnect;
+    const r = this.fatal ? false : this.options.reconnect;
+    reason = this.fatal ?? reason;
     if (r === false) {
       this.failQueue(new ConnectionError(reason, code));
       this.setState({ state: "closed", reason, code, ...(refused ? { refused } : {}) });
@@ -1007,10 +1022,16 @@ export class WeftClient extends Emitter<ClientEvents> {
     if (!ch) return ws.send(data);
     // Sealed now (the sequence number is taken at once), sent in the order written.
     const sealed = ch.seal(typeof data === "string" ? new TextEncoder().encode(data) : data);
-    this.outChain = this.outChain.then(
-      () => sealed.then((f) => void (ws === this.ws && ws.readyState === OPEN && ws.send(f))),
-      () => {},
-    );
+    this.outChain = this.outChain
+      .then(() => sealed)
+      .then((f) => void (ws === this.ws && ws.readyState === OPEN && ws.send(f)))
+      .catch((e: unknown) => {
+        // Nothing after a message that could not be sealed or sent may go out (its number is
+        // taken): this connection is done.
+        if (ws !== this.ws) return;
+        this.emit("error", new WeftError("secure", `secure channel: ${e instanceof Error ? e.message : String(e)}`));
+        ws.close(4412, "secure channel");
+      });
   }
 
   private request(m: Record<string, unknown>, timeout = this.options.requestTimeout ?? 10000): Promise<Msg> {
@@ -1242,7 +1263,11 @@ export class WeftClient extends Emitter<ClientEvents> {
     if (m.id === "secure" && this.securing && (m.type === "secured" || m.type === "error")) {
       const s = this.securing;
       this.securing = undefined;
-      return m.type === "secured" ? s.resolve(m) : s.reject(new ServerError(Number(m.code), String(m.message)));
+      if (m.type !== "secured") return s.reject(new ServerError(Number(m.code), String(m.message)));
+      // Every frame after this one is sealed: the keys are on their way before it is read
+      // (a WebSocket may hand over several frames without yielding in between).
+      this.channelReady = s.finish(m);
+      return s.resolve(m);
     }
     switch (m.type) {
       case "welcome": {

@@ -240,6 +240,25 @@ describe("with the secure channel (weft serve --secure-key)", () => {
     expect(errors.join("\n")).toMatch(/secure: .*(pinned|signature)/);
   });
 
+  it("a server that requires the channel and a client without it: a clear error, no reconnection storm", async () => {
+    const strict = await startServe(["--secure", "require"]);
+    try {
+      const c = new WeftClient(`ws://127.0.0.1:${strict.port}/ws`, { WebSocket: WS, params: { user: "r" }, reconnect: fast });
+      const errors: string[] = [];
+      c.on("error", (e) => errors.push(e.message));
+      await expect(c.connect()).rejects.toThrow(/requires the secure channel/);
+      expect(c.state.state).toBe("closed");
+      await sleep(300);
+      expect(errors.length).toBe(1);
+      const s = new WeftClient(`ws://127.0.0.1:${strict.port}/ws`, { WebSocket: WS, params: { user: "r2" }, secure: secure() });
+      await s.connect();
+      expect(s.secured).toBe("encrypt");
+      s.close();
+    } finally {
+      await strict.stop();
+    }
+  });
+
   it("a frame altered on the way: dropped with 4412, then a new connection and new keys resume the topic", async () => {
     const c = new WeftClient(`ws://127.0.0.1:${proxy.port}/ws`, { WebSocket: WS, params: { user: "t" }, secure: secure(), reconnect: fast });
     const got: number[] = [];

@@ -226,8 +226,11 @@ impl EngineConfig {
 
     pub(crate) fn ws_config(&self) -> weft::Config {
         let mut c = weft::Config::default();
-        c.max_message_size = self.max_message_size;
-        c.max_frame_size = self.max_message_size;
+        // A sealed message is up to 40 bytes longer on the wire; the session holds every
+        // message, sealed or not, to `max_message_size` itself (close 1009).
+        let slack = if self.secure == crate::secure::SecurePolicy::Off { 0 } else { crate::secure::MAX_OVERHEAD };
+        c.max_message_size = self.max_message_size + slack;
+        c.max_frame_size = self.max_message_size + slack;
         c.ping_interval = Some(self.heartbeat);
         c.ping_timeout = self.ping_timeout;
         c.idle_timeout = Some(self.idle_timeout);

@@ -56,6 +56,9 @@ pub(crate) enum Out {
     Reply(EncodedMessage),
     /// The `secured` reply: written in clear, and everything after it sealed.
     Secured(EncodedMessage),
+    /// A snapshot: like a reply, but no later event may be moved ahead of it (the `latest`
+    /// policy's conflation stops here), as its state would then overwrite a newer event's.
+    Fence(EncodedMessage),
     /// A reply whose content is not known yet; draining stops here until it is filled.
     Slot(u64),
 }
@@ -166,10 +169,17 @@ impl Outbox {
         }
         if policy == SlowConsumerPolicy::Latest {
             let State { queue, levels, .. } = &mut *st;
-            let same = queue.iter_mut().rev().find_map(|o| match o {
-                Out::Event(e, SlowConsumerPolicy::Latest, _) if e.topic == ev.topic => Some(e),
-                _ => None,
-            });
+            // Only events after the last barrier: a newer event must not move ahead of the
+            // `secured` reply (it would go out in clear), a snapshot (whose older state would
+            // overwrite it) or a place kept for one.
+            let same = queue
+                .iter_mut()
+                .rev()
+                .take_while(|o| !matches!(o, Out::Secured(_) | Out::Fence(_) | Out::Slot(_)))
+                .find_map(|o| match o {
+                    Out::Event(e, SlowConsumerPolicy::Latest, _) if e.topic == ev.topic => Some(e),
+                    _ => None,
+                });
             if let Some(slot) = same {
                 levels[rank(slot.priority)] -= 1;
                 levels[rank(ev.priority)] += 1;
@@ -296,7 +306,7 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// Fill a reserved place with a reply followed by replayed events (more than the queue holds:
+    /// Fill a reserved place with a snapshot followed by replayed events (more than the queue holds:
     /// the connection closes as a slow consumer, as a replay would).
     pub(crate) fn fill_with_replay(&self, slot: u64, m: EncodedMessage, events: &[Arc<Event>]) {
         let mut st = self.lock();
@@ -304,7 +314,7 @@ impl Outbox {
         if st.queue.len() + events.len() > self.capacity {
             return self.close_slow(st);
         }
-        st.queue[i] = Out::Reply(m);
+        st.queue[i] = Out::Fence(m);
         for (k, e) in events.iter().enumerate() {
             let o = Out::Event(Arc::clone(e), SlowConsumerPolicy::Disconnect, false);
             State::count(&mut st.levels, &o, true);
@@ -478,5 +488,55 @@ mod tests {
         o.drain(&mut b);
         assert!(matches!(b[0], Out::Reply(_)));
         assert_eq!(offsets(&b), vec![("a".into(), 2)]);
+    }
+
+    /// `latest` conflation never moves a newer event ahead of a barrier: the `secured` reply
+    /// (the event would go out in clear), a snapshot or the place kept for one (its older
+    /// state would overwrite the event). Behind the barrier it conflates as before.
+    #[test]
+    fn latest_conflation_stops_at_secured_snapshots_and_slots() {
+        let m = Arc::new(Metrics::default());
+        let reply = || Format::Json.encode_shared(&json!({"type": "x"}));
+        let kinds = |b: &[Out]| -> Vec<String> {
+            b.iter()
+                .map(|o| match o {
+                    Out::Event(e, ..) => format!("{}", e.offset),
+                    Out::Secured(_) => "secured".into(),
+                    Out::Fence(_) => "snapshot".into(),
+                    Out::Reply(_) => "reply".into(),
+                    Out::Notice(_) => "notice".into(),
+                    Out::Slot(_) => "slot".into(),
+                })
+                .collect()
+        };
+        for barrier in ["secured", "slot", "snapshot"] {
+            let o = Outbox::new(16, Arc::clone(&m));
+            o.push_event(&ev("t", 1), SlowConsumerPolicy::Latest);
+            let slot = match barrier {
+                "secured" => {
+                    o.push_secured(reply());
+                    None
+                }
+                _ => Some(o.reserve()),
+            };
+            o.push_event(&ev("t", 2), SlowConsumerPolicy::Latest);
+            o.push_event(&ev("t", 3), SlowConsumerPolicy::Latest);
+            if let Some(s) = slot {
+                if barrier == "snapshot" {
+                    o.fill_with_replay(s, reply(), &[]);
+                } else {
+                    o.fill(s, reply());
+                }
+            }
+            o.push_event(&ev("t", 4), SlowConsumerPolicy::Latest);
+            let mut b = Vec::new();
+            o.drain(&mut b);
+            let want = match barrier {
+                "secured" => vec!["1", "secured", "4"],
+                "slot" => vec!["1", "reply", "4"],
+                _ => vec!["1", "snapshot", "4"],
+            };
+            assert_eq!(kinds(&b), want, "{barrier}");
+        }
     }
 }

@@ -34,6 +34,9 @@ use ring::{aead, agreement, hkdf, hmac, signature};
 /// Bytes of the sequence number that starts every sealed frame.
 pub const SEQ_LEN: usize = 8;
 
+/// The most a sealed frame adds to its message (`sign`: the sequence number and a 32-byte tag).
+pub const MAX_OVERHEAD: usize = SEQ_LEN + 32;
+
 /// What the channel does to each message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -343,6 +346,10 @@ pub fn accept(
     session: &str,
     identity: Option<&IdentityKey>,
 ) -> Result<Accepted, SecureError> {
+    // Not even a key pair for a key that cannot be a point (the full check is ring's, below).
+    if client_key.len() != 65 || client_key[0] != 4 {
+        return Err(err("key is not an uncompressed P-256 point"));
+    }
     let rng = SystemRandom::new();
     let private = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
         .map_err(|_| err("could not generate a key"))?;

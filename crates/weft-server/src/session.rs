@@ -193,6 +193,11 @@ where
                             break End::Close(CloseFrame::new(CloseCode(CLOSE_SECURE_FAILED), &why));
                         }
                     };
+                    // Sealed or not, a message is held to the same limit (the socket's allows
+                    // for the sealing's overhead).
+                    if msg.payload().len() > s.shared.config.max_message_size {
+                        break End::Close(CloseFrame::new(CloseCode::TOO_BIG, "message too big"));
+                    }
                     if let Flow::Close(f) = s.handle(msg).await {
                         break End::Close(f);
                     }
@@ -402,7 +407,7 @@ impl Session {
                         e.encoded_for(self.format, self.deflate)
                     }
                     Out::Notice(n) => n.encoded(self.format),
-                    Out::Reply(m) => m,
+                    Out::Reply(m) | Out::Fence(m) => m,
                     Out::Secured(_) => unreachable!("written above"),
                     Out::Slot(_) => unreachable!("drain stops at slots"),
                 };

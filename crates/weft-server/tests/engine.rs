@@ -2043,6 +2043,8 @@ async fn secure_channel_seals_every_message_after_the_handshake() {
     let (addr, engine, _h) = start(EngineConfig { snapshots: Snapshots::LastEvent, ..Default::default() }).await;
     let mut plain = Client::connect(addr, "").await;
     subscribe(&mut plain, &["room"]).await;
+    engine.publish("past", json!({"n": 1})).await.unwrap();
+    engine.publish("past", json!({"n": 2})).await.unwrap();
     for (mode, proto) in
         [(Mode::Encrypt, "weft.v1.json"), (Mode::Encrypt, "weft.v1.msgpack"), (Mode::Sign, "weft.v1.json")]
     {
@@ -2050,10 +2052,16 @@ async fn secure_channel_seals_every_message_after_the_handshake() {
         let r = c.secure(mode, None).await.unwrap();
         assert_eq!(r["mode"], mode.name());
         assert!(r.get("signature").is_none(), "no identity key: {r}");
-        let r =
-            c.request(json!({"type": "subscribe", "id": 1, "topics": ["room"], "history": 5, "snapshot": true})).await;
+        let r = c.request(json!({"type": "subscribe", "id": 1, "topics": ["room"], "snapshot": true})).await;
         assert_eq!(r["type"], "subscribed", "{r}");
         assert_eq!(c.recv().await["type"], "snapshot");
+        // Recent history, replayed behind the reply: sealed too.
+        let r = c.request(json!({"type": "subscribe", "id": 5, "topics": ["past"], "history": 5})).await;
+        assert_eq!(r["results"][0]["replayed"], 2, "{r}");
+        assert_eq!(
+            (c.recv().await["payload"]["n"].as_u64(), c.recv().await["payload"]["n"].as_u64()),
+            (Some(1), Some(2))
+        );
         c.send(json!({"type": "publish", "id": 2, "topic": "room", "payload": {"text": "sealed words"}})).await;
         let seen = plain.recv().await;
         assert_eq!(seen["payload"]["text"], "sealed words", "a plain subscriber reads it: {seen}");
@@ -2182,4 +2190,27 @@ async fn secure_handshake_refusals_policies_and_the_pinned_identity() {
     let mut c = Client::connect(addr, "").await;
     let e = c.secure(Mode::Encrypt, Some(other.public_key())).await.unwrap_err();
     assert!(e.contains("pinned"), "{e}");
+}
+
+/// `max_message_size` holds for the message, sealed or not: a sealed message of exactly the
+/// limit passes though its frame is longer, one byte more closes 1009, in clear as sealed.
+#[tokio::test]
+async fn the_message_size_limit_is_the_same_sealed_and_in_clear() {
+    use weft_server::secure::Mode;
+    let (addr, _engine, _h) = start(EngineConfig { max_message_size: 1024, ..Default::default() }).await;
+    // A publish whose JSON is exactly `len` bytes.
+    let publish = |len: usize| {
+        let base = json!({"type": "publish", "id": 1, "topic": "t", "payload": ""}).to_string().len();
+        json!({"type": "publish", "id": 1, "topic": "t", "payload": "x".repeat(len - base)})
+    };
+    for mode in [None, Some(Mode::Encrypt), Some(Mode::Sign)] {
+        let mut c = Client::connect(addr, "").await;
+        if let Some(m) = mode {
+            c.secure(m, None).await.unwrap();
+        }
+        assert_eq!(publish(1024).to_string().len(), 1024);
+        assert_eq!(c.request(publish(1024)).await["type"], "published", "{mode:?}");
+        c.send(publish(1025)).await;
+        assert_eq!(c.closed().await, 1009, "{mode:?}");
+    }
 }

@@ -50,6 +50,10 @@ def _filter_key(flt: dict[str, Any] | None) -> str:
     """A filter as a grouping key ("" for none)."""
     return "" if flt is None else json.dumps(flt, sort_keys=True, separators=(",", ":"))
 
+class _SecureFailure(ValueError):
+    """A frame on a secured connection that is not sealed, or fails to open."""
+
+
 class EngineError(Exception):
     """An ``error`` reply: ``code`` (see the protocol's error codes) and ``message``."""
 
@@ -368,8 +372,11 @@ class EngineClient:
         ch = self._channel
         if ch is not None:
             if isinstance(raw, str):
-                raise ValueError("secure channel: a message in clear")
-            raw = ch.open(raw)  # ValueError when altered, replayed or out of sequence
+                raise _SecureFailure("secure channel: a message in clear")
+            try:
+                raw = ch.open(raw)
+            except ValueError as e:  # altered, replayed, out of sequence, other keys
+                raise _SecureFailure(f"secure channel: {e}") from None
         return json.loads(raw)
 
     async def _start(self) -> EngineClient:
@@ -436,6 +443,12 @@ class EngineClient:
                 except (OSError, TimeoutError, ValueError) as e:
                     # Not a clean end (a broken message, a transport error): drop this
                     # connection and reconnect like after any other loss.
+                    if isinstance(e, _SecureFailure):
+                        # Say why (4412), briefly: whatever altered the frame may not pass it on.
+                        try:
+                            await asyncio.wait_for(ws.close(4412, "secure channel"), 1.0)
+                        except Exception:
+                            pass
                     ws._p.abort()
                     if self._closing or not self.reconnect:
                         self._error = e

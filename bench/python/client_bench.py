@@ -3,10 +3,17 @@
 usage: client_bench.py --client NAME --url URL --size BYTES --mode rr|pipe [--count 1000]
 
 - rr: request-response; `--warmup` round trips, then `--count` timed ones. Reports the median
-  and p99 RTT in microseconds.
-- pipe: pipelined; a warm-up batch, then `--batches` timed batches of `--count` messages. With
+  and p99 RTT in microseconds (warm), and the median of the warm-up round trips (cold: the
+  first ones a fresh interpreter makes).
+- pipe: pipelined; a first batch (cold: what a user's first batch costs, imports and caches
+  fresh), then `--batches` timed batches of `--count` messages (warm: their median). With
   `--in-flight 0` all are sent, then all received (send and receive times reported apart);
-  with `--in-flight N` at most N are outstanding. Reports the median batch time in ms.
+  with `--in-flight N` at most N are outstanding. Reports the batch times in ms.
+
+An asyncio client name ending in `-uvloop` runs on uvloop, otherwise on asyncio's default
+loop. Peers: weft's clients and its `websockets` drop-in (`weft-websockets-*`), websocket-rs,
+picows (its listener API, and `picows.websockets`, its `websockets`-compatible layer),
+websockets, aiohttp, websocket-client, and a raw socket (the floor, not a peer).
 
 Prints one JSON object. Binary messages, no compression.
 """
@@ -42,6 +49,10 @@ def sync_client(name: str, url: str):
         return connect(url)
     if name == "websockets-sync":
         from websockets.sync.client import connect
+
+        return connect(url, compression=None, max_size=None)
+    if name == "weft-websockets-sync":
+        from weft.compat.sync_client import connect
 
         return connect(url, compression=None, max_size=None)
     if name == "raw-socket":
@@ -126,9 +137,12 @@ def run_sync(a, payload: bytes) -> dict:
     ws = sync_client(a.client, a.url)
     send, recv = ws.send, ws.recv
     if a.mode == "rr":
+        cold = []
         for _ in range(a.warmup):
+            t = ns()
             send(payload)
             recv()
+            cold.append(ns() - t)
         rtts = []
         for _ in range(a.count):
             t = ns()
@@ -136,7 +150,7 @@ def run_sync(a, payload: bytes) -> dict:
             recv()
             rtts.append(ns() - t)
         ws.close()
-        return {"rtt_median_us": pct(rtts, 0.5), "rtt_p99_us": pct(rtts, 0.99)}
+        return {"rtt_median_us": pct(rtts, 0.5), "rtt_p99_us": pct(rtts, 0.99), "cold_rtt_median_us": pct(cold, 0.5)}
     batches = []
     for b in range(a.batches + 1):
         t0 = ns()
@@ -155,15 +169,15 @@ def run_sync(a, payload: bytes) -> dict:
                     send(payload)
             t1 = t0
         t2 = ns()
-        if b:
-            batches.append((t2 - t0, t1 - t0, t2 - t1))
+        batches.append((t2 - t0, t1 - t0, t2 - t1))
     ws.close()
     return pipe_result(a, batches)
 
 
 def pipe_result(a, batches: list[tuple[int, int, int]]) -> dict:
+    cold, batches = batches[0], batches[1:]
     total = statistics.median(b[0] for b in batches) / 1e6
-    out = {"batch_ms": total, "msgs_per_sec": a.count / (total / 1e3)}
+    out = {"batch_ms": total, "msgs_per_sec": a.count / (total / 1e3), "cold_batch_ms": cold[0] / 1e6}
     if a.in_flight == 0:
         out["send_ms"] = statistics.median(b[1] for b in batches) / 1e6
         out["recv_ms"] = statistics.median(b[2] for b in batches) / 1e6
@@ -175,7 +189,8 @@ def pipe_result(a, batches: list[tuple[int, int, int]]) -> dict:
 
 async def async_client(name: str, url: str):
     """Returns (send, recv): send may be sync or async (wrapped), recv is a coroutine function."""
-    if name.startswith("weft-async"):
+    name = name.removesuffix("-uvloop")
+    if name == "weft-async":
         from weft.async_client import connect
 
         ws = await connect(url, max_size=None)
@@ -200,6 +215,30 @@ async def async_client(name: str, url: str):
 
         ws = await connect(url, compression=None, max_size=None)
         return ws, ws.send, ws.recv, ws.close
+    if name == "weft-websockets-async":
+        from weft.compat.asyncio_client import connect
+
+        ws = await connect(url, compression=None, max_size=None)
+        return ws, ws.send, ws.recv, ws.close
+    if name == "picows-websockets":
+        from picows.websockets import connect
+
+        ws = await connect(url, compression=None, max_size=None)
+        return ws, ws.send, ws.recv, ws.close
+    if name == "aiohttp":
+        import aiohttp
+
+        session = aiohttp.ClientSession()
+        ws = await session.ws_connect(url, max_msg_size=0, compress=0, autoping=True)
+
+        async def recv(_r=ws.receive_bytes):
+            return await _r()
+
+        async def close():
+            await ws.close()
+            await session.close()
+
+        return ws, ws.send_bytes, recv, close
     if name == "picows":
         return await picows_client(url)
     raise SystemExit(f"unknown client {name}")
@@ -249,9 +288,12 @@ async def picows_client(url: str):
 async def run_async(a, payload: bytes) -> dict:
     _, send, recv, close = await async_client(a.client, a.url)
     if a.mode == "rr":
+        cold = []
         for _ in range(a.warmup):
+            t = ns()
             await send(payload)
             await recv()
+            cold.append(ns() - t)
         rtts = []
         for _ in range(a.count):
             t = ns()
@@ -259,7 +301,7 @@ async def run_async(a, payload: bytes) -> dict:
             await recv()
             rtts.append(ns() - t)
         await close()
-        return {"rtt_median_us": pct(rtts, 0.5), "rtt_p99_us": pct(rtts, 0.99)}
+        return {"rtt_median_us": pct(rtts, 0.5), "rtt_p99_us": pct(rtts, 0.99), "cold_rtt_median_us": pct(cold, 0.5)}
     batches = []
     for b in range(a.batches + 1):
         t0 = ns()
@@ -278,13 +320,12 @@ async def run_async(a, payload: bytes) -> dict:
                     await send(payload)
             t1 = t0
         t2 = ns()
-        if b:
-            batches.append((t2 - t0, t1 - t0, t2 - t1))
+        batches.append((t2 - t0, t1 - t0, t2 - t1))
     await close()
     return pipe_result(a, batches)
 
 
-ASYNC = {"weft-async", "weft-async-uvloop", "websocket-rs-async", "websockets-async", "picows"}
+ASYNC = {"weft-async", "websocket-rs-async", "websockets-async", "picows", "weft-websockets-async", "picows-websockets", "aiohttp"}
 
 
 def main() -> None:
@@ -299,7 +340,7 @@ def main() -> None:
     ap.add_argument("--in-flight", type=int, default=0)
     a = ap.parse_args()
     payload = bytes(i % 251 for i in range(a.size))
-    if a.client in ASYNC:
+    if a.client.removesuffix("-uvloop") in ASYNC:
         if a.client.endswith("uvloop"):
             import uvloop
 

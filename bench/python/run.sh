@@ -4,9 +4,10 @@
 #   bench/python/run.sh            3 rounds, every client in a fresh interpreter, interleaved
 #   BENCH_ROUNDS=1 bench/python/run.sh
 #
-# Cells: request-response RTT at 512 B and 64 KiB (1,000 timed after 1,000 warm-up); pipelined
-# 1,000 x 512 B (all sent, then all received) and 1,000 x 64 KiB with 16 in flight (median of 5
-# batches after one warm-up batch). Client and server share one vCPU (taskset -c 0): on
+# Cells: request-response RTT at 512 B and 64 KiB (1,000 timed after 1,000 warm-up: their median
+# is the cold figure); pipelined 1,000 x 512 B (all sent, then all received) and 1,000 x 64 KiB
+# with 16 in flight (the first batch is the cold figure, the median of 5 more the warm one).
+# Every asyncio client runs on asyncio's default loop and on uvloop (`-uvloop`). Client and server share one vCPU (taskset -c 0): on
 # different vCPUs every client measures the VM's wake-up latency instead. Results:
 # bench/out/python.jsonl and a markdown table (bench/python/summarize.py).
 set -euo pipefail
@@ -28,8 +29,10 @@ taskset -c 0 "$ROOT/target/release/weft" echo --threads 1 --addr "127.0.0.1:$POR
 ECHO=$!
 trap 'kill $ECHO 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
-CLIENTS=(weft-sync weft-async weft-async-uvloop websocket-rs-sync websocket-rs-async picows websockets-sync
-         websockets-async websocket-client raw-socket)
+CLIENTS=(weft-sync weft-websockets-sync websocket-rs-sync websockets-sync websocket-client raw-socket)
+for c in weft-async weft-websockets-async websocket-rs-async picows picows-websockets websockets-async aiohttp; do
+  CLIENTS+=("$c" "$c-uvloop")
+done
 CELLS=("--size 512 --mode rr" "--size 65536 --mode rr" "--size 512 --mode pipe" "--size 65536 --mode pipe --in-flight 16")
 total=$(( ROUNDS * ${#CELLS[@]} * ${#CLIENTS[@]} )); n=0
 for round in $(seq "$ROUNDS"); do
@@ -44,4 +47,4 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 echo
-"$VENV/bin/python" bench/python/summarize.py "$OUT/python.jsonl"
+"$VENV/bin/python" bench/python/summarize.py "$OUT/python.jsonl" "$OUT/python.svg"

@@ -12,8 +12,8 @@ use slab::Slab;
 use weft_proto::{CloseCode, CloseFrame, ConnectionError};
 
 use super::{
-    Answer, Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, READS_PER_TURN, State, Timers, answer, deliver,
-    drain_events, end_session, far, fire,
+    Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, READS_PER_TURN, State, Timers, deliver, drain_events,
+    end_session, far, fire,
 };
 use crate::Acceptor;
 
@@ -55,6 +55,7 @@ pub(super) struct Loop<H: Handler> {
     handshakes: usize,
     stats: LoopStats,
     stop: Arc<AtomicBool>,
+    fail: Arc<AtomicBool>,
     waker: Arc<Waker>,
     stopping: Option<Instant>,
     accept_retry: Option<Instant>,
@@ -86,6 +87,7 @@ impl<H: Handler> Loop<H> {
             handshakes: 0,
             stats: LoopStats::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            fail: Arc::default(),
             waker,
             stopping: None,
             accept_retry: None,
@@ -96,6 +98,7 @@ impl<H: Handler> Loop<H> {
         let waker = Arc::clone(&self.waker);
         LoopHandle {
             stop: Arc::clone(&self.stop),
+            fail: Arc::clone(&self.fail),
             wake: Arc::new(move || {
                 let _ = waker.wake();
             }),
@@ -107,6 +110,18 @@ impl<H: Handler> Loop<H> {
     }
 
     pub(super) fn run(&mut self) -> io::Result<()> {
+        let r = self.turns();
+        if r.is_err() {
+            // The loop is failing: every connection ends (its handler told, its socket closed).
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for k in keys {
+                self.remove(k);
+            }
+        }
+        r
+    }
+
+    fn turns(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
@@ -137,6 +152,7 @@ impl<H: Handler> Loop<H> {
                 }
                 return Err(e);
             }
+            super::injected_failure(&self.fail)?;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(),
@@ -329,25 +345,9 @@ impl<H: Handler> Loop<H> {
     /// Bytes of a request head arrived: answer it once complete.
     fn on_head(&mut self, k: usize, now: Instant) {
         let e = &mut self.conns[k];
-        let State::Handshake { head, .. } = &e.state else { return };
-        match answer(&self.acceptor, &mut self.handler, &mut self.stats, head, k, now) {
-            Answer::Incomplete => {}
-            Answer::Open { head, state } => {
-                self.handshakes -= 1;
-                e.raw = head;
-                e.state = state;
-            }
-            Answer::Refused(resp) => {
-                self.handshakes -= 1;
-                self.reject(k, resp);
-            }
+        if super::on_head(&self.acceptor, &mut self.handler, &mut self.stats, &mut e.raw, &mut e.state, k, now) {
+            self.handshakes -= 1;
         }
-    }
-
-    fn reject(&mut self, k: usize, resp: Vec<u8>) {
-        let e = &mut self.conns[k];
-        e.raw = resp;
-        e.state = State::Rejected { deadline: far(Instant::now(), self.acceptor.handshake_timeout) };
     }
 
     fn on_eof(&mut self, k: usize) {

@@ -242,6 +242,8 @@ pub struct LoopStats {
 #[derive(Clone)]
 pub struct LoopHandle {
     stop: Arc<AtomicBool>,
+    /// Set by [`LoopHandle::fail_next_turn`].
+    fail: Arc<AtomicBool>,
     wake: Arc<dyn Fn() + Send + Sync>,
 }
 
@@ -257,6 +259,22 @@ impl LoopHandle {
         self.stop.store(true, Ordering::Release);
         (self.wake)();
     }
+
+    /// Make the loop's next wait fail as if the kernel refused it, so that `run` returns that
+    /// error: how tests reach the failure path. Not for applications.
+    #[doc(hidden)]
+    pub fn fail_next_turn(&self) {
+        self.fail.store(true, Ordering::Release);
+        (self.wake)();
+    }
+}
+
+/// The error [`LoopHandle::fail_next_turn`] makes, when it was asked for.
+fn injected_failure(fail: &AtomicBool) -> io::Result<()> {
+    if fail.swap(false, Ordering::AcqRel) {
+        return Err(io::Error::other("injected failure (LoopHandle::fail_next_turn)"));
+    }
+    Ok(())
 }
 
 enum Imp<H: Handler> {
@@ -571,6 +589,34 @@ enum Answer<S> {
     Open { head: Vec<u8>, state: State<S> },
     /// Refused: the answer to write before lingering.
     Refused(Vec<u8>),
+}
+
+/// Bytes of connection `id`'s request head arrived (into its `state`): once the head is
+/// complete, answer it — the connection opens, or its refusal goes into `raw` and it lingers.
+/// Whether its handshake ended (the caller counts handshakes in progress).
+fn on_head<H: Handler>(
+    acceptor: &Acceptor,
+    handler: &mut H,
+    stats: &mut LoopStats,
+    raw: &mut Vec<u8>,
+    state: &mut State<H::Session>,
+    id: usize,
+    now: Instant,
+) -> bool {
+    let State::Handshake { head, .. } = &*state else { return false };
+    match answer(acceptor, handler, stats, head, id, now) {
+        Answer::Incomplete => false,
+        Answer::Open { head, state: open } => {
+            *raw = head;
+            *state = open;
+            true
+        }
+        Answer::Refused(resp) => {
+            *raw = resp;
+            *state = State::Rejected { deadline: far(Instant::now(), acceptor.handshake_timeout) };
+            true
+        }
+    }
 }
 
 /// Answer the request head in `head` (as far as it came) for connection `id`.

@@ -31,8 +31,8 @@ use slab::Slab;
 use weft_proto::{CloseCode, CloseFrame, ConnectionError};
 
 use super::{
-    Answer, Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, State, Timers, answer, deliver, drain_events,
-    end_session, far, fire,
+    Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, State, Timers, deliver, drain_events, end_session, far,
+    fire,
 };
 use crate::Acceptor;
 
@@ -367,6 +367,7 @@ pub(super) struct Loop<H: Handler> {
     gone: usize,
     stats: LoopStats,
     stop: Arc<AtomicBool>,
+    fail: Arc<AtomicBool>,
     wake: Arc<OwnedFd>,
     stopping: Option<Instant>,
 }
@@ -400,6 +401,7 @@ impl<H: Handler> Loop<H> {
             gone: 0,
             stats: LoopStats::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            fail: Arc::default(),
             wake,
             stopping: None,
         })
@@ -409,6 +411,7 @@ impl<H: Handler> Loop<H> {
         let wake = Arc::clone(&self.wake);
         LoopHandle {
             stop: Arc::clone(&self.stop),
+            fail: Arc::clone(&self.fail),
             wake: Arc::new(move || {
                 // SAFETY: writes 8 bytes from a live u64 to a live eventfd.
                 let _ = unsafe { libc::write(wake.as_raw_fd(), (&1u64 as *const u64).cast(), 8) };
@@ -438,12 +441,20 @@ impl<H: Handler> Loop<H> {
                 .user_data(WAKE),
         );
         let r = self.turns();
-        if r.is_err() && self.conns.iter().any(|(_, e)| e.ops > 0) {
-            // Requests may still name buffers: keep them (the loop is failing anyway).
-            if let Some(b) = &mut self.bufs {
-                b.leak = true;
+        if r.is_err() {
+            // The loop is failing: every connection ends (its handler told, its descriptor
+            // closed), and what requests still in flight name is kept.
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for k in keys {
+                if let Some(e) = self.conns.get_mut(k) {
+                    match std::mem::replace(&mut e.state, State::Lingering { deadline: Instant::now() }) {
+                        State::Open { conn, session } => end_session(&mut self.handler, conn, session),
+                        State::Handshake { .. } => self.handshakes -= 1,
+                        State::Rejected { .. } | State::Lingering { .. } => {}
+                    }
+                }
             }
-            std::mem::forget(std::mem::take(&mut self.conns));
+            self.abandon();
         }
         self.ring = None;
         self.bufs = None;
@@ -542,6 +553,7 @@ impl<H: Handler> Loop<H> {
             }
             None => ring.submit_and_wait(1),
         };
+        super::injected_failure(&self.fail)?;
         match r {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {
@@ -741,19 +753,8 @@ impl<H: Handler> Loop<H> {
     /// Bytes of a request head arrived: answer it once complete.
     fn on_head(&mut self, k: usize, now: Instant) {
         let e = &mut self.conns[k];
-        let State::Handshake { head, .. } = &e.state else { return };
-        match answer(&self.acceptor, &mut self.handler, &mut self.stats, head, k, now) {
-            Answer::Incomplete => {}
-            Answer::Open { head, state } => {
-                self.handshakes -= 1;
-                e.raw = head;
-                e.state = state;
-            }
-            Answer::Refused(resp) => {
-                self.handshakes -= 1;
-                e.raw = resp;
-                e.state = State::Rejected { deadline: far(Instant::now(), self.acceptor.handshake_timeout) };
-            }
+        if super::on_head(&self.acceptor, &mut self.handler, &mut self.stats, &mut e.raw, &mut e.state, k, now) {
+            self.handshakes -= 1;
         }
     }
 
@@ -967,15 +968,34 @@ impl<H: Handler> Loop<H> {
     }
 }
 
+impl<H: Handler> Loop<H> {
+    /// Drop every connection while requests may still be in flight (the ring failed, or the
+    /// loop is dropped while running): what they name — the provided buffers, each send's
+    /// bytes and headers — is kept (leaked: the kernel may still use it until the ring is
+    /// gone); the rest goes, each descriptor closed.
+    fn abandon(&mut self) {
+        if !self.conns.iter().any(|(_, e)| e.ops > 0) {
+            self.conns.clear();
+            return;
+        }
+        if let Some(b) = &mut self.bufs {
+            b.leak = true;
+        }
+        for (_, e) in self.conns.iter_mut() {
+            if let Some(op) = e.send.take() {
+                std::mem::forget(op);
+            }
+        }
+        self.conns.clear();
+        self.gone = 0;
+    }
+}
+
 impl<H: Handler> Drop for Loop<H> {
     fn drop(&mut self) {
-        if self.ring.is_some() && self.conns.iter().any(|(_, e)| e.ops > 0) {
-            // Dropped while running (a panic in a handler): requests may still name the
-            // buffers and the sends' bytes. Keep them.
-            if let Some(b) = &mut self.bufs {
-                b.leak = true;
-            }
-            std::mem::forget(std::mem::take(&mut self.conns));
+        if self.ring.is_some() {
+            // Dropped while running (a panic in a handler).
+            self.abandon();
         }
     }
 }

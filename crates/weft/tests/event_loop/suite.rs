@@ -644,3 +644,43 @@ async fn a_panicking_handler_closes_its_connection_with_1011_and_the_loop_goes_o
     let stats = server.stop();
     assert_eq!(stats.handler_panics, 2, "{stats:?}");
 }
+
+/// A run that fails (here: made to, as if the kernel refused the loop's wait) returns the
+/// error and ends every connection: each handler hears of it and each socket closes, so peers
+/// see the end instead of waiting on descriptors nobody owns.
+#[test]
+fn a_failed_run_closes_every_connection() {
+    if backend_missing() {
+        return;
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, seen) = mpsc::channel();
+    let echo = Echo { seen: tx, max_buffered: Arc::default() };
+    let mut ev = EventLoop::new(l, Acceptor::new(), loop_config(), echo).unwrap();
+    let handle = ev.stop_handle();
+    let thread = std::thread::spawn(move || {
+        let r = ev.run();
+        (r, ev)
+    });
+    let mut peers: Vec<TcpStream> = (0..3).map(|_| raw_upgrade(addr)).collect();
+    for _ in 0..3 {
+        assert!(matches!(seen.recv_timeout(Duration::from_secs(5)).unwrap(), Seen::Open(_)));
+    }
+    handle.fail_next_turn();
+    let (r, ev) = thread.join().unwrap();
+    assert!(r.unwrap_err().to_string().contains("injected"));
+    for _ in 0..3 {
+        assert!(matches!(seen.recv_timeout(Duration::from_secs(5)).unwrap(), Seen::Close(..)));
+    }
+    // The loop still exists: its sockets are closed all the same.
+    for p in &mut peers {
+        let mut b = [0u8; 64];
+        match p.read(&mut b) {
+            Ok(0) => {}
+            Ok(_) => {} // a close frame is fine too; the end must follow
+            Err(e) => assert!(e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut, "{e}"),
+        }
+    }
+    drop(ev);
+}

@@ -11,7 +11,8 @@ usage: client_bench.py --client NAME --url URL --size BYTES --mode rr|pipe [--co
   with `--in-flight N` at most N are outstanding. Reports the batch times in ms.
 
 An asyncio client name ending in `-uvloop` runs on uvloop, otherwise on asyncio's default
-loop. Peers: weft's clients and its `websockets` drop-in (`weft-websockets-*`), websocket-rs,
+loop. Peers: weft's clients (`weft-async-callback`: its event-driven `on_message` API, used as
+the picows listener is) and its `websockets` drop-in (`weft-websockets-*`), websocket-rs,
 picows (its listener API, and `picows.websockets`, its `websockets`-compatible layer),
 websockets, aiohttp, websocket-client, and a raw socket (the floor, not a peer).
 
@@ -190,6 +191,8 @@ def pipe_result(a, batches: list[tuple[int, int, int]]) -> dict:
 async def async_client(name: str, url: str):
     """Returns (send, recv): send may be sync or async (wrapped), recv is a coroutine function."""
     name = name.removesuffix("-uvloop")
+    if name == "weft-async-callback":
+        return await weft_callback_client(url)
     if name == "weft-async":
         from weft.async_client import connect
 
@@ -242,6 +245,40 @@ async def async_client(name: str, url: str):
     if name == "picows":
         return await picows_client(url)
     raise SystemExit(f"unknown client {name}")
+
+
+async def weft_callback_client(url: str):
+    """weft's event-driven API (`on_message`), used exactly as picows' listener below: a queue
+    and one waiter, filled from the callback."""
+    from collections import deque
+
+    from weft.async_client import connect
+
+    loop = asyncio.get_running_loop()
+    queue: deque = deque()
+    waiter: list = [None]
+
+    def on_message(m) -> None:
+        w = waiter[0]
+        if w is not None and not w.done():
+            waiter[0] = None
+            w.set_result(m)
+        else:
+            queue.append(m)
+
+    ws = await connect(url, max_size=None, on_message=on_message)
+    send_nowait = ws.send_nowait
+
+    async def send(m):
+        send_nowait(m)
+
+    async def recv():
+        if queue:
+            return queue.popleft()
+        waiter[0] = loop.create_future()
+        return await waiter[0]
+
+    return ws, send, recv, ws.close
 
 
 async def picows_client(url: str):
@@ -325,7 +362,7 @@ async def run_async(a, payload: bytes) -> dict:
     return pipe_result(a, batches)
 
 
-ASYNC = {"weft-async", "websocket-rs-async", "websockets-async", "picows", "weft-websockets-async", "picows-websockets", "aiohttp"}
+ASYNC = {"weft-async", "weft-async-callback", "websocket-rs-async", "websockets-async", "picows", "weft-websockets-async", "picows-websockets", "aiohttp"}
 
 
 def main() -> None:

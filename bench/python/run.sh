@@ -30,7 +30,7 @@ ECHO=$!
 trap 'kill $ECHO 2>/dev/null || true' EXIT
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
 CLIENTS=(weft-sync weft-websockets-sync websocket-rs-sync websockets-sync websocket-client raw-socket)
-for c in weft-async weft-websockets-async websocket-rs-async picows picows-websockets websockets-async aiohttp; do
+for c in weft-async weft-async-callback weft-websockets-async websocket-rs-async picows picows-websockets websockets-async aiohttp; do
   CLIENTS+=("$c" "$c-uvloop")
 done
 CELLS=("--size 512 --mode rr" "--size 65536 --mode rr" "--size 512 --mode pipe" "--size 65536 --mode pipe --in-flight 16")

@@ -74,6 +74,9 @@ pub(crate) struct AsyncProtocol {
     last_write: Option<Instant>,
     /// `self._flush`, set while connected.
     flush_cb: Option<Py<PyAny>>,
+    /// The event-driven API: every message goes to this callable, called from
+    /// `data_received` (no future per message, no `recv`).
+    on_message: Option<Py<PyAny>>,
 }
 
 thread_local! {
@@ -198,7 +201,8 @@ impl AsyncProtocol {
                 Event::Message(m) if m.is_data() => {
                     let obj = common::to_python(py, &m).expect("data message");
                     self.deliver(py, obj);
-                    if !self.eager {
+                    // With `on_message`, `dispatch` hands the queue over as soon as this returns.
+                    if !self.eager && self.on_message.is_none() {
                         self.with_app = true;
                         if !self.resume_scheduled {
                             if let Some(cb) = &self.resume {
@@ -285,6 +289,57 @@ impl AsyncProtocol {
         }
     }
 
+    /// The transport is gone (see `connection_lost`).
+    fn lost(&mut self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        self.transport = None;
+        self.resume = None;
+        self.flush_cb = None;
+        self.reading_paused = false;
+        if let Some(p) = self.pending.take() {
+            let err = match exc {
+                Some(e) => PyErr::from_value(e),
+                None => handshake_error(None, &p.hs.closed()),
+            };
+            self.ended = Some(Ended::reset());
+            set_exception(py, &self.handshake, err);
+        }
+        // Messages that arrived before the end are still delivered, in order; the end is
+        // reported after them. Nothing can be sent any more, so parse everything now.
+        self.eof = true;
+        self.with_app = false;
+        self.eager = true;
+        self.pump(py)
+    }
+
+    /// Hand every queued message to `on_message`, one at a time and without holding the
+    /// protocol (the callable may send, close, ...), parsing on as the queue empties.
+    fn dispatch(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let Some(cb) = slf.borrow().on_message.as_ref().map(|c| c.clone_ref(py)) else { return Ok(()) };
+        loop {
+            let msg = {
+                let mut me = slf.borrow_mut();
+                if me.messages.is_empty() && me.ended.is_none() {
+                    me.pump(py)?;
+                }
+                match me.messages.pop_front() {
+                    Some(m) => m,
+                    None => return Ok(()),
+                }
+            };
+            if let Err(e) = cb.bind(py).call1((msg,)) {
+                // As asyncio reports an exception in a protocol callback: to the loop's
+                // exception handler; the connection goes on.
+                let ctx = pyo3::types::PyDict::new(py);
+                ctx.set_item("message", "exception in weft's on_message callback")?;
+                ctx.set_item("exception", e.into_value(py))?;
+                ctx.set_item("protocol", slf)?;
+                let event_loop = slf.borrow().event_loop.clone_ref(py);
+                event_loop.bind(py).call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+            }
+        }
+    }
+
     fn finish_handshake(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
         let p = self.pending.as_mut().expect("handshake pending");
         let parsed = match p.hs.feed(data) {
@@ -336,7 +391,7 @@ impl AsyncProtocol {
     #[new]
     #[pyo3(signature = (
         event_loop, url, *, headers = None, subprotocols = None, compression = false,
-        max_size = Some(64 << 20), max_queue = 1024, close_timeout = Some(10.0)
+        max_size = Some(64 << 20), max_queue = 1024, close_timeout = Some(10.0), on_message = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -349,6 +404,7 @@ impl AsyncProtocol {
         max_size: Option<usize>,
         max_queue: usize,
         close_timeout: Option<f64>,
+        on_message: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let opts =
             Options::new(url, headers, subprotocols, compression, max_size, None, None, close_timeout, None, None)?;
@@ -382,6 +438,7 @@ impl AsyncProtocol {
             corked_bytes: 0,
             last_write: None,
             flush_cb: None,
+            on_message,
         })
     }
 
@@ -424,14 +481,20 @@ impl AsyncProtocol {
         self.flush(py)
     }
 
-    fn data_received(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        self.last_write = None;
-        if self.pending.is_some() {
-            return self.finish_handshake(py, data);
+    fn data_received(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut me = slf.borrow_mut();
+            me.last_write = None;
+            if me.pending.is_some() {
+                me.finish_handshake(py, data)?;
+            } else {
+                me.unparsed += data.len();
+                me.conn.handle_read(data, Instant::now());
+                me.pump(py)?;
+            }
         }
-        self.unparsed += data.len();
-        self.conn.handle_read(data, Instant::now());
-        self.pump(py)
+        Self::dispatch(slf)
     }
 
     fn eof_received(&mut self) -> bool {
@@ -440,31 +503,24 @@ impl AsyncProtocol {
     }
 
     #[pyo3(signature = (exc = None))]
-    fn connection_lost(&mut self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        self.transport = None;
-        self.resume = None;
-        self.flush_cb = None;
-        self.reading_paused = false;
-        if let Some(p) = self.pending.take() {
-            let err = match exc {
-                Some(e) => PyErr::from_value(e),
-                None => handshake_error(None, &p.hs.closed()),
-            };
-            self.ended = Some(Ended::reset());
-            set_exception(py, &self.handshake, err);
+    fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        slf.borrow_mut().lost(py, exc)?;
+        // Messages that came before the end reach `on_message` before the end is reported.
+        Self::dispatch(slf)?;
+        let mut me = slf.borrow_mut();
+        if !me.with_app && me.ended.is_none() {
+            me.ended = Some(Ended::reset());
+            me.wake_all(py);
         }
-        // Messages that arrived before the end are still delivered, in order; the end is
-        // reported after them. Nothing can be sent any more, so parse everything now.
-        self.eof = true;
-        self.with_app = false;
-        self.eager = true;
-        self.pump(py)?;
-        if !self.with_app && self.ended.is_none() {
-            self.ended = Some(Ended::reset());
-            self.wake_all(py);
-        }
-        set_result(py, &self.closed_future, py.None());
+        set_result(py, &me.closed_future, py.None());
         Ok(())
+    }
+
+    /// Whether messages go to an `on_message` callable (then `recv` is not for this connection).
+    #[getter]
+    fn callback_mode(&self) -> bool {
+        self.on_message.is_some()
     }
 
     /// The transport's write buffer went over its high-water mark: `send` waits for

@@ -141,3 +141,58 @@ def test_a_burst_of_sends_is_written_in_one_go_and_answers_at_once(weft_echo):
         await ws.close()
 
     asyncio.run(main())
+
+
+def test_on_message_gets_every_message_in_order_and_may_send_from_inside(weft_echo, py_server):
+    """The event-driven API: messages go to the callable from data_received, in order, more
+    than max_queue of them in a burst; it may send from inside (a ping-pong driven by the
+    callback alone); an exception it raises reaches the loop's exception handler and the
+    connection goes on; messages before the server's close come before the end; recv refuses."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        errors = []
+        loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+        got = []
+        done = loop.create_future()
+
+        def on_message(m):
+            got.append(m)
+            if len(got) == 3001 and not done.done():
+                done.set_result(None)
+            if m == b"boom":
+                raise ValueError("the application's bug")
+
+        ws = await async_client.connect(weft_echo, max_queue=16, on_message=on_message)
+        await ws.send_many([i.to_bytes(4, "big") for i in range(3000)])
+        await ws.send(b"boom")
+        await asyncio.wait_for(done, 10)
+        assert got[:3000] == [i.to_bytes(4, "big") for i in range(3000)]
+        assert len(errors) == 1 and isinstance(errors[0]["exception"], ValueError)
+        with pytest.raises(RuntimeError):
+            await ws.recv()
+        # Driven by the callback alone: each answer sends the next.
+        rally = loop.create_future()
+        count = [0]
+        box = []
+
+        def bounce(m):
+            count[0] += 1
+            if count[0] < 500:
+                box[0].send_nowait(m)
+            else:
+                rally.set_result(m)
+
+        ws2 = await async_client.connect(weft_echo, on_message=bounce)
+        box.append(ws2)
+        await ws2.send("ball")
+        assert await asyncio.wait_for(rally, 10) == "ball" and count[0] == 500
+        await ws.close()
+        await ws2.close()
+        # Messages before the server's close are delivered before the end.
+        seen = []
+        ws3 = await async_client.connect(py_server + "/send/4", on_message=seen.append)
+        await asyncio.wait_for(ws3.wait_closed(), 5)
+        assert seen == [f"message {i}" for i in range(4)]
+
+    asyncio.run(main())

@@ -17,6 +17,24 @@ runs on any asyncio event loop, uvloop included.
 before reading pauses, default 1024), ``ping_interval``/``ping_timeout``
 (keep-alive; a missing pong closes with 1011), ``close_timeout`` (default 10 s), ``ssl`` (an ``ssl.SSLContext``, or
 ``True``), ``ca_file``, ``server_hostname``, ``sock`` (an already connected socket).
+
+The event-driven API, for the last microsecond: ``on_message`` (a callable taking one
+``str``/``bytes``) receives every message straight from ``data_received``, in order, with no
+future and no queue per message (``recv`` is then not available). It runs on the event loop:
+it may answer with ``send_nowait`` (it cannot await) and should not block.
+An exception it raises goes to the loop's exception handler and the connection goes on.
+
+>>> async def main():                               # doctest: +SKIP
+...     done = asyncio.get_running_loop().create_future()
+...     got = []
+...     def on_message(m):
+...         got.append(m)
+...         if len(got) == 1000:
+...             done.set_result(None)
+...     ws = await connect("ws://127.0.0.1:9001/", on_message=on_message)
+...     for i in range(1000):
+...         await ws.send(b"x" * 512)
+...     await done
 """
 
 from __future__ import annotations
@@ -75,6 +93,8 @@ class AsyncWebSocket:
         msg = self._p.recv_nowait()
         if msg is not None:
             return msg
+        if self._p.callback_mode:
+            raise RuntimeError("this connection hands its messages to on_message: there is nothing to recv")
         loop = self._loop
         fut = loop.create_future()
         self._p.set_waiter(fut)
@@ -109,6 +129,13 @@ class AsyncWebSocket:
         transport's write buffer is over its high-water mark."""
         if self._p.send(message):
             await self._p.drain_future()
+
+    def send_nowait(self, message: str | bytes | bytearray | memoryview) -> bool:
+        """Send ``message`` without waiting (an extra of weft, for ``on_message`` callbacks,
+        which cannot await): framed and handed to the transport at once. Returns whether the
+        transport's write buffer is over its high-water mark; a producer that keeps sending
+        should then ``await ws.send(...)`` (which waits for it to drain) from a coroutine."""
+        return self._p.send(message)
 
     async def send_many(self, messages: Iterable[str | bytes]) -> None:
         """Send several messages (an extra of weft: one call, one drain check)."""
@@ -253,6 +280,7 @@ async def _open(
     sock: Any = None,
     proxy: str | None = None,
     tcp_nodelay: bool = True,
+    on_message: Any = None,
     _cls: type[AsyncWebSocket] | None = None,
 ) -> AsyncWebSocket:
     if proxy is not None:
@@ -268,6 +296,7 @@ async def _open(
         max_size=max_size,
         max_queue=max_queue,
         close_timeout=close_timeout,
+        on_message=on_message,
     )
     if secure or ssl:
         ctx = _ssl_context(ssl, ca_file)
@@ -365,6 +394,7 @@ _OPTIONS = frozenset(
         "compression",
         "max_size",
         "max_queue",
+        "on_message",
         "ping_interval",
         "ping_timeout",
         "close_timeout",

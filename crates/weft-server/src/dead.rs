@@ -225,6 +225,9 @@ pub struct DeadLetters {
     /// Held while letters move into the shared store, and by whatever must not see a letter in
     /// both stores or in neither (a listing, a purge, a replay).
     pub(crate) moving: tokio::sync::Mutex<()>,
+    /// The shared store's size as last read (count, bytes, dropped), for `/metrics` when the
+    /// store does not answer at once.
+    pub(crate) shared_seen: Mutex<Option<(usize, usize, u64)>>,
 }
 
 impl Default for DeadLetters {
@@ -265,6 +268,7 @@ impl DeadLetters {
             move_failures: AtomicU64::new(0),
             arrived: tokio::sync::Notify::new(),
             moving: tokio::sync::Mutex::new(()),
+            shared_seen: Mutex::new(None),
         }
     }
 
@@ -584,6 +588,14 @@ where
 /// Prometheus lines of the shared store (cluster mode over Redis): what this node moved, its
 /// failures, and the store's size when it could be read (`shared`).
 pub(crate) fn render_shared(local: &DeadLetters, shared: Option<&DeadLetterPage>, out: &mut String) {
+    // What the store said last, when it did not answer this time.
+    let shared = {
+        let mut seen = local.shared_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = shared {
+            *seen = Some((p.count, p.bytes, p.dropped));
+        }
+        *seen
+    };
     let mut lines: Vec<(&str, &str, &str, u64)> = vec![
         (
             "weft_dead_letters_moved_total",
@@ -598,24 +610,24 @@ pub(crate) fn render_shared(local: &DeadLetters, shared: Option<&DeadLetterPage>
             local.move_failures.load(Ordering::Relaxed),
         ),
     ];
-    if let Some(p) = shared {
+    if let Some((count, bytes, dropped)) = shared {
         lines.push((
             "weft_dead_letters_shared",
             "gauge",
             "Dead letters in the cluster's shared store (the same on every node).",
-            p.count as u64,
+            count as u64,
         ));
         lines.push((
             "weft_dead_letter_shared_bytes",
             "gauge",
             "Bytes of the dead letters in the cluster's shared store.",
-            p.bytes as u64,
+            bytes as u64,
         ));
         lines.push((
             "weft_dead_letters_shared_dropped_total",
             "counter",
             "Dead letters the shared store dropped to stay within its bounds (cluster-wide).",
-            p.dropped,
+            dropped,
         ));
     }
     for (name, kind, help, v) in lines {

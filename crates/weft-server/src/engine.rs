@@ -312,7 +312,7 @@ impl Engine {
         self.publish_with(topic, payload, crate::broker::PublishMeta { id, ..Default::default() }).await
     }
 
-    /// Publish with an event id and a priority ([`PublishMeta`]).
+    /// Publish with an event id and a priority ([`PublishMeta`](crate::broker::PublishMeta)).
     ///
     /// ```no_run
     /// # async fn run(engine: weft_server::Engine) {
@@ -562,7 +562,7 @@ impl Engine {
 
     /// Advertise HTTP/3 (`Alt-Svc`, e.g. `h3=":443"; ma=86400`) on every HTTP/1.1 and HTTP/2
     /// response from now on: browsers then try the same URLs over QUIC. Set it once
-    /// [`serve_h3`](Self::serve_h3) listens.
+    /// `serve_h3` (feature `http3`) listens.
     pub fn set_alt_svc(&self, value: http::HeaderValue) {
         let _ = self.shared.alt_svc.set(value);
     }

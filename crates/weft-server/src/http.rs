@@ -10,6 +10,9 @@ use crate::auth::api_key_matches;
 use crate::engine::{Engine, text};
 use crate::wire::{ErrorBody, ErrorCode};
 
+/// How long `/metrics` waits for the cluster's shared dead-letter store to say its size.
+const SHARED_METRICS_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 const CHAT: &str = include_str!("../assets/chat.html");
 
@@ -44,7 +47,14 @@ where
             let mut body = engine.metrics().render_prometheus(engine.broker().topic_count());
             engine.dead_letters().render(&mut body);
             if let Some(store) = engine.broker().shared_dead_letters() {
-                let shared = store.list(0, 0).await.ok();
+                // A scrape never waits on the broker (a frozen Redis would hold it for the
+                // command timeout): the store's size if it answers at once, else the last seen.
+                let shared = match engine.health() {
+                    crate::broker::BrokerHealth::Ok => {
+                        tokio::time::timeout(SHARED_METRICS_WAIT, store.list(0, 0)).await.ok().and_then(Result::ok)
+                    }
+                    crate::broker::BrokerHealth::Degraded(_) => None,
+                };
                 crate::dead::render_shared(engine.dead_letters(), shared.as_ref(), &mut body);
             }
             if let Some(c) = engine.broker().cluster() {

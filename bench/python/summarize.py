@@ -43,7 +43,7 @@ def peers(c: str, clients: list[str]) -> list[str]:
     if c == "weft-sync":
         return others
     if c.startswith("weft-websockets"):
-        rival = "websockets-sync" if c.endswith("sync") else "picows-websockets" + ("-uvloop" if c.endswith("-uvloop") else "")
+        rival = "websockets-sync" if c == "weft-websockets-sync" else "picows-websockets" + ("-uvloop" if c.endswith("-uvloop") else "")
         return [o for o in others if o == rival]
     return [o for o in others if loop(o) == loop(c)]
 

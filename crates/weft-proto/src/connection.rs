@@ -116,6 +116,20 @@ struct DeflateState {
     params: DeflateParams,
 }
 
+#[cfg(feature = "deflate")]
+impl DeflateState {
+    /// Whether no context remembers earlier messages once [`forget`](Self::forget) ran.
+    fn can_forget(&self) -> bool {
+        self.deflater.can_forget() && self.inflater.can_forget()
+    }
+
+    /// Drop contexts that hold nothing a later message needs (no context takeover).
+    fn forget(&mut self) {
+        self.deflater.forget();
+        self.inflater.forget();
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
@@ -1171,6 +1185,82 @@ impl Connection {
         self.finish(ConnectionError::TimedOut(which));
     }
 
+    /// Whether nothing is in progress: the connection is open, no part of a frame or message
+    /// waits for more bytes, no event waits to be polled, nothing waits to be written, no
+    /// ping waits for its automatic pong, and no compression context remembers earlier
+    /// messages (negotiated context takeover, once used). Such a connection can be stored
+    /// small with [`into_idle`](Self::into_idle).
+    pub fn is_idle(&self) -> bool {
+        #[cfg(feature = "deflate")]
+        let deflate_idle = self.deflate.as_ref().is_none_or(|d| d.can_forget());
+        #[cfg(not(feature = "deflate"))]
+        let deflate_idle = true;
+        self.state == State::Open
+            && self.rbuf.is_empty()
+            && self.current.is_none()
+            && self.assembly.is_none()
+            && self.utf8.is_complete()
+            && self.events.is_empty()
+            && self.buffered == 0
+            && self.out.is_empty()
+            && self.cork.is_empty()
+            && self.pong_pending.is_none()
+            && self.close_deadline.is_none()
+            && deflate_idle
+    }
+
+    /// Store an [idle](Self::is_idle) connection in a fraction of the space (about 80 bytes
+    /// instead of 400, and no buffers, queues or compression contexts): for servers that hold
+    /// many connections that are mostly quiet. [`IdleConnection::resume`] gives the same
+    /// connection back — its timers, keep-alive state and negotiated extensions — when bytes
+    /// arrive or a timer is due. A connection that is not idle is given back as it is.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use weft_proto::{Config, Connection, Event, Message, Role};
+    ///
+    /// let now = Instant::now();
+    /// let mut server = Connection::new(Role::Server, Config::default(), now);
+    /// let mut client = Connection::new(Role::Client, Config::default(), now);
+    ///
+    /// // Stored small while quiet...
+    /// let idle = server.into_idle().expect("nothing in progress");
+    /// assert!(std::mem::size_of_val(&idle) < std::mem::size_of::<Connection>() / 4);
+    ///
+    /// // ...and whole again when a message arrives.
+    /// let mut server = idle.resume(Instant::now());
+    /// client.send(Message::text("hello")).unwrap();
+    /// while let Some(bytes) = client.poll_transmit() {
+    ///     server.handle_read(&bytes, Instant::now());
+    /// }
+    /// assert_eq!(server.poll_event(), Some(Event::Message(Message::text("hello"))));
+    ///
+    /// // Not idle (a message is queued): given back unchanged.
+    /// server.send(Message::text("hi")).unwrap();
+    /// assert!(server.into_idle().is_err());
+    /// ```
+    pub fn into_idle(mut self) -> Result<IdleConnection, Self> {
+        if !self.is_idle() {
+            return Err(self);
+        }
+        self.release_idle_buffers();
+        #[cfg(feature = "deflate")]
+        if let Some(d) = &mut self.deflate {
+            d.forget();
+        }
+        Ok(IdleConnection {
+            config: self.config,
+            #[cfg(feature = "deflate")]
+            deflate: self.deflate,
+            last_input: self.last_input,
+            next_ping: self.next_ping,
+            pong_deadline: self.pong_deadline,
+            ping_payload: self.ping_payload,
+            role: self.role,
+            vectored: self.vectored,
+        })
+    }
+
     /// Whether the connection has ended (an [`Event::Closed`] was or will be reported).
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
@@ -1184,6 +1274,65 @@ impl Connection {
     /// Ended, all events reported and all bytes handed out: close the transport now.
     pub fn is_finished(&self) -> bool {
         self.state == State::Closed && self.events.is_empty() && self.buffered == 0
+    }
+}
+
+/// A [`Connection`] with nothing in progress, stored small: its configuration, timers,
+/// keep-alive state and negotiated extensions, and nothing else. Made by
+/// [`Connection::into_idle`]; [`resume`](Self::resume) gives the connection back.
+#[derive(Debug)]
+pub struct IdleConnection {
+    config: Arc<Config>,
+    #[cfg(feature = "deflate")]
+    deflate: Option<Box<DeflateState>>,
+    last_input: Instant,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    ping_payload: [u8; 8],
+    role: Role,
+    vectored: bool,
+}
+
+impl IdleConnection {
+    /// The connection, whole again, at time `now`: hand it the bytes that arrived, or call
+    /// [`Connection::handle_timeout`] when [`poll_timeout`](Self::poll_timeout) is due.
+    pub fn resume(self, now: Instant) -> Connection {
+        Connection {
+            role: self.role,
+            config: self.config,
+            state: State::Open,
+            now: now.max(self.last_input),
+            rbuf: BytesMut::new(),
+            current: None,
+            assembly: None,
+            utf8: Utf8Validator::new(),
+            events: VecDeque::new(),
+            #[cfg(feature = "deflate")]
+            deflate: self.deflate,
+            out: VecDeque::new(),
+            out_head_written: 0,
+            cork: BytesMut::new(),
+            buffered: 0,
+            vectored: self.vectored,
+            sent_close: None,
+            pong_pending: None,
+            last_input: self.last_input,
+            next_ping: self.next_ping,
+            pong_deadline: self.pong_deadline,
+            ping_payload: self.ping_payload,
+            close_deadline: None,
+        }
+    }
+
+    /// When the connection's next timer is due (as [`Connection::poll_timeout`]).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let idle = self.config.idle_timeout.map(|d| self.last_input + d);
+        [self.next_ping, self.pong_deadline, idle].into_iter().flatten().min()
+    }
+
+    /// Our role.
+    pub fn role(&self) -> Role {
+        self.role
     }
 }
 

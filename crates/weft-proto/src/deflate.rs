@@ -220,6 +220,20 @@ impl Deflater {
         Self { c: None, level: level.min(9), window_bits, no_context_takeover, threshold }
     }
 
+    /// Whether the compressor keeps nothing a later message needs: never used yet, or no
+    /// context takeover (each message starts afresh).
+    pub fn can_forget(&self) -> bool {
+        self.c.is_none() || self.no_context_takeover
+    }
+
+    /// Free the compression context if it keeps nothing a later message needs (it is made
+    /// again on the next message).
+    pub fn forget(&mut self) {
+        if self.no_context_takeover {
+            self.c = None;
+        }
+    }
+
     /// Whether a message of `len` bytes should be compressed.
     pub fn wants(&self, len: usize) -> bool {
         self.window_bits >= 9 && len >= self.threshold
@@ -274,6 +288,20 @@ impl Inflater {
     /// A decompressor for a peer compressing with `window_bits` (8 is inflated with 9).
     pub fn new(window_bits: u8, no_context_takeover: bool) -> Self {
         Self { d: None, window_bits: window_bits.clamp(9, 15), no_context_takeover }
+    }
+
+    /// Whether the decompressor keeps nothing a later message needs: never used yet, or no
+    /// context takeover (each message starts afresh).
+    pub fn can_forget(&self) -> bool {
+        self.d.is_none() || self.no_context_takeover
+    }
+
+    /// Free the decompression context if it keeps nothing a later message needs. Call only
+    /// between messages.
+    pub fn forget(&mut self) {
+        if self.no_context_takeover {
+            self.d = None;
+        }
     }
 
     /// Inflate the next piece of a compressed message into `out`. `limit` caps `out.len()`:

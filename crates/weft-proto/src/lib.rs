@@ -47,7 +47,7 @@ pub mod fuzzing;
 
 pub use close::{CloseCode, CloseFrame};
 pub use config::Config;
-pub use connection::{Connection, DataKind, EncodedMessage, Event, Input, Role};
+pub use connection::{Connection, DataKind, EncodedMessage, Event, IdleConnection, Input, Role};
 pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ConnectionError, ProtocolError, SendError, Timeout};
 pub use handshake::HandshakeError;

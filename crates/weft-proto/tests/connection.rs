@@ -724,3 +724,91 @@ fn take_unread_hands_over_only_what_nothing_has_used() {
     assert!(c.poll_event().is_none());
     assert!(c.take_unread().is_none());
 }
+
+/// Store the server small if it is idle; either way hand it back whole.
+fn store_and_resume(pair: &mut Pair) -> bool {
+    let now = pair.now;
+    let placeholder = Connection::new(Role::Server, Config::default(), now);
+    let server = std::mem::replace(&mut pair.server, placeholder);
+    let (server, stored) = match server.into_idle() {
+        Ok(idle) => (idle.resume(now), true),
+        Err(s) => (s, false),
+    };
+    pair.server = server;
+    stored
+}
+
+/// A connection stored small while idle goes on exactly where it was: its keep-alive timer,
+/// the pong it waits for, the idle deadline.
+#[test]
+fn an_idle_connection_resumes_where_it_was() {
+    let cfg =
+        Config::default().ping_interval(Some(Duration::from_secs(10))).idle_timeout(Some(Duration::from_secs(60)));
+    let mut p = Pair::with(Config::default(), cfg);
+    let deadline = p.server.poll_timeout();
+    let now = p.now;
+    let server = std::mem::replace(&mut p.server, Connection::new(Role::Server, Config::default(), now));
+    let idle = server.into_idle().expect("a new connection is idle");
+    assert!(std::mem::size_of_val(&idle) <= 96, "{}", std::mem::size_of_val(&idle));
+    assert_eq!(idle.poll_timeout(), deadline);
+    assert_eq!(idle.role(), Role::Server);
+    p.server = idle.resume(now);
+    // The keep-alive ping is due: queued, so not idle until written.
+    p.now += Duration::from_secs(10);
+    p.server.handle_timeout(p.now);
+    assert!(!p.server.is_idle());
+    while let Some(b) = p.server.poll_transmit() {
+        p.client.handle_read(&b, p.now);
+    }
+    // Written: idle again, with its pong awaited. Stored and resumed, the pong deadline holds.
+    assert!(p.server.is_idle());
+    assert!(store_and_resume(&mut p));
+    p.advance(Duration::from_secs(30));
+    assert!(p.server.is_closed(), "the missing pong was noticed");
+    assert!(!store_and_resume(&mut p), "a closed connection is not idle");
+}
+
+/// An answered ping, a partial frame, a message not polled: none of these is idle.
+#[test]
+fn a_connection_with_anything_in_progress_is_not_idle() {
+    let mut p = Pair::new(Config::default());
+    p.client.send(Message::Ping(Bytes::from_static(b"hi"))).unwrap();
+    let b = p.client.poll_transmit().unwrap();
+    p.server.handle_read(&b, p.now);
+    assert!(!p.server.is_idle(), "an event waits");
+    assert!(p.server.poll_event().is_some());
+    assert!(!p.server.is_idle(), "its pong waits");
+    while p.server.poll_transmit().is_some() {}
+    assert!(p.server.is_idle());
+    p.server.handle_read(&client_frame(true, 0x2, 0, b"hello")[..4], p.now);
+    assert!(!p.server.is_idle(), "part of a frame waits");
+    assert!(!store_and_resume(&mut p));
+    p.server.handle_read(&client_frame(true, 0x2, 0, b"hello")[4..], p.now);
+    assert_eq!(p.server.poll_event(), Some(Event::Message(Message::binary(&b"hello"[..]))));
+    assert!(p.server.is_idle());
+}
+
+/// Compression contexts that remember earlier messages (context takeover, once used) keep a
+/// connection whole; without context takeover they are dropped when it is stored, and made
+/// again for the next message.
+#[test]
+fn compression_contexts_decide_whether_a_connection_is_idle() {
+    for nct in [false, true] {
+        let mut deflate = DeflateConfig::default();
+        deflate.threshold = 0;
+        let cfg = Config::default().deflate(Some(deflate));
+        let mut p = Pair::new(cfg).deflate(params(nct));
+        assert!(p.server.is_idle(), "contexts not used yet");
+        for round in 0..3 {
+            let text = format!("{round}: the same words again and again and again and again");
+            p.client.send(Message::text(text.clone())).unwrap();
+            let (_, se) = p.drive();
+            assert_eq!(msg(&se[0]), &Message::text(text.clone()));
+            p.server.send(Message::text(text.clone())).unwrap();
+            let (ce, _) = p.drive();
+            assert_eq!(msg(&ce[0]), &Message::text(text));
+            assert_eq!(store_and_resume(&mut p), nct, "round {round}, no context takeover {nct}");
+            assert_eq!(p.server.deflate_params(), Some(params(nct)));
+        }
+    }
+}

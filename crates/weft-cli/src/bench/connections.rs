@@ -31,6 +31,11 @@ pub(crate) struct ConnArgs {
     /// duration).
     #[arg(long, short = 'd', default_value_t = 10.0)]
     pub(crate) hold: f64,
+    /// Seconds to wait after the last connection opened before reading the server's memory:
+    /// long enough for servers that store idle connections small after a quiet period
+    /// (`weft echo --core`: between 1 and 2 s), shorter than the ping interval.
+    #[arg(long, default_value_t = 3.0)]
+    pub(crate) settle: f64,
     /// Keep-alive ping interval in seconds while holding.
     #[arg(long, default_value_t = 5.0)]
     pub(crate) ping_interval: f64,
@@ -101,7 +106,7 @@ pub(crate) fn run(args: ConnArgs) -> anyhow::Result<ConnReport> {
         r.read_line(&mut line)?;
         anyhow::ensure!(line.starts_with("opened"), "worker failed before connecting: {line:?}");
     }
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs_f64(args.settle));
     let rss_after = rss(&args.server_pids);
     let mut total = ConnReport {
         url: args.url.clone(),
@@ -190,7 +195,7 @@ fn worker(args: &ConnArgs, n: usize) -> anyhow::Result<ConnReport> {
             println!("opened {opened}");
         }
         let rss_after_open = if args.worker.is_none() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
             rss(&args.server_pids)
         } else {
             None

@@ -12,8 +12,8 @@ use slab::Slab;
 use weft_proto::{CloseCode, CloseFrame, ConnectionError};
 
 use super::{
-    Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, READS_PER_TURN, State, Timers, deliver, drain_events,
-    end_session, far, fire,
+    Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, READS_PER_TURN, State, Sweeps, Tick, Timers, deliver,
+    drain_events, end_session, far, fire,
 };
 use crate::Acceptor;
 
@@ -31,11 +31,11 @@ struct Entry<S> {
     /// a short read suggests.
     hup: bool,
     /// An ended connection whose output the peer does not take: dropped at this time.
-    linger: Option<Instant>,
+    linger: Option<Tick>,
     /// Queued in `ready` for this turn.
     queued: bool,
     /// The timer this entry has in the heap, if any.
-    timer: Option<Instant>,
+    timer: Option<Tick>,
     /// Told apart from a later connection in the same slot.
     generation: u32,
 }
@@ -59,6 +59,7 @@ pub(super) struct Loop<H: Handler> {
     waker: Arc<Waker>,
     stopping: Option<Instant>,
     accept_retry: Option<Instant>,
+    sweeps: Sweeps,
 }
 
 impl<H: Handler> Loop<H> {
@@ -73,16 +74,19 @@ impl<H: Handler> Loop<H> {
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let reserve = super::reserved(&config);
         Ok(Self {
             poll,
             listener: Some(listener),
             acceptor,
-            rbuf: vec![0; config.read_buffer_size.max(4096)],
+            // Non-zero, so filled and not only allocated: resident from the start, as the loop's
+            // fixed memory.
+            rbuf: vec![1; config.read_buffer_size.max(4096)],
             config,
             handler,
-            conns: Slab::new(),
+            conns: Slab::with_capacity(reserve),
             ready: Vec::new(),
-            timers: Timers::default(),
+            timers: Timers::with_capacity(reserve),
             generation: 0,
             handshakes: 0,
             stats: LoopStats::default(),
@@ -91,6 +95,7 @@ impl<H: Handler> Loop<H> {
             waker,
             stopping: None,
             accept_retry: None,
+            sweeps: Sweeps::default(),
         })
     }
 
@@ -140,7 +145,7 @@ impl<H: Handler> Loop<H> {
             let timeout = if !self.ready.is_empty() {
                 Some(Duration::ZERO)
             } else {
-                [self.timers.next(), self.accept_retry, self.stopping]
+                [self.timers.next(), self.accept_retry, self.stopping, self.sweeps.next()]
                     .into_iter()
                     .flatten()
                     .min()
@@ -192,9 +197,22 @@ impl<H: Handler> Loop<H> {
                 self.drive(k, now);
             }
             self.fire_timers(Instant::now());
+            self.sweep(Instant::now());
             let conns = &self.conns;
             self.timers
                 .compact(conns.len(), |k, g, t| conns.get(k).is_some_and(|e| e.generation == g && e.timer == Some(t)));
+        }
+    }
+
+    /// Once per `idle_after`, store small the connections unused since the last pass.
+    fn sweep(&mut self, now: Instant) {
+        if self.sweeps.due(self.config.idle_after, !self.conns.is_empty(), now) {
+            self.stats.idle = 0;
+            for (_, e) in &mut self.conns {
+                if e.raw.is_empty() {
+                    e.state.sweep(&mut self.stats);
+                }
+            }
         }
     }
 
@@ -208,7 +226,7 @@ impl<H: Handler> Loop<H> {
             let e = &mut self.conns[k];
             match &mut e.state {
                 State::Open { conn, .. } => {
-                    let _ = conn.close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
+                    let _ = conn.get().close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
                     if !e.queued {
                         e.queued = true;
                         self.ready.push(k);
@@ -332,7 +350,7 @@ impl<H: Handler> Loop<H> {
         match &mut e.state {
             State::Open { conn, session } => {
                 let mut input = &mut self.rbuf[..n];
-                deliver(&mut self.handler, conn, session, k, &mut input, now, false);
+                deliver(&mut self.handler, conn.get(), session, k, &mut input, now, false);
             }
             State::Handshake { head, .. } => {
                 head.extend_from_slice(&self.rbuf[..n]);
@@ -345,7 +363,16 @@ impl<H: Handler> Loop<H> {
     /// Bytes of a request head arrived: answer it once complete.
     fn on_head(&mut self, k: usize, now: Instant) {
         let e = &mut self.conns[k];
-        if super::on_head(&self.acceptor, &mut self.handler, &mut self.stats, &mut e.raw, &mut e.state, k, now) {
+        if super::on_head(
+            &self.acceptor,
+            &mut self.handler,
+            &mut self.stats,
+            &mut e.raw,
+            &mut e.state,
+            k,
+            now,
+            self.config.idle_after,
+        ) {
             self.handshakes -= 1;
         }
     }
@@ -354,6 +381,7 @@ impl<H: Handler> Loop<H> {
         let e = &mut self.conns[k];
         match &mut e.state {
             State::Open { conn, session } => {
+                let conn = conn.get();
                 conn.handle_eof();
                 drain_events(&mut self.handler, conn, session, k);
                 // The peer may still read (a half-closed socket): what fits goes now, the
@@ -407,7 +435,8 @@ impl<H: Handler> Loop<H> {
             }
         }
         let conn = match &mut e.state {
-            State::Open { conn, .. } => conn,
+            State::Open { conn, .. } if conn.is_idle_stored() => return Ok(false),
+            State::Open { conn, .. } => conn.get(),
             State::Rejected { .. } => return Ok(true),
             State::Handshake { .. } | State::Lingering { .. } => return Ok(false),
         };

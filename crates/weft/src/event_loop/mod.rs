@@ -69,7 +69,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use weft_proto::handshake::{self, HandshakeError};
-use weft_proto::{CloseCode, CloseFrame, Connection, ConnectionError, Event, Input, Message, Role};
+use weft_proto::{CloseCode, CloseFrame, Connection, ConnectionError, Event, IdleConnection, Input, Message, Role};
 
 use crate::{Acceptor, Rejection};
 
@@ -129,6 +129,11 @@ pub struct LoopConfig {
     pub shutdown_grace: Duration,
     /// The I/O backend.
     pub backend: Backend,
+    /// Store connections small ([`IdleConnection`], about 80 bytes instead of a boxed 430 and
+    /// its queues) once they have had nothing in progress for between one and two of these
+    /// periods: one pass over the loop's connections per period. `None` keeps every connection
+    /// whole.
+    pub idle_after: Option<Duration>,
 }
 
 impl Default for LoopConfig {
@@ -141,6 +146,7 @@ impl Default for LoopConfig {
             ring_incremental: true,
             shutdown_grace: Duration::from_secs(5),
             backend: Backend::default(),
+            idle_after: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -230,6 +236,12 @@ pub struct LoopStats {
     pub opened: u64,
     /// Connections now open (WebSockets and handshakes).
     pub open: u64,
+    /// Of the open WebSockets, those stored small ([`IdleConnection`]) at the last pass
+    /// ([`LoopConfig::idle_after`]).
+    pub idle: u64,
+    /// Times a connection was stored small (at its opening or by a pass); each is made whole
+    /// again when bytes arrive or a timer is due.
+    pub stored_idle: u64,
     /// Handler callbacks that panicked. Each panic is caught: the connection it was for closes
     /// with 1011 (its session dropped without [`Handler::on_close`]; a panicking `upgrade`
     /// answers 500) and the loop serves every other connection on.
@@ -429,7 +441,7 @@ enum State<S> {
         deadline: Instant,
     },
     Open {
-        conn: Box<Connection>,
+        conn: Held,
         session: Option<S>,
     },
     /// The handshake failed: its answer is being written; then the socket lingers.
@@ -444,7 +456,115 @@ enum State<S> {
     },
 }
 
+/// An open connection's protocol state: whole while in use, stored small once a sweep
+/// ([`LoopConfig::idle_after`]) finds it idle and unused since the sweep before.
+enum Held {
+    Whole {
+        conn: Box<Connection>,
+        used: bool,
+    },
+    Idle(IdleConnection),
+    /// Only while one turns into the other.
+    Swapping,
+}
+
+impl Held {
+    fn new(conn: Box<Connection>) -> Self {
+        Held::Whole { conn, used: true }
+    }
+
+    /// The connection, whole (made whole again if it was idle), marked as used.
+    fn get(&mut self) -> &mut Connection {
+        if let Held::Idle(_) = self {
+            let Held::Idle(idle) = std::mem::replace(self, Held::Swapping) else { unreachable!() };
+            *self = Held::Whole { conn: Box::new(idle.resume(Instant::now())), used: true };
+        }
+        match self {
+            Held::Whole { conn, used } => {
+                *used = true;
+                conn
+            }
+            Held::Idle(_) | Held::Swapping => unreachable!("made whole above"),
+        }
+    }
+
+    fn into_whole(self) -> Box<Connection> {
+        match self {
+            Held::Whole { conn, .. } => conn,
+            Held::Idle(idle) => Box::new(idle.resume(Instant::now())),
+            Held::Swapping => unreachable!("only inside `get` and `sweep`"),
+        }
+    }
+
+    /// Store the connection small if it was not used since the last sweep and is idle.
+    fn sweep(&mut self) {
+        match self {
+            Held::Whole { used, .. } if *used => *used = false,
+            _ => self.store_if_idle(),
+        }
+    }
+
+    /// Store the connection small now if it is idle.
+    fn store_if_idle(&mut self) {
+        if !matches!(self, Held::Whole { conn, .. } if conn.is_idle()) {
+            return;
+        }
+        let Held::Whole { conn, used } = std::mem::replace(self, Held::Swapping) else { unreachable!() };
+        *self = match (*conn).into_idle() {
+            Ok(idle) => Held::Idle(idle),
+            Err(conn) => Held::Whole { conn: Box::new(conn), used },
+        };
+    }
+
+    fn is_idle_stored(&self) -> bool {
+        matches!(self, Held::Idle(_))
+    }
+
+    fn wants_input(&self) -> bool {
+        match self {
+            Held::Whole { conn, .. } => conn.wants_input(),
+            _ => true,
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(self, Held::Whole { conn, .. } if conn.is_closed())
+    }
+
+    fn is_finished(&self) -> bool {
+        matches!(self, Held::Whole { conn, .. } if conn.is_finished())
+    }
+
+    fn has_transmit(&self) -> bool {
+        matches!(self, Held::Whole { conn, .. } if conn.has_transmit())
+    }
+
+    fn has_partial_input(&self) -> bool {
+        matches!(self, Held::Whole { conn, .. } if conn.has_partial_input())
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Held::Whole { conn, .. } => conn.poll_timeout(),
+            Held::Idle(idle) => idle.poll_timeout(),
+            Held::Swapping => None,
+        }
+    }
+}
+
 impl<S> State<S> {
+    /// [`Held::sweep`] for an open connection, counted in `stats`.
+    fn sweep(&mut self, stats: &mut LoopStats) {
+        if let State::Open { conn, .. } = self {
+            let was = conn.is_idle_stored();
+            conn.sweep();
+            if conn.is_idle_stored() {
+                stats.idle += 1;
+                stats.stored_idle += u64::from(!was);
+            }
+        }
+    }
+
     /// Whether the connection is to be read now.
     fn wants_input(&self) -> bool {
         match self {
@@ -456,13 +576,13 @@ impl<S> State<S> {
 
     /// The next time a timer of this connection is due; `linger` is when an ended connection
     /// whose output the peer does not take is dropped.
-    fn next_deadline(&self, linger: &mut Option<Instant>, close_timeout: Duration) -> Option<Instant> {
+    fn next_deadline(&self, linger: &mut Option<Tick>, close_timeout: Duration) -> Option<Instant> {
         match self {
             State::Handshake { deadline, .. } | State::Rejected { deadline } | State::Lingering { deadline } => {
                 Some(*deadline)
             }
             State::Open { conn, .. } if conn.is_closed() => {
-                Some(*linger.get_or_insert_with(|| far(Instant::now(), close_timeout)))
+                Some(linger.get_or_insert_with(|| Tick::from(far(Instant::now(), close_timeout))).instant())
             }
             State::Open { conn, .. } => conn.poll_timeout(),
         }
@@ -481,7 +601,7 @@ enum Fired {
 fn fire<H: Handler>(
     handler: &mut H,
     state: &mut State<H::Session>,
-    linger: Option<Instant>,
+    linger: Option<Tick>,
     id: usize,
     now: Instant,
 ) -> Fired {
@@ -491,13 +611,14 @@ fn fire<H: Handler>(
             Fired::Remove { failed_handshake: false }
         }
         State::Open { conn, .. } if conn.is_closed() => {
-            if linger.is_some_and(|t| now >= t) {
+            if linger.is_some_and(|t| now >= t.instant()) {
                 Fired::Remove { failed_handshake: false }
             } else {
                 Fired::Drive
             }
         }
         State::Open { conn, session } => {
+            let conn = conn.get();
             conn.handle_timeout(now);
             drain_events(handler, conn, session, id);
             Fired::Drive
@@ -566,8 +687,9 @@ fn on_event<H: Handler>(handler: &mut H, session: &mut Option<H::Session>, c: &m
 
 /// A dropped connection's end, told to its handler: the reason its connection reported, or a
 /// reset.
-fn end_session<H: Handler>(handler: &mut H, mut conn: Box<Connection>, session: Option<H::Session>) {
+fn end_session<H: Handler>(handler: &mut H, conn: Held, session: Option<H::Session>) {
     let Some(s) = session else { return };
+    let mut conn = conn.into_whole();
     if !conn.is_closed() {
         conn.handle_eof();
     }
@@ -602,12 +724,20 @@ fn on_head<H: Handler>(
     state: &mut State<H::Session>,
     id: usize,
     now: Instant,
+    idle_after: Option<Duration>,
 ) -> bool {
     let State::Handshake { head, .. } = &*state else { return false };
     match answer(acceptor, handler, stats, head, id, now) {
         Answer::Incomplete => false,
-        Answer::Open { head, state: open } => {
+        Answer::Open { head, state: mut open } => {
             *raw = head;
+            if let (State::Open { conn, .. }, Some(_)) = (&mut open, idle_after) {
+                // Most connections say nothing for a while after they open: stored small at
+                // once, they never keep the whole state the handshake made (a heap of freed
+                // ones, after many handshakes, would stay in the process's memory).
+                conn.store_if_idle();
+                stats.stored_idle += u64::from(conn.is_idle_stored());
+            }
             *state = open;
             true
         }
@@ -679,50 +809,122 @@ fn answer<H: Handler>(
         let mut input = &mut rest[..];
         deliver(handler, &mut conn, &mut session, id, &mut input, now, false);
     }
-    Answer::Open { head: out, state: State::Open { conn, session } }
+    Answer::Open { head: out, state: State::Open { conn: Held::new(conn), session } }
+}
+
+/// An instant in 8 bytes (an `Instant` takes 16): nanoseconds since the first loop was made,
+/// plus one. Entries and timers store these, since every connection has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Tick(std::num::NonZeroU64);
+
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+impl Tick {
+    fn epoch() -> Instant {
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    fn from(t: Instant) -> Self {
+        let ns = u64::try_from(t.saturating_duration_since(Self::epoch()).as_nanos()).unwrap_or(u64::MAX - 1);
+        Tick(std::num::NonZeroU64::MIN.saturating_add(ns))
+    }
+
+    fn instant(self) -> Instant {
+        Self::epoch() + Duration::from_nanos(self.0.get() - 1)
+    }
 }
 
 /// The loop's timers: at most a few entries per connection (a later timer re-checks and re-arms
 /// instead of removing an earlier one), each told apart from a later connection in the same slot
-/// by the slot's generation.
-#[derive(Default)]
+/// by the slot's generation. 16 bytes an entry.
 struct Timers {
-    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize, u32)>>,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(Tick, u32, u32)>>,
 }
 
 impl Timers {
+    fn with_capacity(n: usize) -> Self {
+        Tick::epoch();
+        Self { heap: std::collections::BinaryHeap::with_capacity(n) }
+    }
+
     /// Add a timer for slot `k` at `t` unless `pending` (the slot's earliest) is at least as
     /// early.
-    fn schedule(&mut self, pending: &mut Option<Instant>, k: usize, generation: u32, t: Instant) {
+    fn schedule(&mut self, pending: &mut Option<Tick>, k: usize, generation: u32, t: Instant) {
+        let t = Tick::from(t);
         if pending.is_some_and(|cur| cur <= t) {
             return;
         }
         *pending = Some(t);
-        self.heap.push(std::cmp::Reverse((t, k, generation)));
+        self.heap.push(std::cmp::Reverse((t, slot(k), generation)));
     }
 
     /// Drop the entries `live` rejects once they outnumber the `open` connections by far (a
     /// connection that closed leaves its entries until they are due, which with "no limit"
     /// deadlines is never).
-    fn compact(&mut self, open: usize, live: impl Fn(usize, u32, Instant) -> bool) {
+    fn compact(&mut self, open: usize, live: impl Fn(usize, u32, Tick) -> bool) {
         if self.heap.len() > 2 * open + 1024 {
-            self.heap.retain(|std::cmp::Reverse((t, k, generation))| live(*k, *generation, *t));
+            self.heap.retain(|std::cmp::Reverse((t, k, generation))| live(*k as usize, *generation, *t));
         }
     }
 
     /// The earliest timer.
     fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|std::cmp::Reverse((t, _, _))| *t)
+        self.heap.peek().map(|std::cmp::Reverse((t, _, _))| t.instant())
     }
 
     /// Take a timer due at `now`: its slot, generation and time.
-    fn pop_due(&mut self, now: Instant) -> Option<(usize, u32, Instant)> {
+    fn pop_due(&mut self, now: Instant) -> Option<(usize, u32, Tick)> {
         let &std::cmp::Reverse((t, k, generation)) = self.heap.peek()?;
-        if t > now {
+        if t > Tick::from(now) {
             return None;
         }
         self.heap.pop();
-        Some((k, generation, t))
+        Some((k as usize, generation, t))
+    }
+}
+
+/// A slab key as the timers keep it (`max_connections` is far below 2³²).
+fn slot(k: usize) -> u32 {
+    u32::try_from(k).expect("fewer than 2^32 connections per loop")
+}
+
+/// Entries a loop reserves room for at once (its slab, its timers), up to a million: address
+/// space, not memory — the pages are touched only as connections arrive, where growing by
+/// doubling would copy and leave each old copy resident in the allocator (measured: as much
+/// again as the slab itself).
+fn reserved(config: &LoopConfig) -> usize {
+    config.max_connections.min(1 << 20)
+}
+
+/// When a loop next looks for connections to store small ([`LoopConfig::idle_after`]).
+#[derive(Default)]
+struct Sweeps {
+    next: Option<Instant>,
+}
+
+impl Sweeps {
+    /// Whether a pass is due at `now`; the clock runs only while the loop has connections.
+    fn due(&mut self, every: Option<Duration>, has_conns: bool, now: Instant) -> bool {
+        let Some(every) = every.filter(|_| has_conns) else {
+            self.next = None;
+            return false;
+        };
+        match self.next {
+            Some(t) if now < t => false,
+            Some(_) => {
+                self.next = Some(now + every);
+                true
+            }
+            None => {
+                self.next = Some(now + every);
+                false
+            }
+        }
+    }
+
+    /// When the next pass is due, for the loop's wait.
+    fn next(&self) -> Option<Instant> {
+        self.next
     }
 }
 

@@ -31,8 +31,8 @@ use slab::Slab;
 use weft_proto::{CloseCode, CloseFrame, ConnectionError};
 
 use super::{
-    Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, State, Timers, deliver, drain_events, end_session, far,
-    fire,
+    Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, State, Sweeps, Tick, Timers, deliver, drain_events,
+    end_session, far, fire,
 };
 use crate::Acceptor;
 
@@ -146,6 +146,13 @@ impl BufRing {
         let (r, b) = unsafe { (alloc_zeroed(ring_layout), alloc_zeroed(bufs_layout)) };
         if r.is_null() || b.is_null() {
             return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        // Touched now, one write per page: the loop's fixed memory is resident from the start
+        // (not faulted in by the kernel's writes as the first connections arrive, where it
+        // looked like memory per connection), and no receive pays a page fault.
+        for off in (0..bufs_layout.size()).step_by(4096) {
+            // SAFETY: `off` is within the allocation just made, which nothing else uses yet.
+            unsafe { b.add(off).write_volatile(0) };
         }
         let mut this = Self {
             ring: r.cast(),
@@ -319,6 +326,39 @@ enum Recv {
     Cancelling,
 }
 
+/// Input held back for a connection (see `Entry::stash`): a pointer while empty, as it
+/// almost always is.
+#[derive(Default)]
+struct Stash(Option<Box<BytesMut>>);
+
+impl Stash {
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|b| b.is_empty())
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |b| b.len())
+    }
+
+    fn extend_from_slice(&mut self, data: &[u8]) {
+        self.0.get_or_insert_default().extend_from_slice(data);
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().map_or(&mut [], |b| &mut b[..])
+    }
+
+    /// Drop `n` bytes from the front; nothing is held once it is empty.
+    fn advance(&mut self, n: usize) {
+        if let Some(b) = &mut self.0 {
+            b.advance(n);
+            if b.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+}
+
 struct Entry<S> {
     fd: OwnedFd,
     state: State<S>,
@@ -328,7 +368,7 @@ struct Entry<S> {
     /// Bytes received while the connection did not want input (its output above the
     /// high-water mark), handed over when it does: about one read buffer at most (then the
     /// receive is cancelled), plus what arrived before the cancellation took effect.
-    stash: BytesMut,
+    stash: Stash,
     recv: Recv,
     /// Requests in flight that name this entry (its receive, its send).
     ops: u8,
@@ -336,9 +376,9 @@ struct Entry<S> {
     eof: bool,
     /// Removed: the descriptor closes once `ops` is 0.
     gone: bool,
-    linger: Option<Instant>,
+    linger: Option<Tick>,
     queued: bool,
-    timer: Option<Instant>,
+    timer: Option<Tick>,
     generation: u32,
 }
 
@@ -350,6 +390,7 @@ pub(super) struct Loop<H: Handler> {
     listener: Option<TcpListener>,
     accept_armed: bool,
     accept_retry: Option<Instant>,
+    sweeps: Sweeps,
     acceptor: Acceptor,
     config: LoopConfig,
     pub(super) handler: H,
@@ -382,20 +423,24 @@ impl<H: Handler> Loop<H> {
         }
         // SAFETY: a descriptor eventfd just returned, owned by nothing else.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let reserve = super::reserved(&config);
         Ok(Self {
             ring: None,
             bufs: None,
             listener: Some(listener),
             accept_armed: false,
             accept_retry: None,
+            sweeps: Sweeps::default(),
             acceptor,
             config,
             handler,
-            conns: Slab::new(),
+            conns: Slab::with_capacity(reserve),
             ready: Vec::new(),
             cqes: Vec::with_capacity(1024),
-            pool: Vec::new(),
-            timers: Timers::default(),
+            // Made at once: the loop's fixed memory (about 290 KiB), not memory that seems to
+            // come with the first connections.
+            pool: (0..SEND_POOL).map(|_| SendOp::new()).collect(),
+            timers: Timers::with_capacity(reserve),
             generation: 0,
             handshakes: 0,
             gone: 0,
@@ -488,7 +533,7 @@ impl<H: Handler> Loop<H> {
                 Some(Duration::ZERO)
             } else {
                 // After the grace period only completions (of the cancellations) are awaited.
-                [self.timers.next(), self.accept_retry, self.stopping.filter(|t| *t > now)]
+                [self.timers.next(), self.accept_retry, self.stopping.filter(|t| *t > now), self.sweeps.next()]
                     .into_iter()
                     .flatten()
                     .min()
@@ -516,6 +561,7 @@ impl<H: Handler> Loop<H> {
                 self.ready = ready; // its capacity, for the next turn
             }
             self.fire_timers(Instant::now());
+            self.sweep(Instant::now());
             let conns = &self.conns;
             self.timers
                 .compact(conns.len(), |k, g, t| conns.get(k).is_some_and(|e| e.generation == g && e.timer == Some(t)));
@@ -635,7 +681,7 @@ impl<H: Handler> Loop<H> {
             state: State::Handshake { head: Vec::new(), deadline },
             raw: Vec::new(),
             send: None,
-            stash: BytesMut::new(),
+            stash: Stash::default(),
             recv: Recv::Off,
             ops: 0,
             eof: false,
@@ -691,7 +737,7 @@ impl<H: Handler> Loop<H> {
                     // All of it, as epoll hands over all of a read: at most one buffer.
                     State::Open { conn, session } => {
                         let mut input = &mut data[..];
-                        deliver(&mut self.handler, conn, session, k, &mut input, now, false);
+                        deliver(&mut self.handler, conn.get(), session, k, &mut input, now, false);
                     }
                     State::Handshake { head, .. } => head.extend_from_slice(data),
                     // Read and discarded.
@@ -753,7 +799,16 @@ impl<H: Handler> Loop<H> {
     /// Bytes of a request head arrived: answer it once complete.
     fn on_head(&mut self, k: usize, now: Instant) {
         let e = &mut self.conns[k];
-        if super::on_head(&self.acceptor, &mut self.handler, &mut self.stats, &mut e.raw, &mut e.state, k, now) {
+        if super::on_head(
+            &self.acceptor,
+            &mut self.handler,
+            &mut self.stats,
+            &mut e.raw,
+            &mut e.state,
+            k,
+            now,
+            self.config.idle_after,
+        ) {
             self.handshakes -= 1;
         }
     }
@@ -765,7 +820,9 @@ impl<H: Handler> Loop<H> {
         if res >= 0 && !e.gone {
             let sent = op.advance(res as usize);
             if let State::Open { conn, .. } = &mut e.state {
-                conn.advance_transmit(sent);
+                if sent > 0 {
+                    conn.get().advance_transmit(sent);
+                }
             }
             if op.prepare() {
                 // A short send: the rest goes now, before anything queued since.
@@ -792,6 +849,7 @@ impl<H: Handler> Loop<H> {
         let e = &mut self.conns[k];
         match &mut e.state {
             State::Open { conn, session } => {
+                let conn = conn.get();
                 conn.handle_eof();
                 drain_events(&mut self.handler, conn, session, k);
                 // The peer may still read (a half-closed socket): what is queued goes now, and
@@ -843,14 +901,11 @@ impl<H: Handler> Loop<H> {
             return;
         }
         let State::Open { conn, session } = &mut e.state else { return };
-        let mut input = &mut e.stash[..];
+        let mut input = e.stash.bytes();
         let len = input.len();
-        deliver(&mut self.handler, conn, session, k, &mut input, Instant::now(), true);
+        deliver(&mut self.handler, conn.get(), session, k, &mut input, Instant::now(), true);
         let used = len - input.len();
         e.stash.advance(used);
-        if e.stash.is_empty() {
-            e.stash = BytesMut::new(); // no memory held while idle
-        }
     }
 
     /// Start a send of what `k` queued, unless one is in flight; once a finished connection
@@ -864,11 +919,15 @@ impl<H: Handler> Loop<H> {
         if queued {
             let mut op = self.pool.pop().unwrap_or_else(SendOp::new);
             op.raw = std::mem::take(&mut e.raw);
+            // (`has_transmit` first: an idle connection sending its handshake answer is not
+            // made whole for it.)
             if let State::Open { conn, .. } = &mut e.state {
-                // Lent, not taken: they stay counted in the connection's output (its
-                // high-water mark, `buffered_amount`) until the send completes.
-                let chunks = &mut op.chunks;
-                conn.transmit_chunks(IOV - 1, |c| chunks.push_back(c));
+                if conn.has_transmit() {
+                    // Lent, not taken: they stay counted in the connection's output (its
+                    // high-water mark, `buffered_amount`) until the send completes.
+                    let chunks = &mut op.chunks;
+                    conn.get().transmit_chunks(IOV - 1, |c| chunks.push_back(c));
+                }
             }
             op.prepare();
             let sqe = op.sqe(e.fd.as_raw_fd()).user_data(tag(SEND, k, e.generation));
@@ -878,8 +937,8 @@ impl<H: Handler> Loop<H> {
             return;
         }
         if let State::Open { conn, .. } = &mut e.state {
-            if !conn.has_partial_input() {
-                conn.release_idle_buffers();
+            if !conn.is_idle_stored() && !conn.has_partial_input() {
+                conn.get().release_idle_buffers();
             }
         }
         let finished = match &e.state {
@@ -891,7 +950,7 @@ impl<H: Handler> Loop<H> {
             // SAFETY: shuts down a live socket; no memory is involved.
             unsafe { libc::shutdown(e.fd.as_raw_fd(), libc::SHUT_WR) };
             let deadline = far(Instant::now(), self.acceptor.config.close_timeout);
-            e.stash = BytesMut::new(); // input after the end is read and discarded
+            e.stash = Stash::default(); // input after the end is read and discarded
             let old = std::mem::replace(&mut e.state, State::Lingering { deadline });
             if let State::Open { session: Some(s), .. } = old {
                 super::caught(|| self.handler.on_close(s, &ConnectionError::Reset));
@@ -923,6 +982,19 @@ impl<H: Handler> Loop<H> {
         }
     }
 
+    /// Once per `idle_after`, store small the connections unused since the last pass (with
+    /// no send in flight and no input waiting).
+    fn sweep(&mut self, now: Instant) {
+        if self.sweeps.due(self.config.idle_after, !self.conns.is_empty(), now) {
+            self.stats.idle = 0;
+            for (_, e) in &mut self.conns {
+                if !e.gone && e.send.is_none() && e.stash.is_empty() && e.raw.is_empty() {
+                    e.state.sweep(&mut self.stats);
+                }
+            }
+        }
+    }
+
     fn begin_stop(&mut self) {
         self.stopping = Some(Instant::now() + self.config.shutdown_grace);
         if self.accept_armed {
@@ -939,7 +1011,7 @@ impl<H: Handler> Loop<H> {
             }
             match &mut e.state {
                 State::Open { conn, .. } => {
-                    let _ = conn.close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
+                    let _ = conn.get().close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
                     if !e.queued {
                         e.queued = true;
                         self.ready.push(k);

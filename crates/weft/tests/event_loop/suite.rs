@@ -684,3 +684,54 @@ fn a_failed_run_closes_every_connection() {
     }
     drop(ev);
 }
+
+/// Connections quiet for a pass (`LoopConfig::idle_after`) are stored small, and come back
+/// whole for whatever happens next: a message, a keep-alive ping the server's timer sends while
+/// the connection is stored, the peer's close.
+#[tokio::test]
+async fn idle_connections_are_stored_small_and_come_back_whole() {
+    if backend_missing() {
+        return;
+    }
+    let acceptor = Acceptor::new().config(Config::default().ping_interval(Some(Duration::from_millis(400))));
+    let config = LoopConfig { idle_after: Some(Duration::from_millis(20)), ..loop_config() };
+    let server = Server::start(acceptor, config);
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/quiet")).await.unwrap();
+    assert_eq!(server.next_seen(), Seen::Open("/quiet".into()));
+    async fn echo(ws: &mut (impl StreamExt<Item = Result<TMessage, tokio_tungstenite::tungstenite::Error>> + SinkExt<TMessage> + Unpin), text: &str) -> usize {
+        let _ = ws.send(TMessage::text(text)).await;
+        let mut pings = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("the echo").unwrap().unwrap() {
+                TMessage::Ping(_) => pings += 1,
+                m => {
+                    assert_eq!(m, TMessage::text(text));
+                    return pings;
+                }
+            }
+        }
+    }
+    for round in 0..3 {
+        echo(&mut ws, &format!("round {round}")).await;
+        // Several passes: stored small after the echo.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The keep-alive timer fires while the connection is stored: the ping comes, and the
+    // connection answers messages after it.
+    let mut pings = 0;
+    let t = Instant::now();
+    while pings == 0 && t.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        pings += echo(&mut ws, "after a while").await;
+    }
+    assert!(pings > 0, "no keep-alive ping reached a stored connection");
+    let big = "x".repeat(100_000);
+    echo(&mut ws, &big).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ws.close(Some(TCloseFrame { code: TCloseCode::Normal, reason: "".into() })).await.unwrap();
+    while ws.next().await.is_some() {}
+    assert_eq!(server.next_seen(), Seen::Close("/quiet".into(), 1000));
+    let stats = server.stop();
+    // Stored at its opening and after each quiet spell.
+    assert!(stats.stored_idle >= 5, "{stats:?}");
+}

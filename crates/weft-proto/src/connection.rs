@@ -1239,6 +1239,9 @@ impl Connection {
     /// server.send(Message::text("hi")).unwrap();
     /// assert!(server.into_idle().is_err());
     /// ```
+    // The connection is given back by value, as it came: boxing it would allocate on a path
+    // meant to free memory.
+    #[allow(clippy::result_large_err)]
     pub fn into_idle(mut self) -> Result<IdleConnection, Self> {
         if !self.is_idle() {
             return Err(self);

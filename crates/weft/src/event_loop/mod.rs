@@ -716,6 +716,7 @@ enum Answer<S> {
 /// Bytes of connection `id`'s request head arrived (into its `state`): once the head is
 /// complete, answer it — the connection opens, or its refusal goes into `raw` and it lingers.
 /// Whether its handshake ended (the caller counts handshakes in progress).
+#[allow(clippy::too_many_arguments)] // the parts of an entry both backends keep apart
 fn on_head<H: Handler>(
     acceptor: &Acceptor,
     handler: &mut H,

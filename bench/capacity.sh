@@ -2,6 +2,7 @@
 # Connection capacity: idle connections held and server RSS per connection, for weft and its
 # peers, at 10,000 and at the most one process can hold here (19,000 of a hard 20,000 fds), then
 # beyond with several `weft echo --reuseport` processes and several generator processes.
+# Keep-alive pings every 20 s: none before the memory is read (a pinged connection is not idle).
 #
 #   bench/capacity.sh [--quick]     (--quick: 10,000 only, weft on both cores and two peers)
 #   (`weft` is `weft echo` on the tokio core, `weft-epoll` and `weft-uring` on the event-driven
@@ -36,7 +37,7 @@ run() {  # name count processes pids...
   local name=$1 count=$2 procs=$3; shift 3
   local pidargs=(); for p in "$@"; do pidargs+=(--server-pid "$p"); done
   local line
-  line=$("$WEFT" bench connections --url "ws://127.0.0.1:$PORT/" -c "$count" --hold 5 --processes "$procs" "${pidargs[@]}" --json) \
+  line=$("$WEFT" bench connections --url "ws://127.0.0.1:$PORT/" -c "$count" --hold 5 --ping-interval 20 --processes "$procs" "${pidargs[@]}" --json) \
     || line='{"error":"run failed"}'
   printf '{"server":"%s","connections":%d,"server_processes":%d,"result":%s}\n' "$name" "$count" "$#" "$line" >> "$OUT/capacity.jsonl"
   echo "$name $count: $line"
@@ -62,6 +63,12 @@ if [[ $QUICK == 0 && -z "${CAP_SERVERS:-}" ]]; then
   for _ in 1 2 3; do "$WEFT" echo --threads 1 --reuseport --addr "127.0.0.1:$PORT" > /dev/null 2>&1 & pids+=($!); done
   sleep 1
   run "weft x3 (SO_REUSEPORT)" 45000 3 "${pids[@]}"
+  kill "${pids[@]}"; wait 2>/dev/null || true
+  # The event-driven core, idle connections stored small: 64,000 over 4 processes.
+  PORT=$((PORT + 1)); pids=()
+  for _ in 1 2 3 4; do "$WEFT" echo --core epoll --threads 1 --reuseport --addr "127.0.0.1:$PORT" > /dev/null 2>&1 & pids+=($!); done
+  sleep 1
+  run "weft-epoll x4 (SO_REUSEPORT)" 64000 4 "${pids[@]}"
   kill "${pids[@]}"; wait 2>/dev/null || true
 fi
 

@@ -88,6 +88,7 @@ pub(crate) fn run(args: ConnArgs) -> anyhow::Result<ConnReport> {
     // Several generator processes: each prints "opened <n>" when done connecting, then a JSON
     // report when done holding.
     let exe = std::env::current_exe()?;
+    let t0 = Instant::now();
     let mut children = Vec::new();
     for i in 0..args.processes {
         let share = args.connections / args.processes + usize::from(i < args.connections % args.processes);
@@ -108,6 +109,7 @@ pub(crate) fn run(args: ConnArgs) -> anyhow::Result<ConnReport> {
     }
     std::thread::sleep(Duration::from_secs_f64(args.settle));
     let rss_after = rss(&args.server_pids);
+    warn_if_pinged(&args, t0.elapsed().as_secs_f64());
     let mut total = ConnReport {
         url: args.url.clone(),
         requested: args.connections,
@@ -131,6 +133,18 @@ pub(crate) fn run(args: ConnArgs) -> anyhow::Result<ConnReport> {
     total.server_rss_after = rss_after;
     total.server_rss_per_conn_bytes = per_conn(rss_before, rss_after, total.opened);
     Ok(total)
+}
+
+/// Keep-alive pings that began before the server's memory was read wake connections up: the
+/// figure is then not one of idle connections. Said on stderr (`--json` keeps stdout clean).
+fn warn_if_pinged(args: &ConnArgs, elapsed: f64) {
+    if !args.server_pids.is_empty() && elapsed >= args.ping_interval {
+        eprintln!(
+            "warning: keep-alive pings ({} s) began before the server's memory was read ({elapsed:.1} s after \
+             the first connection): pinged connections are not idle; raise --ping-interval",
+            args.ping_interval
+        );
+    }
 }
 
 fn per_conn(before: Option<u64>, after: Option<u64>, n: usize) -> Option<f64> {
@@ -196,6 +210,7 @@ fn worker(args: &ConnArgs, n: usize) -> anyhow::Result<ConnReport> {
         }
         let rss_after_open = if args.worker.is_none() {
             tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+            warn_if_pinged(args, t0.elapsed().as_secs_f64());
             rss(&args.server_pids)
         } else {
             None

@@ -21,6 +21,11 @@
 //! epoll: measured side by side (bench/RESULTS.md), io_uring is ahead with small messages and
 //! behind with large ones, whose frames its multishot receives hand over in pieces.
 //!
+//! Quiet connections are stored small: a connection with nothing in progress is kept as an
+//! [`IdleConnection`] (80 bytes instead of a boxed [`Connection`] and its queues) from its
+//! opening, and again once a pass finds it unused for [`LoopConfig::idle_after`]; the next
+//! bytes or timer make it whole, unseen by the handler.
+//!
 //! What it serves: WebSockets over HTTP/1.1 (cleartext), with everything an [`Acceptor`]
 //! configures (limits, subprotocols, permessage-deflate, keep-alive pings, the handshake
 //! timeout). TLS, HTTP/2 and HTTP/3 stay with the tokio [`WebSocket`](crate::WebSocket)

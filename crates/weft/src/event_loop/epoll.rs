@@ -350,7 +350,9 @@ impl<H: Handler> Loop<H> {
         match &mut e.state {
             State::Open { conn, session } => {
                 let mut input = &mut self.rbuf[..n];
-                deliver(&mut self.handler, conn.get(), session, k, &mut input, now, false);
+                if deliver(&mut self.handler, conn.get(), session, k, &mut input, now, false) {
+                    conn.data();
+                }
             }
             State::Handshake { head, .. } => {
                 head.extend_from_slice(&self.rbuf[..n]);
@@ -386,7 +388,7 @@ impl<H: Handler> Loop<H> {
                 drain_events(&mut self.handler, conn, session, k);
                 // The peer may still read (a half-closed socket): what fits goes now, the
                 // rest with the socket.
-                let _ = Self::write_out(e);
+                let _ = Self::write_out(e, &mut self.stats);
                 self.remove(k);
             }
             State::Handshake { .. } => {
@@ -401,7 +403,7 @@ impl<H: Handler> Loop<H> {
     /// still there.
     fn flush(&mut self, k: usize) -> bool {
         let Some(e) = self.conns.get_mut(k) else { return false };
-        match Self::write_out(e) {
+        match Self::write_out(e, &mut self.stats) {
             Ok(false) => true,
             Ok(true) => {
                 let _ = e.sock.shutdown(std::net::Shutdown::Write);
@@ -422,7 +424,7 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Write until done or the socket is full; whether the connection is finished.
-    fn write_out(e: &mut Entry<H::Session>) -> io::Result<bool> {
+    fn write_out(e: &mut Entry<H::Session>, stats: &mut LoopStats) -> io::Result<bool> {
         while !e.raw.is_empty() {
             match e.sock.write(&e.raw) {
                 Ok(n) if n == e.raw.len() => e.raw = Vec::new(), // not kept for the connection's life
@@ -434,12 +436,13 @@ impl<H: Handler> Loop<H> {
                 Err(err) => return Err(err),
             }
         }
-        let conn = match &mut e.state {
+        let held = match &mut e.state {
             State::Open { conn, .. } if conn.is_idle_stored() => return Ok(false),
-            State::Open { conn, .. } => conn.get(),
+            State::Open { conn, .. } => conn,
             State::Rejected { .. } => return Ok(true),
             State::Handshake { .. } | State::Lingering { .. } => return Ok(false),
         };
+        let conn = held.get();
         while conn.has_transmit() {
             let mut iov = [IoSlice::new(&[]); IOV];
             let n = conn.transmit_slices(&mut iov);
@@ -453,7 +456,13 @@ impl<H: Handler> Loop<H> {
         if !conn.has_partial_input() {
             conn.release_idle_buffers();
         }
-        Ok(conn.is_finished())
+        let finished = conn.is_finished();
+        // Everything written: a connection woken only by control frames or timers goes back
+        // to storage.
+        if held.store_if_quiet() {
+            stats.stored_idle += 1;
+        }
+        Ok(finished)
     }
 
     fn remove(&mut self, k: usize) {

@@ -244,9 +244,13 @@ pub struct LoopStats {
     /// Of the open WebSockets, those stored small ([`IdleConnection`]) at the last pass
     /// ([`LoopConfig::idle_after`]).
     pub idle: u64,
-    /// Times a connection was stored small (at its opening or by a pass); each is made whole
-    /// again when bytes arrive or a timer is due.
+    /// Times a connection was stored small: at its opening, by a pass, or as soon as it is
+    /// idle again after control frames or a timer (a keep-alive ping and its pong) made it
+    /// whole.
     pub stored_idle: u64,
+    /// Times a stored connection was made whole again (bytes arrived, a timer was due, the
+    /// loop stopped).
+    pub resumed: u64,
     /// Handler callbacks that panicked. Each panic is caught: the connection it was for closes
     /// with 1011 (its session dropped without [`Handler::on_close`]; a panicking `upgrade`
     /// answers 500) and the loop serves every other connection on.
@@ -306,6 +310,8 @@ pub struct EventLoop<H: Handler> {
     fallback: Option<String>,
     /// Handler panics caught by earlier runs.
     panics: u64,
+    /// Stored connections made whole by earlier runs.
+    resumed: u64,
 }
 
 impl<H: Handler> EventLoop<H> {
@@ -331,7 +337,7 @@ impl<H: Handler> EventLoop<H> {
             Backend::IoUring | Backend::Auto => match uring::supported() {
                 Ok(()) => {
                     let imp = Imp::Uring(Box::new(uring::Loop::new(listener, acceptor, config, handler)?));
-                    return Ok(Self { imp, fallback, panics: 0 });
+                    return Ok(Self { imp, fallback, panics: 0, resumed: 0 });
                 }
                 Err(e) if config.backend == Backend::IoUring => {
                     return Err(io::Error::new(e.kind(), format!("io_uring is not available: {e}")));
@@ -346,7 +352,7 @@ impl<H: Handler> EventLoop<H> {
             Backend::Auto => fallback = Some("io_uring is Linux only".into()),
         }
         let imp = Imp::Epoll(Box::new(epoll::Loop::new(listener, acceptor, config, handler)?));
-        Ok(Self { imp, fallback, panics: 0 })
+        Ok(Self { imp, fallback, panics: 0, resumed: 0 })
     }
 
     /// The backend that runs: [`Backend::IoUring`] or [`Backend::Epoll`].
@@ -379,7 +385,7 @@ impl<H: Handler> EventLoop<H> {
             #[cfg(target_os = "linux")]
             Imp::Uring(l) => l.stats(),
         };
-        LoopStats { handler_panics: self.panics, ..stats }
+        LoopStats { handler_panics: self.panics, resumed: self.resumed, ..stats }
     }
 
     /// The handler.
@@ -395,12 +401,14 @@ impl<H: Handler> EventLoop<H> {
     pub fn run(&mut self) -> io::Result<()> {
         // Handler panics are counted on the thread that runs the handler: this one.
         take_panics();
+        take_resumed();
         let r = match &mut self.imp {
             Imp::Epoll(l) => l.run(),
             #[cfg(target_os = "linux")]
             Imp::Uring(l) => l.run(),
         };
         self.panics += take_panics();
+        self.resumed += take_resumed();
         r
     }
 }
@@ -419,6 +427,15 @@ fn caught(f: impl FnOnce()) -> bool {
         PANICS.with(|p| p.set(p.get() + 1));
     }
     panicked
+}
+
+std::thread_local! {
+    static RESUMED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Stored connections made whole on this thread since the last call.
+fn take_resumed() -> u64 {
+    RESUMED.with(|r| r.replace(0))
 }
 
 /// Handler panics on this thread since the last call.
@@ -462,11 +479,16 @@ enum State<S> {
 }
 
 /// An open connection's protocol state: whole while in use, stored small once a sweep
-/// ([`LoopConfig::idle_after`]) finds it idle and unused since the sweep before.
+/// ([`LoopConfig::idle_after`]) finds it idle and unused since the sweep before — or at once
+/// when it was made whole only for control frames or its own timers (a keep-alive ping and
+/// its pong) and is idle again.
 enum Held {
     Whole {
         conn: Box<Connection>,
+        /// Used since the last sweep.
         used: bool,
+        /// Made whole from storage, and no data message since.
+        quiet: bool,
     },
     Idle(IdleConnection),
     /// Only while one turns into the other.
@@ -475,22 +497,39 @@ enum Held {
 
 impl Held {
     fn new(conn: Box<Connection>) -> Self {
-        Held::Whole { conn, used: true }
+        Held::Whole { conn, used: true, quiet: false }
     }
 
     /// The connection, whole (made whole again if it was idle), marked as used.
     fn get(&mut self) -> &mut Connection {
         if let Held::Idle(_) = self {
             let Held::Idle(idle) = std::mem::replace(self, Held::Swapping) else { unreachable!() };
-            *self = Held::Whole { conn: Box::new(idle.resume(Instant::now())), used: true };
+            *self = Held::Whole { conn: Box::new(idle.resume(Instant::now())), used: true, quiet: true };
+            RESUMED.with(|r| r.set(r.get() + 1));
         }
         match self {
-            Held::Whole { conn, used } => {
+            Held::Whole { conn, used, .. } => {
                 *used = true;
                 conn
             }
             Held::Idle(_) | Held::Swapping => unreachable!("made whole above"),
         }
+    }
+
+    /// A data message went to the handler: the connection is in use, not only kept alive.
+    fn data(&mut self) {
+        if let Held::Whole { quiet, .. } = self {
+            *quiet = false;
+        }
+    }
+
+    /// Store the connection small again if it was made whole only for control frames or
+    /// timers and is idle; whether it was.
+    fn store_if_quiet(&mut self) -> bool {
+        if matches!(self, Held::Whole { quiet: true, .. }) {
+            self.store_if_idle();
+        }
+        self.is_idle_stored()
     }
 
     fn into_whole(self) -> Box<Connection> {
@@ -514,10 +553,10 @@ impl Held {
         if !matches!(self, Held::Whole { conn, .. } if conn.is_idle()) {
             return;
         }
-        let Held::Whole { conn, used } = std::mem::replace(self, Held::Swapping) else { unreachable!() };
+        let Held::Whole { conn, used, quiet } = std::mem::replace(self, Held::Swapping) else { unreachable!() };
         *self = match (*conn).into_idle() {
             Ok(idle) => Held::Idle(idle),
-            Err(conn) => Held::Whole { conn: Box::new(conn), used },
+            Err(conn) => Held::Whole { conn: Box::new(conn), used, quiet },
         };
     }
 
@@ -622,6 +661,9 @@ fn fire<H: Handler>(
                 Fired::Drive
             }
         }
+        // A timer that no longer applies (the handshake's, a pong that came): nothing is due,
+        // and a stored connection is not made whole for it.
+        State::Open { conn, .. } if conn.poll_timeout().is_none_or(|d| now < d) => Fired::Drive,
         State::Open { conn, session } => {
             let conn = conn.get();
             conn.handle_timeout(now);
@@ -642,18 +684,24 @@ fn deliver<H: Handler>(
     input: &mut &mut [u8],
     now: Instant,
     pause: bool,
-) {
+) -> bool {
+    let mut data = false;
     loop {
         if pause && !conn.wants_input() {
-            return;
+            return data;
         }
-        let Some(i) = conn.poll_input(input, now) else { return };
+        let Some(i) = conn.poll_input(input, now) else { return data };
         let mut c = Conn { conn, id };
         match i {
             Input::Text(t) => with_session(session, &mut c, |s, c| handler.on_message(s, c, Payload::Text(t))),
             Input::Binary(b) => with_session(session, &mut c, |s, c| handler.on_message(s, c, Payload::Binary(b))),
-            Input::Event(ev) => on_event(handler, session, &mut c, ev),
+            Input::Event(ev) => {
+                data |= matches!(&ev, Event::Message(Message::Text(_) | Message::Binary(_)));
+                on_event(handler, session, &mut c, ev);
+                continue;
+            }
         }
+        data = true;
     }
 }
 
@@ -694,6 +742,11 @@ fn on_event<H: Handler>(handler: &mut H, session: &mut Option<H::Session>, c: &m
 /// reset.
 fn end_session<H: Handler>(handler: &mut H, conn: Held, session: Option<H::Session>) {
     let Some(s) = session else { return };
+    if conn.is_idle_stored() {
+        // Open with nothing in progress: it ends as a reset, with nothing to make whole.
+        caught(|| handler.on_close(s, &ConnectionError::Reset));
+        return;
+    }
     let mut conn = conn.into_whole();
     if !conn.is_closed() {
         conn.handle_eof();

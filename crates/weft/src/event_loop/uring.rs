@@ -737,7 +737,9 @@ impl<H: Handler> Loop<H> {
                     // All of it, as epoll hands over all of a read: at most one buffer.
                     State::Open { conn, session } => {
                         let mut input = &mut data[..];
-                        deliver(&mut self.handler, conn.get(), session, k, &mut input, now, false);
+                        if deliver(&mut self.handler, conn.get(), session, k, &mut input, now, false) {
+                            conn.data();
+                        }
                     }
                     State::Handshake { head, .. } => head.extend_from_slice(data),
                     // Read and discarded.
@@ -903,7 +905,9 @@ impl<H: Handler> Loop<H> {
         let State::Open { conn, session } = &mut e.state else { return };
         let mut input = e.stash.bytes();
         let len = input.len();
-        deliver(&mut self.handler, conn.get(), session, k, &mut input, Instant::now(), true);
+        if deliver(&mut self.handler, conn.get(), session, k, &mut input, Instant::now(), true) {
+            conn.data();
+        }
         let used = len - input.len();
         e.stash.advance(used);
     }
@@ -939,6 +943,11 @@ impl<H: Handler> Loop<H> {
         if let State::Open { conn, .. } = &mut e.state {
             if !conn.is_idle_stored() && !conn.has_partial_input() {
                 conn.get().release_idle_buffers();
+                // Nothing in flight and nothing queued: a connection woken only by control
+                // frames or timers goes back to storage.
+                if e.stash.is_empty() && conn.store_if_quiet() {
+                    self.stats.stored_idle += 1;
+                }
             }
         }
         let finished = match &e.state {

@@ -735,3 +735,34 @@ async fn idle_connections_are_stored_small_and_come_back_whole() {
     // Stored at its opening and after each quiet spell.
     assert!(stats.stored_idle >= 5, "{stats:?}");
 }
+
+/// A keep-alive exchange makes a stored connection whole only while it is answered, and a
+/// timer that no longer applies (here the handshake's) does not make it whole at all.
+#[tokio::test]
+async fn keep_alive_pings_and_stale_timers_leave_connections_stored() {
+    if backend_missing() {
+        return;
+    }
+    let acceptor = Acceptor::new().handshake_timeout(Duration::from_millis(100));
+    let server = Server::start(acceptor, loop_config());
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/kept")).await.unwrap();
+    assert_eq!(server.next_seen(), Seen::Open("/kept".into()));
+    // The handshake's deadline passes: stale, since the connection opened.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..2u8 {
+        ws.send(TMessage::Ping(vec![i].into())).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("the pong").unwrap().unwrap() {
+            TMessage::Pong(p) => assert_eq!(&p[..], &[i]),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(server.next_seen(), Seen::Ping(vec![i]));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ws.close(Some(TCloseFrame { code: TCloseCode::Normal, reason: "".into() })).await.unwrap();
+    while ws.next().await.is_some() {}
+    assert_eq!(server.next_seen(), Seen::Close("/kept".into(), 1000));
+    let stats = server.stop();
+    // Stored at its opening and again after each pong was written; made whole for each ping
+    // and for the close, never for the stale timer. (`idle_after` is 1 s: no pass ran.)
+    assert_eq!((stats.stored_idle, stats.resumed), (3, 3), "{stats:?}");
+}

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak, mpsc};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,11 @@ struct Io {
     corked: bool,
     corked_bytes: usize,
     last_write: Option<Instant>,
+    /// Data messages the keep-alive thread read while the application was not receiving
+    /// (at most its `max_queue`), handed out first by the next `recv`.
+    held: VecDeque<Message>,
+    /// When the codec's latest keep-alive ping went out, until its pong (for `latency`).
+    keepalive_sent: Option<Instant>,
 }
 
 /// Sends closer together than this (with no `recv` in between) are coalesced.
@@ -119,11 +125,121 @@ struct Reader {
     timeout: Option<Duration>,
 }
 
+/// What the keep-alive thread knows of the application's `recv`.
+#[derive(Default)]
+struct Activity {
+    /// A `recv` is running.
+    receiving: AtomicBool,
+    /// `recv` calls so far.
+    calls: AtomicU64,
+}
+
+/// How long the application must have stayed out of `recv` before the keep-alive thread
+/// reads for it (an application that receives runs the timers and answers pings itself).
+const KEEPER_GRACE: Duration = Duration::from_millis(20);
+
+/// The keep-alive thread of one connection (`keepalive_thread=True`): while the application
+/// is not receiving, it answers pings, sends the keep-alive pings and reads their pongs (and
+/// closes with 1011 when one does not come), reading data messages ahead into `Io::held`, at
+/// most `max_queue` of them: then it stops reading, as websockets' reader does, so TCP pushes
+/// back on the server. It never waits for a lock the application holds, and it ends with the
+/// connection.
+fn keeper(io: Weak<Mutex<Io>>, reader: Weak<Mutex<Reader>>, activity: Arc<Activity>, max_queue: usize) {
+    let mut calls = activity.calls.load(Ordering::Acquire);
+    // Its own descriptor of the socket, to wait on without any lock.
+    let Some(fd) = io.upgrade().and_then(|io| io.lock().unwrap_or_else(|e| e.into_inner()).sock.try_clone().ok())
+    else {
+        return;
+    };
+    loop {
+        let (Some(io), Some(reader)) = (io.upgrade(), reader.upgrade()) else { return };
+        let (deadline, room) = {
+            let io = io.lock().unwrap_or_else(|e| e.into_inner());
+            if io.ended.is_some() {
+                return;
+            }
+            (io.conn.poll_timeout(), io.held.len() < max_queue)
+        };
+        let wait = deadline.map_or(KEEPER_GRACE, |d| d.saturating_duration_since(Instant::now()).min(KEEPER_GRACE));
+        let now_calls = activity.calls.load(Ordering::Acquire);
+        if activity.receiving.load(Ordering::Acquire) || now_calls != calls {
+            // The application receives: it does all of this itself.
+            calls = now_calls;
+            drop((io, reader));
+            std::thread::sleep(KEEPER_GRACE);
+            continue;
+        }
+        if !wait.is_zero() {
+            if room {
+                // Wake for bytes (a ping to answer, a pong) or the next timer.
+                let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+                let timeout = rustix::event::Timespec::try_from(wait).ok();
+                let _ = rustix::event::poll(&mut fds, timeout.as_ref());
+            } else {
+                std::thread::sleep(wait);
+            }
+        }
+        if activity.receiving.load(Ordering::Acquire) || activity.calls.load(Ordering::Acquire) != calls {
+            continue; // it came back meanwhile: the bytes are its own
+        }
+        let Ok(mut reader) = reader.try_lock() else { continue };
+        let mut io = io.lock().unwrap_or_else(|e| e.into_inner());
+        let io = &mut *io;
+        let r = &mut *reader;
+        let mut room = io.held.len() < max_queue;
+        while room && io.ended.is_none() {
+            // One read of what is there (the whole buffer filled: read again).
+            let more = match rustix::net::recv(&r.sock, &mut r.buf[..], rustix::net::RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    io.conn.handle_eof();
+                    false
+                }
+                Ok((n, _)) => {
+                    if io.feed(&r.buf[..n], Instant::now()).is_err() {
+                        io.finish(Ended { code: 1006, reason: "TLS: invalid data".into(), ok: false });
+                    }
+                    n == r.buf.len()
+                }
+                Err(rustix::io::Errno::INTR) => true,
+                Err(rustix::io::Errno::AGAIN) => false,
+                Err(_) => {
+                    io.conn.handle_eof();
+                    false
+                }
+            };
+            // Events in order: pongs noted, pings answered, data messages kept.
+            loop {
+                if io.held.len() >= max_queue {
+                    room = false;
+                    break;
+                }
+                match io.poll_message() {
+                    Ok(Some(m)) => io.held.push_back(m),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        let now = Instant::now();
+        if io.ended.is_none() && io.conn.poll_timeout().is_some_and(|t| t <= now) {
+            // A keep-alive ping is due, or its pong is late (then the codec closes: 1011).
+            io.run_timers(now);
+            let _ = io.poll_message().map(|m| io.held.extend(m));
+        }
+        if io.ended.is_none() && io.conn.has_transmit() && io.flush().is_err() {
+            io.finish(Ended::reset());
+        }
+    }
+}
+
 /// A connected client WebSocket (blocking). Made by `weft.sync_client.connect`.
 #[pyclass(module = "weft._weft", name = "WebSocket")]
 pub(crate) struct WebSocket {
     io: Arc<Mutex<Io>>,
-    reader: Mutex<Reader>,
+    reader: Arc<Mutex<Reader>>,
+    activity: Arc<Activity>,
     receive_timeout: Option<Duration>,
     subprotocol: Option<String>,
     response_headers: Vec<(String, String)>,
@@ -295,15 +411,35 @@ impl Io {
         Ok(())
     }
 
+    /// Run the codec's due timers: a keep-alive ping (noted, for `latency`), or the end of a
+    /// connection whose pong did not come (1011).
+    fn run_timers(&mut self, now: Instant) {
+        let before = self.conn.buffered_amount();
+        self.conn.handle_timeout(now);
+        if self.conn.buffered_amount() > before && !self.conn.is_closing() {
+            self.keepalive_sent = Some(now);
+        }
+    }
+
     fn finish(&mut self, ended: Ended) -> Ended {
         let _ = self.flush();
         let _ = self.sock.shutdown(Shutdown::Both);
         self.ended.get_or_insert(ended).clone()
     }
 
-    /// The next data message, or `Err(ended)` once the connection is over; `Ok(None)` when more
-    /// input is needed. Pongs update the latency; pings and closes are answered by the codec.
+    /// The next data message (one the keep-alive thread read first), or `Err(ended)` once the
+    /// connection is over; `Ok(None)` when more input is needed.
     fn next_message(&mut self) -> Result<Option<Message>, Ended> {
+        match self.held.pop_front() {
+            Some(m) => Ok(Some(m)),
+            None => self.poll_message(),
+        }
+    }
+
+    /// The next data message the codec has, or `Err(ended)` once the connection is over;
+    /// `Ok(None)` when more input is needed. Pongs update the latency; pings and closes are
+    /// answered by the codec.
+    fn poll_message(&mut self) -> Result<Option<Message>, Ended> {
         if let Some(e) = &self.ended {
             return Err(e.clone());
         }
@@ -320,7 +456,12 @@ impl Io {
                     self.conn.transmit_slices(&mut []);
                 }
                 Event::Message(Message::Pong(payload)) => {
-                    if let Some(i) = self.pings.iter().position(|(p, _)| *p == payload) {
+                    if !self.pings.iter().any(|(p, _)| *p == payload) {
+                        // The answer to the codec's keep-alive ping.
+                        if let Some(sent) = self.keepalive_sent.take() {
+                            self.latency = sent.elapsed().as_secs_f64();
+                        }
+                    } else if let Some(i) = self.pings.iter().position(|(p, _)| *p == payload) {
                         let (_, sent) = self.pings.remove(i).expect("index from position");
                         self.latency = sent.elapsed().as_secs_f64();
                         self.pings.drain(..i);
@@ -441,6 +582,8 @@ impl WebSocket {
             corked: false,
             corked_bytes: 0,
             last_write: None,
+            held: VecDeque::new(),
+            keepalive_sent: None,
         };
         // Write the request, then read until the response head is complete.
         match &mut io.tls {
@@ -501,6 +644,7 @@ impl WebSocket {
     /// Block (without the GIL) until a data message, the end of the connection, or `timeout`.
     fn recv_inner(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Py<PyAny>> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        let _receiving = Receiving::new(&self.activity);
         let mut reader = lock(py, &self.reader);
         {
             // Write out a coalesced burst before waiting for its answers.
@@ -529,7 +673,7 @@ impl WebSocket {
                 let now = Instant::now();
                 let timer = io.conn.poll_timeout();
                 if let Some(t) = timer.filter(|t| *t <= now) {
-                    io.conn.handle_timeout(t.max(now));
+                    io.run_timers(t.max(now));
                     continue;
                 }
                 if let Some(d) = deadline.filter(|d| *d <= now) {
@@ -571,6 +715,23 @@ impl WebSocket {
     }
 }
 
+/// Marks a `recv` as running for the keep-alive thread, until dropped.
+struct Receiving<'a>(&'a Activity);
+
+impl<'a> Receiving<'a> {
+    fn new(a: &'a Activity) -> Self {
+        a.calls.fetch_add(1, Ordering::AcqRel);
+        a.receiving.store(true, Ordering::Release);
+        Receiving(a)
+    }
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        self.0.receiving.store(false, Ordering::Release);
+    }
+}
+
 struct HandshakeDone {
     subprotocol: Option<String>,
     headers: Vec<(String, String)>,
@@ -582,7 +743,7 @@ struct HandshakeDone {
     url, connect_timeout = Some(30.0), receive_timeout = Some(30.0), *, headers = None,
     subprotocols = None, compression = false, max_size = Some(64 << 20), ping_interval = None,
     ping_timeout = Some(20.0), close_timeout = Some(10.0), ca_file = None, server_hostname = None,
-    tcp_nodelay = true, sock = None, ca_certs = None
+    tcp_nodelay = true, sock = None, ca_certs = None, keepalive_thread = false, max_queue = 16
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn connect(
@@ -602,6 +763,8 @@ pub(crate) fn connect(
     tcp_nodelay: bool,
     sock: Option<std::os::fd::RawFd>,
     ca_certs: Option<Vec<Vec<u8>>>,
+    keepalive_thread: bool,
+    max_queue: usize,
 ) -> PyResult<WebSocket> {
     // `sock`: a connected stream socket's descriptor, whose ownership passes to this
     // connection (Python hands it over with `socket.detach()`).
@@ -641,9 +804,21 @@ pub(crate) fn connect(
     let receive_timeout = to("receive_timeout", receive_timeout)?;
     let (io, reader, done) =
         py.detach(|| WebSocket::handshake(&opts, connect_timeout, tcp_nodelay, given, ca_certs.as_deref()))?;
+    let io = Arc::new(Mutex::new(io));
+    let reader = Arc::new(Mutex::new(reader));
+    let activity = Arc::new(Activity::default());
+    if keepalive_thread {
+        let (w_io, w_reader, a) = (Arc::downgrade(&io), Arc::downgrade(&reader), Arc::clone(&activity));
+        std::thread::Builder::new()
+            .name("weft-keepalive".into())
+            .stack_size(128 << 10)
+            .spawn(move || keeper(w_io, w_reader, a, max_queue.max(1)))
+            .map_err(|e| PyErr::from(io::Error::new(e.kind(), format!("starting the keep-alive thread: {e}"))))?;
+    }
     Ok(WebSocket {
-        io: Arc::new(Mutex::new(io)),
-        reader: Mutex::new(reader),
+        io,
+        reader,
+        activity,
         receive_timeout,
         subprotocol: done.subprotocol,
         response_headers: done.headers,

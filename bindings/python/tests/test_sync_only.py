@@ -135,3 +135,72 @@ def test_flusher_works_in_a_forked_child(weft_echo, raw_server):
         assert got == [b"a", b"b", b"c"]
     finally:
         os.waitpid(pid, 0)
+
+
+def test_keepalive_thread_answers_pings_and_closes_on_a_missing_pong(raw_server):
+    """With ``keepalive_thread=True`` the connection is kept while the application is busy
+    elsewhere: the server's ping is answered, and a keep-alive pong that does not come closes
+    the connection with 1011 without a ``recv`` running. Without it, neither happens."""
+    from conftest import frame, read_client_frame
+
+    answered = []
+
+    def ping_then_go_silent(conn):
+        conn.sendall(frame(9, b"there?"))
+        conn.settimeout(0.5)
+        try:
+            while True:
+                op, payload = read_client_frame(conn)
+                if op == 10:
+                    answered.append(payload)
+                elif op == 8:
+                    conn.sendall(frame(8, payload))
+                    return
+                # The client's keep-alive pings go unanswered.
+        except (OSError, EOFError):
+            pass
+
+    for thread in (True, False):
+        answered.clear()
+        server = raw_server(ping_then_go_silent)
+        ws = connect(server.url, ping_interval=0.2, ping_timeout=0.2, close_timeout=0.5, keepalive_thread=thread)
+        time.sleep(1.0)  # busy: no recv
+        if thread:
+            assert answered == [b"there?"]
+            assert ws.closed and ws.close_code == 1011, (ws.closed, ws.close_code)
+        else:
+            assert answered == [] and not ws.closed
+        ws.close()
+
+
+def test_keepalive_thread_reads_ahead_at_most_max_queue_messages(raw_server):
+    """Messages read ahead are bounded: with the application busy, the thread holds at most
+    ``max_queue`` of them and then stops reading, so the server's sends block (TCP pushes
+    back); every message then arrives, in order."""
+    from conftest import frame, read_client_frame
+
+    n, size = 300, 256 << 10
+    sent = []
+    done = threading.Event()
+
+    def flood(conn):
+        for i in range(n):
+            conn.sendall(frame(2, i.to_bytes(4, "big") + bytes(size - 4)))
+            sent.append(i)
+        done.set()
+        while True:
+            op, payload = read_client_frame(conn)
+            if op == 8:
+                conn.sendall(frame(8, payload))
+                return
+
+    server = raw_server(flood)
+    ws = connect(server.url, keepalive_thread=True, max_queue=4, receive_timeout=10)
+    time.sleep(1.0)  # busy: no recv
+    # 75 MiB do not fit in the socket buffers: the server is still sending.
+    assert not done.is_set() and len(sent) < n, len(sent)
+    for i in range(n):
+        m = ws.recv()
+        assert len(m) == size and int.from_bytes(m[:4], "big") == i
+    assert done.wait(5)
+    ws.close()

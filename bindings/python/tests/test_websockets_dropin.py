@@ -139,6 +139,46 @@ def test_keepalive_closes_1011(raw_server):
     same_on_both("keepalive.py", {"WS_SILENT_URL": server.url}, ["closed 1011 keepalive ping timeout"])
 
 
+def test_sync_client_keeps_the_connection_alive_outside_recv(raw_server):
+    """websockets' sync client reads in a background thread: pings are answered, keep-alive
+    pings sent and their pongs read while the application does not call ``recv``; weft's
+    keep-alive thread does the same (before it, the server's ping went unanswered here)."""
+
+    def pinging(conn: socket.socket) -> None:
+        for i in range(3):
+            conn.sendall(frame(1, f"early {i}".encode()))
+        conn.sendall(frame(9, b"are you there"))
+        conn.settimeout(0.3)  # the client is busy for 0.6 s: only a background reader answers
+        answered = "no pong"
+        try:
+            while True:
+                op, payload = read_client_frame(conn)
+                if op == 9:
+                    conn.sendall(frame(10, payload))  # the client's keep-alive pings
+                elif op == 10 and payload == b"are you there":
+                    answered = "pong in time"
+                    break
+        except (socket.timeout, EOFError):
+            pass
+        conn.settimeout(5)
+        conn.sendall(frame(1, answered.encode()))
+        while True:
+            op, payload = read_client_frame(conn)
+            if op == 9:
+                conn.sendall(frame(10, payload))
+            elif op == 8:
+                conn.sendall(frame(8, payload))
+                return
+
+    server = raw_server(pinging)
+    same_on_both(
+        "sync_keepalive.py",
+        {"WS_PINGING_URL": server.url},
+        ["latency measured: True", "received: early 0", "received: early 1", "received: early 2",
+         "received: pong in time"],
+    )
+
+
 def test_reconnect_retries_until_the_server_is_up(tmp_path):
     """``async for ws in connect(...)`` keeps retrying a refused connection with backoff."""
     with socket.socket() as s:

@@ -26,6 +26,8 @@ def connect(
     tcp_nodelay: bool = True,
     sock: int | None = None,
     ca_certs: list[bytes] | None = None,
+    keepalive_thread: bool = False,
+    max_queue: int = 16,
 ) -> WebSocket: ...
 
 class WebSocket:

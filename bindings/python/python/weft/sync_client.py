@@ -10,7 +10,10 @@
 ``subprotocols``, ``compression`` (permessage-deflate, default off), ``max_size`` (bytes,
 default 64 MiB, ``None`` for no limit; larger messages close the connection with 1009),
 ``ping_interval``/``ping_timeout`` (seconds; pings are sent while a ``recv`` is waiting),
-``close_timeout``, ``ca_file`` (PEM; default: the system's roots), ``server_hostname``.
+``close_timeout``, ``ca_file`` (PEM; default: the system's roots), ``server_hostname``,
+``keepalive_thread`` (default off: a thread that, while the application is not in ``recv``,
+answers pings, sends the keep-alive pings and reads their pongs, reading up to ``max_queue``
+messages ahead).
 
 Each call that can block releases the GIL. One thread may ``send`` while another waits in
 ``recv``.

@@ -54,7 +54,8 @@ class _PongEvent:
         return self._ws.ping_counts[1] >= self._seq
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the pong; another thread's ``recv`` reads it. Returns whether it came."""
+        """Wait for the pong (read by ``recv`` or the keep-alive thread). Returns whether it
+        came."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.0005
         while not self.is_set():
@@ -215,8 +216,10 @@ def connect(uri: str, *, legacy: bool | None = None, **kwargs: Any) -> Any:
     As websockets: follows redirects, ``unix=True`` with ``path=`` connects over a Unix
     socket, ``ssl=`` takes an ``ssl.SSLContext`` whose trusted certificates are used
     (``ssl_context=`` is the deprecated alias), ``server_hostname=`` overrides the name
-    checked. ``max_queue`` is accepted for compatibility: weft's sync client reads only inside
-    ``recv``, so nothing is buffered beyond the message being read.
+    checked. As websockets' background thread, a keep-alive thread answers pings, sends
+    ``ping_interval`` pings and reads their pongs while the application is not in ``recv``,
+    reading messages ahead, at most ``max_queue`` of them (then it stops reading until
+    ``recv`` takes them).
     """
     unknown = sorted(k for k in ("process_exception", "reconnect_delays") if k in kwargs)
     if unknown:
@@ -300,7 +303,7 @@ class reconnect:
         _proxy.check(proxy_url, proxy_ssl, _UNSET)
         if unix and sock is None and path is None:
             raise ValueError("missing path argument")
-        c.queue_size(max_queue)
+        self._max_queue = c.queue_size(max_queue)
         if ssl is not None and ssl is not True and not isinstance(ssl, _ssl.SSLContext):
             raise TypeError(f"ssl must be an ssl.SSLContext or True, not {type(ssl).__name__}")
         self.uri = uri
@@ -449,6 +452,8 @@ class reconnect:
                 close_timeout=close_timeout,
                 server_hostname=self._server_hostname,
                 sock=fd,
+                keepalive_thread=True,
+                max_queue=self._max_queue,
             )
         except TimeoutError:
             raise TimeoutError("timed out while waiting for handshake response") from None

@@ -228,7 +228,9 @@ fn keeper(io: Weak<Mutex<Io>>, reader: Weak<Mutex<Reader>>, activity: Arc<Activi
             io.run_timers(now);
             let _ = io.poll_message().map(|m| io.held.extend(m));
         }
-        if io.ended.is_none() && io.conn.has_transmit() && io.flush().is_err() {
+        // Without blocking (holding the lock the application's `send` and `recv` need): what
+        // the socket does not take now goes with the next turn or the application's next call.
+        if io.ended.is_none() && io.conn.has_transmit() && io.try_flush().is_err() {
             io.finish(Ended::reset());
         }
     }

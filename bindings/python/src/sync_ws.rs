@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak, mpsc};
 use std::time::{Duration, Instant};
 
@@ -44,8 +44,8 @@ struct Io {
     /// Data messages the keep-alive thread read while the application was not receiving
     /// (at most its `max_queue`), handed out first by the next `recv`.
     held: VecDeque<Message>,
-    /// When the codec's latest keep-alive ping went out, until its pong (for `latency`).
-    keepalive_sent: Option<Instant>,
+    /// The codec's latest keep-alive ping and when it went out, until its pong (`latency`).
+    keepalive_sent: Option<(Bytes, Instant)>,
 }
 
 /// Sends closer together than this (with no `recv` in between) are coalesced.
@@ -128,8 +128,8 @@ struct Reader {
 /// What the keep-alive thread knows of the application's `recv`.
 #[derive(Default)]
 struct Activity {
-    /// A `recv` is running.
-    receiving: AtomicBool,
+    /// `recv` calls running.
+    receiving: AtomicU64,
     /// `recv` calls so far.
     calls: AtomicU64,
 }
@@ -137,13 +137,17 @@ struct Activity {
 /// How long the application must have stayed out of `recv` before the keep-alive thread
 /// reads for it (an application that receives runs the timers and answers pings itself).
 const KEEPER_GRACE: Duration = Duration::from_millis(20);
+/// The longest the keep-alive thread waits for bytes before it looks again at the connection
+/// (dropped? ended?); `Drop` also shuts the socket down, which wakes it at once.
+const KEEPER_IDLE_WAIT: Duration = Duration::from_millis(250);
 
 /// The keep-alive thread of one connection (`keepalive_thread=True`): while the application
 /// is not receiving, it answers pings, sends the keep-alive pings and reads their pongs (and
 /// closes with 1011 when one does not come), reading data messages ahead into `Io::held`, at
 /// most `max_queue` of them: then it stops reading, as websockets' reader does, so TCP pushes
-/// back on the server. It never waits for a lock the application holds, and it ends with the
-/// connection.
+/// back on the server. It never waits for the reader lock (the application's `recv` holds it
+/// while it waits for bytes), holds the `io` lock only for work that does not block (its
+/// writes take what the socket takes at once), and ends with the connection.
 fn keeper(io: Weak<Mutex<Io>>, reader: Weak<Mutex<Reader>>, activity: Arc<Activity>, max_queue: usize) {
     let mut calls = activity.calls.load(Ordering::Acquire);
     // Its own descriptor of the socket, to wait on without any lock.
@@ -151,27 +155,28 @@ fn keeper(io: Weak<Mutex<Io>>, reader: Weak<Mutex<Reader>>, activity: Arc<Activi
     else {
         return;
     };
+    let receiving =
+        |calls: u64| activity.receiving.load(Ordering::Acquire) > 0 || activity.calls.load(Ordering::Acquire) != calls;
     loop {
-        let (Some(io), Some(reader)) = (io.upgrade(), reader.upgrade()) else { return };
         let (deadline, room) = {
+            let Some(io) = io.upgrade() else { return };
             let io = io.lock().unwrap_or_else(|e| e.into_inner());
             if io.ended.is_some() {
                 return;
             }
             (io.conn.poll_timeout(), io.held.len() < max_queue)
         };
-        let wait = deadline.map_or(KEEPER_GRACE, |d| d.saturating_duration_since(Instant::now()).min(KEEPER_GRACE));
-        let now_calls = activity.calls.load(Ordering::Acquire);
-        if activity.receiving.load(Ordering::Acquire) || now_calls != calls {
+        if receiving(calls) {
             // The application receives: it does all of this itself.
-            calls = now_calls;
-            drop((io, reader));
+            calls = activity.calls.load(Ordering::Acquire);
             std::thread::sleep(KEEPER_GRACE);
             continue;
         }
+        let wait =
+            deadline.map_or(KEEPER_IDLE_WAIT, |d| d.saturating_duration_since(Instant::now()).min(KEEPER_IDLE_WAIT));
         if !wait.is_zero() {
             if room {
-                // Wake for bytes (a ping to answer, a pong) or the next timer.
+                // Wake for bytes (a ping to answer, a pong), the next timer, or the end.
                 let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
                 let timeout = rustix::event::Timespec::try_from(wait).ok();
                 let _ = rustix::event::poll(&mut fds, timeout.as_ref());
@@ -179,10 +184,15 @@ fn keeper(io: Weak<Mutex<Io>>, reader: Weak<Mutex<Reader>>, activity: Arc<Activi
                 std::thread::sleep(wait);
             }
         }
-        if activity.receiving.load(Ordering::Acquire) || activity.calls.load(Ordering::Acquire) != calls {
+        if receiving(calls) {
             continue; // it came back meanwhile: the bytes are its own
         }
-        let Ok(mut reader) = reader.try_lock() else { continue };
+        let (Some(io), Some(reader)) = (io.upgrade(), reader.upgrade()) else { return };
+        let Ok(mut reader) = reader.try_lock() else {
+            // A `recv` is about to start or has just ended.
+            std::thread::sleep(KEEPER_GRACE);
+            continue;
+        };
         let mut io = io.lock().unwrap_or_else(|e| e.into_inner());
         let io = &mut *io;
         let r = &mut *reader;
@@ -196,7 +206,7 @@ fn keeper(io: Weak<Mutex<Io>>, reader: Weak<Mutex<Reader>>, activity: Arc<Activi
                 }
                 Ok((n, _)) => {
                     if io.feed(&r.buf[..n], Instant::now()).is_err() {
-                        io.finish(Ended { code: 1006, reason: "TLS: invalid data".into(), ok: false });
+                        io.end(Ended { code: 1006, reason: "TLS: invalid data".into(), ok: false }, true);
                     }
                     n == r.buf.len()
                 }
@@ -208,16 +218,7 @@ fn keeper(io: Weak<Mutex<Io>>, reader: Weak<Mutex<Reader>>, activity: Arc<Activi
                 }
             };
             // Events in order: pongs noted, pings answered, data messages kept.
-            loop {
-                if io.held.len() >= max_queue {
-                    room = false;
-                    break;
-                }
-                match io.poll_message() {
-                    Ok(Some(m)) => io.held.push_back(m),
-                    Ok(None) | Err(_) => break,
-                }
-            }
+            room = io.pump(max_queue);
             if !more {
                 break;
             }
@@ -226,12 +227,10 @@ fn keeper(io: Weak<Mutex<Io>>, reader: Weak<Mutex<Reader>>, activity: Arc<Activi
         if io.ended.is_none() && io.conn.poll_timeout().is_some_and(|t| t <= now) {
             // A keep-alive ping is due, or its pong is late (then the codec closes: 1011).
             io.run_timers(now);
-            let _ = io.poll_message().map(|m| io.held.extend(m));
+            io.pump(max_queue);
         }
-        // Without blocking (holding the lock the application's `send` and `recv` need): what
-        // the socket does not take now goes with the next turn or the application's next call.
         if io.ended.is_none() && io.conn.has_transmit() && io.try_flush().is_err() {
-            io.finish(Ended::reset());
+            io.end(Ended::reset(), true);
         }
     }
 }
@@ -242,6 +241,8 @@ pub(crate) struct WebSocket {
     io: Arc<Mutex<Io>>,
     reader: Arc<Mutex<Reader>>,
     activity: Arc<Activity>,
+    /// A keep-alive thread runs (with its own descriptor of the socket).
+    keeper: bool,
     receive_timeout: Option<Duration>,
     subprotocol: Option<String>,
     response_headers: Vec<(String, String)>,
@@ -413,13 +414,25 @@ impl Io {
         Ok(())
     }
 
+    /// Hand the codec's events over (keep-alive thread): data messages into `held` while it
+    /// has fewer than `max_queue`; whether it still has room.
+    fn pump(&mut self, max_queue: usize) -> bool {
+        while self.held.len() < max_queue {
+            match self.poll_message(true) {
+                Ok(Some(m)) => self.held.push_back(m),
+                Ok(None) | Err(_) => return true,
+            }
+        }
+        false
+    }
+
     /// Run the codec's due timers: a keep-alive ping (noted, for `latency`), or the end of a
     /// connection whose pong did not come (1011).
     fn run_timers(&mut self, now: Instant) {
-        let before = self.conn.buffered_amount();
+        let before = self.conn.keepalive_ping().map(Bytes::copy_from_slice);
         self.conn.handle_timeout(now);
-        if self.conn.buffered_amount() > before && !self.conn.is_closing() {
-            self.keepalive_sent = Some(now);
+        if let Some(p) = self.conn.keepalive_ping().filter(|p| before.as_deref() != Some(*p)) {
+            self.keepalive_sent = Some((Bytes::copy_from_slice(p), now));
         }
     }
 
@@ -434,14 +447,17 @@ impl Io {
     fn next_message(&mut self) -> Result<Option<Message>, Ended> {
         match self.held.pop_front() {
             Some(m) => Ok(Some(m)),
-            None => self.poll_message(),
+            None => self.poll_message(false),
         }
     }
 
     /// The next data message the codec has, or `Err(ended)` once the connection is over;
     /// `Ok(None)` when more input is needed. Pongs update the latency; pings and closes are
     /// answered by the codec.
-    fn poll_message(&mut self) -> Result<Option<Message>, Ended> {
+    ///
+    /// With `nowait` (the keep-alive thread), answers are written only as far as the socket
+    /// takes them without blocking.
+    fn poll_message(&mut self, nowait: bool) -> Result<Option<Message>, Ended> {
         if let Some(e) = &self.ended {
             return Err(e.clone());
         }
@@ -458,11 +474,10 @@ impl Io {
                     self.conn.transmit_slices(&mut []);
                 }
                 Event::Message(Message::Pong(payload)) => {
-                    if !self.pings.iter().any(|(p, _)| *p == payload) {
+                    if self.keepalive_sent.as_ref().is_some_and(|(p, _)| *p == payload) {
                         // The answer to the codec's keep-alive ping.
-                        if let Some(sent) = self.keepalive_sent.take() {
-                            self.latency = sent.elapsed().as_secs_f64();
-                        }
+                        let (_, sent) = self.keepalive_sent.take().expect("checked");
+                        self.latency = sent.elapsed().as_secs_f64();
                     } else if let Some(i) = self.pings.iter().position(|(p, _)| *p == payload) {
                         let (_, sent) = self.pings.remove(i).expect("index from position");
                         self.latency = sent.elapsed().as_secs_f64();
@@ -471,16 +486,30 @@ impl Io {
                     }
                 }
                 Event::Closed(e) => {
-                    result = Err(self.finish(Ended::from_error(&e)));
+                    result = Err(self.end(Ended::from_error(&e), nowait));
                     break;
                 }
                 _ => {}
             }
         }
-        if self.conn.has_transmit() && self.flush().is_err() {
-            return Err(self.finish(Ended::reset()));
+        if self.conn.has_transmit() {
+            let written = if nowait { self.try_flush().map(|_| ()) } else { self.flush() };
+            if written.is_err() {
+                return Err(self.end(Ended::reset(), nowait));
+            }
         }
         result
+    }
+
+    /// [`finish`](Self::finish), or with `nowait` its version that never blocks: what the
+    /// socket does not take at once is dropped with the connection.
+    fn end(&mut self, ended: Ended, nowait: bool) -> Ended {
+        if !nowait {
+            return self.finish(ended);
+        }
+        let _ = self.try_flush();
+        let _ = self.sock.shutdown(Shutdown::Both);
+        self.ended.get_or_insert(ended).clone()
     }
 }
 
@@ -717,20 +746,32 @@ impl WebSocket {
     }
 }
 
+impl Drop for WebSocket {
+    fn drop(&mut self) {
+        if self.keeper {
+            // The keep-alive thread's own descriptor would keep the connection open until it
+            // looks again: end it now (the peer sees the same as a close of the socket), which
+            // also wakes the thread, which then ends.
+            let io = self.io.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = io.sock.shutdown(Shutdown::Both);
+        }
+    }
+}
+
 /// Marks a `recv` as running for the keep-alive thread, until dropped.
 struct Receiving<'a>(&'a Activity);
 
 impl<'a> Receiving<'a> {
     fn new(a: &'a Activity) -> Self {
         a.calls.fetch_add(1, Ordering::AcqRel);
-        a.receiving.store(true, Ordering::Release);
+        a.receiving.fetch_add(1, Ordering::AcqRel);
         Receiving(a)
     }
 }
 
 impl Drop for Receiving<'_> {
     fn drop(&mut self) {
-        self.0.receiving.store(false, Ordering::Release);
+        self.0.receiving.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -821,6 +862,7 @@ pub(crate) fn connect(
         io,
         reader,
         activity,
+        keeper: keepalive_thread,
         receive_timeout,
         subprotocol: done.subprotocol,
         response_headers: done.headers,

@@ -204,3 +204,25 @@ def test_keepalive_thread_reads_ahead_at_most_max_queue_messages(raw_server):
         assert len(m) == size and int.from_bytes(m[:4], "big") == i
     assert done.wait(5)
     ws.close()
+
+
+def test_an_unsolicited_pong_is_not_taken_for_the_keepalive_one(raw_server):
+    """``latency`` comes from the pong that answers the keep-alive ping (same payload), not
+    from a pong the server sends unasked (RFC 6455 allows one, as a heartbeat)."""
+    from conftest import frame, read_client_frame
+
+    def unsolicited(conn):
+        while read_client_frame(conn)[0] != 9:  # the client's keep-alive ping: not answered
+            pass
+        conn.sendall(frame(10, b"heartbeat") + frame(1, b"hi"))
+        while True:
+            op, payload = read_client_frame(conn)
+            if op == 8:
+                conn.sendall(frame(8, payload))
+                return
+
+    for thread in (True, False):
+        ws = connect(raw_server(unsolicited).url, ping_interval=0.05, ping_timeout=5, keepalive_thread=thread)
+        assert ws.recv(timeout=5) == "hi"
+        assert ws.latency == 0.0
+        ws.close()

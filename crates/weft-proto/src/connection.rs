@@ -1264,6 +1264,12 @@ impl Connection {
         })
     }
 
+    /// The payload of the keep-alive ping whose pong is awaited ([`Config::ping_interval`]),
+    /// if one is: an adapter that measures round trips tells its pong from other pongs by it.
+    pub fn keepalive_ping(&self) -> Option<&[u8]> {
+        self.pong_deadline.map(|_| &self.ping_payload[..])
+    }
+
     /// Whether the connection has ended (an [`Event::Closed`] was or will be reported).
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed

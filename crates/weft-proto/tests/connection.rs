@@ -762,6 +762,7 @@ fn an_idle_connection_resumes_where_it_was() {
     }
     // Written: idle again, with its pong awaited. Stored and resumed, the pong deadline holds.
     assert!(p.server.is_idle());
+    assert_eq!(p.server.keepalive_ping().map(<[u8]>::len), Some(8));
     assert!(store_and_resume(&mut p));
     p.advance(Duration::from_secs(30));
     assert!(p.server.is_closed(), "the missing pong was noticed");

@@ -162,6 +162,8 @@ pub struct Connection {
     cork: BytesMut,
     buffered: usize,
     vectored: bool,
+    /// Set by [`Connection::pause_input`]: the application reads no more for now.
+    input_paused: bool,
     sent_close: Option<Option<CloseFrame>>,
     /// The payload of the most recent unanswered ping: at most one automatic pong waits
     /// (RFC 6455 §5.5.3), written when the adapter next asks for bytes to transmit.
@@ -197,6 +199,7 @@ impl Connection {
             cork: BytesMut::new(),
             buffered: 0,
             vectored: true,
+            input_paused: false,
             sent_close: None,
             pong_pending: None,
             last_input: now,
@@ -322,7 +325,31 @@ impl Connection {
     /// assert!(!c.wants_input()); // write first
     /// ```
     pub fn wants_input(&self) -> bool {
-        self.buffered <= self.config.write_buffer_high_water
+        !self.input_paused && !self.above_high_water()
+    }
+
+    /// Whether more than [`Config::write_buffer_high_water`] bytes wait to be written.
+    pub fn above_high_water(&self) -> bool {
+        self.buffered > self.config.write_buffer_high_water
+    }
+
+    /// Stop (`true`) or resume (`false`) reading for the application's own reasons — a request
+    /// still being answered, say: [`wants_input`](Self::wants_input) says `false` while paused,
+    /// whatever the output. Input already handed over is processed as usual; adapters that
+    /// follow `wants_input` read no more until it is resumed.
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use weft_proto::{Config, Connection, Role};
+    ///
+    /// let mut c = Connection::new(Role::Server, Config::default(), Instant::now());
+    /// c.pause_input(true);
+    /// assert!(!c.wants_input() && !c.is_idle());
+    /// c.pause_input(false);
+    /// assert!(c.wants_input());
+    /// ```
+    pub fn pause_input(&mut self, paused: bool) {
+        self.input_paused = paused;
     }
 
     /// Whether part of a frame is waiting for more bytes.
@@ -1188,14 +1215,15 @@ impl Connection {
     /// Whether nothing is in progress: the connection is open, no part of a frame or message
     /// waits for more bytes, no event waits to be polled, nothing waits to be written, no
     /// ping waits for its automatic pong, and no compression context remembers earlier
-    /// messages (negotiated context takeover, once used). Such a connection can be stored
-    /// small with [`into_idle`](Self::into_idle).
+    /// messages (negotiated context takeover, once used), and input is not
+    /// [paused](Self::pause_input). Such a connection can be stored small with [`into_idle`](Self::into_idle).
     pub fn is_idle(&self) -> bool {
         #[cfg(feature = "deflate")]
         let deflate_idle = self.deflate.as_ref().is_none_or(|d| d.can_forget());
         #[cfg(not(feature = "deflate"))]
         let deflate_idle = true;
         self.state == State::Open
+            && !self.input_paused
             && self.rbuf.is_empty()
             && self.current.is_none()
             && self.assembly.is_none()
@@ -1323,6 +1351,7 @@ impl IdleConnection {
             cork: BytesMut::new(),
             buffered: 0,
             vectored: self.vectored,
+            input_paused: false,
             sent_close: None,
             pong_pending: None,
             last_input: self.last_input,

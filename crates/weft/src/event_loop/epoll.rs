@@ -12,8 +12,8 @@ use slab::Slab;
 use weft_proto::{CloseCode, CloseFrame, ConnectionError};
 
 use super::{
-    Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, READS_PER_TURN, State, Sweeps, Tick, Timers, deliver,
-    drain_events, end_session, far, fire,
+    Fired, Handler, IOV, LoopConfig, LoopHandle, LoopStats, READS_PER_TURN, State, Sweeps, Tick, Timers, Wakes,
+    deliver, drain_events, end_session, far, fire,
 };
 use crate::Acceptor;
 
@@ -57,6 +57,9 @@ pub(super) struct Loop<H: Handler> {
     stop: Arc<AtomicBool>,
     fail: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    /// Connections woken through their [`Conn::waker`](super::Conn::waker).
+    wakes: Arc<Wakes>,
+    woken: Vec<(usize, u32)>,
     stopping: Option<Instant>,
     accept_retry: Option<Instant>,
     sweeps: Sweeps,
@@ -74,6 +77,10 @@ impl<H: Handler> Loop<H> {
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let signal = Arc::clone(&waker);
+        let wakes = Wakes::new(Arc::new(move || {
+            let _ = signal.wake();
+        }));
         let reserve = super::reserved(&config);
         Ok(Self {
             poll,
@@ -93,6 +100,8 @@ impl<H: Handler> Loop<H> {
             stop: Arc::new(AtomicBool::new(false)),
             fail: Arc::default(),
             waker,
+            wakes,
+            woken: Vec::new(),
             stopping: None,
             accept_retry: None,
             sweeps: Sweeps::default(),
@@ -115,6 +124,7 @@ impl<H: Handler> Loop<H> {
     }
 
     pub(super) fn run(&mut self) -> io::Result<()> {
+        let _here = super::OnThisThread::enter(&self.wakes);
         let r = self.turns();
         if r.is_err() {
             // The loop is failing: every connection ends (its handler told, its socket closed).
@@ -142,7 +152,7 @@ impl<H: Handler> Loop<H> {
                     return Ok(());
                 }
             }
-            let timeout = if !self.ready.is_empty() {
+            let timeout = if !self.ready.is_empty() || !self.wakes.is_empty() {
                 Some(Duration::ZERO)
             } else {
                 [self.timers.next(), self.accept_retry, self.stopping, self.sweeps.next()]
@@ -197,10 +207,38 @@ impl<H: Handler> Loop<H> {
                 self.drive(k, now);
             }
             self.fire_timers(Instant::now());
+            self.run_wakes();
             self.sweep(Instant::now());
             let conns = &self.conns;
             self.timers
                 .compact(conns.len(), |k, g, t| conns.get(k).is_some_and(|e| e.generation == g && e.timer == Some(t)));
+        }
+    }
+
+    /// Call [`Handler::on_wake`] for the connections woken since the last turn, and write what
+    /// they queued. Wakes that come meanwhile are taken too, a few rounds at most (the rest
+    /// next turn, without waiting).
+    fn run_wakes(&mut self) {
+        for _ in 0..4 {
+            let mut woken = std::mem::take(&mut self.woken);
+            self.wakes.take(&mut woken);
+            if woken.is_empty() {
+                self.woken = woken;
+                return;
+            }
+            for &(k, generation) in &woken {
+                let Some(e) = self.conns.get_mut(k) else { continue };
+                if e.generation != generation {
+                    continue;
+                }
+                super::wake(&mut self.handler, &mut e.state, k, generation);
+                if self.flush(k) {
+                    self.requeue_if_readable(k);
+                    self.reschedule(k);
+                }
+            }
+            woken.clear();
+            self.woken = woken;
         }
     }
 
@@ -224,6 +262,8 @@ impl<H: Handler> Loop<H> {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             let e = &mut self.conns[k];
+            // The session's last chance to queue what it holds, ahead of the close.
+            super::wake(&mut self.handler, &mut e.state, k, e.generation);
             match &mut e.state {
                 State::Open { conn, .. } => {
                     let _ = conn.get().close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
@@ -350,7 +390,7 @@ impl<H: Handler> Loop<H> {
         match &mut e.state {
             State::Open { conn, session } => {
                 let mut input = &mut self.rbuf[..n];
-                if deliver(&mut self.handler, conn.get(), session, k, &mut input, now, false) {
+                if deliver(&mut self.handler, conn.get(), session, k, e.generation, &mut input, now, false) {
                     conn.data();
                 }
             }
@@ -372,6 +412,7 @@ impl<H: Handler> Loop<H> {
             &mut e.raw,
             &mut e.state,
             k,
+            e.generation,
             now,
             self.config.idle_after,
         ) {
@@ -385,7 +426,7 @@ impl<H: Handler> Loop<H> {
             State::Open { conn, session } => {
                 let conn = conn.get();
                 conn.handle_eof();
-                drain_events(&mut self.handler, conn, session, k);
+                drain_events(&mut self.handler, conn, session, k, e.generation);
                 // The peer may still read (a half-closed socket): what fits goes now, the
                 // rest with the socket.
                 let _ = Self::write_out(e, &mut self.stats);
@@ -403,8 +444,19 @@ impl<H: Handler> Loop<H> {
     /// still there.
     fn flush(&mut self, k: usize) -> bool {
         let Some(e) = self.conns.get_mut(k) else { return false };
+        let blocked = e.state.above_high_water();
         match Self::write_out(e, &mut self.stats) {
-            Ok(false) => true,
+            Ok(false) => {
+                if blocked && !e.state.above_high_water() {
+                    super::writable(&mut self.handler, &mut e.state, k, e.generation);
+                    // What it queued goes out next turn.
+                    if e.state.has_transmit() && !e.queued {
+                        e.queued = true;
+                        self.ready.push(k);
+                    }
+                }
+                true
+            }
             Ok(true) => {
                 let _ = e.sock.shutdown(std::net::Shutdown::Write);
                 let deadline = far(Instant::now(), self.acceptor.config.close_timeout);
@@ -507,7 +559,7 @@ impl<H: Handler> Loop<H> {
                 continue;
             }
             e.timer = None;
-            match fire(&mut self.handler, &mut e.state, e.linger, k, now) {
+            match fire(&mut self.handler, &mut e.state, e.linger, k, generation, now) {
                 Fired::Remove { failed_handshake } => {
                     self.stats.failed_handshakes += u64::from(failed_handshake);
                     self.remove(k);

@@ -38,6 +38,13 @@
 //! above `write_buffer_high_water` is not read until it drains (a peer that never reads stops
 //! being read, so the replies it causes cannot pile up).
 //!
+//! Work from elsewhere reaches a connection through its [`Conn::waker`]: a
+//! [`std::task::Waker`] that any thread may wake (a publisher on another thread, a broker's
+//! future, a timer) and that has the loop call [`Handler::on_wake`] for that connection on its
+//! next turn. Wakes of one connection coalesce until the loop takes them; wakes from the
+//! loop's own thread cost no system call. So a handler can poll futures with it, or move
+//! messages from a queue another thread fills, without a task per connection.
+//!
 //! A handler callback that panics is caught (with `panic = "unwind"`, the default): the
 //! connection it was called for closes with 1011 and loses its session, a panicking `upgrade`
 //! is answered 500, and the loop serves every other connection on
@@ -68,8 +75,9 @@
 
 use std::fmt;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Wake, Waker};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -188,18 +196,53 @@ pub trait Handler {
     /// The connection ended (the close handshake, a violation, a timeout or a reset); its
     /// remaining output is still being written.
     fn on_close(&mut self, _session: Self::Session, _reason: &ConnectionError) {}
+
+    /// The connection's [`Conn::waker`] was woken (once however many times it was woken since
+    /// the last call). Also called once for every open connection when the loop begins to
+    /// stop, before their 1001 close is queued, so what a session still holds can go out
+    /// first.
+    fn on_wake(&mut self, _session: &mut Self::Session, _conn: &mut Conn<'_>) {}
+
+    /// Output that was above the high-water mark (`write_buffer_high_water`) was written down
+    /// to it: a session that stopped moving messages into the connection to let it drain can
+    /// go on.
+    fn on_writable(&mut self, _session: &mut Self::Session, _conn: &mut Conn<'_>) {}
 }
 
 /// One open connection, as a [`Handler`] sees it.
 pub struct Conn<'a> {
     conn: &'a mut Connection,
     id: usize,
+    generation: u32,
 }
 
 impl Conn<'_> {
     /// This connection's id within its loop (reused after it closes).
     pub fn id(&self) -> usize {
         self.id
+    }
+
+    /// A waker for this connection: waking it, from any thread, has the loop call
+    /// [`Handler::on_wake`] for it on its next turn — or not at all once it has closed (a
+    /// later connection in the same slot is not woken). Keep one per session rather than
+    /// making one per use.
+    ///
+    /// # Panics
+    /// Outside a loop's callbacks (a `Conn` exists only inside them).
+    pub fn waker(&self) -> Waker {
+        let wakes = CURRENT_WAKES.with(|c| c.borrow().clone()).expect("Conn::waker inside a loop's callback");
+        Waker::from(Arc::new(ConnWaker {
+            wakes,
+            slot: self.id as u32,
+            generation: self.generation,
+            queued: AtomicBool::new(false),
+        }))
+    }
+
+    /// The connection's protocol state, for what `Conn` does not wrap (an encoded message
+    /// sent to many, pausing input, its negotiated extensions).
+    pub fn connection(&mut self) -> &mut Connection {
+        self.conn
     }
 
     /// Queue a data message; it is written at the end of this loop turn.
@@ -223,6 +266,110 @@ impl Conn<'_> {
     /// Bytes queued and not yet written.
     pub fn buffered_amount(&self) -> usize {
         self.conn.buffered_amount()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wakes: connections woken from anywhere, taken by their loop once per turn.
+
+/// The connections of one loop woken since it last looked, and how to interrupt its wait.
+pub(crate) struct Wakes {
+    queue: Mutex<Vec<Arc<ConnWaker>>>,
+    /// Interrupts the loop's wait (the same signal as [`LoopHandle::stop`]).
+    signal: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Wakes {
+    pub(crate) fn new(signal: Arc<dyn Fn() + Send + Sync>) -> Arc<Self> {
+        Arc::new(Self { queue: Mutex::new(Vec::new()), signal })
+    }
+
+    /// The connections woken since the last call, as (slot, generation); each may be woken
+    /// again from now on.
+    fn take(&self, into: &mut Vec<(usize, u32)>) {
+        let woken = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in woken {
+            w.queued.store(false, Ordering::Release);
+            into.push((w.slot as usize, w.generation));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+}
+
+std::thread_local! {
+    /// The wakes of the loop running on this thread.
+    static CURRENT_WAKES: std::cell::RefCell<Option<Arc<Wakes>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets this thread's loop (for [`Conn::waker`] and to skip the signal for wakes from the
+/// loop's own thread) while it runs.
+struct OnThisThread;
+
+impl OnThisThread {
+    fn enter(wakes: &Arc<Wakes>) -> Self {
+        CURRENT_WAKES.with(|c| *c.borrow_mut() = Some(Arc::clone(wakes)));
+        OnThisThread
+    }
+}
+
+impl Drop for OnThisThread {
+    fn drop(&mut self) {
+        CURRENT_WAKES.with(|c| *c.borrow_mut() = None);
+    }
+}
+
+struct ConnWaker {
+    wakes: Arc<Wakes>,
+    slot: u32,
+    generation: u32,
+    /// In the loop's queue and not taken yet: further wakes change nothing.
+    queued: AtomicBool,
+}
+
+impl Wake for ConnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let first = {
+            let mut q = self.wakes.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.push(Arc::clone(self));
+            q.len() == 1
+        };
+        // The loop's own thread looks at its queue before it waits again: no signal needed.
+        let here = CURRENT_WAKES.with(|c| c.borrow().as_ref().is_some_and(|w| Arc::ptr_eq(w, &self.wakes)));
+        if first && !here {
+            (self.wakes.signal)();
+        }
+    }
+}
+
+/// Tell connection `id`'s handler it was woken (when it is still the connection that was).
+fn wake<H: Handler>(handler: &mut H, state: &mut State<H::Session>, id: usize, generation: u32) {
+    if let State::Open { conn, session } = state {
+        if session.is_some() && !conn.is_closed() {
+            let mut c = Conn { conn: conn.get(), id, generation };
+            with_session(session, &mut c, |s, c| handler.on_wake(s, c));
+        }
+    }
+}
+
+/// Connection `id`'s output that was above its high-water mark was written down to it (the
+/// caller knows it was above before): tell its handler.
+fn writable<H: Handler>(handler: &mut H, state: &mut State<H::Session>, id: usize, generation: u32) {
+    if let State::Open { conn: held @ Held::Whole { .. }, session } = state {
+        let conn = held.get();
+        if session.is_some() && !conn.above_high_water() && !conn.is_closed() {
+            let mut c = Conn { conn, id, generation };
+            with_session(session, &mut c, |s, c| handler.on_writable(s, c));
+        }
     }
 }
 
@@ -609,6 +756,16 @@ impl<S> State<S> {
         }
     }
 
+    /// Whether the connection's output is above its high-water mark.
+    fn above_high_water(&self) -> bool {
+        matches!(self, State::Open { conn: Held::Whole { conn, .. }, .. } if conn.above_high_water())
+    }
+
+    /// Whether the connection has output to write.
+    fn has_transmit(&self) -> bool {
+        matches!(self, State::Open { conn, .. } if conn.has_transmit())
+    }
+
     /// Whether the connection is to be read now.
     fn wants_input(&self) -> bool {
         match self {
@@ -647,6 +804,7 @@ fn fire<H: Handler>(
     state: &mut State<H::Session>,
     linger: Option<Tick>,
     id: usize,
+    generation: u32,
     now: Instant,
 ) -> Fired {
     match state {
@@ -667,7 +825,7 @@ fn fire<H: Handler>(
         State::Open { conn, session } => {
             let conn = conn.get();
             conn.handle_timeout(now);
-            drain_events(handler, conn, session, id);
+            drain_events(handler, conn, session, id, generation);
             Fired::Drive
         }
         _ => Fired::Drive,
@@ -676,11 +834,13 @@ fn fire<H: Handler>(
 
 /// Hand what is in `input` to the handler: everything, or with `pause`, only while the
 /// connection wants input (its output below the high-water mark); `input` keeps the rest.
+#[allow(clippy::too_many_arguments)] // the parts of an entry both backends keep apart
 fn deliver<H: Handler>(
     handler: &mut H,
     conn: &mut Connection,
     session: &mut Option<H::Session>,
     id: usize,
+    generation: u32,
     input: &mut &mut [u8],
     now: Instant,
     pause: bool,
@@ -691,7 +851,7 @@ fn deliver<H: Handler>(
             return data;
         }
         let Some(i) = conn.poll_input(input, now) else { return data };
-        let mut c = Conn { conn, id };
+        let mut c = Conn { conn, id, generation };
         match i {
             Input::Text(t) => with_session(session, &mut c, |s, c| handler.on_message(s, c, Payload::Text(t))),
             Input::Binary(b) => with_session(session, &mut c, |s, c| handler.on_message(s, c, Payload::Binary(b))),
@@ -706,8 +866,14 @@ fn deliver<H: Handler>(
 }
 
 /// Hand the connection's pending events (after a timeout or the end of input) to the handler.
-fn drain_events<H: Handler>(handler: &mut H, conn: &mut Connection, session: &mut Option<H::Session>, id: usize) {
-    let mut c = Conn { conn, id };
+fn drain_events<H: Handler>(
+    handler: &mut H,
+    conn: &mut Connection,
+    session: &mut Option<H::Session>,
+    id: usize,
+    generation: u32,
+) {
+    let mut c = Conn { conn, id, generation };
     while let Some(ev) = c.conn.poll_event() {
         on_event(handler, session, &mut c, ev);
     }
@@ -782,11 +948,12 @@ fn on_head<H: Handler>(
     raw: &mut Vec<u8>,
     state: &mut State<H::Session>,
     id: usize,
+    generation: u32,
     now: Instant,
     idle_after: Option<Duration>,
 ) -> bool {
     let State::Handshake { head, .. } = &*state else { return false };
-    match answer(acceptor, handler, stats, head, id, now) {
+    match answer(acceptor, handler, stats, head, id, generation, now) {
         Answer::Incomplete => false,
         Answer::Open { head, state: mut open } => {
             *raw = head;
@@ -815,6 +982,7 @@ fn answer<H: Handler>(
     stats: &mut LoopStats,
     head: &[u8],
     id: usize,
+    generation: u32,
     now: Instant,
 ) -> Answer<H::Session> {
     let parsed = match handshake::parse_request(head) {
@@ -861,12 +1029,12 @@ fn answer<H: Handler>(
         conn.set_deflate(p);
     }
     stats.opened += 1;
-    with_session(&mut session, &mut Conn { conn: &mut conn, id }, |s, c| handler.on_open(s, c));
+    with_session(&mut session, &mut Conn { conn: &mut conn, id, generation }, |s, c| handler.on_open(s, c));
     // Frames sent right behind the head.
     if head.len() > used {
         let mut rest = head[used..].to_vec();
         let mut input = &mut rest[..];
-        deliver(handler, &mut conn, &mut session, id, &mut input, now, false);
+        deliver(handler, &mut conn, &mut session, id, generation, &mut input, now, false);
     }
     Answer::Open { head: out, state: State::Open { conn: Held::new(conn), session } }
 }

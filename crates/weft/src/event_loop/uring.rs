@@ -410,6 +410,9 @@ pub(super) struct Loop<H: Handler> {
     stop: Arc<AtomicBool>,
     fail: Arc<AtomicBool>,
     wake: Arc<OwnedFd>,
+    /// Connections woken through their [`Conn::waker`](super::Conn::waker).
+    wakes: Arc<super::Wakes>,
+    woken: Vec<(usize, u32)>,
     stopping: Option<Instant>,
 }
 
@@ -424,6 +427,11 @@ impl<H: Handler> Loop<H> {
         // SAFETY: a descriptor eventfd just returned, owned by nothing else.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
         let reserve = super::reserved(&config);
+        let signal = Arc::clone(&wake);
+        let wakes = super::Wakes::new(Arc::new(move || {
+            // SAFETY: writes 8 bytes from a live u64 to a live eventfd.
+            let _ = unsafe { libc::write(signal.as_raw_fd(), (&1u64 as *const u64).cast(), 8) };
+        }));
         Ok(Self {
             ring: None,
             bufs: None,
@@ -448,6 +456,8 @@ impl<H: Handler> Loop<H> {
             stop: Arc::new(AtomicBool::new(false)),
             fail: Arc::default(),
             wake,
+            wakes,
+            woken: Vec::new(),
             stopping: None,
         })
     }
@@ -473,6 +483,7 @@ impl<H: Handler> Loop<H> {
             // A handler panicked in an earlier `run`: its requests may still be in flight.
             return Err(io::Error::other("this event loop failed before and cannot run again"));
         }
+        let _here = super::OnThisThread::enter(&self.wakes);
         // Made here, on the thread that submits (single issuer).
         let ring = builder().setup_cqsize(SQ_ENTRIES * 4).build(SQ_ENTRIES)?;
         let entries = self.config.ring_buffers.clamp(2, 1 << 15).next_power_of_two();
@@ -529,7 +540,7 @@ impl<H: Handler> Loop<H> {
                     self.accept_retry = None;
                 }
             }
-            let timeout = if !self.ready.is_empty() {
+            let timeout = if !self.ready.is_empty() || !self.wakes.is_empty() {
                 Some(Duration::ZERO)
             } else {
                 // After the grace period only completions (of the cancellations) are awaited.
@@ -561,6 +572,7 @@ impl<H: Handler> Loop<H> {
                 self.ready = ready; // its capacity, for the next turn
             }
             self.fire_timers(Instant::now());
+            self.run_wakes();
             self.sweep(Instant::now());
             let conns = &self.conns;
             self.timers
@@ -737,7 +749,7 @@ impl<H: Handler> Loop<H> {
                     // All of it, as epoll hands over all of a read: at most one buffer.
                     State::Open { conn, session } => {
                         let mut input = &mut data[..];
-                        if deliver(&mut self.handler, conn.get(), session, k, &mut input, now, false) {
+                        if deliver(&mut self.handler, conn.get(), session, k, e.generation, &mut input, now, false) {
                             conn.data();
                         }
                     }
@@ -808,6 +820,7 @@ impl<H: Handler> Loop<H> {
             &mut e.raw,
             &mut e.state,
             k,
+            e.generation,
             now,
             self.config.idle_after,
         ) {
@@ -821,10 +834,15 @@ impl<H: Handler> Loop<H> {
         let mut op = e.send.take().expect("a send completion for a connection with a send in flight");
         if res >= 0 && !e.gone {
             let sent = op.advance(res as usize);
+            let blocked = e.state.above_high_water();
             if let State::Open { conn, .. } = &mut e.state {
                 if sent > 0 {
                     conn.get().advance_transmit(sent);
                 }
+            }
+            if blocked && !e.state.above_high_water() {
+                // Sent after this completion, with what else this turn queues.
+                super::writable(&mut self.handler, &mut e.state, k, e.generation);
             }
             if op.prepare() {
                 // A short send: the rest goes now, before anything queued since.
@@ -853,7 +871,7 @@ impl<H: Handler> Loop<H> {
             State::Open { conn, session } => {
                 let conn = conn.get();
                 conn.handle_eof();
-                drain_events(&mut self.handler, conn, session, k);
+                drain_events(&mut self.handler, conn, session, k, e.generation);
                 // The peer may still read (a half-closed socket): what is queued goes now, and
                 // whatever the kernel takes at once of it is sent.
                 self.flush(k);
@@ -905,7 +923,7 @@ impl<H: Handler> Loop<H> {
         let State::Open { conn, session } = &mut e.state else { return };
         let mut input = e.stash.bytes();
         let len = input.len();
-        if deliver(&mut self.handler, conn.get(), session, k, &mut input, Instant::now(), true) {
+        if deliver(&mut self.handler, conn.get(), session, k, e.generation, &mut input, Instant::now(), true) {
             conn.data();
         }
         let used = len - input.len();
@@ -1004,6 +1022,30 @@ impl<H: Handler> Loop<H> {
         }
     }
 
+    /// Call [`Handler::on_wake`] for the connections woken since the last turn and give them
+    /// a turn (their output, input they can take again). Wakes that come meanwhile are taken
+    /// too, a few rounds at most (the rest next turn, without waiting).
+    fn run_wakes(&mut self) {
+        for _ in 0..4 {
+            let mut woken = std::mem::take(&mut self.woken);
+            self.wakes.take(&mut woken);
+            if woken.is_empty() {
+                self.woken = woken;
+                return;
+            }
+            for &(k, generation) in &woken {
+                let Some(e) = self.conns.get_mut(k) else { continue };
+                if e.generation != generation || e.gone {
+                    continue;
+                }
+                super::wake(&mut self.handler, &mut e.state, k, generation);
+                self.drive(k, None);
+            }
+            woken.clear();
+            self.woken = woken;
+        }
+    }
+
     fn begin_stop(&mut self) {
         self.stopping = Some(Instant::now() + self.config.shutdown_grace);
         if self.accept_armed {
@@ -1018,6 +1060,8 @@ impl<H: Handler> Loop<H> {
             if e.gone {
                 continue;
             }
+            // The session's last chance to queue what it holds, ahead of the close.
+            super::wake(&mut self.handler, &mut e.state, k, e.generation);
             match &mut e.state {
                 State::Open { conn, .. } => {
                     let _ = conn.get().close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down")));
@@ -1038,7 +1082,7 @@ impl<H: Handler> Loop<H> {
                 continue;
             }
             e.timer = None;
-            match fire(&mut self.handler, &mut e.state, e.linger, k, now) {
+            match fire(&mut self.handler, &mut e.state, e.linger, k, generation, now) {
                 Fired::Remove { failed_handshake } => {
                     self.stats.failed_handshakes += u64::from(failed_handshake);
                     self.remove(k);

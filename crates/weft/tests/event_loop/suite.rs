@@ -766,3 +766,164 @@ async fn keep_alive_pings_and_stale_timers_leave_connections_stored() {
     // and for the close, never for the stale timer. (`idle_after` is 1 s: no pass ran.)
     assert_eq!((stats.stored_idle, stats.resumed), (3, 3), "{stats:?}");
 }
+
+/// A session of [`Hub`]: messages other threads leave for it, and what it still has to send.
+#[derive(Default)]
+struct Inbox {
+    messages: std::sync::Mutex<Vec<String>>,
+}
+
+/// Connections registered with their wakers; other threads leave messages and wake them.
+/// `pause` stops reading a connection until a `resume` is left for it; `burst N` sends N
+/// 1 KiB messages, moving on only when the output drains (`on_writable`).
+#[derive(Clone, Default)]
+struct Hub {
+    registry: Arc<std::sync::Mutex<Vec<(std::task::Waker, Arc<Inbox>)>>>,
+    writable_calls: Arc<AtomicUsize>,
+}
+
+struct HubSession {
+    inbox: Arc<Inbox>,
+    burst_left: usize,
+}
+
+impl HubSession {
+    fn burst(&mut self, conn: &mut Conn<'_>) {
+        while self.burst_left > 0 && !conn.connection().above_high_water() {
+            self.burst_left -= 1;
+            let _ = conn.send(Payload::Binary(&[7u8; 1024]));
+        }
+    }
+}
+
+impl Handler for Hub {
+    type Session = HubSession;
+
+    fn upgrade(&mut self, _: &http::Request<()>, _: &mut http::Response<()>) -> Result<HubSession, Rejection> {
+        Ok(HubSession { inbox: Arc::default(), burst_left: 0 })
+    }
+
+    fn on_open(&mut self, s: &mut HubSession, conn: &mut Conn<'_>) {
+        self.registry.lock().unwrap().push((conn.waker(), Arc::clone(&s.inbox)));
+    }
+
+    fn on_message(&mut self, s: &mut HubSession, conn: &mut Conn<'_>, msg: Payload<'_>) {
+        match msg {
+            Payload::Text("pause") => conn.connection().pause_input(true),
+            Payload::Text(t) if t.starts_with("burst ") => {
+                s.burst_left = t[6..].parse().unwrap();
+                s.burst(conn);
+            }
+            m => {
+                let _ = conn.send(m);
+            }
+        }
+    }
+
+    fn on_wake(&mut self, s: &mut HubSession, conn: &mut Conn<'_>) {
+        let messages = std::mem::take(&mut *s.inbox.messages.lock().unwrap());
+        for m in messages {
+            if m == "resume" {
+                conn.connection().pause_input(false);
+            } else {
+                let _ = conn.send(Payload::Text(&m));
+            }
+        }
+    }
+
+    fn on_writable(&mut self, s: &mut HubSession, conn: &mut Conn<'_>) {
+        self.writable_calls.fetch_add(1, Ordering::Relaxed);
+        s.burst(conn);
+    }
+}
+
+fn start_hub(hub: Hub, acceptor: Acceptor) -> (SocketAddr, LoopHandle, JoinHandle<LoopStats>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut ev = EventLoop::new(l, acceptor, loop_config(), hub).unwrap();
+    let stop = ev.stop_handle();
+    let thread = std::thread::spawn(move || {
+        ev.run().unwrap();
+        ev.stats()
+    });
+    (addr, stop, thread)
+}
+
+/// Work from other threads reaches connections through their wakers: messages left by many
+/// threads arrive, each once; a connection paused by its handler is not read until a wake
+/// resumes it; and a handler that stops at the high-water mark is told when output drains.
+#[tokio::test]
+async fn wakers_from_other_threads_pausing_and_draining() {
+    if backend_missing() {
+        return;
+    }
+    let hub = Hub::default();
+    let (addr, stop, thread) = start_hub(hub.clone(), Acceptor::new());
+    let url = format!("ws://{addr}/");
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(tokio_tungstenite::connect_async(&url).await.unwrap().0);
+    }
+    let t = Instant::now();
+    while hub.registry.lock().unwrap().len() < 20 {
+        assert!(t.elapsed() < Duration::from_secs(5), "every connection opened");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Four threads, each leaving 50 messages for every connection, waking it each time.
+    let posters: Vec<_> = (0..4)
+        .map(|p| {
+            let registry = Arc::clone(&hub.registry);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    for (waker, inbox) in registry.lock().unwrap().iter() {
+                        inbox.messages.lock().unwrap().push(format!("{p}:{i}"));
+                        waker.wake_by_ref();
+                    }
+                }
+            })
+        })
+        .collect();
+    for p in posters {
+        p.join().unwrap();
+    }
+    for ws in &mut clients {
+        let mut got = Vec::new();
+        while got.len() < 200 {
+            let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("every message").unwrap().unwrap();
+            got.push(m.into_text().unwrap().to_string());
+        }
+        // Each poster's messages in its order, each once.
+        for p in 0..4 {
+            let mine: Vec<&String> = got.iter().filter(|m| m.starts_with(&format!("{p}:"))).collect();
+            let want: Vec<String> = (0..50).map(|i| format!("{p}:{i}")).collect();
+            assert_eq!(mine, want.iter().collect::<Vec<_>>());
+        }
+    }
+
+    // Paused: what the client sends after `pause` waits until a wake resumes the connection.
+    let ws = &mut clients[0];
+    ws.send(TMessage::text("pause")).await.unwrap();
+    ws.send(TMessage::text("after the pause")).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_millis(300), ws.next()).await.is_err(), "read while paused");
+    {
+        let registry = hub.registry.lock().unwrap();
+        let (waker, inbox) = &registry[0];
+        inbox.messages.lock().unwrap().push("resume".into());
+        waker.wake_by_ref();
+    }
+    let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("read once resumed").unwrap().unwrap();
+    assert_eq!(m, TMessage::text("after the pause"));
+
+    // 4 MiB through the 128 KiB high-water mark, the client reading slowly at first.
+    let ws = &mut clients[1];
+    ws.send(TMessage::text("burst 4096")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..4096 {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("the burst").unwrap().unwrap();
+        assert_eq!(m.len(), 1024);
+    }
+    assert!(hub.writable_calls.load(Ordering::Relaxed) > 0, "on_writable was never called");
+    drop(clients);
+    stop.stop();
+    thread.join().unwrap();
+}

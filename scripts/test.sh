@@ -84,6 +84,10 @@ cargo test --workspace --locked --profile ci --features weft-cli/http3
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; }
 
+step "the engine's integration tests again, its WebSockets on the event-driven core (epoll, then io_uring)"
+WEFT_TEST_CORE=epoll cargo test --locked --profile ci -p weft-server --features http3 --test engine
+WEFT_TEST_CORE=io-uring cargo test --locked --profile ci -p weft-server --features http3 --test engine
+
 step "the engine's integration tests again, on the Redis broker (a redis-server of their own)"
 RPORT=$(free_port)
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no > "$OUT/redis.log" 2>&1 &

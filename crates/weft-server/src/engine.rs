@@ -442,6 +442,90 @@ impl Engine {
         self.shared.shutdown.send_replace(true);
     }
 
+    /// Serve WebSockets (at [`WS_PATH`](crate::WS_PATH)) on the event-driven core: one
+    /// [`weft::event_loop::EventLoop`] thread per listener (give them `SO_REUSEPORT` listeners
+    /// on one port to spread connections over cores), no task per connection. Sessions are
+    /// the same as [`serve`](Self::serve)'s — the protocol, limits, tokens, slow-consumer
+    /// policies — and cost a fraction of the memory. Plain HTTP/1.1 only: the HTTP API,
+    /// TLS, HTTP/2 and HTTP/3 are served by [`serve`](Self::serve) and its siblings (on
+    /// another listener); other requests are answered 404 (another path) or 426.
+    ///
+    /// Call it inside a tokio runtime: brokers, snapshots, token expiry and the application's
+    /// channel run on it. [`shutdown`](Self::shutdown) stops the loops once the broker has
+    /// settled, closing every connection with 1001 after writing what it has queued.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let engine = weft_server::Engine::new(Default::default())?;
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
+    /// let loops = engine.serve_event_loops(vec![listener], Default::default())?;
+    /// println!("WebSockets on {}", loops.backend());
+    /// // engine.shutdown() later; then:
+    /// tokio::task::spawn_blocking(move || loops.join()).await??;
+    /// # Ok(()) }
+    /// ```
+    pub fn serve_event_loops(
+        &self,
+        listeners: Vec<std::net::TcpListener>,
+        config: weft::event_loop::LoopConfig,
+    ) -> std::io::Result<EventLoops> {
+        use weft::event_loop::EventLoop;
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|_| std::io::Error::other("serve_event_loops needs a tokio runtime"))?;
+        let config = weft::event_loop::LoopConfig { shutdown_grace: self.shared.config.shutdown_grace, ..config };
+        let mut loops =
+            EventLoops { handles: Vec::new(), threads: Vec::new(), backend: config.backend, fallback: None };
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (engine, config, rt) = (self.clone(), config.clone(), rt.clone());
+            // A request head gets the time an HTTP request head gets.
+            let acceptor = self.shared.acceptor.clone().handshake_timeout(self.shared.config.http_header_timeout);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let thread = std::thread::Builder::new().name(format!("weft-loop-{i}")).spawn(move || {
+                let handler = crate::session::EngineHandler::new(engine);
+                let mut ev = match EventLoop::new(listener, acceptor, config, handler) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return Ok(Default::default());
+                    }
+                };
+                let _ = tx.send(Ok((ev.stop_handle(), ev.backend(), ev.fallback().map(str::to_owned))));
+                // Brokers, snapshots and timers are reached through the runtime from here.
+                let _rt = rt.enter();
+                ev.run()?;
+                Ok(ev.stats())
+            })?;
+            match rx.recv() {
+                Ok(Ok((handle, backend, fallback))) => {
+                    loops.handles.push(handle);
+                    loops.backend = backend;
+                    loops.fallback = loops.fallback.or(fallback);
+                    loops.threads.push(thread);
+                }
+                Ok(Err(e)) => {
+                    loops.stop();
+                    return Err(e);
+                }
+                Err(_) => {
+                    loops.stop();
+                    return Err(std::io::Error::other("an event loop thread failed to start"));
+                }
+            }
+        }
+        // A shutdown stops the loops once the broker has settled (this node's own publishes
+        // delivered), as the task-per-connection sessions wait for it.
+        let (shared, handles) = (Arc::clone(&self.shared), loops.handles.clone());
+        rt.spawn(async move {
+            let mut rx = shared.shutdown.subscribe();
+            stopped(&mut rx).await;
+            shared.settled().await;
+            for h in handles {
+                h.stop();
+            }
+        });
+        Ok(loops)
+    }
+
     /// Serve HTTP and WebSocket connections from `listener` until [`shutdown`](Self::shutdown).
     pub async fn serve(&self, listener: TcpListener) -> std::io::Result<()> {
         self.serve_inner(listener, None).await
@@ -770,36 +854,9 @@ impl Engine {
                 return Err(r);
             }
         };
-        let identity = match &shared.config.jwt {
-            None => Identity::anonymous(query_param(req.uri().query(), "user")),
-            Some(jwt) => {
-                let max = shared.config.max_token_size;
-                let verified = match jwt.token_from(req.headers(), req.uri().query()) {
-                    None => Err(crate::auth::AuthError {
-                        status: StatusCode::UNAUTHORIZED,
-                        message: "missing token".into(),
-                    }),
-                    Some((t, source)) if t.len() > max => Err(crate::auth::AuthError {
-                        status: if source == crate::auth::TokenSource::Query {
-                            StatusCode::UNAUTHORIZED
-                        } else {
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-                        },
-                        message: format!("token larger than {max} bytes"),
-                    }),
-                    Some((t, _)) => jwt.verify(&t),
-                };
-                match verified {
-                    Ok(id) => id,
-                    Err(e) => {
-                        m.auth_failures.fetch_add(1, Ordering::Relaxed);
-                        m.connections_rejected.fetch_add(1, Ordering::Relaxed);
-                        // Never the token itself: only why it was refused.
-                        tracing::info!(status = e.status.as_u16(), reason = %e.message, "upgrade refused: authentication");
-                        return Err(text(e.status, &format!("{}\n", e.message)));
-                    }
-                }
-            }
+        let identity = match self.identify(req) {
+            Ok(id) => id,
+            Err(e) => return Err(text(e.status, &format!("{}\n", e.message))),
         };
         m.connections.fetch_add(1, Ordering::Relaxed);
         m.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -811,8 +868,81 @@ impl Engine {
         Ok((resp, pending, identity))
     }
 
+    /// Who a WebSocket request is from: its token verified (with JWT), or the anonymous user it
+    /// names. A refusal is counted (`auth_failures`, `connections_rejected`) and logged without
+    /// the token.
+    pub(crate) fn identify<B>(&self, req: &Request<B>) -> Result<Identity, crate::auth::AuthError> {
+        let shared = &self.shared;
+        let m = &shared.metrics;
+        let Some(jwt) = &shared.config.jwt else {
+            return Ok(Identity::anonymous(query_param(req.uri().query(), "user")));
+        };
+        let max = shared.config.max_token_size;
+        let verified = match jwt.token_from(req.headers(), req.uri().query()) {
+            None => Err(crate::auth::AuthError { status: StatusCode::UNAUTHORIZED, message: "missing token".into() }),
+            Some((t, source)) if t.len() > max => Err(crate::auth::AuthError {
+                status: if source == crate::auth::TokenSource::Query {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                },
+                message: format!("token larger than {max} bytes"),
+            }),
+            Some((t, _)) => jwt.verify(&t),
+        };
+        verified.inspect_err(|e| {
+            m.auth_failures.fetch_add(1, Ordering::Relaxed);
+            m.connections_rejected.fetch_add(1, Ordering::Relaxed);
+            // Never the token itself: only why it was refused.
+            tracing::info!(status = e.status.as_u16(), reason = %e.message, "upgrade refused: authentication");
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub(crate) fn broker(&self) -> &Arc<dyn Broker> {
         &self.shared.broker
+    }
+}
+
+/// The event loops [`Engine::serve_event_loops`] started.
+#[derive(Debug)]
+pub struct EventLoops {
+    handles: Vec<weft::event_loop::LoopHandle>,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<weft::event_loop::LoopStats>>>,
+    backend: weft::event_loop::Backend,
+    fallback: Option<String>,
+}
+
+impl EventLoops {
+    /// The backend that runs (io_uring or epoll).
+    pub fn backend(&self) -> weft::event_loop::Backend {
+        self.backend
+    }
+
+    /// Why [`Backend::Auto`](weft::event_loop::Backend::Auto) runs epoll: what io_uring lacked.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// Stop every loop now (without waiting for the broker to settle, as
+    /// [`Engine::shutdown`] does): connections close with 1001.
+    pub fn stop(&self) {
+        for h in &self.handles {
+            h.stop();
+        }
+    }
+
+    /// Wait until every loop has stopped (blocking: from async code, in `spawn_blocking`); their
+    /// counters, or the first loop's error.
+    pub fn join(self) -> std::io::Result<Vec<weft::event_loop::LoopStats>> {
+        let mut stats = Vec::new();
+        for t in self.threads {
+            stats.push(t.join().map_err(|_| std::io::Error::other("an event loop thread panicked"))??);
+        }
+        Ok(stats)
     }
 }
 

@@ -37,7 +37,7 @@ pub mod wire;
 pub use auth::JwtAuth;
 pub use broker::{Broker, MemoryBroker};
 pub use config::EngineConfig;
-pub use engine::{Engine, Inbound, PublishError};
+pub use engine::{Engine, EventLoops, Inbound, PublishError};
 pub use http::WS_PATH;
 pub use outbox::SlowConsumerPolicy;
 pub use session::{CLOSE_SECURE_FAILED, CLOSE_TOKEN_EXPIRED};

@@ -128,14 +128,42 @@ impl State {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
+    notify: Signal,
     capacity: usize,
     metrics: Arc<Metrics>,
 }
 
+/// How an outbox tells its session that something arrived.
+#[derive(Debug)]
+enum Signal {
+    /// A session task waits in [`Outbox::notified`].
+    Notify(Notify),
+    /// A session on the event-driven core: its connection's waker.
+    Waker(std::task::Waker),
+}
+
+impl Signal {
+    fn notify_one(&self) {
+        match self {
+            Signal::Notify(n) => n.notify_one(),
+            Signal::Waker(w) => w.wake_by_ref(),
+        }
+    }
+}
+
 impl Outbox {
     pub(crate) fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
-        Self { state: Mutex::new(State::default()), notify: Notify::new(), capacity: capacity.max(1), metrics }
+        Self::with_signal(capacity, metrics, Signal::Notify(Notify::new()))
+    }
+
+    /// An outbox that wakes `waker` (a connection of the event-driven core) when something
+    /// arrives.
+    pub(crate) fn waking(capacity: usize, metrics: Arc<Metrics>, waker: std::task::Waker) -> Self {
+        Self::with_signal(capacity, metrics, Signal::Waker(waker))
+    }
+
+    fn with_signal(capacity: usize, metrics: Arc<Metrics>, notify: Signal) -> Self {
+        Self { state: Mutex::new(State::default()), notify, capacity: capacity.max(1), metrics }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -360,8 +388,13 @@ impl Outbox {
         }
     }
 
+    /// Until something arrives (for an outbox made by [`new`](Self::new); one that wakes a
+    /// waker never completes this).
     pub(crate) async fn notified(&self) {
-        self.notify.notified().await
+        match &self.notify {
+            Signal::Notify(n) => n.notified().await,
+            Signal::Waker(_) => std::future::pending().await,
+        }
     }
 
     pub(crate) fn is_closing(&self) -> bool {

@@ -21,6 +21,9 @@ use crate::wire::{
     ErrorBody, ErrorCode, Format, Member, PROTOCOL_VERSION, Position, Reply, Request, SubscribeResult, now_ms,
 };
 
+mod on_loop;
+pub(crate) use on_loop::EngineHandler;
+
 const PRESENCE_LIMIT: usize = 1000;
 
 /// Close code when a token expires without a `refresh` (docs/PROTOCOL.md).
@@ -98,54 +101,109 @@ fn expiry_instant(exp: u64, leeway: u64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(left)
 }
 
+impl Session {
+    /// A new session for `identity`, its `welcome` queued.
+    /// On the event-driven core, `waker` is the connection's: the outbox wakes it.
+    fn open(
+        shared: Arc<Shared>,
+        identity: Identity,
+        format: Format,
+        deflate: bool,
+        waker: Option<std::task::Waker>,
+    ) -> Self {
+        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        let session: Arc<str> = format!("{:08x}{:08x}", shared.node, id).into();
+        let (size, metrics) = (shared.config.queue_size, Arc::clone(&shared.metrics));
+        let outbox = Arc::new(match waker {
+            Some(w) => Outbox::waking(size, metrics, w),
+            None => Outbox::new(size, metrics),
+        });
+        let member =
+            Member { user: Arc::clone(&identity.user), session: Arc::clone(&session), info: identity.info.clone() };
+        let sub = Arc::new(Subscriber { id, member, outbox, filters: Default::default() });
+        let leeway = shared.config.jwt.as_ref().map_or(0, |j| j.leeway_secs());
+        let expires_at = identity.expires.map(|exp| expiry_instant(exp, leeway));
+        tracing::debug!(session = %session, user = %identity.user, "session started");
+        let s = Session {
+            bucket: TokenBucket::new(shared.config.rate_limit, shared.config.rate_burst, Instant::now()),
+            touched: HashSet::new(),
+            window_start: Instant::now(),
+            expires_at,
+            shared,
+            identity,
+            sub,
+            format,
+            deflate,
+            subscriptions: HashMap::new(),
+            rejected_in_a_row: 0,
+            publishes: std::sync::Mutex::new(FuturesOrdered::new()),
+            snapshots_in_flight: Arc::default(),
+            secure: None,
+            sealing: false,
+        };
+        s.reply(&Reply::Welcome {
+            version: PROTOCOL_VERSION,
+            session: &session,
+            user: &s.identity.user,
+            time: now_ms(),
+            heartbeat: s.shared.config.heartbeat.as_millis() as u64,
+            secure: s.shared.config.secure.offered(),
+        });
+        s
+    }
+
+    /// The application's `Connected`, when it listens ([`crate::Engine::inbound`]); whether
+    /// it was told (it hears of the end of a session only if it heard of its start).
+    async fn announce(&self) -> bool {
+        match self.shared.inbound.get() {
+            Some(tx) => {
+                let ev = Inbound::Connected {
+                    session: Arc::clone(&self.sub.member.session),
+                    user: Arc::clone(&self.identity.user),
+                };
+                tx.send(ev).await.is_ok()
+            }
+            None => false,
+        }
+    }
+
+    /// The end of a session, once its subscriptions are gone and its last bytes written: the
+    /// connection count and the application's `Disconnected`.
+    fn ended(&self, announced: bool) {
+        tracing::debug!(session = %self.sub.member.session, "session ended");
+        self.shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(tx) = self.shared.inbound.get().filter(|_| announced) {
+            let ev = Inbound::Disconnected {
+                session: Arc::clone(&self.sub.member.session),
+                user: Arc::clone(&self.identity.user),
+            };
+            // Waits for room, off the caller's path, as the session itself would have.
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(ev)) = tx.try_send(ev) {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let tx = tx.clone();
+                    rt.spawn(async move { tx.send(ev).await });
+                }
+            }
+        }
+    }
+
+    /// Remove every subscription (nothing new reaches the outbox after this).
+    fn unsubscribe_all(&mut self) {
+        let targets: Vec<Pattern> = self.subscriptions.drain().map(|(_, p)| p).collect();
+        self.shared.broker.remove_all(&self.sub, &targets);
+    }
+}
+
 pub(crate) async fn run<S>(shared: Arc<Shared>, mut ws: WebSocket<S>, identity: Identity)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let format = Format::from_subprotocol(ws.subprotocol());
     let deflate = ws.deflate_params().is_some_and(|p| p.server_max_window_bits == 15);
-    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let session: Arc<str> = format!("{:08x}{:08x}", shared.node, id).into();
-    let outbox = Arc::new(Outbox::new(shared.config.queue_size, Arc::clone(&shared.metrics)));
-    let member =
-        Member { user: Arc::clone(&identity.user), session: Arc::clone(&session), info: identity.info.clone() };
-    let sub = Arc::new(Subscriber { id, member, outbox: Arc::clone(&outbox), filters: Default::default() });
-    let leeway = shared.config.jwt.as_ref().map_or(0, |j| j.leeway_secs());
-    let expires_at = identity.expires.map(|exp| expiry_instant(exp, leeway));
-    tracing::debug!(session = %session, user = %identity.user, "session started");
-    let mut s = Session {
-        bucket: TokenBucket::new(shared.config.rate_limit, shared.config.rate_burst, Instant::now()),
-        touched: HashSet::new(),
-        window_start: Instant::now(),
-        expires_at,
-        shared,
-        identity,
-        sub,
-        format,
-        deflate,
-        subscriptions: HashMap::new(),
-        rejected_in_a_row: 0,
-        publishes: std::sync::Mutex::new(FuturesOrdered::new()),
-        snapshots_in_flight: Arc::default(),
-        secure: None,
-        sealing: false,
-    };
-    s.reply(&Reply::Welcome {
-        version: PROTOCOL_VERSION,
-        session: &session,
-        user: &s.identity.user,
-        time: now_ms(),
-        heartbeat: s.shared.config.heartbeat.as_millis() as u64,
-        secure: s.shared.config.secure.offered(),
-    });
-    // The application hears of the end of a session only if it heard of its start.
-    let announced = match s.shared.inbound.get() {
-        Some(tx) => {
-            let ev = Inbound::Connected { session: Arc::clone(&session), user: Arc::clone(&s.identity.user) };
-            tx.send(ev).await.is_ok()
-        }
-        None => false,
-    };
+    let mut s = Session::open(shared, identity, format, deflate, None);
+    let outbox = Arc::clone(&s.sub.outbox);
+    let session = Arc::clone(&s.sub.member.session);
+    let announced = s.announce().await;
     let mut shutdown = s.shared.shutdown.subscribe();
     let mut batch = Vec::new();
     // One timer for the token's expiry, moved when a `refresh` extends it (not re-created per
@@ -218,8 +276,7 @@ where
     };
     // Publishes already sent get their outcome (and their replies) before the close.
     let _ = tokio::time::timeout(CLOSE_WAIT, s.finish_publishes()).await;
-    let targets: Vec<Pattern> = s.subscriptions.drain().map(|(_, p)| p).collect();
-    s.shared.broker.remove_all(&s.sub, &targets);
+    s.unsubscribe_all();
     if let End::Close(_) = end {
         // Every reply and event already queued goes out before the close frame (rate-limit
         // errors included); nothing new arrives now that the subscriptions are gone.
@@ -243,26 +300,22 @@ where
             let _ = tokio::time::timeout(SLOW_CLOSE_WAIT, ws.close(Some(frame))).await;
         }
     }
-    tracing::debug!(session = %session, "session ended");
-    s.shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-    if let Some(tx) = s.shared.inbound.get().filter(|_| announced) {
-        let _ = tx.send(Inbound::Disconnected { session, user: Arc::clone(&s.identity.user) }).await;
-    }
+    s.ended(announced);
 }
 
-/// Write one message, sealed when the channel is given; the bytes it takes on the wire.
-fn feed<S>(
-    ws: &mut WebSocket<S>,
+/// Write one message through `send` (false: the connection refused it), sealed when the
+/// channel is given; the bytes it takes on the wire.
+fn feed(
+    send: &mut dyn FnMut(&weft::EncodedMessage) -> bool,
     secure: Option<&mut crate::secure::Channel>,
     m: &weft::EncodedMessage,
     deflate: bool,
-) -> Result<usize, ()>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Result<usize, ()> {
     match secure {
         None => {
-            ws.feed_encoded(m).map_err(drop)?;
+            if !send(m) {
+                return Err(());
+            }
             Ok(match m.deflated_frame() {
                 Some(z) if deflate => z.len(),
                 _ => m.plain_frame().len(),
@@ -273,7 +326,9 @@ where
             // before encrypting would let message lengths leak their content.
             let sealed = Message::binary(ch.seal(m.payload()));
             let sealed = weft::EncodedMessage::new(&sealed, None).expect("a data message");
-            ws.feed_encoded(&sealed).map_err(drop)?;
+            if !send(&sealed) {
+                return Err(());
+            }
             Ok(sealed.plain_frame().len())
         }
     }
@@ -365,62 +420,75 @@ impl Session {
         self.reply(&Reply::Error { id, code: e.code, message: &e.message });
     }
 
+    /// Move what the outbox holds, up to its first slot still unfilled, into the connection
+    /// through `send`; whether there was anything. `Err` says how the session ends.
+    fn feed_queued(
+        &mut self,
+        batch: &mut Vec<Out>,
+        send: &mut dyn FnMut(&weft::EncodedMessage) -> bool,
+    ) -> Result<bool, End> {
+        let (dropped, closing) = self.sub.outbox.drain(batch);
+        if let Some(Closing::SlowConsumer) = closing {
+            return Err(End::SlowConsumer);
+        }
+        if dropped > 0 {
+            let m = self.format.encode_shared(&Reply::Lagged { dropped });
+            let secure = self.secure.as_deref_mut().filter(|_| self.sealing);
+            let _ = feed(send, secure, &m, false);
+        }
+        if batch.is_empty() {
+            return Ok(dropped > 0);
+        }
+        let mut bytes = 0;
+        let n = batch.len() as u64;
+        let now = crate::wire::now_ms();
+        let mut latency = crate::metrics::LatencyBatch::default();
+        for o in batch.drain(..) {
+            if let Out::Secured(m) = &o {
+                // The last message in clear; everything after it is sealed.
+                bytes += m.plain_frame().len();
+                if !send(m) {
+                    return Err(End::Gone);
+                }
+                self.sealing = true;
+                continue;
+            }
+            let m = match &o {
+                Out::Event(e, _, live) => {
+                    if *live {
+                        latency.add(now.saturating_sub(e.time));
+                    }
+                    e.encoded_for(self.format, self.deflate)
+                }
+                Out::Notice(n) => n.encoded(self.format),
+                Out::Reply(m) | Out::Fence(m) => m,
+                Out::Secured(_) => unreachable!("written above"),
+                Out::Slot(_) => unreachable!("drain stops at slots"),
+            };
+            let secure = self.secure.as_deref_mut().filter(|_| self.sealing);
+            match feed(send, secure, m, self.deflate) {
+                Ok(n) => bytes += n,
+                Err(()) => return Err(End::Gone),
+            }
+        }
+        let m = &self.shared.metrics;
+        m.delivery_latency.record(&mut latency);
+        m.deliveries.fetch_add(n, Ordering::Relaxed);
+        m.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
     /// Write everything queued, in one flush per batch, until the queue is empty. `Err` says
     /// how the session ends.
     async fn write_batch<S>(&mut self, ws: &mut WebSocket<S>, batch: &mut Vec<Out>) -> Result<(), End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let outbox = &self.sub.outbox;
+        let outbox = Arc::clone(&self.sub.outbox);
         loop {
-            let (dropped, closing) = outbox.drain(batch);
-            if let Some(Closing::SlowConsumer) = closing {
-                return Err(End::SlowConsumer);
-            }
-            if dropped > 0 {
-                let m = self.format.encode_shared(&Reply::Lagged { dropped });
-                let secure = self.secure.as_deref_mut().filter(|_| self.sealing);
-                let _ = feed(ws, secure, &m, false);
-            }
-            if batch.is_empty() {
+            if !self.feed_queued(batch, &mut |m| ws.feed_encoded(m).is_ok())? {
                 return Ok(());
             }
-            let mut bytes = 0;
-            let n = batch.len() as u64;
-            let now = crate::wire::now_ms();
-            let mut latency = crate::metrics::LatencyBatch::default();
-            for o in batch.drain(..) {
-                if let Out::Secured(m) = &o {
-                    // The last message in clear; everything after it is sealed.
-                    bytes += m.plain_frame().len();
-                    if ws.feed_encoded(m).is_err() {
-                        return Err(End::Gone);
-                    }
-                    self.sealing = true;
-                    continue;
-                }
-                let m = match &o {
-                    Out::Event(e, _, live) => {
-                        if *live {
-                            latency.add(now.saturating_sub(e.time));
-                        }
-                        e.encoded_for(self.format, self.deflate)
-                    }
-                    Out::Notice(n) => n.encoded(self.format),
-                    Out::Reply(m) | Out::Fence(m) => m,
-                    Out::Secured(_) => unreachable!("written above"),
-                    Out::Slot(_) => unreachable!("drain stops at slots"),
-                };
-                let secure = self.secure.as_deref_mut().filter(|_| self.sealing);
-                match feed(ws, secure, m, self.deflate) {
-                    Ok(n) => bytes += n,
-                    Err(()) => return Err(End::Gone),
-                }
-            }
-            let m = &self.shared.metrics;
-            m.delivery_latency.record(&mut latency);
-            m.deliveries.fetch_add(n, Ordering::Relaxed);
-            m.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
             let flush = ws.flush();
             tokio::pin!(flush);
             // Fast path: the socket takes everything at once (nearly always), so no timer and no

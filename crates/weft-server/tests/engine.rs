@@ -31,13 +31,51 @@ fn on_cluster() -> bool {
     std::env::var("WEFT_TEST_BROKER").is_ok_and(|u| !u.is_empty())
 }
 
+/// The event-driven core these tests run the WebSockets on (`WEFT_TEST_CORE=epoll` or
+/// `io-uring`), or the task-per-connection server when unset. On the core, the HTTP API is
+/// served on a second port, which [`http`] and [`raw_exchange`] find from the WebSocket one.
+fn core() -> Option<weft::event_loop::Backend> {
+    match std::env::var("WEFT_TEST_CORE").as_deref() {
+        Ok("epoll") => Some(weft::event_loop::Backend::Epoll),
+        Ok("io-uring") => Some(weft::event_loop::Backend::IoUring),
+        Ok("") | Err(_) => None,
+        Ok(other) => panic!("WEFT_TEST_CORE={other}: epoll or io-uring"),
+    }
+}
+
+/// On the core: the HTTP API's address for each WebSocket address.
+static HTTP_ADDRS: std::sync::Mutex<Vec<(SocketAddr, SocketAddr)>> = std::sync::Mutex::new(Vec::new());
+
+/// Where the HTTP API of the server at `addr` is.
+fn http_addr(addr: SocketAddr) -> SocketAddr {
+    HTTP_ADDRS.lock().unwrap().iter().find(|(ws, _)| *ws == addr).map_or(addr, |(_, h)| *h)
+}
+
 async fn start(cfg: EngineConfig) -> (SocketAddr, Engine, tokio::task::JoinHandle<std::io::Result<()>>) {
     let engine = Engine::connect(broker(cfg)).await.unwrap();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let e = engine.clone();
-    let h = tokio::spawn(async move { e.serve(l).await });
-    (addr, engine, h)
+    let Some(backend) = core() else {
+        let h = tokio::spawn(async move { e.serve(l).await });
+        return (addr, engine, h);
+    };
+    let ws = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ws_addr = ws.local_addr().unwrap();
+    HTTP_ADDRS.lock().unwrap().push((ws_addr, addr));
+    let config = weft::event_loop::LoopConfig { backend, ..Default::default() };
+    let loops = engine.serve_event_loops(vec![ws], config).unwrap();
+    assert_eq!(loops.backend(), backend);
+    // Joined on a thread of its own: a blocking task would keep the test's runtime from
+    // shutting down while the loops still run.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || tx.send(loops.join()));
+    let h = tokio::spawn(async move {
+        let http = tokio::spawn(async move { e.serve(l).await });
+        rx.await.unwrap()?;
+        http.await.unwrap()
+    });
+    (ws_addr, engine, h)
 }
 
 struct Client {
@@ -168,7 +206,7 @@ async fn subscribe(c: &mut Client, topics: &[&str]) -> Value {
 }
 
 async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = TcpStream::connect(http_addr(addr)).await.unwrap();
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
     for (k, v) in headers {
@@ -303,6 +341,9 @@ async fn subscription_limit() {
 /// HTTP/2 too, and authentication refuses with the same status and reason.
 #[tokio::test]
 async fn websockets_over_http2_on_the_same_port() {
+    if core().is_some() {
+        return; // not the event-driven core's: run without WEFT_TEST_CORE
+    }
     let secret = b"s3cret-s3cret-s3cret-s3cret-s3cret";
     let cfg = EngineConfig { jwt: Some(JwtAuth::hs256(secret).unwrap()), ..Default::default() };
     let (addr, engine, _h) = start(cfg).await;
@@ -349,6 +390,9 @@ async fn websockets_over_http2_on_the_same_port() {
 #[cfg(feature = "http3")]
 #[tokio::test]
 async fn websockets_and_routes_over_http3() {
+    if core().is_some() {
+        return; // not the event-driven core's: run without WEFT_TEST_CORE
+    }
     let secret = b"s3cret-s3cret-s3cret-s3cret-s3cret";
     let cfg = EngineConfig {
         jwt: Some(JwtAuth::hs256(secret).unwrap()),
@@ -422,6 +466,9 @@ async fn websockets_and_routes_over_http3() {
 /// HTTP/1.1 keep-alive connection is), while one whose WebSocket is quiet for longer stays.
 #[tokio::test]
 async fn idle_http2_connections_are_closed_but_quiet_websockets_stay() {
+    if core().is_some() {
+        return; // not the event-driven core's: run without WEFT_TEST_CORE
+    }
     let cfg = EngineConfig { http_header_timeout: Duration::from_millis(400), ..Default::default() };
     let (addr, _engine, _h) = start(cfg).await;
     // A quiet WebSocket over HTTP/2.
@@ -959,6 +1006,9 @@ async fn python_websockets_client() {
 /// The engine mounted in an axum router (as in examples/axum.rs).
 #[tokio::test]
 async fn inside_axum() {
+    if core().is_some() {
+        return; // not the event-driven core's: run without WEFT_TEST_CORE
+    }
     use axum::extract::Request;
     let engine = Engine::new(EngineConfig::default()).unwrap();
     let e = engine.clone();
@@ -1226,7 +1276,7 @@ async fn history_memory_is_bounded_and_recovery_stays_exact() {
 
 /// Send raw bytes on a fresh connection, then wait for the server to answer and/or close.
 async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut s = TcpStream::connect(http_addr(addr)).await.unwrap();
     s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
     let closed = tokio::time::timeout(wait, s.read_to_end(&mut out)).await.is_ok();

@@ -773,12 +773,15 @@ struct Inbox {
     messages: std::sync::Mutex<Vec<String>>,
 }
 
+/// A connection's waker and the inbox it reads when woken.
+type Registered = (std::task::Waker, Arc<Inbox>);
+
 /// Connections registered with their wakers; other threads leave messages and wake them.
 /// `pause` stops reading a connection until a `resume` is left for it; `burst N` sends N
 /// 1 KiB messages, moving on only when the output drains (`on_writable`).
 #[derive(Clone, Default)]
 struct Hub {
-    registry: Arc<std::sync::Mutex<Vec<(std::task::Waker, Arc<Inbox>)>>>,
+    registry: Arc<std::sync::Mutex<Vec<Registered>>>,
     writable_calls: Arc<AtomicUsize>,
 }
 

@@ -57,8 +57,9 @@ pub(crate) struct EchoArgs {
     tls: crate::serve::TlsArgs,
 }
 
-/// Which server core runs `weft echo`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Which server core runs `weft echo` (and `weft serve`'s WebSockets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub(crate) enum Core {
     /// A tokio task per connection, over every transport.
     Tokio,

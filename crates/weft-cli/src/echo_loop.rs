@@ -96,7 +96,7 @@ pub(crate) fn run(addr: SocketAddr, opts: Options, acceptor: Acceptor) -> anyhow
 }
 
 /// A listening socket on `addr`; with `reuseport`, one that other listeners may share.
-fn listener(addr: SocketAddr, reuseport: bool) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn listener(addr: SocketAddr, reuseport: bool) -> std::io::Result<std::net::TcpListener> {
     use rustix::net::{AddressFamily, SocketType, sockopt};
     let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
     let fd: OwnedFd = rustix::net::socket(family, SocketType::STREAM, None)?;

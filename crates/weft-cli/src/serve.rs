@@ -16,6 +16,8 @@ use weft_server::snapshot::{HttpSnapshots, Snapshots};
 use weft_server::topic::Pattern;
 use weft_server::{Engine, EngineConfig, JwtAuth, SlowConsumerPolicy};
 
+use crate::echo::Core;
+
 #[derive(Args, Debug, Clone, Default)]
 pub(crate) struct ServeArgs {
     /// TOML file with any of the settings below (snake_case names; `topic_policies` is a table
@@ -25,7 +27,8 @@ pub(crate) struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "WEFT_ADDR")]
     addr: Option<SocketAddr>,
-    /// Runtime worker threads [default: one per core; 1 in each of `--workers`].
+    /// Runtime worker threads, or with --core epoll or io-uring event loops (each with its own
+    /// SO_REUSEPORT listener on the port) [default: one per core; 1 in each of `--workers`].
     #[arg(long, env = "WEFT_THREADS")]
     threads: Option<usize>,
     /// Run N engine processes sharing the port (SO_REUSEPORT), joined through the cluster
@@ -35,6 +38,17 @@ pub(crate) struct ServeArgs {
     /// With --workers: pin worker i to CPU i (modulo the CPUs available).
     #[arg(long, env = "WEFT_PIN")]
     pin: bool,
+    /// The core that serves WebSockets: `tokio` (a task per connection; the HTTP API, TLS,
+    /// HTTP/2 and HTTP/3 on the same port), or weft's event-driven core — one loop per
+    /// thread, no task per connection, a fraction of the memory — on `io-uring` (epoll where
+    /// the kernel lacks it, said in the log) or `epoll`: cleartext HTTP/1.1 WebSockets at /ws,
+    /// the HTTP API on --http-addr [default: tokio].
+    #[arg(long, env = "WEFT_CORE", value_enum)]
+    core: Option<Core>,
+    /// With --core epoll or io-uring: where the HTTP API, dashboard, chat page and /metrics
+    /// listen (they are not served on --addr then) [default: nowhere].
+    #[arg(long, env = "WEFT_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
     /// HS256 secret for JWTs. Without any JWT key the server runs in anonymous mode.
     #[arg(long, env = "WEFT_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -243,6 +257,8 @@ pub(crate) fn reload_on_sighup(cert: std::sync::Arc<weft::tls::ReloadableCert>, 
 struct FileConfig {
     addr: Option<SocketAddr>,
     threads: Option<usize>,
+    core: Option<Core>,
+    http_addr: Option<SocketAddr>,
     jwt_secret: Option<String>,
     jwt_rsa_key: Option<PathBuf>,
     jwt_ec_key: Option<PathBuf>,
@@ -329,7 +345,15 @@ fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
 
 /// Merge file and flags (flags and env win) into the engine's settings.
 /// What `weft serve` runs with.
-type Settings = (SocketAddr, Option<usize>, EngineConfig, Option<std::sync::Arc<weft::tls::ReloadableCert>>);
+#[derive(Debug)]
+struct Settings {
+    addr: SocketAddr,
+    threads: Option<usize>,
+    core: Core,
+    http_addr: Option<SocketAddr>,
+    config: EngineConfig,
+    tls: Option<std::sync::Arc<weft::tls::ReloadableCert>>,
+}
 
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     let file: FileConfig = match &args.config {
@@ -459,7 +483,21 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         args.tls.tls_key.clone().or(file.tls_key.clone()),
     )?;
     c.validate().map_err(anyhow::Error::msg)?;
-    Ok((addr, threads, c, tls))
+    let core = pick!(core).unwrap_or(Core::Tokio);
+    let http_addr = pick!(http_addr);
+    if core != Core::Tokio {
+        if tls.is_some() {
+            bail!(
+                "--core epoll and --core io-uring serve cleartext HTTP/1.1 WebSockets only; TLS, HTTP/2 and HTTP/3 run on --core tokio"
+            );
+        }
+        if http_addr == Some(addr) && addr.port() != 0 {
+            bail!("--http-addr must differ from --addr: the event-driven core serves only WebSockets on --addr");
+        }
+    } else if http_addr.is_some() {
+        bail!("--http-addr is for --core epoll or io-uring (with --core tokio the HTTP API is served on --addr)");
+    }
+    Ok(Settings { addr, threads, core, http_addr, config: c, tls })
 }
 
 /// Set in each process `--workers` starts: its index.
@@ -469,7 +507,7 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
     let worker: Option<usize> = std::env::var(WORKER_ENV).ok().and_then(|v| v.parse().ok());
     let workers = args.workers.unwrap_or(1);
     let pin = args.pin;
-    let (addr, threads, mut config, tls) = match settings(args) {
+    let Settings { addr, threads, core, http_addr, mut config, tls } = match settings(args) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("weft serve: {e:#}");
@@ -502,6 +540,25 @@ pub(crate) fn run(args: ServeArgs) -> ExitCode {
         }
         None => threads,
     };
+    if core != Core::Tokio {
+        // The loops serve the WebSockets; brokers, timers and the HTTP API run on one runtime
+        // thread beside them.
+        let loops = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("weft serve: cannot start runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match rt.block_on(serve_on_loops(addr, http_addr, core, loops, config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weft serve: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.max(1)).enable_all().build(),
@@ -600,6 +657,77 @@ async fn serve(
     Ok(())
 }
 
+/// `weft serve --core epoll|io-uring`: the engine's WebSockets on event loops (`loops`
+/// listeners sharing `addr`), its HTTP API on `http_addr` when given.
+async fn serve_on_loops(
+    addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    core: Core,
+    loops: usize,
+    config: EngineConfig,
+) -> anyhow::Result<()> {
+    crate::procfs::raise_nofile_limit();
+    let anonymous = config.anonymous();
+    let open_api = config.api_key.is_none();
+    if let Some(k) = &config.secure_identity {
+        tracing::info!(key = %k.public_key_base64(), "secure channel identity (clients pin this public key)");
+    }
+    let engine = Engine::connect(config).await.map_err(anyhow::Error::msg)?;
+    if let Some(c) = engine.stats().cluster {
+        tracing::info!(node = %c.node, nodes = c.nodes, "joined the cluster over {}", c.broker);
+    }
+    // SO_REUSEPORT whenever the port is shared: by several loops, or by `--workers` processes.
+    let reuseport = loops > 1 || std::env::var_os(WORKER_ENV).is_some();
+    let first = crate::echo_loop::listener(addr, reuseport).with_context(|| format!("binding {addr}"))?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..loops {
+        listeners.push(crate::echo_loop::listener(addr, true).with_context(|| format!("binding {addr}"))?);
+    }
+    let backend = if core == Core::Epoll { weft::event_loop::Backend::Epoll } else { weft::event_loop::Backend::Auto };
+    let lc = weft::event_loop::LoopConfig { backend, ..Default::default() };
+    let event_loops = engine.serve_event_loops(listeners, lc).context("starting the event loops")?;
+    if let Some(why) = event_loops.fallback() {
+        tracing::warn!("{why}: running on epoll");
+    }
+    let http = match http_addr {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding {a} (--http-addr)"))?;
+            let a = l.local_addr()?;
+            let engine = engine.clone();
+            Some((a, tokio::spawn(async move { engine.serve(l).await })))
+        }
+        None => None,
+    };
+    if anonymous {
+        tracing::warn!(
+            "ANONYMOUS MODE: no JWT key configured — anyone who can reach {addr} may subscribe and publish on every \
+             topic{}. Set --jwt-secret (or --jwt-rsa-key / --jwt-ec-key) for real use.",
+            if open_api && http.is_some() { ", and POST /api/publish is open" } else { "" }
+        );
+    }
+    match &http {
+        Some((a, _)) => tracing::info!(
+            core = %event_loops.backend(), loops,
+            "weft serve listening on {addr}: WebSocket ws://{addr}/ws; dashboard http://{a}/, chat http://{a}/chat, API and metrics on {a}"
+        ),
+        None => tracing::info!(
+            core = %event_loops.backend(), loops,
+            "weft serve listening on {addr}: WebSocket ws://{addr}/ws (no HTTP API: give --http-addr for the dashboard, API and metrics)"
+        ),
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing connections with 1001");
+    engine.shutdown();
+    let stats = tokio::task::spawn_blocking(move || event_loops.join()).await.context("event loops")??;
+    tracing::debug!(?stats, "event loops stopped");
+    if let Some((_, t)) = http {
+        t.await.context("HTTP API task")??;
+    }
+    tracing::info!("bye");
+    Ok(())
+}
+
 /// Resolves on SIGTERM or Ctrl-C (`weft serve` and `weft echo` shut down gracefully then).
 pub(crate) async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -646,7 +774,7 @@ mod tests {
             "--topic-policy",
             "a.*=drop-oldest",
         ]);
-        let (addr, _, c, _) = settings(t.a).unwrap();
+        let Settings { addr, config: c, .. } = settings(t.a).unwrap();
         assert_eq!(addr.port(), 7000);
         assert_eq!(c.history_size, 9);
         assert_eq!(c.queue_size, 50);
@@ -668,11 +796,11 @@ mod tests {
         let e = format!("{:#}", settings(t.a).unwrap_err());
         assert!(e.contains("at least 32"), "{e}");
         let t = T::parse_from(["x", "--jwt-secret", "0123456789abcdef0123456789abcdef", "--history-memory", "64M"]);
-        let (_, _, c, _) = settings(t.a).unwrap();
+        let c = settings(t.a).unwrap().config;
         assert!(!c.anonymous());
         assert_eq!(c.history_memory, 64 << 20);
         assert!(c.deflate);
-        let (_, _, c, _) = settings(T::parse_from(["x", "--deflate", "false"]).a).unwrap();
+        let c = settings(T::parse_from(["x", "--deflate", "false"]).a).unwrap().config;
         assert!(!c.deflate);
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("512KiB"), Ok(512 << 10));
@@ -681,14 +809,38 @@ mod tests {
     }
 
     #[test]
+    fn server_core_flags() {
+        let s = settings(T::parse_from(["x"]).a).unwrap();
+        assert_eq!((s.core, s.http_addr), (Core::Tokio, None));
+        let s = settings(T::parse_from(["x", "--core", "io-uring", "--http-addr", "127.0.0.1:8081"]).a).unwrap();
+        assert_eq!((s.core, s.http_addr), (Core::IoUring, Some("127.0.0.1:8081".parse().unwrap())));
+        // The HTTP API has a port of its own on the event-driven core, and none apart on tokio.
+        let e = format!(
+            "{:#}",
+            settings(T::parse_from(["x", "--core", "epoll", "--http-addr", "127.0.0.1:8080"]).a).unwrap_err()
+        );
+        assert!(e.contains("--http-addr must differ"), "{e}");
+        let e = format!("{:#}", settings(T::parse_from(["x", "--http-addr", "127.0.0.1:8081"]).a).unwrap_err());
+        assert!(e.contains("--core epoll or io-uring"), "{e}");
+        // From the file too.
+        let dir = std::env::temp_dir().join(format!("weft-core-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("weft.toml");
+        std::fs::write(&f, "core = \"epoll\"\nhttp_addr = \"127.0.0.1:9999\"\n").unwrap();
+        let s = settings(T::parse_from(["x", "--config", f.to_str().unwrap()]).a).unwrap();
+        assert_eq!((s.core, s.http_addr.map(|a| a.port())), (Core::Epoll, Some(9999)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn snapshot_sources() {
         use weft_server::snapshot::Snapshots;
-        let (_, _, c, _) = settings(T::parse_from(["x"]).a).unwrap();
+        let c = settings(T::parse_from(["x"]).a).unwrap().config;
         assert!(matches!(c.snapshots, Snapshots::Off));
-        let (_, _, c, _) = settings(T::parse_from(["x", "--snapshots", "last"]).a).unwrap();
+        let c = settings(T::parse_from(["x", "--snapshots", "last"]).a).unwrap().config;
         assert!(matches!(c.snapshots, Snapshots::LastEvent));
         let t = T::parse_from(["x", "--snapshots", "https://state.local/s?key=s3cret", "--snapshot-timeout", "0.5"]);
-        let (_, _, c, _) = settings(t.a).unwrap();
+        let c = settings(t.a).unwrap().config;
         assert!(matches!(c.snapshots, Snapshots::Provider(_)));
         assert_eq!(c.snapshot_timeout, Duration::from_millis(500));
         let e = format!("{:#}", settings(T::parse_from(["x", "--snapshots", "ftp://x/?key=s3cret"]).a).unwrap_err());
@@ -698,9 +850,9 @@ mod tests {
     #[test]
     fn secure_channel_flags() {
         use weft_server::secure::{IdentityKey, SecurePolicy};
-        let (_, _, c, _) = settings(T::parse_from(["x"]).a).unwrap();
+        let c = settings(T::parse_from(["x"]).a).unwrap().config;
         assert_eq!((c.secure, c.secure_identity.is_none()), (SecurePolicy::Allow, true));
-        let (_, _, c, _) = settings(T::parse_from(["x", "--secure", "require"]).a).unwrap();
+        let c = settings(T::parse_from(["x", "--secure", "require"]).a).unwrap().config;
         assert_eq!(c.secure, SecurePolicy::Require);
         assert!(settings(T::parse_from(["x", "--secure", "maybe"]).a).is_err());
         let dir = std::env::temp_dir().join(format!("weft-secure-{}", std::process::id()));
@@ -708,7 +860,7 @@ mod tests {
         let (key, der) = IdentityKey::generate().unwrap();
         let path = dir.join("id.der");
         std::fs::write(&path, der).unwrap();
-        let (_, _, c, _) = settings(T::parse_from(["x", "--secure-key", path.to_str().unwrap()]).a).unwrap();
+        let c = settings(T::parse_from(["x", "--secure-key", path.to_str().unwrap()]).a).unwrap().config;
         assert_eq!(c.secure_identity.unwrap().public_key(), key.public_key());
         // A key with the channel off, and a file that is no key, stop the start.
         let e = settings(T::parse_from(["x", "--secure", "off", "--secure-key", path.to_str().unwrap()]).a);

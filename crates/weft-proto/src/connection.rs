@@ -159,6 +159,9 @@ pub struct Connection {
     // Output.
     out: VecDeque<Bytes>,
     out_head_written: usize,
+    /// Chunks at the front of `out` lent by [`transmit_chunks`](Self::transmit_chunks) to a
+    /// write still in flight: [`discard_unsent`](Self::discard_unsent) keeps them.
+    out_lent: u32,
     cork: BytesMut,
     buffered: usize,
     vectored: bool,
@@ -196,6 +199,7 @@ impl Connection {
             deflate: None,
             out: VecDeque::new(),
             out_head_written: 0,
+            out_lent: 0,
             cork: BytesMut::new(),
             buffered: 0,
             vectored: true,
@@ -325,7 +329,8 @@ impl Connection {
     /// assert!(!c.wants_input()); // write first
     /// ```
     pub fn wants_input(&self) -> bool {
-        !self.input_paused && !self.above_high_water()
+        // A pause ends with our close frame: the peer's answer to it must be read.
+        (!self.input_paused || self.state == State::CloseSent) && !self.above_high_water()
     }
 
     /// Whether more than [`Config::write_buffer_high_water`] bytes wait to be written.
@@ -335,8 +340,9 @@ impl Connection {
 
     /// Stop (`true`) or resume (`false`) reading for the application's own reasons — a request
     /// still being answered, say: [`wants_input`](Self::wants_input) says `false` while paused,
-    /// whatever the output. Input already handed over is processed as usual; adapters that
-    /// follow `wants_input` read no more until it is resumed.
+    /// whatever the output, until it is resumed or we send a close frame (then the peer's
+    /// answer must be read: messages that come before it are still reported, the
+    /// application may ignore them). Input already handed over is processed as usual.
     ///
     /// ```
     /// use std::time::Instant;
@@ -346,6 +352,10 @@ impl Connection {
     /// c.pause_input(true);
     /// assert!(!c.wants_input() && !c.is_idle());
     /// c.pause_input(false);
+    /// assert!(c.wants_input());
+    /// // Once we sent a close frame, input is read again (the peer's close must arrive).
+    /// c.pause_input(true);
+    /// c.close(None).unwrap();
     /// assert!(c.wants_input());
     /// ```
     pub fn pause_input(&mut self, paused: bool) {
@@ -1016,7 +1026,8 @@ impl Connection {
     /// assert_eq!(c.buffered_amount(), 2 + 2 + 13); // only the close frame is left
     /// ```
     pub fn discard_unsent(&mut self) -> usize {
-        let keep = usize::from(self.out_head_written > 0);
+        // A chunk partly written, and chunks lent to a write in flight, go out whole.
+        let keep = usize::from(self.out_head_written > 0).max(self.out_lent as usize);
         let mut dropped = 0;
         while self.out.len() > keep {
             dropped += self.out.pop_back().map_or(0, |c| c.len());
@@ -1082,6 +1093,7 @@ impl Connection {
             f(if i == 0 { chunk.slice(self.out_head_written..) } else { chunk.clone() });
             n += 1;
         }
+        self.out_lent = n as u32;
         n
     }
 
@@ -1093,6 +1105,7 @@ impl Connection {
         let mut chunk = self.out.pop_front()?;
         chunk.advance(self.out_head_written);
         self.out_head_written = 0;
+        self.out_lent = self.out_lent.saturating_sub(1);
         self.buffered -= chunk.len();
         Some(chunk)
     }
@@ -1106,6 +1119,7 @@ impl Connection {
                 n -= front;
                 self.out.pop_front();
                 self.out_head_written = 0;
+                self.out_lent = self.out_lent.saturating_sub(1);
             } else {
                 self.out_head_written += n;
                 n = 0;
@@ -1348,6 +1362,7 @@ impl IdleConnection {
             deflate: self.deflate,
             out: VecDeque::new(),
             out_head_written: 0,
+            out_lent: 0,
             cork: BytesMut::new(),
             buffered: 0,
             vectored: self.vectored,

@@ -813,3 +813,32 @@ fn compression_contexts_decide_whether_a_connection_is_idle() {
         }
     }
 }
+
+/// Output lent to a write in flight (`transmit_chunks`, as io_uring sends) is not discarded by
+/// `discard_unsent`: the kernel may still be sending it, and its completion advances past it.
+/// (Dropping it left the count of queued bytes short, and the completion underflowed it.)
+#[test]
+fn discard_unsent_keeps_what_is_lent_to_a_write_in_flight() {
+    let mut c = Connection::new(Role::Server, Config::default(), Instant::now());
+    for _ in 0..4 {
+        c.send(Message::binary(vec![7u8; 100])).unwrap();
+        c.transmit_chunks(0, |_| {}); // lends nothing; each message its own chunk
+    }
+    let total = c.buffered_amount();
+    let mut lent = Vec::new();
+    assert_eq!(c.transmit_chunks(2, |b| lent.push(b)), 2);
+    let lent_bytes: usize = lent.iter().map(|b| b.len()).sum();
+    // The two chunks not lent go; the two lent stay.
+    assert_eq!(c.discard_unsent(), total - lent_bytes);
+    c.close(Some(CloseFrame::new(CloseCode::POLICY, "slow consumer"))).unwrap();
+    let close = c.buffered_amount() - lent_bytes;
+    // The write completes in two parts; then the close frame is all that is left.
+    c.advance_transmit(150);
+    c.advance_transmit(lent_bytes - 150);
+    assert_eq!(c.buffered_amount(), close);
+    let mut rest = Vec::new();
+    c.transmit_chunks(8, |b| rest.push(b));
+    assert_eq!(rest.concat()[..2], [0x88, 15]);
+    c.advance_transmit(close);
+    assert!(!c.has_transmit());
+}

@@ -129,8 +129,8 @@ impl Handler for EngineHandler {
     }
 
     fn on_message(&mut self, ls: &mut LoopSession, conn: &mut Conn<'_>, msg: Payload<'_>) {
-        if ls.ending.is_some() {
-            return; // no more requests are read
+        if ls.ending.is_some() || conn.connection().is_closing() {
+            return; // no more requests are answered: our close frame is on its way
         }
         ls.waiting.push_back(match msg {
             Payload::Text(t) => Message::text(t.to_owned()),
@@ -202,10 +202,13 @@ impl LoopSession {
         if self.ending.is_none() {
             self.check_expiry(&mut cx);
         }
+        if self.ending.is_none() {
+            self.write(conn, batch);
+        }
+        // (Also when writing just decided it: a slow consumer's outbox that overflowed wakes
+        // nobody again.)
         if self.ending.is_some() {
             self.finish_end(conn, batch, &mut cx);
-        } else {
-            self.write(conn, batch);
         }
         let behind = self.busy.is_some()
             || !self.waiting.is_empty()

@@ -427,3 +427,86 @@ fn client_refuses_http_urls_and_shows_refused_upgrades() {
     assert!(stderr.contains("401"), "{stderr}");
     assert!(stderr.contains("missing token"), "the body of the refusal: {stderr}");
 }
+
+/// A log that the test can read while the server runs.
+#[derive(Clone, Default)]
+struct SharedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for SharedLog {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// `weft serve --core epoll|io-uring`: WebSockets on the event loops (fan-out through them
+/// without gaps or losses), the HTTP API on `--http-addr` (whose /metrics counts the loops'
+/// connections), nothing but WebSockets on `--addr`, and SIGTERM ends it with exit 0.
+#[test]
+fn serve_on_the_event_driven_core() {
+    for (core, says) in [("epoll", "epoll"), ("io-uring", "io_uring")] {
+        let log = SharedLog::default();
+        let args = [
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--core",
+            core,
+            "--threads",
+            "2",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--rate-limit",
+            "1000000",
+            "--rate-burst",
+            "1000000",
+        ];
+        let l = common::spawn_listening(Command::new(WEFT).args(args), Box::new(log.clone()));
+        let (mut serve, port) = (Kill(l.child), l.port);
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let fell_back =
+            says == "io_uring" && std::env::var_os("WEFT_REQUIRE_IO_URING").is_none() && text.contains("core=epoll");
+        assert!(fell_back || text.contains(&format!("core={says}")), "{core}: {text}");
+        let at = text.find("dashboard http://127.0.0.1:").expect("the HTTP API's address") + 27;
+        let http: u16 = text[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap();
+        let url = format!("ws://127.0.0.1:{port}/ws");
+        let pid = serve.0.id().to_string();
+        let r = bench_json(&["fanout", "--url", &url, "--subscribers", "50", "--duration", "1", "--server-pid", &pid]);
+        assert_eq!(r["connected"], 50, "{core}: {r}");
+        assert!(r["published"].as_u64().unwrap() > 0, "{core}: {r}");
+        assert_eq!(r["deliveries"], r["expected"], "{core}: {r}");
+        assert_eq!(
+            (r["gaps"].as_u64(), r["duplicates"].as_u64(), r["disconnected"].as_u64()),
+            (Some(0), Some(0), Some(0)),
+            "{core}: {r}"
+        );
+        // The HTTP API is on its own port; the WebSocket port serves WebSockets only.
+        let health = http_get(http, "/healthz");
+        assert!(health.starts_with("HTTP/1.1 200"), "{core}: {health}");
+        let metrics = http_get(http, "/metrics");
+        let total = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("weft_connections_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{core}: no weft_connections_total in {metrics}"));
+        assert!(total >= 51.0, "{core}: the loops' connections are counted: {total}");
+        let other = http_get(port, "/healthz");
+        assert!(other.starts_with("HTTP/1.1 426"), "{core}: {other}"); // an upgrade, or nothing
+        // Graceful stop.
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert_eq!(wait_exit(&mut serve.0, Duration::from_secs(10)).code(), Some(0), "{core}");
+    }
+}

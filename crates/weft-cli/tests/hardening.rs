@@ -263,3 +263,34 @@ fn event_driven_echo_under_attack(core: &str, says: &str) {
     assert_eq!(echo, [0x81, 0x02, b'o', b'k']);
     drop(stalled);
 }
+
+/// `weft serve --core epoll|io-uring` under the same ping floods as the task version: with the
+/// rate limit out of the way backpressure keeps it small, and with the default limit the flood
+/// is cut with a close instead of lasting.
+#[test]
+fn the_engine_on_the_event_driven_core_stays_small_under_a_ping_flood() {
+    for core in ["epoll", "io-uring"] {
+        let srv = serve(
+            &["--core", core, "--http-addr", "127.0.0.1:0", "--rate-limit", "1000000000", "--rate-burst", "4000000000"],
+            None,
+        );
+        let pid = srv.child.id();
+        let before = rss(pid);
+        let mut s = upgrade(srv.port);
+        let (sent, _) = ping_flood(&mut s, Duration::from_secs(5));
+        let after = rss(pid);
+        assert!(
+            after < 64 << 20,
+            "{core}: RSS {} MiB after {} MiB of pings (was {} MiB)",
+            after >> 20,
+            sent >> 20,
+            before >> 20
+        );
+        let srv = serve(&["--core", core, "--http-addr", "127.0.0.1:0"], None);
+        let mut s = upgrade(srv.port);
+        let t0 = Instant::now();
+        let (_, cut) = ping_flood(&mut s, Duration::from_secs(20));
+        assert!(cut && t0.elapsed() < Duration::from_secs(10), "{core}: flood not cut after {:?}", t0.elapsed());
+        assert!(rss(srv.child.id()) < 64 << 20);
+    }
+}

@@ -8,6 +8,8 @@
 #                              each at the sustainable maximum and paced; 3 rounds (~25 min)
 #   bench/fanout.sh --quick    tiers 10 and 1,000, 1 round (~2 min)
 #
+# Memory per subscriber is read 2.5 s after the last subscribed (FANOUT_SETTLE): long enough for
+# the event-driven core to store idle connections small. FANOUT_SERVERS="weft weft-uring" picks servers.
 # Placement: every server on CPU 0 (weft and the floor with one runtime thread), the generator
 # (`weft bench fanout`, one thread) on CPU 1. Results: bench/out/fanout.jsonl, summary printed
 # by bench/fanout_summary.py. The generator receives straight off the socket (`--receiver raw`);
@@ -36,11 +38,18 @@ ulimit -n "$(ulimit -Hn)"
 declare -A CMD PROTO URL
 CMD[weft]="$WEFT serve --threads 1 --addr 127.0.0.1:PORT --rate-limit 1000000000 --rate-burst 1000000000 --max-connections 30000"
 PROTO[weft]=weft; URL[weft]="ws://127.0.0.1:PORT/ws"
+# The engine's WebSockets on the event-driven core: its loop and the runtime thread (broker,
+# timers) both on CPU 0.
+CMD[weft-epoll]="$WEFT serve --core epoll --threads 1 --addr 127.0.0.1:PORT --rate-limit 1000000000 --rate-burst 1000000000 --max-connections 30000"
+PROTO[weft-epoll]=weft; URL[weft-epoll]="ws://127.0.0.1:PORT/ws"
+CMD[weft-uring]="$WEFT serve --core io-uring --threads 1 --addr 127.0.0.1:PORT --rate-limit 1000000000 --rate-burst 1000000000 --max-connections 30000"
+PROTO[weft-uring]=weft; URL[weft-uring]="ws://127.0.0.1:PORT/ws"
 CMD[wse-server]="$WSE_VENV/bin/python bench/peers/python/wse_fanout.py --port PORT"
 PROTO[wse-server]=plain; URL[wse-server]="ws://127.0.0.1:PORT/"
 CMD[tungstenite-floor]="$PEERS broadcast --threads 1 --port PORT"
 PROTO[tungstenite-floor]=plain; URL[tungstenite-floor]="ws://127.0.0.1:PORT/"
-SERVERS=(weft wse-server tungstenite-floor)
+SERVERS=(weft weft-epoll weft-uring wse-server tungstenite-floor)
+[[ -n "${FANOUT_SERVERS:-}" ]] && read -r -a SERVERS <<< "$FANOUT_SERVERS"
 
 if [[ $QUICK == 1 ]]; then TIERS=(10 1000); else TIERS=(10 1000 10000 19000); fi
 [[ -n "${BENCH_TIERS:-}" ]] && read -r -a TIERS <<< "$BENCH_TIERS"
@@ -59,7 +68,8 @@ run_one() { # server subscribers mode round
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   if [[ $mode == paced ]]; then extra=(--rate "${RATE[$n]:-1}" --duration 10); else extra=(--duration 5); fi
   line=$(taskset -c 1 "$WEFT" bench fanout --protocol "${PROTO[$s]}" --url "${URL[$s]//PORT/$port}" \
-           --subscribers "$n" --size 256 --server-pid "$pid" --json --receiver "${FANOUT_RECEIVER:-raw}" "${extra[@]}" \
+           --subscribers "$n" --size 256 --server-pid "$pid" --json --receiver "${FANOUT_RECEIVER:-raw}" \
+           --settle "${FANOUT_SETTLE:-2.5}" "${extra[@]}" \
            2>"$OUT/fanout-gen.err") \
     || line='{"error":"run failed"}'
   kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true

@@ -478,19 +478,20 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .map_err(|e| anyhow::anyhow!("--secure-key {}: {e}", path.display()))?;
         c.secure_identity = Some(std::sync::Arc::new(key));
     }
+    let core = pick!(core).unwrap_or(Core::Tokio);
+    let http_addr = pick!(http_addr);
+    // Refused before the files are read, so the refusal is the same whatever they hold.
+    if core != Core::Tokio && (args.tls.tls_cert.is_some() || file.tls_cert.is_some()) {
+        bail!(
+            "--core epoll and --core io-uring serve cleartext HTTP/1.1 WebSockets only; TLS, HTTP/2 and HTTP/3 run on --core tokio"
+        );
+    }
     let tls = TlsArgs::load(
         args.tls.tls_cert.clone().or(file.tls_cert.clone()),
         args.tls.tls_key.clone().or(file.tls_key.clone()),
     )?;
     c.validate().map_err(anyhow::Error::msg)?;
-    let core = pick!(core).unwrap_or(Core::Tokio);
-    let http_addr = pick!(http_addr);
     if core != Core::Tokio {
-        if tls.is_some() {
-            bail!(
-                "--core epoll and --core io-uring serve cleartext HTTP/1.1 WebSockets only; TLS, HTTP/2 and HTTP/3 run on --core tokio"
-            );
-        }
         if http_addr == Some(addr) && addr.port() != 0 {
             bail!("--http-addr must differ from --addr: the event-driven core serves only WebSockets on --addr");
         }
@@ -692,7 +693,12 @@ async fn serve_on_loops(
     }
     let http = match http_addr {
         Some(a) => {
-            let l = tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding {a} (--http-addr)"))?;
+            let l = if std::env::var_os(WORKER_ENV).is_some() {
+                crate::workers::reuseport_listener(a)
+                    .with_context(|| format!("binding {a} (--http-addr, SO_REUSEPORT)"))?
+            } else {
+                tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding {a} (--http-addr)"))?
+            };
             let a = l.local_addr()?;
             let engine = engine.clone();
             Some((a, tokio::spawn(async move { engine.serve(l).await })))
@@ -820,6 +826,11 @@ mod tests {
             settings(T::parse_from(["x", "--core", "epoll", "--http-addr", "127.0.0.1:8080"]).a).unwrap_err()
         );
         assert!(e.contains("--http-addr must differ"), "{e}");
+        // TLS is refused on the event-driven core before its files are read.
+        let t =
+            T::parse_from(["x", "--core", "epoll", "--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"]);
+        let e = format!("{:#}", settings(t.a).unwrap_err());
+        assert!(e.contains("cleartext HTTP/1.1 WebSockets only"), "{e}");
         let e = format!("{:#}", settings(T::parse_from(["x", "--http-addr", "127.0.0.1:8081"]).a).unwrap_err());
         assert!(e.contains("--core epoll or io-uring"), "{e}");
         // From the file too.

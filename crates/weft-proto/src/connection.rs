@@ -1026,6 +1026,9 @@ impl Connection {
     /// assert_eq!(c.buffered_amount(), 2 + 2 + 13); // only the close frame is left
     /// ```
     pub fn discard_unsent(&mut self) -> usize {
+        if self.state != State::Open {
+            return 0; // our close frame is queued: it goes, and what precedes it
+        }
         // A chunk partly written, and chunks lent to a write in flight, go out whole.
         let keep = usize::from(self.out_head_written > 0).max(self.out_lent as usize);
         let mut dropped = 0;
@@ -1315,6 +1318,11 @@ impl Connection {
     /// Whether the connection has ended (an [`Event::Closed`] was or will be reported).
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
+    }
+
+    /// When the close handshake times out: set while our close frame waits for the peer's.
+    pub fn close_deadline(&self) -> Option<Instant> {
+        self.close_deadline
     }
 
     /// Whether we sent a close frame (data can no longer be sent).

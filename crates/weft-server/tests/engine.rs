@@ -988,6 +988,48 @@ async fn graceful_shutdown_delivers_every_acknowledged_client_publish() {
     tokio::time::timeout(T, h).await.unwrap().unwrap().unwrap();
 }
 
+/// A shutdown while a subscriber's output is backed up (it stopped reading, events far larger
+/// than the write buffer's high-water mark, more published after the shutdown began): once it
+/// reads again it gets everything that was queued, in order, then the 1001 — not a slow-consumer
+/// close, and not a close frame dropped with the unsent output.
+#[tokio::test]
+async fn shutdown_with_output_backed_up_ends_with_1001_after_everything_queued() {
+    let cfg = EngineConfig { queue_size: 1024, ..Default::default() };
+    let (addr, engine, h) = start(cfg).await;
+    let mut sub = Client::connect(addr, "").await;
+    subscribe(&mut sub, &["big"]).await;
+    let payload = json!("y".repeat(16 * 1024));
+    for _ in 0..300 {
+        engine.publish("big", payload.clone()).await.unwrap(); // 4.8 MB: beyond socket buffers
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    engine.shutdown();
+    for _ in 0..20 {
+        let _ = engine.publish("big", payload.clone()).await; // refused or queued: either way in order
+    }
+    let mut last = 0;
+    loop {
+        match tokio::time::timeout(T, sub.ws.recv()).await.expect("timed out") {
+            Some(Ok(Message::Text(t))) => {
+                let e: Value = serde_json::from_str(t.as_str()).unwrap();
+                let off = e["offset"].as_u64().unwrap();
+                assert_eq!(off, last + 1, "in order, nothing missing");
+                last = off;
+            }
+            Some(Ok(Message::Close(f))) => {
+                assert_eq!(f.map(|f| f.code.0), Some(1001));
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("subscriber: {other:?} after offset {last}"),
+        }
+    }
+    assert!(last >= 300, "everything queued before the shutdown arrives: {last}");
+    assert_eq!(engine.metrics().slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed), 0);
+    drop(sub);
+    tokio::time::timeout(T, h).await.unwrap().unwrap().unwrap();
+}
+
 /// The Python `websockets` client against the engine (tests/py/engine_client.py).
 #[tokio::test]
 async fn python_websockets_client() {

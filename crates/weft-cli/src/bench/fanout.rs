@@ -84,6 +84,11 @@ pub(crate) struct FanoutArgs {
     /// in `--json`).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Seconds to wait after the last subscriber subscribed before reading the server's memory
+    /// (`server_rss_per_subscriber`): longer for servers that store idle connections small
+    /// after a quiet period (`weft serve --core`: between 1 and 2 s).
+    #[arg(long, default_value_t = 0.5)]
+    settle: f64,
     /// JSON output.
     #[arg(long)]
     pub(crate) json: bool,
@@ -555,7 +560,7 @@ async fn bench(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
     }
     let connected = sh.connected.load(Ordering::Relaxed);
     anyhow::ensure!(connected > 0, "no subscriber could connect and subscribe");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_secs_f64(args.settle.clamp(0.0, 600.0))).await;
     let rss1 = args.server_pid.and_then(procfs::rss_bytes);
 
     // Publisher: its own connection, pipelined publishes.

@@ -259,8 +259,13 @@ impl LoopSession {
     /// Move the outbox into the connection while its output is below the high-water mark.
     fn write(&mut self, conn: &mut Conn<'_>, batch: &mut Vec<Out>) {
         let Some(s) = self.s.as_mut() else { return }; // busy: written once the request is answered
+        if conn.connection().is_closing() {
+            return; // the loop's 1001 at a stop is queued: nothing may follow it
+        }
         loop {
-            if conn.connection().above_high_water() {
+            // At a shutdown the loop's last wake moves everything queued in, ahead of the 1001
+            // (bounded by the outbox: `queue_size` messages).
+            if conn.connection().above_high_water() && !*s.shared.shutdown.borrow() {
                 // Not draining: an outbox that overflowed meanwhile ends the session now.
                 if s.sub.outbox.is_closing() {
                     self.end(End::SlowConsumer);
@@ -270,10 +275,15 @@ impl LoopSession {
             match s.feed_queued(batch, &mut |m| conn.connection().send_encoded(m).is_ok()) {
                 Ok(true) => {}
                 Ok(false) => return,
-                // The outbox overflowed (slow consumer), or the connection refused more output.
-                Err(_) => {
+                // The outbox overflowed: a slow consumer.
+                Err(End::SlowConsumer) => {
                     batch.clear();
                     return self.end(End::SlowConsumer);
+                }
+                // The connection refused more output (it is closing).
+                Err(_) => {
+                    batch.clear();
+                    return;
                 }
             }
         }

@@ -824,10 +824,10 @@ fn fire<H: Handler>(
         State::Open { conn, .. } if conn.poll_timeout().is_none_or(|d| now < d) => Fired::Drive,
         State::Open { conn, session } => {
             let conn = conn.get();
-            let closing = conn.is_closing();
+            let close_timed_out = conn.close_deadline().is_some_and(|d| now >= d);
             conn.handle_timeout(now);
             drain_events(handler, conn, session, id, generation);
-            if closing && conn.is_closed() {
+            if close_timed_out {
                 // The close handshake timed out: a peer that never answered it (one flooding
                 // us, say) is not waited for again while the socket lingers.
                 Fired::Remove { failed_handshake: false }

@@ -586,16 +586,7 @@ async fn serve(
     config: EngineConfig,
     tls: Option<std::sync::Arc<weft::tls::ReloadableCert>>,
 ) -> anyhow::Result<()> {
-    crate::procfs::raise_nofile_limit();
-    let anonymous = config.anonymous();
-    let open_api = config.api_key.is_none();
-    if let Some(k) = &config.secure_identity {
-        tracing::info!(key = %k.public_key_base64(), "secure channel identity (clients pin this public key)");
-    }
-    let engine = Engine::connect(config).await.map_err(anyhow::Error::msg)?;
-    if let Some(c) = engine.stats().cluster {
-        tracing::info!(node = %c.node, nodes = c.nodes, "joined the cluster over {}", c.broker);
-    }
+    let (engine, anonymous, open_api) = start_engine(config).await?;
     let listener = if std::env::var_os(WORKER_ENV).is_some() {
         crate::workers::reuseport_listener(addr).with_context(|| format!("binding {addr} (SO_REUSEPORT)"))?
     } else {
@@ -658,15 +649,8 @@ async fn serve(
     Ok(())
 }
 
-/// `weft serve --core epoll|io-uring`: the engine's WebSockets on event loops (`loops`
-/// listeners sharing `addr`), its HTTP API on `http_addr` when given.
-async fn serve_on_loops(
-    addr: SocketAddr,
-    http_addr: Option<SocketAddr>,
-    core: Core,
-    loops: usize,
-    config: EngineConfig,
-) -> anyhow::Result<()> {
+/// The engine, connected to its broker; whether it runs anonymously and with an open API.
+async fn start_engine(config: EngineConfig) -> anyhow::Result<(Engine, bool, bool)> {
     crate::procfs::raise_nofile_limit();
     let anonymous = config.anonymous();
     let open_api = config.api_key.is_none();
@@ -677,6 +661,19 @@ async fn serve_on_loops(
     if let Some(c) = engine.stats().cluster {
         tracing::info!(node = %c.node, nodes = c.nodes, "joined the cluster over {}", c.broker);
     }
+    Ok((engine, anonymous, open_api))
+}
+
+/// `weft serve --core epoll|io-uring`: the engine's WebSockets on event loops (`loops`
+/// listeners sharing `addr`), its HTTP API on `http_addr` when given.
+async fn serve_on_loops(
+    addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    core: Core,
+    loops: usize,
+    config: EngineConfig,
+) -> anyhow::Result<()> {
+    let (engine, anonymous, open_api) = start_engine(config).await?;
     // SO_REUSEPORT whenever the port is shared: by several loops, or by `--workers` processes.
     let reuseport = loops > 1 || std::env::var_os(WORKER_ENV).is_some();
     let first = crate::echo_loop::listener(addr, reuseport).with_context(|| format!("binding {addr}"))?;

@@ -53,12 +53,14 @@ pub(crate) enum Out {
     /// delivery latency).
     Event(Arc<Event>, SlowConsumerPolicy, bool),
     Notice(Arc<Notice>),
-    Reply(EncodedMessage),
+    /// (Boxed, like the other replies: an entry is 16 bytes instead of 112, which every
+    /// connection's queue holds room for and every event moves.)
+    Reply(Box<EncodedMessage>),
     /// The `secured` reply: written in clear, and everything after it sealed.
-    Secured(EncodedMessage),
+    Secured(Box<EncodedMessage>),
     /// A snapshot: like a reply, but no later event may be moved ahead of it (the `latest`
     /// policy's conflation stops here), as its state would then overwrite a newer event's.
-    Fence(EncodedMessage),
+    Fence(Box<EncodedMessage>),
     /// A reply whose content is not known yet; draining stops here until it is filled.
     Slot(u64),
 }
@@ -298,7 +300,7 @@ impl Outbox {
             st.clear();
             self.metrics.slow_consumer_disconnects.fetch_add(1, Ordering::Relaxed);
         } else {
-            st.queue.push_back(Out::Reply(m));
+            st.queue.push_back(Out::Reply(Box::new(m)));
         }
         drop(st);
         self.notify.notify_one();
@@ -308,7 +310,7 @@ impl Outbox {
     pub(crate) fn push_secured(&self, m: EncodedMessage) {
         let mut st = self.lock();
         if st.closing.is_none() {
-            st.queue.push_back(Out::Secured(m));
+            st.queue.push_back(Out::Secured(Box::new(m)));
         }
         drop(st);
         self.notify.notify_one();
@@ -328,7 +330,7 @@ impl Outbox {
     pub(crate) fn fill(&self, slot: u64, m: EncodedMessage) {
         let mut st = self.lock();
         if let Some(o) = st.queue.iter_mut().find(|o| matches!(o, Out::Slot(s) if *s == slot)) {
-            *o = Out::Reply(m);
+            *o = Out::Reply(Box::new(m));
         }
         drop(st);
         self.notify.notify_one();
@@ -342,7 +344,7 @@ impl Outbox {
         if st.queue.len() + events.len() > self.capacity {
             return self.close_slow(st);
         }
-        st.queue[i] = Out::Fence(m);
+        st.queue[i] = Out::Fence(Box::new(m));
         for (k, e) in events.iter().enumerate() {
             let o = Out::Event(Arc::clone(e), SlowConsumerPolicy::Disconnect, false);
             State::count(&mut st.levels, &o, true);
@@ -407,6 +409,12 @@ mod tests {
     use super::*;
     use crate::wire::Format;
     use serde_json::json;
+
+    /// Every connection's queue holds room for a few entries, and every event moves one.
+    #[test]
+    fn an_entry_is_small() {
+        assert!(std::mem::size_of::<Out>() <= 16, "{} bytes", std::mem::size_of::<Out>());
+    }
 
     fn ev(topic: &str, off: u64) -> Arc<Event> {
         Arc::new(Event::new(topic.into(), off, "e".into(), None, json!(off)))

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) dead_letters: Arc<crate::dead::DeadLetters>,
     /// One dead-letter replay at a time (two would publish a letter twice).
     replaying: tokio::sync::Mutex<()>,
+    /// The key sessions hash the topics they touch with (the churn limit): random per process.
+    pub(crate) churn_keys: std::collections::hash_map::RandomState,
 }
 
 impl Shared {
@@ -233,6 +235,7 @@ impl Engine {
             snapshot_permits,
             dead_letters,
             replaying: tokio::sync::Mutex::new(()),
+            churn_keys: Default::default(),
         });
         tokio::spawn(upkeep(Arc::downgrade(&shared)));
         Ok(Self { shared })

@@ -1,7 +1,8 @@
 //! One WebSocket connection of the engine: reads requests, answers them, and writes its
 //! outbound queue in batches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -45,6 +46,41 @@ const PUBLISH_PIPELINE: usize = 64;
 type PublishDone = (u64, Option<serde_json::Value>, String, Result<crate::wire::Position, crate::broker::BrokerError>);
 type PendingPublish = std::pin::Pin<Box<dyn std::future::Future<Output = PublishDone> + Send>>;
 
+/// Publishes in flight, in request order: allocated by the first and freed once the last is
+/// answered, so a session that is not publishing holds nothing for them.
+#[derive(Default)]
+struct Publishes(Option<Box<FuturesOrdered<PendingPublish>>>);
+
+impl Publishes {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |f| f.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, p: PendingPublish) {
+        self.0.get_or_insert_with(Default::default).push_back(p);
+    }
+}
+
+impl futures_util::Stream for Publishes {
+    type Item = PublishDone;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<PublishDone>> {
+        let Some(f) = self.0.as_mut() else { return std::task::Poll::Ready(None) };
+        let r = f.poll_next_unpin(cx);
+        if f.is_empty() {
+            self.0 = None;
+        }
+        r
+    }
+}
+
 struct Session {
     shared: Arc<Shared>,
     identity: Identity,
@@ -53,19 +89,22 @@ struct Session {
     /// permessage-deflate negotiated with a full window: events go out in their shared
     /// compressed form.
     deflate: bool,
-    subscriptions: HashMap<String, Pattern>,
+    /// What this connection subscribed to, found by its text.
+    subscriptions: HashSet<Pattern>,
     bucket: TokenBucket,
     rejected_in_a_row: u32,
-    /// Distinct topics touched in the current churn window, and when it started.
-    touched: HashSet<Box<str>>,
+    /// Distinct topics touched in the current churn window (their keyed hashes, sorted: 8
+    /// bytes a topic, freed when a new window starts), and when the window started.
+    touched: Vec<u64>,
     window_start: Instant,
     /// When the token's authority ends (exp + leeway); `None` without JWT.
     expires_at: Option<tokio::time::Instant>,
     /// Consecutive publishes in flight to a networked broker, in request order (in a mutex only
     /// to make the session `Sync`; reached through `get_mut`, never locked).
-    publishes: std::sync::Mutex<FuturesOrdered<PendingPublish>>,
-    /// This connection's snapshots being taken (at most [`MAX_SNAPSHOTS_IN_FLIGHT`]).
-    snapshots_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    publishes: std::sync::Mutex<Publishes>,
+    /// This connection's snapshots being taken (at most [`MAX_SNAPSHOTS_IN_FLIGHT`]), from its
+    /// first snapshot on.
+    snapshots_in_flight: Option<Arc<std::sync::atomic::AtomicUsize>>,
     /// The secure channel, once a `secure` request was accepted: from then on every data
     /// message received must be sealed.
     secure: Option<Box<crate::secure::Channel>>,
@@ -114,10 +153,10 @@ impl Session {
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let session: Arc<str> = format!("{:08x}{:08x}", shared.node, id).into();
         let (size, metrics) = (shared.config.queue_size, Arc::clone(&shared.metrics));
-        let outbox = Arc::new(match waker {
+        let outbox = match waker {
             Some(w) => Outbox::waking(size, metrics, w),
             None => Outbox::new(size, metrics),
-        });
+        };
         let member =
             Member { user: Arc::clone(&identity.user), session: Arc::clone(&session), info: identity.info.clone() };
         let sub = Arc::new(Subscriber { id, member, outbox, filters: Default::default() });
@@ -126,7 +165,7 @@ impl Session {
         tracing::debug!(session = %session, user = %identity.user, "session started");
         let s = Session {
             bucket: TokenBucket::new(shared.config.rate_limit, shared.config.rate_burst, Instant::now()),
-            touched: HashSet::new(),
+            touched: Vec::new(),
             window_start: Instant::now(),
             expires_at,
             shared,
@@ -134,10 +173,10 @@ impl Session {
             sub,
             format,
             deflate,
-            subscriptions: HashMap::new(),
+            subscriptions: HashSet::new(),
             rejected_in_a_row: 0,
-            publishes: std::sync::Mutex::new(FuturesOrdered::new()),
-            snapshots_in_flight: Arc::default(),
+            publishes: std::sync::Mutex::default(),
+            snapshots_in_flight: None,
             secure: None,
             sealing: false,
         };
@@ -189,7 +228,7 @@ impl Session {
 
     /// Remove every subscription (nothing new reaches the outbox after this).
     fn unsubscribe_all(&mut self) {
-        let targets: Vec<Pattern> = self.subscriptions.drain().map(|(_, p)| p).collect();
+        let targets: Vec<Pattern> = self.subscriptions.drain().collect();
         self.shared.broker.remove_all(&self.sub, &targets);
     }
 }
@@ -201,7 +240,8 @@ where
     let format = Format::from_subprotocol(ws.subprotocol());
     let deflate = ws.deflate_params().is_some_and(|p| p.server_max_window_bits == 15);
     let mut s = Session::open(shared, identity, format, deflate, None);
-    let outbox = Arc::clone(&s.sub.outbox);
+    let sub = Arc::clone(&s.sub);
+    let outbox = &sub.outbox;
     let session = Arc::clone(&s.sub.member.session);
     let announced = s.announce().await;
     let mut shutdown = s.shared.shutdown.subscribe();
@@ -407,7 +447,7 @@ impl Session {
         }
     }
 
-    fn pending(&mut self) -> &mut FuturesOrdered<PendingPublish> {
+    fn pending(&mut self) -> &mut Publishes {
         self.publishes.get_mut().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -484,7 +524,8 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let outbox = Arc::clone(&self.sub.outbox);
+        let sub = Arc::clone(&self.sub);
+        let outbox = &sub.outbox;
         loop {
             if !self.feed_queued(batch, &mut |m| ws.feed_encoded(m).is_ok())? {
                 return Ok(());
@@ -549,11 +590,14 @@ impl Session {
         let now = Instant::now();
         if now.duration_since(self.window_start) >= cfg.topic_churn_window {
             self.window_start = now;
-            self.touched.clear();
+            self.touched = Vec::new();
         }
-        if self.touched.contains(topic) || self.subscriptions.contains_key(topic) {
+        if self.subscriptions.contains(topic) {
             return Ok(());
         }
+        // Keyed with the process's own random key: a peer cannot choose topics that collide.
+        let h = self.shared.churn_keys.hash_one(topic);
+        let Err(at) = self.touched.binary_search(&h) else { return Ok(()) };
         if self.touched.len() >= cfg.topic_churn_limit {
             self.shared.metrics.topics_refused.fetch_add(1, Ordering::Relaxed);
             return Err(ErrorBody::new(
@@ -565,7 +609,7 @@ impl Session {
                 ),
             ));
         }
-        self.touched.insert(topic.into());
+        self.touched.insert(at, h);
         Ok(())
     }
 
@@ -647,7 +691,7 @@ impl Session {
                 // is queued behind a snapshot waits for it (at most `snapshot_timeout`).
                 for (topic, place, position) in snapshots {
                     let (epoch, at) = (position.epoch.clone(), position.offset);
-                    let in_flight = Arc::clone(&self.snapshots_in_flight);
+                    let in_flight = Arc::clone(self.snapshots_in_flight.get_or_insert_with(Arc::default));
                     if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_SNAPSHOTS_IN_FLIGHT {
                         in_flight.fetch_sub(1, Ordering::AcqRel);
                         self.shared.metrics.snapshot_failures.fetch_add(1, Ordering::Relaxed);
@@ -689,13 +733,13 @@ impl Session {
                 }
             }
             Request::Unsubscribe { id, topics } => {
-                if let Some(missing) = topics.iter().find(|t| !self.subscriptions.contains_key(*t)) {
+                if let Some(missing) = topics.iter().find(|t| !self.subscriptions.contains(t.as_str())) {
                     let e = ErrorBody::new(ErrorCode::NotSubscribed, format!("not subscribed to {missing}"));
                     self.error(id.as_ref(), &e);
                     return Flow::Continue;
                 }
                 for t in &topics {
-                    if let Some(p) = self.subscriptions.remove(t) {
+                    if let Some(p) = self.subscriptions.take(t.as_str()) {
                         if let Err(e) = self.shared.broker.unsubscribe(&self.sub, &p).await {
                             tracing::warn!(error = %e, "unsubscribe failed");
                         }
@@ -797,7 +841,7 @@ impl Session {
             let e = ErrorBody::new(ErrorCode::Forbidden, format!("not allowed to subscribe to {topic}"));
             return SubscribeResult::failed(topic, e);
         }
-        if !self.subscriptions.contains_key(topic) && self.subscriptions.len() >= self.shared.config.max_subscriptions {
+        if !self.subscriptions.contains(topic) && self.subscriptions.len() >= self.shared.config.max_subscriptions {
             let e = ErrorBody::new(
                 ErrorCode::TooManySubscriptions,
                 format!("at most {} subscriptions per connection", self.shared.config.max_subscriptions),
@@ -819,11 +863,11 @@ impl Session {
         }
         // In place before the broker replays or delivers anything; a subscribe again replaces
         // the filter (or removes it, without one).
-        let before = self.subscriptions.contains_key(topic).then(|| self.sub.filters.get(&p));
+        let before = self.subscriptions.contains(topic).then(|| self.sub.filters.get(&p));
         self.sub.filters.set(&p, filter.cloned());
         match self.shared.broker.subscribe(&self.sub, &p, start, presence).await {
             Ok(out) => {
-                self.subscriptions.insert(topic.to_owned(), p);
+                self.subscriptions.replace(p);
                 SubscribeResult {
                     topic: topic.to_owned(),
                     ok: true,
@@ -870,10 +914,14 @@ impl Session {
             let e = ErrorBody::new(ErrorCode::BadToken, "the new token is for another user");
             return self.error(id, &e);
         }
-        let revoked: Vec<String> =
-            self.subscriptions.iter().filter(|(_, p)| !allowed_by(&new.subscribe, p)).map(|(t, _)| t.clone()).collect();
+        let revoked: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|p| !allowed_by(&new.subscribe, p))
+            .map(|p| p.as_str().to_owned())
+            .collect();
         for t in &revoked {
-            if let Some(p) = self.subscriptions.remove(t) {
+            if let Some(p) = self.subscriptions.take(t.as_str()) {
                 let _ = self.shared.broker.unsubscribe(&self.sub, &p).await;
                 self.sub.filters.remove(&p);
             }
@@ -890,5 +938,32 @@ impl Session {
             self.error(None, &e);
         }
         self.reply(&Reply::Refreshed { id, exp });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn publishes_in_flight_hold_memory_only_while_there_are_some() {
+        let mut p = Publishes::default();
+        assert!(p.0.is_none() && p.is_empty());
+        for i in 0..3u64 {
+            p.push_back(Box::pin(
+                async move { (i, None, format!("t{i}"), Err(crate::broker::BrokerError::failed("x"))) },
+            ));
+        }
+        assert_eq!(p.len(), 3);
+        let order: Vec<u64> = (&mut p).map(|(slot, ..)| slot).collect().await;
+        assert_eq!(order, [0, 1, 2], "request order");
+        assert!(p.0.is_none(), "freed once the last is answered");
+        assert!(p.next().await.is_none());
+    }
+
+    #[test]
+    fn a_session_is_small() {
+        // Every connection holds one: cold state stays out of line.
+        assert!(std::mem::size_of::<Session>() <= 272, "{} bytes", std::mem::size_of::<Session>());
     }
 }

@@ -67,10 +67,32 @@ enum Seg {
 /// assert!(Pattern::parse("chat.*").unwrap().matches("chat.lobby"));
 /// assert!(Pattern::parse(">").unwrap().covers(&Pattern::parse("chat.*").unwrap()));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct Pattern {
     text: Box<str>,
     segs: Box<[Seg]>,
+}
+
+// A pattern is its text (the segments are parsed from it): equal and hashed as the text, so a
+// set of patterns is looked up by a `&str`.
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Pattern {}
+
+impl std::hash::Hash for Pattern {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for Pattern {
+    fn borrow(&self) -> &str {
+        &self.text
+    }
 }
 
 impl Pattern {
@@ -209,5 +231,16 @@ mod tests {
         assert!(!p("a.b").covers(&p("a")));
         assert!(allowed_by(&[p("x"), p("chat.>")], &p("chat.room1")));
         assert!(!allowed_by(&[], &p("chat.room1")));
+    }
+
+    #[test]
+    fn a_set_of_patterns_is_found_by_text() {
+        let mut set = std::collections::HashSet::new();
+        set.insert(p("chat.*"));
+        set.insert(p("news"));
+        assert!(set.contains("chat.*") && set.contains("news"));
+        assert!(!set.contains("chat.x") && !set.contains("chat"));
+        assert_eq!(set.take("news").map(|t| t.as_str().to_owned()).as_deref(), Some("news"));
+        assert!(!set.insert(p("chat.*")), "the same text is the same pattern");
     }
 }

@@ -145,8 +145,8 @@ impl JwtAuth {
         };
         Ok(Identity {
             user: c.sub.into(),
-            subscribe: parse(c.subscribe, &[">"])?,
-            publish: parse(c.publish, &[])?,
+            subscribe: parse(c.subscribe, &[">"])?.into(),
+            publish: parse(c.publish, &[])?.into(),
             info: c.info.map(Arc::new),
             expires: c.exp,
         })
@@ -187,10 +187,10 @@ struct Claims {
 pub struct Identity {
     /// User id.
     pub user: Arc<str>,
-    /// Patterns the user may subscribe to.
-    pub subscribe: Vec<Pattern>,
+    /// Patterns the user may subscribe to (shared: every anonymous session holds the same).
+    pub subscribe: Arc<[Pattern]>,
     /// Patterns the user may publish on.
-    pub publish: Vec<Pattern>,
+    pub publish: Arc<[Pattern]>,
     /// Presence info.
     pub info: Option<Arc<Value>>,
     /// When the token expires (`exp`, seconds since the Unix epoch); `None` in anonymous mode.
@@ -201,7 +201,9 @@ pub struct Identity {
 impl Identity {
     /// Anonymous mode: everything allowed.
     pub fn anonymous(user: Option<String>) -> Self {
-        let all = vec![Pattern::parse(">").expect("valid")];
+        static ALL: std::sync::LazyLock<Arc<[Pattern]>> =
+            std::sync::LazyLock::new(|| Arc::from([Pattern::parse(">").expect("valid")]));
+        let all = Arc::clone(&ALL);
         let user = user.filter(|u| !u.is_empty() && u.len() <= 64).unwrap_or_else(|| "anon".into());
         Self { user: user.into(), subscribe: all.clone(), publish: all, info: None, expires: None }
     }

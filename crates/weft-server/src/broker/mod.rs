@@ -79,7 +79,7 @@ impl std::error::Error for BrokerError {}
 pub struct Subscriber {
     pub(crate) id: u64,
     pub(crate) member: Member,
-    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) outbox: Outbox,
     /// The connection's subscription filters, by topic or pattern (empty for most).
     pub(crate) filters: SubFilters,
 }

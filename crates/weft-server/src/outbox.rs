@@ -380,6 +380,15 @@ impl Outbox {
         (std::mem::take(&mut st.dropped), None)
     }
 
+    /// Free the queue's room if nothing is queued (it is kept while events flow, so that a
+    /// busy connection does not allocate for each).
+    pub(crate) fn release_idle(&self) {
+        let mut st = self.lock();
+        if st.queue.is_empty() {
+            st.queue = VecDeque::new();
+        }
+    }
+
     /// Mark closed (no more pushes are accepted).
     pub(crate) fn close(&self) {
         let mut st = self.lock();

@@ -46,6 +46,80 @@ const PUBLISH_PIPELINE: usize = 64;
 type PublishDone = (u64, Option<serde_json::Value>, String, Result<crate::wire::Position, crate::broker::BrokerError>);
 type PendingPublish = std::pin::Pin<Box<dyn std::future::Future<Output = PublishDone> + Send>>;
 
+/// What a connection subscribed to, found by text: a short list, as most connections hold a
+/// few (exactly as long as it needs to be), and a hash set past [`Subscriptions::FEW`].
+enum Subscriptions {
+    Few(Vec<Pattern>),
+    Many(HashSet<Pattern>),
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Self::Few(Vec::new())
+    }
+}
+
+impl Subscriptions {
+    const FEW: usize = 8;
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Few(v) => v.len(),
+            Self::Many(m) => m.len(),
+        }
+    }
+
+    fn contains(&self, topic: &str) -> bool {
+        match self {
+            Self::Few(v) => v.iter().any(|p| p.as_str() == topic),
+            Self::Many(m) => m.contains(topic),
+        }
+    }
+
+    /// Add `p`, or replace the subscription with its text.
+    fn replace(&mut self, p: Pattern) {
+        match self {
+            Self::Few(v) => match v.iter().position(|q| *q == p) {
+                Some(i) => v[i] = p,
+                None if v.len() < Self::FEW => {
+                    v.reserve_exact(1);
+                    v.push(p);
+                }
+                None => {
+                    let mut m: HashSet<Pattern> = v.drain(..).collect();
+                    m.insert(p);
+                    *self = Self::Many(m);
+                }
+            },
+            Self::Many(m) => {
+                m.replace(p);
+            }
+        }
+    }
+
+    fn take(&mut self, topic: &str) -> Option<Pattern> {
+        match self {
+            Self::Few(v) => v.iter().position(|p| p.as_str() == topic).map(|i| v.swap_remove(i)),
+            Self::Many(m) => m.take(topic),
+        }
+    }
+
+    fn take_all(&mut self) -> Vec<Pattern> {
+        match std::mem::take(self) {
+            Self::Few(v) => v,
+            Self::Many(m) => m.into_iter().collect(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Pattern> {
+        let (few, many) = match self {
+            Self::Few(v) => (Some(v.iter()), None),
+            Self::Many(m) => (None, Some(m.iter())),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+}
+
 /// Publishes in flight, in request order: allocated by the first and freed once the last is
 /// answered, so a session that is not publishing holds nothing for them.
 #[derive(Default)]
@@ -90,7 +164,7 @@ struct Session {
     /// compressed form.
     deflate: bool,
     /// What this connection subscribed to, found by its text.
-    subscriptions: HashSet<Pattern>,
+    subscriptions: Subscriptions,
     bucket: TokenBucket,
     rejected_in_a_row: u32,
     /// Distinct topics touched in the current churn window (their keyed hashes, sorted: 8
@@ -173,7 +247,7 @@ impl Session {
             sub,
             format,
             deflate,
-            subscriptions: HashSet::new(),
+            subscriptions: Subscriptions::default(),
             rejected_in_a_row: 0,
             publishes: std::sync::Mutex::default(),
             snapshots_in_flight: None,
@@ -226,9 +300,18 @@ impl Session {
         }
     }
 
+    /// Let go of what a quiet session holds for busy times: the outbox's room (kept while
+    /// events flow) and the topics of a churn window that has passed.
+    fn release_idle(&mut self) {
+        self.sub.outbox.release_idle();
+        if self.window_start.elapsed() >= self.shared.config.topic_churn_window {
+            self.touched = Vec::new();
+        }
+    }
+
     /// Remove every subscription (nothing new reaches the outbox after this).
     fn unsubscribe_all(&mut self) {
-        let targets: Vec<Pattern> = self.subscriptions.drain().collect();
+        let targets: Vec<Pattern> = self.subscriptions.take_all();
         self.shared.broker.remove_all(&self.sub, &targets);
     }
 }
@@ -959,6 +1042,32 @@ mod tests {
         assert_eq!(order, [0, 1, 2], "request order");
         assert!(p.0.is_none(), "freed once the last is answered");
         assert!(p.next().await.is_none());
+    }
+
+    #[test]
+    fn subscriptions_are_found_by_text_as_a_list_and_as_a_set() {
+        let p = |t: &str| Pattern::parse(t).unwrap();
+        let mut s = Subscriptions::default();
+        for i in 0..20 {
+            s.replace(p(&format!("t.{i}")));
+            s.replace(p(&format!("t.{i}"))); // the same again: replaced, not added
+            assert_eq!(s.len(), i + 1);
+            assert_eq!(matches!(s, Subscriptions::Few(_)), i < Subscriptions::FEW, "{i}");
+            assert!((0..=i).all(|j| s.contains(&format!("t.{j}"))) && !s.contains("t"));
+            assert_eq!(s.iter().count(), i + 1);
+        }
+        assert_eq!(s.take("t.3").map(|p| p.as_str().to_owned()).as_deref(), Some("t.3"));
+        assert!(s.take("t.3").is_none() && !s.contains("t.3"));
+        let mut all: Vec<String> = s.take_all().into_iter().map(|p| p.as_str().to_owned()).collect();
+        all.sort();
+        assert_eq!(all.len(), 19);
+        assert_eq!(s.len(), 0);
+        let mut few = Subscriptions::default();
+        few.replace(p("a.*"));
+        if let Subscriptions::Few(v) = &few {
+            assert_eq!(v.capacity(), 1, "a list exactly as long as it needs to be");
+        }
+        assert_eq!(few.take("a.*").map(|p| p.as_str().to_owned()).as_deref(), Some("a.*"));
     }
 
     #[test]

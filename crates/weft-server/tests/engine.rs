@@ -658,9 +658,23 @@ async fn slow_consumer_is_disconnected_others_keep_receiving() {
             fast
         }
     });
+    // The slow one reads again once the engine has found it slow: what was on its way, then
+    // the documented close 1008 (not a bare EOF). It must come back within the close timeout,
+    // as a real client would: one that stays away longer is dropped without its close frame
+    // (1006), which on a busy machine the rest of the publishing can take.
+    let slow_end = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            let m = engine.metrics();
+            while m.slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            slow.closed().await
+        }
+    });
     // Paced by the fast reader, at most 64 events ahead of it (half its queue): it keeps up
     // however the threads are scheduled (the event-driven core's loop runs on a thread of its
-    // own, which a busy machine may leave behind the publisher). The slow one reads nothing.
+    // own, which a busy machine may leave behind the publisher).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for i in 1..=n {
         while i > got.load(std::sync::atomic::Ordering::Relaxed) + 64 {
@@ -674,9 +688,6 @@ async fn slow_consumer_is_disconnected_others_keep_receiving() {
         engine.publish("firehose", payload.clone()).await.unwrap();
         tokio::task::yield_now().await;
     }
-    // The slow one reads again: what was on its way, then the documented close 1008 (not a
-    // bare EOF).
-    let slow_end = tokio::spawn(async move { slow.closed().await });
     let _fast = tokio::time::timeout(Duration::from_secs(30), reader).await.unwrap().unwrap();
     let m = engine.metrics();
     assert!(m.slow_consumer_disconnects.load(std::sync::atomic::Ordering::Relaxed) >= 1);

@@ -204,8 +204,12 @@ impl Identity {
         static ALL: std::sync::LazyLock<Arc<[Pattern]>> =
             std::sync::LazyLock::new(|| Arc::from([Pattern::parse(">").expect("valid")]));
         let all = Arc::clone(&ALL);
-        let user = user.filter(|u| !u.is_empty() && u.len() <= 64).unwrap_or_else(|| "anon".into());
-        Self { user: user.into(), subscribe: all.clone(), publish: all, info: None, expires: None }
+        static ANON: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("anon"));
+        let user = match user.filter(|u| !u.is_empty() && u.len() <= 64) {
+            Some(u) => u.into(),
+            None => Arc::clone(&ANON),
+        };
+        Self { user, subscribe: all.clone(), publish: all, info: None, expires: None }
     }
 }
 

@@ -157,6 +157,12 @@ impl Handler for EngineHandler {
         ls.pump(conn, &mut self.batch);
     }
 
+    fn on_idle(&mut self, ls: &mut LoopSession) {
+        if let Some(s) = ls.s.as_mut() {
+            s.release_idle();
+        }
+    }
+
     fn on_close(&mut self, ls: LoopSession, reason: &ConnectionError) {
         if let Some(s) = &ls.s {
             tracing::debug!(session = %s.sub.member.session, reason = %reason, "connection ended");

@@ -248,7 +248,7 @@ impl<H: Handler> Loop<H> {
             self.stats.idle = 0;
             for (_, e) in &mut self.conns {
                 if e.raw.is_empty() {
-                    e.state.sweep(&mut self.stats);
+                    e.state.sweep(&mut self.handler, &mut self.stats);
                 }
             }
         }

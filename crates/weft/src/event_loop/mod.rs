@@ -207,6 +207,11 @@ pub trait Handler {
     /// to it: a session that stopped moving messages into the connection to let it drain can
     /// go on.
     fn on_writable(&mut self, _session: &mut Self::Session, _conn: &mut Conn<'_>) {}
+
+    /// A pass found the connection unused since the pass before and stored it small
+    /// ([`LoopConfig::idle_after`]): let go of what the session holds for busy times and can
+    /// make again (buffers grown for a burst, state of a window that has passed).
+    fn on_idle(&mut self, _session: &mut Self::Session) {}
 }
 
 /// One open connection, as a [`Handler`] sees it.
@@ -744,14 +749,19 @@ impl Held {
 }
 
 impl<S> State<S> {
-    /// [`Held::sweep`] for an open connection, counted in `stats`.
-    fn sweep(&mut self, stats: &mut LoopStats) {
-        if let State::Open { conn, .. } = self {
+    /// [`Held::sweep`] for an open connection, counted in `stats`; [`Handler::on_idle`] when
+    /// it is stored small now.
+    fn sweep<H: Handler<Session = S>>(&mut self, handler: &mut H, stats: &mut LoopStats) {
+        if let State::Open { conn, session } = self {
             let was = conn.is_idle_stored();
             conn.sweep();
             if conn.is_idle_stored() {
                 stats.idle += 1;
                 stats.stored_idle += u64::from(!was);
+                if let (false, Some(s)) = (was, session) {
+                    // Only letting go of memory: a panic is counted, and the session goes on.
+                    caught(|| handler.on_idle(s));
+                }
             }
         }
     }

@@ -1016,7 +1016,7 @@ impl<H: Handler> Loop<H> {
             self.stats.idle = 0;
             for (_, e) in &mut self.conns {
                 if !e.gone && e.send.is_none() && e.stash.is_empty() && e.raw.is_empty() {
-                    e.state.sweep(&mut self.stats);
+                    e.state.sweep(&mut self.handler, &mut self.stats);
                 }
             }
         }

@@ -26,6 +26,8 @@ struct Echo {
     seen: mpsc::Sender<Seen>,
     /// The most output any connection had queued when a message or ping arrived.
     max_buffered: Arc<AtomicUsize>,
+    /// `on_idle` calls.
+    idled: Arc<AtomicUsize>,
 }
 
 impl Handler for Echo {
@@ -67,6 +69,11 @@ impl Handler for Echo {
     fn on_close(&mut self, session: String, reason: &ConnectionError) {
         let _ = self.seen.send(Seen::Close(session, reason.code().0));
     }
+
+    fn on_idle(&mut self, session: &mut String) {
+        assert_ne!(session, "/panic-idle", "a handler bug in on_idle (the test's)");
+        self.idled.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Whether this suite's backend cannot run here: io_uring may be missing (a kernel before 6.1,
@@ -106,6 +113,7 @@ struct Server {
     stop: LoopHandle,
     seen: mpsc::Receiver<Seen>,
     max_buffered: Arc<AtomicUsize>,
+    idled: Arc<AtomicUsize>,
     thread: Option<JoinHandle<LoopStats>>,
 }
 
@@ -115,7 +123,8 @@ impl Server {
         let addr = l.local_addr().unwrap();
         let (tx, seen) = mpsc::channel();
         let max_buffered = Arc::new(AtomicUsize::new(0));
-        let echo = Echo { seen: tx, max_buffered: Arc::clone(&max_buffered) };
+        let idled = Arc::new(AtomicUsize::new(0));
+        let echo = Echo { seen: tx, max_buffered: Arc::clone(&max_buffered), idled: Arc::clone(&idled) };
         let mut ev = EventLoop::new(l, acceptor, config, echo).unwrap();
         assert_eq!(ev.backend(), BACKEND, "the backend asked for runs");
         let stop = ev.stop_handle();
@@ -123,7 +132,7 @@ impl Server {
             ev.run().unwrap();
             ev.stats()
         }));
-        Server { addr, stop, seen, max_buffered, thread }
+        Server { addr, stop, seen, max_buffered, idled, thread }
     }
 
     fn url(&self, path: &str) -> String {
@@ -470,7 +479,7 @@ fn refuses_stream_fragments() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (tx, _rx) = mpsc::channel();
     let acceptor = Acceptor::new().config(Config::default().stream_fragments(true));
-    let echo = Echo { seen: tx, max_buffered: Default::default() };
+    let echo = Echo { seen: tx, max_buffered: Default::default(), idled: Default::default() };
     let err = EventLoop::new(l, acceptor, loop_config(), echo).err().unwrap();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
@@ -656,7 +665,7 @@ fn a_failed_run_closes_every_connection() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, seen) = mpsc::channel();
-    let echo = Echo { seen: tx, max_buffered: Arc::default() };
+    let echo = Echo { seen: tx, max_buffered: Arc::default(), idled: Arc::default() };
     let mut ev = EventLoop::new(l, Acceptor::new(), loop_config(), echo).unwrap();
     let handle = ev.stop_handle();
     let thread = std::thread::spawn(move || {
@@ -731,9 +740,34 @@ async fn idle_connections_are_stored_small_and_come_back_whole() {
     ws.close(Some(TCloseFrame { code: TCloseCode::Normal, reason: "".into() })).await.unwrap();
     while ws.next().await.is_some() {}
     assert_eq!(server.next_seen(), Seen::Close("/quiet".into(), 1000));
+    let idled = Arc::clone(&server.idled);
     let stats = server.stop();
-    // Stored at its opening and after each quiet spell.
+    // Stored at its opening and after each quiet spell; the handler told of each spell.
     assert!(stats.stored_idle >= 5, "{stats:?}");
+    let idled = idled.load(Ordering::Relaxed) as u64;
+    assert!(idled >= 4 && idled <= stats.stored_idle, "on_idle {idled} times, {stats:?}");
+}
+
+/// A handler that panics in `on_idle` (it only lets go of memory) costs nothing but the count:
+/// the loop and the connection go on.
+#[tokio::test]
+async fn a_panic_in_on_idle_is_caught_and_the_connection_goes_on() {
+    if backend_missing() {
+        return;
+    }
+    let config = LoopConfig { idle_after: Some(Duration::from_millis(20)), ..loop_config() };
+    let server = Server::start(Acceptor::new(), config);
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/panic-idle")).await.unwrap();
+    assert_eq!(server.next_seen(), Seen::Open("/panic-idle".into()));
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = format!("round {round}");
+        ws.send(TMessage::text(text.clone())).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("the echo").unwrap().unwrap();
+        assert_eq!(m, TMessage::text(text));
+    }
+    let stats = server.stop();
+    assert!(stats.handler_panics >= 2, "{stats:?}");
 }
 
 /// A keep-alive exchange makes a stored connection whole only while it is answered, and a

@@ -85,8 +85,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; }
 
 step "the engine's integration tests again, its WebSockets on the event-driven core (epoll, then io_uring)"
-WEFT_TEST_CORE=epoll cargo test --locked --profile ci -p weft-server --features http3 --test engine
-WEFT_TEST_CORE=io-uring cargo test --locked --profile ci -p weft-server --features http3 --test engine
+# `--workspace` with the features above: the test binary is the one `cargo test` built
+# (`-p weft-server` alone resolves other features and rebuilt 26 crates first).
+WEFT_TEST_CORE=epoll cargo test --locked --profile ci --workspace --features weft-cli/http3 --test engine
+WEFT_TEST_CORE=io-uring cargo test --locked --profile ci --workspace --features weft-cli/http3 --test engine
 
 step "the engine's integration tests again, on the Redis broker (a redis-server of their own)"
 RPORT=$(free_port)
@@ -94,7 +96,7 @@ redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no > "$OUT/
 REDIS_PID=$!
 wait_port "$RPORT"
 r_rc=0
-WEFT_TEST_BROKER="redis://127.0.0.1:$RPORT" cargo test --locked --profile ci -p weft-server --features http3 --test engine || r_rc=$?
+WEFT_TEST_BROKER="redis://127.0.0.1:$RPORT" cargo test --locked --profile ci --workspace --features weft-cli/http3 --test engine || r_rc=$?
 kill $REDIS_PID; wait $REDIS_PID 2>/dev/null || true
 [[ $r_rc -eq 0 ]] || { echo "engine tests on Redis FAILED" >&2; exit 1; }
 
@@ -112,7 +114,7 @@ nats-server -c "$NSTORE/nats.conf" > "$OUT/nats.log" 2>&1 &
 NATS_PID=$!
 wait_port "$NPORT"
 n_rc=0
-WEFT_TEST_BROKER="nats://127.0.0.1:$NPORT" cargo test --locked --profile ci -p weft-server --features http3 --test engine || n_rc=$?
+WEFT_TEST_BROKER="nats://127.0.0.1:$NPORT" cargo test --locked --profile ci --workspace --features weft-cli/http3 --test engine || n_rc=$?
 kill $NATS_PID; wait $NATS_PID 2>/dev/null || true
 rm -rf "$NSTORE"
 [[ $n_rc -eq 0 ]] || { echo "engine tests on NATS FAILED" >&2; exit 1; }
@@ -146,8 +148,10 @@ CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linu
   cargo test --locked -p weft-proto --lib --target aarch64-unknown-linux-gnu -- mask utf8
 
 step "build weft (profile ci: release optimisations, quicker to build) and the HTTP/2 and HTTP/3 bridge for Autobahn"
-cargo build --locked --profile ci -p weft-cli --features http3
-cargo build --locked --profile ci -p weft --features http3 --example bridge
+# The same packages and features as `cargo test` above (the whole workspace, its examples
+# with their dev-dependencies), so this finds everything built: `-p weft-cli` alone unified
+# other features and rebuilt some 70 crates, BoringSSL among them (~5 minutes).
+cargo build --locked --profile ci --workspace --features weft-cli/http3 --bins --examples
 WEFT="$ROOT/target/ci/weft"
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_port() { local p; for p in $(seq "$1" $(( $1 + 200 ))); do port_free "$p" && { echo "$p"; return; }; done; return 1; }

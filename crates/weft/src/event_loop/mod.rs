@@ -24,7 +24,8 @@
 //! Quiet connections are stored small: a connection with nothing in progress is kept as an
 //! [`IdleConnection`] (80 bytes instead of a boxed [`Connection`] and its queues) from its
 //! opening, and again once a pass finds it unused for [`LoopConfig::idle_after`]; the next
-//! bytes or timer make it whole, unseen by the handler.
+//! bytes or timer make it whole, unseen by the handler, which the next pass tells of each
+//! storing ([`Handler::on_idle`]) so that its session can let go of memory too.
 //!
 //! What it serves: WebSockets over HTTP/1.1 (cleartext), with everything an [`Acceptor`]
 //! configures (limits, subprotocols, permessage-deflate, keep-alive pings, the handshake
@@ -48,7 +49,8 @@
 //! A handler callback that panics is caught (with `panic = "unwind"`, the default): the
 //! connection it was called for closes with 1011 and loses its session, a panicking `upgrade`
 //! is answered 500, and the loop serves every other connection on
-//! ([`LoopStats::handler_panics`]).
+//! ([`LoopStats::handler_panics`]); a panicking [`Handler::on_idle`], which only lets go of
+//! memory, is counted and nothing else.
 //!
 //! ```no_run
 //! use weft::event_loop::{Conn, EventLoop, Handler, LoopConfig, Payload};
@@ -208,9 +210,11 @@ pub trait Handler {
     /// go on.
     fn on_writable(&mut self, _session: &mut Self::Session, _conn: &mut Conn<'_>) {}
 
-    /// A pass found the connection unused since the pass before and stored it small
-    /// ([`LoopConfig::idle_after`]): let go of what the session holds for busy times and can
-    /// make again (buffers grown for a burst, state of a window that has passed).
+    /// The connection was stored small ([`LoopConfig::idle_after`]; called by the next pass,
+    /// once for each time it was stored): let go of what the session holds for busy times and
+    /// can make again (buffers grown for a burst, state of a window that has passed). A panic
+    /// here is counted in [`LoopStats::handler_panics`] and nothing else: the connection and
+    /// its session go on.
     fn on_idle(&mut self, _session: &mut Self::Session) {}
 }
 
@@ -405,7 +409,8 @@ pub struct LoopStats {
     pub resumed: u64,
     /// Handler callbacks that panicked. Each panic is caught: the connection it was for closes
     /// with 1011 (its session dropped without [`Handler::on_close`]; a panicking `upgrade`
-    /// answers 500) and the loop serves every other connection on.
+    /// answers 500; a panicking `on_idle` is only counted) and the loop serves every other
+    /// connection on.
     pub handler_panics: u64,
 }
 
@@ -642,7 +647,8 @@ enum Held {
         /// Made whole from storage, and no data message since.
         quiet: bool,
     },
-    Idle(IdleConnection),
+    /// `told`: [`Handler::on_idle`] was called since it was stored.
+    Idle { idle: IdleConnection, told: bool },
     /// Only while one turns into the other.
     Swapping,
 }
@@ -654,8 +660,8 @@ impl Held {
 
     /// The connection, whole (made whole again if it was idle), marked as used.
     fn get(&mut self) -> &mut Connection {
-        if let Held::Idle(_) = self {
-            let Held::Idle(idle) = std::mem::replace(self, Held::Swapping) else { unreachable!() };
+        if let Held::Idle { .. } = self {
+            let Held::Idle { idle, .. } = std::mem::replace(self, Held::Swapping) else { unreachable!() };
             *self = Held::Whole { conn: Box::new(idle.resume(Instant::now())), used: true, quiet: true };
             RESUMED.with(|r| r.set(r.get() + 1));
         }
@@ -664,7 +670,7 @@ impl Held {
                 *used = true;
                 conn
             }
-            Held::Idle(_) | Held::Swapping => unreachable!("made whole above"),
+            Held::Idle { .. } | Held::Swapping => unreachable!("made whole above"),
         }
     }
 
@@ -687,7 +693,7 @@ impl Held {
     fn into_whole(self) -> Box<Connection> {
         match self {
             Held::Whole { conn, .. } => conn,
-            Held::Idle(idle) => Box::new(idle.resume(Instant::now())),
+            Held::Idle { idle, .. } => Box::new(idle.resume(Instant::now())),
             Held::Swapping => unreachable!("only inside `get` and `sweep`"),
         }
     }
@@ -707,13 +713,24 @@ impl Held {
         }
         let Held::Whole { conn, used, quiet } = std::mem::replace(self, Held::Swapping) else { unreachable!() };
         *self = match (*conn).into_idle() {
-            Ok(idle) => Held::Idle(idle),
+            Ok(idle) => Held::Idle { idle, told: false },
             Err(conn) => Held::Whole { conn: Box::new(conn), used, quiet },
         };
     }
 
+    /// Stored small and the handler not told yet ([`Handler::on_idle`]): it is now.
+    fn tell_idle(&mut self) -> bool {
+        match self {
+            Held::Idle { told, .. } if !*told => {
+                *told = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn is_idle_stored(&self) -> bool {
-        matches!(self, Held::Idle(_))
+        matches!(self, Held::Idle { .. })
     }
 
     fn wants_input(&self) -> bool {
@@ -742,15 +759,17 @@ impl Held {
     fn poll_timeout(&self) -> Option<Instant> {
         match self {
             Held::Whole { conn, .. } => conn.poll_timeout(),
-            Held::Idle(idle) => idle.poll_timeout(),
+            Held::Idle { idle, .. } => idle.poll_timeout(),
             Held::Swapping => None,
         }
     }
 }
 
 impl<S> State<S> {
-    /// [`Held::sweep`] for an open connection, counted in `stats`; [`Handler::on_idle`] when
-    /// it is stored small now.
+    /// [`Held::sweep`] for an open connection, counted in `stats`; [`Handler::on_idle`] once
+    /// for each time it was stored small since the last pass (by this pass, or right after a
+    /// turn that only delivered control frames, timers or wakes: a subscriber that receives
+    /// events is stored again after each, and told once a pass).
     fn sweep<H: Handler<Session = S>>(&mut self, handler: &mut H, stats: &mut LoopStats) {
         if let State::Open { conn, session } = self {
             let was = conn.is_idle_stored();
@@ -758,7 +777,7 @@ impl<S> State<S> {
             if conn.is_idle_stored() {
                 stats.idle += 1;
                 stats.stored_idle += u64::from(!was);
-                if let (false, Some(s)) = (was, session) {
+                if let (true, Some(s)) = (conn.tell_idle(), session) {
                     // Only letting go of memory: a panic is counted, and the session goes on.
                     caught(|| handler.on_idle(s));
                 }

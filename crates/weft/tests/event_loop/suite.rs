@@ -748,6 +748,35 @@ async fn idle_connections_are_stored_small_and_come_back_whole() {
     assert!(idled >= 4 && idled <= stats.stored_idle, "on_idle {idled} times, {stats:?}");
 }
 
+/// A connection made whole only for its keep-alive exchange is stored again right after it,
+/// and the next pass tells the handler each time (a subscriber that only receives is stored
+/// that way after every event, never by a pass of its own).
+#[tokio::test]
+async fn on_idle_comes_after_each_quiet_storing_too() {
+    if backend_missing() {
+        return;
+    }
+    let acceptor = Acceptor::new().config(Config::default().ping_interval(Some(Duration::from_millis(100))));
+    let config = LoopConfig { idle_after: Some(Duration::from_millis(20)), ..loop_config() };
+    let server = Server::start(acceptor, config);
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.url("/pinged")).await.unwrap();
+    assert_eq!(server.next_seen(), Seen::Open("/pinged".into()));
+    // tungstenite answers the pings while it is read; no data message is exchanged.
+    let reader = tokio::spawn(async move {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(1200) {
+            let _ = tokio::time::timeout(Duration::from_millis(50), ws.next()).await;
+        }
+        ws
+    });
+    let mut ws = reader.await.unwrap();
+    let idled = Arc::clone(&server.idled);
+    let _ = ws.close(None).await;
+    let stats = server.stop();
+    let idled = idled.load(Ordering::Relaxed);
+    assert!(idled >= 4, "on_idle {idled} times over ~11 keep-alive exchanges, {stats:?}");
+}
+
 /// A handler that panics in `on_idle` (it only lets go of memory) costs nothing but the count:
 /// the loop and the connection go on.
 #[tokio::test]

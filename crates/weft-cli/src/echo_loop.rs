@@ -49,6 +49,12 @@ pub(crate) struct Options {
 /// Serve until SIGTERM or Ctrl-C, then close every connection with 1001.
 pub(crate) fn run(addr: SocketAddr, opts: Options, acceptor: Acceptor) -> anyhow::Result<()> {
     let Options { threads, reuseport, pin, grace, backend } = opts;
+    // SIGTERM handled from before the first connection is answered (see `shutdown_signal`).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let stop = {
+        let _in_rt = rt.enter();
+        crate::serve::shutdown_signal()
+    };
     crate::procfs::raise_nofile_limit();
     let reuseport = reuseport || threads > 1;
     let first = listener(addr, reuseport)?;
@@ -78,8 +84,7 @@ pub(crate) fn run(addr: SocketAddr, opts: Options, acceptor: Acceptor) -> anyhow
     }
     drop(first);
     tracing::info!(%addr, core = %running, threads, pin, "weft echo listening");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(crate::serve::shutdown_signal());
+    rt.block_on(stop);
     tracing::info!("shutting down: closing connections with 1001");
     for h in &handles {
         h.stop();

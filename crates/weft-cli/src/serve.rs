@@ -586,6 +586,7 @@ async fn serve(
     config: EngineConfig,
     tls: Option<std::sync::Arc<weft::tls::ReloadableCert>>,
 ) -> anyhow::Result<()> {
+    let stop = shutdown_signal();
     let (engine, anonymous, open_api) = start_engine(config).await?;
     let listener = if std::env::var_os(WORKER_ENV).is_some() {
         crate::workers::reuseport_listener(addr).with_context(|| format!("binding {addr} (SO_REUSEPORT)"))?
@@ -638,7 +639,7 @@ async fn serve(
             }
         }
     });
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down: closing connections with 1001");
     engine.shutdown();
     server.await.context("server task")??;
@@ -673,6 +674,7 @@ async fn serve_on_loops(
     loops: usize,
     config: EngineConfig,
 ) -> anyhow::Result<()> {
+    let stop = shutdown_signal();
     let (engine, anonymous, open_api) = start_engine(config).await?;
     // SO_REUSEPORT whenever the port is shared: by several loops, or by `--workers` processes.
     let reuseport = loops > 1 || std::env::var_os(WORKER_ENV).is_some();
@@ -719,7 +721,7 @@ async fn serve_on_loops(
             "weft serve listening on {addr}: WebSocket ws://{addr}/ws (no HTTP API: give --http-addr for the dashboard, API and metrics)"
         ),
     }
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down: closing connections with 1001");
     engine.shutdown();
     let stats = tokio::task::spawn_blocking(move || event_loops.join()).await.context("event loops")??;
@@ -731,19 +733,38 @@ async fn serve_on_loops(
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C (`weft serve` and `weft echo` shut down gracefully then).
-pub(crate) async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM or SIGINT (Ctrl-C), whichever comes first. The handlers are installed by this call,
+/// not when the future is first polled: a server makes it before it answers anything, so that
+/// a SIGTERM sent as soon as it answers stops it gracefully instead of killing it (the
+/// default action) — a race that left a client with a reset instead of its 1001 on a busy
+/// machine. Call inside a tokio runtime.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            (term, int) => {
+                if let Err(e) = term.as_ref().map(|_| ()).and(int.as_ref().map(|_| ())) {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM or SIGINT");
+                }
+                match (term, int) {
+                    (Ok(mut t), _) => {
+                        t.recv().await;
+                    }
+                    (_, Ok(mut i)) => {
+                        i.recv().await;
+                    }
+                    _ => std::future::pending().await,
+                }
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 

@@ -19,6 +19,19 @@ pub(crate) fn supervise(n: usize) -> ExitCode {
         }
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft serve: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Handled before the first worker starts: a SIGTERM must reach the workers through us, not
+    // kill us and leave them running (see `shutdown_signal`).
+    let signal = {
+        let _in_rt = rt.enter();
+        shutdown_signal()
+    };
     let mut children: Vec<Child> = Vec::with_capacity(n);
     for i in 0..n {
         match Command::new(&exe).args(&args).env("WEFT_WORKER_INDEX", i.to_string()).spawn() {
@@ -30,16 +43,7 @@ pub(crate) fn supervise(n: usize) -> ExitCode {
             }
         }
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("weft serve: cannot start runtime: {e}");
-            stop(&mut children);
-            return ExitCode::FAILURE;
-        }
-    };
     let failed = rt.block_on(async {
-        let signal = shutdown_signal();
         tokio::pin!(signal);
         loop {
             tokio::select! {

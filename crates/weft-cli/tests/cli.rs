@@ -326,7 +326,9 @@ fn echo_closes_with_1001_on_sigterm(args: &[&str]) {
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert!(Command::new("kill").args(["-TERM", &echo.0.id().to_string()]).status().unwrap().success());
     let mut frame = [0u8; 4];
-    tcp.read_exact(&mut frame).expect("a close frame, not a reset");
+    if let Err(e) = tcp.read_exact(&mut frame) {
+        panic!("a close frame, not a reset ({args:?}): {e}");
+    }
     assert_eq!(frame[0], 0x88, "close frame");
     assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1001, "going away");
     // Answer the close (masked, as a client must), then the server ends.
